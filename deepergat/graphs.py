@@ -1,0 +1,560 @@
+"""Periodic neighbor graphs: the only featurization outside the model (DESIGN.md "Graphs").
+
+Two entry points share one vectorized search:
+
+* `neighbor_list` — one structure, the reference form: every lattice image inside the cutoff,
+  each atom's ``max_neighbors`` nearest plus every neighbor tied with the last one kept.
+* `build_inputs` — a batch of structures straight to the padded model inputs of DESIGN.md
+  (self loop in slot 0), with per-structure status codes for screening.
+
+Everything here is numpy only: the screening path imports it without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import GeometryError
+from .store import StructureBatch
+
+__all__ = [
+    "DEFAULT_CUTOFF",
+    "DEFAULT_MAX_NEIGHBORS",
+    "TIE_TOLERANCE",
+    "GraphBatch",
+    "NeighborList",
+    "batch_neighbor_lists",
+    "build_inputs",
+    "check_structures",
+    "neighbor_list",
+]
+
+DEFAULT_CUTOFF = 8.0
+DEFAULT_MAX_NEIGHBORS = 12
+#: Neighbors within this distance (Å) of the last one kept are kept too.
+TIE_TOLERANCE = 1e-6
+#: Candidates (atom pairs × lattice images) evaluated at once; bounds the search's memory.
+_CANDIDATE_BUDGET = 1 << 20
+#: Lattices whose normalized volume |det| / (|a| |b| |c|) falls below this are singular.
+_MIN_NORMALIZED_VOLUME = 1e-6
+_MIN_VECTOR_LENGTH = 1e-6
+
+
+class NeighborList(NamedTuple):
+    """Directed edges center ← neighbor of one structure (or of a batch, indices global).
+
+    Attributes:
+        center: [E] int64 atom index.
+        neighbor: [E] int64 atom index.
+        distance: [E] float64, Å.
+        image: [E, 3] int64 lattice shift applied to the neighbor's given position:
+            r_neighbor + image @ lattice - r_center is the edge vector.
+    """
+
+    center: np.ndarray
+    neighbor: np.ndarray
+    distance: np.ndarray
+    image: np.ndarray
+
+
+@dataclass
+class GraphBatch:
+    """Padded model inputs for the good structures of a batch (DESIGN.md "Model inputs").
+
+    Attributes:
+        inputs: name -> array, exactly the model's inputs: ``atomic_numbers`` [N] int64,
+            ``neighbors`` [N, K] int64, ``distances`` [N, K] float32 Å, ``neighbor_mask``
+            [N, K] bool, ``crystal_atoms`` [C, A] int64, ``crystal_mask`` [C, A] bool,
+            ``batch`` [N] int64.
+        rows: [C] int64 rows (within the given batch) of the structures in ``inputs``.
+        status: [M] uint8 status per structure of the given batch (0 = in ``inputs``).
+        n_edges: number of real edges, self loops included.
+    """
+
+    inputs: dict[str, np.ndarray]
+    rows: np.ndarray
+    status: np.ndarray
+    n_edges: int
+
+
+# ----------------------------------------------------------------------------- geometry checks
+
+
+def _effective_lattice(lattice: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Replace non-periodic rows by unit vectors orthogonal to the periodic ones.
+
+    Args:
+        lattice: [S, 3, 3] rows. pbc: [S, 3] bool.
+
+    Returns:
+        [S, 3, 3] full-rank frame whose periodic rows are the given ones; fractional coordinates
+        in it give tight image bounds on the periodic axes.
+    """
+    eff = np.where(pbc[:, :, None], lattice, 0.0)
+    n_per = pbc.sum(1)
+    for s in np.nonzero(n_per < 3)[0]:
+        per = [k for k in range(3) if pbc[s, k]]
+        basis = [eff[s, k] for k in per]
+        ortho: list[np.ndarray] = []
+        for v in basis:
+            w = v.astype(np.float64).copy()
+            for u in ortho:
+                w -= (w @ u) * u
+            norm = np.linalg.norm(w)
+            if norm > 0:
+                ortho.append(w / norm)
+        for k in range(3):
+            if pbc[s, k]:
+                continue
+            for cand in np.eye(3):
+                w = cand.copy()
+                for u in ortho:
+                    w -= (w @ u) * u
+                norm = np.linalg.norm(w)
+                if norm > 1e-3:
+                    w /= norm
+                    ortho.append(w)
+                    eff[s, k] = w
+                    break
+    return eff
+
+
+def check_structures(
+    batch: StructureBatch,
+    *,
+    max_atoms: int | None = None,
+    max_z: int | None = None,
+) -> np.ndarray:
+    """Status codes 1-5 of DESIGN.md for each structure (6, overlap, needs the search).
+
+    Args:
+        batch: M structures.
+        max_atoms: structures with more atoms get status 2 (None: no limit).
+        max_z: atomic numbers outside 1..max_z get status 3 (None: only Z < 1 fails).
+
+    Returns:
+        [M] uint8, 0 where every check passed.
+    """
+    m = len(batch)
+    status = np.zeros(m, dtype=np.uint8)
+    if m == 0:
+        return status
+    n = batch.n_atoms
+    owner = np.repeat(np.arange(m), n)
+    z = batch.atomic_numbers
+    bad_z = z < 1
+    if max_z is not None:
+        bad_z |= z > max_z
+    z_fail = np.bincount(owner[bad_z], minlength=m) > 0
+    pos_fail = np.bincount(owner[~np.isfinite(batch.positions).all(1)], minlength=m) > 0
+    lat_fail = _lattice_bad(batch.lattice, batch.pbc)
+    checks = [
+        (n == 0, 1),
+        ((n > max_atoms) if max_atoms is not None else np.zeros(m, bool), 2),
+        (z_fail, 3),
+        (pos_fail, 4),
+        (lat_fail, 5),
+    ]
+    for fail, code in reversed(checks):  # the first failing check wins
+        status[fail] = code
+    return status
+
+
+def _lattice_bad(lattice: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """[S] bool: non-finite, zero-length or (nearly) linearly dependent periodic rows."""
+    per = np.where(pbc[:, :, None], lattice, 0.0)
+    bad = ~np.isfinite(per).all((1, 2))
+    safe = np.where(np.isfinite(per), per, 0.0)
+    lengths = np.linalg.norm(safe, axis=2)
+    bad |= ((lengths < _MIN_VECTOR_LENGTH) & pbc).any(1)
+    # Gram determinant of the periodic rows, normalized by their lengths: 1 for orthogonal
+    # rows, 0 for dependent ones; works for 1, 2 and 3 periodic axes alike.
+    unit = safe / np.where(lengths > 0, lengths, 1.0)[:, :, None]
+    gram = unit @ unit.transpose(0, 2, 1)
+    gram = np.where(pbc[:, :, None] & pbc[:, None, :], gram, np.eye(3)[None])
+    bad |= np.linalg.det(gram) < _MIN_NORMALIZED_VOLUME**2
+    return bad
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+def _search(
+    batch: StructureBatch,
+    rows: np.ndarray,
+    *,
+    radius: np.ndarray,
+) -> tuple[NeighborList, np.ndarray]:
+    """All directed pairs within each structure's radius (no selection yet).
+
+    Candidates are (center, neighbor, image) triples; for each atom pair only the images that
+    can reach the sphere are enumerated: along periodic axis k the fractional separation
+    Δf_k + n_k must satisfy |Δf_k + n_k| ≤ r·|b_k| (b_k the reciprocal vector), which bounds
+    n_k to a short range per pair. Work is cut into groups of at most `_CANDIDATE_BUDGET`
+    atom pairs, so memory stays bounded for any structure size.
+
+    Args:
+        batch: the structures. rows: [S] rows of ``batch`` to search (status 0 ones).
+        radius: [S] search radius per row, Å.
+
+    Returns:
+        (edges with atom indices global in ``batch``, [S] float64 shortest pair distance per
+        structure, inf when it has no pair within its radius).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    s_count = len(rows)
+    if s_count == 0:
+        return _empty_edges(), np.zeros(0)
+    n_s = batch.n_atoms[rows]
+    lat = batch.lattice[rows]
+    pbc = batch.pbc[rows]
+    inv = np.linalg.inv(_effective_lattice(lat, pbc))  # frac = r @ inv
+    recip_len = np.linalg.norm(inv, axis=1)  # [S, 3]: column k of inv is b_k
+    reach = np.where(pbc, radius[:, None] * recip_len, 0.0)  # [S, 3]
+    # Gather the atoms of the searched structures; wrap them into the cell on periodic axes.
+    atom_struct = np.repeat(np.arange(s_count), n_s)
+    local_start = np.concatenate([[0], np.cumsum(n_s)[:-1]])
+    atom_index = (
+        np.arange(len(atom_struct)) - np.repeat(local_start, n_s) + np.repeat(batch.offset[rows], n_s)
+    )
+    pos = batch.positions[atom_index]
+    frac = np.einsum("ni,nij->nj", pos, inv[atom_struct])
+    shift = np.where(pbc[atom_struct], np.floor(frac), 0.0)
+    frac_w = frac - shift
+    pos_w = pos - np.einsum("ni,nij->nj", shift, lat[atom_struct])
+    shift = shift.astype(np.int64)
+
+    # Work units: (structure, block of centers) with ≤ budget candidates each, then groups.
+    per_pair = np.prod(np.floor(2 * reach) + 2, axis=1)  # upper bound of images per pair
+    per_center = np.maximum(n_s * per_pair, 1)
+    block = np.maximum(1, (_CANDIDATE_BUDGET // per_center).astype(np.int64))
+    n_blocks = np.where(n_s > 0, -(-n_s // block), 0)
+    u_struct = np.repeat(np.arange(s_count), n_blocks)
+    u_first = (
+        np.arange(int(n_blocks.sum())) - np.repeat(np.cumsum(n_blocks) - n_blocks, n_blocks)
+    ) * block[u_struct]
+    u_count = np.minimum(block[u_struct], n_s[u_struct] - u_first)
+    u_pairs = u_count * n_s[u_struct]
+    u_cost = u_count * per_center[u_struct]
+    group_id = (np.cumsum(u_cost) - 1) // _CANDIDATE_BUDGET
+    bounds = np.flatnonzero(np.diff(group_id)) + 1
+
+    parts: list[tuple[np.ndarray, ...]] = []
+    min_dist = np.full(s_count, np.inf)
+    for units in np.split(np.arange(len(u_struct)), bounds):
+        us, uf, up = u_struct[units], u_first[units], u_pairs[units]
+        total = int(up.sum())
+        if total == 0:
+            continue
+        ps = np.repeat(us, up)  # structure of each pair
+        t = np.arange(total) - np.repeat(np.cumsum(up) - up, up)
+        na = n_s[ps]
+        gi = local_start[ps] + np.repeat(uf, up) + t // na
+        gj = local_start[ps] + t % na
+        df = frac_w[gj] - frac_w[gi]  # in (-1, 1) on periodic axes
+        r = reach[ps]
+        lo = np.ceil(-r - df).astype(np.int64)
+        hi = np.floor(r - df).astype(np.int64)
+        per = pbc[ps]
+        lo = np.where(per, lo, 0)
+        hi = np.where(per, hi, 0)
+        side = np.maximum(hi - lo + 1, 0)
+        cnt = side.prod(1)
+        keep_pair = cnt > 0
+        if not keep_pair.all():
+            ps, gi, gj, lo, side, cnt = (a[keep_pair] for a in (ps, gi, gj, lo, side, cnt))
+        n_cand = int(cnt.sum())
+        if n_cand == 0:
+            continue
+        # Decode each candidate's image with the pair's own mixed radix.
+        c_pair = np.repeat(np.arange(len(cnt)), cnt)
+        k = np.arange(n_cand) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        s1 = side[c_pair, 1]
+        s2 = side[c_pair, 2]
+        img = np.empty((n_cand, 3), dtype=np.int64)
+        img[:, 0] = k // (s1 * s2)
+        img[:, 1] = (k // s2) % s1
+        img[:, 2] = k % s2
+        img += lo[c_pair]
+        cs = ps[c_pair]
+        ci = gi[c_pair]
+        cj = gj[c_pair]
+        vec = pos_w[cj] - pos_w[ci] + np.einsum("ni,nij->nj", img.astype(np.float64), lat[cs])
+        d = np.sqrt(np.einsum("ni,ni->n", vec, vec))
+        keep = d <= radius[cs]
+        keep &= (ci != cj) | img.any(1)  # no zero-distance self pair
+        if not keep.any():
+            continue
+        cs, ci, cj, img, d = cs[keep], ci[keep], cj[keep], img[keep], d[keep]
+        np.minimum.at(min_dist, cs, d)
+        # Undo the wrap: the image applies to the given (unwrapped) positions.
+        parts.append((atom_index[ci], atom_index[cj], d, img - shift[cj] + shift[ci]))
+    if not parts:
+        return _empty_edges(), min_dist
+    return NeighborList(*(np.concatenate(p) for p in zip(*parts, strict=True))), min_dist
+
+
+def _empty_edges() -> NeighborList:
+    return NeighborList(
+        np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3), np.int64)
+    )
+
+
+def _first_radius(batch: StructureBatch, rows: np.ndarray, *, cutoff: float,
+                  max_neighbors: int) -> np.ndarray:
+    """A search radius likely to hold each atom's nearest ``max_neighbors`` (≤ cutoff).
+
+    For 3D-periodic structures: 1.5× the radius of a sphere that holds max_neighbors + 1 atoms
+    at the cell's mean density. Atoms the first pass leaves short are searched again at the
+    cutoff (`_search_exact`), so this guess changes speed, never results.
+    """
+    lat = batch.lattice[rows]
+    pbc = batch.pbc[rows]
+    n = np.maximum(batch.n_atoms[rows], 1)
+    volume = np.abs(np.linalg.det(lat))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r_est = 1.5 * np.cbrt(3.0 * (max_neighbors + 1) * volume / (4.0 * np.pi * n))
+    full = pbc.all(1) & np.isfinite(r_est) & (r_est > 0)
+    return np.where(full, np.minimum(r_est, cutoff), cutoff)
+
+
+def _search_exact(
+    batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int
+) -> tuple[NeighborList, np.ndarray]:
+    """Edges that contain every atom's nearest ``max_neighbors`` within ``cutoff`` and their
+    ties, via a cheap first radius and a full-cutoff pass for structures it left short."""
+    radius = _first_radius(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
+    edges, min_dist = _search(batch, rows, radius=radius)
+    short = radius < cutoff
+    if short.any():
+        # An atom is settled when its max_neighbors-th distance (ties included) lies safely
+        # inside the radius searched; otherwise its structure is searched at the cutoff.
+        owner_row = np.full(len(batch.atomic_numbers), -1, dtype=np.int64)
+        for_rows = np.repeat(np.arange(len(rows)), batch.n_atoms[rows])
+        atom_ids = np.concatenate(
+            [np.arange(batch.offset[r], batch.offset[r] + batch.n_atoms[r]) for r in rows]
+        ) if len(rows) else np.zeros(0, np.int64)
+        owner_row[atom_ids] = for_rows
+        kth = _kth_distance(edges, len(batch.atomic_numbers), max_neighbors)
+        unsettled = kth[atom_ids] > radius[for_rows] - 2 * TIE_TOLERANCE
+        redo = short & (np.bincount(for_rows[unsettled], minlength=len(rows)) > 0)
+        if redo.any():
+            keep = ~redo[owner_row[edges.center]]
+            edges = NeighborList(*(a[keep] for a in edges))
+            edges2, min2 = _search(
+                batch, rows[redo], radius=np.full(int(redo.sum()), float(cutoff))
+            )
+            edges = NeighborList(*(np.concatenate(p) for p in zip(edges, edges2, strict=True)))
+            min_dist = min_dist.copy()
+            min_dist[redo] = min2
+    return edges, min_dist
+
+
+def _kth_distance(edges: NeighborList, n_atoms: int, k: int) -> np.ndarray:
+    """[n_atoms] distance of each atom's k-th nearest edge (inf with fewer than k edges)."""
+    out = np.full(n_atoms, np.inf)
+    if len(edges.center) == 0:
+        return out
+    order = np.lexsort((edges.distance, edges.center))
+    c = edges.center[order]
+    d = edges.distance[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    counts = np.diff(np.r_[starts, len(c)])
+    has = counts >= k
+    out[c[starts[has]]] = d[starts[has] + k - 1]
+    return out
+
+
+def _select(
+    edges: NeighborList,
+    atomic_numbers: np.ndarray,
+    *,
+    max_neighbors: int,
+) -> NeighborList:
+    """Sort by (center, distance, neighbor Z, neighbor, image) and keep each center's
+    ``max_neighbors`` nearest plus every neighbor within `TIE_TOLERANCE` of the last kept."""
+    if len(edges.center) == 0:
+        return edges
+    c, nb, d, img = edges
+    order = np.lexsort(
+        (img[:, 2], img[:, 1], img[:, 0], nb, atomic_numbers[nb], d, c)
+    )
+    c, nb, d, img = c[order], nb[order], d[order], img[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    counts = np.diff(np.r_[starts, len(c)])
+    rank = np.arange(len(c)) - np.repeat(starts, counts)
+    # Distance of the last neighbor kept by count (the max_neighbors-th, or the farthest).
+    last = starts + np.minimum(counts, max_neighbors) - 1
+    limit = np.repeat(d[last], counts) + TIE_TOLERANCE
+    keep = (rank < max_neighbors) | (d <= limit)
+    return NeighborList(c[keep], nb[keep], d[keep], img[keep])
+
+
+def neighbor_list(
+    lattice: np.ndarray,
+    positions: np.ndarray,
+    pbc: np.ndarray | tuple[bool, bool, bool] = (True, True, True),
+    *,
+    cutoff: float = DEFAULT_CUTOFF,
+    max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+    atomic_numbers: np.ndarray | None = None,
+    overlap_threshold: float | None = 0.1,
+) -> NeighborList:
+    """Periodic neighbor list of one structure.
+
+    Args:
+        lattice: [3, 3] lattice vectors as rows, Å (rows of non-periodic axes are not used).
+        positions: [n, 3] Cartesian coordinates, Å; need not be wrapped into the cell.
+        pbc: [3] periodicity per axis.
+        cutoff: neighbor search radius, Å.
+        max_neighbors: neighbors kept per atom, plus ties with the last one kept.
+        atomic_numbers: [n] Z, used to order tied neighbors (defaults to zeros).
+        overlap_threshold: two atoms (or an atom and an image) closer than this, Å, raise
+            `GeometryError` status 6; None disables the check.
+
+    Returns:
+        `NeighborList` sorted by (center, distance, neighbor Z, neighbor, image).
+
+    Raises:
+        GeometryError: status 4 (non-finite coordinates), 5 (singular or non-finite lattice
+            on a periodic axis) or 6 (overlapping atoms).
+    """
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    n = len(positions)
+    z = (
+        np.zeros(n, np.int64)
+        if atomic_numbers is None
+        else np.asarray(atomic_numbers, dtype=np.int64).reshape(n)
+    )
+    batch = StructureBatch(
+        index=np.zeros(1, np.int64), ids=["structure"], n_atoms=np.array([n], np.int64),
+        offset=np.zeros(1, np.int64),
+        lattice=np.asarray(lattice, dtype=np.float64).reshape(1, 3, 3),
+        pbc=np.asarray(pbc, dtype=bool).reshape(1, 3),
+        atomic_numbers=np.maximum(z, 1) if atomic_numbers is None else z,
+        positions=positions,
+    )
+    status = check_structures(batch)
+    if status[0] in (4, 5):
+        raise GeometryError(
+            int(status[0]),
+            "non-finite coordinates" if status[0] == 4
+            else "singular or non-finite lattice vectors on the periodic axes",
+        )
+    edges, min_dist = _search_exact(
+        batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors
+    )
+    if overlap_threshold is not None and min_dist[0] < overlap_threshold:
+        raise GeometryError(
+            6, f"two atoms closer than {overlap_threshold} Å ({min_dist[0]:.4g} Å)"
+        )
+    return _select(edges, z, max_neighbors=max_neighbors)
+
+
+def batch_neighbor_lists(
+    batch: StructureBatch,
+    *,
+    cutoff: float = DEFAULT_CUTOFF,
+    max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+    max_atoms: int | None = None,
+    max_z: int | None = None,
+    overlap_threshold: float | None = 0.1,
+) -> tuple[NeighborList, np.ndarray]:
+    """Neighbor lists of a whole batch in one vectorized search.
+
+    Returns:
+        (edges with atom indices into ``batch.atomic_numbers`` for structures whose status is 0,
+        [M] uint8 status per structure: DESIGN.md's codes 1-6).
+    """
+    status = check_structures(batch, max_atoms=max_atoms, max_z=max_z)
+    good = np.flatnonzero(status == 0)
+    edges, min_dist = _search_exact(batch, good, cutoff=cutoff, max_neighbors=max_neighbors)
+    if overlap_threshold is not None and len(good):
+        overlap = good[min_dist < overlap_threshold]
+        if len(overlap):
+            status[overlap] = 6
+            owner = np.repeat(np.arange(len(batch)), batch.n_atoms)
+            keep = status[owner[edges.center]] == 0
+            edges = NeighborList(*(a[keep] for a in edges))
+    edges = _select(edges, batch.atomic_numbers, max_neighbors=max_neighbors)
+    return edges, status
+
+
+def build_inputs(
+    batch: StructureBatch,
+    *,
+    cutoff: float = DEFAULT_CUTOFF,
+    max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+    max_atoms: int | None = None,
+    max_z: int | None = None,
+    overlap_threshold: float | None = 0.1,
+) -> GraphBatch:
+    """Padded model inputs for a batch: `neighbor_list` of every good structure plus one self
+    loop per atom, in DESIGN.md's layout. Structures failing a check are left out and get their
+    status code.
+
+    Args:
+        batch: M structures (e.g. one chunk of a store).
+        cutoff, max_neighbors: graph settings (Å, count).
+        max_atoms: status 2 above this many atoms. max_z: status 3 outside Z = 1..max_z.
+        overlap_threshold: status 6 below this pair distance, Å.
+
+    Returns:
+        `GraphBatch` with C ≤ M crystals (the status-0 rows, in order).
+    """
+    edges, status = batch_neighbor_lists(
+        batch, cutoff=cutoff, max_neighbors=max_neighbors, max_atoms=max_atoms, max_z=max_z,
+        overlap_threshold=overlap_threshold,
+    )
+    rows = np.flatnonzero(status == 0)
+    return _pad(batch, rows, edges, status)
+
+
+def _pad(
+    batch: StructureBatch, rows: np.ndarray, edges: NeighborList, status: np.ndarray
+) -> GraphBatch:
+    n_s = batch.n_atoms[rows]
+    c = len(rows)
+    # Global (batch) atom index -> index in the model batch.
+    atom_global = (
+        np.concatenate([np.arange(batch.offset[r], batch.offset[r] + batch.n_atoms[r]) for r in rows])
+        if c
+        else np.zeros(0, np.int64)
+    )
+    n = len(atom_global)
+    remap = np.full(len(batch.atomic_numbers), -1, dtype=np.int64)
+    remap[atom_global] = np.arange(n)
+    center = remap[edges.center]
+    neighbor = remap[edges.neighbor]
+    degree = np.bincount(center, minlength=n) + 1 if n else np.zeros(0, np.int64)
+    k = int(degree.max()) if n else 1
+    self_idx = np.arange(n)
+    neighbors = np.repeat(self_idx[:, None], k, axis=1)
+    distances = np.zeros((n, k), dtype=np.float32)
+    mask = np.zeros((n, k), dtype=bool)
+    mask[:, 0] = True
+    if len(center):
+        # Edges are sorted by center: slot = 1 + rank within the center's run.
+        starts = np.concatenate([[0], np.cumsum(degree - 1)[:-1]])
+        slot = 1 + np.arange(len(center)) - starts[center]
+        neighbors[center, slot] = neighbor
+        distances[center, slot] = edges.distance.astype(np.float32)
+        mask[center, slot] = True
+    a = int(n_s.max()) if c else 1
+    first = np.concatenate([[0], np.cumsum(n_s)[:-1]]).astype(np.int64) if c else n_s
+    pos = np.arange(a)[None, :]
+    crystal_mask = pos < n_s[:, None]
+    crystal_atoms = np.where(crystal_mask, first[:, None] + pos, first[:, None])
+    inputs = {
+        "atomic_numbers": batch.atomic_numbers[atom_global].astype(np.int64),
+        "neighbors": neighbors.astype(np.int64),
+        "distances": distances,
+        "neighbor_mask": mask,
+        "crystal_atoms": crystal_atoms.astype(np.int64),
+        "crystal_mask": crystal_mask,
+        "batch": np.repeat(np.arange(c, dtype=np.int64), n_s),
+    }
+    return GraphBatch(inputs=inputs, rows=rows, status=status, n_edges=int(mask.sum()))

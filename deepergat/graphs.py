@@ -12,6 +12,7 @@ Everything here is numpy only: the screening path imports it without torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -182,6 +183,86 @@ def _lattice_bad(lattice: np.ndarray, pbc: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- the search
 
 
+@dataclass
+class _Gathered:
+    """The atoms of the searched structures, wrapped into their cells on periodic axes."""
+
+    n_s: np.ndarray  # [S] atoms per structure
+    lattice: np.ndarray  # [S, 3, 3]
+    pbc: np.ndarray  # [S, 3]
+    recip_len: np.ndarray  # [S, 3] |b_k|, 1/Å
+    local_start: np.ndarray  # [S] first gathered atom
+    atom_index: np.ndarray  # [n] index into the batch's atom arrays
+    frac_w: np.ndarray  # [n, 3] wrapped fractional coordinates
+    pos_w: np.ndarray  # [n, 3] wrapped Cartesian positions, Å
+    shift: np.ndarray  # [n, 3] int64 lattice shift removed by the wrap
+
+
+def _gather(batch: StructureBatch, rows: np.ndarray) -> _Gathered:
+    n_s = batch.n_atoms[rows]
+    lat = batch.lattice[rows]
+    pbc = batch.pbc[rows]
+    inv = np.linalg.inv(_effective_lattice(lat, pbc))  # frac = r @ inv
+    atom_struct = np.repeat(np.arange(len(rows)), n_s)
+    local_start = np.concatenate([[0], np.cumsum(n_s)[:-1]]).astype(np.int64)
+    atom_index = (
+        np.arange(len(atom_struct)) - np.repeat(local_start, n_s)
+        + np.repeat(batch.offset[rows], n_s)
+    )
+    pos = batch.positions[atom_index]
+    frac = np.einsum("ni,nij->nj", pos, inv[atom_struct])
+    shift = np.where(pbc[atom_struct], np.floor(frac), 0.0)
+    return _Gathered(
+        n_s=n_s, lattice=lat, pbc=pbc, recip_len=np.linalg.norm(inv, axis=1),
+        local_start=local_start, atom_index=atom_index, frac_w=frac - shift,
+        pos_w=pos - np.einsum("ni,nij->nj", shift, lat[atom_struct]),
+        shift=shift.astype(np.int64),
+    )
+
+
+def _search_select(
+    batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int
+) -> tuple[NeighborList, np.ndarray]:
+    """Selected, sorted edges of the given rows and their shortest pair distance: the compiled
+    kernel when available, else the vectorized numpy search (the reference)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if _use_numba() and len(rows):
+        from . import _kernels
+
+        g = _gather(batch, rows)
+        radius = _first_radius(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
+        c, nb, d, img, min_dist = _kernels.search_select(
+            g.local_start, g.n_s, np.ascontiguousarray(g.lattice), np.ascontiguousarray(g.pbc),
+            np.ascontiguousarray(g.recip_len), radius, np.ascontiguousarray(g.pos_w),
+            np.ascontiguousarray(g.frac_w), batch.atomic_numbers[g.atom_index].astype(np.int64),
+            float(cutoff), int(max_neighbors), TIE_TOLERANCE,
+        )
+        edges = NeighborList(
+            g.atom_index[c], g.atom_index[nb], d, img - g.shift[nb] + g.shift[c]
+        )
+        return edges, min_dist
+    edges, min_dist = _search_exact(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
+    return _select(edges, batch.atomic_numbers, max_neighbors=max_neighbors), min_dist
+
+
+_NUMBA: bool | None = None
+
+
+def _use_numba() -> bool:
+    """Whether the compiled kernel is used (numba importable and DEEPERGAT_NUMBA != 0)."""
+    global _NUMBA
+    if os.environ.get("DEEPERGAT_NUMBA", "1") == "0":
+        return False
+    if _NUMBA is None:
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            _NUMBA = False
+        else:
+            _NUMBA = True
+    return _NUMBA
+
+
 def _search(
     batch: StructureBatch,
     rows: np.ndarray,
@@ -208,24 +289,10 @@ def _search(
     s_count = len(rows)
     if s_count == 0:
         return _empty_edges(), np.zeros(0)
-    n_s = batch.n_atoms[rows]
-    lat = batch.lattice[rows]
-    pbc = batch.pbc[rows]
-    inv = np.linalg.inv(_effective_lattice(lat, pbc))  # frac = r @ inv
-    recip_len = np.linalg.norm(inv, axis=1)  # [S, 3]: column k of inv is b_k
-    reach = np.where(pbc, radius[:, None] * recip_len, 0.0)  # [S, 3]
-    # Gather the atoms of the searched structures; wrap them into the cell on periodic axes.
-    atom_struct = np.repeat(np.arange(s_count), n_s)
-    local_start = np.concatenate([[0], np.cumsum(n_s)[:-1]])
-    atom_index = (
-        np.arange(len(atom_struct)) - np.repeat(local_start, n_s) + np.repeat(batch.offset[rows], n_s)
-    )
-    pos = batch.positions[atom_index]
-    frac = np.einsum("ni,nij->nj", pos, inv[atom_struct])
-    shift = np.where(pbc[atom_struct], np.floor(frac), 0.0)
-    frac_w = frac - shift
-    pos_w = pos - np.einsum("ni,nij->nj", shift, lat[atom_struct])
-    shift = shift.astype(np.int64)
+    g = _gather(batch, rows)
+    n_s, lat, pbc, local_start = g.n_s, g.lattice, g.pbc, g.local_start
+    frac_w, pos_w, shift, atom_index = g.frac_w, g.pos_w, g.shift, g.atom_index
+    reach = np.where(pbc, radius[:, None] * g.recip_len, 0.0)  # [S, 3]
 
     # Work units: (structure, block of centers) with ≤ budget candidates each, then groups.
     per_pair = np.prod(np.floor(2 * reach) + 2, axis=1)  # upper bound of images per pair
@@ -307,7 +374,7 @@ def _first_radius(batch: StructureBatch, rows: np.ndarray, *, cutoff: float,
                   max_neighbors: int) -> np.ndarray:
     """A search radius likely to hold each atom's nearest ``max_neighbors`` (≤ cutoff).
 
-    For 3D-periodic structures: 1.5× the radius of a sphere that holds max_neighbors + 1 atoms
+    For 3D-periodic structures: 1.2× the radius of a sphere that holds max_neighbors + 1 atoms
     at the cell's mean density. Atoms the first pass leaves short are searched again at the
     cutoff (`_search_exact`), so this guess changes speed, never results.
     """
@@ -316,7 +383,7 @@ def _first_radius(batch: StructureBatch, rows: np.ndarray, *, cutoff: float,
     n = np.maximum(batch.n_atoms[rows], 1)
     volume = np.abs(np.linalg.det(lat))
     with np.errstate(divide="ignore", invalid="ignore"):
-        r_est = 1.5 * np.cbrt(3.0 * (max_neighbors + 1) * volume / (4.0 * np.pi * n))
+        r_est = 1.2 * np.cbrt(3.0 * (max_neighbors + 1) * volume / (4.0 * np.pi * n))
     full = pbc.all(1) & np.isfinite(r_est) & (r_est > 0)
     return np.where(full, np.minimum(r_est, cutoff), cutoff)
 
@@ -334,9 +401,7 @@ def _search_exact(
         # inside the radius searched; otherwise its structure is searched at the cutoff.
         owner_row = np.full(len(batch.atomic_numbers), -1, dtype=np.int64)
         for_rows = np.repeat(np.arange(len(rows)), batch.n_atoms[rows])
-        atom_ids = np.concatenate(
-            [np.arange(batch.offset[r], batch.offset[r] + batch.n_atoms[r]) for r in rows]
-        ) if len(rows) else np.zeros(0, np.int64)
+        atom_ids = _atom_rows(batch, rows)
         owner_row[atom_ids] = for_rows
         kth = _kth_distance(edges, len(batch.atomic_numbers), max_neighbors)
         unsettled = kth[atom_ids] > radius[for_rows] - 2 * TIE_TOLERANCE
@@ -444,14 +509,14 @@ def neighbor_list(
             "non-finite coordinates" if status[0] == 4
             else "singular or non-finite lattice vectors on the periodic axes",
         )
-    edges, min_dist = _search_exact(
+    edges, min_dist = _search_select(
         batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors
     )
     if overlap_threshold is not None and min_dist[0] < overlap_threshold:
         raise GeometryError(
             6, f"two atoms closer than {overlap_threshold} Å ({min_dist[0]:.4g} Å)"
         )
-    return _select(edges, z, max_neighbors=max_neighbors)
+    return edges
 
 
 def batch_neighbor_lists(
@@ -471,7 +536,7 @@ def batch_neighbor_lists(
     """
     status = check_structures(batch, max_atoms=max_atoms, max_z=max_z)
     good = np.flatnonzero(status == 0)
-    edges, min_dist = _search_exact(batch, good, cutoff=cutoff, max_neighbors=max_neighbors)
+    edges, min_dist = _search_select(batch, good, cutoff=cutoff, max_neighbors=max_neighbors)
     if overlap_threshold is not None and len(good):
         overlap = good[min_dist < overlap_threshold]
         if len(overlap):
@@ -479,7 +544,6 @@ def batch_neighbor_lists(
             owner = np.repeat(np.arange(len(batch)), batch.n_atoms)
             keep = status[owner[edges.center]] == 0
             edges = NeighborList(*(a[keep] for a in edges))
-    edges = _select(edges, batch.atomic_numbers, max_neighbors=max_neighbors)
     return edges, status
 
 
@@ -513,17 +577,20 @@ def build_inputs(
     return _pad(batch, rows, edges, status)
 
 
+def _atom_rows(batch: StructureBatch, rows: np.ndarray) -> np.ndarray:
+    """[n] indices into the batch's atom arrays of the atoms of ``rows``, in order."""
+    n_s = batch.n_atoms[rows]
+    starts = np.concatenate([[0], np.cumsum(n_s)[:-1]]).astype(np.int64)
+    return np.arange(int(n_s.sum())) - np.repeat(starts, n_s) + np.repeat(batch.offset[rows], n_s)
+
+
 def _pad(
     batch: StructureBatch, rows: np.ndarray, edges: NeighborList, status: np.ndarray
 ) -> GraphBatch:
     n_s = batch.n_atoms[rows]
     c = len(rows)
     # Global (batch) atom index -> index in the model batch.
-    atom_global = (
-        np.concatenate([np.arange(batch.offset[r], batch.offset[r] + batch.n_atoms[r]) for r in rows])
-        if c
-        else np.zeros(0, np.int64)
-    )
+    atom_global = _atom_rows(batch, rows)
     n = len(atom_global)
     remap = np.full(len(batch.atomic_numbers), -1, dtype=np.int64)
     remap[atom_global] = np.arange(n)

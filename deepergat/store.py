@@ -123,11 +123,8 @@ class StructureBatch:
         """A new batch of the given rows (0-based within this batch), in the given order."""
         rows = np.asarray(rows, dtype=np.int64)
         n = self.n_atoms[rows]
-        atom_rows = (
-            np.concatenate([np.arange(self.offset[r], self.offset[r] + self.n_atoms[r]) for r in rows])
-            if len(rows)
-            else np.zeros(0, np.int64)
-        )
+        starts = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        atom_rows = np.arange(int(n.sum())) - np.repeat(starts, n) + np.repeat(self.offset[rows], n)
         return StructureBatch(
             index=self.index[rows],
             ids=[self.ids[r] for r in rows],
@@ -385,7 +382,11 @@ class Store:
         if isinstance(fmt, bytes):
             fmt = fmt.decode()
         if fmt != STORE_FORMAT:
-            hint = " (a predictions file, not a structure store)" if fmt == "deepergat-predictions" else ""
+            hint = (
+                " (a predictions file, not a structure store)"
+                if fmt == "deepergat-predictions"
+                else ""
+            )
             raise DeepergatError(
                 f"{p}: not a deepergat structure store (format attribute {fmt!r}, expected "
                 f"{STORE_FORMAT!r}){hint}; make one with `deepergat pack`"

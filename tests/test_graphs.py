@@ -1,0 +1,310 @@
+"""Periodic neighbor graphs: against pymatgen and a brute-force reference, invariances, the
+batched builder's contract, and geometry errors — for both the compiled and the numpy search."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepergat import graphs
+from deepergat.errors import GeometryError
+from deepergat.graphs import build_inputs, neighbor_list
+from deepergat.store import StructureBatch
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(params=["numba", "numpy"], autouse=True)
+def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test with the compiled kernel and with the numpy reference search."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+        monkeypatch.setenv("DEEPERGAT_NUMBA", "1")
+    else:
+        monkeypatch.setenv("DEEPERGAT_NUMBA", "0")
+    return request.param
+
+
+def _csv_structures(name: str, limit: int, *, ids: set[str] | None = None) -> list:
+    path = DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    pytest.importorskip("pymatgen")
+    from pymatgen.core import Structure
+
+    csv.field_size_limit(1 << 30)
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if ids is not None and row["material_id"] not in ids:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out.append((row["material_id"], Structure.from_str(row["cif"], fmt="cif")))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def brute_force(lattice, positions, pbc, *, cutoff=8.0, reach=8):
+    """Every (i, j, image) within the cutoff by enumerating a large block of images."""
+    lattice = np.asarray(lattice, float)
+    positions = np.asarray(positions, float)
+    ranges = [range(-reach, reach + 1) if p else range(1) for p in pbc]
+    images = np.array(list(itertools.product(*ranges)))
+    out = []
+    for i in range(len(positions)):
+        for j in range(len(positions)):
+            vec = positions[j] + images @ lattice - positions[i]
+            d = np.linalg.norm(vec, axis=1)
+            for n, dist in zip(images, d, strict=True):
+                if dist <= cutoff and not (i == j and not n.any()):
+                    out.append((i, j, dist, tuple(n)))
+    return out
+
+
+def nearest_with_ties(edges, n_atoms, k=12, tol=1e-6):
+    """Per atom: sorted distances of the k nearest plus ties, from a list of (i, j, d, img)."""
+    per = []
+    for a in range(n_atoms):
+        d = np.sort([e[2] for e in edges if e[0] == a])
+        if len(d) > k:
+            d = d[d <= d[k - 1] + tol]
+        per.append(d)
+    return per
+
+
+def per_atom_distances(nl: graphs.NeighborList, n_atoms: int) -> list[np.ndarray]:
+    return [np.sort(nl.distance[nl.center == a]) for a in range(n_atoms)]
+
+
+def edge_set(nl: graphs.NeighborList, relabel=None) -> set:
+    relabel = np.arange(max(nl.center.max(initial=0), nl.neighbor.max(initial=0)) + 1) \
+        if relabel is None else relabel
+    return {
+        (int(relabel[c]), int(relabel[n]), tuple(int(x) for x in im), round(float(d), 9))
+        for c, n, d, im in zip(nl.center, nl.neighbor, nl.distance, nl.image, strict=True)
+    }
+
+
+# ------------------------------------------------------------------ against pymatgen, real data
+
+
+@pytest.mark.parametrize(("name", "limit"), [("perov5_dev.csv", 150), ("carbon24_dev.csv", 60)])
+def test_matches_pymatgen_on_real_structures(name: str, limit: int) -> None:
+    for sid, s in _csv_structures(name, limit):
+        nl = neighbor_list(s.lattice.matrix, s.cart_coords, atomic_numbers=s.atomic_numbers)
+        center, _, _, dist = s.get_neighbor_list(8.0)
+        for a in range(len(s)):
+            ref = np.sort(dist[center == a])
+            ref = ref[ref <= ref[min(len(ref), 12) - 1] + 1e-6]
+            ours = np.sort(nl.distance[nl.center == a])
+            assert len(ours) == len(ref), (sid, a)
+            np.testing.assert_allclose(ours, ref, atol=1e-8, err_msg=f"{name} {sid} atom {a}")
+
+
+def test_edges_are_real_vectors_and_sorted() -> None:
+    [(_, s)] = _csv_structures("perov5_dev.csv", 1)
+    lat, pos = s.lattice.matrix, s.cart_coords
+    z = np.array(s.atomic_numbers)
+    nl = neighbor_list(lat, pos, atomic_numbers=z)
+    vec = pos[nl.neighbor] + nl.image @ lat - pos[nl.center]
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), nl.distance, atol=1e-10)
+    keys = list(zip(nl.center, nl.distance, z[nl.neighbor], nl.neighbor,
+                    map(tuple, nl.image), strict=True))
+    assert keys == sorted(keys)
+    assert nl.center.dtype == np.int64 and nl.image.dtype == np.int64 and nl.image.shape[1] == 3
+
+
+# ------------------------------------------------------------------ hard cases
+
+
+def test_skewed_triclinic_cell_matches_brute_force() -> None:
+    lat = np.array([[3.1, 0.0, 0.0], [2.9, 1.1, 0.0], [2.7, 0.8, 0.9]])  # very acute angles
+    pos = np.array([[0.1, 0.2, 0.3], [1.9, 0.7, 0.4], [5.0, 1.2, 0.6]])
+    nl = neighbor_list(lat, pos, cutoff=6.0)
+    ref = nearest_with_ties(brute_force(lat, pos, (1, 1, 1), cutoff=6.0, reach=12), 3)
+    for ours, want in zip(per_atom_distances(nl, 3), ref, strict=True):
+        np.testing.assert_allclose(ours, want, atol=1e-9)
+
+
+def test_cell_much_smaller_than_cutoff_and_one_atom_cell() -> None:
+    lat = np.eye(3) * 1.7
+    nl = neighbor_list(lat, np.zeros((1, 3)))
+    # simple cubic: 6 at a, 12 at a√2 -> 12 kept after the 6 nearest: 6 + 12 = 18 (ties)
+    assert len(nl.distance) == 18
+    np.testing.assert_allclose(nl.distance[:6], 1.7)
+    np.testing.assert_allclose(nl.distance[6:], 1.7 * np.sqrt(2))
+    assert (nl.neighbor == 0).all() and (nl.center == 0).all()
+    assert not (nl.image == 0).all(1).any()
+
+
+def test_supercell_gives_the_cells_per_atom_distances() -> None:
+    [(_, s)] = _csv_structures("carbon24_dev.csv", 1)
+    nl = neighbor_list(s.lattice.matrix, s.cart_coords)
+    sc = s * (2, 2, 2)
+    nl2 = neighbor_list(sc.lattice.matrix, sc.cart_coords)
+    cell = per_atom_distances(nl, len(s))
+    supercell = per_atom_distances(nl2, len(sc))
+    # pymatgen orders supercell sites as 8 images of each original site in turn
+    for a in range(len(sc)):
+        np.testing.assert_allclose(supercell[a], cell[a // 8], atol=1e-8)
+
+
+def test_positions_shifted_by_lattice_vectors_give_the_same_graph() -> None:
+    [(_, s)] = _csv_structures("perov5_dev.csv", 1)
+    lat, pos = s.lattice.matrix, s.cart_coords
+    shifts = np.array([[1, -2, 3], [0, 0, -1], [5, 1, 0], [-3, -3, -3], [0, 2, 0]])
+    moved = pos + shifts @ lat
+    a = neighbor_list(lat, pos, atomic_numbers=s.atomic_numbers)
+    b = neighbor_list(lat, moved, atomic_numbers=s.atomic_numbers)
+    np.testing.assert_array_equal(a.center, b.center)
+    np.testing.assert_allclose(a.distance, b.distance, atol=1e-9)
+    # The image is relative to the given positions: it absorbs the shifts.
+    vec_b = moved[b.neighbor] + b.image @ lat - moved[b.center]
+    np.testing.assert_allclose(np.linalg.norm(vec_b, axis=1), b.distance, atol=1e-9)
+    assert edge_set(a) == {
+        (c, n, tuple(np.array(im) + shifts[n] - shifts[c]), d) for c, n, im, d in edge_set(b)
+    }
+
+
+@pytest.mark.parametrize("sid", ["9866", None])
+def test_permutation_gives_the_same_graph(sid: str | None) -> None:
+    rows = _csv_structures("perov5_dev.csv", 1, ids={sid} if sid else None)
+    if not rows:
+        pytest.skip(f"id {sid} not in the data")
+    _, s = rows[0]
+    lat, pos, z = s.lattice.matrix, s.cart_coords, np.array(s.atomic_numbers)
+    base = neighbor_list(lat, pos, atomic_numbers=z)
+    if sid == "9866":  # the documented tie at the 12th neighbor: ties are kept
+        assert np.bincount(base.center).max() > 12
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        perm = rng.permutation(len(z))
+        nl = neighbor_list(lat, pos[perm], atomic_numbers=z[perm])
+        assert edge_set(nl, relabel=perm) == edge_set(base)
+
+
+def test_slab_periodic_in_two_axes_matches_brute_force() -> None:
+    lat = np.array([[2.5, 0.0, 0.0], [1.25, 2.165, 0.0], [0.0, 0.0, 0.0]])  # zero c row is fine
+    pos = np.array([[0.0, 0.0, 0.0], [1.25, 0.72, 1.4], [0.3, 0.1, 3.1]])
+    pbc = (True, True, False)
+    nl = neighbor_list(lat, pos, pbc)
+    assert (nl.image[:, 2] == 0).all()
+    ref = nearest_with_ties(brute_force(lat, pos, pbc, reach=8), 3)
+    for ours, want in zip(per_atom_distances(nl, 3), ref, strict=True):
+        np.testing.assert_allclose(ours, want, atol=1e-9)
+
+
+def test_cluster_without_periodicity_and_an_isolated_atom() -> None:
+    rng = np.random.default_rng(1)
+    pos = rng.uniform(0, 6, size=(20, 3))
+    pos = np.vstack([pos, [[40.0, 40.0, 40.0]]])  # no neighbor inside the cutoff
+    nl = neighbor_list(np.zeros((3, 3)), pos, (False, False, False))
+    assert (nl.image == 0).all()
+    assert 20 not in set(nl.center.tolist()) and 20 not in set(nl.neighbor.tolist())
+    ref = nearest_with_ties(brute_force(np.eye(3), pos, (0, 0, 0)), 21)
+    for ours, want in zip(per_atom_distances(nl, 21), ref, strict=True):
+        np.testing.assert_allclose(ours, want, atol=1e-9)
+
+
+# ------------------------------------------------------------------ batched builder
+
+
+def _batch_of(structures) -> StructureBatch:
+    return StructureBatch.from_structures(
+        [
+            {"id": sid, "lattice": s.lattice.matrix, "atomic_numbers": s.atomic_numbers,
+             "positions": s.cart_coords}
+            for sid, s in structures
+        ]
+    )
+
+
+def test_batched_builder_equals_neighbor_list_plus_self_loops() -> None:
+    structures = _csv_structures("perov5_dev.csv", 30) + _csv_structures("carbon24_dev.csv", 10)
+    batch = _batch_of(structures)
+    g = build_inputs(batch)
+    x = g.inputs
+    assert (g.status == 0).all()
+    n = len(batch.atomic_numbers)
+    assert x["neighbors"].shape[0] == n and x["neighbors"].dtype == np.int64
+    assert x["distances"].dtype == np.float32 and x["neighbor_mask"].dtype == bool
+    assert (x["neighbors"][:, 0] == np.arange(n)).all() and x["neighbor_mask"][:, 0].all()
+    assert (x["distances"][:, 0] == 0).all()
+    empty = ~x["neighbor_mask"]
+    assert (x["neighbors"][empty] == np.nonzero(empty)[0]).all()  # empty slots -> itself
+    assert (x["distances"][empty] == 0).all()
+    np.testing.assert_array_equal(x["batch"], np.repeat(np.arange(len(batch)), batch.n_atoms))
+    np.testing.assert_array_equal(x["atomic_numbers"], batch.atomic_numbers)
+    for k, (_, s) in enumerate(structures):
+        nl = neighbor_list(s.lattice.matrix, s.cart_coords, atomic_numbers=s.atomic_numbers)
+        first = batch.offset[k]
+        rows = x["crystal_atoms"][k][x["crystal_mask"][k]]
+        np.testing.assert_array_equal(rows, np.arange(first, first + len(s)))
+        assert (x["crystal_atoms"][k][~x["crystal_mask"][k]] == first).all()
+        for a in range(len(s)):
+            m = x["neighbor_mask"][first + a, 1:]
+            got_n = x["neighbors"][first + a, 1:][m] - first
+            got_d = x["distances"][first + a, 1:][m]
+            want = nl.center == a
+            np.testing.assert_array_equal(got_n, nl.neighbor[want])
+            np.testing.assert_allclose(got_d, nl.distance[want].astype(np.float32))
+
+
+def test_compiled_and_numpy_search_agree(monkeypatch: pytest.MonkeyPatch, search_path: str
+                                         ) -> None:
+    if search_path != "numba":
+        pytest.skip("compares both paths once")
+    structures = _csv_structures("carbon24_dev.csv", 40) + _csv_structures("perov5_dev.csv", 40)
+    batch = _batch_of(structures)
+    fast, _ = graphs.batch_neighbor_lists(batch)
+    monkeypatch.setenv("DEEPERGAT_NUMBA", "0")
+    ref, _ = graphs.batch_neighbor_lists(batch)
+    assert edge_set(fast) == edge_set(ref)
+
+
+def test_statuses_of_bad_structures() -> None:
+    good = {"id": "ok", "lattice": np.eye(3) * 4, "atomic_numbers": [8, 22],
+            "positions": [[0, 0, 0], [2, 2, 2]]}
+    cases = {
+        "empty": ({"atomic_numbers": [], "positions": np.zeros((0, 3))}, 1),
+        "big": ({"atomic_numbers": [8] * 5, "positions": np.arange(15).reshape(5, 3) * 0.7}, 2),
+        "z0": ({"atomic_numbers": [0, 8]}, 3),
+        "z101": ({"atomic_numbers": [101, 8]}, 3),
+        "nan": ({"positions": [[0, 0, np.nan], [1, 1, 1]]}, 4),
+        "singular": ({"lattice": [[4, 0, 0], [8, 0, 0], [0, 0, 4]]}, 5),
+        "inf lattice": ({"lattice": [[np.inf, 0, 0], [0, 4, 0], [0, 0, 4]]}, 5),
+        "overlap": ({"positions": [[0, 0, 0], [0.05, 0, 0]]}, 6),
+        "self overlap": ({"lattice": [[0.05, 0, 0], [0, 4, 0], [0, 0, 4]]}, 6),
+        "first check wins": ({"atomic_numbers": [101, 8], "positions": [[0, 0, np.nan],
+                                                                       [1, 1, 1]]}, 3),
+    }
+    structures = [good]
+    for name, (change, _) in cases.items():
+        structures.append({**good, "id": name, **change})
+    batch = StructureBatch.from_structures(structures)
+    g = build_inputs(batch, max_atoms=4, max_z=100)
+    want = [0] + [code for _, code in cases.values()]
+    np.testing.assert_array_equal(g.status, want)
+    np.testing.assert_array_equal(g.rows, [0])
+    assert g.inputs["crystal_atoms"].shape[0] == 1 and g.inputs["atomic_numbers"].shape == (2,)
+
+
+def test_non_periodic_axes_may_have_zero_rows_and_errors_carry_status() -> None:
+    pos = np.array([[0.0, 0, 0], [1.5, 0, 0]])
+    assert len(neighbor_list(np.zeros((3, 3)), pos, (False, False, False)).center) == 2
+    with pytest.raises(GeometryError) as e:
+        neighbor_list(np.zeros((3, 3)), pos, (True, False, False))
+    assert e.value.status == 5
+    with pytest.raises(GeometryError) as e:
+        neighbor_list(np.eye(3) * 3, [[0, 0, 0], [0, 0, 0.01]])
+    assert e.value.status == 6
+    with pytest.raises(GeometryError) as e:
+        neighbor_list(np.eye(3) * 3, [[0, 0, 0], [np.inf, 0, 0]])
+    assert e.value.status == 4

@@ -82,11 +82,20 @@ def main() -> None:
             continue
         structures = load(path, args.limit)
         batch = StructureBatch.from_structures(
-            [{"id": str(i), "lattice": s.lattice.matrix, "atomic_numbers": s.atomic_numbers,
-              "positions": s.cart_coords} for i, s in enumerate(structures)]
+            [
+                {
+                    "id": str(i),
+                    "lattice": s.lattice.matrix,
+                    "atomic_numbers": s.atomic_numbers,
+                    "positions": s.cart_coords,
+                }
+                for i, s in enumerate(structures)
+            ]
         )
-        chunks = [batch.select(np.arange(a, min(a + args.chunk, len(batch))))
-                  for a in range(0, len(batch), args.chunk)]
+        chunks = [
+            batch.select(np.arange(a, min(a + args.chunk, len(batch))))
+            for a in range(0, len(batch), args.chunk)
+        ]
         m = len(structures)
 
         def batched(chunks=chunks) -> None:
@@ -95,8 +104,9 @@ def main() -> None:
 
         def per_structure(structures=structures) -> None:
             for s in structures:
-                graphs.neighbor_list(s.lattice.matrix, s.cart_coords,
-                                     atomic_numbers=s.atomic_numbers)
+                graphs.neighbor_list(
+                    s.lattice.matrix, s.cart_coords, atomic_numbers=s.atomic_numbers
+                )
 
         os.environ["DEEPERGAT_NUMBA"] = "1"
         graphs.build_inputs(chunks[0].select(np.arange(2)))  # compile / load the kernel cache
@@ -115,8 +125,10 @@ def main() -> None:
         ]:
             rows.append((name, m, atoms, label, m / t, t_pmg / t))
     print()
-    print(f"{'data':<13} {'structs':>7} {'atoms':>7}  {'path':<42} {'structs/s':>10} "
-          f"{'vs pymatgen':>11}")
+    print(
+        f"{'data':<13} {'structs':>7} {'atoms':>7}  {'path':<42} {'structs/s':>10} "
+        f"{'vs pymatgen':>11}"
+    )
     for name, m, atoms, label, rate, ratio in rows:
         print(f"{name:<13} {m:>7} {atoms:>7}  {label:<42} {rate:>10.0f} {ratio:>10.2f}x")
 

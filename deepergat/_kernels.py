@@ -34,9 +34,18 @@ def _less(d: np.ndarray, z: np.ndarray, nb: np.ndarray, img: np.ndarray, a: int,
 
 @njit(cache=True, nogil=True)
 def _collect(
-    i: int, first: int, count: int, pos_w: np.ndarray, frac_w: np.ndarray, lat: np.ndarray,
-    reach: np.ndarray, pbc: np.ndarray, radius: float,
-    buf_j: np.ndarray, buf_d: np.ndarray, buf_img: np.ndarray,
+    i: int,
+    first: int,
+    count: int,
+    pos_w: np.ndarray,
+    frac_w: np.ndarray,
+    lat: np.ndarray,
+    reach: np.ndarray,
+    pbc: np.ndarray,
+    radius: float,
+    buf_j: np.ndarray,
+    buf_d: np.ndarray,
+    buf_img: np.ndarray,
 ) -> int:
     """Fill the buffers with every (j, image) within ``radius`` of atom i; returns the count
     (or -needed when the buffers are too small)."""
@@ -130,8 +139,20 @@ def search_select(
             while True:
                 for k in range(3):
                     reach[k] = radius * recip_len[s, k]
-                n = _collect(i, first, count, pos_w, frac_w, lat, reach, pbc[s], radius,
-                             buf_j, buf_d, buf_img)
+                n = _collect(
+                    i,
+                    first,
+                    count,
+                    pos_w,
+                    frac_w,
+                    lat,
+                    reach,
+                    pbc[s],
+                    radius,
+                    buf_j,
+                    buf_d,
+                    buf_img,
+                )
                 if n < 0:
                     buf_cap = -n * 2
                     buf_j = np.empty(buf_cap, np.int64)

@@ -206,15 +206,21 @@ def _gather(batch: StructureBatch, rows: np.ndarray) -> _Gathered:
     atom_struct = np.repeat(np.arange(len(rows)), n_s)
     local_start = np.concatenate([[0], np.cumsum(n_s)[:-1]]).astype(np.int64)
     atom_index = (
-        np.arange(len(atom_struct)) - np.repeat(local_start, n_s)
+        np.arange(len(atom_struct))
+        - np.repeat(local_start, n_s)
         + np.repeat(batch.offset[rows], n_s)
     )
     pos = batch.positions[atom_index]
     frac = np.einsum("ni,nij->nj", pos, inv[atom_struct])
     shift = np.where(pbc[atom_struct], np.floor(frac), 0.0)
     return _Gathered(
-        n_s=n_s, lattice=lat, pbc=pbc, recip_len=np.linalg.norm(inv, axis=1),
-        local_start=local_start, atom_index=atom_index, frac_w=frac - shift,
+        n_s=n_s,
+        lattice=lat,
+        pbc=pbc,
+        recip_len=np.linalg.norm(inv, axis=1),
+        local_start=local_start,
+        atom_index=atom_index,
+        frac_w=frac - shift,
         pos_w=pos - np.einsum("ni,nij->nj", shift, lat[atom_struct]),
         shift=shift.astype(np.int64),
     )
@@ -232,14 +238,20 @@ def _search_select(
         g = _gather(batch, rows)
         radius = _first_radius(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
         c, nb, d, img, min_dist = _kernels.search_select(
-            g.local_start, g.n_s, np.ascontiguousarray(g.lattice), np.ascontiguousarray(g.pbc),
-            np.ascontiguousarray(g.recip_len), radius, np.ascontiguousarray(g.pos_w),
-            np.ascontiguousarray(g.frac_w), batch.atomic_numbers[g.atom_index].astype(np.int64),
-            float(cutoff), int(max_neighbors), TIE_TOLERANCE,
+            g.local_start,
+            g.n_s,
+            np.ascontiguousarray(g.lattice),
+            np.ascontiguousarray(g.pbc),
+            np.ascontiguousarray(g.recip_len),
+            radius,
+            np.ascontiguousarray(g.pos_w),
+            np.ascontiguousarray(g.frac_w),
+            batch.atomic_numbers[g.atom_index].astype(np.int64),
+            float(cutoff),
+            int(max_neighbors),
+            TIE_TOLERANCE,
         )
-        edges = NeighborList(
-            g.atom_index[c], g.atom_index[nb], d, img - g.shift[nb] + g.shift[c]
-        )
+        edges = NeighborList(g.atom_index[c], g.atom_index[nb], d, img - g.shift[nb] + g.shift[c])
         return edges, min_dist
     edges, min_dist = _search_exact(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
     return _select(edges, batch.atomic_numbers, max_neighbors=max_neighbors), min_dist
@@ -370,8 +382,9 @@ def _empty_edges() -> NeighborList:
     )
 
 
-def _first_radius(batch: StructureBatch, rows: np.ndarray, *, cutoff: float,
-                  max_neighbors: int) -> np.ndarray:
+def _first_radius(
+    batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int
+) -> np.ndarray:
     """A search radius likely to hold each atom's nearest ``max_neighbors`` (≤ cutoff).
 
     For 3D-periodic structures: 1.2× the radius of a sphere that holds max_neighbors + 1 atoms
@@ -444,9 +457,7 @@ def _select(
     if len(edges.center) == 0:
         return edges
     c, nb, d, img = edges
-    order = np.lexsort(
-        (img[:, 2], img[:, 1], img[:, 0], nb, atomic_numbers[nb], d, c)
-    )
+    order = np.lexsort((img[:, 2], img[:, 1], img[:, 0], nb, atomic_numbers[nb], d, c))
     c, nb, d, img = c[order], nb[order], d[order], img[order]
     starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
     counts = np.diff(np.r_[starts, len(c)])
@@ -495,7 +506,9 @@ def neighbor_list(
         else np.asarray(atomic_numbers, dtype=np.int64).reshape(n)
     )
     batch = StructureBatch(
-        index=np.zeros(1, np.int64), ids=["structure"], n_atoms=np.array([n], np.int64),
+        index=np.zeros(1, np.int64),
+        ids=["structure"],
+        n_atoms=np.array([n], np.int64),
         offset=np.zeros(1, np.int64),
         lattice=np.asarray(lattice, dtype=np.float64).reshape(1, 3, 3),
         pbc=np.asarray(pbc, dtype=bool).reshape(1, 3),
@@ -506,16 +519,15 @@ def neighbor_list(
     if status[0] in (4, 5):
         raise GeometryError(
             int(status[0]),
-            "non-finite coordinates" if status[0] == 4
+            "non-finite coordinates"
+            if status[0] == 4
             else "singular or non-finite lattice vectors on the periodic axes",
         )
     edges, min_dist = _search_select(
         batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors
     )
     if overlap_threshold is not None and min_dist[0] < overlap_threshold:
-        raise GeometryError(
-            6, f"two atoms closer than {overlap_threshold} Å ({min_dist[0]:.4g} Å)"
-        )
+        raise GeometryError(6, f"two atoms closer than {overlap_threshold} Å ({min_dist[0]:.4g} Å)")
     return edges
 
 
@@ -570,7 +582,11 @@ def build_inputs(
         `GraphBatch` with C ≤ M crystals (the status-0 rows, in order).
     """
     edges, status = batch_neighbor_lists(
-        batch, cutoff=cutoff, max_neighbors=max_neighbors, max_atoms=max_atoms, max_z=max_z,
+        batch,
+        cutoff=cutoff,
+        max_neighbors=max_neighbors,
+        max_atoms=max_atoms,
+        max_z=max_z,
         overlap_threshold=overlap_threshold,
     )
     rows = np.flatnonzero(status == 0)

@@ -98,10 +98,12 @@ class StructureBatch:
             ids=[str(s["id"]) for s in structures],
             n_atoms=n,
             offset=offset,
-            lattice=np.array([np.asarray(s["lattice"], dtype=np.float64) for s in structures])
-            .reshape(-1, 3, 3),
-            pbc=np.array([np.asarray(s.get("pbc", (True, True, True)), dtype=bool)
-                          for s in structures]).reshape(-1, 3),
+            lattice=np.array(
+                [np.asarray(s["lattice"], dtype=np.float64) for s in structures]
+            ).reshape(-1, 3, 3),
+            pbc=np.array(
+                [np.asarray(s.get("pbc", (True, True, True)), dtype=bool) for s in structures]
+            ).reshape(-1, 3),
             atomic_numbers=np.concatenate(z) if z else np.zeros(0, np.int64),
             positions=np.concatenate(pos) if pos else np.zeros((0, 3)),
             targets=targets,
@@ -192,12 +194,18 @@ class StoreWriter:
         self._m = 0
         self._n = 0
         self._closed = False
+        self._digest_value: str | None = None
         opts: dict[str, Any] = {}
         if compression:
             opts = {"compression": compression, "shuffle": True}
             if compression == "gzip":
                 opts["compression_opts"] = 4
-        self._f = h5py.File(self._tmp, "w")
+        try:
+            self._f = h5py.File(self._tmp, "w")
+        except OSError as e:
+            raise DeepergatError(
+                f"{self.path}: cannot create {self._tmp.name}: {' '.join(str(e).split())}"
+            ) from None
         f = self._f
 
         def make(name: str, shape: tuple[int, ...], dtype: Any, chunk: int) -> None:
@@ -217,7 +225,10 @@ class StoreWriter:
         make("pbc", (3,), bool, _STRUCTURE_CHUNK)
         make("atomic_numbers", (), np.uint8, _ATOM_CHUNK)
         make("positions", (3,), np.float64, _ATOM_CHUNK)
+        if self.targets:
+            f.create_group("targets", track_order=True)  # keep the given target order
         for name, units in self.targets.items():
+            self._digest.update(f"units/{name}", np.frombuffer(units.encode(), np.uint8))
             make(f"targets/{name}", (), np.float64, _STRUCTURE_CHUNK)
             f[f"targets/{name}"].attrs["units"] = units
 
@@ -292,24 +303,31 @@ class StoreWriter:
     def close(self) -> str:
         """Write the root attributes, close, rename into place; returns the content digest."""
         if self._closed:
-            return str(self._digest_value)
-        self._digest_value = self._digest.hexdigest()
-        a = self._f.attrs
-        a["format"] = STORE_FORMAT
-        a["version"] = STORE_VERSION
-        a["n_structures"] = self._m
-        a["n_atoms_total"] = self._n
-        a["created_by"] = f"deepergat {__version__}"
-        a["content_digest"] = self._digest_value
-        for k, v in self._extra_attrs.items():
-            a[k] = v
-        self._f.close()
-        os.replace(self._tmp, self.path)
+            if self._digest_value is None:
+                raise DeepergatError(f"{self.path}: the writer was aborted; nothing was written")
+            return self._digest_value
+        try:
+            digest = self._digest.hexdigest()
+            a = self._f.attrs
+            a["format"] = STORE_FORMAT
+            a["version"] = STORE_VERSION
+            a["n_structures"] = self._m
+            a["n_atoms_total"] = self._n
+            a["created_by"] = f"deepergat {__version__}"
+            a["content_digest"] = digest
+            for k, v in self._extra_attrs.items():
+                a[k] = v
+            self._f.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._digest_value = digest
         self._closed = True
-        return self._digest_value
+        return digest
 
     def abort(self) -> None:
-        """Close and delete the temporary file."""
+        """Close and delete the temporary file (no effect after `close`)."""
         if not self._closed:
             self._f.close()
             self._tmp.unlink(missing_ok=True)
@@ -319,10 +337,10 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+        if exc_type is not None:
             self.abort()
+        elif not self._closed:  # not closed or aborted inside the block
+            self.close()
 
 
 def write_store(
@@ -461,6 +479,15 @@ class Store:
         b = self.n_structures if b is None else b
         return [s.decode() if isinstance(s, bytes) else str(s) for s in self._f["ids"][a:b]]
 
+    def atomic_numbers(self, a: int = 0, b: int | None = None) -> np.ndarray:
+        """[n] int64 atomic numbers of structures [a, b), without reading positions."""
+        b = self.n_structures if b is None else min(b, self.n_structures)
+        if b <= a:
+            return np.zeros(0, np.int64)
+        first = int(self.atom_offset[a])
+        last = int(self.atom_offset[b - 1] + self.n_atoms[b - 1])
+        return self._f["atomic_numbers"][first:last].astype(np.int64)
+
     def target(self, name: str) -> np.ndarray:
         """[M] float64 values of a target."""
         if name not in self._targets:
@@ -475,9 +502,13 @@ class Store:
         b = min(self.n_structures, int(b))
         if b <= a:
             return StructureBatch(
-                index=np.zeros(0, np.int64), ids=[], n_atoms=np.zeros(0, np.int64),
-                offset=np.zeros(0, np.int64), lattice=np.zeros((0, 3, 3)),
-                pbc=np.zeros((0, 3), bool), atomic_numbers=np.zeros(0, np.int64),
+                index=np.zeros(0, np.int64),
+                ids=[],
+                n_atoms=np.zeros(0, np.int64),
+                offset=np.zeros(0, np.int64),
+                lattice=np.zeros((0, 3, 3)),
+                pbc=np.zeros((0, 3), bool),
+                atomic_numbers=np.zeros(0, np.int64),
                 positions=np.zeros((0, 3)),
                 targets={k: np.zeros(0) for k in self._targets},
             )
@@ -497,8 +528,9 @@ class Store:
             targets={k: f[f"targets/{k}"][a:b].astype(np.float64) for k in self._targets},
         )
 
-    def iter_chunks(self, chunk_size: int, *, start: int = 0, stop: int | None = None
-                    ) -> Iterator[StructureBatch]:
+    def iter_chunks(
+        self, chunk_size: int, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[StructureBatch]:
         """Consecutive batches of ``chunk_size`` structures over [start, stop)."""
         if chunk_size < 1:
             raise DeepergatError(f"chunk size must be at least 1, got {chunk_size}")

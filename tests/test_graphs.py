@@ -84,8 +84,11 @@ def per_atom_distances(nl: graphs.NeighborList, n_atoms: int) -> list[np.ndarray
 
 
 def edge_set(nl: graphs.NeighborList, relabel=None) -> set:
-    relabel = np.arange(max(nl.center.max(initial=0), nl.neighbor.max(initial=0)) + 1) \
-        if relabel is None else relabel
+    relabel = (
+        np.arange(max(nl.center.max(initial=0), nl.neighbor.max(initial=0)) + 1)
+        if relabel is None
+        else relabel
+    )
     return {
         (int(relabel[c]), int(relabel[n]), tuple(int(x) for x in im), round(float(d), 9))
         for c, n, d, im in zip(nl.center, nl.neighbor, nl.distance, nl.image, strict=True)
@@ -115,8 +118,9 @@ def test_edges_are_real_vectors_and_sorted() -> None:
     nl = neighbor_list(lat, pos, atomic_numbers=z)
     vec = pos[nl.neighbor] + nl.image @ lat - pos[nl.center]
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), nl.distance, atol=1e-10)
-    keys = list(zip(nl.center, nl.distance, z[nl.neighbor], nl.neighbor,
-                    map(tuple, nl.image), strict=True))
+    keys = list(
+        zip(nl.center, nl.distance, z[nl.neighbor], nl.neighbor, map(tuple, nl.image), strict=True)
+    )
     assert keys == sorted(keys)
     assert nl.center.dtype == np.int64 and nl.image.dtype == np.int64 and nl.image.shape[1] == 3
 
@@ -219,8 +223,12 @@ def test_cluster_without_periodicity_and_an_isolated_atom() -> None:
 def _batch_of(structures) -> StructureBatch:
     return StructureBatch.from_structures(
         [
-            {"id": sid, "lattice": s.lattice.matrix, "atomic_numbers": s.atomic_numbers,
-             "positions": s.cart_coords}
+            {
+                "id": sid,
+                "lattice": s.lattice.matrix,
+                "atomic_numbers": s.atomic_numbers,
+                "positions": s.cart_coords,
+            }
             for sid, s in structures
         ]
     )
@@ -257,8 +265,7 @@ def test_batched_builder_equals_neighbor_list_plus_self_loops() -> None:
             np.testing.assert_allclose(got_d, nl.distance[want].astype(np.float32))
 
 
-def test_compiled_and_numpy_search_agree(monkeypatch: pytest.MonkeyPatch, search_path: str
-                                         ) -> None:
+def test_compiled_and_numpy_search_agree(monkeypatch: pytest.MonkeyPatch, search_path: str) -> None:
     if search_path != "numba":
         pytest.skip("compares both paths once")
     structures = _csv_structures("carbon24_dev.csv", 40) + _csv_structures("perov5_dev.csv", 40)
@@ -270,8 +277,12 @@ def test_compiled_and_numpy_search_agree(monkeypatch: pytest.MonkeyPatch, search
 
 
 def test_statuses_of_bad_structures() -> None:
-    good = {"id": "ok", "lattice": np.eye(3) * 4, "atomic_numbers": [8, 22],
-            "positions": [[0, 0, 0], [2, 2, 2]]}
+    good = {
+        "id": "ok",
+        "lattice": np.eye(3) * 4,
+        "atomic_numbers": [8, 22],
+        "positions": [[0, 0, 0], [2, 2, 2]],
+    }
     cases = {
         "empty": ({"atomic_numbers": [], "positions": np.zeros((0, 3))}, 1),
         "big": ({"atomic_numbers": [8] * 5, "positions": np.arange(15).reshape(5, 3) * 0.7}, 2),
@@ -282,8 +293,10 @@ def test_statuses_of_bad_structures() -> None:
         "inf lattice": ({"lattice": [[np.inf, 0, 0], [0, 4, 0], [0, 0, 4]]}, 5),
         "overlap": ({"positions": [[0, 0, 0], [0.05, 0, 0]]}, 6),
         "self overlap": ({"lattice": [[0.05, 0, 0], [0, 4, 0], [0, 0, 4]]}, 6),
-        "first check wins": ({"atomic_numbers": [101, 8], "positions": [[0, 0, np.nan],
-                                                                       [1, 1, 1]]}, 3),
+        "first check wins": (
+            {"atomic_numbers": [101, 8], "positions": [[0, 0, np.nan], [1, 1, 1]]},
+            3,
+        ),
     }
     structures = [good]
     for name, (change, _) in cases.items():

@@ -1,0 +1,353 @@
+"""The ``deepergat`` command line: one click group, one subcommand per job.
+
+Adding a subcommand: decorate a function with ``@main.command()`` and import what it needs
+*inside* the function (this module must not import torch, pymatgen or ASE at import time, so
+that ``deepergat --help`` and light subcommands start fast). A `DeepergatError` raised by any
+subcommand is printed as one line ``error: <message>`` on stderr with exit code 2 (the group
+does it; `report_errors` does the same for stand-alone click commands). Progress bars and tables
+belong here, not in the library: library functions take a progress callback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from . import __version__
+from .errors import DeepergatError
+
+__all__ = ["DeepergatGroup", "fail", "main", "report_errors", "setup_logging"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit code for errors the user can fix (click uses 2 for usage errors too).
+EXIT_USER_ERROR = 2
+
+
+def fail(err: DeepergatError | str) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with code 2."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def report_errors(fn: F) -> F:
+    """Decorator for click commands outside the `main` group: `DeepergatError` -> `fail`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DeepergatError as e:
+            fail(e)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class DeepergatGroup(click.Group):
+    """A click group whose subcommands report `DeepergatError` as one line and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DeepergatError as e:
+            fail(e)
+
+
+def setup_logging(verbosity: int) -> None:
+    """Log to stderr: warnings by default, info with ``-v``, debug with ``-vv``."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logger = logging.getLogger("deepergat")
+    logger.setLevel(level)
+    if not any(getattr(h, "_deepergat", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler._deepergat = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    for h in logger.handlers:
+        if getattr(h, "_deepergat", False):
+            h.setStream(sys.stderr)  # click's test runner swaps stderr between invocations
+
+
+_EXAMPLES = """
+\b
+Examples:
+  deepergat pack structures/ -o train.h5
+  deepergat pack perov5.csv --target heat_ref:eV -o perov5.h5
+  deepergat pack pt_clusters/ --target-name total_energy:eV -o pt.h5
+  deepergat pack 'runs/*/CONTCAR' --id-from path --skip-bad -o relaxed.h5
+  deepergat info train.h5 --json
+"""
+
+
+@click.group(
+    cls=DeepergatGroup,
+    epilog=_EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "-V", "--version", prog_name="deepergat")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """DeeperGATGNN: pack crystal structures, train, export and screen them on clusters."""
+    setup_logging(verbose)
+
+
+# --------------------------------------------------------------------------------------------
+# pack
+# --------------------------------------------------------------------------------------------
+
+
+@main.command(
+    epilog="""
+\b
+Inputs: CIF, POSCAR/CONTCAR/*.vasp, extxyz (*.extxyz, *.xyz), ASE databases (*.db, ASE JSON),
+pymatgen Structure JSON, CSV files with a CIF column, and MatDeepLearn folders (targets.csv with
+rows id,value and one <id>.<ext> structure file per row). A folder without targets.csv is read as
+its structure files, sorted; quoted globs are expanded.
+\b
+Ids: the file stem (or path with --id-from path); a file with several structures (extxyz frames,
+database rows, CIF data blocks) gives <id>_<k>, k counting from 0; CSV rows use the id column
+(default material_id or id, else <csv stem>_<row>).
+\b
+Examples:
+  deepergat pack cifs/ -o cifs.h5
+  deepergat pack perov5.csv --cif-column cif --id-column material_id --target heat_ref:eV -o p.h5
+  deepergat pack pt_clusters/ --target-name total_energy:eV -o pt.h5
+  deepergat pack a/POSCAR b/POSCAR --id-from path -o relaxed.h5
+"""
+)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Store to write (.h5)."
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME[:UNIT]",
+    help="CSV column (or ASE key) to store as a target; repeatable.",
+)
+@click.option(
+    "--target-name",
+    "target_names",
+    multiple=True,
+    metavar="NAME[:UNIT]",
+    help="Name of a MatDeepLearn targets.csv value column, in order; repeatable [default: target].",
+)
+@click.option("--cif-column", default="cif", show_default=True, help="CSV column with CIF text.")
+@click.option("--id-column", default=None, help="CSV column with ids [default: material_id or id].")
+@click.option(
+    "--id-from",
+    type=click.Choice(["stem", "path"]),
+    default="stem",
+    show_default=True,
+    help="Take file ids from the file name without suffix, or from the path as given.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parser processes [default: min(CPUs, 8)].",
+)
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Skip unreadable files, rows and frames; list them in <OUT stem>.skipped.csv.",
+)
+def pack(
+    inputs: tuple[str, ...],
+    *,
+    output: str,
+    targets: tuple[str, ...],
+    target_names: tuple[str, ...],
+    cif_column: str,
+    id_column: str | None,
+    id_from: str,
+    workers: int | None,
+    skip_bad: bool,
+) -> None:
+    """Read structure files into a structure store (HDF5)."""
+    from tqdm import tqdm
+
+    from .pack import describe_skipped
+    from .pack import pack as run_pack
+
+    with tqdm(unit=" structures", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+        result = run_pack(
+            inputs,
+            output,
+            targets=targets,
+            target_names=target_names,
+            cif_column=cif_column,
+            id_column=id_column,
+            id_from=id_from,  # type: ignore[arg-type]
+            workers=workers,
+            skip_bad=skip_bad,
+            progress=bar.update,
+        )
+    if result.skipped_csv is not None:
+        if result.n_skipped:
+            click.echo(
+                f"skipped {result.n_skipped}: {describe_skipped(result.skipped)} "
+                f"(listed in {result.skipped_csv})",
+                err=True,
+            )
+        else:
+            click.echo(f"skipped none ({result.skipped_csv} is empty)", err=True)
+    click.echo(
+        f"packed {result.n_structures} structures ({result.n_atoms} atoms) from "
+        f"{result.n_inputs} input{'s' if result.n_inputs != 1 else ''} into {result.path}"
+    )
+    for name, (units, count) in result.targets.items():
+        u = f" [{units}]" if units else ""
+        click.echo(f"  target {name}{u}: {count} values")
+    click.echo(f"  content digest {result.content_digest}")
+
+
+# --------------------------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info(file: str, *, as_json: bool) -> None:
+    """Describe a deepergat file (a structure store), recognised by its content.
+
+    \b
+    Examples:
+      deepergat info train.h5
+      deepergat info train.h5 --json | jq .targets
+    """
+    import json
+
+    from .info import describe, format_text
+
+    description = describe(file)
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+    else:
+        click.echo(format_text(description, file))
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+_TRAIN_OPTIONS = (
+    "data", "target", "val_data", "val_fraction", "test_data", "test_fraction", "layers",
+    "epochs", "batch_size", "lr", "seed", "per_atom", "init_from", "early_stop", "max_time",
+    "device", "cache_dir", "out", "resume", "cv",
+)
+
+
+@main.command(
+    epilog="""
+\b
+Writes to RUN_DIR: config.yaml, splits.json, metrics.csv, learning_curve.png, best.ckpt,
+last.ckpt (every epoch, atomically) and test_metrics.json. SIGUSR1 or SIGTERM (and --max-time)
+write last.ckpt, requeue a requeue-able SLURM job and exit 0; --resume continues exactly.
+Distributed: torchrun --nproc-per-node K -m deepergat.cli train ... or srun deepergat train ...
+\b
+Examples:
+  deepergat train --data perov.h5 --target heat_ref --test-fraction 0.1 --out runs/heat
+  deepergat train --config run.yaml --epochs 300 --out runs/heat --resume
+  deepergat train --data perov.h5 --target heat_ref --cv 5 --epochs 100 --out runs/cv
+"""
+)
+@click.option("--data", type=click.Path(dir_okay=False), help="Training store (.h5).")
+@click.option("--target", help="Target name in the store.")
+@click.option("--val-data", type=click.Path(dir_okay=False), help="Validation store.")
+@click.option("--val-fraction", type=float, help="Fraction of --data for validation [0.1].")
+@click.option("--test-data", type=click.Path(dir_okay=False), help="Test store.")
+@click.option("--test-fraction", type=float, help="Fraction of --data held out for testing.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="YAML run configuration; command-line options override it.")
+@click.option("--layers", type=int, default=10, show_default=True, help="AGAT layers.")
+@click.option("--epochs", type=int, default=500, show_default=True)
+@click.option("--batch-size", type=int, default=100, show_default=True, help="Crystals a step.")
+@click.option("--lr", type=float, default=0.005, show_default=True, help="AdamW learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--per-atom", is_flag=True, help="Extensive target: learn it per atom.")
+@click.option("--init-from", type=click.Path(dir_okay=False), help="Start from these weights.")
+@click.option("--early-stop", type=int, metavar="N", help="Stop after N epochs without gain.")
+@click.option("--max-time", metavar="HH:MM", help="Stop (and requeue) after this wall time.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Graph cache folder.")
+@click.option("--out", type=click.Path(file_okay=False), metavar="RUN_DIR", help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.ckpt if it exists.")
+@click.option("--cv", type=int, metavar="K", help="K-fold cross-validation.")
+@click.pass_context
+def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
+    """Train a DeeperGATGNN on a structure store."""
+    import yaml
+
+    from .train import TrainConfig, cross_validate, parse_max_time
+    from .train import train as run_train
+
+    values: dict[str, Any] = {}
+    if config_file:
+        with open(config_file) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise DeepergatError(f"{config_file}: expected a mapping of settings")
+        values.update(loaded)
+    for name in _TRAIN_OPTIONS:
+        source = ctx.get_parameter_source(name)
+        explicit = source is not None and source.name != "DEFAULT"
+        if explicit or name not in {k.replace("-", "_") for k in values}:
+            values[name] = options[name]
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    if isinstance(values.get("max_time"), str):
+        values["max_time"] = parse_max_time(values["max_time"])
+    cfg = TrainConfig.from_dict(values, source=config_file or "options")
+    for name in ("data", "target", "out"):
+        if not getattr(cfg, name):
+            raise DeepergatError(f"--{name} is required (on the command line or in --config)")
+    from .launch import launch_info
+
+    rank0 = launch_info().rank == 0
+
+    def show(record: Any, fold: int | None = None) -> None:
+        prefix = f"fold {fold} " if fold is not None else ""
+        click.echo(
+            f"{prefix}epoch {record.epoch:>4}/{cfg.epochs}  lr {record.lr:.3g}  "
+            f"train_mae {record.train_mae:.5g}  val_mae {record.val_mae:.5g}  "
+            f"{record.seconds:.1f} s"
+        )
+
+    if cfg.cv:
+        summary = cross_validate(cfg, progress=lambda i, r: show(r, i) if rank0 else None)
+        u = f" {summary['units']}" if summary["units"] else ""
+        for i, v in enumerate(summary["val_mae"]):
+            click.echo(f"fold {i}: val MAE {v:.5g}{u}")
+        click.echo(f"{summary['folds']}-fold CV MAE {summary['mean']:.5g} ± "
+                   f"{summary['std']:.5g}{u}")
+        return
+    result = run_train(cfg, progress=show if rank0 else None)
+    if not rank0:
+        return
+    u = f" {result.units}" if result.units else ""
+    if result.stopped in ("signal", "max_time"):
+        why = "on a signal" if result.stopped == "signal" else "at --max-time"
+        again = " (SLURM job requeued)" if result.requeued else ""
+        click.echo(f"stopped {why} after {result.epochs_done} epochs; {result.out}/last.ckpt "
+                   f"written; continue with --resume{again}")
+        return
+    if result.stopped == "early_stop":
+        click.echo(f"early stop after {result.epochs_done} epochs")
+    click.echo(f"best val MAE {result.best_val_mae:.5g}{u} at epoch {result.best_epoch} "
+               f"({result.out}/best.ckpt)")
+    if result.test_mae is not None:
+        click.echo(f"test MAE {result.test_mae:.5g}{u} over {result.test_count} structures")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,204 @@
+"""The `deepergat` command line: help, version, pack and info, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from conftest import nacl_structure, random_structures, triclinic_structure
+
+from deepergat import __version__
+from deepergat.cli import DeepergatGroup, main, report_errors
+from deepergat.errors import DeepergatError
+from deepergat.store import StructureBatch, write_store
+
+STORE_KEYS = [
+    "format",
+    "n_structures",
+    "n_atoms_total",
+    "atoms_per_structure",
+    "elements",
+    "targets",
+    "content_digest",
+]
+
+
+def _run(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _assert_one_line_error(result: Result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[0]
+
+
+@pytest.fixture
+def cif_dir(tmp_path: Path) -> Path:
+    from pymatgen.io.cif import CifWriter
+
+    d = tmp_path / "cifs"
+    d.mkdir()
+    (d / "nacl.cif").write_text(str(CifWriter(nacl_structure())))
+    (d / "tri.cif").write_text(str(CifWriter(triclinic_structure())))
+    return d
+
+
+def test_version_and_help() -> None:
+    r = _run("--version")
+    assert r.exit_code == 0 and __version__ in r.stdout
+    r = _run("--help")
+    assert r.exit_code == 0
+    assert "Examples:" in r.stdout and "pack" in r.stdout and "info" in r.stdout
+    r = _run("pack", "--help")
+    assert r.exit_code == 0 and "--skip-bad" in r.stdout and "Examples:" in r.stdout
+    assert "Examples:" in _run("info", "--help").stdout
+
+
+def test_cli_import_does_not_load_heavy_modules() -> None:
+    code = (
+        "import sys, deepergat.cli; "
+        "heavy = [m for m in ('torch', 'pymatgen', 'ase', 'tqdm') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_pack_then_info(tmp_path: Path, cif_dir: Path) -> None:
+    out = tmp_path / "s.h5"
+    r = _run("pack", cif_dir, "-o", out, "--workers", "1")
+    assert r.exit_code == 0, r.output
+    assert f"packed 2 structures (11 atoms) from 2 inputs into {out}" in r.stdout
+    assert "content digest" in r.stdout
+
+    r = _run("info", out, "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert list(info) == STORE_KEYS
+    assert info["format"] == "deepergat-structures"
+    assert info["n_structures"] == 2 and info["n_atoms_total"] == 11
+    assert info["atoms_per_structure"] == {"min": 3, "median": 5.5, "max": 8}
+    assert info["elements"] == ["O", "Na", "Si", "Cl", "Ti"]  # by Z
+    assert info["targets"] == {}
+    assert len(info["content_digest"]) == 64 and info["content_digest"] in r.stdout
+
+    r = _run("info", out)
+    assert r.exit_code == 0
+    assert "structures       2" in r.stdout and "O Na Si Cl Ti" in r.stdout
+
+
+def test_info_target_statistics_ignore_nan(tmp_path: Path) -> None:
+    data = random_structures(4, seed=5, targets=("y", "empty"))
+    for k, v in enumerate([1.0, np.nan, 3.0, 5.0]):
+        data[k]["targets"]["y"] = v
+        data[k]["targets"]["empty"] = np.nan
+    write_store(tmp_path / "s.h5", StructureBatch.from_structures(data), units={"y": "eV"})
+    info = json.loads(_run("info", tmp_path / "s.h5", "--json").stdout)
+    y = info["targets"]["y"]
+    assert y["units"] == "eV" and y["count"] == 3
+    assert y["mean"] == pytest.approx(3.0) and y["std"] == pytest.approx(np.std([1, 3, 5]))
+    assert (y["min"], y["max"]) == (1.0, 5.0)
+    assert info["targets"]["empty"] == {
+        "units": "",
+        "count": 0,
+        "mean": None,
+        "std": None,
+        "min": None,
+        "max": None,
+    }
+    assert "empty: 0 values" in _run("info", tmp_path / "s.h5").stdout
+
+
+def test_info_errors(tmp_path: Path, cif_dir: Path) -> None:
+    text = tmp_path / "notes.h5"
+    text.write_text("hello")
+    _assert_one_line_error(_run("info", text), str(text), "not a deepergat file")
+    _assert_one_line_error(_run("info", tmp_path / "missing.h5"), "missing.h5", "no such file")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.attrs["format"] = "somebody-else"
+    _assert_one_line_error(_run("info", other), str(other), "'somebody-else'")
+    store = tmp_path / "s.h5"
+    assert _run("pack", cif_dir, "-o", store, "--workers", "1").exit_code == 0
+    with h5py.File(store, "a") as f:
+        f.attrs["version"] = 7
+    _assert_one_line_error(_run("info", store), str(store), "version 7")
+    cut = tmp_path / "cut.h5"
+    with h5py.File(store, "a") as f:
+        f.attrs["version"] = 1
+    cut.write_bytes(store.read_bytes()[:1000])
+    _assert_one_line_error(_run("info", cut), str(cut))
+
+
+def test_pack_errors_leave_no_output(tmp_path: Path, cif_dir: Path) -> None:
+    out = tmp_path / "o.h5"
+    (cif_dir / "broken.cif").write_text("data_x\nloop_\n_atom_site_label\nA\n")
+    r = _run("pack", cif_dir, "-o", out, "--workers", "1")
+    _assert_one_line_error(r, "broken.cif", "--skip-bad")
+    assert not out.exists() and not Path(f"{out}.tmp").exists()
+
+    r = _run("pack", cif_dir, "-o", out, "--workers", "1", "--skip-bad")
+    assert r.exit_code == 0, r.output
+    assert "skipped 1: 1 unreadable (listed in" in r.stderr
+    assert "packed 2 structures" in r.stdout
+    assert (tmp_path / "o.skipped.csv").read_text().startswith("source,reason")
+
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_text("material_id,cif\n")
+    r = _run("pack", csv_file, "-o", out, "--target", "heat_ref:eV")
+    _assert_one_line_error(r, str(csv_file), "'heat_ref'")
+
+
+def test_error_exit_status_in_a_real_process(tmp_path: Path) -> None:
+    """The installed entry point: exit status 2 and one line on stderr, no traceback."""
+    bad = tmp_path / "x.h5"
+    bad.write_bytes(b"\x00" * 64)
+    p = subprocess.run(
+        [sys.executable, "-m", "deepergat.cli", "info", str(bad)], capture_output=True, text=True
+    )
+    assert p.returncode == 2
+    assert p.stderr.splitlines() == [
+        f"error: {bad}: not a deepergat file; deepergat info describes: deepergat-structures"
+    ]
+
+
+def test_error_handling_is_reusable() -> None:
+    @click.group(cls=DeepergatGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def boom() -> None:
+        raise DeepergatError("first line\n  second line")
+
+    @click.command()
+    @report_errors
+    def alone() -> None:
+        raise DeepergatError("alone failed")
+
+    r = CliRunner().invoke(group, ["boom"])
+    _assert_one_line_error(r)
+    assert r.stderr == "error: first line second line\n"
+    r = CliRunner().invoke(alone, [])
+    _assert_one_line_error(r, "alone failed")
+
+
+def test_verbose_logging_goes_to_stderr(tmp_path: Path, cif_dir: Path) -> None:
+    (cif_dir / "notes.txt").write_text("x")
+    r = _run("-v", "pack", cif_dir, "-o", tmp_path / "o.h5", "--workers", "1")
+    assert r.exit_code == 0
+    assert "WARNING" in r.stderr and "notes.txt" in r.stderr
+    assert "INFO: packing 2 input(s)" in r.stderr
+    assert "WARNING" not in r.stdout

@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .errors import DeepergatError
+from .screening.cli import screen as screen_command
 
 __all__ = ["DeepergatGroup", "fail", "main", "report_errors", "setup_logging"]
 
@@ -347,6 +348,197 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
                f"({result.out}/best.ckpt)")
     if result.test_mae is not None:
         click.echo(f"test MAE {result.test_mae:.5g}{u} over {result.test_count} structures")
+
+
+# --------------------------------------------------------------------------------------------
+# screen (the deepergat-screen command, deepergat.screening; it imports its work inside)
+# --------------------------------------------------------------------------------------------
+
+main.add_command(screen_command, name="screen")
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate, predict, models
+# --------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled store.")
+@click.option("--target", required=True, help="Target to evaluate.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Parity plot PNG.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Metrics JSON.")
+@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path: str | None,
+             batch_size: int, device: str) -> None:
+    """MAE, RMSE and R² of MODEL (a .ckpt path or a bundled name) on a labelled store.
+
+    \b
+    Examples:
+      deepergat evaluate runs/heat/best.ckpt --data test.h5 --target heat_ref --plot parity.png
+      deepergat evaluate perovskite-heat --data test.h5 --target heat_ref --json metrics.json
+    """
+    import json
+
+    from .predict import evaluate as run_evaluate
+    from .predict import parity_plot
+
+    result = run_evaluate(model, data, target, batch_size=batch_size, device=device)
+    u = f" {result.units}" if result.units else ""
+    click.echo(f"{result.target}: MAE {result.mae:.5g}{u}  RMSE {result.rmse:.5g}{u}  "
+               f"R² {result.r2:.4f}  n {result.n}")
+    if result.skipped:
+        click.echo(f"left out {result.skipped} structures (failed checks or no label)", err=True)
+    if plot:
+        parity_plot(result, plot)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result.as_json(), f, indent=2)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Write rows here instead of standard output.")
+@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--max-atoms", type=int, default=1000, show_default=True,
+              help="Larger structures get status 2.")
+@click.option("--overlap-threshold", type=float, default=0.1, show_default=True,
+              help="Atoms closer than this (Å) give status 6.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_size: int,
+            max_atoms: int, overlap_threshold: float, device: str) -> None:
+    """Predict structure files or stores with MODEL (a .ckpt path or a bundled name).
+
+    Rows are ``id,<target>...,status`` (status codes as in `deepergat-screen`; a structure
+    with status other than 0 has an empty value).
+
+    \b
+    Examples:
+      deepergat predict perovskite-heat some.cif
+      deepergat predict runs/heat/best.ckpt candidates.h5 cifs/ --csv predictions.csv
+    """
+    import csv
+    import math
+
+    from .predict import predict_inputs
+
+    def skipped(count: int, what: str) -> None:
+        click.echo(f"skipped {count} unreadable inputs: {what}", err=True)
+
+    ck, rows = predict_inputs(model, inputs, batch_size=batch_size, max_atoms=max_atoms,
+                              overlap_threshold=overlap_threshold, device=device,
+                              on_skipped=skipped)
+    handle = open(csv_path, "w", newline="") if csv_path else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["id", *ck.targets, "status"])
+        counts: dict[int, int] = {}
+        for row in rows:
+            values = ["" if math.isnan(v) else f"{v:.6g}" for v in row.values.tolist()]
+            writer.writerow([row.id, *values, row.status])
+            counts[row.status] = counts.get(row.status, 0) + 1
+    finally:
+        if csv_path:
+            handle.close()
+    bad = {k: v for k, v in counts.items() if k != 0}
+    if bad:
+        from .errors import STATUS_CODES
+
+        text = ", ".join(f"{v} × status {k} ({STATUS_CODES.get(k, '?')})"
+                         for k, v in sorted(bad.items()))
+        click.echo(f"not predicted: {text}", err=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def models(as_json: bool) -> None:
+    """List the bundled models with their cards."""
+    import json
+
+    from .predict import bundled_models
+
+    found = bundled_models()
+    if as_json:
+        click.echo(json.dumps({name: {"path": str(d / "best.ckpt"),
+                                      "card": (d / "card.md").read_text()
+                                      if (d / "card.md").is_file() else ""}
+                               for name, d in found.items()}, indent=2))
+        return
+    if not found:
+        click.echo("no bundled models")
+        return
+    for name, folder in found.items():
+        click.echo(f"== {name} ({folder / 'best.ckpt'})")
+        card = folder / "card.md"
+        click.echo(card.read_text().rstrip() if card.is_file() else "(no card)")
+        click.echo("")
+
+
+# --------------------------------------------------------------------------------------------
+# export (deepergat.export)
+# --------------------------------------------------------------------------------------------
+
+
+@main.command(
+    epilog="""
+\b
+Writes OUT_DIR/model.onnx (ONNX Runtime, CPU or CUDA), OUT_DIR/model.pt (TorchScript, traced;
+what C++ hosts load) and OUT_DIR/model.pt2 (torch.export); --format aoti adds
+OUT_DIR/model.aoti.pt2, the torch.export program compiled by AOTInductor: the fastest on a CPU,
+but compiled for this machine's CPU (export on the node type that runs it) and it needs a C++
+compiler. Each carries the model's metadata
+(graph settings, targets, elements, source checkpoint sha256) and the figures of its own parity
+check: the checkpoint in eager PyTorch against the written file on the --check-data structures
+(else 1024 generated ones), a batch of 2048 and size-1 edge cases, by DESIGN.md's rule
+|y1 - y2| <= 1e-5 std + 4 ulp32(|y1|). A failed check leaves no file of this run behind and
+exits with code 2.
+\b
+Examples:
+  deepergat export runs/heat/best.ckpt --format all -o exported/
+  deepergat export perovskite-heat --format onnx -o exported/ --check-data test.h5
+  deepergat info exported/model.onnx
+"""
+)
+@click.argument("model")
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["onnx", "torchscript", "pt2", "aoti", "all"]),
+    multiple=True,
+    default=("all",),
+    show_default=True,
+    help="File format to write; repeatable. all = onnx, torchscript, pt2.",
+)
+@click.option(
+    "-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+    help="Folder for model.onnx / model.pt / model.pt2 / model.aoti.pt2 (created).",
+)
+@click.option(
+    "--check-data", type=click.Path(dir_okay=False),
+    help="Structure store (.h5) to check parity on [default: 1024 generated structures].",
+)
+@click.option("--opset", type=click.IntRange(min=18), default=None,
+              help="ONNX opset [default: 18].")
+def export(model: str, *, formats: tuple[str, ...], out_dir: str, check_data: str | None,
+           opset: int | None) -> None:
+    """Export MODEL (a .ckpt path or a bundled name) to parity-checked ONNX, TorchScript,
+    torch.export (and AOTInductor) files."""
+    from .export import export_model
+
+    result = export_model(
+        model, out_dir, formats=formats, check_data=check_data, opset=opset,
+        progress=lambda message: click.echo(message, err=True),
+    )
+    click.echo(f"exported {result.source} (checked on {result.check_source} + edge cases)")
+    for f in result.files:
+        p = f.parity
+        diffs = ", ".join(f"{d:.3g}" for d in p.max_abs_diff)
+        allowed = ", ".join(f"{a:.3g}" for a in p.max_allowed)
+        click.echo(f"  {f.path!s:<40} {f.size / 1e6:6.2f} MB  parity max |Δ| {diffs} "
+                   f"(allowed {allowed}) on {p.n_structures} structures  {f.seconds:.1f} s")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -596,6 +596,8 @@ def build_inputs(
 def _atom_rows(batch: StructureBatch, rows: np.ndarray) -> np.ndarray:
     """[n] indices into the batch's atom arrays of the atoms of ``rows``, in order."""
     n_s = batch.n_atoms[rows]
+    if not len(n_s):  # every structure of the batch failed a check
+        return np.zeros(0, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(n_s)[:-1]]).astype(np.int64)
     return np.arange(int(n_s.sum())) - np.repeat(starts, n_s) + np.repeat(batch.offset[rows], n_s)
 

@@ -37,7 +37,9 @@ def file_kind(path: str | os.PathLike[str]) -> str:
 
     Returns:
         ``"deepergat-structures"``, ``"deepergat-predictions"``, another HDF5 ``format``
-        attribute, ``"hdf5"`` (HDF5 without one) or ``"unknown"``.
+        attribute, ``"hdf5"`` (HDF5 without one), a model kind (``"deepergat-checkpoint"``,
+        ``"deepergat-onnx"``, ``"deepergat-torchscript"``, ``"deepergat-pt2"``, by content) or
+        ``"unknown"``.
 
     Raises:
         DeepergatError: the file does not exist, is a folder, or is damaged HDF5.
@@ -55,7 +57,9 @@ def file_kind(path: str | os.PathLike[str]) -> str:
     except OSError as e:
         raise DeepergatError(f"{p}: cannot read: {e.strerror or e}") from None
     if head != _HDF5_MAGIC and not h5py.is_hdf5(p):  # HDF5 may sit after a user block
-        return "unknown"
+        from .export.files import model_file_kind  # checkpoints and exported models
+
+        return model_file_kind(p) or "unknown"
     try:
         with h5py.File(p, "r") as f:
             fmt = f.attrs.get("format")
@@ -177,14 +181,46 @@ def _format_store(info: dict[str, Any], path: str) -> list[str]:
     return lines
 
 
+def _describe_predictions(path: Path) -> dict[str, Any]:
+    from .screening.predictions import describe_predictions
+
+    return describe_predictions(path)
+
+
+def _format_predictions(info: dict[str, Any], path: str) -> list[str]:
+    from .screening.predictions import format_predictions
+
+    return format_predictions(info, path)
+
+
+def _describe_model(path: Path) -> dict[str, Any]:
+    from .export.info import describe_model
+
+    return describe_model(path)
+
+
+def _format_model(info: dict[str, Any], path: str) -> list[str]:
+    from .export.info import format_model
+
+    return format_model(info, path)
+
+
+#: Checkpoints and exported model files (deepergat.export.files.SUFFIX_KINDS).
+_MODEL_KINDS = ("deepergat-checkpoint", "deepergat-onnx", "deepergat-torchscript",
+                "deepergat-pt2", "deepergat-aoti")
+
 #: file kind -> function(path) -> JSON-ready dict with a "format" key.
 DESCRIBERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "deepergat-structures": describe_store,
+    "deepergat-predictions": _describe_predictions,
+    **dict.fromkeys(_MODEL_KINDS, _describe_model),
 }
 
 #: "format" value of a description -> function(description, path) -> lines of text.
 FORMATTERS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "deepergat-structures": _format_store,
+    "deepergat-predictions": _format_predictions,
+    **dict.fromkeys(_MODEL_KINDS, _format_model),
 }
 
 

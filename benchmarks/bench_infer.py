@@ -1,0 +1,253 @@
+"""Inference throughput (structures/s) of every backend: same weights, same batches, one run.
+
+Backends: eager PyTorch of the direct AGAT form ([x ‖ e] W per edge, twice), eager of the
+rewritten model (x W_x once per atom + e W_e once per edge), the traced TorchScript file, the
+``torch.export`` program (.pt2), ONNX Runtime and, where a C++ compiler is present, the
+AOTInductor-compiled package (.aoti.pt2, CPU) — all through `deepergat.export.load`'s
+`Predictor` (numpy in, numpy out, as screening calls them), on the CPU and, when present, a
+GPU. The model is the bundled 10-layer model when one is installed, else the same architecture
+with random weights (said in the output); it is exported once (with its parity check) into a
+temporary folder.
+
+Batches are perovskites from ../shared/data/perov5_dev.csv (packed once; repeated to fill
+4096), else generated perovskite cells. Each timing is the best of several runs (the machine
+is shared); a run is one `predict` call on the whole batch, graph building excluded.
+
+A second table measures ONNX Runtime session options: graph optimization level, intra-op
+threads and sequential vs parallel execution.
+
+Usage::
+
+    python benchmarks/bench_infer.py [--threads 2] [--sizes 1 64 256 1024 4096] [--min-time 2]
+        [--clock wall|cpu]
+
+``--clock cpu`` times with ``time.process_time`` (CPU seconds of all the process's threads):
+on a machine shared with other jobs it measures the work, not the waiting; use it with
+``--threads 1``.
+
+Threads are set once for everything: OMP_NUM_THREADS / MKL_NUM_THREADS (before torch loads),
+``torch.set_num_threads`` and ONNX Runtime's intra-op threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _threads_from_argv(default: int = 2) -> int:
+    for k, arg in enumerate(sys.argv):
+        if arg == "--threads" and k + 1 < len(sys.argv):
+            return int(sys.argv[k + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return default
+
+
+_THREADS = _threads_from_argv()
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = str(_THREADS)  # before numpy and torch load
+
+import copy  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from deepergat.graphs import build_inputs  # noqa: E402
+from deepergat.store import StructureBatch  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "perov5_dev.csv"
+SIZES = (1, 64, 256, 1024, 4096)
+
+
+def perovskites(n: int, workdir: Path) -> tuple[StructureBatch, str]:
+    """n perovskite structures: the perov5 data (packed once, repeated) or generated cells."""
+    if DATA.exists():
+        from deepergat.pack import pack
+        from deepergat.store import Store
+
+        store = workdir / "perov5.h5"
+        pack([str(DATA)], store, workers=min(_THREADS, 2))
+        with Store(store) as s:
+            batch = s.read(0, len(s))
+        source = f"perov5_dev.csv ({len(batch)} structures)"
+    else:
+        from deepergat.export.samples import _perovskite
+
+        rng = np.random.default_rng(0)
+        batch = StructureBatch.from_structures(
+            [_perovskite(rng, (1, 1, 1)) | {"id": f"gen-{k}"} for k in range(n)])
+        source = "generated perovskite cells (../shared/data absent)"
+    rows = np.arange(n) % len(batch)
+    return batch.select(rows), source
+
+
+def model_checkpoint(workdir: Path) -> tuple[Path, str]:
+    """The bundled 10-layer model, else a random-weight checkpoint of the same architecture."""
+    from deepergat.export.resolve import BUNDLED_CHECKPOINT, bundled_dir, bundled_models
+
+    for name in bundled_models():
+        ckpt = bundled_dir() / name / BUNDLED_CHECKPOINT
+        if ckpt.is_file():
+            return ckpt, f"bundled model {name!r}"
+    import torch
+
+    from deepergat.checkpoint import save_checkpoint
+    from deepergat.model import DeeperGATGNN
+
+    torch.manual_seed(0)
+    model = DeeperGATGNN(layers=10, target_mean=[-1.0], target_std=[1.0])
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "running_mean"):
+                module.running_mean.uniform_(-0.3, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+    path = workdir / "random10.ckpt"
+    save_checkpoint(path, model.eval(), targets=["heat_ref"], units=["eV"],
+                    elements=list(range(1, 101)))
+    return path, "10 layers, dim 64, random weights (no bundled model installed)"
+
+
+CLOCK: Callable[[], float] = time.perf_counter
+
+
+def best_rate(fn: Callable[[], object], n: int, *, min_time: float, max_runs: int = 20,
+              sync: Callable[[], None] | None = None) -> float:
+    """Structures/s of the fastest of several runs (after one warm-up run)."""
+    fn()
+    if sync:
+        sync()
+    best = float("inf")
+    spent = 0.0
+    runs = 0
+    while runs < max_runs and (runs < 2 or spent < min_time):
+        t = CLOCK()
+        fn()
+        if sync:
+            sync()
+        dt = CLOCK() - t
+        best = min(best, dt)
+        spent += dt
+        runs += 1
+        if dt > 4 * min_time and runs >= 1:
+            break
+    return n / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--min-time", type=float, default=2.0,
+                        help="Seconds of timed runs per backend and size (at least 2 runs).")
+    parser.add_argument("--no-options", action="store_true",
+                        help="Skip the ONNX Runtime session-option table.")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: time.perf_counter; cpu: time.process_time (shared machines).")
+    args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+
+    import torch
+
+    from deepergat.checkpoint import load_checkpoint
+    from deepergat.export import export_model, load
+    from deepergat.export.predictor import TorchPredictor
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
+        work = Path(tmp)
+        ckpt, what = model_checkpoint(work)
+        print(f"model: {what}; threads: {args.threads} (OMP/MKL, torch, ONNX Runtime intra-op); "
+              f"clock: {args.clock}")
+        t0 = time.perf_counter()
+        aoti = shutil.which("g++") is not None or shutil.which("c++") is not None
+        formats = ["onnx", "torchscript", "pt2"] + (["aoti"] if aoti else [])
+        export_model(ckpt, work / "exported", formats=formats, n_check=256, big_batch=512)
+        print(f"exported and parity-checked in {time.perf_counter() - t0:.0f} s")
+        structures, source = perovskites(max(args.sizes), work)
+        print(f"structures: {source}")
+        batches = {}
+        for size in args.sizes:
+            g = build_inputs(structures.select(np.arange(size)), max_z=100)
+            batches[size] = g.inputs
+        base = load_checkpoint(ckpt)
+        meta = load(ckpt, device="cpu").metadata
+
+        def eager(form: str, device: str) -> TorchPredictor:
+            model = copy.deepcopy(base.model).to(device).eval()
+            model.set_agat_form(form)  # type: ignore[arg-type]
+            return TorchPredictor(ckpt, model, meta, "", device, f"eager {form}")
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for device in devices:
+            sync = torch.cuda.synchronize if device == "cuda" else None
+            backends = {
+                "eager direct": eager("direct", device),
+                "eager rewritten": eager("rewritten", device),
+                "torchscript": load(work / "exported" / "model.pt", device=device,
+                                    threads=args.threads),
+                "pt2": load(work / "exported" / "model.pt2", device=device,
+                            threads=args.threads),
+                "onnxruntime": load(work / "exported" / "model.onnx", device=device,
+                                    threads=args.threads),
+            }
+            if aoti and device == "cpu":
+                backends["aoti"] = load(work / "exported" / "model.aoti.pt2", device="cpu",
+                                        threads=args.threads)
+            if device == "cuda" and not backends["onnxruntime"].device.startswith("cuda"):
+                del backends["onnxruntime"]
+            print(f"\n{device}: structures/s (best of runs; N atoms, K slots per batch)")
+            header = f"{'batch':>6} {'N':>6} {'K':>3} " + " ".join(f"{b:>16}" for b in backends)
+            print(header)
+            table: dict[int, dict[str, float]] = {}
+            for size, inputs in batches.items():
+                n_atoms, k = inputs["neighbors"].shape
+                row = {}
+                for name, p in backends.items():
+                    row[name] = best_rate(lambda p=p, inputs=inputs: p.predict(inputs), size,
+                                          min_time=args.min_time, sync=sync)
+                table[size] = row
+                print(f"{size:>6} {n_atoms:>6} {k:>3} "
+                      + " ".join(f"{row[b]:>16.1f}" for b in backends), flush=True)
+            ratio = {s: r["eager rewritten"] / r["eager direct"] for s, r in table.items()}
+            print("rewritten / direct (eager): "
+                  + ", ".join(f"{s}: {v:.2f}x" for s, v in ratio.items()))
+            best_eager = max(table.items(), key=lambda kv: kv[1]["eager rewritten"])
+            exported = [b for b in backends if not b.startswith("eager")]
+            best_exp = max(((s, b, r[b]) for s, r in table.items() for b in exported),
+                           key=lambda t: t[2])
+            print(f"best eager (rewritten): {best_eager[1]['eager rewritten']:.1f}/s at batch "
+                  f"{best_eager[0]}; best exported: {best_exp[1]} {best_exp[2]:.1f}/s at batch "
+                  f"{best_exp[0]} ({best_exp[2] / best_eager[1]['eager rewritten']:.2f}x)")
+
+        if not args.no_options:
+            from deepergat.export.predictor import OnnxPredictor
+            from deepergat.export.runtime import make_session
+
+            print("\nONNX Runtime session options (CPU provider), structures/s")
+            sizes = [s for s in args.sizes if s in (64, 256, 1024)] or args.sizes[:1]
+            print(f"{'optimization':>12} {'intra':>5} {'mode':>10} "
+                  + " ".join(f"{f'batch {s}':>11}" for s in sizes))
+            onnx_path = work / "exported" / "model.onnx"
+            variants = [(level, args.threads, 1) for level in ("disable", "basic", "extended",
+                                                                "all")]
+            variants += [("all", 1, 1), ("all", 1, 2)]
+            for level, intra, inter in variants:
+                session = make_session(onnx_path, device="cpu", threads=intra,
+                                       inter_op_threads=inter, optimization=level)
+                p = OnnxPredictor(onnx_path, session, meta, "", "cpu")
+                rates = [best_rate(lambda p=p, s=s: p.predict(batches[s]), s,
+                                   min_time=args.min_time) for s in sizes]
+                mode = "parallel" if inter > 1 else "sequential"
+                print(f"{level:>12} {intra:>5} {mode:>10} "
+                      + " ".join(f"{r:>11.1f}" for r in rates), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Screening throughput and memory: end to end, stage by stage, and per rank.
+
+``python benchmarks/bench_screen.py [--model MODEL] [-n 100000] [--big 1000000] [--workdir DIR]``
+
+On ``-n`` generated candidates (benchmarks/make_candidates.py):
+
+* each stage alone, in this process: reading chunks, the neighbor search (one core), the
+  predictor (one single-threaded call at a time, and the default: one such call per core at
+  once), committing parts, merging — and the rate their serial sum would give;
+* end to end, ``deepergat-screen`` as real processes: default settings on one process; one core
+  per rank (``taskset`` / ``mpiexec -bind-to core``) on 1 and 2 ranks — structures/s of the
+  screen itself (its closing summary) and of the whole command (start-up and merge included),
+  peak RSS per rank;
+* peak RSS per rank of a separate ``--big``-candidate run (2 ranks, default settings; it can
+  be stopped after ``--big-seconds``), and of the same candidates all screened out
+  (``--max-atoms 1``: the full read → commit → merge → top-K path at full length, in minutes).
+
+Prints one table. Goals (issue 5, this 2-core machine, the 10-layer bundled model): end to end
+≥ 450 structures/s; 2 ranks ≥ 1.7× 1 rank at one core per rank; peak RSS per rank < 2 GB on
+1 M candidates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import make_candidates  # noqa: E402
+
+
+def candidates(workdir: Path, n: int, seed: int = 0) -> Path:
+    """The candidate store of n structures (cached in workdir)."""
+    path = workdir / f"candidates-{n}-s{seed}.h5"
+    if not path.exists():
+        t0 = time.perf_counter()
+        make_candidates.write_candidates(path, n, seed=seed)
+        print(f"generated {n} candidates in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return path
+
+
+# ------------------------------------------------------------------------------ stages alone
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+def stage_rates(store_path: Path, model: str | None, n_predict: int, chunk: int,
+                workdir: Path) -> dict[str, float]:
+    """Structures/s of each stage alone."""
+    from deepergat.screening.merge import merge_parts
+    from deepergat.screening.parts import MANIFEST_FORMAT, PartsDir
+    from deepergat.screening.pipeline import featurize, split_batches
+    from deepergat.screening.plan import make_plan
+    from deepergat.screening.predictions import Rows
+    from deepergat.screening.run import _load_model
+    from deepergat.store import Store
+
+    out: dict[str, float] = {}
+    store = Store(store_path)
+    n = store.n_structures
+    plan = make_plan(store.n_atoms, chunk)
+
+    t0 = time.perf_counter()
+    batches = [store.read(*plan.bounds(k)) for k in range(plan.n_chunks)]
+    out["read"] = _rate(n, time.perf_counter() - t0)
+
+    m = _load_model(model, ("cpu", 0), 1, 1000, 0.1)
+    settings = m.settings
+    model_batches = []
+    t_feat = 0.0
+    count = 0
+    for b in batches:
+        spans = split_batches(b.n_atoms, max_atoms=1000, max_neighbors=settings.max_neighbors)
+        for s, e in spans:
+            sub = b.select(np.arange(s, e))
+            t0 = time.perf_counter()
+            f = featurize(sub, settings)
+            t_feat += time.perf_counter() - t0
+            count += e - s
+            model_batches.append(f)
+    out["featurize (1 core)"] = _rate(count, t_feat)
+
+    m.predictor.predict(model_batches[0].graph.inputs)  # warm-up
+    todo, done = [], 0
+    for f in model_batches:
+        if done >= n_predict:
+            break
+        todo.append(f)
+        done += len(f.graph.rows)
+    t0 = time.perf_counter()
+    for f in todo:
+        m.predictor.predict(f.graph.inputs)
+    out["predict (1 call at a time)"] = _rate(done, time.perf_counter() - t0)
+    cores = len(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(cores) as pool:
+        list(pool.map(lambda f: m.predictor.predict(f.graph.inputs), todo))
+    out[f"predict ({cores} concurrent calls, default)"] = _rate(done, time.perf_counter() - t0)
+
+    parts = PartsDir(workdir / "stage-write.h5")
+    parts.clear()
+    manifest = {
+        "format": MANIFEST_FORMAT, "version": 1, "input": str(store_path),
+        "input_digest": store.content_digest, "n_structures": n, "model": "bench",
+        "model_sha256": "0" * 64, "model_metadata": {}, "chunk_size": chunk,
+        "n_chunks": plan.n_chunks, "max_atoms": 1000, "overlap_threshold": 0.1,
+        "embeddings": False, "embedding_dim": 64,
+        "targets": [{"name": "y", "units": ""}],
+    }
+    parts.prepare(manifest, resume=False)
+    t0 = time.perf_counter()
+    for k, b in enumerate(batches):
+        a, _ = plan.bounds(k)
+        m = len(b)
+        parts.commit(k, a, Rows(index=b.index, ids=b.ids, status=np.zeros(m, np.uint8),
+                                flags=np.zeros(m, np.uint8),
+                                predictions=np.zeros((m, 1), np.float32)))
+    out["write parts"] = _rate(n, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    merge_parts(parts, plan, manifest)
+    out["merge"] = _rate(n, time.perf_counter() - t0)
+    (workdir / "stage-write.h5").unlink(missing_ok=True)
+    store.close()
+    serial = ("read", "featurize (1 core)", f"predict ({cores} concurrent calls, default)",
+              "write parts", "merge")
+    out["serial sum of stages"] = 1.0 / sum(1.0 / out[k] for k in serial)
+    return out
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _is_rank(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return ("python" in os.path.basename(cmd[0]).decode(errors="replace")
+            and any(c.endswith(b"deepergat.screening.cli") for c in cmd))
+
+
+def _descendants(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for c in kids.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def run_screen(cmd: list[str], env: dict[str, str], timeout: float | None = None
+               ) -> dict[str, Any]:
+    """Run a screen command; wall time, the summary's rate, peak RSS (MB) of each rank."""
+    peaks: dict[int, int] = {}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            for p in [proc.pid, *_descendants(proc.pid)]:
+                if _is_rank(p):
+                    peaks[p] = max(peaks.get(p, 0), _hwm_kb(p))
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    partial = False
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        partial = True
+        family = _descendants(proc.pid)
+        for p in family:
+            if _is_rank(p):
+                peaks[p] = max(peaks.get(p, 0), _hwm_kb(p))
+        proc.kill()
+        for p in family:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    if proc.returncode != 0 and not partial:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+    m = re.search(r"screened (\d+) structures in ([\d.]+) s", stdout)
+    screened, seconds = (int(m.group(1)), float(m.group(2))) if m else (0, float("nan"))
+    return {"wall": wall, "screened": screened, "rate": _rate(screened, seconds),
+            "wall_rate": _rate(screened, wall), "rss_mb": sorted(v / 1024 for v in peaks.values()),
+            "partial": partial, "stdout": stdout}
+
+
+def screen_cmd(store: Path, out: Path, model: str | None, *extra: str,
+               ranks: int | None = None, bind: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "deepergat.screening.cli", "--input", str(store),
+           "--output", str(out), "--no-resume", *extra]
+    if model:
+        cmd += ["--model", model]
+    if ranks is None:
+        return ["taskset", "-c", "0", *cmd] if bind else cmd
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        raise SystemExit("mpiexec not found (pip install mpich)")
+    return [mpiexec, "-n", str(ranks), *(["-bind-to", "core"] if bind else []), *cmd]
+
+
+def timings(store: Path, model: str | None, n_predict: int, workdir: Path,
+            env: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    """Table rows: each stage alone, then the three end-to-end runs."""
+    rows: list[tuple[str, str, str, str]] = []
+    stages = stage_rates(store, model, n_predict, 2048, workdir)
+    for name, rate in stages.items():
+        rows.append((f"stage alone: {name}", f"{rate:,.0f}", "", ""))
+
+    runs = [
+        ("end to end, default settings, 1 process", {}),
+        ("end to end, 1 core/rank, 1 rank", {"bind": True}),
+        ("end to end, 1 core/rank, 2 ranks", {"bind": True, "ranks": 2}),
+    ]
+    results = {}
+    for label, kw in runs:
+        out = workdir / "bench.predictions.h5"
+        r = run_screen(screen_cmd(store, out, model, **kw), env)
+        results[label] = r
+        rss = ", ".join(f"{v:,.0f}" for v in r["rss_mb"])
+        rows.append((label, f"{r['rate']:,.0f}", f"{r['wall_rate']:,.0f}", rss))
+        print(f"{label}: {r['rate']:,.0f} structures/s", file=sys.stderr)
+    one = results["end to end, 1 core/rank, 1 rank"]["rate"]
+    two = results["end to end, 1 core/rank, 2 ranks"]["rate"]
+    rows.append(("speed-up 2 ranks / 1 rank (1 core/rank)", f"{two / one:.2f}x", "", ""))
+
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="model (default: the bundled model)")
+    p.add_argument("-n", type=int, default=100_000, help="candidates for the timings (100,000)")
+    p.add_argument("--big", type=int, default=1_000_000,
+                   help="candidates of the memory run (1,000,000; 0 skips it)")
+    p.add_argument("--big-seconds", type=float, default=None,
+                   help="stop the memory run with the model after this long (peak RSS so far; "
+                        "default: finish)")
+    p.add_argument("--stage-predict", type=int, default=5000,
+                   help="structures the predictor stage is timed on (5,000)")
+    p.add_argument("--workdir", default=None, help="folder for stores and outputs")
+    p.add_argument("--skip-timings", action="store_true",
+                   help="only the memory runs (skip the stages and the -n runs)")
+    args = p.parse_args(argv)
+    workdir = Path(args.workdir or HERE / ".bench-screen")
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
+    store = candidates(workdir, args.n)
+    cores = len(os.sched_getaffinity(0))
+
+    rows: list[tuple[str, str, str, str]] = []
+    if not args.skip_timings:
+        rows += timings(store, args.model, args.stage_predict, workdir, env)
+
+    if args.big:
+        big = candidates(workdir, args.big)
+        out = workdir / "big.predictions.h5"
+        r = run_screen(screen_cmd(big, out, args.model, ranks=2), env,
+                       timeout=args.big_seconds)
+        rss = ", ".join(f"{v:,.0f}" for v in r["rss_mb"])
+        stopped = f" (stopped after {args.big_seconds:.0f} s)" if r["partial"] else ""
+        rows.append((f"memory run: {args.big:,} candidates, 2 ranks{stopped}",
+                     f"{r['rate']:,.0f}" if r["screened"] else "-",
+                     f"{r['wall_rate']:,.0f}" if r["screened"] else "-", rss))
+        # The whole path at full length, merge and top-K included, without the model's time:
+        # --max-atoms 1 screens every structure out (status 2).
+        r = run_screen(screen_cmd(big, out, args.model, "--max-atoms", "1", "--top", "10",
+                                  ranks=2), env)
+        rss = ", ".join(f"{v:,.0f}" for v in r["rss_mb"])
+        rows.append((f"memory run: {args.big:,}, 2 ranks, no model calls, merged",
+                     f"{r['rate']:,.0f}", f"{r['wall_rate']:,.0f}", rss))
+
+    head = ("what", "structures/s (screen)", "structures/s (whole command)", "peak RSS/rank MB")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(4)]
+    print(f"\nbench_screen: {args.n:,} candidates, {cores} cores, model "
+          f"{args.model or '(bundled)'}")
+    for r in [head, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

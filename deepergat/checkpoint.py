@@ -1,0 +1,233 @@
+"""Checkpoints (``.ckpt``): a plain dict saved with ``torch.save``, loadable with
+``torch.load(weights_only=True)``.
+
+The dict carries a checkpoint-format integer (`CHECKPOINT_FORMAT`, not the package version: a
+release must not orphan old checkpoints), the model's constructor arguments, the graph settings,
+target names, units and scaling, the elements seen in training, the training store's content
+digest and the weights; a training checkpoint adds optimizer, scheduler, epoch and RNG states
+(tensors and plain types only). `load_checkpoint` rebuilds the model from the saved arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import DeepergatError
+from .model import DeeperGATGNN
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "atomic_save",
+    "file_sha256",
+    "load_checkpoint",
+    "make_checkpoint",
+    "metadata",
+    "read_checkpoint",
+    "save_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bumped only when the dict's layout changes incompatibly.
+CHECKPOINT_FORMAT = 1
+_KIND = "deepergat-checkpoint"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (eval mode, CPU) and its metadata.
+
+    Attributes:
+        model: the `DeeperGATGNN` with its weights.
+        path: where it was read from.
+        data: the whole checkpoint dict (training state included, if any).
+    """
+
+    model: DeeperGATGNN
+    path: Path
+    data: dict[str, Any] = field(repr=False)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.data["targets"])
+
+    @property
+    def units(self) -> list[str]:
+        return list(self.data["units"])
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.data["graph"]["cutoff"])
+
+    @property
+    def max_neighbors(self) -> int:
+        return int(self.data["graph"]["max_neighbors"])
+
+    @property
+    def elements(self) -> list[int]:
+        return list(self.data["elements"])
+
+    @property
+    def target_std(self) -> list[float]:
+        return [float(v) for v in self.data["target_std"]]
+
+
+def make_checkpoint(
+    model: DeeperGATGNN,
+    *,
+    targets: Sequence[str],
+    units: Sequence[str],
+    elements: Sequence[int],
+    store_digest: str = "",
+    training: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict of a model.
+
+    Args:
+        model: the model; its ``config`` is saved as constructor arguments.
+        targets, units: [T] target names and units, in the model's output order.
+        elements: atomic numbers seen in training.
+        store_digest: content digest of the training store.
+        training: optimizer/scheduler state, epoch, RNG states (tensors and plain types).
+        extra: more plain metadata (e.g. the run's config).
+    """
+    config = dict(model.config)
+    if len(targets) != config["targets"] or len(units) != config["targets"]:
+        raise ValueError("targets and units must have one entry per model output")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {
+        "kind": _KIND,
+        "format": CHECKPOINT_FORMAT,
+        "created_by": f"deepergat {__version__}",
+        "model": config,
+        "graph": {"cutoff": float(config["cutoff"]), "max_neighbors": int(config["max_neighbors"])},
+        "targets": [str(t) for t in targets],
+        "units": [str(u) for u in units],
+        "target_mean": [float(v) for v in model.target_mean.tolist()],
+        "target_std": [float(v) for v in model.target_std.tolist()],
+        "elements": sorted(int(z) for z in elements),
+        "store_digest": str(store_digest),
+        "state_dict": state,
+        "training": dict(training) if training is not None else None,
+        "extra": dict(extra or {}),
+    }
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to ``<path>.tmp`` then rename into place: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: DeeperGATGNN, **kwargs: Any) -> None:
+    """`make_checkpoint` and `atomic_save` in one call."""
+    atomic_save(make_checkpoint(model, **kwargs), path)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint dict, validated.
+
+    Raises:
+        DeepergatError: missing file, not a checkpoint, truncated, or an unknown format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DeepergatError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged pickle raises anything (KeyError, EOFError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeepergatError(
+            f"{path}: not a readable deepergat checkpoint (truncated or another kind of file: "
+            f"{first})"
+        ) from None
+    if not isinstance(data, dict) or data.get("kind") != _KIND:
+        raise DeepergatError(
+            f"{path}: not a deepergat checkpoint (a torch file without the checkpoint fields); "
+            "train one with `deepergat train`"
+        )
+    fmt = data.get("format")
+    if fmt != CHECKPOINT_FORMAT:
+        raise DeepergatError(
+            f"{path}: checkpoint format {fmt!r} is not supported (this deepergat {__version__} "
+            f"reads format {CHECKPOINT_FORMAT}); use a matching deepergat version"
+        )
+    missing = [k for k in ("model", "graph", "targets", "units", "state_dict") if k not in data]
+    if missing:
+        raise DeepergatError(f"{path}: damaged checkpoint: missing {', '.join(missing)}")
+    return data
+
+
+def build_model(data: Mapping[str, Any]) -> DeeperGATGNN:
+    """A model rebuilt from a checkpoint dict's constructor arguments and weights (eval mode)."""
+    model = DeeperGATGNN(**data["model"])
+    model.load_state_dict(data["state_dict"])
+    model.eval()
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint and rebuild its model (CPU, eval mode).
+
+    Raises:
+        DeepergatError: see `read_checkpoint`; also weights that do not fit the saved arguments.
+    """
+    data = read_checkpoint(path)
+    try:
+        model = build_model(data)
+    except (TypeError, RuntimeError, KeyError) as e:
+        raise DeepergatError(f"{path}: damaged checkpoint: {str(e).splitlines()[0]}") from None
+    return Checkpoint(model=model, path=Path(path), data=data)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """The DESIGN.md metadata document of a checkpoint, for exported files.
+
+    Returns:
+        JSON-serializable dict: ``format`` (checkpoint format of the source), ``model``
+        (constructor arguments), ``graph`` {cutoff, max_neighbors}, ``targets`` [{name, units,
+        mean, std}], ``elements``, ``store_digest``, ``package_version``, ``source_sha256``
+        (of the checkpoint file; empty when given a dict).
+    """
+    if isinstance(path_or_data, Mapping):
+        data, sha = path_or_data, ""
+    else:
+        data, sha = read_checkpoint(path_or_data), file_sha256(path_or_data)
+    return {
+        "format": int(data["format"]),
+        "model": dict(data["model"]),
+        "graph": dict(data["graph"]),
+        "targets": [
+            {"name": n, "units": u, "mean": float(m), "std": float(s)}
+            for n, u, m, s in zip(
+                data["targets"], data["units"], data["target_mean"], data["target_std"],
+                strict=True,
+            )
+        ],
+        "elements": list(data["elements"]),
+        "store_digest": data.get("store_digest", ""),
+        "package_version": __version__,
+        "source_sha256": sha,
+    }

@@ -1,0 +1,170 @@
+"""The one place that reads the launcher environment (torchrun, SLURM ``srun``, MPI launchers).
+
+`launch_info` maps the variables each launcher sets to rank, local rank, world size and the
+rendezvous address; `setup_distributed` starts ``torch.distributed`` from it (NCCL on GPUs,
+gloo on CPUs). Nothing else in the package reads these variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "LaunchInfo",
+    "first_host",
+    "launch_info",
+    "requeue_slurm_job",
+    "setup_distributed",
+    "teardown_distributed",
+]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    """Where this process sits in a job.
+
+    Attributes:
+        rank, local_rank, world_size: global rank, rank on this node, number of processes.
+        master_addr, master_port: rendezvous for ``torch.distributed`` (env:// init).
+        launcher: ``"torchrun"``, ``"slurm"``, ``"mpi"`` or ``"none"``.
+        slurm_job_id: the SLURM job id when inside a SLURM job, else None.
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = _DEFAULT_PORT
+    launcher: str = "none"
+    slurm_job_id: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def device_index(self, visible_devices: int) -> int:
+        """Device for this process: node-local rank modulo the visible devices."""
+        return self.local_rank % visible_devices if visible_devices > 0 else 0
+
+
+def first_host(nodelist: str) -> str:
+    """First host of a SLURM node list: ``"gpu[03-05,07],cpu1"`` → ``"gpu03"``."""
+    nodelist = nodelist.strip()
+    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    if not m:
+        return nodelist
+    prefix, _, ranges = m.groups()
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def launch_info(env: Mapping[str, str] | None = None) -> LaunchInfo:
+    """Read rank, local rank, world size and rendezvous from the launcher's variables.
+
+    Order: torchrun (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), then SLURM
+    (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, the first host of SLURM_JOB_NODELIST; port from
+    MASTER_PORT or 29500 + the job id mod 1000), then Open MPI (OMPI_COMM_WORLD_*) and PMI
+    (PMI_RANK, PMI_SIZE, MPI_LOCALRANKID); else a single process.
+    """
+    env = os.environ if env is None else env
+    job = env.get("SLURM_JOB_ID")
+
+    def port(default: int) -> int:
+        return int(env.get("MASTER_PORT", default))
+
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return LaunchInfo(
+            rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", 0)),
+            world_size=int(env["WORLD_SIZE"]),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port(_DEFAULT_PORT),
+            launcher="torchrun", slurm_job_id=job,
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "127.0.0.1")
+        default_port = _DEFAULT_PORT + (int(job) % 1000 if job and job.isdigit() else 0)
+        return LaunchInfo(
+            rank=int(env["SLURM_PROCID"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
+            world_size=int(env["SLURM_NTASKS"]),
+            master_addr=env.get("MASTER_ADDR") or first_host(nodelist),
+            master_port=port(default_port), launcher="slurm", slurm_job_id=job,
+        )
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return LaunchInfo(
+            rank=int(env["OMPI_COMM_WORLD_RANK"]),
+            local_rank=int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)),
+            world_size=int(env["OMPI_COMM_WORLD_SIZE"]),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port(_DEFAULT_PORT),
+            launcher="mpi", slurm_job_id=job,
+        )
+    if "PMI_RANK" in env and "PMI_SIZE" in env:
+        return LaunchInfo(
+            rank=int(env["PMI_RANK"]),
+            local_rank=int(env.get("MPI_LOCALRANKID", env.get("PMI_LOCAL_RANK", 0))),
+            world_size=int(env["PMI_SIZE"]),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port(_DEFAULT_PORT),
+            launcher="mpi", slurm_job_id=job,
+        )
+    return LaunchInfo(slurm_job_id=job)
+
+
+def setup_distributed(info: LaunchInfo, *, backend: str) -> None:
+    """Initialize the default process group (env:// rendezvous) when ``info.world_size > 1``."""
+    import torch.distributed as dist
+
+    if not info.distributed or dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", info.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(info.master_port))
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size
+    )
+    log.info("rank %d/%d joined (%s, %s)", info.rank, info.world_size, info.launcher, backend)
+
+
+def teardown_distributed() -> None:
+    """Destroy the default process group, if any."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def requeue_slurm_job(info: LaunchInfo) -> bool:
+    """Run ``scontrol requeue $SLURM_JOB_ID`` when inside a SLURM job that allows requeue.
+
+    Returns:
+        True when the job was requeued.
+    """
+    if not info.slurm_job_id:
+        return False
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", info.slurm_job_id],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout
+        if "Requeue=1" not in shown:
+            log.info("SLURM job %s does not allow requeue", info.slurm_job_id)
+            return False
+        done = subprocess.run(
+            ["scontrol", "requeue", info.slurm_job_id],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("could not requeue SLURM job %s: %s", info.slurm_job_id, e)
+        return False
+    if done.returncode != 0:
+        log.warning("scontrol requeue %s failed: %s", info.slurm_job_id, done.stderr.strip())
+        return False
+    log.warning("requeued SLURM job %s", info.slurm_job_id)
+    return True

@@ -1,0 +1,222 @@
+"""DeeperGATGNN (Omee et al., Patterns 3, 100491, 2022) in the padded layout of DESIGN.md.
+
+The model takes the bare graph (DESIGN.md "Model inputs and outputs") and computes every feature
+from registered buffers: one-hot Z and degree, the Gaussian distance expansion, the composition
+vector and the target scaling. A checkpoint or an exported file is therefore the whole predictor.
+
+Parameter count at the defaults (dim 64, heads 4, 50 Gaussians, max_neighbors 12, one target):
+
+==================================  ==========================================
+atom embedding 114 → 64              7,360 (100 one-hot Z + 14 degree classes)
+edge embedding 50 → 64               3,264
+global attention 172 → 64 → 64 → 1  15,297
+head 64 → 1                          65
+**fixed part**                       **25,986**
+AGAT layer                           33,352 (W 32,768, att 512, bias 64, BN 8)
+DiffGroupNorm(64, 10)                1,920 (lin 640, BatchNorm(640) 1,280)
+**per layer**                        **35,272**
+==================================  ==========================================
+
+so 378,706 at 10 layers and 1,084,146 at 30. The reference port counts 384,466 / 1,089,906: the
+same 114-wide atom input, the same AGAT + DiffGroupNorm per layer and the same 172→64→64→1 global
+attention, but its global-attention module also builds 3 DiffGroupNorm(64, 10) it never calls
+(3 × 1,920 = 5,760); 378,706 + 5,760 = 384,466 and 1,084,146 + 5,760 = 1,089,906.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .layers import AGATConv, DiffGroupNorm, GaussianExpansion, GlobalAttention
+
+__all__ = ["INPUT_NAMES", "MAX_Z", "OUTPUT_NAMES", "DeeperGATGNN", "count_parameters"]
+
+#: The model's element table is Z = 1..MAX_Z; other elements are screened out (status 3).
+MAX_Z = 100
+#: Width of the composition vector (position Z holds element Z's fraction), as the reference.
+COMPOSITION_SIZE = 108
+INPUT_NAMES = (
+    "atomic_numbers",
+    "neighbors",
+    "distances",
+    "neighbor_mask",
+    "crystal_atoms",
+    "crystal_mask",
+    "batch",
+)
+OUTPUT_NAMES = ("prediction", "embedding")
+
+
+class DeeperGATGNN(nn.Module):
+    """Deep augmented graph-attention network with DiffGroupNorm and skips.
+
+    Args:
+        dim: embedding width D.
+        layers: number of AGAT layers (the paper uses 10-30).
+        heads: attention heads per AGAT layer.
+        gaussians: Gaussians of the distance expansion over [0, 1] (distance / cutoff).
+        gaussian_width: their width, in units of the [0, 1] range.
+        cutoff: graph cutoff, Å (graph setting; scales the distances).
+        max_neighbors: graph setting; degree classes are 0..max_neighbors + 1 (self loop
+            included), a larger degree from ties takes the top class.
+        dgn: DiffGroupNorm after each layer.
+        skip: residual skip x ← x + x_prev after each layer.
+        groups: DiffGroupNorm groups.
+        targets: number of targets T.
+        per_atom: predict per atom and multiply by the atom count (extensive targets).
+        negative_slope: LeakyReLU slope of the embeddings.
+        agat_form: ``"rewritten"`` (x W_x + e W_e, default) or ``"direct"`` ([x ‖ e] W), equal
+            results; see `AGATConv`.
+        target_mean, target_std: [T] scaling; prediction = raw · std + mean (set from the
+            training set with `set_target_scaling`).
+
+    ``layers=5, dgn=False, skip=False`` is the shallow GATGNN.
+
+    Shapes:
+        Inputs (DESIGN.md): atomic_numbers [N] int64, neighbors [N, K] int64, distances [N, K]
+        float32 Å, neighbor_mask [N, K] bool, crystal_atoms [C, A] int64, crystal_mask [C, A]
+        bool, batch [N] int64. Outputs: (prediction [C, T] in the targets' units,
+        embedding [C, D], the pooled crystal vector).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int = 64,
+        layers: int = 10,
+        heads: int = 4,
+        gaussians: int = 50,
+        gaussian_width: float = 0.2,
+        cutoff: float = 8.0,
+        max_neighbors: int = 12,
+        dgn: bool = True,
+        skip: bool = True,
+        groups: int = 10,
+        targets: int = 1,
+        per_atom: bool = False,
+        negative_slope: float = 0.2,
+        agat_form: Literal["rewritten", "direct"] = "rewritten",
+        target_mean: list[float] | None = None,
+        target_std: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {
+            "dim": dim,
+            "layers": layers,
+            "heads": heads,
+            "gaussians": gaussians,
+            "gaussian_width": gaussian_width,
+            "cutoff": cutoff,
+            "max_neighbors": max_neighbors,
+            "dgn": dgn,
+            "skip": skip,
+            "groups": groups,
+            "targets": targets,
+            "per_atom": per_atom,
+            "negative_slope": negative_slope,
+            "agat_form": agat_form,
+        }
+        self.per_atom = per_atom
+        self.skip = skip
+        self.negative_slope = negative_slope
+        degree_classes = max_neighbors + 2
+        # Constants as buffers: a saved or exported model carries them.
+        self.register_buffer("element_table", torch.eye(MAX_Z))  # row Z-1: one-hot of Z
+        self.register_buffer("degree_classes", torch.arange(degree_classes))
+        self.register_buffer("composition_index", torch.arange(COMPOSITION_SIZE))
+        self.register_buffer("max_neighbors", torch.tensor(max_neighbors, dtype=torch.long))
+        mean = torch.zeros(targets) if target_mean is None else torch.tensor(target_mean)
+        std = torch.ones(targets) if target_std is None else torch.tensor(target_std)
+        self.register_buffer("target_mean", mean.to(torch.get_default_dtype()).reshape(targets))
+        self.register_buffer("target_std", std.to(torch.get_default_dtype()).reshape(targets))
+        self.expansion = GaussianExpansion(gaussians, cutoff=cutoff, width=gaussian_width)
+        self.node_embedding = nn.Linear(MAX_Z + degree_classes, dim)
+        self.edge_embedding = nn.Linear(gaussians, dim)
+        self.convs = nn.ModuleList(AGATConv(dim, heads, form=agat_form) for _ in range(layers))
+        self.norms = nn.ModuleList(
+            DiffGroupNorm(dim, groups) if dgn else nn.Identity() for _ in range(layers)
+        )
+        self.global_attention = GlobalAttention(dim, COMPOSITION_SIZE)
+        self.head = nn.Linear(dim, targets)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def cutoff(self) -> float:
+        """Graph cutoff, Å."""
+        return float(self.config["cutoff"])
+
+    def set_target_scaling(self, mean: Tensor | list[float], std: Tensor | list[float]) -> None:
+        """Set the [T] target mean and std (training-set statistics, in the targets' units)."""
+        mean_t = torch.as_tensor(mean, dtype=self.target_mean.dtype).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=self.target_std.dtype).reshape(-1)
+        self.target_mean.copy_(mean_t)
+        self.target_std.copy_(std_t)
+
+    def set_agat_form(self, form: Literal["rewritten", "direct"]) -> None:
+        """Switch every AGAT layer's projection form (results are equal)."""
+        for conv in self.convs:
+            conv.form = form
+        self.config["agat_form"] = form
+
+    def atom_features(self, atomic_numbers: Tensor, neighbor_mask: Tensor) -> Tensor:
+        """[N, 100 + max_neighbors + 2] one-hot Z ‖ one-hot degree (self loop included)."""
+        z = (atomic_numbers - 1).clamp(0, MAX_Z - 1)  # Z outside 1..100: screened earlier
+        degree = neighbor_mask.sum(1).clamp(max=self.degree_classes.shape[0] - 1)
+        dtype = self.element_table.dtype
+        one_hot_degree = (degree.unsqueeze(1) == self.degree_classes).to(dtype)
+        return torch.cat([self.element_table[z], one_hot_degree], dim=1)
+
+    def composition(
+        self, atomic_numbers: Tensor, crystal_atoms: Tensor, crystal_mask: Tensor
+    ) -> Tensor:
+        """[C, 108] element fractions of each crystal (index Z)."""
+        z = atomic_numbers.clamp(0, COMPOSITION_SIZE - 1)
+        dtype = self.element_table.dtype
+        one_hot = (z[crystal_atoms].unsqueeze(-1) == self.composition_index).to(dtype)
+        m = crystal_mask.to(dtype)
+        counts = (one_hot * m.unsqueeze(-1)).sum(1)
+        return counts / m.sum(1, keepdim=True)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        atomic_numbers: Tensor,
+        neighbors: Tensor,
+        distances: Tensor,
+        neighbor_mask: Tensor,
+        crystal_atoms: Tensor,
+        crystal_mask: Tensor,
+        batch: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Predict the targets of C crystals; see the class docstring for shapes."""
+        slope = self.negative_slope
+        x = F.leaky_relu(self.node_embedding(self.atom_features(atomic_numbers, neighbor_mask)),
+                         slope)
+        e = F.leaky_relu(self.edge_embedding(self.expansion(distances)), slope)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = norm(conv(x, e, neighbors, neighbor_mask))
+            x = h + x if self.skip else h
+        comp = self.composition(atomic_numbers, crystal_atoms, crystal_mask)  # [C, 108]
+        g = self.global_attention(x, comp[batch], crystal_atoms, crystal_mask, batch)
+        x = x * g.unsqueeze(1)
+        m = crystal_mask.to(x.dtype).unsqueeze(-1)
+        embedding = (x[crystal_atoms] * m).sum(1)  # [C, D] sum pooling over real atoms
+        prediction = self.head(embedding) * self.target_std + self.target_mean
+        if self.per_atom:
+            prediction = prediction * m.sum(1)
+        return prediction, embedding
+
+    def forward_inputs(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """`forward` on a dict keyed by `INPUT_NAMES`."""
+        return self(*(inputs[name] for name in INPUT_NAMES))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

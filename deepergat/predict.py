@@ -1,0 +1,291 @@
+"""Prediction and evaluation with any model file, and the bundled models.
+
+MODEL arguments are a path when one exists, else the name of a bundled model: a folder
+``deepergat/models/<name>/`` holding ``best.ckpt`` and ``card.md``. A path may also be an
+exported file (``.onnx``, ``.pt``, ``.pt2``): every model runs through
+`deepergat.export.load`, one `Predictor` whatever the file kind. Structures go through the
+same graphs as training (the checkpoint's cutoff and max neighbors) and get DESIGN.md's status
+codes; a bad structure is a row with its status and no value, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DeepergatError
+
+__all__ = [
+    "BUNDLED_DIR",
+    "EvaluationResult",
+    "PredictionRow",
+    "bundled_models",
+    "evaluate",
+    "load_predictor",
+    "parity_plot",
+    "predict_inputs",
+    "resolve_model",
+]
+
+log = logging.getLogger(__name__)
+
+#: Where bundled models live inside the package.
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MAX_ATOMS = 1000
+DEFAULT_OVERLAP_THRESHOLD = 0.1
+#: The model's element table Z = 1..100 (deepergat.model.MAX_Z, here without importing torch).
+_MAX_Z = 100
+_CHUNK = 1024
+
+
+def bundled_models() -> dict[str, Path]:
+    """Name → folder of each bundled model (those with a ``best.ckpt``)."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {
+        d.name: d for d in sorted(BUNDLED_DIR.iterdir()) if (d / "best.ckpt").is_file()
+    }
+
+
+def resolve_model(model: str | os.PathLike[str]) -> Path:
+    """A checkpoint path: ``model`` itself when it exists, else a bundled model's best.ckpt.
+
+    Raises:
+        DeepergatError: neither a file nor a bundled name (lists the bundled names).
+    """
+    path = Path(model)
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / "best.ckpt").is_file():
+        return path / "best.ckpt"
+    bundled = bundled_models()
+    if str(model) in bundled:
+        return bundled[str(model)] / "best.ckpt"
+    names = ", ".join(bundled) or "none"
+    raise DeepergatError(
+        f"{model}: no such model file, and no bundled model of that name (bundled: {names}); "
+        "see `deepergat models`"
+    )
+
+
+def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu") -> Any:
+    """The `deepergat.export.Predictor` of a MODEL argument: a checkpoint (eager PyTorch), an
+    exported file (``.onnx`` on ONNX Runtime, ``.pt``, ``.pt2``) or a bundled name (its
+    checkpoint).
+
+    Raises:
+        DeepergatError: see `resolve_model` and `deepergat.export.load`.
+    """
+    from .export import load
+
+    return load(resolve_model(model), device=device)  # type: ignore[arg-type]
+
+
+@dataclass
+class PredictionRow:
+    """One structure's result: id, [T] values (NaN unless status is 0), status code."""
+
+    id: str
+    values: np.ndarray
+    status: int
+
+
+def _is_store(path: Path) -> bool:
+    if path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError:
+        return False
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    return fmt == "deepergat-structures"
+
+
+def _predict_store(model: Any, path: Path, *, cutoff: float, max_neighbors: int,
+                   max_atoms: int, overlap_threshold: float, batch_size: int,
+                   device: Any) -> Iterator[PredictionRow]:
+    from .graphs import build_inputs
+    from .store import Store
+
+    n_targets = len(model.targets)
+    with Store(path) as store:
+        for chunk in store.iter_chunks(_CHUNK):
+            for a in range(0, len(chunk), batch_size):
+                part = chunk.select(np.arange(a, min(a + batch_size, len(chunk))))
+                g = build_inputs(part, cutoff=cutoff, max_neighbors=max_neighbors,
+                                 max_atoms=max_atoms, max_z=_MAX_Z,
+                                 overlap_threshold=overlap_threshold)
+                values = np.full((len(part), n_targets), np.nan, dtype=np.float32)
+                status = g.status.astype(np.int64)
+                if len(g.rows):
+                    pred = model.predict(g.inputs)[0]
+                    values[g.rows] = pred
+                    bad = ~np.isfinite(pred).all(1)
+                    status[g.rows[bad]] = 7
+                    values[g.rows[bad]] = np.nan
+                for k in range(len(part)):
+                    yield PredictionRow(part.ids[k], values[k], int(status[k]))
+
+
+def predict_inputs(
+    model_path: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    batch_size: int = 100,
+    max_atoms: int = DEFAULT_MAX_ATOMS,
+    overlap_threshold: float = DEFAULT_OVERLAP_THRESHOLD,
+    device: str = "cpu",
+    on_skipped: Callable[[int, str], None] | None = None,
+) -> tuple[Any, Iterator[PredictionRow]]:
+    """Predict structure files (any format `deepergat pack` reads) and stores.
+
+    Structure files are packed into a temporary store first (unreadable ones are skipped and
+    reported through ``on_skipped(count, description)``); stores are read as they are.
+
+    Returns:
+        (the loaded `deepergat.export.Predictor`, an iterator of `PredictionRow` in input
+        order).
+    """
+    ck = load_predictor(model_path, device=device)
+    model = ck
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise DeepergatError("no inputs given")
+    for p in paths:
+        if not p.exists() and not any(ch in str(p) for ch in "*?["):
+            raise DeepergatError(f"{p}: no such file or folder")
+
+    def rows() -> Iterator[PredictionRow]:
+        files: list[Path] = []
+        settings = dict(cutoff=ck.cutoff, max_neighbors=ck.max_neighbors, max_atoms=max_atoms,
+                        overlap_threshold=overlap_threshold, batch_size=batch_size,
+                        device=device)
+
+        def flush() -> Iterator[PredictionRow]:
+            if not files:
+                return
+            from .pack import describe_skipped, pack
+
+            with tempfile.TemporaryDirectory(prefix="deepergat-predict-") as tmp:
+                store = Path(tmp) / "inputs.h5"
+                result = pack([str(f) for f in files], store, workers=1, skip_bad=True)
+                if result.n_skipped and on_skipped is not None:
+                    on_skipped(result.n_skipped, describe_skipped(result.skipped))
+                yield from _predict_store(model, store, **settings)
+            files.clear()
+
+        for p in paths:
+            if _is_store(p):
+                yield from flush()
+                yield from _predict_store(model, p, **settings)
+            else:
+                files.append(p)
+        yield from flush()
+
+    return ck, rows()
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of a model on a labelled store.
+
+    Attributes:
+        target, units: the evaluated target. n: structures evaluated.
+        mae, rmse, r2: in the target's units (R² unitless).
+        y_true, y_pred: [n] float64 values. ids: [n]. skipped: structures left out (status ≠ 0).
+    """
+
+    target: str
+    units: str
+    n: int
+    mae: float
+    rmse: float
+    r2: float
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    ids: list[str]
+    skipped: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"target": self.target, "units": self.units, "n": self.n, "mae": self.mae,
+                "rmse": self.rmse, "r2": self.r2}
+
+
+def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], target: str, *,
+             batch_size: int = 100, device: str = "cpu",
+             cache_dir: str | os.PathLike[str] | None = None) -> EvaluationResult:
+    """MAE, RMSE and R² of a checkpoint on a labelled store.
+
+    Raises:
+        DeepergatError: the model lacks the target, the store lacks it (lists the available
+            ones) or has no usable labelled structure.
+    """
+    from .data import load_graphs
+
+    ck = load_predictor(model_path, device=device)
+    if target not in ck.targets:
+        raise DeepergatError(
+            f"{ck.path}: the model predicts {', '.join(ck.targets)}, not {target!r}"
+        )
+    column = ck.targets.index(target)
+    g = load_graphs(data, cutoff=ck.cutoff, max_neighbors=ck.max_neighbors, cache_dir=cache_dir)
+    if not g.targets:
+        raise DeepergatError(f"{data}: the store has no targets; pack it with --target")
+    if target not in g.targets:
+        raise DeepergatError(
+            f"{data}: no target {target!r}; available: {', '.join(sorted(g.targets))}"
+        )
+    y_all = g.targets[target]
+    rows = g.usable
+    rows = rows[np.isfinite(y_all[rows])]
+    skipped = len(g) - len(rows)
+    if len(rows) == 0:
+        raise DeepergatError(f"{data}: no structure with a finite {target!r} passes the checks")
+    pred = np.concatenate([ck.predict(g.batch(rows[a : a + batch_size]))[0]
+                           for a in range(0, len(rows), batch_size)])
+    y_pred = pred[:, column].astype(np.float64)
+    y_true = y_all[rows]
+    err = y_pred - y_true
+    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
+    r2 = 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else math.nan
+    return EvaluationResult(
+        target=target, units=ck.units[column], n=len(rows), mae=float(np.abs(err).mean()),
+        rmse=float(np.sqrt((err**2).mean())), r2=r2, y_true=y_true, y_pred=y_pred,
+        ids=[g.ids[r] for r in rows], skipped=skipped,
+    )
+
+
+def parity_plot(result: EvaluationResult, path: str | os.PathLike[str], *,
+                title: str = "") -> None:
+    """Predicted vs true values, with the MAE in the title (PNG, matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    u = f" ({result.units})" if result.units else ""
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.scatter(result.y_true, result.y_pred, s=6, alpha=0.5)
+    lo = float(min(result.y_true.min(), result.y_pred.min()))
+    hi = float(max(result.y_true.max(), result.y_pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
+    ax.set_xlabel(f"true {result.target}{u}")
+    ax.set_ylabel(f"predicted {result.target}{u}")
+    unit = f" {result.units}" if result.units else ""
+    ax.set_title(f"{title + ': ' if title else ''}MAE {result.mae:.4g}{unit} "
+                 f"(R² {result.r2:.3f}, n = {result.n})")
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,835 @@
+"""Training: single process or ``torch.distributed`` data parallel, resumable to the bit.
+
+`train` runs one training job described by a `TrainConfig` and writes to its run folder:
+
+* ``config.yaml`` (the resolved configuration), ``splits.json`` (ids of each split),
+* ``metrics.csv`` (``epoch,lr,train_mae,val_mae,seconds``) and ``learning_curve.png``,
+* ``best.ckpt`` (lowest validation MAE) and ``last.ckpt`` (with optimizer, scheduler, epoch,
+  position within the epoch and RNG states), both written atomically every epoch,
+* ``test_metrics.json`` at the end, from ``best.ckpt`` on the test split.
+
+Batches come from a `DistributedSampler` (one replica when not distributed) seeded by the run's
+seed and the epoch, so the order of batches is a function of (seed, epoch) alone: a run resumed
+from ``last.ckpt`` — after an epoch or after a signal in the middle of one — continues exactly as
+the uninterrupted run would have. SIGUSR1 / SIGTERM and ``max_time`` stop at the next batch:
+``last.ckpt`` is written, a requeue-able SLURM job is requeued, and `train` returns.
+
+Defaults are the reference's: AdamW lr 0.005, 100 crystals a batch, ReduceLROnPlateau (factor
+0.8, patience 10, min lr 1e-5, threshold 2e-4), L1 loss, 500 epochs. Targets are scaled by the
+training set's mean and std inside the model; the loss is the L1 distance in scaled units.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from .checkpoint import atomic_save, make_checkpoint, read_checkpoint
+from .data import GraphSet, load_graphs, to_tensors
+from .errors import DeepergatError
+from .launch import (
+    LaunchInfo,
+    launch_info,
+    requeue_slurm_job,
+    setup_distributed,
+    teardown_distributed,
+)
+from .model import DeeperGATGNN
+
+__all__ = [
+    "EpochRecord",
+    "RunSplits",
+    "TrainConfig",
+    "TrainResult",
+    "cross_validate",
+    "epoch_batches",
+    "parse_max_time",
+    "predict_rows",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+METRICS_HEADER = ("epoch", "lr", "train_mae", "val_mae", "seconds")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the CLI, a YAML file and tests fill it.
+
+    Attributes:
+        data: training store. target: target name.
+        val_data / val_fraction: a validation store, or the fraction of ``data`` held out
+            (default 0.1 when neither is given).
+        test_data / test_fraction: a test store, or the fraction of ``data`` held out (default
+            none).
+        out: run folder.
+        layers, epochs, batch_size, lr, seed, per_atom: as the CLI options.
+        init_from: checkpoint whose weights start the run (fine-tuning).
+        early_stop: stop after this many epochs without a better validation MAE.
+        max_time: seconds of wall time after which the run stops as on a signal.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        cache_dir: graph cache folder (default next to the store).
+        resume: continue from ``out/last.ckpt`` when it exists.
+        cv: K-fold cross-validation (`cross_validate`).
+        model: further model constructor arguments (dim, heads, gaussians, dgn, skip, …).
+        cutoff, max_neighbors: graph settings.
+        weight_decay, lr_factor, lr_patience, min_lr, lr_threshold: optimizer and scheduler.
+        curve_every: redraw the learning curve every this many epochs (and at the end).
+    """
+
+    data: str = ""
+    target: str = ""
+    out: str = ""
+    val_data: str | None = None
+    val_fraction: float | None = None
+    test_data: str | None = None
+    test_fraction: float | None = None
+    layers: int = 10
+    epochs: int = 500
+    batch_size: int = 100
+    lr: float = 0.005
+    seed: int = 0
+    per_atom: bool = False
+    init_from: str | None = None
+    early_stop: int | None = None
+    max_time: float | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+    resume: bool = False
+    cv: int | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    cutoff: float = 8.0
+    max_neighbors: int = 12
+    weight_decay: float = 0.01
+    lr_factor: float = 0.8
+    lr_patience: int = 10
+    min_lr: float = 1e-5
+    lr_threshold: float = 2e-4
+    curve_every: int = 10
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build from a dict whose keys are field names (dashes allowed)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            k = str(key).replace("-", "_")
+            if k not in names:
+                raise DeepergatError(
+                    f"{source}: unknown setting {key!r}; known: {', '.join(sorted(names))}"
+                )
+            clean[k] = value
+        if isinstance(clean.get("max_time"), str):
+            clean["max_time"] = parse_max_time(clean["max_time"])
+        return cls(**clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_max_time(text: str) -> float:
+    """``HH:MM`` (or ``HH:MM:SS``) → seconds."""
+    parts = str(text).strip().split(":")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) not in (2, 3) or any(n < 0 for n in nums):
+        raise DeepergatError(f"--max-time {text!r}: expected HH:MM, e.g. 23:30")
+    h, m, s = ([*nums, 0])[:3]
+    return float(h * 3600 + m * 60 + s)
+
+
+@dataclass
+class RunSplits:
+    """The train / validation / test structures: a graph set and its rows for each."""
+
+    train: tuple[GraphSet, np.ndarray]
+    val: tuple[GraphSet, np.ndarray]
+    test: tuple[GraphSet, np.ndarray] | None = None
+
+    def ids(self) -> dict[str, list[str]]:
+        out = {}
+        for name in ("train", "val", "test"):
+            part = getattr(self, name)
+            if part is not None:
+                g, rows = part
+                out[name] = [g.ids[r] for r in rows]
+        return out
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    train_mae: float
+    val_mae: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What a run did.
+
+    Attributes:
+        out: run folder. epochs_done: completed epochs. best_epoch, best_val_mae: of best.ckpt.
+        test_mae: test split MAE from best.ckpt (None without a test split or when stopped).
+        stopped: ``None`` (finished), ``"early_stop"``, ``"signal"`` or ``"max_time"``.
+        requeued: whether a SLURM requeue was issued. history: this invocation's epochs.
+    """
+
+    out: Path
+    epochs_done: int
+    best_epoch: int
+    best_val_mae: float
+    test_mae: float | None = None
+    test_count: int = 0
+    stopped: str | None = None
+    requeued: bool = False
+    units: str = ""
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def epoch_batches(n: int, *, epoch: int, seed: int, batch_size: int, world_size: int = 1,
+                  rank: int = 0) -> list[np.ndarray]:
+    """This rank's training batches (positions in the training split) of one epoch.
+
+    A `DistributedSampler` shuffled with (seed, epoch) gives the rank's share; it is cut into
+    micro-batches of ceil(batch_size / world_size) crystals, so the ranks together take
+    ``batch_size`` crystals a step. Every rank gets the same number of batches.
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    order = np.fromiter(iter(sampler), dtype=np.int64)
+    local = max(1, math.ceil(batch_size / world_size))
+    return [order[i : i + local] for i in range(0, len(order), local)]
+
+
+def _resolve_device(name: str, info: LaunchInfo) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise DeepergatError(f"--device {name!r}: choose auto, cpu or cuda")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeepergatError("--device cuda: no CUDA device is visible to torch")
+    return torch.device("cuda", info.device_index(torch.cuda.device_count()))
+
+
+def _targets_of(g: GraphSet, name: str, rows: np.ndarray) -> np.ndarray:
+    if not g.targets:
+        raise DeepergatError(
+            f"{g.source}: the store has no targets; pack it with --target NAME[:UNIT]"
+        )
+    if name not in g.targets:
+        raise DeepergatError(
+            f"{g.source}: no target {name!r}; available: {', '.join(sorted(g.targets))}"
+        )
+    y = g.targets[name][rows]
+    bad = ~np.isfinite(y)
+    if bad.any():
+        ids = [g.ids[r] for r in rows[bad]]
+        more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+        raise DeepergatError(
+            f"{g.source}: target {name!r} is NaN or infinite for {len(ids)} structures "
+            f"(ids {', '.join(ids[:10])}{more}); drop them or fix their values"
+        )
+    return y
+
+
+def _usable_rows(g: GraphSet) -> np.ndarray:
+    rows = g.usable
+    skipped = len(g) - len(rows)
+    if skipped:
+        bad = [g.ids[r] for r in np.flatnonzero(g.status != 0)[:10]]
+        log.warning("%s: %d structures fail the graph checks and are left out (ids %s%s)",
+                    g.source, skipped, ", ".join(bad), " …" if skipped > 10 else "")
+    return rows
+
+
+def _fraction(value: float | None, what: str) -> float:
+    v = 0.0 if value is None else float(value)
+    if not 0.0 <= v < 1.0:
+        raise DeepergatError(f"--{what}-fraction {value}: must lie in [0, 1)")
+    return v
+
+
+def make_splits(cfg: TrainConfig, *, progress: Callable[[int], None] | None = None,
+                require_val: bool = True) -> RunSplits:
+    """Load graphs and split them as the configuration says (fixed by the seed).
+
+    Args:
+        cfg: the run configuration.
+        progress: called with structure counts while graphs are built.
+        require_val: an empty validation split is an error (cross-validation makes its own).
+    """
+    graphs = {}
+
+    def get(path: str) -> GraphSet:
+        if path not in graphs:
+            graphs[path] = load_graphs(path, cutoff=cfg.cutoff, max_neighbors=cfg.max_neighbors,
+                                       cache_dir=cfg.cache_dir, progress=progress)
+        return graphs[path]
+
+    if cfg.val_data and cfg.val_fraction:
+        raise DeepergatError("give either --val-data or --val-fraction, not both")
+    if cfg.test_data and cfg.test_fraction:
+        raise DeepergatError("give either --test-data or --test-fraction, not both")
+    main = get(cfg.data)
+    rows = _usable_rows(main)
+    _targets_of(main, cfg.target, rows)
+    rng = np.random.default_rng(cfg.seed)
+    rows = rows[rng.permutation(len(rows))]
+    val_f = 0.1 if (cfg.val_data is None and cfg.val_fraction is None) else cfg.val_fraction
+    val_f = _fraction(val_f if cfg.val_data is None else 0.0, "val")
+    test_f = _fraction(cfg.test_fraction if cfg.test_data is None else 0.0, "test")
+    n_test = round(test_f * len(rows))
+    n_val = round(val_f * len(rows))
+    test_rows, val_rows, train_rows = (
+        rows[:n_test], rows[n_test : n_test + n_val], rows[n_test + n_val :]
+    )
+    val = (main, val_rows)
+    if cfg.val_data:
+        g = get(cfg.val_data)
+        val = (g, _usable_rows(g))
+    test = (main, test_rows) if n_test else None
+    if cfg.test_data:
+        g = get(cfg.test_data)
+        test = (g, _usable_rows(g))
+    splits = RunSplits(train=(main, train_rows), val=val, test=test)
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name)
+        if part is None:
+            continue
+        g, r = part
+        if len(r) == 0 and (name != "val" or require_val):
+            raise DeepergatError(
+                f"{g.source}: the {name} split is empty ({len(main.usable)} usable structures); "
+                "use more data or other split fractions"
+            )
+        _targets_of(g, cfg.target, r)
+    return splits
+
+
+def predict_rows(model: nn.Module, g: GraphSet, rows: np.ndarray, *, batch_size: int = 100,
+                 device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and embeddings of usable rows (eval mode, no grad).
+
+    Returns:
+        ([n, T] float32 predictions in the targets' units, [n, D] float32 embeddings).
+    """
+    model.eval()
+    preds, embs = [], []
+    with torch.no_grad():
+        for a in range(0, len(rows), batch_size):
+            inputs = to_tensors(g.batch(rows[a : a + batch_size]), device)
+            p, e = model(*inputs.values())
+            preds.append(p.float().cpu().numpy())
+            embs.append(e.float().cpu().numpy())
+    if not preds:
+        return np.zeros((0, 1), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(preds), np.concatenate(embs)
+
+
+class _Stopper:
+    """SIGUSR1 / SIGTERM set a flag that the loop checks between batches."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stopper:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGUSR1, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("received signal %d: stopping after this batch", signum)
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _to_lists(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_to_lists(v) for v in value]
+    return value
+
+
+def _to_tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_to_tuples(v) for v in value)
+    return value
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["gauss"]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_metrics(path: Path, rows: list[EpochRecord]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(METRICS_HEADER)
+        for r in rows:
+            w.writerow([r.epoch, f"{r.lr:.6g}", f"{r.train_mae:.6g}", f"{r.val_mae:.6g}",
+                        f"{r.seconds:.3f}"])
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: Path) -> list[EpochRecord]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [
+            EpochRecord(int(r["epoch"]), float(r["lr"]), float(r["train_mae"]),
+                        float(r["val_mae"]), float(r["seconds"]))
+            for r in csv.DictReader(f)
+        ]
+
+
+def plot_learning_curve(rows: list[EpochRecord], path: Path, *, units: str = "",
+                        title: str = "") -> None:
+    """train and validation MAE per epoch, log scale, to a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ep = [r.epoch for r in rows]
+    ax.plot(ep, [r.train_mae for r in rows], label="train")
+    ax.plot(ep, [r.val_mae for r in rows], label="validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"MAE ({units})" if units else "MAE")
+    if rows:
+        best = min(rows, key=lambda r: r.val_mae)
+        ax.set_title(title or f"best validation MAE {best.val_mae:.4g} at epoch {best.epoch}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _build_model(cfg: TrainConfig, mean: float, std: float) -> DeeperGATGNN:
+    kwargs = dict(cfg.model)
+    kwargs.update(layers=cfg.layers, per_atom=cfg.per_atom, targets=1, cutoff=cfg.cutoff,
+                  max_neighbors=cfg.max_neighbors)
+    try:
+        model = DeeperGATGNN(**kwargs)
+    except TypeError as e:
+        raise DeepergatError(f"model settings: {e}") from None
+    model.set_target_scaling([mean], [std])
+    if cfg.init_from:
+        data = read_checkpoint(cfg.init_from)
+        saved = {k: v for k, v in data["model"].items() if k != "agat_form"}
+        mine = {k: v for k, v in model.config.items() if k != "agat_form"}
+        if saved != mine:
+            diff = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine)
+                    if saved.get(k) != mine.get(k)}
+            raise DeepergatError(
+                f"--init-from {cfg.init_from}: its model settings differ from this run's "
+                f"(setting: checkpoint, run): {diff}"
+            )
+        state = {k: v for k, v in data["state_dict"].items()
+                 if k not in ("target_mean", "target_std")}
+        model.load_state_dict(state, strict=False)
+    return model
+
+
+def _batch_loss(model: nn.Module, g: GraphSet, rows: np.ndarray, y_all: np.ndarray,
+                device: torch.device, std: float, per_atom: bool
+                ) -> tuple[torch.Tensor, float, int]:
+    inputs = to_tensors(g.batch(rows), device)
+    y = torch.as_tensor(y_all[rows], dtype=torch.float32, device=device)
+    pred = model(*inputs.values())[0][:, 0]
+    err = pred - y
+    if per_atom:
+        err = err / torch.as_tensor(g.n_atoms[rows], dtype=torch.float32, device=device)
+    loss = err.abs().mean() / std
+    return loss, float((pred - y).detach().abs().sum()), len(rows)
+
+
+def _allreduce(values: list[float], device: torch.device, distributed: bool, *,
+               op: str = "sum") -> list[float]:
+    """Sum (or max) of each value over ranks; the values themselves when not distributed."""
+    if not distributed:
+        return list(values)
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _evaluate_mae(model: nn.Module, g: GraphSet, rows: np.ndarray, y: np.ndarray,
+                  info: LaunchInfo, device: torch.device, batch_size: int) -> float:
+    share = rows[info.rank :: info.world_size]
+    total, count = 0.0, float(len(share))
+    if len(share):
+        pred, _ = predict_rows(model, g, share, batch_size=batch_size, device=device)
+        total = float(np.abs(pred[:, 0].astype(np.float64) - y[share]).sum())
+    total, count = _allreduce([total, count], device, info.distributed)
+    return total / max(count, 1.0)
+
+
+def train(cfg: TrainConfig, *, splits: RunSplits | None = None,
+          progress: Callable[[EpochRecord], None] | None = None,
+          graph_progress: Callable[[int], None] | None = None,
+          info: LaunchInfo | None = None) -> TrainResult:
+    """Run (or resume) one training job; see the module docstring for what it writes.
+
+    Args:
+        cfg: the configuration.
+        splits: ready splits (cross-validation passes its folds); else from ``cfg``.
+        progress: called after every epoch (on rank 0) with its record.
+        graph_progress: called with structure counts while graphs are built.
+        info: launcher information (default: read from the environment).
+
+    Raises:
+        DeepergatError: bad data, settings or checkpoint.
+    """
+    if not cfg.out:
+        raise DeepergatError("--out RUN_DIR is required")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise DeepergatError("epochs, batch size and learning rate must be positive")
+    info = info or launch_info()
+    device = _resolve_device(cfg.device, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    created = False
+    if info.distributed:
+        import torch.distributed as dist
+
+        created = not dist.is_initialized()
+        setup_distributed(info, backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, splits=splits, progress=progress, graph_progress=graph_progress,
+                      info=info, device=device)
+    finally:
+        if created:
+            teardown_distributed()
+
+
+def _train(cfg: TrainConfig, *, splits: RunSplits | None,
+           progress: Callable[[EpochRecord], None] | None,
+           graph_progress: Callable[[int], None] | None, info: LaunchInfo,
+           device: torch.device) -> TrainResult:
+    out = Path(cfg.out)
+    writer = info.rank == 0
+    last_path = out / "last.ckpt"
+    resume_data = None
+    if cfg.resume and last_path.is_file():
+        resume_data = read_checkpoint(last_path)
+        if not resume_data.get("training"):
+            raise DeepergatError(f"{last_path}: holds no training state; cannot --resume")
+        saved = resume_data["extra"].get("config", {})
+        for key in ("data", "target", "seed", "layers", "batch_size", "per_atom", "model"):
+            if key in saved and saved[key] != getattr(cfg, key):
+                log.warning("--resume: %s is %r in the saved run, %r now; using the saved value",
+                            key, saved[key], getattr(cfg, key))
+                setattr(cfg, key, saved[key])
+    elif cfg.resume:
+        log.info("--resume: %s has no last.ckpt; starting a new run", out)
+    elif last_path.exists():
+        raise DeepergatError(
+            f"{out}: already holds a run (last.ckpt); pass --resume to continue it or choose "
+            "another --out"
+        )
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    random.seed(cfg.seed)
+    if splits is None and not info.distributed:
+        splits = make_splits(cfg, progress=graph_progress)
+    elif splits is None:
+        # Rank 0 builds the graph cache first; the others then read it. A user error on rank 0
+        # is passed on to every rank instead of leaving them waiting.
+        error: DeepergatError | None = None
+        if writer:
+            try:
+                splits = make_splits(cfg, progress=graph_progress)
+            except DeepergatError as e:
+                error = e
+        failed = _allreduce([1.0 if error else 0.0], device, True, op="max")[0]
+        if error is not None:
+            raise error
+        if failed:
+            raise DeepergatError("rank 0 could not prepare the data (see its error message)")
+        if not writer:
+            splits = make_splits(cfg)
+    assert splits is not None
+    g_train, train_rows = splits.train
+    g_val, val_rows = splits.val
+    y_train = _targets_of(g_train, cfg.target, train_rows)
+    y_train_all = g_train.targets[cfg.target]
+    y_val_all = g_val.targets[cfg.target]
+    scale_y = y_train / g_train.n_atoms[train_rows] if cfg.per_atom else y_train
+    mean = float(scale_y.mean())
+    std = float(scale_y.std()) if len(scale_y) > 1 and scale_y.std() > 0 else 1.0
+    units = g_train.units.get(cfg.target, "")
+    elements = g_train.elements(train_rows)
+
+    model = _build_model(cfg, mean, std).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
+        threshold=cfg.lr_threshold, min_lr=cfg.min_lr,
+    )
+    start_epoch, start_step, acc = 0, 0, [0.0, 0.0]
+    best_val, best_epoch, since_best = math.inf, 0, 0
+    history: list[EpochRecord] = []
+    if resume_data is not None:
+        st = resume_data["training"]
+        model.load_state_dict(resume_data["state_dict"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        start_epoch, start_step = int(st["epoch"]), int(st["step"])
+        # The saved partial-epoch sums are over all ranks: rank 0 carries them.
+        acc = [float(st["train_sum"]), float(st["train_count"])] if writer else [0.0, 0.0]
+        best_val, best_epoch = float(st["best_val"]), int(st["best_epoch"])
+        since_best = int(st["since_best"])
+        _set_rng_state(st["rng"])
+        history = [r for r in _read_metrics(out / "metrics.csv") if r.epoch <= start_epoch]
+        log.info("resuming %s at epoch %d, batch %d", out, start_epoch + 1, start_step)
+
+    if writer:
+        with open(out / "config.yaml", "w") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        with open(out / "splits.json", "w") as f:
+            json.dump({"data": cfg.data, "seed": cfg.seed, **splits.ids()}, f)
+
+    net: nn.Module = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    run_config = cfg.to_dict()
+
+    def checkpoint(training: dict[str, Any] | None) -> dict[str, Any]:
+        return make_checkpoint(
+            model, targets=[cfg.target], units=[units], elements=elements,
+            store_digest=g_train.digest, training=training,
+            extra={"config": run_config, "best_epoch": best_epoch, "best_val_mae": best_val},
+        )
+
+    def training_state(epoch: int, step: int) -> dict[str, Any]:
+        return {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "step": step, "train_sum": acc[0], "train_count": acc[1],
+            "best_val": best_val, "best_epoch": best_epoch, "since_best": since_best,
+            "rng": _rng_state(),
+        }
+
+    t_start = time.monotonic()
+    stopped: str | None = None
+    requeued = False
+    epochs_done = start_epoch
+    with _Stopper() as stopper:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.monotonic()
+            net.train()
+            batches = epoch_batches(len(train_rows), epoch=epoch, seed=cfg.seed,
+                                    batch_size=cfg.batch_size, world_size=info.world_size,
+                                    rank=info.rank)
+            first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                acc = [0.0, 0.0]
+            for step in range(first, len(batches)):
+                reason = _stop_reason(stopper, cfg, t_start)
+                if info.distributed:
+                    code = _allreduce([float(_REASONS.index(reason))], device, True, op="max")
+                    reason = _REASONS[int(code[0])]
+                if reason is not None:
+                    stopped = reason
+                    acc = _allreduce(acc, device, info.distributed)
+                    if writer:
+                        atomic_save(checkpoint(training_state(epoch, step)), last_path)
+                    break
+                loss, err_sum, count = _batch_loss(
+                    net, g_train, train_rows[batches[step]], y_train_all, device, std,
+                    cfg.per_atom,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                acc[0] += err_sum
+                acc[1] += count
+            if stopped:
+                break
+            total, count = _allreduce(acc, device, info.distributed)
+            train_mae = total / max(count, 1.0)
+            val_mae = _evaluate_mae(model, g_val, val_rows, y_val_all, info, device,
+                                    cfg.batch_size)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step(val_mae)
+            epochs_done = epoch + 1
+            improved = val_mae < best_val
+            if improved:
+                best_val, best_epoch, since_best = val_mae, epoch + 1, 0
+            else:
+                since_best += 1
+            record = EpochRecord(epoch + 1, lr, train_mae, val_mae, time.monotonic() - t0)
+            history.append(record)
+            if writer:
+                _write_metrics(out / "metrics.csv", history)
+                state = checkpoint(training_state(epoch + 1, 0))
+                if improved:
+                    best = dict(state)
+                    best["training"] = None
+                    atomic_save(best, out / "best.ckpt")
+                atomic_save(state, last_path)
+                if (epoch + 1) % max(cfg.curve_every, 1) == 0 or epoch + 1 == cfg.epochs:
+                    plot_learning_curve(history, out / "learning_curve.png", units=units)
+                if progress is not None:
+                    progress(record)
+            acc = [0.0, 0.0]
+            if cfg.early_stop is not None and since_best >= cfg.early_stop:
+                stopped = "early_stop"
+                log.info("early stop: %d epochs without a better validation MAE", since_best)
+                break
+    result = TrainResult(out=out, epochs_done=epochs_done, best_epoch=best_epoch,
+                         best_val_mae=best_val, stopped=stopped, units=units, history=history)
+    if stopped in ("signal", "max_time"):
+        if writer:
+            requeued = requeue_slurm_job(info)
+        result.requeued = requeued
+        return result
+    if writer and history:
+        plot_learning_curve(history, out / "learning_curve.png", units=units)
+    if splits.test is not None and (out / "best.ckpt").is_file():
+        g_test, test_rows = splits.test
+        best_model = _best_model(out / "best.ckpt", device)
+        y = g_test.targets[cfg.target]
+        result.test_mae = _evaluate_mae(best_model, g_test, test_rows, y, info, device,
+                                        cfg.batch_size)
+        result.test_count = len(test_rows)
+        if writer:
+            with open(out / "test_metrics.json", "w") as f:
+                json.dump({"target": cfg.target, "units": units, "n": len(test_rows),
+                           "mae": result.test_mae, "best_epoch": best_epoch,
+                           "best_val_mae": best_val}, f, indent=2)
+    return result
+
+
+_REASONS: list[str | None] = [None, "signal", "max_time"]
+
+
+def _stop_reason(stopper: _Stopper, cfg: TrainConfig, t_start: float) -> str | None:
+    if stopper.signal is not None:
+        return "signal"
+    if cfg.max_time is not None and time.monotonic() - t_start >= cfg.max_time:
+        return "max_time"
+    return None
+
+
+def _best_model(path: Path, device: torch.device) -> DeeperGATGNN:
+    from .checkpoint import build_model
+
+    return build_model(read_checkpoint(path)).to(device)
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+
+def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], None] | None = None
+                   ) -> dict[str, Any]:
+    """K-fold cross-validation over ``cfg.data`` (its test split, if any, held out first).
+
+    Fold k trains in ``out/fold-k`` with fold k as validation. Returns and writes ``cv.json``:
+    per-fold best validation MAE (and test MAE with a test split), mean and std.
+    """
+    k = int(cfg.cv or 0)
+    if k < 2:
+        raise DeepergatError(f"--cv {cfg.cv}: need at least 2 folds")
+    if cfg.val_data:
+        raise DeepergatError("--cv makes its own validation folds; drop --val-data")
+    base = dataclasses.replace(cfg, val_fraction=0.0, cv=None)
+    full = make_splits(base, require_val=False)
+    g, rows = full.train
+    if len(rows) < k:
+        raise DeepergatError(f"--cv {k}: only {len(rows)} usable training structures")
+    folds = np.array_split(rows, k)
+    results = []
+    for i in range(k):
+        val_rows = folds[i]
+        train_rows = np.concatenate([f for j, f in enumerate(folds) if j != i])
+        fold_cfg = dataclasses.replace(base, out=str(Path(cfg.out) / f"fold-{i}"))
+        splits = RunSplits(train=(g, train_rows), val=(g, val_rows), test=full.test)
+        cb = (lambda r, i=i: progress(i, r)) if progress is not None else None
+        res = train(fold_cfg, splits=splits, progress=cb)
+        results.append(res)
+    vals = np.array([r.best_val_mae for r in results])
+    summary: dict[str, Any] = {
+        "target": cfg.target, "units": results[0].units, "folds": k,
+        "val_mae": vals.tolist(), "mean": float(vals.mean()), "std": float(vals.std()),
+    }
+    if full.test is not None:
+        tests = np.array([r.test_mae for r in results], dtype=np.float64)
+        summary.update(test_mae=tests.tolist(), test_mean=float(tests.mean()),
+                       test_std=float(tests.std()))
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with open(Path(cfg.out) / "cv.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def iter_records(rows: list[EpochRecord]) -> Iterator[dict[str, Any]]:
+    for r in rows:
+        yield dataclasses.asdict(r)

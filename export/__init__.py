@@ -1,0 +1,53 @@
+"""deepergat.export: checkpoints → ONNX, TorchScript and ``torch.export`` files, parity-checked,
+and `load`, one `Predictor` over every model file kind.
+
+Importing this package (and loading an ``.onnx`` file with `load`) imports neither torch nor
+torch_geometric: screening ranks and workers would pay seconds for each. Torch is imported
+inside the torch-backed code paths only (exporting, ``.pt``/``.pt2``/``.ckpt`` files).
+
+Modules, one job each:
+
+==================  ==========================================================================
+``metadata``        the metadata document every exported file carries; graph-settings check
+``files``           file kinds by suffix, confirmed by content; metadata read without torch
+``resolve``         MODEL arguments: a path, else a bundled model name
+``runtime``         ONNX Runtime: supported IR version, provider choice, quiet sessions
+``predictor``       `load` and the `Predictor` classes (ONNX Runtime, TorchScript, .pt2, eager)
+``shapes``          dynamic sizes: the example batch and the dynamic-shape spec
+``onnx``            the ONNX writer (dynamo exporter, softplus translation, op allow-list)
+``torchscript``     the TorchScript writer (tracing)
+``pt2``             the ``torch.export`` writer
+``samples``         deterministic check structures and edge cases (numpy)
+``parity``          DESIGN.md's agreement rule, the parity cases and their figures (numpy)
+``exporter``        `export_model`: write, check, and only then move files into place
+==================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from .exporter import FILE_NAMES, FORMATS, ExportedFile, ExportResult, export_model
+from .files import read_metadata, sniff
+from .metadata import EXPORT_FORMAT, check_settings
+from .parity import agree, tolerance
+from .predictor import OnnxPredictor, Predictor, TorchPredictor, load
+from .resolve import bundled_models, resolve_model
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "FILE_NAMES",
+    "FORMATS",
+    "ExportResult",
+    "ExportedFile",
+    "OnnxPredictor",
+    "Predictor",
+    "TorchPredictor",
+    "agree",
+    "bundled_models",
+    "check_settings",
+    "export_model",
+    "load",
+    "read_metadata",
+    "resolve_model",
+    "sniff",
+    "tolerance",
+]

@@ -1,0 +1,119 @@
+"""Checkpoint → AOTInductor package (``model.aoti.pt2``): the ``torch.export`` program compiled
+ahead of time to native kernels.
+
+The fastest CPU backend: Inductor fuses the chains of elementwise ops on the [N, K, H·D] edge
+tensors (softplus, the attention dot products) that every other backend runs as separate
+memory-bound passes (see ``benchmarks/bench_infer.py``). Loading takes milliseconds and needs
+torch but no compiler. The price:
+
+* exporting needs a C++ compiler and takes a minute or two;
+* the kernels are compiled for the exporting machine's CPU instruction set (recorded as
+  ``exporter.compiled_for``, e.g. ``AVX512``): export on the kind of node that will run it;
+* CPU only here (a CUDA package must be compiled on a GPU).
+
+So it is not part of ``--format all``; ask for it with ``--format aoti``. Every size stays
+dynamic (N, K, C, A ≥ 1). The metadata document is the archive entry ``extra/deepergat.json``,
+as in the other zip-based files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from deepergat.errors import DeepergatError
+
+from .metadata import EXTRA_FILE, encode_metadata, meta_tmp_path
+from .pt2 import export_program
+
+__all__ = ["load_aoti", "set_aoti_metadata", "write_aoti"]
+
+log = logging.getLogger(__name__)
+
+
+def load_aoti(path: str | os.PathLike[str]) -> Any:
+    """The compiled model of a package (callable on 7 tensors → (prediction, embedding)).
+
+    Raises:
+        DeepergatError: not loadable here (damaged, or compiled for another platform or CPU).
+    """
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch._inductor.aoti_load_package(os.fspath(path))
+    except Exception as e:  # the loader raises RuntimeError, OSError, ...
+        raise DeepergatError(
+            f"{path}: cannot load the AOTInductor package (damaged, or compiled for another "
+            f"platform or CPU): {' '.join(str(e).split())[:300]}"
+        ) from None
+
+
+def write_aoti(
+    model: Any, example: tuple[Any, ...], path: str | os.PathLike[str], metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """Export ``model`` with ``torch.export``, compile it with AOTInductor, package it.
+
+    Args:
+        model: the `DeeperGATGNN` in eval mode, on the CPU.
+        example: example inputs as tensors (all sizes ≥ 2 and distinct).
+        path: the file to write.
+        metadata: the metadata document (``exporter`` is filled in here).
+
+    Returns:
+        the exporter facts stored in the metadata (with ``compiled_for``: platform, machine,
+        CPU ISA, device).
+
+    Raises:
+        DeepergatError: export or compilation failed (no C++ compiler, an unsupported op).
+    """
+    import torch
+
+    program = export_program(model, example)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(path))
+    except Exception as e:  # inductor raises many types (compiler errors included)
+        raise DeepergatError(
+            "AOTInductor compilation failed (it needs a working C++ compiler): "
+            f"{' '.join(str(e).split())[:500]}"
+        ) from e
+    info = load_aoti(path).get_metadata()
+    facts = {
+        "exporter": "torch._inductor.aoti_compile_and_package",
+        "torch": torch.__version__,
+        "compiled_for": {
+            "platform": info.get("AOTI_PLATFORM", ""),
+            "machine": info.get("AOTI_MACHINE", ""),
+            "cpu_isa": info.get("AOTI_CPU_ISA", ""),
+            "device": info.get("AOTI_DEVICE_KEY", ""),
+        },
+    }
+    meta = dict(metadata)
+    meta["exporter"] = {**meta.get("exporter", {}), **facts}
+    set_aoti_metadata(path, meta)
+    log.info("wrote %s (compiled for %s)", path, facts["compiled_for"]["cpu_isa"])
+    return facts
+
+
+def set_aoti_metadata(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    """Put the metadata document into the package as ``<archive>/extra/deepergat.json``
+    (replacing an earlier one; the compiled entries are copied unchanged)."""
+    path = Path(path)
+    tmp = meta_tmp_path(path)
+    with zipfile.ZipFile(path) as zin:
+        names = zin.namelist()
+        prefix = names[0].split("/", 1)[0] if names and "/" in names[0] else "archive"
+        entry = f"{prefix}/extra/{EXTRA_FILE}"
+        with zipfile.ZipFile(tmp, "w") as zout:
+            for info in zin.infolist():
+                if info.filename != entry:
+                    zout.writestr(info, zin.read(info.filename))
+            zout.writestr(entry, encode_metadata(meta))
+    os.replace(tmp, path)

@@ -1,0 +1,382 @@
+"""`load`: one `Predictor` over every model file kind.
+
+=========================  ===================================  ==============================
+file                       backend                              imports
+=========================  ===================================  ==============================
+``.onnx``                  ONNX Runtime (CUDA or CPU provider)  onnxruntime, numpy (no torch)
+``.pt`` (TorchScript)      ``torch.jit.load``                   torch
+``.pt2`` (torch.export)    ``torch.export.load(...).module()``  torch
+``.pt2`` (AOTInductor)     ``torch._inductor.aoti_load_package`` torch (CPU-compiled package)
+``.ckpt`` (checkpoint)     eager `DeeperGATGNN`                 torch
+bundled model name         its shipped ``.onnx`` (else .ckpt)   as above
+=========================  ===================================  ==============================
+
+Every predictor takes the DESIGN.md inputs as numpy arrays and returns numpy arrays, carries
+the file's metadata document, its sha256 and path, and checks a caller's graph settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from deepergat.errors import DeepergatError
+
+from .files import CHECKPOINT_KIND, expect_kind
+from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_metadata
+from .resolve import resolve_model
+from .shapes import INPUT_NAMES
+
+__all__ = ["OnnxPredictor", "Predictor", "TorchPredictor", "load"]
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+#: dtype of each input (DESIGN.md).
+INPUT_DTYPES: dict[str, np.dtype[Any]] = {
+    "atomic_numbers": np.dtype(np.int64),
+    "neighbors": np.dtype(np.int64),
+    "distances": np.dtype(np.float32),
+    "neighbor_mask": np.dtype(np.bool_),
+    "crystal_atoms": np.dtype(np.int64),
+    "crystal_mask": np.dtype(np.bool_),
+    "batch": np.dtype(np.int64),
+}
+_NDIM = {"atomic_numbers": 1, "neighbors": 2, "distances": 2, "neighbor_mask": 2,
+         "crystal_atoms": 2, "crystal_mask": 2, "batch": 1}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Predictor:
+    """A loaded model: numpy inputs in, numpy predictions out.
+
+    Attributes:
+        path: the model file.
+        metadata: its metadata document (DESIGN.md): ``format``, ``model`` (constructor
+            arguments), ``graph`` {cutoff Å, max_neighbors}, ``targets`` [{name, units, mean,
+            std}], ``elements``, ...; exported files add ``kind``, ``exporter``, ``parity``.
+        sha256: hex digest of the file.
+        backend: ``"onnxruntime"``, ``"torchscript"``, ``"torch.export"``, ``"aoti"`` or
+            ``"eager"``.
+        device: where it runs: ``"cpu"`` or ``"cuda:<id>"``.
+    """
+
+    backend = ""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], sha256: str, device: str) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.sha256 = sha256
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, backend={self.backend!r}, " \
+               f"device={self.device!r})"
+
+    # ------------------------------------------------------------------ metadata views
+
+    @property
+    def targets(self) -> list[str]:
+        """[T] target names, in output order."""
+        return [str(t["name"]) for t in self.metadata["targets"]]
+
+    @property
+    def units(self) -> list[str]:
+        """[T] target units."""
+        return [str(t["units"]) for t in self.metadata["targets"]]
+
+    @property
+    def target_std(self) -> np.ndarray:
+        """[T] float64 training standard deviations (for the agreement rule)."""
+        return np.array([float(t["std"]) for t in self.metadata["targets"]], dtype=np.float64)
+
+    @property
+    def cutoff(self) -> float:
+        """Graph cutoff, Å."""
+        return float(self.metadata["graph"]["cutoff"])
+
+    @property
+    def max_neighbors(self) -> int:
+        """Graph neighbor count."""
+        return int(self.metadata["graph"]["max_neighbors"])
+
+    @property
+    def elements(self) -> list[int]:
+        """Atomic numbers seen in training."""
+        return [int(z) for z in self.metadata["elements"]]
+
+    @property
+    def dim(self) -> int:
+        """Embedding width D."""
+        return int(self.metadata["model"].get("dim", 64))
+
+    def check_settings(
+        self, *, cutoff: float | None = None, max_neighbors: int | None = None
+    ) -> None:
+        """Refuse graph settings that differ from the model's (`DeepergatError` naming both
+        values)."""
+        check_settings(self.metadata, cutoff=cutoff, max_neighbors=max_neighbors,
+                       where=str(self.path))
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Predict a batch.
+
+        Args:
+            inputs: the DESIGN.md model inputs by name (`deepergat.graphs.GraphBatch.inputs`):
+                atomic_numbers [N] int64, neighbors [N, K] int64, distances [N, K] float32 Å,
+                neighbor_mask [N, K] bool, crystal_atoms [C, A] int64, crystal_mask [C, A]
+                bool, batch [N] int64. Other dtypes are converted.
+
+        Returns:
+            (prediction [C, T] float32 in the targets' units, embedding [C, D] float32).
+
+        Raises:
+            DeepergatError: a missing input or one of the wrong rank.
+        """
+        arrays = self._prepare(inputs)
+        c = arrays[INPUT_NAMES.index("crystal_atoms")].shape[0]
+        if c == 0:
+            t = len(self.metadata["targets"])
+            return np.zeros((0, t), np.float32), np.zeros((0, self.dim), np.float32)
+        prediction, embedding = self._run(arrays)
+        return (np.asarray(prediction, dtype=np.float32),
+                np.asarray(embedding, dtype=np.float32))
+
+    def _prepare(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in INPUT_NAMES if n not in inputs]
+        if missing:
+            raise DeepergatError(f"model inputs missing: {', '.join(missing)}")
+        out = []
+        for name in INPUT_NAMES:
+            a = np.ascontiguousarray(inputs[name], dtype=INPUT_DTYPES[name])
+            if a.ndim != _NDIM[name]:
+                raise DeepergatError(
+                    f"model input {name} has shape {a.shape}; expected {_NDIM[name]} axes"
+                )
+            out.append(a)
+        return out
+
+    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class OnnxPredictor(Predictor):
+    """An ONNX file on ONNX Runtime (no torch).
+
+    Attributes:
+        session: the onnxruntime InferenceSession.
+        providers: the session's execution providers, in order.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, session: Any, metadata: dict[str, Any], sha256: str,
+                 device: str) -> None:
+        super().__init__(path, metadata, sha256, device)
+        self.session = session
+        self.providers: list[str] = list(session.get_providers())
+        self._outputs = ["prediction", "embedding"]
+
+    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        feed = dict(zip(INPUT_NAMES, arrays, strict=True))
+        try:
+            prediction, embedding = self.session.run(self._outputs, feed)
+        except Exception as e:
+            raise DeepergatError(
+                f"{self.path}: onnxruntime failed on the batch: {' '.join(str(e).split())[:300]}"
+            ) from e
+        return prediction, embedding
+
+
+class TorchPredictor(Predictor):
+    """A TorchScript file, a ``torch.export`` program or a checkpoint on PyTorch.
+
+    Attributes:
+        module: the callable module (forward(7 tensors) -> (prediction, embedding)).
+    """
+
+    def __init__(self, path: Path, module: Any, metadata: dict[str, Any], sha256: str,
+                 device: str, backend: str) -> None:
+        super().__init__(path, metadata, sha256, device)
+        self.module = module
+        self.backend = backend
+
+    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        dev = torch.device(self.device)
+        tensors = [torch.from_numpy(a).to(dev, non_blocking=True) for a in arrays]
+        with torch.inference_mode():
+            prediction, embedding = self.module(*tensors)
+        return prediction.float().cpu().numpy(), embedding.float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def load(
+    path_or_name: str | os.PathLike[str],
+    *,
+    device: Device = "auto",
+    device_id: int = 0,
+    threads: int | None = None,
+    cutoff: float | None = None,
+    max_neighbors: int | None = None,
+    optimization: str = "all",
+) -> Predictor:
+    """Load a model file or a bundled model for prediction.
+
+    Args:
+        path_or_name: a ``.onnx``, ``.pt``, ``.pt2`` (torch.export program or AOTInductor
+            package) or ``.ckpt`` file (kind by suffix, confirmed by content), or a bundled
+            model name (its shipped ``.onnx``).
+        device: ``"auto"`` (CUDA when a GPU and its libraries are present, else CPU),
+            ``"cpu"`` or ``"cuda"``.
+        device_id: CUDA device ordinal.
+        threads: CPU threads: ONNX Runtime's intra-op threads for this session; for torch
+            backends ``torch.set_num_threads`` (process-wide). None: the runtime's default.
+        cutoff, max_neighbors: the caller's graph settings, checked against the model's.
+        optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
+            ``extended``, ``all``).
+
+    Raises:
+        DeepergatError: no such file or bundled model, a truncated or foreign file, a suffix
+            its content contradicts, mismatched graph settings, an unavailable device.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeepergatError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    path = resolve_model(path_or_name, prefer="onnx")
+    kind = expect_kind(path)
+    if kind == KINDS["onnx"]:
+        predictor: Predictor = _load_onnx(path, device=device, device_id=device_id,
+                                          threads=threads, optimization=optimization)
+    else:
+        predictor = _load_torch(path, kind, device=device, device_id=device_id, threads=threads)
+    predictor.check_settings(cutoff=cutoff, max_neighbors=max_neighbors)
+    log.info("loaded %s (%s on %s)", path, predictor.backend, predictor.device)
+    return predictor
+
+
+def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | None,
+               optimization: str) -> OnnxPredictor:
+    from .runtime import make_session
+
+    data = path.read_bytes()
+    session = make_session(data, device=device, device_id=device_id, threads=threads,
+                           optimization=optimization, where=str(path))
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise DeepergatError(
+            f"{path}: an ONNX model without deepergat metadata: not exported by `deepergat export`"
+        )
+    meta = decode_metadata(props[METADATA_KEY], where=str(path))
+    names = [i.name for i in session.get_inputs()]
+    if sorted(names) != sorted(INPUT_NAMES):
+        raise DeepergatError(f"{path}: ONNX inputs {names} are not the deepergat model's")
+    on_cuda = "CUDAExecutionProvider" in session.get_providers()
+    return OnnxPredictor(path, session, meta, hashlib.sha256(data).hexdigest(),
+                         f"cuda:{device_id}" if on_cuda else "cpu")
+
+
+def _torch_device(device: Device, device_id: int, where: Path) -> str:
+    import torch
+
+    if device == "cpu":
+        return "cpu"
+    if torch.cuda.is_available() and device_id < torch.cuda.device_count():
+        return f"cuda:{device_id}"
+    if device == "cuda":
+        raise DeepergatError(
+            f"{where}: device 'cuda' requested but torch sees no CUDA device {device_id}; "
+            "use device 'cpu'"
+        )
+    return "cpu"
+
+
+def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
+                threads: int | None) -> TorchPredictor:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    dev = _torch_device(device, device_id, path)
+    sha = _sha256(path)
+    if kind == CHECKPOINT_KIND:
+        from deepergat.checkpoint import load_checkpoint
+        from deepergat.checkpoint import metadata as checkpoint_metadata
+
+        ckpt = load_checkpoint(path)
+        meta = checkpoint_metadata(ckpt.data)
+        meta["kind"] = CHECKPOINT_KIND
+        meta["source_sha256"] = sha
+        return TorchPredictor(path, ckpt.model.to(dev).eval(), meta, sha, dev, "eager")
+    extra = {EXTRA_FILE: ""}
+    try:
+        with warnings.catch_warnings(), _quiet_torch():
+            warnings.simplefilter("ignore")
+            if kind == KINDS["torchscript"]:
+                module = torch.jit.load(os.fspath(path), map_location=dev, _extra_files=extra)
+                module.eval()
+                backend = "torchscript"
+            elif kind == KINDS["pt2"]:
+                program = torch.export.load(os.fspath(path), extra_files=extra)
+                module = program.module().to(dev)
+                backend = "torch.export"
+            else:
+                from .aoti import load_aoti
+
+                module = load_aoti(path)
+                compiled_for = module.get_metadata().get("AOTI_DEVICE_KEY", "cpu")
+                if compiled_for == "cpu" and dev != "cpu":
+                    if device == "cuda":
+                        raise DeepergatError(
+                            f"{path}: an AOTInductor package compiled for the CPU cannot run on "
+                            "'cuda'; use device 'cpu' or another format"
+                        )
+                    dev = "cpu"
+                from .files import read_extra_file
+
+                extra[EXTRA_FILE] = read_extra_file(path, EXTRA_FILE).decode()
+                backend = "aoti"
+    except DeepergatError:
+        raise
+    except Exception as e:
+        raise DeepergatError(
+            f"{path}: cannot load the {kind} file (truncated or damaged?): "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from None
+    if not extra[EXTRA_FILE]:
+        raise DeepergatError(
+            f"{path}: no deepergat metadata (extra file {EXTRA_FILE} missing): not exported by "
+            "`deepergat export`"
+        )
+    meta = decode_metadata(extra[EXTRA_FILE], where=str(path))
+    return TorchPredictor(path, module, meta, sha, dev, backend)
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Any:
+    lg = logging.getLogger("torch")
+    level = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)

@@ -1,0 +1,136 @@
+"""Parts → the final predictions file, in input order, then the parts are removed.
+
+The manifest holds everything the final file's attributes need (model, its sha256 and metadata,
+input, digest, targets, embedding width), so a merge needs neither the model nor the structures.
+The file is written under a temporary name and renamed, so a merge killed half-way leaves the
+parts intact and no output; the parts are removed only after the rename.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepergat.errors import DeepergatError
+
+from .parts import PartsDir
+from .plan import Plan
+from .predictions import FLAG_UNSEEN_ELEMENT, PredictionsWriter
+
+__all__ = ["MergeResult", "MissingChunksError", "describe_missing", "merge_parts"]
+
+log = logging.getLogger(__name__)
+
+
+class MissingChunksError(DeepergatError):
+    """Some chunks have no part file; ``missing`` lists them."""
+
+    def __init__(self, message: str, missing: Sequence[int]) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+
+
+@dataclass
+class MergeResult:
+    """A finished merge.
+
+    Attributes:
+        path: the predictions file. n_structures: its rows.
+        status: [8] int64 counts by status code. flagged: rows with flag bit 0.
+        seconds: time the merge took.
+    """
+
+    path: Path
+    n_structures: int
+    status: np.ndarray = field(default_factory=lambda: np.zeros(8, np.int64))
+    flagged: int = 0
+    seconds: float = 0.0
+
+
+def _ranges(values: Sequence[int]) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def describe_missing(missing: Sequence[int], plan: Plan, limit: int = 20) -> str:
+    """``"chunks 3, 7-9 of 12 (structures [6000, 8000), …)"``, shortened past ``limit``."""
+    spans = [plan.bounds(k) for k in missing[:limit]]
+    where = ", ".join(f"[{a}, {b})" for a, b in spans)
+    if len(missing) > limit:
+        where += f", … ({len(missing) - limit} more)"
+    word = "chunk" if len(missing) == 1 else "chunks"
+    return f"{word} {_ranges(list(missing))} of {plan.n_chunks} (structures {where})"
+
+
+def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any]) -> MergeResult:
+    """Write ``parts.output`` from every chunk's part, in input order, then remove the parts.
+
+    Args:
+        parts: the parts directory (its ``output`` is the final file).
+        plan: the run's chunks (from the manifest's chunk size).
+        manifest: the run manifest.
+
+    Returns:
+        The `MergeResult`.
+
+    Raises:
+        MissingChunksError: some chunks have no part (names them; nothing is written).
+        DeepergatError: a damaged part.
+    """
+    t0 = time.perf_counter()
+    missing = parts.missing(range(plan.n_chunks))
+    if missing:
+        raise MissingChunksError(
+            f"{parts.path}: cannot merge, {len(missing)} of {plan.n_chunks} chunks are missing: "
+            f"{describe_missing(missing, plan)}; rerun the screen with the same settings to "
+            "compute them (committed chunks are kept)",
+            missing,
+        )
+    targets = manifest["targets"]
+    emb_dim = int(manifest["embedding_dim"]) if manifest.get("embeddings") else None
+    attrs = {
+        "model": str(manifest["model"]),
+        "model_sha256": str(manifest["model_sha256"]),
+        "model_metadata": json.dumps(manifest["model_metadata"], sort_keys=True),
+        "input": str(manifest["input"]),
+        "input_digest": str(manifest["input_digest"]),
+        "screen_settings": json.dumps(screen_settings(manifest), sort_keys=True),
+    }
+    result = MergeResult(path=parts.output, n_structures=plan.n_structures)
+    with PredictionsWriter(
+        parts.output, n_structures=plan.n_structures, targets=targets, embedding_dim=emb_dim,
+        attrs=attrs,
+    ) as w:
+        for k in range(plan.n_chunks):
+            a, b = plan.bounds(k)
+            rows = parts.read(k, start=a, stop=b, targets=len(targets), embedding_dim=emb_dim)
+            w.write(a, rows)
+            result.status += np.bincount(rows.status, minlength=8)[:8]
+            result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
+    parts.remove()
+    result.seconds = time.perf_counter() - t0
+    log.info("merged %d chunks into %s in %.1f s", plan.n_chunks, parts.output, result.seconds)
+    return result
+
+
+def screen_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The settings a predictions file records so a rerun can recognise its own output."""
+    return {
+        "max_atoms": manifest["max_atoms"],
+        "overlap_threshold": manifest["overlap_threshold"],
+        "embeddings": bool(manifest["embeddings"]),
+    }

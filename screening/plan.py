@@ -1,0 +1,156 @@
+"""Chunk planning: runs of ``--chunk-size`` structures, and static shards balanced by atom count.
+
+A chunk is the unit of work, of commit and of resume: chunk k is structures
+[k · chunk_size, min((k + 1) · chunk_size, M)). The plan depends only on M and the chunk size,
+so a rerun with the same chunk size finds the same chunks whatever the rank or shard count.
+
+Array shards (``--shard I/N`` or a SLURM array task) take a static share of the chunks: the
+chunks are dealt largest first (by atom count) to the shard with the fewest atoms so far, ties
+to the lowest shard, which for equal chunks is plain interleaving (chunk k → shard k mod N).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepergat.errors import DeepergatError
+
+__all__ = ["Plan", "claim_token", "make_plan", "parse_shard", "shard_chunks", "shard_from_env"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chunks of a store.
+
+    Attributes:
+        n_structures: M, structures in the input.
+        chunk_size: structures per chunk (the last one may be shorter).
+        atoms: [n_chunks] int64 atoms per chunk.
+    """
+
+    n_structures: int
+    chunk_size: int
+    atoms: np.ndarray
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.atoms)
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        """Structures [a, b) of chunk k."""
+        if not 0 <= k < self.n_chunks:
+            raise IndexError(f"chunk {k} outside 0..{self.n_chunks - 1}")
+        a = k * self.chunk_size
+        return a, min(a + self.chunk_size, self.n_structures)
+
+
+def make_plan(n_atoms: np.ndarray, chunk_size: int) -> Plan:
+    """Cut M structures into chunks of ``chunk_size``.
+
+    Args:
+        n_atoms: [M] atoms per structure.
+        chunk_size: structures per chunk, ≥ 1.
+
+    Returns:
+        The `Plan`.
+
+    Raises:
+        DeepergatError: chunk size below 1.
+    """
+    if chunk_size < 1:
+        raise DeepergatError(f"--chunk-size must be at least 1, got {chunk_size}")
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    m = len(n_atoms)
+    starts = np.arange(0, m, chunk_size)
+    atoms = np.add.reduceat(n_atoms, starts) if m else np.zeros(0, np.int64)
+    return Plan(n_structures=m, chunk_size=int(chunk_size), atoms=atoms.astype(np.int64))
+
+
+def shard_chunks(atoms: np.ndarray, index: int, count: int) -> np.ndarray:
+    """The chunks of shard ``index`` of ``count``, balanced by atom count.
+
+    Largest chunk first (ties: lower chunk first) to the shard with the fewest atoms so far
+    (ties: lower shard). A pure function of the atom counts: every array task computes the same
+    assignment on its own.
+
+    Args:
+        atoms: [n_chunks] atoms per chunk.
+        index: zero-based shard, 0 ≤ index < count.
+        count: number of shards N.
+
+    Returns:
+        [k] int64 chunk numbers of the shard, ascending.
+    """
+    if not 0 <= index < count:
+        raise DeepergatError(f"shard {index}/{count}: the index must lie in 0..{count - 1}")
+    atoms = np.asarray(atoms, dtype=np.int64)
+    order = np.lexsort((np.arange(len(atoms)), -atoms))
+    heap = [(0, s) for s in range(count)]
+    mine: list[int] = []
+    for k in order:
+        load, s = heapq.heappop(heap)
+        if s == index:
+            mine.append(int(k))
+        heapq.heappush(heap, (load + int(atoms[k]), s))
+    return np.array(sorted(mine), dtype=np.int64)
+
+
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → (I, N), zero-based I.
+
+    Raises:
+        DeepergatError: not of the form I/N, N < 1 or I outside [0, N).
+    """
+    m = _SHARD.match(text)
+    if not m:
+        raise DeepergatError(f"--shard {text!r}: expected I/N with a zero-based I, e.g. 0/4")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 0 <= i < n:
+        raise DeepergatError(
+            f"--shard {text}: I must lie in 0..N-1 and N must be at least 1 (zero-based: the "
+            f"shards of 4 are 0/4 .. 3/4)"
+        )
+    return i, n
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """The SLURM array task's shard, or None outside an array job.
+
+    I = (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP and
+    N = SLURM_ARRAY_TASK_COUNT (DESIGN.md).
+
+    Raises:
+        DeepergatError: I outside [0, N) or not a whole number (an uneven ``--array`` list such
+            as ``1,5,7``): the message suggests ``--shard``.
+    """
+    env = os.environ if env is None else env
+    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+        return None
+    task = int(env["SLURM_ARRAY_TASK_ID"])
+    low = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+    step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or "1")
+    count = int(env["SLURM_ARRAY_TASK_COUNT"])
+    i, rest = divmod(task - low, step) if step > 0 else (task - low, 0)
+    if rest or not 0 <= i < count:
+        raise DeepergatError(
+            f"SLURM array task {task} (min {low}, step {step}, count {count}) gives shard "
+            f"{(task - low) / step:g} of {count}, outside 0..{count - 1}: the --array list is not "
+            f"an evenly spaced range; pass the shard explicitly, e.g. "
+            f"--shard $((SLURM_ARRAY_TASK_ID - 1))/{count} for --array=1-{count}"
+        )
+    return i, count
+
+
+def claim_token(env: Mapping[str, str] | None = None) -> str:
+    """The job a merge claim belongs to: the SLURM array job id (or job id), else ``local``."""
+    env = os.environ if env is None else env
+    return env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID") or "local"

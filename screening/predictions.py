@@ -1,0 +1,382 @@
+"""The predictions file (DESIGN.md "Predictions"): its rows, writer, identity, description, top-K.
+
+HDF5, root attributes ``format = "deepergat-predictions"``, ``version = 1``, ``model``,
+``model_sha256``, ``model_metadata`` (JSON), ``input``, ``input_digest``, ``status_codes``
+(JSON), ``created_by``; and ``screen_settings`` (JSON: max_atoms, overlap_threshold, embeddings)
+so a rerun can tell whether an existing file is its own. Datasets:
+
+=====================  ==================  ===============================================
+``index``              [M] int64           row in the input store
+``ids``                [M] utf-8 string    structure ids
+``predictions/<t>``    [M] float32         attr ``units``; NaN where status ≠ 0
+``status``             [M] uint8           DESIGN.md codes 0-7
+``flags``              [M] uint8           bit 0: an element the model never saw in training
+``embeddings``         [M, D] float32      optional
+=====================  ==================  ===============================================
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from deepergat import __version__
+from deepergat.errors import STATUS_CODES, DeepergatError
+
+__all__ = [
+    "FLAG_UNSEEN_ELEMENT",
+    "PREDICTIONS_FORMAT",
+    "PREDICTIONS_VERSION",
+    "PredictionsWriter",
+    "Rows",
+    "describe_predictions",
+    "format_predictions",
+    "read_identity",
+    "write_top_csv",
+]
+
+PREDICTIONS_FORMAT = "deepergat-predictions"
+PREDICTIONS_VERSION = 1
+#: ``flags`` bit 0: the structure has an element the model never saw in training.
+FLAG_UNSEEN_ELEMENT = 1
+_STR = h5py.string_dtype("utf-8")
+_ROW_CHUNK = 65536
+#: Rows read at a time when describing or ranking a file.
+_READ_ROWS = 1 << 20
+
+
+@dataclass
+class Rows:
+    """Predictions of a contiguous run of structures (a chunk, or a whole file).
+
+    Attributes:
+        index: [m] int64 rows in the input store.
+        ids: [m] structure ids.
+        status: [m] uint8 DESIGN.md status codes.
+        flags: [m] uint8 flag bits.
+        predictions: [m, T] float32 in the targets' units, NaN where status ≠ 0.
+        embeddings: [m, D] float32 pooled crystal vectors (NaN where status ≠ 0), or None.
+    """
+
+    index: np.ndarray
+    ids: list[str]
+    status: np.ndarray
+    flags: np.ndarray
+    predictions: np.ndarray
+    embeddings: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _attr(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class PredictionsWriter:
+    """Write a predictions file of M rows in any order of row ranges; it appears under its name
+    only on `close` (written as a temporary file in the same folder, then renamed).
+
+    Args:
+        path: the output file.
+        n_structures: M.
+        targets: [T] dicts with ``name`` and ``units`` (the model's targets, in output order).
+        embedding_dim: D, or None for no ``embeddings`` dataset.
+        attrs: root attributes (DESIGN.md's list); ``format``, ``version``, ``status_codes``
+            and ``created_by`` are added.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        n_structures: int,
+        targets: Sequence[Mapping[str, Any]],
+        embedding_dim: int | None,
+        attrs: Mapping[str, Any],
+    ) -> None:
+        self.path = Path(path)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.targets = [str(t["name"]) for t in targets]
+        m = int(n_structures)
+        rows = max(1, min(_ROW_CHUNK, m))
+        opts: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        self._f = f = h5py.File(self._tmp, "w")
+        try:
+            f.create_dataset("index", shape=(m,), dtype=np.int64, chunks=(rows,), **opts)
+            f.create_dataset("ids", shape=(m,), dtype=_STR, chunks=(rows,))
+            f.create_dataset("status", shape=(m,), dtype=np.uint8, chunks=(rows,), **opts)
+            f.create_dataset("flags", shape=(m,), dtype=np.uint8, chunks=(rows,), **opts)
+            group = f.create_group("predictions", track_order=True)  # the model's target order
+            for t in targets:
+                ds = group.create_dataset(
+                    str(t["name"]), shape=(m,), dtype=np.float32, chunks=(rows,), **opts
+                )
+                ds.attrs["units"] = str(t.get("units", ""))
+            if embedding_dim is not None:
+                d = int(embedding_dim)
+                f.create_dataset(
+                    "embeddings", shape=(m, d), dtype=np.float32,
+                    chunks=(max(1, min(rows, (1 << 20) // max(1, 4 * d))), d), **opts,
+                )
+            a = f.attrs
+            a["format"] = PREDICTIONS_FORMAT
+            a["version"] = PREDICTIONS_VERSION
+            for k, v in attrs.items():
+                a[k] = v
+            a["status_codes"] = json.dumps({str(k): v for k, v in STATUS_CODES.items()})
+            a["created_by"] = f"deepergat {__version__}"
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = False
+
+    def write(self, start: int, rows: Rows) -> None:
+        """Write ``rows`` at rows [start, start + len(rows))."""
+        f = self._f
+        b = start + len(rows)
+        f["index"][start:b] = rows.index
+        f["ids"][start:b] = rows.ids
+        f["status"][start:b] = rows.status
+        f["flags"][start:b] = rows.flags
+        for j, name in enumerate(self.targets):
+            f[f"predictions/{name}"][start:b] = rows.predictions[:, j]
+        if "embeddings" in f:
+            if rows.embeddings is None:
+                raise ValueError("rows without embeddings for a file with embeddings")
+            f["embeddings"][start:b] = rows.embeddings
+
+    def close(self) -> None:
+        """Flush, fsync and rename into place."""
+        if self._closed:
+            return
+        self._f.flush()
+        self._f.close()
+        with open(self._tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self._tmp, self.path)
+        self._closed = True
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        if not getattr(self, "_closed", False):
+            try:
+                self._f.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
+                self._closed = True
+
+    def __enter__(self) -> PredictionsWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What run wrote an existing predictions file.
+
+    Args:
+        path: a file that may exist.
+
+    Returns:
+        None when the file does not exist; else ``{"input_digest", "model_sha256",
+        "n_structures", "screen_settings"}`` (``screen_settings`` {} when absent).
+
+    Raises:
+        DeepergatError: the file exists but is not a complete deepergat predictions file (so
+            screening never overwrites an unrelated file).
+    """
+    p = Path(path)
+    if not p.exists():
+        return None
+    try:
+        with h5py.File(p, "r") as f:
+            fmt = _attr(f.attrs.get("format", ""))
+            if fmt != PREDICTIONS_FORMAT:
+                raise DeepergatError(
+                    f"{p}: exists and is not a deepergat predictions file (format {fmt!r}); "
+                    "choose another --output (screening never overwrites other files)"
+                )
+            settings = json.loads(_attr(f.attrs.get("screen_settings", "{}")) or "{}")
+            return {
+                "input_digest": _attr(f.attrs.get("input_digest", "")),
+                "model_sha256": _attr(f.attrs.get("model_sha256", "")),
+                "n_structures": int(f["status"].shape[0]),
+                "screen_settings": settings,
+            }
+    except OSError as e:
+        raise DeepergatError(
+            f"{p}: exists and is not a readable HDF5 file ({' '.join(str(e).split())}); "
+            "remove it or choose another --output"
+        ) from None
+
+
+def _stats(values: np.ndarray) -> dict[str, Any]:
+    v = values[np.isfinite(values)].astype(np.float64)
+    if not len(v):
+        return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {"count": len(v), "mean": float(v.mean()), "std": float(v.std()),
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def describe_predictions(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Counts by status and flag, and statistics of each prediction, read in blocks.
+
+    Returns:
+        ``{"format", "n_structures", "status": {code: count}, "flags": {"unseen_element": n},
+        "targets": {name: {"units", "count", "mean", "std", "min", "max"}}, "embeddings":
+        dim or None, "model", "model_sha256", "input", "input_digest", "created_by"}``.
+        Statistics are over the finite values (status 0); ``std`` is the population one.
+
+    Raises:
+        DeepergatError: not a readable predictions file.
+    """
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            if _attr(f.attrs.get("format", "")) != PREDICTIONS_FORMAT:
+                raise DeepergatError(f"{p}: not a deepergat predictions file")
+            m = int(f["status"].shape[0])
+            status = np.zeros(256, np.int64)
+            unseen = 0
+            for a in range(0, m, _READ_ROWS):
+                b = min(m, a + _READ_ROWS)
+                status += np.bincount(f["status"][a:b], minlength=256)
+                unseen += int(np.count_nonzero(f["flags"][a:b] & FLAG_UNSEEN_ELEMENT))
+            targets = {}
+            for name, ds in f["predictions"].items():
+                targets[name] = {"units": _attr(ds.attrs.get("units", "")),
+                                 **_stats(ds[:].astype(np.float64))}
+            attrs = {k: _attr(f.attrs.get(k, "")) for k in
+                     ("model", "model_sha256", "input", "input_digest", "created_by")}
+            emb = int(f["embeddings"].shape[1]) if "embeddings" in f else None
+    except (OSError, KeyError) as e:
+        raise DeepergatError(f"{p}: damaged predictions file: {e}") from None
+    return {
+        "format": PREDICTIONS_FORMAT,
+        "n_structures": m,
+        "status": {int(c): int(status[c]) for c in np.flatnonzero(status)},
+        "flags": {"unseen_element": unseen},
+        "targets": targets,
+        "embeddings": emb,
+        **attrs,
+    }
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
+
+
+def format_predictions(info: dict[str, Any], path: str) -> list[str]:
+    """Text lines for `describe_predictions`' dict (``deepergat info``)."""
+    m = info["n_structures"]
+    lines = [f"{path}: deepergat predictions", f"  structures       {m}"]
+    for k, (code, count) in enumerate(sorted(info["status"].items())):
+        label = "  status           " if k == 0 else "                   "
+        meaning = STATUS_CODES.get(int(code), "unknown")
+        lines.append(f"{label}{code} {meaning}: {count}")
+    lines.append(f"  flagged          {info['flags']['unseen_element']} with an element unseen "
+                 "in training")
+    for k, (name, t) in enumerate(info["targets"].items()):
+        units = f" [{t['units']}]" if t["units"] else ""
+        label = "  predictions      " if k == 0 else "                   "
+        lines.append(f"{label}{name}{units}: {t['count']} values, mean {_fmt(t['mean'])}, "
+                     f"std {_fmt(t['std'])}, min {_fmt(t['min'])}, max {_fmt(t['max'])}")
+    if info.get("embeddings"):
+        lines.append(f"  embeddings       {info['embeddings']} wide")
+    lines.append(f"  model            {info['model']} (sha256 {info['model_sha256'][:12]})")
+    lines.append(f"  input            {info['input']} (digest {info['input_digest'][:12]})")
+    return lines
+
+
+def _take(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``ds[rows]`` for any order of rows, reading the dataset in blocks (memory O(block))."""
+    out = np.empty(len(rows), dtype=ds.dtype)
+    if not len(rows):
+        return out
+    order = np.argsort(rows, kind="stable")
+    srt = rows[order]
+    m = ds.shape[0]
+    for a in range(int(srt[0]) // _READ_ROWS * _READ_ROWS, m, _READ_ROWS):
+        lo, hi = np.searchsorted(srt, [a, a + _READ_ROWS])
+        if lo == len(srt):
+            break
+        if hi > lo:
+            block = ds[a : min(m, a + _READ_ROWS)]
+            out[order[lo:hi]] = block[srt[lo:hi] - a]
+    return out
+
+
+def write_top_csv(
+    path: str | os.PathLike[str],
+    csv_path: str | os.PathLike[str],
+    k: int,
+    *,
+    order: Literal["asc", "desc"] = "asc",
+) -> int:
+    """The K best structures by the first target as CSV ``rank,index,id,<target>[,...]``.
+
+    NaN is never ranked; ties go to the lower index. Reads the predictions in blocks and keeps
+    K candidates, so memory is O(K + block).
+
+    Args:
+        path: a predictions file.
+        csv_path: where to write (via a temporary file and rename).
+        k: how many rows, ≥ 1.
+        order: ``"asc"`` lowest first, ``"desc"`` highest first.
+
+    Returns:
+        The number of rows written (≤ K: fewer when fewer predictions are finite).
+    """
+    if k < 1:
+        raise DeepergatError(f"--top must be at least 1, got {k}")
+    sign = 1.0 if order == "asc" else -1.0
+    with h5py.File(path, "r") as f:
+        names = list(f["predictions"])
+        first = names[0]
+        m = int(f["status"].shape[0])
+        best: list[tuple[float, int]] = []  # max-heap of (-key, -row) for the K smallest keys
+        for a in range(0, m, _READ_ROWS):
+            v = f[f"predictions/{first}"][a : min(m, a + _READ_ROWS)].astype(np.float64)
+            rows = np.flatnonzero(np.isfinite(v))
+            if not len(rows):
+                continue
+            key = sign * v[rows]
+            if len(rows) > k:  # keep this block's K best (ties: lower row) before the heap
+                pick = np.lexsort((rows, key))[:k]
+                rows, key = rows[pick], key[pick]
+            for kv, r in zip(key.tolist(), (rows + a).tolist(), strict=True):
+                item = (-kv, -r)
+                if len(best) < k:
+                    heapq.heappush(best, item)
+                elif item > best[0]:
+                    heapq.heapreplace(best, item)
+        ranked = sorted(((-kv, -nr) for kv, nr in best))
+        rows_out = np.array([r for _, r in ranked], dtype=np.int64)
+        index = _take(f["index"], rows_out)
+        ids = [_attr(s) for s in _take(f["ids"], rows_out)]
+        values = {n: _take(f[f"predictions/{n}"], rows_out) for n in names}
+    out = Path(csv_path)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "index", "id", *names])
+        for j in range(len(rows_out)):
+            w.writerow([j + 1, int(index[j]), ids[j],
+                        *(str(np.float32(values[n][j])) for n in names)])
+    os.replace(tmp, out)
+    return len(rows_out)

@@ -1,0 +1,83 @@
+"""Runtime choices: no torch import on the ONNX path, quiet provider selection, the IR
+version the installed onnxruntime reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deepergat.errors import DeepergatError
+
+_NO_TORCH = r"""
+import json, sys
+import numpy as np
+import deepergat.export
+from deepergat.export import load
+from deepergat.export.samples import parity_structures
+from deepergat.graphs import build_inputs
+p = load(sys.argv[1], device="auto", threads=1, cutoff=8.0, max_neighbors=12)
+y, e = p.predict(build_inputs(parity_structures(4), max_z=100).inputs)
+print(json.dumps({"torch": "torch" in sys.modules,
+                  "torch_geometric": "torch_geometric" in sys.modules,
+                  "shape": list(y.shape), "backend": p.backend, "device": p.device}))
+"""
+
+
+def test_onnx_load_and_predict_import_no_torch(exported_tiny):
+    out = subprocess.run([sys.executable, "-c", _NO_TORCH, str(exported_tiny["onnx"])],
+                         capture_output=True, text=True, check=True, timeout=120)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"torch": False, "torch_geometric": False, "shape": [4, 1],
+                      "backend": "onnxruntime", "device": result["device"]}
+    # auto device on a machine without a GPU: no wall of CUDA errors on stderr
+    from deepergat.export.runtime import cuda_available
+
+    if not cuda_available():
+        assert result["device"] == "cpu"
+        assert out.stderr.strip() == "", out.stderr
+
+
+def test_import_is_light():
+    code = ("import sys, deepergat.export, deepergat.export.parity, deepergat.export.files; "
+            "print('torch' in sys.modules, 'onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_max_ir_version_is_read_from_the_runtime():
+    import onnx
+    import onnxruntime as ort
+
+    from deepergat.export.runtime import max_ir_version
+
+    ir = max_ir_version()
+    assert 8 <= ir <= onnx.IR_VERSION
+    major, minor = (int(v) for v in ort.__version__.split(".")[:2])
+    if (major, minor) == (1, 31):
+        assert ir == 13  # onnxruntime(-gpu) 1.31 reads IR <= 13
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(exported_tiny, capfd):
+    from deepergat.export import load
+    from deepergat.export.runtime import cuda_available
+
+    if cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(DeepergatError, match="device 'cuda' requested"):
+        load(exported_tiny["onnx"], device="cuda")
+    p = load(exported_tiny["onnx"], device="auto")
+    assert p.device == "cpu" and p.providers == ["CPUExecutionProvider"]
+    captured = capfd.readouterr()
+    assert "CUDA" not in captured.err
+
+
+def test_torch_backends_on_cpu(exported_tiny):
+    from deepergat.export import load
+
+    for fmt in ("torchscript", "pt2", "checkpoint"):
+        p = load(exported_tiny[fmt], device="cpu", threads=1)
+        assert p.device == "cpu"

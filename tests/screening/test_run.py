@@ -1,0 +1,253 @@
+"""The screening driver in one process with the session's exported model: statuses and flags,
+chunk-size invariance, resume, refusal to mix runs, shards with the last-task merge,
+``--merge-only``, ``--top`` and ``--embeddings``, and file-level errors before any work."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from screen_helpers import (
+    SPECIAL,
+    agree,
+    assert_same_predictions,
+    read_predictions,
+    run_inprocess,
+)
+
+from deepergat.errors import DeepergatError
+from deepergat.screening.merge import MissingChunksError
+from deepergat.screening.parts import PartsDir
+from deepergat.screening.run import ScreenOptions, default_output, merge_only, top_csv_path
+
+
+def no_parts_left(output: Path) -> bool:
+    parts = PartsDir(output)
+    return not parts.committed() and not parts.manifest_path.exists()
+
+
+def test_statuses_flags_and_schema(reference_predictions: Path, small_model: dict[str, Any],
+                                   screen_store: Path) -> None:
+    p = read_predictions(reference_predictions)
+    assert len(p["ids"]) == 300
+    np.testing.assert_array_equal(p["index"], np.arange(300))
+    pos = {sid: k for k, sid in enumerate(p["ids"])}
+    pred = p["predictions"]["heat_ref"]
+    for sid, (_, status, flags) in SPECIAL.items():
+        k = pos[sid]
+        assert (p["status"][k], p["flags"][k]) == (status, flags), sid
+        assert np.isnan(pred[k]) == (status != 0), sid
+    assert np.isfinite(pred[p["status"] == 0]).all()
+    assert set(np.unique(p["status"]).tolist()) == {0, 1, 2, 3, 4, 5, 6}
+    assert p["units"] == {"heat_ref": "eV"}
+    attrs = p["attrs"]
+    assert attrs["format"] == "deepergat-predictions"
+    assert attrs["model"] == str(Path(small_model["onnx"]).resolve())
+    assert attrs["input"] == str(screen_store.resolve())
+    assert len(attrs["model_sha256"]) == 64 and len(attrs["input_digest"]) == 64
+    assert "embeddings" not in p
+    assert no_parts_left(reference_predictions)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1000])
+def test_chunk_size_does_not_change_the_file(tmp_path: Path, screen_store: Path,
+                                             small_model: dict[str, Any],
+                                             reference_predictions: Path,
+                                             chunk_size: int) -> None:
+    out = tmp_path / "p.h5"
+    result = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=chunk_size)
+    assert result.outcome == "merged" and result.structures == 300
+    assert result.merge.status.sum() == 300
+    assert_same_predictions(reference_predictions, out, small_model["std"])
+
+
+def test_embeddings_and_top(tmp_path: Path, screen_store: Path, small_model: dict[str, Any],
+                            reference_predictions: Path) -> None:
+    out = tmp_path / "p.h5"
+    result = run_inprocess(screen_store, small_model["onnx"], out, embeddings=True, top=5,
+                           top_order="desc")
+    assert result.top_csv == top_csv_path(out) == tmp_path / "p.top.csv"
+    p = read_predictions(out)
+    ok = p["status"] == 0
+    assert p["embeddings"].shape == (300, 64)
+    assert np.isfinite(p["embeddings"][ok]).all() and np.isnan(p["embeddings"][~ok]).all()
+    with open(result.top_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    values = p["predictions"]["heat_ref"]
+    best = np.sort(values[ok])[::-1][:5]
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert list(rows[0]) == ["rank", "index", "id", "heat_ref"]
+    np.testing.assert_allclose([float(r["heat_ref"]) for r in rows], best)
+    for r in rows:
+        assert p["ids"][int(r["index"])] == r["id"]
+    ref = read_predictions(reference_predictions)["predictions"]["heat_ref"]
+    np.testing.assert_array_equal(np.isnan(ref), np.isnan(values))
+    np.testing.assert_allclose(values[ok], ref[ok], rtol=0, atol=1e-5 * small_model["std"] + 1e-6)
+
+
+def test_resume_computes_only_missing_chunks(tmp_path: Path, screen_store: Path,
+                                             small_model: dict[str, Any],
+                                             reference_predictions: Path) -> None:
+    out = tmp_path / "p.h5"
+    first = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32, shard="1/3")
+    assert first.outcome == "shard-done" and not out.exists()
+    result = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32)
+    assert result.outcome == "merged"
+    assert result.skipped == first.structures and result.structures == 300 - first.structures
+    assert_same_predictions(reference_predictions, out, small_model["std"])
+    # Already complete: nothing to do, exit 0.
+    again = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32)
+    assert again.outcome == "already-merged" and again.structures == 0
+
+
+def test_refuses_to_mix_runs(tmp_path: Path, screen_store: Path,
+                             small_model: dict[str, Any]) -> None:
+    out = tmp_path / "p.h5"
+    run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32, shard="0/2")
+    for change, key in [({"chunk_size": 16}, "chunk_size"), ({"max_atoms": 500}, "max_atoms"),
+                        ({"overlap_threshold": 0.2}, "overlap_threshold"),
+                        ({"embeddings": True}, "embeddings")]:
+        with pytest.raises(DeepergatError, match=key):
+            run_inprocess(screen_store, small_model["onnx"], out,
+                          **{"chunk_size": 32, "shard": "1/2", **change})
+    other = tmp_path / "other.h5"
+    shutil.copy(screen_store, other)
+    with h5py.File(other, "a") as f:  # same content, another digest: another input
+        f.attrs["content_digest"] = "0" * 64
+    with pytest.raises(DeepergatError, match="input_digest"):
+        run_inprocess(other, small_model["onnx"], out, chunk_size=32)
+    # --no-resume starts clean under the new settings.
+    result = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=16, resume=False)
+    assert result.outcome == "merged" and result.skipped == 0
+
+
+def test_output_of_another_run_is_an_error_before_work(tmp_path: Path, screen_store: Path,
+                                                       small_model: dict[str, Any],
+                                                       reference_predictions: Path) -> None:
+    out = tmp_path / "p.h5"
+    shutil.copy(reference_predictions, out)
+    with pytest.raises(DeepergatError, match="belongs to another run"):
+        run_inprocess(screen_store, small_model["onnx"], out, max_atoms=30)
+    assert not PartsDir(out).path.exists()
+    result = run_inprocess(screen_store, small_model["onnx"], out, max_atoms=30, resume=False)
+    assert result.outcome == "merged"
+    assert (read_predictions(out)["status"] == 2).sum() > 1
+
+
+def test_shards_and_last_task_merge(tmp_path: Path, screen_store: Path,
+                                    small_model: dict[str, Any],
+                                    reference_predictions: Path) -> None:
+    out = tmp_path / "p.h5"
+    outcomes = [run_inprocess(screen_store, small_model["onnx"], out, chunk_size=16,
+                              shard=f"{i}/3") for i in (2, 0, 1)]
+    assert [r.outcome for r in outcomes] == ["shard-done", "shard-done", "merged"]
+    assert sum(r.structures for r in outcomes) == 300
+    assert outcomes[-1].merge.n_structures == 300
+    assert_same_predictions(reference_predictions, out, small_model["std"])
+    assert no_parts_left(out)
+
+
+def test_merge_only(tmp_path: Path, screen_store: Path, small_model: dict[str, Any],
+                    reference_predictions: Path) -> None:
+    out = tmp_path / "p.h5"
+    opts = ScreenOptions(input=screen_store, model=str(small_model["onnx"]), output=out,
+                         merge_only=True, top=3)
+    with pytest.raises(DeepergatError, match="nothing to merge"):
+        merge_only(opts)
+    run_inprocess(screen_store, small_model["onnx"], out, chunk_size=40, shard="0/2")
+    with pytest.raises(MissingChunksError) as err:
+        merge_only(opts)
+    missing = err.value.missing
+    assert missing and "chunks" in str(err.value) and "[" in str(err.value)
+    assert not out.exists()
+    # The other task finds every chunk committed but the merge claimed (its merge "died").
+    parts = PartsDir(out)
+    assert parts.claim_merge("local")
+    second = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=40, shard="1/2")
+    assert second.outcome == "merge-claimed" and not out.exists()
+    merged = merge_only(opts)
+    assert merged.outcome == "merged" and merged.merge.n_structures == 300
+    assert top_csv_path(out).exists()
+    assert_same_predictions(reference_predictions, out, small_model["std"])
+    assert merge_only(opts).outcome == "already-merged"
+    # Another model's output: not "already merged".
+    wrong = ScreenOptions(input=screen_store, model=str(small_model["checkpoint"]), output=out,
+                          merge_only=True)
+    with pytest.raises(DeepergatError, match="another run"):
+        merge_only(wrong)
+
+
+def test_file_level_errors_before_any_work(tmp_path: Path, screen_store: Path,
+                                           small_model: dict[str, Any]) -> None:
+    onnx = small_model["onnx"]
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    bad_model = tmp_path / "bad.onnx"
+    bad_model.write_bytes(b"not a model")
+    cases = [
+        (tmp_path / "absent.h5", onnx, tmp_path / "o1.h5", "no such file"),
+        (junk, onnx, tmp_path / "o2.h5", "junk.h5"),
+        (screen_store, tmp_path / "absent.onnx", tmp_path / "o3.h5", "absent.onnx"),
+        (screen_store, bad_model, tmp_path / "o4.h5", "bad.onnx"),
+        (screen_store, onnx, screen_store, "input store"),
+    ]
+    for store, model, out, match in cases:
+        with pytest.raises(DeepergatError, match=match):
+            run_inprocess(store, model, out)
+        assert not PartsDir(out).path.exists()
+    with pytest.raises(DeepergatError, match="--top"):
+        run_inprocess(screen_store, onnx, tmp_path / "o5.h5", top=0)
+
+
+def test_shard_from_slurm_array(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                screen_store: Path, small_model: dict[str, Any]) -> None:
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4242")
+    out = tmp_path / "p.h5"
+    result = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=50)
+    assert result.shard == (0, 2) and result.outcome == "shard-done"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "9")
+    with pytest.raises(DeepergatError, match="--shard"):
+        run_inprocess(screen_store, small_model["onnx"], out, chunk_size=50)
+    # --shard wins over the environment
+    result = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=50, shard="1/2")
+    assert result.outcome == "merged"
+
+
+def test_default_output_and_top_paths() -> None:
+    assert default_output("/d/cands.h5") == Path("/d/cands.predictions.h5")
+    assert top_csv_path("/d/cands.predictions.h5") == Path("/d/cands.predictions.top.csv")
+
+
+def test_same_numbers_as_deepergat_predict(screen_store: Path, small_model: dict[str, Any],
+                                           reference_predictions: Path) -> None:
+    from deepergat.predict import predict_inputs
+
+    _, rows = predict_inputs(small_model["checkpoint"], [screen_store])
+    rows = list(rows)
+    p = read_predictions(reference_predictions)
+    assert [r.id for r in rows] == p["ids"]
+    assert [r.status for r in rows] == p["status"].tolist()
+    ok = p["status"] == 0
+    values = np.array([r.values[0] for r in rows])
+    pred = p["predictions"]["heat_ref"]
+    assert agree(values[ok], pred[ok], small_model["std"]), np.abs(values[ok] - pred[ok]).max()
+
+
+def test_everything_screened_out(tmp_path: Path, screen_store: Path,
+                                 small_model: dict[str, Any]) -> None:
+    out = tmp_path / "p.h5"
+    result = run_inprocess(screen_store, small_model["onnx"], out, max_atoms=1, top=5)
+    assert result.outcome == "merged"
+    p = read_predictions(out)
+    assert set(np.unique(p["status"]).tolist()) <= {1, 2, 3, 4, 5}
+    assert np.isnan(p["predictions"]["heat_ref"]).all()
+    assert top_csv_path(out).read_text().strip() == "rank,index,id,heat_ref"

@@ -147,6 +147,9 @@ def main() -> None:
                         help="Seconds of timed runs per backend and size (at least 2 runs).")
     parser.add_argument("--no-options", action="store_true",
                         help="Skip the ONNX Runtime session-option table.")
+    parser.add_argument("--no-tune-malloc", action="store_true",
+                        help="Leave glibc malloc as it is (torch backends then fault in fresh "
+                             "pages on every batch; see deepergat.export.runtime.tune_malloc).")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: time.perf_counter; cpu: time.process_time (shared machines).")
     args = parser.parse_args()
@@ -160,11 +163,17 @@ def main() -> None:
     from deepergat.export.predictor import TorchPredictor
 
     torch.set_num_threads(args.threads)
+    if args.no_tune_malloc:
+        os.environ["DEEPERGAT_TUNE_MALLOC"] = "0"
+    else:
+        from deepergat.export.runtime import tune_malloc
+
+        tune_malloc()
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
         work = Path(tmp)
         ckpt, what = model_checkpoint(work)
         print(f"model: {what}; threads: {args.threads} (OMP/MKL, torch, ONNX Runtime intra-op); "
-              f"clock: {args.clock}")
+              f"clock: {args.clock}; glibc malloc tuned: {not args.no_tune_malloc}")
         t0 = time.perf_counter()
         aoti = shutil.which("g++") is not None or shutil.which("c++") is not None
         formats = ["onnx", "torchscript", "pt2"] + (["aoti"] if aoti else [])
@@ -237,7 +246,7 @@ def main() -> None:
             onnx_path = work / "exported" / "model.onnx"
             variants = [(level, args.threads, 1) for level in ("disable", "basic", "extended",
                                                                 "all")]
-            variants += [("all", 1, 1), ("all", 1, 2)]
+            variants += [("all", 1, 1), ("all", 1, 2)] if args.threads > 1 else [("all", 1, 2)]
             for level, intra, inter in variants:
                 session = make_session(onnx_path, device="cpu", threads=intra,
                                        inter_op_threads=inter, optimization=level)

@@ -4,9 +4,9 @@
 
 On ``-n`` generated candidates (benchmarks/make_candidates.py):
 
-* each stage alone, in this process: reading chunks, the neighbor search (one core), the
-  predictor (one single-threaded call at a time, and the default: one such call per core at
-  once), committing parts, merging — and the rate their serial sum would give;
+* each stage alone, in this process on one core: reading chunks, the neighbor search, the
+  predictor (single-threaded session), committing parts, merging — and the rate their serial
+  sum would give (compare with the 1-core end-to-end run: the pipeline overlaps them);
 * end to end, ``deepergat-screen`` as real processes: default settings on one process; one core
   per rank (``taskset`` / ``mpiexec -bind-to core``) on 1 and 2 ranks — structures/s of the
   screen itself (its closing summary) and of the whole command (start-up and merge included),
@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +106,7 @@ def stage_rates(store_path: Path, model: str | None, n_predict: int, chunk: int,
     t0 = time.perf_counter()
     for f in todo:
         m.predictor.predict(f.graph.inputs)
-    out["predict (1 call at a time)"] = _rate(done, time.perf_counter() - t0)
-    cores = len(os.sched_getaffinity(0))
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(cores) as pool:
-        list(pool.map(lambda f: m.predictor.predict(f.graph.inputs), todo))
-    out[f"predict ({cores} concurrent calls, default)"] = _rate(done, time.perf_counter() - t0)
+    out["predict (1 core)"] = _rate(done, time.perf_counter() - t0)
 
     parts = PartsDir(workdir / "stage-write.h5")
     parts.clear()
@@ -138,9 +132,8 @@ def stage_rates(store_path: Path, model: str | None, n_predict: int, chunk: int,
     out["merge"] = _rate(n, time.perf_counter() - t0)
     (workdir / "stage-write.h5").unlink(missing_ok=True)
     store.close()
-    serial = ("read", "featurize (1 core)", f"predict ({cores} concurrent calls, default)",
-              "write parts", "merge")
-    out["serial sum of stages"] = 1.0 / sum(1.0 / out[k] for k in serial)
+    serial = ("read", "featurize (1 core)", "predict (1 core)", "write parts", "merge")
+    out["serial sum of stages (1 core)"] = 1.0 / sum(1.0 / out[k] for k in serial)
     return out
 
 
@@ -190,18 +183,30 @@ def _descendants(pid: int) -> list[int]:
 
 def run_screen(cmd: list[str], env: dict[str, str], timeout: float | None = None
                ) -> dict[str, Any]:
-    """Run a screen command; wall time, the summary's rate, peak RSS (MB) of each rank."""
+    """Run a screen command: wall time, the summary's rate, and per rank the peak RSS (MB) of
+    the rank process and of the rank with its worker processes (sum of their peaks)."""
     peaks: dict[int, int] = {}
+    owner: dict[int, int] = {}  # process -> its rank process
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     stop = threading.Event()
 
+    def sample() -> list[int]:
+        family = _descendants(proc.pid)
+        for p in [proc.pid, *family]:
+            if p not in owner and _is_rank(p):
+                owner[p] = p
+        for rank in [p for p, r in owner.items() if p == r]:
+            for p in _descendants(rank):
+                owner.setdefault(p, rank)
+        for p in owner:
+            peaks[p] = max(peaks.get(p, 0), _hwm_kb(p))
+        return family
+
     def watch() -> None:
         while not stop.wait(0.2):
-            for p in [proc.pid, *_descendants(proc.pid)]:
-                if _is_rank(p):
-                    peaks[p] = max(peaks.get(p, 0), _hwm_kb(p))
+            sample()
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
@@ -210,10 +215,7 @@ def run_screen(cmd: list[str], env: dict[str, str], timeout: float | None = None
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         partial = True
-        family = _descendants(proc.pid)
-        for p in family:
-            if _is_rank(p):
-                peaks[p] = max(peaks.get(p, 0), _hwm_kb(p))
+        family = sample()
         proc.kill()
         for p in family:
             with contextlib.suppress(OSError):
@@ -226,9 +228,17 @@ def run_screen(cmd: list[str], env: dict[str, str], timeout: float | None = None
         raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
     m = re.search(r"screened (\d+) structures in ([\d.]+) s", stdout)
     screened, seconds = (int(m.group(1)), float(m.group(2))) if m else (0, float("nan"))
+    ranks = sorted(p for p, r in owner.items() if p == r)
+    rss = [(peaks.get(r, 0) / 1024,
+            sum(peaks.get(p, 0) for p, o in owner.items() if o == r) / 1024) for r in ranks]
     return {"wall": wall, "screened": screened, "rate": _rate(screened, seconds),
-            "wall_rate": _rate(screened, wall), "rss_mb": sorted(v / 1024 for v in peaks.values()),
-            "partial": partial, "stdout": stdout}
+            "wall_rate": _rate(screened, wall), "rss_mb": rss, "partial": partial,
+            "stdout": stdout}
+
+
+def _fmt_rss(rss: list[tuple[float, float]]) -> str:
+    return ", ".join(f"{own:,.0f}" + (f" ({total:,.0f} with workers)" if total > own + 1 else "")
+                     for own, total in rss)
 
 
 def screen_cmd(store: Path, out: Path, model: str | None, *extra: str,
@@ -263,8 +273,7 @@ def timings(store: Path, model: str | None, n_predict: int, workdir: Path,
         out = workdir / "bench.predictions.h5"
         r = run_screen(screen_cmd(store, out, model, **kw), env)
         results[label] = r
-        rss = ", ".join(f"{v:,.0f}" for v in r["rss_mb"])
-        rows.append((label, f"{r['rate']:,.0f}", f"{r['wall_rate']:,.0f}", rss))
+        rows.append((label, f"{r['rate']:,.0f}", f"{r['wall_rate']:,.0f}", _fmt_rss(r["rss_mb"])))
         print(f"{label}: {r['rate']:,.0f} structures/s", file=sys.stderr)
     one = results["end to end, 1 core/rank, 1 rank"]["rate"]
     two = results["end to end, 1 core/rank, 2 ranks"]["rate"]
@@ -303,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         out = workdir / "big.predictions.h5"
         r = run_screen(screen_cmd(big, out, args.model, ranks=2), env,
                        timeout=args.big_seconds)
-        rss = ", ".join(f"{v:,.0f}" for v in r["rss_mb"])
+        rss = _fmt_rss(r["rss_mb"])
         stopped = f" (stopped after {args.big_seconds:.0f} s)" if r["partial"] else ""
         rows.append((f"memory run: {args.big:,} candidates, 2 ranks{stopped}",
                      f"{r['rate']:,.0f}" if r["screened"] else "-",
@@ -312,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         # --max-atoms 1 screens every structure out (status 2).
         r = run_screen(screen_cmd(big, out, args.model, "--max-atoms", "1", "--top", "10",
                                   ranks=2), env)
-        rss = ", ".join(f"{v:,.0f}" for v in r["rss_mb"])
+        rss = _fmt_rss(r["rss_mb"])
         rows.append((f"memory run: {args.big:,}, 2 ranks, no model calls, merged",
                      f"{r['rate']:,.0f}", f"{r['wall_rate']:,.0f}", rss))
 

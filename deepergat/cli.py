@@ -219,12 +219,13 @@ def pack(
 @click.argument("file", type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(file: str, *, as_json: bool) -> None:
-    """Describe a deepergat file (a structure store), recognised by its content.
+    """Describe a deepergat file (a structure store or predictions file), recognised by its content.
 
     \b
     Examples:
       deepergat info train.h5
       deepergat info train.h5 --json | jq .targets
+      deepergat info candidates.predictions.h5
     """
     import json
 

@@ -256,6 +256,10 @@ def load(
         optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
             ``extended``, ``all``).
 
+    Torch-backed files also tune glibc malloc for the process (`runtime.tune_malloc`: freed
+    memory is kept instead of being faulted in again on every batch; ``DEEPERGAT_TUNE_MALLOC=0``
+    turns it off).
+
     Raises:
         DeepergatError: no such file or bundled model, a truncated or foreign file, a suffix
             its content contradicts, mismatched graph settings, an unavailable device.
@@ -313,6 +317,10 @@ def _torch_device(device: Device, device_id: int, where: Path) -> str:
 def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
                 threads: int | None) -> TorchPredictor:
     import torch
+
+    from .runtime import tune_malloc
+
+    tune_malloc()
 
     if threads is not None:
         torch.set_num_threads(int(threads))

@@ -40,7 +40,7 @@ def _summary(result: Any) -> list[str]:
     if result.outcome == "already-merged":
         lines.append(f"{result.output} is already complete for this input, model and settings "
                      "(already merged); nothing to do")
-    elif result.structures or result.outcome != "merged" or result.merge is None:
+    else:
         rate = result.structures / result.seconds if result.seconds > 0 else 0.0
         where = f" (shard {result.shard[0]}/{result.shard[1]})" if result.shard else ""
         lines.append(
@@ -87,8 +87,9 @@ def _summary(result: Any) -> list[str]:
               type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: a GPU when visible (node-local rank mod visible devices), else CPU.")
 @click.option("--workers", default=None, type=int,
-              help="Neighbor-search worker processes per rank (0: a thread) [default: 0 on the "
-                   "CPU, cores-1 with a GPU].")
+              help="Worker processes per rank for the neighbor search — and on the CPU, with an "
+                   "ONNX model, for the model too (0: all in the rank) [default: the rank's cores "
+                   "on the CPU (0 for one core), cores-1 with a GPU].")
 @click.option("--shard", default=None, metavar="I/N",
               help="Take static share I of N (zero-based), balanced by atom count [default: from "
                    "the SLURM array task, if any].")
@@ -131,7 +132,7 @@ def screen(
     from deepergat.errors import DeepergatError
 
     setup_logging(verbose)
-    from .run import ScreenOptions
+    from .run import AllRanksError, ScreenOptions
 
     opts = ScreenOptions(
         input=Path(input_), model=model, output=Path(output) if output else None,
@@ -145,8 +146,14 @@ def screen(
         ranks = _connect(opts)
         result = _run(opts, ranks)
     except DeepergatError as e:
-        if ranks is None or ranks.is_root:
-            fail(e)
+        if ranks is None or ranks.size == 1 or isinstance(e, AllRanksError):
+            if ranks is None or ranks.is_root:  # every rank has it: rank 0 says it once
+                fail(e)
+            raise SystemExit(2) from None
+        # One rank's problem while the others work: say it and stop them all.
+        click.echo(f"error: rank {ranks.rank}: {' '.join(str(e).split())}", err=True)
+        sys.stderr.flush()
+        ranks.abort(2)
         raise SystemExit(2) from None
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -163,16 +170,12 @@ def screen(
 
 
 def _connect(opts: Any) -> Any:
-    """Start the forkserver when worker processes may be used, then connect the ranks."""
-    from .device import visible_gpus
+    """Start the forkserver (when worker processes may be used), then connect the ranks: no
+    process is ever forked from one that has initialized MPI."""
     from .mpi import connect
     from .pipeline import start_forkserver
 
-    may_fork = (opts.workers or 0) > 0 or (
-        opts.workers is None and opts.device != "cpu" and not opts.merge_only
-        and visible_gpus() > 0
-    )
-    if may_fork:
+    if opts.workers != 0 and not opts.merge_only:
         start_forkserver()
     return connect()
 

@@ -277,6 +277,15 @@ class PartsDir:
             fh.write(f"{socket.gethostname()} pid {os.getpid()} at {time.ctime()}\n")
         return True
 
+    def clear_temporaries(self) -> None:
+        """Remove half-written parts and manifests of killed processes (only when no other
+        process writes here)."""
+        if not self.path.is_dir():
+            return
+        for entry in os.listdir(self.path):
+            if entry.startswith((".chunk-", ".manifest.json.tmp-")):
+                (self.path / entry).unlink(missing_ok=True)
+
     def clear(self) -> None:
         """Remove parts, temporary files, claims and the manifest; keep ``logs/``."""
         if not self.path.is_dir():

@@ -5,10 +5,12 @@
   atom/edge budget and hands each batch to the workers.
 * The **workers** run `deepergat.graphs.build_inputs` (the periodic neighbor search) and the
   unseen-element flags: a thread (``workers=0``; the numba kernel releases the GIL) or a process
-  pool started with forkserver — never forked from a process that has initialized MPI.
-* The **predictor** is called on one batch at a time by the calling thread, or on several
-  batches at once by a few threads (``predict_threads``); rows are assembled in chunk order and
-  non-finite predictions become status 7.
+  pool started with forkserver — never forked from a process that has initialized MPI. On CPUs
+  the worker processes also run the model (``worker_model``), one single-threaded session each:
+  the model is memory-bound with small kernels, and processes scale where threads sharing one
+  process do not.
+* The **predictor** is called on one batch at a time by the calling thread (unless the workers
+  predicted it); rows are assembled in chunk order and non-finite predictions become status 7.
 * The **writer** thread commits each finished chunk as its part file and reports progress.
 
 At most ``prefetch`` chunks are read ahead of the predictor and ``write_queue`` chunks wait for
@@ -22,7 +24,6 @@ import multiprocessing
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "PipelineStats",
     "Predictor",
     "featurize",
+    "featurize_predict",
     "split_batches",
     "start_forkserver",
 ]
@@ -88,17 +90,24 @@ class FeaturizeSettings:
 
 @dataclass
 class Featurized:
-    """One model batch, ready for the predictor.
+    """One model batch, ready for the predictor — or already predicted by a worker.
 
     Attributes:
-        graph: padded inputs of its status-0 structures, ``graph.status`` for all.
+        graph: padded inputs of its status-0 structures, ``graph.status`` for all (the inputs
+            are dropped once a worker has predicted them).
         flags: [m] uint8 flag bits of every structure of the batch.
-        seconds: time spent in the worker.
+        seconds: time spent in the neighbor search and flags.
+        prediction, embedding: [C, T] and [C, D] for ``graph.rows`` when a worker predicted
+            the batch, else None.
+        predict_seconds: time the worker's predictor took.
     """
 
     graph: GraphBatch
     flags: np.ndarray
     seconds: float
+    prediction: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    predict_seconds: float = 0.0
 
 
 def split_batches(
@@ -195,13 +204,43 @@ def start_forkserver() -> None:
     forkserver.ensure_running()
 
 
-def _worker_init() -> None:
-    # Warm the numba kernel (loads its on-disk cache) before the first real batch.
+#: The predictor of a worker process that also predicts (`Pipeline` ``worker_model``).
+_WORKER_PREDICTOR: Any = None
+
+
+def _worker_init(model: tuple[str, str, bool] | None = None) -> None:
+    """Warm the numba kernel (it loads its on-disk cache) and, for predicting workers, load the
+    model: ``(path, sha256, keep_embeddings)``, one single-threaded CPU session per worker."""
+    global _WORKER_PREDICTOR
     s = StructureBatch.from_structures(
         [{"id": "warm", "lattice": np.eye(3) * 3.0, "pbc": (True, True, True),
           "atomic_numbers": [14], "positions": [[0.0, 0.0, 0.0]]}]
     )
     build_inputs(s, max_neighbors=2, cutoff=4.0)
+    if model is not None:
+        from deepergat import export
+
+        path, sha256, keep_embeddings = model
+        predictor = export.load(path, device="cpu", threads=1)
+        if predictor.sha256 != sha256:
+            raise RuntimeError(f"{path} changed while screening (sha256 {predictor.sha256})")
+        _WORKER_PREDICTOR = (predictor, keep_embeddings)
+
+
+def featurize_predict(batch: StructureBatch, settings: FeaturizeSettings) -> Featurized:
+    """`featurize`, then predict with this worker's model (runs in a predicting worker); the
+    padded inputs stay in the worker, only the predictions travel back."""
+    feat = featurize(batch, settings)
+    predictor, keep_embeddings = _WORKER_PREDICTOR
+    g = feat.graph
+    if len(g.rows):
+        t0 = time.perf_counter()
+        p, em = predictor.predict(g.inputs)
+        feat.predict_seconds = time.perf_counter() - t0
+        feat.prediction = np.asarray(p, dtype=np.float32)
+        feat.embedding = np.asarray(em, dtype=np.float32) if keep_embeddings else None
+    feat.graph = GraphBatch(inputs={}, rows=g.rows, status=g.status, n_edges=g.n_edges)
+    return feat
 
 
 @dataclass
@@ -259,9 +298,9 @@ class Pipeline:
         n_targets: T, predictions per structure.
         embedding_dim: D to keep embeddings, None to drop them.
         workers: neighbor-search processes (0: one thread in this process).
-        predict_threads: model batches predicted concurrently (threads calling the predictor;
-            ONNX Runtime and torch release the GIL). On CPUs, several single-threaded calls
-            scale better than one call's intra-op threads for this memory-bound model.
+        worker_model: ``(model file, sha256)``: the workers also predict, each with its own
+            single-threaded CPU session (on CPUs, processes scale where threads in one process
+            do not); None: this process predicts with ``predictor``.
         batch_atoms, batch_edges: the model-batch budget (`split_batches`).
         prefetch: chunks read ahead of the predictor.
         write_queue: finished chunks waiting for the writer.
@@ -277,7 +316,7 @@ class Pipeline:
         n_targets: int,
         embedding_dim: int | None,
         workers: int = 0,
-        predict_threads: int = 1,
+        worker_model: tuple[str, str] | None = None,
         batch_atoms: int = DEFAULT_BATCH_ATOMS,
         batch_edges: int = DEFAULT_BATCH_EDGES,
         prefetch: int = 1,
@@ -290,7 +329,7 @@ class Pipeline:
         self.n_targets = n_targets
         self.embedding_dim = embedding_dim
         self.workers = max(0, int(workers))
-        self.predict_threads = max(1, int(predict_threads))
+        self.worker_model = worker_model if self.workers > 0 else None
         self.batch_atoms = batch_atoms
         self.batch_edges = batch_edges
         self.prefetch = max(1, prefetch)
@@ -301,8 +340,11 @@ class Pipeline:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="featurize")
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(_PRELOAD)
+        model = ((*self.worker_model, self.embedding_dim is not None)
+                 if self.worker_model is not None else None)
         return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=ctx, initializer=_worker_init
+            max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
+            initargs=(model,),
         )
 
     def run(
@@ -362,7 +404,8 @@ class Pipeline:
                         subs = [batch.select(np.arange(s, e)) for s, e in spans]
                         with lock:
                             stats.read += time.perf_counter() - t0
-                        futures = [executor.submit(featurize, sub, settings) for sub in subs]
+                        task = featurize_predict if self.worker_model else featurize
+                        futures = [executor.submit(task, sub, settings) for sub in subs]
                         chunks.put(_Chunk(k, a, batch.ids, spans, futures))
             except BaseException as e:  # handed to the main thread
                 errors.append(e)
@@ -399,13 +442,6 @@ class Pipeline:
         ]
         for t in threads:
             t.start()
-        pool = (ThreadPoolExecutor(self.predict_threads, thread_name_prefix="predict")
-                if self.predict_threads > 1 else None)
-        # Chunks whose batches are being predicted, oldest first; with a pool, the next chunk's
-        # batches queue behind the current one's so the predictor threads never wait at a
-        # chunk boundary.
-        inflight: deque[tuple[_Chunk, list[Any]]] = deque()
-        keep = 1 if pool is not None else 0
         try:
             while True:
                 item = chunks.get()
@@ -414,15 +450,8 @@ class Pipeline:
                 slots.release()
                 if stop.is_set():
                     continue
-                if pool is None:
-                    jobs: list[Any] = [self._predict_batch(f) for f in item.futures]
-                else:
-                    jobs = [pool.submit(self._predict_batch, f) for f in item.futures]
-                inflight.append((item, jobs))
-                while len(inflight) > keep:
-                    done.put(self._finish_chunk(*inflight.popleft(), stats))
-            while inflight and not stop.is_set():
-                done.put(self._finish_chunk(*inflight.popleft(), stats))
+                jobs = [self._predict_batch(f) for f in item.futures]
+                done.put(self._finish_chunk(item, jobs, stats))
         except BaseException as e:
             errors.append(e)
             stop.set()
@@ -431,8 +460,6 @@ class Pipeline:
             stop_reader = stop.is_set()
             for t in threads:
                 t.join()
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
             executor.shutdown(wait=True, cancel_futures=stop_reader)
         stats.seconds = time.perf_counter() - t_start
         if errors:
@@ -445,12 +472,18 @@ class Pipeline:
         feat = fut.result()
         if not len(feat.graph.rows):
             return feat, None, None, 0.0
+        if feat.prediction is not None:  # a worker predicted it
+            return feat, feat.prediction, feat.embedding, feat.predict_seconds
         t0 = time.perf_counter()
         p, em = self.predictor.predict(feat.graph.inputs)
         return feat, np.asarray(p), np.asarray(em), time.perf_counter() - t0
 
-    def _finish_chunk(self, item: _Chunk, jobs: list[Any], stats: PipelineStats
-                      ) -> tuple[int, int, Rows]:
+    def _finish_chunk(
+        self,
+        item: _Chunk,
+        jobs: list[tuple[Featurized, np.ndarray | None, np.ndarray | None, float]],
+        stats: PipelineStats,
+    ) -> tuple[int, int, Rows]:
         """Assemble a chunk's rows from its batches; non-finite predictions become status 7."""
         m = len(item.ids)
         t = self.n_targets
@@ -460,7 +493,7 @@ class Pipeline:
         emb = (np.full((m, self.embedding_dim), np.nan, dtype=np.float32)
                if self.embedding_dim is not None else None)
         for (s, e), job in zip(item.spans, jobs, strict=True):
-            feat, p, em, seconds = job.result() if isinstance(job, Future) else job
+            feat, p, em, seconds = job
             stats.featurize += feat.seconds
             g = feat.graph
             status[s:e] = g.status

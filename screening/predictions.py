@@ -109,26 +109,32 @@ class PredictionsWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.targets = [str(t["name"]) for t in targets]
         m = int(n_structures)
-        rows = max(1, min(_ROW_CHUNK, m))
-        opts: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        rows = min(_ROW_CHUNK, m)
+
+        def column(where: h5py.Group, name: str, dtype: Any, width: int | None = None,
+                   *, compress: bool = True) -> h5py.Dataset:
+            shape: tuple[int, ...] = (m,) if width is None else (m, width)
+            if m == 0:  # an empty input: no chunks to lay out
+                return where.create_dataset(name, shape=shape, dtype=dtype)
+            chunk = rows if width is None else max(1, min(rows, (1 << 20) // (4 * width)))
+            opts: dict[str, Any] = (
+                {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+                if compress else {}
+            )
+            return where.create_dataset(name, shape=shape, dtype=dtype,
+                                        chunks=(chunk, *shape[1:]), **opts)
+
         self._f = f = h5py.File(self._tmp, "w")
         try:
-            f.create_dataset("index", shape=(m,), dtype=np.int64, chunks=(rows,), **opts)
-            f.create_dataset("ids", shape=(m,), dtype=_STR, chunks=(rows,))
-            f.create_dataset("status", shape=(m,), dtype=np.uint8, chunks=(rows,), **opts)
-            f.create_dataset("flags", shape=(m,), dtype=np.uint8, chunks=(rows,), **opts)
+            column(f, "index", np.int64)
+            column(f, "ids", _STR, compress=False)
+            column(f, "status", np.uint8)
+            column(f, "flags", np.uint8)
             group = f.create_group("predictions", track_order=True)  # the model's target order
             for t in targets:
-                ds = group.create_dataset(
-                    str(t["name"]), shape=(m,), dtype=np.float32, chunks=(rows,), **opts
-                )
-                ds.attrs["units"] = str(t.get("units", ""))
+                column(group, str(t["name"]), np.float32).attrs["units"] = str(t.get("units", ""))
             if embedding_dim is not None:
-                d = int(embedding_dim)
-                f.create_dataset(
-                    "embeddings", shape=(m, d), dtype=np.float32,
-                    chunks=(max(1, min(rows, (1 << 20) // max(1, 4 * d))), d), **opts,
-                )
+                column(f, "embeddings", np.float32, int(embedding_dim))
             a = f.attrs
             a["format"] = PREDICTIONS_FORMAT
             a["version"] = PREDICTIONS_VERSION

@@ -44,6 +44,7 @@ from .predictions import FLAG_UNSEEN_ELEMENT, Rows, read_identity, write_top_csv
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "AllRanksError",
     "Hooks",
     "ScreenOptions",
     "ScreenResult",
@@ -63,6 +64,11 @@ DEFAULT_MODEL = "perovskite-heat"
 MODEL_MAX_Z = 100
 
 Outcome = Literal["merged", "already-merged", "shard-done", "merge-claimed"]
+
+
+class AllRanksError(DeepergatError):
+    """A file-level problem found before any work, raised alike on every rank (so rank 0 alone
+    reports it and no rank waits for another)."""
 
 
 @dataclass
@@ -244,13 +250,18 @@ def _default_model() -> str:
     return DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
 
 
+def _model_path(model: str | None) -> Path:
+    """The file `deepergat.export.load` loads for a MODEL argument (None: the default)."""
+    from deepergat.export.resolve import resolve_model
+
+    return resolve_model(model if model is not None else _default_model())
+
+
 def _model_sha_only(model: str | None) -> tuple[str, str]:
     """(name, sha256) of a model without loading it (for --merge-only): the sha256 of the file
     that `deepergat.export.load` would load, as `Predictor.sha256` is."""
-    from deepergat.export.resolve import resolve_model
-
     name = model if model is not None else _default_model()
-    return _model_name(name), _file_sha256(resolve_model(name))
+    return _model_name(name), _file_sha256(_model_path(name))
 
 
 # ------------------------------------------------------------------------------ checks
@@ -420,25 +431,27 @@ class _Setup:
     device: tuple[str, int] = ("cpu", 0)
     workers: int = 0
     threads: int = 1
-    calls: int = 1
+    workers_predict: bool = False
 
 
-def _rank_resources(opts: ScreenOptions, device: str, cpus: int) -> tuple[int, int, int]:
-    """(neighbor-search worker processes, predictor intra-op threads, concurrent predictor
-    calls) for a rank with ``cpus`` cores.
+def _rank_resources(opts: ScreenOptions, device: str, cpus: int, *, onnx: bool
+                    ) -> tuple[int, int, bool]:
+    """(worker processes, predictor intra-op threads, whether the workers predict) for a rank
+    with ``cpus`` cores.
 
-    On the CPU the model is memory-bound with small ops: single-threaded calls on ``cpus``
-    batches at once scale better than one call's intra-op threads, and one featurize thread
-    keeps up with them (the neighbor search is ~100× faster than the model). With a GPU the
-    search becomes the bottleneck: ``cpus − 1`` worker processes feed one stream of calls.
+    On the CPU the model is memory-bound with small kernels: one single-threaded session per
+    core in worker processes (each doing its batches' neighbor search too) scales where
+    intra-op threads or threads sharing one process do not; with one core the rank does
+    everything itself. With a GPU the neighbor search becomes the bottleneck: ``cpus − 1``
+    worker processes feed the rank's one predictor.
     """
-    on_cpu = device == "cpu"
-    default_workers = 0 if on_cpu else max(1, cpus - 1)
-    workers = opts.workers if opts.workers is not None else default_workers
-    if on_cpu:
-        calls = max(1, cpus - workers)
-        return workers, 1, calls
-    return workers, 1, 1
+    if device == "cpu":
+        workers = opts.workers if opts.workers is not None else (cpus if cpus > 1 else 0)
+        if workers > 0:
+            return workers, 1, True
+        return 0, cpus, False
+    workers = opts.workers if opts.workers is not None else max(1, cpus - 1)
+    return workers, 1, False
 
 
 def screen(opts: ScreenOptions, ranks: Ranks, hooks: Hooks | None = None) -> ScreenResult:
@@ -453,8 +466,9 @@ def screen(opts: ScreenOptions, ranks: Ranks, hooks: Hooks | None = None) -> Scr
         The `ScreenResult`.
 
     Raises:
-        DeepergatError: file-level problems, on every rank, before any work starts;
-            `MissingChunksError` for ``--merge-only`` with missing chunks.
+        AllRanksError: file-level problems, on every rank alike, before any work starts.
+        MissingChunksError: ``--merge-only`` with missing chunks (rank 0).
+        DeepergatError: a problem met while working (e.g. a damaged part), on one rank.
     """
     hooks = hooks or Hooks()
     if opts.merge_only:
@@ -462,29 +476,52 @@ def screen(opts: ScreenOptions, ranks: Ranks, hooks: Hooks | None = None) -> Scr
             return merge_only(opts)
         output = Path(opts.output) if opts.output else default_output(opts.input)
         return ScreenResult("merged", output, PartsDir(output).path)
+    try:
+        prepared = _prepare(opts, ranks)
+    except AllRanksError:
+        raise
+    except DeepergatError as e:  # raised alike on every rank (same inputs everywhere)
+        raise AllRanksError(str(e)) from None
+    if isinstance(prepared, ScreenResult):
+        return prepared
+    parts, plan, setup, model, shard = prepared
+    log_name = (f"shard-{shard[0]:04d}-of-{shard[1]:04d}-rank-{ranks.rank:04d}" if shard
+                else f"rank-{ranks.rank:04d}")
+    with _rank_log(parts, log_name):
+        return _compute(opts, ranks, hooks, parts, plan, setup, model, shard)
 
+
+def _prepare(opts: ScreenOptions, ranks: Ranks
+             ) -> ScreenResult | tuple[PartsDir, Plan, _Setup, _Model, tuple[int, int] | None]:
+    """Every check before work, collectively: rank 0 checks the files, then every rank loads
+    its model. Returns the finished result when there is nothing to do."""
     output = Path(opts.output) if opts.output else default_output(opts.input)
     parts = PartsDir(output)
     # Same inputs on every rank: an error here is raised on every rank alike.
     shard = parse_shard(opts.shard) if opts.shard else shard_from_env()
     n_gpus = visible_gpus()
     device = pick_device(opts.device, ranks.local_rank, n_gpus)
-    workers, threads, calls = _rank_resources(opts, device[0], cpus_per_rank(ranks.local_size))
+    onnx = _model_path(opts.model).suffix.lower() == ".onnx"
+    workers, threads, workers_predict = _rank_resources(
+        opts, device[0], cpus_per_rank(ranks.local_size), onnx=onnx
+    )
 
     # ---- rank 0: every file-level check, before any work
-    setup = _Setup(device=device, workers=workers, threads=threads, calls=calls)
+    setup = _Setup(device=device, workers=workers, threads=threads,
+                   workers_predict=workers_predict)
     model: _Model | None = None
     if ranks.is_root:
         try:
             _check_options(opts)
+            inp = _open_input(Path(opts.input))
             model = _load_model(opts.model, device, threads, opts.max_atoms,
                                 opts.overlap_threshold)
-            setup = _root_setup(opts, output, parts, shard, model, setup)
+            setup = _root_setup(opts, inp, output, parts, shard, model, setup)
         except DeepergatError as e:
             setup.error = str(e)
     setup = ranks.bcast(setup) if ranks.size > 1 else setup
     if setup.error:
-        raise DeepergatError(setup.error)
+        raise AllRanksError(setup.error)
     if setup.done is not None:
         if setup.done.top_csv is not None and ranks.is_root and opts.top:
             write_top_csv(output, setup.done.top_csv, opts.top, order=opts.top_order)
@@ -504,19 +541,14 @@ def screen(opts: ScreenOptions, ranks: Ranks, hooks: Hooks | None = None) -> Scr
         errors = ranks.gather(error)
         error = ranks.bcast(next((e for e in errors or [] if e), None))
     if error:
-        raise DeepergatError(error)
+        raise AllRanksError(error)
     assert model is not None
-
-    log_name = (f"shard-{shard[0]:04d}-of-{shard[1]:04d}-rank-{ranks.rank:04d}" if shard
-                else f"rank-{ranks.rank:04d}")
-    with _rank_log(parts, log_name):
-        return _compute(opts, ranks, hooks, parts, plan, setup, model, shard)
+    return parts, plan, setup, model, shard
 
 
-def _root_setup(opts: ScreenOptions, output: Path, parts: PartsDir,
+def _root_setup(opts: ScreenOptions, inp: _Input, output: Path, parts: PartsDir,
                 shard: tuple[int, int] | None, model: _Model, setup: _Setup) -> _Setup:
-    """Rank 0: input, output and parts checks; the plan and this run's chunks."""
-    inp = _open_input(Path(opts.input))
+    """Rank 0: output and parts checks; the plan and this run's chunks."""
     if output.resolve() == inp.path:
         raise DeepergatError(f"--output {output} is the input store; choose another file")
     plan = make_plan(inp.n_atoms, opts.chunk_size)
@@ -542,15 +574,12 @@ def _root_setup(opts: ScreenOptions, output: Path, parts: PartsDir,
     owned = (shard_chunks(plan.atoms, *shard).tolist() if shard
              else list(range(plan.n_chunks)))
     parts.prepare(manifest, resume=opts.resume, owned=owned if shard else None)
+    if shard is None:  # no other process writes here now: drop a killed run's temporaries
+        parts.clear_temporaries()
     done = parts.committed()
     setup.todo = [k for k in owned if k not in done]
     setup.skipped = int(sum(plan.bounds(k)[1] - plan.bounds(k)[0] for k in owned if k in done))
     setup.plan = plan
-    log.info(
-        "screening %s (%d structures, %d chunks of %d) with %s: %d chunks to do, %d committed",
-        inp.path, plan.n_structures, plan.n_chunks, plan.chunk_size, model.name,
-        len(setup.todo), len(owned) - len(setup.todo),
-    )
     return setup
 
 
@@ -560,19 +589,27 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
     on_gpu = str(getattr(model.predictor, "device", "cpu")).startswith("cuda")
     batch_atoms = opts.batch_atoms or (GPU_BATCH_ATOMS if on_gpu else DEFAULT_BATCH_ATOMS)
     batch_edges = opts.batch_edges or batch_atoms * (DEFAULT_BATCH_EDGES // DEFAULT_BATCH_ATOMS)
-    log.info("rank %d/%d: model %s on %s (%s), %d neighbor-search workers, %d concurrent "
-             "predictor calls of %d threads, batches of ≤ %d atoms", ranks.rank, ranks.size,
-             model.name, getattr(model.predictor, "device", setup.device[0]),
-             getattr(model.predictor, "backend", "?"), setup.workers, setup.calls,
-             setup.threads, batch_atoms)
+    workers_predict = setup.workers_predict
+    log.info("rank %d/%d: model %s on %s (%s), %d worker processes (%s), batches of ≤ %d "
+             "atoms", ranks.rank, ranks.size, model.name,
+             getattr(model.predictor, "device", setup.device[0]),
+             getattr(model.predictor, "backend", "?"), setup.workers,
+             "neighbor search and model" if workers_predict else
+             f"neighbor search; {setup.threads} predictor threads here", batch_atoms)
     manifest = parts.read_manifest() if ranks.is_root else None
+    if manifest is not None:
+        log.info("screening %s (%d structures, %d chunks of %d): %d chunks to do%s, %d "
+                 "structures already committed", manifest["input"], plan.n_structures,
+                 plan.n_chunks, plan.chunk_size, len(setup.todo),
+                 f" in shard {shard[0]}/{shard[1]}" if shard else "", setup.skipped)
     source = ranks.chunk_source(setup.todo)
     progress = ranks.progress()
     total = int(sum(plan.bounds(k)[1] - plan.bounds(k)[0] for k in setup.todo))
     pipeline = Pipeline(
         opts.input, plan, model.predictor, model.settings, n_targets=len(model.targets),
         embedding_dim=model.embedding_dim if opts.embeddings else None, workers=setup.workers,
-        predict_threads=setup.calls, batch_atoms=batch_atoms, batch_edges=batch_edges,
+        worker_model=(str(model.predictor.path), model.sha256) if workers_predict else None,
+        batch_atoms=batch_atoms, batch_edges=batch_edges,
     )
 
     def on_chunk(rows: Rows) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import model_inputs, perov_structures
+from model_helpers import model_inputs, perov_structures
 
 from deepergat.checkpoint import (
     CHECKPOINT_FORMAT,

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from conftest import nacl_structure, random_structures, triclinic_structure
+from structure_helpers import nacl_structure, random_structures, triclinic_structure
 
 from deepergat import __version__
 from deepergat.cli import DeepergatGroup, main, report_errors

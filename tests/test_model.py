@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import agree, model_inputs, perov_structures
+from model_helpers import agree, model_inputs, perov_structures
 
 from deepergat.model import INPUT_NAMES, DeeperGATGNN, count_parameters
 

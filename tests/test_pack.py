@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import (
+from structure_helpers import (
     disordered_structure,
     nacl_structure,
     pt_cluster,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import perov_structures
+from model_helpers import perov_structures
 
 from deepergat import predict as predict_mod
 from deepergat.cli import main

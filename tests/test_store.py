@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import random_structures
+from structure_helpers import random_structures
 
 from deepergat.errors import DeepergatError
 from deepergat.store import STORE_FORMAT, STORE_VERSION, Store, StoreWriter, StructureBatch

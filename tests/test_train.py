@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import perov_structures
+from model_helpers import perov_structures
 
 from deepergat import train as train_mod
 from deepergat.cli import main

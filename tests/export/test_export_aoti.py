@@ -59,7 +59,7 @@ def test_batch_of_thousands(aoti_file, exported_tiny):
 
 
 def test_cuda_request_is_refused(aoti_file):
-    with pytest.raises(DeepergatError, match="compiled for the CPU|sees no CUDA device"):
+    with pytest.raises(DeepergatError, match=r"compiled for the CPU|sees no CUDA device"):
         load(aoti_file, device="cuda")
     assert load(aoti_file, device="auto").device == "cpu"
 

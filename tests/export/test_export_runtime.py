@@ -81,3 +81,26 @@ def test_torch_backends_on_cpu(exported_tiny):
     for fmt in ("torchscript", "pt2", "checkpoint"):
         p = load(exported_tiny[fmt], device="cpu", threads=1)
         assert p.device == "cpu"
+
+
+_MALLOC = r"""
+import sys
+from deepergat.export import load, runtime
+load(sys.argv[1], device="cpu")
+print(runtime._malloc_tuned)
+"""
+
+
+@pytest.mark.parametrize(("fmt", "env", "expected"),
+                         [("torchscript", "1", "True"), ("torchscript", "0", "False"),
+                          ("onnx", "1", "False")])
+def test_malloc_tuning_only_for_torch_backends(exported_tiny, fmt, env, expected):
+    import os
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    out = subprocess.run([sys.executable, "-c", _MALLOC, str(exported_tiny[fmt])],
+                         capture_output=True, text=True, check=True, timeout=120,
+                         env={**os.environ, "DEEPERGAT_TUNE_MALLOC": env})
+    assert out.stdout.split()[-1] == expected

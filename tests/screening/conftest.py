@@ -19,7 +19,8 @@ def screen_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference_predictions(
     tmp_path_factory: pytest.TempPathFactory, screen_store: Path, small_model: dict[str, Any]
 ) -> Path:
-    """One uninterrupted single-process screen of `screen_store` (chunk size 64)."""
+    """One uninterrupted single-process screen of `screen_store` (chunk size 64, the default
+    worker processes: the model runs in them on a multi-core CPU)."""
     out = tmp_path_factory.mktemp("reference") / "ref.h5"
-    run_inprocess(screen_store, small_model["onnx"], out, chunk_size=64)
+    run_inprocess(screen_store, small_model["onnx"], out, chunk_size=64, workers=None)
     return out

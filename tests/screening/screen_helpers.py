@@ -89,10 +89,12 @@ def write_screen_store(path: Path, n_candidates: int = 291, seed: int = 7) -> Pa
 
 
 def run_inprocess(store: Path, model: Path, output: Path, **options: Any) -> Any:
-    """`deepergat.screening.run.screen` in this process, one rank."""
+    """`deepergat.screening.run.screen` in this process, one rank; everything in this process
+    (``workers=0``) unless ``workers`` is given (None: the default worker processes)."""
     from deepergat.screening.mpi import SingleProcess
     from deepergat.screening.run import ScreenOptions, screen
 
+    options.setdefault("workers", 0)
     opts = ScreenOptions(input=store, model=str(model), output=output, **options)
     return screen(opts, SingleProcess())
 

@@ -107,3 +107,14 @@ def test_damaged_manifest(tmp_path: Path) -> None:
     parts.manifest_path.write_text("{")
     with pytest.raises(DeepergatError, match="damaged run manifest"):
         parts.prepare(manifest(), resume=True)
+
+
+def test_clear_temporaries(tmp_path: Path) -> None:
+    parts = PartsDir(tmp_path / "out.h5")
+    parts.prepare(manifest(), resume=True)
+    parts.commit(0, 0, rows(0, 10))
+    (parts.path / ".chunk-000001.h5.tmp-host-1-2").write_bytes(b"half")
+    parts.clear_temporaries()
+    assert sorted(p.name for p in parts.path.iterdir()) == [
+        "chunk-000000.h5", "logs", "manifest.json"
+    ]

@@ -251,3 +251,16 @@ def test_everything_screened_out(tmp_path: Path, screen_store: Path,
     assert set(np.unique(p["status"]).tolist()) <= {1, 2, 3, 4, 5}
     assert np.isnan(p["predictions"]["heat_ref"]).all()
     assert top_csv_path(out).read_text().strip() == "rank,index,id,heat_ref"
+
+
+def test_empty_store(tmp_path: Path, small_model: dict[str, Any]) -> None:
+    from deepergat.store import StoreWriter
+
+    store = tmp_path / "empty.h5"
+    with StoreWriter(store):
+        pass
+    out = tmp_path / "p.h5"
+    result = run_inprocess(store, small_model["onnx"], out, top=3, embeddings=True)
+    assert result.outcome == "merged" and result.merge.n_structures == 0
+    p = read_predictions(out)
+    assert p["ids"] == [] and p["embeddings"].shape == (0, 64)

@@ -108,6 +108,13 @@ def test_mpi_ranks_give_the_same_file(tmp_path: Path, screen_store: Path,
     assert r.stderr.count("error") == 0
 
 
+@pytest.mark.mpi
+def test_mpi_file_error_is_one_line(tmp_path: Path, small_model: dict[str, Any]) -> None:
+    r = run_cli(*args(tmp_path / "absent.h5", small_model["onnx"], tmp_path / "o.h5"), ranks=2)
+    assert r.returncode == 2
+    assert r.stderr.count("error:") == 1 and "absent.h5" in r.stderr
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun(tmp_path: Path, screen_store: Path,
                                     small_model: dict[str, Any],

@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -293,11 +294,12 @@ def main(argv: list[str] | None = None) -> int:
                         "default: finish)")
     p.add_argument("--stage-predict", type=int, default=5000,
                    help="structures the predictor stage is timed on (5,000)")
-    p.add_argument("--workdir", default=None, help="folder for stores and outputs")
+    p.add_argument("--workdir", default=None,
+                   help="folder for stores and outputs (default: <tmp>/deepergat-bench-screen)")
     p.add_argument("--skip-timings", action="store_true",
                    help="only the memory runs (skip the stages and the -n runs)")
     args = p.parse_args(argv)
-    workdir = Path(args.workdir or HERE / ".bench-screen")
+    workdir = Path(args.workdir or Path(tempfile.gettempdir()) / "deepergat-bench-screen")
     workdir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
     store = candidates(workdir, args.n)

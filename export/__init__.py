@@ -1,5 +1,5 @@
-"""deepergat.export: checkpoints → ONNX, TorchScript and ``torch.export`` files, parity-checked,
-and `load`, one `Predictor` over every model file kind.
+"""deepergat.export: checkpoints → ONNX, TorchScript and ``torch.export`` files (and
+AOTInductor packages), parity-checked, and `load`, one `Predictor` over every model file kind.
 
 Importing this package (and loading an ``.onnx`` file with `load`) imports neither torch nor
 torch_geometric: screening ranks and workers would pay seconds for each. Torch is imported
@@ -17,9 +17,11 @@ Modules, one job each:
 ``onnx``            the ONNX writer (dynamo exporter, softplus translation, op allow-list)
 ``torchscript``     the TorchScript writer (tracing)
 ``pt2``             the ``torch.export`` writer
+``aoti``            the AOTInductor writer (``--format aoti``: compiled, CPU, fastest there)
 ``samples``         deterministic check structures and edge cases (numpy)
 ``parity``          DESIGN.md's agreement rule, the parity cases and their figures (numpy)
 ``exporter``        `export_model`: write, check, and only then move files into place
+``info``            ``deepergat info`` for checkpoints and exported files
 ==================  ==========================================================================
 """
 

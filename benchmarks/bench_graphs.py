@@ -21,16 +21,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import csv
+import time
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from deepergat import graphs  # noqa: E402
-from deepergat.store import StructureBatch  # noqa: E402
+from deepergat import graphs
+from deepergat.store import StructureBatch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = {"perov5_dev": "perov5_dev.csv", "carbon24_dev": "carbon24_dev.csv"}
@@ -62,7 +62,7 @@ def best_of(fn, repeat: int) -> float:
 
 def pymatgen_pipeline(structures: list, cutoff: float = 8.0, k: int = 12) -> None:
     for s in structures:
-        center, neighbor, _, dist = s.get_neighbor_list(cutoff)
+        center, _, _, dist = s.get_neighbor_list(cutoff)
         for a in range(len(s)):
             m = np.flatnonzero(center == a)
             m[np.argsort(dist[m], kind="stable")[:k]]

@@ -12,16 +12,14 @@ to the lowest shard, which for equal chunks is plain interleaving (chunk k → s
 from __future__ import annotations
 
 import heapq
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from deepergat.errors import DeepergatError
 
-__all__ = ["Plan", "claim_token", "make_plan", "parse_shard", "shard_chunks", "shard_from_env"]
+__all__ = ["Plan", "make_plan", "parse_shard", "shard_chunks"]
 
 
 @dataclass(frozen=True)
@@ -122,35 +120,3 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
-    """The SLURM array task's shard, or None outside an array job.
-
-    I = (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP and
-    N = SLURM_ARRAY_TASK_COUNT (DESIGN.md).
-
-    Raises:
-        DeepergatError: I outside [0, N) or not a whole number (an uneven ``--array`` list such
-            as ``1,5,7``): the message suggests ``--shard``.
-    """
-    env = os.environ if env is None else env
-    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
-        return None
-    task = int(env["SLURM_ARRAY_TASK_ID"])
-    low = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-    step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or "1")
-    count = int(env["SLURM_ARRAY_TASK_COUNT"])
-    i, rest = divmod(task - low, step) if step > 0 else (task - low, 0)
-    if rest or not 0 <= i < count:
-        raise DeepergatError(
-            f"SLURM array task {task} (min {low}, step {step}, count {count}) gives shard "
-            f"{(task - low) / step:g} of {count}, outside 0..{count - 1}: the --array list is not "
-            f"an evenly spaced range; pass the shard explicitly, e.g. "
-            f"--shard $((SLURM_ARRAY_TASK_ID - 1))/{count} for --array=1-{count}"
-        )
-    return i, count
-
-
-def claim_token(env: Mapping[str, str] | None = None) -> str:
-    """The job a merge claim belongs to: the SLURM array job id (or job id), else ``local``."""
-    env = os.environ if env is None else env
-    return env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID") or "local"

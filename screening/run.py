@@ -26,6 +26,7 @@ import numpy as np
 
 from deepergat import __version__
 from deepergat.errors import DeepergatError
+from deepergat.launch import claim_token, shard_from_env
 from deepergat.store import Store, StructureBatch
 
 from .device import cpus_per_rank, pick_device, visible_gpus
@@ -39,7 +40,7 @@ from .pipeline import (
     Pipeline,
     featurize,
 )
-from .plan import Plan, claim_token, make_plan, parse_shard, shard_chunks, shard_from_env
+from .plan import Plan, make_plan, parse_shard, shard_chunks
 from .predictions import FLAG_UNSEEN_ELEMENT, Rows, read_identity, write_top_csv
 
 __all__ = [

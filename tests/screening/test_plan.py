@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from deepergat.errors import DeepergatError
-from deepergat.screening.plan import (
-    claim_token,
-    make_plan,
-    parse_shard,
-    shard_chunks,
-    shard_from_env,
-)
+from deepergat.launch import claim_token, shard_from_env
+from deepergat.screening.plan import make_plan, parse_shard, shard_chunks
 
 
 def test_plan_cuts_runs_of_chunk_size() -> None:

@@ -237,6 +237,7 @@ def load(
     device: Device = "auto",
     device_id: int = 0,
     threads: int | None = None,
+    inter_op_threads: int | None = None,
     cutoff: float | None = None,
     max_neighbors: int | None = None,
     optimization: str = "all",
@@ -252,6 +253,9 @@ def load(
         device_id: CUDA device ordinal.
         threads: CPU threads: ONNX Runtime's intra-op threads for this session; for torch
             backends ``torch.set_num_threads`` (process-wide). None: the runtime's default.
+        inter_op_threads: ONNX Runtime inter-op threads (> 1 runs independent nodes in
+            parallel; measured slower for this model, see ``benchmarks/bench_infer.py``).
+            None: sequential. Torch backends ignore it.
         cutoff, max_neighbors: the caller's graph settings, checked against the model's.
         optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
             ``extended``, ``all``).
@@ -270,7 +274,8 @@ def load(
     kind = expect_kind(path)
     if kind == KINDS["onnx"]:
         predictor: Predictor = _load_onnx(path, device=device, device_id=device_id,
-                                          threads=threads, optimization=optimization)
+                                          threads=threads, inter_op_threads=inter_op_threads,
+                                          optimization=optimization)
     else:
         predictor = _load_torch(path, kind, device=device, device_id=device_id, threads=threads)
     predictor.check_settings(cutoff=cutoff, max_neighbors=max_neighbors)
@@ -279,12 +284,13 @@ def load(
 
 
 def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | None,
-               optimization: str) -> OnnxPredictor:
+               inter_op_threads: int | None, optimization: str) -> OnnxPredictor:
     from .runtime import make_session
 
     data = path.read_bytes()
     session = make_session(data, device=device, device_id=device_id, threads=threads,
-                           optimization=optimization, where=str(path))
+                           inter_op_threads=inter_op_threads, optimization=optimization,
+                           where=str(path))
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
         raise DeepergatError(

@@ -155,6 +155,8 @@ def test_threads_and_optimization_levels(exported_tiny, reference):
     for level in ("disable", "basic", "all"):
         p = load(exported_tiny["onnx"], device="cpu", threads=1, optimization=level)
         assert agree(y1, p.predict(inputs)[0], [0.8]).all()
+    p = load(exported_tiny["onnx"], device="cpu", threads=1, inter_op_threads=2)
+    assert agree(y1, p.predict(inputs)[0], [0.8]).all()
     with pytest.raises(DeepergatError, match="optimization level"):
         load(exported_tiny["onnx"], device="cpu", optimization="fast")
     with pytest.raises(DeepergatError, match="device must be"):

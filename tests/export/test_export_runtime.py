@@ -104,3 +104,27 @@ def test_malloc_tuning_only_for_torch_backends(exported_tiny, fmt, env, expected
                          capture_output=True, text=True, check=True, timeout=120,
                          env={**os.environ, "DEEPERGAT_TUNE_MALLOC": env})
     assert out.stdout.split()[-1] == expected
+
+
+def test_bundled_models_ship_a_current_onnx():
+    """Each bundled model's model.onnx was exported from (and parity-checked against) the
+    best.ckpt next to it; a bundled name loads the ONNX file."""
+    import hashlib
+
+    from deepergat.export import bundled_models, read_metadata, resolve_model
+    from deepergat.export.resolve import bundled_dir
+
+    names = bundled_models()
+    if not names:
+        pytest.skip("no bundled models installed")
+    for name in names:
+        folder = bundled_dir() / name
+        if not (folder / "model.onnx").is_file():
+            pytest.fail(f"bundled model {name} ships no model.onnx: run `deepergat export {name} "
+                        f"--format onnx -o {folder}`")
+        assert resolve_model(name).name == "model.onnx"
+        assert resolve_model(name, prefer="checkpoint").name == "best.ckpt"
+        meta = read_metadata(folder / "model.onnx")
+        ckpt_sha = hashlib.sha256((folder / "best.ckpt").read_bytes()).hexdigest()
+        assert meta["source_sha256"] == ckpt_sha, f"{name}: model.onnx is stale; re-export it"
+        assert meta["parity"]["passed"] and meta["parity"]["n_structures"] >= 256

@@ -24,6 +24,8 @@ from .store import StructureBatch
 __all__ = [
     "DEFAULT_CUTOFF",
     "DEFAULT_MAX_NEIGHBORS",
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
     "TIE_TOLERANCE",
     "GraphBatch",
     "NeighborList",
@@ -33,6 +35,18 @@ __all__ = [
     "neighbor_list",
 ]
 
+#: The model's inputs and outputs, in order (DESIGN.md "Model inputs and outputs"); defined here,
+#: without torch, so that exported-file code and screening share them with the model.
+INPUT_NAMES = (
+    "atomic_numbers",
+    "neighbors",
+    "distances",
+    "neighbor_mask",
+    "crystal_atoms",
+    "crystal_mask",
+    "batch",
+)
+OUTPUT_NAMES = ("prediction", "embedding")
 DEFAULT_CUTOFF = 8.0
 DEFAULT_MAX_NEIGHBORS = 12
 #: Neighbors within this distance (Å) of the last one kept are kept too.

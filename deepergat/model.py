@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .graphs import INPUT_NAMES, OUTPUT_NAMES
 from .layers import AGATConv, DiffGroupNorm, GaussianExpansion, GlobalAttention
 
 __all__ = ["INPUT_NAMES", "MAX_Z", "OUTPUT_NAMES", "DeeperGATGNN", "count_parameters"]
@@ -39,16 +40,6 @@ __all__ = ["INPUT_NAMES", "MAX_Z", "OUTPUT_NAMES", "DeeperGATGNN", "count_parame
 MAX_Z = 100
 #: Width of the composition vector (position Z holds element Z's fraction), as the reference.
 COMPOSITION_SIZE = 108
-INPUT_NAMES = (
-    "atomic_numbers",
-    "neighbors",
-    "distances",
-    "neighbor_mask",
-    "crystal_atoms",
-    "crystal_mask",
-    "batch",
-)
-OUTPUT_NAMES = ("prediction", "embedding")
 
 
 class DeeperGATGNN(nn.Module):

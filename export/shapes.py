@@ -12,22 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from deepergat.graphs import build_inputs
+from deepergat.graphs import INPUT_NAMES, OUTPUT_NAMES, build_inputs
 
 from .samples import parity_structures
 
 __all__ = ["DYNAMIC_AXES", "INPUT_NAMES", "OUTPUT_NAMES", "dynamic_shapes", "example_inputs"]
 
-INPUT_NAMES = (
-    "atomic_numbers",
-    "neighbors",
-    "distances",
-    "neighbor_mask",
-    "crystal_atoms",
-    "crystal_mask",
-    "batch",
-)
-OUTPUT_NAMES = ("prediction", "embedding")
 #: input -> {axis: size name}.
 DYNAMIC_AXES: dict[str, dict[int, str]] = {
     "atomic_numbers": {0: "N"},

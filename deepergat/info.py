@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DeepergatError
+from .files import read_head
 
 __all__ = ["DESCRIBERS", "FORMATTERS", "describe", "describe_store", "file_kind", "format_text"]
 
@@ -45,17 +46,9 @@ def file_kind(path: str | os.PathLike[str]) -> str:
         DeepergatError: the file does not exist, is a folder, or is damaged HDF5.
     """
     p = Path(path)
-    if not p.exists():
-        raise DeepergatError(f"{p}: no such file")
-    if p.is_dir():
-        raise DeepergatError(f"{p}: is a folder, not a file")
+    head = read_head(p)
     import h5py
 
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(8)
-    except OSError as e:
-        raise DeepergatError(f"{p}: cannot read: {e.strerror or e}") from None
     if head != _HDF5_MAGIC and not h5py.is_hdf5(p):  # HDF5 may sit after a user block
         from .export.files import model_file_kind  # checkpoints and exported models
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.errors import DeepergatError
+from deepergat.files import read_head
 
 from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, decode_metadata
 
@@ -69,15 +70,7 @@ def sniff(path: str | os.PathLike[str]) -> str:
         DeepergatError: missing file, a folder, or unreadable.
     """
     p = Path(path)
-    if not p.exists():
-        raise DeepergatError(f"{p}: no such file")
-    if p.is_dir():
-        raise DeepergatError(f"{p}: is a folder, not a model file")
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(8)
-    except OSError as e:
-        raise DeepergatError(f"{p}: cannot read: {e.strerror or e}") from None
+    head = read_head(p, what="model file")
     if head.startswith(_HDF5_MAGIC):
         return "hdf5"
     if head.startswith(_ZIP_MAGIC):

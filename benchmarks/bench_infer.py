@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--min-time", type=float, default=2.0,
                         help="Seconds of timed runs per backend and size (at least 2 runs).")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None,
+                        help="Devices to time [default: the CPU, and CUDA when torch sees a GPU].")
     parser.add_argument("--no-options", action="store_true",
                         help="Skip the ONNX Runtime session-option table.")
     parser.add_argument("--no-tune-malloc", action="store_true",
@@ -163,6 +165,8 @@ def main() -> None:
     from deepergat.export.predictor import TorchPredictor
 
     torch.set_num_threads(args.threads)
+    if "cuda" in (args.devices or []) and not torch.cuda.is_available():
+        parser.error("--devices cuda: torch sees no CUDA device")
     if args.no_tune_malloc:
         os.environ["DEEPERGAT_TUNE_MALLOC"] = "0"
     else:
@@ -176,6 +180,7 @@ def main() -> None:
               f"clock: {args.clock}; glibc malloc tuned: {not args.no_tune_malloc}")
         t0 = time.perf_counter()
         aoti = shutil.which("g++") is not None or shutil.which("c++") is not None
+        aoti = aoti and "cpu" in (args.devices or ["cpu"])
         formats = ["onnx", "torchscript", "pt2"] + (["aoti"] if aoti else [])
         export_model(ckpt, work / "exported", formats=formats, n_check=256, big_batch=512)
         print(f"exported and parity-checked in {time.perf_counter() - t0:.0f} s")
@@ -193,7 +198,7 @@ def main() -> None:
             model.set_agat_form(form)  # type: ignore[arg-type]
             return TorchPredictor(ckpt, model, meta, "", device, f"eager {form}")
 
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for device in devices:
             sync = torch.cuda.synchronize if device == "cuda" else None
             backends = {

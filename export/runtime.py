@@ -15,6 +15,11 @@ libraries, and a session that asks for it there prints a wall of error logs befo
 back to the CPU. So ``"auto"`` first checks cheaply for a GPU (``/dev/nvidia*`` or the driver
 library), and every attempt at the CUDA provider runs with onnxruntime's logging raised to
 fatal-only; whether CUDA really runs is read back from the session's providers.
+
+Before the first CUDA session the CUDA and cuDNN libraries of pip's ``nvidia-*`` packages (the
+``onnxruntime-gpu[cuda,cudnn]`` extras) are loaded with ``onnxruntime.preload_dlls``, so they
+are found without ``LD_LIBRARY_PATH`` and without importing torch first; libraries the system
+provides are found as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import ctypes
 import functools
 import glob
+import io
 import logging
 import os
 from collections.abc import Iterator
@@ -130,6 +136,29 @@ def _gpu_present() -> bool:
             continue
         return True
     return False
+
+
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries from pip's ``nvidia-*`` packages, once per process.
+
+    ``onnxruntime.preload_dlls`` (onnxruntime >= 1.21) looks beside the onnxruntime package and
+    then on the default library path; it prints what it cannot load, which goes to the debug
+    log here, not to the user's terminal. A missing library is not an error at this point: the
+    session then falls back or reports it (`make_session`).
+    """
+    ort = _ort()
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            preload(cuda=True, cudnn=True, msvc=False)
+    except Exception as e:  # a missing folder, an odd install: the session decides
+        log.debug("onnxruntime.preload_dlls failed: %s", e)
+    if said.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", " ".join(said.getvalue().split()))
 
 
 def cuda_available() -> bool:
@@ -251,6 +280,7 @@ def make_session(
                 f"{where}: device 'cuda' requested but this onnxruntime ({ort.__version__}) has "
                 "no CUDA provider; install onnxruntime-gpu or use device 'cpu'"
             )
+        preload_cuda_libraries()
         providers: list[Any] = [
             ("CUDAExecutionProvider", {"device_id": int(device_id)}),
             "CPUExecutionProvider",

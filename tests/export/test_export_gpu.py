@@ -30,16 +30,23 @@ def _cuda_session_or_skip(path):
         pytest.skip(f"CUDA provider cannot start: {e}")
 
 
-def test_onnx_nodes_run_on_cuda(exported_tiny, tmp_path):
+@pytest.mark.parametrize("which", ["tiny", "bundled"])
+def test_onnx_nodes_run_on_cuda(exported_tiny, tmp_path, which):
     import onnxruntime as ort
 
-    _cuda_session_or_skip(exported_tiny["onnx"])
+    if which == "bundled":
+        from deepergat.export.resolve import resolve_model
+
+        path = resolve_model("perovskite-heat")
+    else:
+        path = exported_tiny["onnx"]
+    _cuda_session_or_skip(path)
     from deepergat.export.runtime import session_options
 
     options = session_options(optimization="all")
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / "profile")
-    session = ort.InferenceSession(str(exported_tiny["onnx"]), options,
+    session = ort.InferenceSession(str(path), options,
                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     inputs = build_inputs(parity_structures(256, seed=2), max_z=100).inputs
     for _ in range(2):

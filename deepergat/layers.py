@@ -116,22 +116,51 @@ class DiffGroupNorm(nn.Module):
     Written out here so that it exports without PyG; atoms are never padded, so the BatchNorm
     statistics cover real atoms only.
 
+    In eval mode the BatchNorm is a fixed affine map per feature, BN(y) = y ⊙ a + b, and two
+    equal ways compute the sum over groups:
+
+    * ``"rewritten"`` (default): Σ_g (s_g x ⊙ a_g + b_g) = x ⊙ (s A) + Σ_g b_g with A = a as
+      [G, D]: an [N, G] @ [G, D] product, never the [N, G·D] tensor (10× the layer's width);
+      exported files hold no BatchNormalization node (cuDNN's rejects batches of ~80k atoms).
+    * ``"direct"``: the [N, G·D] tensor through BatchNorm, as in training.
+
+    Args:
+        dim: D. groups: G. lamda: λ.
+        form: eval-mode form, see above; ``self.form`` may be changed after construction.
+
     Shapes:
         [N, D] → [N, D].
     """
 
-    def __init__(self, dim: int, groups: int = 10, *, lamda: float = 0.01) -> None:
+    def __init__(
+        self,
+        dim: int,
+        groups: int = 10,
+        *,
+        lamda: float = 0.01,
+        form: Literal["rewritten", "direct"] = "rewritten",
+    ) -> None:
         super().__init__()
+        if form not in ("rewritten", "direct"):
+            raise ValueError(f"form must be 'rewritten' or 'direct', got {form!r}")
         self.dim = dim
         self.groups = groups
         self.lamda = lamda
+        self.form = form
         self.lin = nn.Linear(dim, groups, bias=False)
         self.norm = nn.BatchNorm1d(groups * dim)
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.lin(x).softmax(dim=-1)  # [N, G]
-        out = (s.unsqueeze(-1) * x.unsqueeze(-2)).flatten(1)  # [N, G·D]
-        out = self.norm(out).unflatten(1, (self.groups, self.dim)).sum(-2)
+        if self.training or self.form == "direct":
+            out = (s.unsqueeze(-1) * x.unsqueeze(-2)).flatten(1)  # [N, G·D]
+            out = self.norm(out).unflatten(1, (self.groups, self.dim)).sum(-2)
+        else:
+            norm = self.norm
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # [G·D]
+            shift = norm.bias - norm.running_mean * scale
+            shape = (self.groups, self.dim)
+            out = x * (s @ scale.view(shape)) + shift.view(shape).sum(0)
         return x + self.lamda * out
 
 

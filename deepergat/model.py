@@ -60,8 +60,9 @@ class DeeperGATGNN(nn.Module):
         targets: number of targets T.
         per_atom: predict per atom and multiply by the atom count (extensive targets).
         negative_slope: LeakyReLU slope of the embeddings.
-        agat_form: ``"rewritten"`` (x W_x + e W_e, default) or ``"direct"`` ([x ‖ e] W), equal
-            results; see `AGATConv`.
+        agat_form: ``"rewritten"`` (x W_x + e W_e, and in eval mode DiffGroupNorm without its
+            [N, G·D] tensor; default) or ``"direct"`` ([x ‖ e] W, BatchNorm over [N, G·D]),
+            equal results; see `AGATConv` and `DiffGroupNorm`.
         target_mean, target_std: [T] scaling; prediction = raw · std + mean (set from the
             training set with `set_target_scaling`).
 
@@ -118,6 +119,7 @@ class DeeperGATGNN(nn.Module):
         # Constants as buffers: a saved or exported model carries them.
         self.register_buffer("element_table", torch.eye(MAX_Z))  # row Z-1: one-hot of Z
         self.register_buffer("degree_classes", torch.arange(degree_classes))
+        self.max_degree_class = degree_classes - 1
         self.register_buffer("composition_index", torch.arange(COMPOSITION_SIZE))
         self.register_buffer("max_neighbors", torch.tensor(max_neighbors, dtype=torch.long))
         mean = torch.zeros(targets) if target_mean is None else torch.tensor(target_mean)
@@ -129,7 +131,8 @@ class DeeperGATGNN(nn.Module):
         self.edge_embedding = nn.Linear(gaussians, dim)
         self.convs = nn.ModuleList(AGATConv(dim, heads, form=agat_form) for _ in range(layers))
         self.norms = nn.ModuleList(
-            DiffGroupNorm(dim, groups) if dgn else nn.Identity() for _ in range(layers)
+            DiffGroupNorm(dim, groups, form=agat_form) if dgn else nn.Identity()
+            for _ in range(layers)
         )
         self.global_attention = GlobalAttention(dim, COMPOSITION_SIZE)
         self.head = nn.Linear(dim, targets)
@@ -149,15 +152,22 @@ class DeeperGATGNN(nn.Module):
         self.target_std.copy_(std_t)
 
     def set_agat_form(self, form: Literal["rewritten", "direct"]) -> None:
-        """Switch every AGAT layer's projection form (results are equal)."""
+        """Switch every layer between the rewritten and the direct form (results are equal):
+        the AGAT projection and the eval-mode DiffGroupNorm (see their classes)."""
+        if form not in ("rewritten", "direct"):
+            raise ValueError(f"form must be 'rewritten' or 'direct', got {form!r}")
         for conv in self.convs:
             conv.form = form
+        for norm in self.norms:
+            norm.form = form
         self.config["agat_form"] = form
 
     def atom_features(self, atomic_numbers: Tensor, neighbor_mask: Tensor) -> Tensor:
         """[N, 100 + max_neighbors + 2] one-hot Z ‖ one-hot degree (self loop included)."""
         z = (atomic_numbers - 1).clamp(0, MAX_Z - 1)  # Z outside 1..100: screened earlier
-        degree = neighbor_mask.sum(1).clamp(max=self.degree_classes.shape[0] - 1)
+        # the bound is a Python int fixed at init: a bound taken from a tensor's shape would be
+        # traced into a CPU tensor and pin exported files to the CPU
+        degree = neighbor_mask.sum(1).clamp(max=self.max_degree_class)
         dtype = self.element_table.dtype
         one_hot_degree = (degree.unsqueeze(1) == self.degree_classes).to(dtype)
         return torch.cat([self.element_table[z], one_hot_degree], dim=1)

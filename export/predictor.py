@@ -223,7 +223,11 @@ class TorchPredictor(Predictor):
 
         dev = torch.device(self.device)
         tensors = [torch.from_numpy(a).to(dev, non_blocking=True) for a in arrays]
-        with torch.inference_mode():
+        # TorchScript's profiling executor on CUDA compiles fused kernels per input shape, and
+        # every screening batch has another shape: seconds per call until it gives up (seen on
+        # an H200: 0.5 crystals/s at batch 1). Plain execution has no such warm-up.
+        fuse = not (self.backend == "torchscript" and dev.type == "cuda")
+        with torch.inference_mode(), torch.jit.optimized_execution(fuse):
             prediction, embedding = self.module(*tensors)
         return prediction.float().cpu().numpy(), embedding.float().cpu().numpy()
 
@@ -351,7 +355,11 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
                 backend = "torchscript"
             elif kind == KINDS["pt2"]:
                 program = torch.export.load(os.fspath(path), extra_files=extra)
-                module = program.module().to(dev)
+                if dev != "cpu":  # rewrite the devices the export recorded, not just weights
+                    from torch.export.passes import move_to_device_pass
+
+                    program = move_to_device_pass(program, dev)
+                module = program.module()
                 backend = "torch.export"
             else:
                 from .aoti import load_aoti

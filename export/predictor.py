@@ -324,6 +324,20 @@ def _torch_device(device: Device, device_id: int, where: Path) -> str:
     return "cpu"
 
 
+def program_on(program: Any, device: str) -> Any:
+    """The ``torch.export`` program with its weights and recorded devices on ``device``.
+
+    Export records the exporting device in the graph (``_assert_tensor_metadata(...,
+    device=cpu)`` after each ``.to(dtype)``), so moving the weights alone leaves a program that
+    fails on a GPU; ``move_to_device_pass`` rewrites both.
+    """
+    if device == "cpu":
+        return program
+    from torch.export.passes import move_to_device_pass
+
+    return move_to_device_pass(program, device)
+
+
 def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
                 threads: int | None) -> TorchPredictor:
     import torch
@@ -355,11 +369,7 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
                 backend = "torchscript"
             elif kind == KINDS["pt2"]:
                 program = torch.export.load(os.fspath(path), extra_files=extra)
-                if dev != "cpu":  # rewrite the devices the export recorded, not just weights
-                    from torch.export.passes import move_to_device_pass
-
-                    program = move_to_device_pass(program, dev)
-                module = program.module()
+                module = program_on(program, dev).module()
                 backend = "torch.export"
             else:
                 from .aoti import load_aoti

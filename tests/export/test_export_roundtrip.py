@@ -161,3 +161,19 @@ def test_threads_and_optimization_levels(exported_tiny, reference):
         load(exported_tiny["onnx"], device="cpu", optimization="fast")
     with pytest.raises(DeepergatError, match="device must be"):
         load(exported_tiny["onnx"], device="gpu")
+
+
+def test_torch_files_do_not_pin_the_exporting_device(exported_tiny):
+    """Files exported on the CPU run on a GPU: nothing in them is fixed to the CPU (checked
+    for real on an H200 by test_export_gpu.py; here, on any machine, by reading the graphs)."""
+    torch = pytest.importorskip("torch")
+    from deepergat.export.predictor import program_on
+
+    traced = str(torch.jit.load(str(exported_tiny["torchscript"])).inlined_graph)
+    assert "prim::NumToTensor" not in traced  # a traced size turned into a CPU tensor
+    assert 'value="cpu"' not in traced
+    program = torch.export.load(str(exported_tiny["pt2"]))
+    assert "device(type='cpu')" in program.module().code  # what export records ...
+    moved = program_on(program, "meta")
+    assert "device(type='cpu')" not in moved.module().code  # ... and loading rewrites
+    assert all(t.device.type == "meta" for t in moved.state_dict.values())

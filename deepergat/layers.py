@@ -173,16 +173,17 @@ class AGATConv(nn.Module):
     real edges), α = softmax over the center's real edges, out_i = mean_heads Σ_j α_ij h_j + b;
     act = softplus.
 
-    Two equal ways to compute the projection:
+    Two equal ways to compute it:
 
     * ``"rewritten"`` (default): [x ‖ e] W = x W_x + e W_e, the node half once per atom
-      ([N, D] @ [D, H·D]) and gathered, the edge half once per edge; half the work of
+      ([N, D] @ [D, H·D]) and gathered, the edge half once per edge (half the work of the
+      direct projection).
     * ``"direct"``: the concatenation multiplied per edge, twice, as the reference does.
 
     Args:
         dim: D, node and edge embedding width (output width too).
         heads: H.
-        form: which projection, see above; ``self.form`` may be changed after construction.
+        form: which form, see above; ``self.form`` may be changed after construction.
 
     Parameters: 2D·H·D (W) + H·2D (att) + D (bias) + 2H (BatchNorm) = 33,352 at D=64, H=4.
 
@@ -216,15 +217,21 @@ class AGATConv(nn.Module):
         else:
             node = x @ self.W[: self.dim]  # [N, H·D], once per atom
             pair = edge @ self.W[self.dim :]  # [N, K, H·D], once per edge
-            h_i = F.softplus(node.unsqueeze(1) + pair)
-            h_j = F.softplus(node[neighbors] + pair)
+            # rows gathered with index_select (~3x faster than advanced indexing on the CPU);
+            # sums in place where autograd allows (neither the gather's nor the product's output
+            # is saved for backward): two fewer [N, K, H·D] allocations per layer
+            node_j = node.index_select(0, neighbors.reshape(-1)).view_as(pair)
+            h_j = F.softplus(node_j.add_(pair))
+            h_i = F.softplus(pair.add_(node.unsqueeze(1)))
         shape = (self.heads, self.dim)
         return h_i.unflatten(-1, shape), h_j.unflatten(-1, shape)
 
     def forward(self, x: Tensor, edge: Tensor, neighbors: Tensor, neighbor_mask: Tensor) -> Tensor:
         h_i, h_j = self.project(x, edge, neighbors)  # [N, K, H, D] each
         att = self.att.squeeze(0)  # [H, 2D]
-        alpha = (h_i * att[:, : self.dim]).sum(-1) + (h_j * att[:, self.dim :]).sum(-1)
+        # contiguous halves: a strided [H, D] operand takes the CPU's slow broadcast path (~15x)
+        att_i, att_j = att[:, : self.dim].contiguous(), att[:, self.dim :].contiguous()
+        alpha = (h_i * att_i).sum(-1) + (h_j * att_j).sum(-1)
         alpha = F.softplus(alpha)
         alpha = F.softplus(self.bn(alpha, neighbor_mask))
         alpha = masked_softmax(alpha, neighbor_mask.unsqueeze(-1), dim=1)

@@ -56,21 +56,28 @@ def test_two_gloo_ranks_equal_gradient_accumulation(tiny_store: Path, tmp_path: 
     g, rows = splits.train
     y = g.targets["heat_ref"]
     mean, std = float(y[rows].mean()), float(y[rows].std())
-    torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, mean, std)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    for epoch in range(cfg.epochs):
-        per_rank = [epoch_batches(len(rows), epoch=epoch, seed=cfg.seed,
-                                  batch_size=cfg.batch_size, world_size=2, rank=r)
-                    for r in range(2)]
-        for step in range(len(per_rank[0])):
-            opt.zero_grad()
-            for r in range(2):
-                loss, _, _ = _batch_loss(model, g, rows[per_rank[r][step]], y,
-                                         torch.device("cpu"), std, False)
-                (loss / 2).backward()
-            opt.step()
+    # One thread, as in the ranks: the same reduction order. (With two threads here, float
+    # differences in gradients near zero become lr-sized AdamW steps of opposite sign.)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(cfg.seed)
+        model = _build_model(cfg, mean, std)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model.train()
+        for epoch in range(cfg.epochs):
+            per_rank = [epoch_batches(len(rows), epoch=epoch, seed=cfg.seed,
+                                      batch_size=cfg.batch_size, world_size=2, rank=r)
+                        for r in range(2)]
+            for step in range(len(per_rank[0])):
+                opt.zero_grad()
+                for r in range(2):
+                    loss, _, _ = _batch_loss(model, g, rows[per_rank[r][step]], y,
+                                             torch.device("cpu"), std, False)
+                    (loss / 2).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
     worst = 0.0
     for name, p in model.named_parameters():
         d = ddp["state_dict"][name]

@@ -220,7 +220,7 @@ class AGATConv(nn.Module):
             # rows gathered with index_select (~3x faster than advanced indexing on the CPU);
             # sums in place where autograd allows (neither the gather's nor the product's output
             # is saved for backward): two fewer [N, K, H·D] allocations per layer
-            node_j = node.index_select(0, neighbors.reshape(-1)).view_as(pair)
+            node_j = node.index_select(0, neighbors.reshape(-1)).unflatten(0, neighbors.shape)
             h_j = F.softplus(node_j.add_(pair))
             h_i = F.softplus(pair.add_(node.unsqueeze(1)))
         shape = (self.heads, self.dim)

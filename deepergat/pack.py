@@ -31,6 +31,7 @@ import numpy as np
 
 from . import readers
 from .errors import DeepergatError
+from .lifeline import watch_parent
 from .readers import Failure, Outcome, Record, Task
 from .store import StoreWriter
 
@@ -299,7 +300,8 @@ def _execute(
         for idxs, tasks in rest():
             yield idxs, readers.run_chunk(tasks, names)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(),
+                               initializer=watch_parent, initargs=(os.getpid(),))
     pending: deque[tuple[list[int], Future[list[Outcome]]]] = deque()
     try:
         for idxs, tasks in rest():

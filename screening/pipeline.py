@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from deepergat.graphs import GraphBatch, build_inputs
+from deepergat.lifeline import watch_parent
 from deepergat.store import Store, StructureBatch
 
 from .plan import Plan
@@ -208,10 +210,13 @@ def start_forkserver() -> None:
 _WORKER_PREDICTOR: Any = None
 
 
-def _worker_init(model: tuple[str, str, bool] | None = None) -> None:
+def _worker_init(model: tuple[str, str, bool] | None = None, parent: int | None = None) -> None:
     """Warm the numba kernel (it loads its on-disk cache) and, for predicting workers, load the
-    model: ``(path, sha256, keep_embeddings)``, one single-threaded CPU session per worker."""
+    model: ``(path, sha256, keep_embeddings)``, one single-threaded CPU session per worker.
+    The worker ends when the rank ``parent`` (a pid) ends, killed or not."""
     global _WORKER_PREDICTOR
+    if parent is not None:
+        watch_parent(parent)
     s = StructureBatch.from_structures(
         [{"id": "warm", "lattice": np.eye(3) * 3.0, "pbc": (True, True, True),
           "atomic_numbers": [14], "positions": [[0.0, 0.0, 0.0]]}]
@@ -344,7 +349,7 @@ class Pipeline:
                  if self.worker_model is not None else None)
         return ProcessPoolExecutor(
             max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
-            initargs=(model,),
+            initargs=(model, os.getpid()),
         )
 
     def run(

@@ -121,7 +121,7 @@ class DiffGroupNorm(nn.Module):
 
     * ``"rewritten"`` (default): Σ_g (s_g x ⊙ a_g + b_g) = x ⊙ (s A) + Σ_g b_g with A = a as
       [G, D]: an [N, G] @ [G, D] product, never the [N, G·D] tensor (10× the layer's width);
-      exported files hold no BatchNormalization node (cuDNN's rejects batches of ~80k atoms).
+      exported files hold no BatchNormalization node (cuDNN's kernel rejected ~80k atoms).
     * ``"direct"``: the [N, G·D] tensor through BatchNorm, as in training.
 
     Args:

@@ -22,13 +22,18 @@ POLL_SECONDS = 1.0
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (POSIX)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else (cannot be ours, but it is alive)
         return True
-    return True
+    try:  # an exited, unreaped process still answers kill(0); Linux says so in its stat line
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _wait_for_exit(pid: int) -> None:
@@ -38,7 +43,10 @@ def _wait_for_exit(pid: int) -> None:
         pidfd = os.pidfd_open(pid)  # Linux >= 5.3: readable once the process has exited
     if pidfd is not None:
         try:
-            select.select([pidfd], [], [])
+            poller = select.poll()  # not select.select: it refuses descriptors >= 1024
+            poller.register(pidfd, select.POLLIN)
+            while not poller.poll():
+                pass
         finally:
             os.close(pidfd)
         return
@@ -48,8 +56,9 @@ def _wait_for_exit(pid: int) -> None:
 
 def watch_parent(pid: int) -> None:
     """End this process (exit status 1, no cleanup: the parent that wanted the work is gone)
-    once process ``pid`` ends. Returns at once; a daemon thread does the waiting."""
-    if pid == os.getpid():
+    once process ``pid`` ends. Returns at once; a daemon thread does the waiting. POSIX only:
+    elsewhere (Windows, where signal 0 is not a liveness probe) it does nothing."""
+    if os.name != "posix" or pid == os.getpid():
         return
 
     def wait() -> None:

@@ -226,8 +226,10 @@ class TorchPredictor(Predictor):
         # TorchScript's profiling executor on CUDA compiles fused kernels per input shape, and
         # every screening batch has another shape: seconds per call until it gives up (seen on
         # an H200: 0.5 crystals/s at batch 1). Plain execution has no such warm-up.
-        fuse = not (self.backend == "torchscript" and dev.type == "cuda")
-        with torch.inference_mode(), torch.jit.optimized_execution(fuse):
+        plain = self.backend == "torchscript" and dev.type == "cuda"
+        with torch.inference_mode(), (
+            torch.jit.optimized_execution(False) if plain else contextlib.nullcontext()
+        ):
             prediction, embedding = self.module(*tensors)
         return prediction.float().cpu().numpy(), embedding.float().cpu().numpy()
 
@@ -333,8 +335,16 @@ def program_on(program: Any, device: str) -> Any:
     """
     if device == "cpu":
         return program
-    from torch.export.passes import move_to_device_pass
-
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:  # torch < 2.6 had it under a private name
+        try:
+            from torch._export.passes import move_to_device_pass  # type: ignore[no-redef]
+        except ImportError:
+            raise DeepergatError(
+                f"running a .pt2 program on {device} needs torch >= 2.6 (this is "
+                f"{__import__('torch').__version__}); use the .onnx or .pt file"
+            ) from None
     return move_to_device_pass(program, device)
 
 

@@ -31,6 +31,7 @@ import glob
 import io
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -143,9 +144,10 @@ def preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries from pip's ``nvidia-*`` packages, once per process.
 
     ``onnxruntime.preload_dlls`` (onnxruntime >= 1.21) looks beside the onnxruntime package and
-    then on the default library path; it prints what it cannot load, which goes to the debug
-    log here, not to the user's terminal. A missing library is not an error at this point: the
-    session then falls back or reports it (`make_session`).
+    then on the default library path; what it prints or warns about what it cannot load goes to
+    the debug log here, not to the user's terminal (stdout is redirected for the call, briefly,
+    for the whole process). A missing library is not an error at this point: the session then
+    falls back or reports it (`make_session`).
     """
     ort = _ort()
     preload = getattr(ort, "preload_dlls", None)
@@ -153,8 +155,11 @@ def preload_cuda_libraries() -> None:
         return
     said = io.StringIO()
     try:
-        with contextlib.redirect_stdout(said):
+        with contextlib.redirect_stdout(said), warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
             preload(cuda=True, cudnn=True, msvc=False)
+        for w in warned:
+            said.write(f" {w.message}")
     except Exception as e:  # a missing folder, an odd install: the session decides
         log.debug("onnxruntime.preload_dlls failed: %s", e)
     if said.getvalue().strip():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from deepergat.lifeline import _alive, watch_parent
+from deepergat.lifeline import _alive
 
 PARENT = textwrap.dedent("""
     import multiprocessing as mp, os, sys, time
@@ -50,10 +50,16 @@ def _wait_gone(pids: list[int], seconds: float) -> list[int]:
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_workers_end_when_the_parent_is_killed(method: str) -> None:
     proc, workers = _start_parent(method, "watch")
-    assert len(workers) == 2 and proc.pid not in workers
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert _wait_gone(workers, 10) == []
+    try:
+        assert len(workers) == 2 and proc.pid not in workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _wait_gone(workers, 10) == []
+    finally:
+        proc.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_without_the_lifeline_workers_are_orphaned() -> None:
@@ -69,7 +75,19 @@ def test_without_the_lifeline_workers_are_orphaned() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_watching_oneself_or_the_living_does_nothing() -> None:
-    watch_parent(os.getpid())
-    watch_parent(os.getppid())
-    time.sleep(0.1)  # still here
+def test_watching_a_living_parent_changes_nothing() -> None:
+    """In a child (never in the test process itself): watching a living parent or oneself
+    neither ends the process nor changes its exit status."""
+    code = ("import os, time; from deepergat.lifeline import watch_parent; "
+            "watch_parent(os.getpid()); watch_parent(os.getppid()); time.sleep(0.5); "
+            "raise SystemExit(7)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 7
+
+
+def test_a_zombie_is_not_alive() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while _alive(child.pid) and time.monotonic() < deadline:  # exited, not yet reaped
+        time.sleep(0.05)
+    assert not _alive(child.pid)
+    child.wait()

@@ -172,8 +172,8 @@ def test_torch_files_do_not_pin_the_exporting_device(exported_tiny):
     traced = str(torch.jit.load(str(exported_tiny["torchscript"])).inlined_graph)
     assert "prim::NumToTensor" not in traced  # a traced size turned into a CPU tensor
     assert 'value="cpu"' not in traced
-    program = torch.export.load(str(exported_tiny["pt2"]))
-    assert "device(type='cpu')" in program.module().code  # what export records ...
-    moved = program_on(program, "meta")
-    assert "device(type='cpu')" not in moved.module().code  # ... and loading rewrites
+    # export records the exporting device in the graph (torch 2.13: after each .to(dtype));
+    # loading for another device must leave none of it
+    moved = program_on(torch.export.load(str(exported_tiny["pt2"])), "meta")
+    assert "device(type='cpu')" not in moved.module().code
     assert all(t.device.type == "meta" for t in moved.state_dict.values())

@@ -13,8 +13,12 @@
   predicted it); rows are assembled in chunk order and non-finite predictions become status 7.
 * The **writer** thread commits each finished chunk as its part file and reports progress.
 
-At most ``prefetch`` chunks are read ahead of the predictor and ``write_queue`` chunks wait for
-the writer, so memory is bounded by the chunk and batch sizes, not by the input.
+At most ``max_batches`` model batches (each within the atom/edge budget) are handed to the
+workers and not yet consumed by the predictor, at most ``prefetch`` chunks are read ahead and
+``write_queue`` chunks wait for the writer, so memory is bounded by the chunk and batch sizes,
+not by the input. The batch cap defaults to twice the workers: with a GPU, where one chunk is
+one large batch, every worker then has a chunk to featurize (a one-chunk read-ahead kept 2 of
+15 workers busy on an H200 node and left the GPU waiting).
 """
 
 from __future__ import annotations
@@ -258,6 +262,7 @@ class PipelineStats:
         seconds: wall time of `Pipeline.run`. read, featurize, predict, write: seconds spent
             in each stage (featurize summed over workers).
         batches: model batches predicted.
+        max_in_flight: most model batches handed to the workers and not yet predicted at once.
     """
 
     chunks: int = 0
@@ -270,6 +275,7 @@ class PipelineStats:
     predict: float = 0.0
     write: float = 0.0
     batches: int = 0
+    max_in_flight: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -277,6 +283,7 @@ class PipelineStats:
             "status": [int(x) for x in self.status], "flagged": self.flagged,
             "seconds": self.seconds, "read": self.read, "featurize": self.featurize,
             "predict": self.predict, "write": self.write, "batches": self.batches,
+            "max_in_flight": self.max_in_flight,
         }
 
 
@@ -307,7 +314,9 @@ class Pipeline:
             single-threaded CPU session (on CPUs, processes scale where threads in one process
             do not); None: this process predicts with ``predictor``.
         batch_atoms, batch_edges: the model-batch budget (`split_batches`).
-        prefetch: chunks read ahead of the predictor.
+        prefetch: chunks read ahead of the predictor [default: ``max_batches``].
+        max_batches: model batches in the workers or waiting for the predictor; a chunk is
+            handed over whole once fewer are out [default: 2 × workers, at least 2].
         write_queue: finished chunks waiting for the writer.
     """
 
@@ -324,7 +333,8 @@ class Pipeline:
         worker_model: tuple[str, str] | None = None,
         batch_atoms: int = DEFAULT_BATCH_ATOMS,
         batch_edges: int = DEFAULT_BATCH_EDGES,
-        prefetch: int = 1,
+        prefetch: int | None = None,
+        max_batches: int | None = None,
         write_queue: int = 2,
     ) -> None:
         self.store_path = Path(store_path)
@@ -337,7 +347,9 @@ class Pipeline:
         self.worker_model = worker_model if self.workers > 0 else None
         self.batch_atoms = batch_atoms
         self.batch_edges = batch_edges
-        self.prefetch = max(1, prefetch)
+        self.max_batches = max(1, 2 * max(1, self.workers) if max_batches is None
+                               else max_batches)
+        self.prefetch = max(1, self.max_batches if prefetch is None else prefetch)
         self.write_queue = max(1, write_queue)
 
     def _executor(self) -> Executor:
@@ -379,6 +391,8 @@ class Pipeline:
         chunks: queue.Queue[Any] = queue.Queue()
         done: queue.Queue[Any] = queue.Queue(maxsize=self.write_queue)
         slots = threading.Semaphore(self.prefetch)
+        out = threading.Condition()  # guards in_flight: batches handed over, not yet predicted
+        in_flight = 0
         stop = threading.Event()
         errors: list[BaseException] = []
         lock = threading.Lock()
@@ -387,6 +401,7 @@ class Pipeline:
         settings = self.settings
 
         def reader() -> None:
+            nonlocal in_flight
             try:
                 with Store(self.store_path) as store:
                     while True:
@@ -409,6 +424,13 @@ class Pipeline:
                         subs = [batch.select(np.arange(s, e)) for s, e in spans]
                         with lock:
                             stats.read += time.perf_counter() - t0
+                        with out:
+                            while in_flight >= self.max_batches and not stop.is_set():
+                                out.wait(timeout=0.2)
+                            if stop.is_set():
+                                return
+                            in_flight += len(subs)
+                            stats.max_in_flight = max(stats.max_in_flight, in_flight)
                         task = featurize_predict if self.worker_model else featurize
                         futures = [executor.submit(task, sub, settings) for sub in subs]
                         chunks.put(_Chunk(k, a, batch.ids, spans, futures))
@@ -455,7 +477,12 @@ class Pipeline:
                 slots.release()
                 if stop.is_set():
                     continue
-                jobs = [self._predict_batch(f) for f in item.futures]
+                jobs = []
+                for f in item.futures:
+                    jobs.append(self._predict_batch(f))
+                    with out:
+                        in_flight -= 1
+                        out.notify()
                 done.put(self._finish_chunk(item, jobs, stats))
         except BaseException as e:
             errors.append(e)

@@ -3,6 +3,7 @@ budget, chunk-size and worker-mode invariance, errors from any stage."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,31 @@ def test_errors_in_predictor_or_writer_stop_the_pipeline(store: Path) -> None:
     pipe = Pipeline(store, plan, SumPredictor(), SETTINGS, n_targets=1, embedding_dim=None)
     with pytest.raises(OSError, match="disk full"):
         pipe.run(ChunkSource(range(plan.n_chunks)), bad_commit)
+
+
+class SlowPredictor(SumPredictor):
+    """`SumPredictor` taking 20 ms a batch: the reader and workers run ahead of it."""
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(0.02)
+        return super().predict(inputs)
+
+
+@pytest.mark.parametrize("max_batches", [1, 5])
+def test_batches_in_flight_reach_and_keep_the_cap(store: Path, max_batches: int) -> None:
+    """With a slow predictor the reader hands out chunks until `max_batches` batches are out
+    (beyond one chunk of read-ahead: on a GPU a chunk is one batch, and every worker needs
+    one), never more than the cap plus one chunk's batches, and the file is unchanged."""
+    with Store(store) as s:
+        plan = make_plan(s.n_atoms, 8)
+    out: dict[int, Rows] = {}
+    pipe = Pipeline(store, plan, SlowPredictor(), SETTINGS, n_targets=1, embedding_dim=2,
+                    workers=0, batch_atoms=100_000, max_batches=max_batches)
+    stats = pipe.run(ChunkSource(list(range(plan.n_chunks))),
+                     lambda k, a, rows: out.__setitem__(k, rows))
+    assert stats.batches == plan.n_chunks  # one batch a chunk, as on a GPU
+    assert stats.max_in_flight == max_batches
+    got, ref = joined(out), joined(run(store, 8))
+    assert got.ids == ref.ids
+    np.testing.assert_array_equal(got.status, ref.status)
+    np.testing.assert_array_equal(got.predictions, ref.predictions)

@@ -10,7 +10,7 @@ Shapes use N atoms, K neighbor slots, H heads, D = ``dim`` features.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -19,9 +19,11 @@ from torch.nn import functional as F
 __all__ = [
     "AGATConv",
     "DiffGroupNorm",
+    "Form",
     "GaussianExpansion",
     "GlobalAttention",
     "MaskedBatchNorm",
+    "check_form",
     "masked_softmax",
 ]
 
@@ -40,6 +42,17 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int) -> Tensor:
     top = masked.amax(dim=dim, keepdim=True)
     w = torch.exp(masked - top) * mask.to(logits.dtype)
     return w / w.sum(dim=dim, keepdim=True)
+
+
+#: The two equal ways a layer can compute (see `DiffGroupNorm` and `AGATConv`).
+Form = Literal["rewritten", "direct"]
+
+
+def check_form(form: str) -> Form:
+    """``form`` if it names a `Form`, else ValueError."""
+    if form not in get_args(Form):
+        raise ValueError(f"form must be 'rewritten' or 'direct', got {form!r}")
+    return form  # type: ignore[return-value]
 
 
 class GaussianExpansion(nn.Module):
@@ -138,15 +151,13 @@ class DiffGroupNorm(nn.Module):
         groups: int = 10,
         *,
         lamda: float = 0.01,
-        form: Literal["rewritten", "direct"] = "rewritten",
+        form: Form = "rewritten",
     ) -> None:
         super().__init__()
-        if form not in ("rewritten", "direct"):
-            raise ValueError(f"form must be 'rewritten' or 'direct', got {form!r}")
         self.dim = dim
         self.groups = groups
         self.lamda = lamda
-        self.form = form
+        self.form = check_form(form)
         self.lin = nn.Linear(dim, groups, bias=False)
         self.norm = nn.BatchNorm1d(groups * dim)
 
@@ -192,14 +203,12 @@ class AGATConv(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int = 4, *, form: Literal["rewritten", "direct"] = "rewritten"
+        self, dim: int, heads: int = 4, *, form: Form = "rewritten"
     ) -> None:
         super().__init__()
-        if form not in ("rewritten", "direct"):
-            raise ValueError(f"form must be 'rewritten' or 'direct', got {form!r}")
         self.dim = dim
         self.heads = heads
-        self.form = form
+        self.form = check_form(form)
         self.W = nn.Parameter(torch.empty(2 * dim, heads * dim))
         self.att = nn.Parameter(torch.empty(1, heads, 2 * dim))
         self.bias = nn.Parameter(torch.zeros(dim))

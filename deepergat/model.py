@@ -25,14 +25,21 @@ attention, but its global-attention module also builds 3 DiffGroupNorm(64, 10) i
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .graphs import INPUT_NAMES, OUTPUT_NAMES
-from .layers import AGATConv, DiffGroupNorm, GaussianExpansion, GlobalAttention
+from .layers import (
+    AGATConv,
+    DiffGroupNorm,
+    Form,
+    GaussianExpansion,
+    GlobalAttention,
+    check_form,
+)
 
 __all__ = ["INPUT_NAMES", "MAX_Z", "OUTPUT_NAMES", "DeeperGATGNN", "count_parameters"]
 
@@ -91,7 +98,7 @@ class DeeperGATGNN(nn.Module):
         targets: int = 1,
         per_atom: bool = False,
         negative_slope: float = 0.2,
-        agat_form: Literal["rewritten", "direct"] = "rewritten",
+        agat_form: Form = "rewritten",
         target_mean: list[float] | None = None,
         target_std: list[float] | None = None,
     ) -> None:
@@ -151,11 +158,10 @@ class DeeperGATGNN(nn.Module):
         self.target_mean.copy_(mean_t)
         self.target_std.copy_(std_t)
 
-    def set_agat_form(self, form: Literal["rewritten", "direct"]) -> None:
+    def set_agat_form(self, form: Form) -> None:
         """Switch every layer between the rewritten and the direct form (results are equal):
         the AGAT projection and the eval-mode DiffGroupNorm (see their classes)."""
-        if form not in ("rewritten", "direct"):
-            raise ValueError(f"form must be 'rewritten' or 'direct', got {form!r}")
+        form = check_form(form)
         for conv in self.convs:
             conv.form = form
         for norm in self.norms:

@@ -89,6 +89,11 @@ def wait(jobs: list[str], timeout: float = 420) -> None:
     pytest.fail(f"jobs {jobs} did not finish in {timeout} s")
 
 
+def _node_states() -> set[str]:
+    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    return set(out.stdout.split())
+
+
 def logs(cwd: Path) -> str:
     return "\n".join(f"== {p.name}\n{p.read_text()}" for p in sorted(cwd.glob("*.out")))
 
@@ -163,6 +168,13 @@ def test_train_sbatch_requeues_on_usr1_and_resumes(slurm: None, tmp_path: Path) 
     while job_field(job, "Restarts") in ("", "0"):
         assert time.monotonic() < deadline, logs(tmp_path)
         time.sleep(0.5)
+    # Pull the start forward only once the old run is fully gone and a whole second has passed:
+    # slurmd revokes the old run's credential and rejects a new one created in the same second
+    # ("Job credential revoked"; the job then ends FAILED) -- the race SLURM's delay avoids.
+    while job_field(job, "JobState") != "PENDING" or _node_states() != {"idle"}:
+        assert time.monotonic() < deadline, logs(tmp_path)
+        time.sleep(0.5)
+    time.sleep(2.5)
     for _ in range(60):
         if job_field(job, "JobState") != "PENDING":
             break

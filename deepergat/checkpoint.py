@@ -10,7 +10,6 @@ digest and the weights; a training checkpoint adds optimizer, scheduler, epoch a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ import torch
 
 from . import __version__
 from .errors import DeepergatError
+from .files import file_sha256
 from .model import DeeperGATGNN
 
 __all__ = [
@@ -191,15 +191,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     except (TypeError, RuntimeError, KeyError) as e:
         raise DeepergatError(f"{path}: damaged checkpoint: {str(e).splitlines()[0]}") from None
     return Checkpoint(model=model, path=Path(path), data=data)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:

@@ -200,8 +200,9 @@ def export_model(
         DeepergatError: bad arguments, a model that is not a checkpoint, an export or parity
             failure (then no file of this run is left behind).
     """
-    from deepergat.checkpoint import file_sha256, load_checkpoint
+    from deepergat.checkpoint import load_checkpoint
     from deepergat.checkpoint import metadata as checkpoint_metadata
+    from deepergat.files import file_sha256
 
     from .onnx import OPSET
     from .predictor import load

@@ -246,12 +246,10 @@ def read_metadata(path: str | os.PathLike[str], *, kind: str | None = None) -> d
     if kind == KINDS["onnx"]:
         text: str | bytes = read_onnx_metadata_props(p)[METADATA_KEY]
     elif kind == CHECKPOINT_KIND:
-        from deepergat.checkpoint import file_sha256
         from deepergat.checkpoint import metadata as checkpoint_metadata
 
-        meta = checkpoint_metadata(p)
+        meta = checkpoint_metadata(p)  # source_sha256: this file's digest
         meta.setdefault("kind", CHECKPOINT_KIND)
-        meta["source_sha256"] = meta.get("source_sha256") or file_sha256(p)
         return meta
     else:
         text = read_extra_file(p, EXTRA_FILE)

@@ -6,10 +6,11 @@ Exported files are described without torch or onnx; a checkpoint imports torch.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
+
+from deepergat.files import file_sha256
 
 from .files import CHECKPOINT_KIND, read_metadata, sniff
 from .metadata import KINDS
@@ -34,11 +35,7 @@ def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     kind = sniff(p)
     meta = read_metadata(p, kind=kind)
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"format": kind, "size": p.stat().st_size, "sha256": h.hexdigest(), "metadata": meta}
+    return {"format": kind, "size": p.stat().st_size, "sha256": file_sha256(p), "metadata": meta}
 
 
 def _short(values: list[Any], n: int = 30) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from deepergat.errors import DeepergatError
+from deepergat.files import file_sha256
 
 from .files import CHECKPOINT_KIND, expect_kind
 from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_metadata
@@ -52,14 +53,6 @@ INPUT_DTYPES: dict[str, np.dtype[Any]] = {
 }
 _NDIM = {"atomic_numbers": 1, "neighbors": 2, "distances": 2, "neighbor_mask": 2,
          "crystal_atoms": 2, "crystal_mask": 2, "batch": 1}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Predictor:
@@ -359,7 +352,7 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _torch_device(device, device_id, path)
-    sha = _sha256(path)
+    sha = file_sha256(path)
     if kind == CHECKPOINT_KIND:
         from deepergat.checkpoint import load_checkpoint
         from deepergat.checkpoint import metadata as checkpoint_metadata

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ import numpy as np
 
 from deepergat import __version__
 from deepergat.errors import DeepergatError
+from deepergat.files import file_sha256
 from deepergat.launch import claim_token, shard_from_env
 from deepergat.store import Store, StructureBatch
 
@@ -174,14 +174,6 @@ def _model_name(model: str) -> str:
     return str(p.resolve()) if p.exists() else model
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
                 max_atoms: int, overlap_threshold: float) -> _Model:
     """Load the predictor, read its metadata and run one probe structure through it.
@@ -262,7 +254,7 @@ def _model_sha_only(model: str | None) -> tuple[str, str]:
     """(name, sha256) of a model without loading it (for --merge-only): the sha256 of the file
     that `deepergat.export.load` would load, as `Predictor.sha256` is."""
     name = model if model is not None else _default_model()
-    return _model_name(name), _file_sha256(_model_path(name))
+    return _model_name(name), file_sha256(_model_path(name))
 
 
 # ------------------------------------------------------------------------------ checks
@@ -281,7 +273,7 @@ def _open_input(path: Path) -> _Input:
         n_atoms = store.n_atoms.copy()
     if not digest:
         log.warning("%s has no content digest; hashing the file", path)
-        digest = _file_sha256(path)
+        digest = file_sha256(path)
     return _Input(path=path.resolve(), digest=digest, n_atoms=n_atoms)
 
 

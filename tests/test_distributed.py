@@ -25,6 +25,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _train_on_two_ranks(*args: str, timeout: float) -> tuple[list[int], list[str]]:
+    """`deepergat train ARGS` as ranks 0 and 1 of a torchrun-style gloo group (1 thread each).
+
+    Returns:
+        (exit codes, combined stdout+stderr) per rank.
+    """
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "deepergat.cli", "train", *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [p.returncode for p in procs], outputs
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_gradient_accumulation(tiny_store: Path, tmp_path: Path) -> None:
     settings = {"data": str(tiny_store), "target": "heat_ref", "layers": 2, "epochs": 2,
@@ -34,18 +53,8 @@ def test_two_gloo_ranks_equal_gradient_accumulation(tiny_store: Path, tmp_path: 
     config.write_text(yaml.safe_dump(settings))
     load_graphs(tiny_store, cache_dir=tmp_path / "cache")  # build the cache once, up front
     out = tmp_path / "ddp"
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "deepergat.cli", "train", "--config", str(config),
-             "--out", str(out)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    codes, outputs = _train_on_two_ranks("--config", str(config), "--out", str(out), timeout=300)
+    assert codes == [0, 0], outputs
     assert "epoch    2/2" in outputs[0] and "epoch" not in outputs[1]  # only rank 0 reports
     ddp = torch.load(out / "last.ckpt", weights_only=True)
 
@@ -92,17 +101,8 @@ def test_two_gloo_ranks_equal_gradient_accumulation(tiny_store: Path, tmp_path: 
 
 @pytest.mark.slow
 def test_a_user_error_on_rank_0_stops_every_rank(tiny_store: Path, tmp_path: Path) -> None:
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "deepergat.cli", "train", "--data", str(tiny_store),
-             "--target", "nope", "--device", "cpu", "--cache-dir", str(tmp_path),
-             "--out", str(tmp_path / "run")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [p.returncode for p in procs] == [2, 2], outputs
+    codes, outputs = _train_on_two_ranks(
+        "--data", str(tiny_store), "--target", "nope", "--device", "cpu",
+        "--cache-dir", str(tmp_path), "--out", str(tmp_path / "run"), timeout=120)
+    assert codes == [2, 2], outputs
     assert "available: heat_ref" in outputs[0]

@@ -27,7 +27,7 @@ from typing import Any
 
 from deepergat.errors import DeepergatError
 
-from .metadata import EXTRA_FILE, encode_metadata, meta_tmp_path
+from .metadata import EXTRA_FILE, encode_metadata, meta_tmp_path, with_exporter
 from .pt2 import export_program
 
 __all__ = ["load_aoti", "set_aoti_metadata", "write_aoti"]
@@ -59,11 +59,7 @@ def write_aoti(
 ) -> dict[str, Any]:
     """Export ``model`` with ``torch.export``, compile it with AOTInductor, package it.
 
-    Args:
-        model: the `DeeperGATGNN` in eval mode, on the CPU.
-        example: example inputs as tensors (all sizes ≥ 2 and distinct).
-        path: the file to write.
-        metadata: the metadata document (``exporter`` is filled in here).
+    Args: see `deepergat.export.exporter.Writer`.
 
     Returns:
         the exporter facts stored in the metadata (with ``compiled_for``: platform, machine,
@@ -95,8 +91,7 @@ def write_aoti(
             "device": info.get("AOTI_DEVICE_KEY", ""),
         },
     }
-    meta = dict(metadata)
-    meta["exporter"] = {**meta.get("exporter", {}), **facts}
+    meta = with_exporter(metadata, facts)
     set_aoti_metadata(path, meta)
     log.info("wrote %s (compiled for %s)", path, facts["compiled_for"]["cpu_isa"])
     return facts

@@ -18,13 +18,14 @@ Each file proves itself before the export reports success:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -149,11 +150,34 @@ def _reference(model: Any, cases: Sequence[ParityCase]) -> list[tuple[np.ndarray
     return out
 
 
-def _writer(fmt: str) -> tuple[Callable[..., dict[str, Any]], Callable[..., None]]:
+class Writer(Protocol):
+    """What every format's writer (`write_onnx`, `write_torchscript`, `write_pt2`,
+    `write_aoti`) does: export ``model`` into ``path`` with ``metadata`` embedded.
+
+    Args:
+        model: the `DeeperGATGNN` in eval mode, on the CPU.
+        example: example inputs as tensors (`deepergat.export.shapes.example_inputs`: all sizes
+            ≥ 2 and distinct, since exporters specialize sizes 0 and 1).
+        path: the file to write.
+        metadata: the metadata document; its ``exporter`` section gets the returned facts.
+
+    Returns:
+        the exporter facts stored in the metadata (exporter name, versions, format specifics).
+
+    Raises:
+        DeepergatError: the export failed (the message says why, in one line).
+    """
+
+    def __call__(self, model: Any, example: tuple[Any, ...], path: str | os.PathLike[str],
+                 metadata: dict[str, Any], /) -> dict[str, Any]: ...
+
+
+def _writer(fmt: str, *, opset: int) -> tuple[Writer, Callable[..., None]]:
+    """The writer of format ``fmt`` and its metadata setter (ONNX: at ``opset``)."""
     if fmt == "onnx":
         from .onnx import set_onnx_metadata, write_onnx
 
-        return write_onnx, set_onnx_metadata
+        return functools.partial(write_onnx, opset=opset), set_onnx_metadata
     if fmt == "torchscript":
         from .torchscript import set_torchscript_metadata, write_torchscript
 
@@ -252,12 +276,11 @@ def export_model(
             t0 = time.perf_counter()
             tmp = out / f".deepergat-export-{os.getpid()}.{FILE_NAMES[fmt]}"
             staged[fmt] = tmp
-            write, set_metadata = _writer(fmt)
+            write, set_metadata = _writer(fmt, opset=opset or OPSET)
             facts0 = {"agat_form": "rewritten", "example_sizes": result.example_sizes}
             meta = exported_metadata(source_meta, kind=fmt, exporter=facts0)
             say(f"{fmt}: exporting")
-            kwargs = {"opset": opset or OPSET} if fmt == "onnx" else {}
-            facts = write(export_net, example, tmp, meta, **kwargs)
+            facts = write(export_net, example, tmp, meta)
             meta["exporter"] = {**meta["exporter"], **facts}
             say(f"{fmt}: parity check")
             predictor = load(tmp, device="cpu")

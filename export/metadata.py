@@ -32,6 +32,7 @@ __all__ = [
     "exported_metadata",
     "meta_tmp_path",
     "validate_metadata",
+    "with_exporter",
 ]
 
 #: Format integer of exported files' metadata; bumped only when its layout changes
@@ -102,6 +103,13 @@ def exported_metadata(
         "parity": dict(parity) if parity is not None else None,
     }
 
+
+
+def with_exporter(metadata: Mapping[str, Any], facts: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``metadata`` whose ``exporter`` section has ``facts`` merged in."""
+    meta = dict(metadata)
+    meta["exporter"] = {**meta.get("exporter", {}), **facts}
+    return meta
 
 
 def meta_tmp_path(path: Path) -> Path:

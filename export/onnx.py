@@ -31,7 +31,7 @@ from typing import Any
 
 from deepergat.errors import DeepergatError
 
-from .metadata import METADATA_KEY, encode_metadata
+from .metadata import METADATA_KEY, encode_metadata, with_exporter
 from .metadata import meta_tmp_path as _meta_tmp
 from .shapes import INPUT_NAMES, OUTPUT_NAMES, dynamic_shapes
 
@@ -149,12 +149,7 @@ def write_onnx(
 ) -> dict[str, Any]:
     """Export ``model`` to an ONNX file.
 
-    Args:
-        model: the `DeeperGATGNN` in eval mode, on the CPU.
-        example: example inputs (`deepergat.export.shapes.example_inputs`, as tensors).
-        path: the file to write.
-        metadata: the metadata document (``exporter`` is filled in here).
-        opset: ONNX opset (≥ 18).
+    Args: see `deepergat.export.exporter.Writer`; opset: ONNX opset (≥ 18).
 
     Returns:
         the exporter facts stored in the metadata: torch and onnx versions, opset, IR version,
@@ -206,8 +201,7 @@ def write_onnx(
         "nodes": len(proto.graph.node),
         "op_types": dict(sorted(counts.items())),
     }
-    meta = dict(metadata)
-    meta["exporter"] = {**meta.get("exporter", {}), **facts}
+    meta = with_exporter(metadata, facts)
     _set_props(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)

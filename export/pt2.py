@@ -16,7 +16,7 @@ from typing import Any
 
 from deepergat.errors import DeepergatError
 
-from .metadata import EXTRA_FILE, encode_metadata
+from .metadata import EXTRA_FILE, encode_metadata, with_exporter
 from .metadata import meta_tmp_path as _meta_tmp
 from .shapes import dynamic_shapes
 
@@ -47,11 +47,7 @@ def write_pt2(
 ) -> dict[str, Any]:
     """Export ``model`` with ``torch.export`` and save it with the metadata.
 
-    Args:
-        model: the `DeeperGATGNN` in eval mode, on the CPU.
-        example: example inputs as tensors (all sizes ≥ 2 and distinct).
-        path: the file to write.
-        metadata: the metadata document (``exporter`` is filled in here).
+    Args: see `deepergat.export.exporter.Writer`.
 
     Returns:
         the exporter facts stored in the metadata.
@@ -60,8 +56,7 @@ def write_pt2(
 
     program = export_program(model, example)
     facts = {"exporter": "torch.export.export(strict=False)", "torch": torch.__version__}
-    meta = dict(metadata)
-    meta["exporter"] = {**meta.get("exporter", {}), **facts}
+    meta = with_exporter(metadata, facts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.export.save(program, os.fspath(path), extra_files={EXTRA_FILE: encode_metadata(meta)})

@@ -21,7 +21,7 @@ from typing import Any
 
 from deepergat.errors import DeepergatError
 
-from .metadata import EXTRA_FILE, encode_metadata
+from .metadata import EXTRA_FILE, encode_metadata, with_exporter
 from .metadata import meta_tmp_path as _meta_tmp
 
 __all__ = ["set_torchscript_metadata", "write_torchscript"]
@@ -34,11 +34,7 @@ def write_torchscript(
 ) -> dict[str, Any]:
     """Trace ``model`` on ``example`` and save it with the metadata as an extra file.
 
-    Args:
-        model: the `DeeperGATGNN` in eval mode, on the CPU.
-        example: example inputs as tensors (all sizes ≥ 2 and distinct).
-        path: the file to write.
-        metadata: the metadata document (``exporter`` is filled in here).
+    Args: see `deepergat.export.exporter.Writer`.
 
     Returns:
         the exporter facts stored in the metadata.
@@ -56,8 +52,7 @@ def write_torchscript(
     except Exception as e:
         raise DeepergatError(f"TorchScript tracing failed: {' '.join(str(e).split())[:500]}") from e
     facts = {"exporter": "torch.jit.trace", "torch": torch.__version__}
-    meta = dict(metadata)
-    meta["exporter"] = {**meta.get("exporter", {}), **facts}
+    meta = with_exporter(metadata, facts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated: known
         torch.jit.save(traced, os.fspath(path), _extra_files={EXTRA_FILE: encode_metadata(meta)})

@@ -226,6 +226,11 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     kind = file_kind(p)
     fn = DESCRIBERS.get(kind)
+    if fn is None and kind == "unknown":
+        from .export.files import SUFFIX_KINDS, expect_kind
+
+        if p.suffix.lower() in SUFFIX_KINDS:  # a model file by name: say what is wrong with it
+            expect_kind(p)
     if fn is None:
         known = ", ".join(sorted(DESCRIBERS))
         what = {"unknown": "not a deepergat file", "hdf5": "an HDF5 file without a format"}.get(

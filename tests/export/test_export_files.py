@@ -169,12 +169,16 @@ def test_info_prints_metadata(exported_tiny, fmt):
     assert info["format"] == f"deepergat-{fmt}"
 
 
-def test_info_on_truncated_model_is_one_line(exported_tiny, tmp_path):
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2", "checkpoint"])
+def test_info_on_truncated_model_says_so_in_one_line(exported_tiny, tmp_path, fmt):
     from click.testing import CliRunner
 
     from deepergat.cli import main
 
-    bad = _truncated(exported_tiny["onnx"], tmp_path / "model.onnx", 0.5)
+    src = exported_tiny[fmt]
+    bad = _truncated(src, tmp_path / src.name, 0.5)
     result = CliRunner().invoke(main, ["info", str(bad)])
     assert result.exit_code == 2
-    assert "not a deepergat file" in result.output or "error:" in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), result.output
+    assert "truncated" in lines[0] or "damaged" in lines[0], lines[0]

@@ -373,11 +373,13 @@ main.add_command(screen_command, name="screen")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path: str | None,
              batch_size: int, device: str) -> None:
-    """MAE, RMSE and R² of MODEL (a .ckpt path or a bundled name) on a labelled store.
+    """MAE, RMSE and R² of MODEL on a labelled store. MODEL: a checkpoint (.ckpt), an
+    exported file (.onnx, .pt, .pt2, .aoti.pt2) or a bundled model name.
 
     \b
     Examples:
       deepergat evaluate runs/heat/best.ckpt --data test.h5 --target heat_ref --plot parity.png
+      deepergat evaluate exported/model.onnx --data test.h5 --target heat_ref
       deepergat evaluate perovskite-heat --data test.h5 --target heat_ref --json metrics.json
     """
     import json
@@ -411,14 +413,16 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_size: int,
             max_atoms: int, overlap_threshold: float, device: str) -> None:
-    """Predict structure files or stores with MODEL (a .ckpt path or a bundled name).
+    """Predict structure files or stores with MODEL: a checkpoint (.ckpt), an exported file
+    (.onnx, .pt, .pt2, .aoti.pt2) or a bundled model name.
 
-    Rows are ``id,<target>...,status`` (status codes as in `deepergat-screen`; a structure
-    with status other than 0 has an empty value).
+    Rows are id,<target>...,status (status codes as in deepergat-screen; a structure with
+    status other than 0 has an empty value).
 
     \b
     Examples:
       deepergat predict perovskite-heat some.cif
+      deepergat predict exported/model.onnx candidates.h5 --csv predictions.csv
       deepergat predict runs/heat/best.ckpt candidates.h5 cifs/ --csv predictions.csv
     """
     import csv
@@ -490,12 +494,11 @@ Writes OUT_DIR/model.onnx (ONNX Runtime, CPU or CUDA), OUT_DIR/model.pt (TorchSc
 what C++ hosts load) and OUT_DIR/model.pt2 (torch.export); --format aoti adds
 OUT_DIR/model.aoti.pt2, the torch.export program compiled by AOTInductor: the fastest on a CPU,
 but compiled for this machine's CPU (export on the node type that runs it) and it needs a C++
-compiler. Each carries the model's metadata
-(graph settings, targets, elements, source checkpoint sha256) and the figures of its own parity
-check: the checkpoint in eager PyTorch against the written file on the --check-data structures
-(else 1024 generated ones), a batch of 2048 and size-1 edge cases, by DESIGN.md's rule
-|y1 - y2| <= 1e-5 std + 4 ulp32(|y1|). A failed check leaves no file of this run behind and
-exits with code 2.
+compiler. Each carries the model's metadata (graph settings, targets, elements, source
+checkpoint sha256) and the figures of its own parity check: the checkpoint in eager PyTorch
+against the written file on the --check-data structures (else 1024 generated ones), a batch of
+2048 and size-1 edge cases, by DESIGN.md's rule |y1 - y2| <= 1e-5 std + 4 ulp32(|y1|). A failed
+check leaves no file of this run behind and exits with code 2.
 \b
 Examples:
   deepergat export runs/heat/best.ckpt --format all -o exported/

@@ -36,7 +36,7 @@ from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_me
 from .resolve import resolve_model
 from .shapes import INPUT_NAMES
 
-__all__ = ["OnnxPredictor", "Predictor", "TorchPredictor", "load"]
+__all__ = ["OnnxPredictor", "Predictor", "TorchPredictor", "load", "parse_device"]
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,8 @@ def load(
             package) or ``.ckpt`` file (kind by suffix, confirmed by content), or a bundled
             model name (its shipped ``.onnx``).
         device: ``"auto"`` (CUDA when a GPU and its libraries are present, else CPU),
-            ``"cpu"`` or ``"cuda"``.
-        device_id: CUDA device ordinal.
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (torch's spelling of device N).
+        device_id: CUDA device ordinal (``"cuda:N"`` sets it).
         threads: CPU threads: ONNX Runtime's intra-op threads for this session; for torch
             backends ``torch.set_num_threads`` (process-wide). None: the runtime's default.
         inter_op_threads: ONNX Runtime inter-op threads (> 1 runs independent nodes in
@@ -267,8 +267,7 @@ def load(
         DeepergatError: no such file or bundled model, a truncated or foreign file, a suffix
             its content contradicts, mismatched graph settings, an unavailable device.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeepergatError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    device, device_id = parse_device(device, device_id)
     path = resolve_model(path_or_name, prefer="onnx")
     kind = expect_kind(path)
     if kind == KINDS["onnx"]:
@@ -280,6 +279,24 @@ def load(
     predictor.check_settings(cutoff=cutoff, max_neighbors=max_neighbors)
     log.info("loaded %s (%s on %s)", path, predictor.backend, predictor.device)
     return predictor
+
+
+def parse_device(device: str, device_id: int = 0) -> tuple[Device, int]:
+    """``device`` and ``device_id`` of `load`, with ``"cuda:N"`` split into (``"cuda"``, N).
+
+    Raises:
+        DeepergatError: an unknown device, or ``"cuda:N"`` contradicting ``device_id``.
+    """
+    name, sep, ordinal = str(device).partition(":")
+    if sep and name == "cuda" and ordinal.isdigit():
+        if device_id not in (0, int(ordinal)):
+            raise DeepergatError(f"device {device!r} contradicts device_id={device_id}")
+        return "cuda", int(ordinal)
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeepergatError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device_id < 0:
+        raise DeepergatError(f"device_id must be >= 0, got {device_id}")
+    return device, device_id  # type: ignore[return-value]
 
 
 def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | None,

@@ -75,6 +75,22 @@ def test_cuda_request_without_cuda_is_a_clear_error(exported_tiny, capfd):
     assert "CUDA" not in captured.err
 
 
+def test_device_spellings():
+    from deepergat.export.predictor import parse_device
+
+    assert parse_device("cuda:1") == ("cuda", 1)
+    assert parse_device("cuda:2", 2) == ("cuda", 2)
+    assert parse_device("cuda", 3) == ("cuda", 3)
+    assert parse_device("auto") == ("auto", 0)
+    for bad in ("gpu", "cuda:x", "cuda:", "cpu:0", ""):
+        with pytest.raises(DeepergatError, match="device must be"):
+            parse_device(bad)
+    with pytest.raises(DeepergatError, match="contradicts"):
+        parse_device("cuda:1", 2)
+    with pytest.raises(DeepergatError, match="device_id"):
+        parse_device("cuda", -1)
+
+
 def test_torch_backends_on_cpu(exported_tiny):
     from deepergat.export import load
 

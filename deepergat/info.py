@@ -230,7 +230,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         from .export.files import SUFFIX_KINDS, expect_kind
 
         if p.suffix.lower() in SUFFIX_KINDS:  # a model file by name: say what is wrong with it
-            expect_kind(p)
+            expect_kind(p)  # raises: content "unknown" is never the kind a suffix names
     if fn is None:
         known = ", ".join(sorted(DESCRIBERS))
         what = {"unknown": "not a deepergat file", "hdf5": "an HDF5 file without a format"}.get(

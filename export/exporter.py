@@ -159,7 +159,8 @@ class Writer(Protocol):
         example: example inputs as tensors (`deepergat.export.shapes.example_inputs`: all sizes
             ≥ 2 and distinct, since exporters specialize sizes 0 and 1).
         path: the file to write.
-        metadata: the metadata document; its ``exporter`` section gets the returned facts.
+        metadata: the metadata document, embedded in the file with the returned facts merged
+            into its ``exporter`` section (the caller's dict is not modified).
 
     Returns:
         the exporter facts stored in the metadata (exporter name, versions, format specifics).

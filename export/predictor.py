@@ -24,7 +24,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -233,8 +233,8 @@ class TorchPredictor(Predictor):
 def load(
     path_or_name: str | os.PathLike[str],
     *,
-    device: Device = "auto",
-    device_id: int = 0,
+    device: Device | str = "auto",
+    device_id: int | None = None,
     threads: int | None = None,
     inter_op_threads: int | None = None,
     cutoff: float | None = None,
@@ -249,7 +249,7 @@ def load(
             model name (its shipped ``.onnx``).
         device: ``"auto"`` (CUDA when a GPU and its libraries are present, else CPU),
             ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (torch's spelling of device N).
-        device_id: CUDA device ordinal (``"cuda:N"`` sets it).
+        device_id: CUDA device ordinal; None: N of ``"cuda:N"``, else 0.
         threads: CPU threads: ONNX Runtime's intra-op threads for this session; for torch
             backends ``torch.set_num_threads`` (process-wide). None: the runtime's default.
         inter_op_threads: ONNX Runtime inter-op threads (> 1 runs independent nodes in
@@ -281,22 +281,30 @@ def load(
     return predictor
 
 
-def parse_device(device: str, device_id: int = 0) -> tuple[Device, int]:
+def parse_device(device: str, device_id: int | None = None) -> tuple[Device, int]:
     """``device`` and ``device_id`` of `load`, with ``"cuda:N"`` split into (``"cuda"``, N).
 
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device_id: CUDA ordinal; None: N from ``"cuda:N"``, else 0.
+
+    Returns:
+        (``"auto"``, ``"cpu"`` or ``"cuda"``; the ordinal).
+
     Raises:
-        DeepergatError: an unknown device, or ``"cuda:N"`` contradicting ``device_id``.
+        DeepergatError: an unknown device, a negative ``device_id``, or ``"cuda:N"`` with a
+            different ``device_id``.
     """
     name, sep, ordinal = str(device).partition(":")
-    if sep and name == "cuda" and ordinal.isdigit():
-        if device_id not in (0, int(ordinal)):
+    if sep and name == "cuda" and ordinal.isascii() and ordinal.isdigit():
+        if device_id is not None and device_id != int(ordinal):
             raise DeepergatError(f"device {device!r} contradicts device_id={device_id}")
         return "cuda", int(ordinal)
     if device not in ("auto", "cpu", "cuda"):
         raise DeepergatError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device_id < 0:
+    if device_id is not None and device_id < 0:
         raise DeepergatError(f"device_id must be >= 0, got {device_id}")
-    return device, device_id  # type: ignore[return-value]
+    return cast(Device, device), device_id or 0
 
 
 def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | None,

@@ -82,11 +82,12 @@ def test_device_spellings():
     assert parse_device("cuda:2", 2) == ("cuda", 2)
     assert parse_device("cuda", 3) == ("cuda", 3)
     assert parse_device("auto") == ("auto", 0)
-    for bad in ("gpu", "cuda:x", "cuda:", "cpu:0", ""):
+    for bad in ("gpu", "cuda:x", "cuda:", "cuda:\u00b2", "cpu:0", ""):
         with pytest.raises(DeepergatError, match="device must be"):
             parse_device(bad)
-    with pytest.raises(DeepergatError, match="contradicts"):
-        parse_device("cuda:1", 2)
+    for other in (0, 2):
+        with pytest.raises(DeepergatError, match="contradicts"):
+            parse_device("cuda:1", other)
     with pytest.raises(DeepergatError, match="device_id"):
         parse_device("cuda", -1)
 

@@ -89,9 +89,11 @@ def wait(jobs: list[str], timeout: float = 420) -> None:
     pytest.fail(f"jobs {jobs} did not finish in {timeout} s")
 
 
-def _node_states() -> set[str]:
-    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
-    return set(out.stdout.split())
+def _node_state(node: str) -> str:
+    """A node's state as sinfo prints it, without the flag suffixes (``idle*`` -> ``idle``)."""
+    out = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True,
+                         timeout=30)
+    return out.stdout.strip().rstrip("*~#!%$@^-")
 
 
 def logs(cwd: Path) -> str:
@@ -163,6 +165,7 @@ def test_train_sbatch_requeues_on_usr1_and_resumes(slurm: None, tmp_path: Path) 
         assert time.monotonic() < deadline, logs(tmp_path)
         assert job_field(job, "JobState") in ("PENDING", "RUNNING", "CONFIGURING"), logs(tmp_path)
         time.sleep(0.5)
+    node = job_field(job, "BatchHost")
     subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
     # The job requeues itself; SLURM delays a requeued job's start, which we skip.
     while job_field(job, "Restarts") in ("", "0"):
@@ -171,10 +174,14 @@ def test_train_sbatch_requeues_on_usr1_and_resumes(slurm: None, tmp_path: Path) 
     # Pull the start forward only once the old run is fully gone and a whole second has passed:
     # slurmd revokes the old run's credential and rejects a new one created in the same second
     # ("Job credential revoked"; the job then ends FAILED) -- the race SLURM's delay avoids.
-    while job_field(job, "JobState") != "PENDING" or _node_states() != {"idle"}:
+    # (A requeued job that already started, or ended, is left alone.)
+    deadline = time.monotonic() + 120
+    while job_field(job, "JobState") in ("PENDING", "REQUEUED", "COMPLETING", "REQUEUE_HOLD"):
+        if job_field(job, "JobState") == "PENDING" and _node_state(node) == "idle":
+            time.sleep(2.5)
+            break
         assert time.monotonic() < deadline, logs(tmp_path)
         time.sleep(0.5)
-    time.sleep(2.5)
     for _ in range(60):
         if job_field(job, "JobState") != "PENDING":
             break

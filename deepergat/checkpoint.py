@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .errors import DeepergatError
 from .files import file_sha256
+from .graphs import graph_settings
 from .model import DeeperGATGNN
 
 __all__ = [
@@ -111,7 +112,7 @@ def make_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "created_by": f"deepergat {__version__}",
         "model": config,
-        "graph": {"cutoff": float(config["cutoff"]), "max_neighbors": int(config["max_neighbors"])},
+        "graph": graph_settings(config),
         "targets": [str(t) for t in targets],
         "units": [str(u) for u in units],
         "target_mean": [float(v) for v in model.target_mean.tolist()],

@@ -245,7 +245,7 @@ def info(file: str, *, as_json: bool) -> None:
 _TRAIN_OPTIONS = (
     "data", "target", "val_data", "val_fraction", "test_data", "test_fraction", "layers",
     "epochs", "batch_size", "lr", "seed", "per_atom", "init_from", "early_stop", "max_time",
-    "device", "cache_dir", "out", "resume", "cv",
+    "device", "cache_dir", "out", "resume", "cv", "graph", "distance_scale",
 )
 
 
@@ -285,7 +285,12 @@ Examples:
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Graph cache folder.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="RUN_DIR", help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.ckpt if it exists.")
-@click.option("--cv", type=int, metavar="K", help="K-fold cross-validation.")
+@click.option("--cv", type=int, metavar="K",
+              help="K-fold cross-validation: oof.csv and cv_metrics.json.")
+@click.option("--graph", type=click.Choice(["periodic", "minimum-image"]), default="periodic",
+              show_default=True, help="Graph construction (see the README).")
+@click.option("--distance-scale", default="cutoff", show_default=True, metavar="cutoff|data|Å",
+              help="Length mapped onto the last distance Gaussian.")
 @click.pass_context
 def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
     """Train a DeeperGATGNN on a structure store."""
@@ -328,10 +333,11 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
     if cfg.cv:
         summary = cross_validate(cfg, progress=lambda i, r: show(r, i) if rank0 else None)
         u = f" {summary['units']}" if summary["units"] else ""
-        for i, v in enumerate(summary["val_mae"]):
-            click.echo(f"fold {i}: val MAE {v:.5g}{u}")
-        click.echo(f"{summary['folds']}-fold CV MAE {summary['mean']:.5g} ± "
-                   f"{summary['std']:.5g}{u}")
+        for i, (v, n) in enumerate(zip(summary["fold_mae"], summary["fold_n"], strict=True)):
+            click.echo(f"fold {i}: held-out MAE {v:.5g}{u} over {n} structures")
+        click.echo(f"{summary['folds']}-fold CV MAE {summary['mae_mean']:.5g} ± "
+                   f"{summary['mae_std']:.5g}{u} (out-of-fold over {summary['n']}: "
+                   f"{summary['oof_mae']:.5g}); {cfg.out}/oof.csv, {cfg.out}/cv_metrics.json")
         return
     result = run_train(cfg, progress=show if rank0 else None)
     if not rank0:

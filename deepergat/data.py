@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .graphs import build_inputs
+from .graphs import DEFAULT_GRAPH, GraphConstruction, build_inputs, check_graph
 from .model import MAX_Z
 from .store import Store
 
@@ -58,7 +58,7 @@ class GraphSet:
         degree: [N] int32 real slots per atom (self loop included); slots [0, degree) are real.
         targets: name -> [M] float64.
         units: name -> units.
-        digest: the store's content digest. cutoff, max_neighbors: graph settings.
+        digest: the store's content digest. cutoff, max_neighbors, graph: graph settings.
         source: the store path.
     """
 
@@ -73,6 +73,7 @@ class GraphSet:
     digest: str
     cutoff: float
     max_neighbors: int
+    graph: GraphConstruction = DEFAULT_GRAPH
     targets: dict[str, np.ndarray] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     source: str = ""
@@ -96,6 +97,13 @@ class GraphSet:
         total = int(n.sum())
         first = np.cumsum(n) - n
         return np.repeat(self.atom_offset[rows] - first, n) + np.arange(total)
+
+    def max_distance(self, rows: np.ndarray | None = None) -> float:
+        """Longest edge, Å, of the given usable rows (all by default); 0 without edges."""
+        atoms = self._atom_rows(self.usable if rows is None else np.asarray(rows, np.int64))
+        if not len(atoms):
+            return 0.0
+        return float(self.distances[atoms].max())
 
     def batch(self, rows: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         """Padded model inputs (DESIGN.md) of the given usable rows, in the given order.
@@ -137,10 +145,13 @@ def to_tensors(inputs: dict[str, np.ndarray], device: Any = "cpu") -> dict[str, 
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
 
 
-def cache_key(digest: str, cutoff: float, max_neighbors: int) -> str:
+def cache_key(digest: str, cutoff: float, max_neighbors: int,
+              graph: GraphConstruction = DEFAULT_GRAPH) -> str:
     """sha256 over the store digest, the graph settings and the cache version."""
-    text = f"{digest}|cutoff={float(cutoff)!r}|max_neighbors={int(max_neighbors)}|v{CACHE_VERSION}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    text = f"{digest}|cutoff={float(cutoff)!r}|max_neighbors={int(max_neighbors)}"
+    if graph != DEFAULT_GRAPH:  # periodic caches written before the setting keep their key
+        text += f"|graph={check_graph(graph)}"
+    return hashlib.sha256(f"{text}|v{CACHE_VERSION}".encode()).hexdigest()
 
 
 def default_cache_dir(store_path: Path) -> Path:
@@ -153,22 +164,23 @@ def default_cache_dir(store_path: Path) -> Path:
 
 
 def cache_path(store_path: Path, digest: str, cutoff: float, max_neighbors: int,
-               cache_dir: str | os.PathLike[str] | None = None) -> Path:
+               cache_dir: str | os.PathLike[str] | None = None,
+               graph: GraphConstruction = DEFAULT_GRAPH) -> Path:
     """Where the graphs of a store are cached for these settings."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(store_path)
-    key = cache_key(digest, cutoff, max_neighbors)[:16]
+    key = cache_key(digest, cutoff, max_neighbors, graph)[:16]
     return folder / f"{store_path.stem}.graphs-{key}.npz"
 
 
-def _build(store: Store, *, cutoff: float, max_neighbors: int,
+def _build(store: Store, *, cutoff: float, max_neighbors: int, graph: GraphConstruction,
            progress: Callable[[int], None] | None) -> dict[str, np.ndarray]:
     m = len(store)
     status = np.zeros(m, np.uint8)
     n_atoms = np.zeros(m, np.int64)
     z_parts, nb_parts, d_parts, deg_parts = [], [], [], []
     for chunk in store.iter_chunks(_CHUNK):
-        g = build_inputs(chunk, cutoff=cutoff, max_neighbors=max_neighbors, max_z=MAX_Z,
-                         overlap_threshold=_OVERLAP_THRESHOLD)
+        g = build_inputs(chunk, cutoff=cutoff, max_neighbors=max_neighbors, graph=graph,
+                         max_z=MAX_Z, overlap_threshold=_OVERLAP_THRESHOLD)
         status[chunk.index] = g.status
         rows = chunk.index[g.rows]
         inp = g.inputs
@@ -213,6 +225,7 @@ def load_graphs(
     *,
     cutoff: float = 8.0,
     max_neighbors: int = 12,
+    graph: GraphConstruction = DEFAULT_GRAPH,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     progress: Callable[[int], None] | None = None,
@@ -221,7 +234,7 @@ def load_graphs(
 
     Args:
         path: the structure store.
-        cutoff, max_neighbors: graph settings (Å, count).
+        cutoff, max_neighbors, graph: graph settings (Å, count, construction).
         cache_dir: cache folder (default: `default_cache_dir`).
         use_cache: read and write the cache.
         progress: called with the number of structures done, while building.
@@ -236,8 +249,9 @@ def load_graphs(
         units = store.targets
         targets = {name: store.target(name) for name in units}
         arrays: dict[str, np.ndarray] | None = None
-        cfile = cache_path(path, digest, cutoff, max_neighbors, cache_dir)
-        key = cache_key(digest, cutoff, max_neighbors)
+        graph = check_graph(graph)
+        cfile = cache_path(path, digest, cutoff, max_neighbors, cache_dir, graph)
+        key = cache_key(digest, cutoff, max_neighbors, graph)
         if use_cache and digest and cfile.is_file():
             try:
                 with np.load(cfile) as f:
@@ -248,12 +262,13 @@ def load_graphs(
                 log.warning("ignoring unreadable graph cache %s: %s", cfile, e)
         if arrays is None:
             log.info("building graphs of %s (%d structures)", path, len(store))
-            arrays = _build(store, cutoff=cutoff, max_neighbors=max_neighbors, progress=progress)
+            arrays = _build(store, cutoff=cutoff, max_neighbors=max_neighbors, graph=graph,
+                            progress=progress)
             if use_cache and digest:
                 _write_cache(cfile, arrays, key)
     return GraphSet(
         ids=ids, digest=digest, cutoff=float(cutoff), max_neighbors=int(max_neighbors),
-        targets=targets, units=units, source=str(path), **arrays,
+        graph=graph, targets=targets, units=units, source=str(path), **arrays,
     )
 
 

@@ -1,11 +1,19 @@
-"""Periodic neighbor graphs: the only featurization outside the model (DESIGN.md "Graphs").
+"""Neighbor graphs: the only featurization outside the model (docs/design.md "Graphs").
+
+Two constructions (the graph setting ``graph``, stored with every model like the cutoff):
+
+* ``"periodic"`` — every lattice image inside the cutoff; each atom keeps its ``max_neighbors``
+  nearest plus every neighbor tied with the last one kept. Depends on the geometry alone: a
+  supercell gives its cell's per-atom neighborhoods.
+* ``"minimum-image"`` — the reference implementation's graph: each other atom of the cell once,
+  at its minimum-image distance (no atom's own images), then the same nearest-``max_neighbors``
+  rule. Depends on the cell chosen: a supercell gives a different graph.
 
 Two entry points share one vectorized search:
 
-* `neighbor_list` — one structure, the reference form: every lattice image inside the cutoff,
-  each atom's ``max_neighbors`` nearest plus every neighbor tied with the last one kept.
-* `build_inputs` — a batch of structures straight to the padded model inputs of DESIGN.md
-  (self loop in slot 0), with per-structure status codes for screening.
+* `neighbor_list` — one structure, the reference form.
+* `build_inputs` — a batch of structures straight to the padded model inputs (self loop in
+  slot 0), with per-structure status codes for screening.
 
 Everything here is numpy only: the screening path imports it without torch.
 """
@@ -13,8 +21,9 @@ Everything here is numpy only: the screening path imports it without torch.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
@@ -23,15 +32,20 @@ from .store import StructureBatch
 
 __all__ = [
     "DEFAULT_CUTOFF",
+    "DEFAULT_GRAPH",
     "DEFAULT_MAX_NEIGHBORS",
+    "GRAPH_CONSTRUCTIONS",
     "INPUT_NAMES",
     "OUTPUT_NAMES",
     "TIE_TOLERANCE",
     "GraphBatch",
+    "GraphConstruction",
     "NeighborList",
     "batch_neighbor_lists",
     "build_inputs",
+    "check_graph",
     "check_structures",
+    "graph_settings",
     "neighbor_list",
 ]
 
@@ -49,6 +63,10 @@ INPUT_NAMES = (
 OUTPUT_NAMES = ("prediction", "embedding")
 DEFAULT_CUTOFF = 8.0
 DEFAULT_MAX_NEIGHBORS = 12
+#: How the neighbors are chosen (see the module docstring).
+GraphConstruction = Literal["periodic", "minimum-image"]
+GRAPH_CONSTRUCTIONS: tuple[str, ...] = get_args(GraphConstruction)
+DEFAULT_GRAPH: GraphConstruction = "periodic"
 #: Neighbors within this distance (Å) of the last one kept are kept too.
 TIE_TOLERANCE = 1e-6
 #: Candidates (atom pairs × lattice images) evaluated at once; bounds the search's memory.
@@ -56,6 +74,27 @@ _CANDIDATE_BUDGET = 1 << 20
 #: Lattices whose normalized volume |det| / (|a| |b| |c|) falls below this are singular.
 _MIN_NORMALIZED_VOLUME = 1e-6
 _MIN_VECTOR_LENGTH = 1e-6
+
+
+def check_graph(value: object) -> GraphConstruction:
+    """``value`` if it names a `GraphConstruction`, else ValueError naming the choices."""
+    if value not in GRAPH_CONSTRUCTIONS:
+        raise ValueError(
+            f"graph construction {value!r} is not one of {', '.join(GRAPH_CONSTRUCTIONS)}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def graph_settings(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The graph settings ``{cutoff, max_neighbors, construction}`` of a model's constructor
+    arguments or of a metadata ``graph`` document (files older than the ``construction``
+    setting were all periodic)."""
+    construction = source.get("construction", source.get("graph", DEFAULT_GRAPH))
+    return {
+        "cutoff": float(source["cutoff"]),
+        "max_neighbors": int(source["max_neighbors"]),
+        "construction": check_graph(construction),
+    }
 
 
 class NeighborList(NamedTuple):
@@ -241,11 +280,21 @@ def _gather(batch: StructureBatch, rows: np.ndarray) -> _Gathered:
 
 
 def _search_select(
-    batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int
+    batch: StructureBatch,
+    rows: np.ndarray,
+    *,
+    cutoff: float,
+    max_neighbors: int,
+    graph: GraphConstruction = DEFAULT_GRAPH,
 ) -> tuple[NeighborList, np.ndarray]:
-    """Selected, sorted edges of the given rows and their shortest pair distance: the compiled
-    kernel when available, else the vectorized numpy search (the reference)."""
+    """Selected, sorted edges of the given rows and their shortest pair distance: for periodic
+    graphs the compiled kernel when available, else the vectorized numpy search (the
+    reference); minimum-image graphs always take the numpy search."""
     rows = np.asarray(rows, dtype=np.int64)
+    if check_graph(graph) == "minimum-image":
+        edges, min_dist = _search(batch, rows, radius=_min_image_radius(batch, rows, cutoff))
+        edges = _minimum_images(edges, cutoff)
+        return _select(edges, batch.atomic_numbers, max_neighbors=max_neighbors), min_dist
     if _use_numba() and len(rows):
         from . import _kernels
 
@@ -445,6 +494,34 @@ def _search_exact(
     return edges, min_dist
 
 
+def _min_image_radius(batch: StructureBatch, rows: np.ndarray, cutoff: float) -> np.ndarray:
+    """[S] search radius, Å, that holds every atom pair's minimum image (or the cutoff).
+
+    On a 3D-periodic cell every pair has an image whose fractional separation lies in
+    [-1/2, 1/2]^3, and the longest vector of that cube is one of its corners: half the longest of
+    the four diagonals ±a ± b ± c bounds every minimum-image distance. The radius is at least 1 Å
+    so that overlapping atoms (or images) are still found; other structures search the cutoff.
+    """
+    lat = batch.lattice[rows]
+    signs = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]], dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diag = np.linalg.norm(np.einsum("dk,skj->sdj", signs, lat), axis=2).max(1) / 2
+    full = batch.pbc[rows].all(1) & np.isfinite(diag)
+    return np.where(full, np.minimum(np.maximum(diag, 1.0) + 1e-6, cutoff), float(cutoff))
+
+
+def _minimum_images(edges: NeighborList, cutoff: float) -> NeighborList:
+    """One edge per (center, other atom): its shortest image within the cutoff (ties: the
+    smallest image), none to the center's own images."""
+    c, nb, d, img = edges
+    keep = (c != nb) & (d <= cutoff)
+    c, nb, d, img = c[keep], nb[keep], d[keep], img[keep]
+    order = np.lexsort((img[:, 2], img[:, 1], img[:, 0], d, nb, c))
+    c, nb, d, img = c[order], nb[order], d[order], img[order]
+    first = np.r_[True, (c[1:] != c[:-1]) | (nb[1:] != nb[:-1])] if len(c) else np.zeros(0, bool)
+    return NeighborList(c[first], nb[first], d[first], img[first])
+
+
 def _kth_distance(edges: NeighborList, n_atoms: int, k: int) -> np.ndarray:
     """[n_atoms] distance of each atom's k-th nearest edge (inf with fewer than k edges)."""
     out = np.full(n_atoms, np.inf)
@@ -490,10 +567,11 @@ def neighbor_list(
     *,
     cutoff: float = DEFAULT_CUTOFF,
     max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+    graph: GraphConstruction = DEFAULT_GRAPH,
     atomic_numbers: np.ndarray | None = None,
     overlap_threshold: float | None = 0.1,
 ) -> NeighborList:
-    """Periodic neighbor list of one structure.
+    """Neighbor list of one structure.
 
     Args:
         lattice: [3, 3] lattice vectors as rows, Å (rows of non-periodic axes are not used).
@@ -501,6 +579,7 @@ def neighbor_list(
         pbc: [3] periodicity per axis.
         cutoff: neighbor search radius, Å.
         max_neighbors: neighbors kept per atom, plus ties with the last one kept.
+        graph: ``"periodic"`` or ``"minimum-image"`` (module docstring).
         atomic_numbers: [n] Z, used to order tied neighbors (defaults to zeros).
         overlap_threshold: two atoms (or an atom and an image) closer than this, Å, raise
             `GeometryError` status 6; None disables the check.
@@ -538,7 +617,7 @@ def neighbor_list(
             else "singular or non-finite lattice vectors on the periodic axes",
         )
     edges, min_dist = _search_select(
-        batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors
+        batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors, graph=graph
     )
     if overlap_threshold is not None and min_dist[0] < overlap_threshold:
         raise GeometryError(6, f"two atoms closer than {overlap_threshold} Å ({min_dist[0]:.4g} Å)")
@@ -550,6 +629,7 @@ def batch_neighbor_lists(
     *,
     cutoff: float = DEFAULT_CUTOFF,
     max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+    graph: GraphConstruction = DEFAULT_GRAPH,
     max_atoms: int | None = None,
     max_z: int | None = None,
     overlap_threshold: float | None = 0.1,
@@ -562,7 +642,8 @@ def batch_neighbor_lists(
     """
     status = check_structures(batch, max_atoms=max_atoms, max_z=max_z)
     good = np.flatnonzero(status == 0)
-    edges, min_dist = _search_select(batch, good, cutoff=cutoff, max_neighbors=max_neighbors)
+    edges, min_dist = _search_select(batch, good, cutoff=cutoff, max_neighbors=max_neighbors,
+                                     graph=graph)
     if overlap_threshold is not None and len(good):
         overlap = good[min_dist < overlap_threshold]
         if len(overlap):
@@ -578,6 +659,7 @@ def build_inputs(
     *,
     cutoff: float = DEFAULT_CUTOFF,
     max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+    graph: GraphConstruction = DEFAULT_GRAPH,
     max_atoms: int | None = None,
     max_z: int | None = None,
     overlap_threshold: float | None = 0.1,
@@ -588,7 +670,7 @@ def build_inputs(
 
     Args:
         batch: M structures (e.g. one chunk of a store).
-        cutoff, max_neighbors: graph settings (Å, count).
+        cutoff, max_neighbors, graph: graph settings (Å, count, construction).
         max_atoms: status 2 above this many atoms. max_z: status 3 outside Z = 1..max_z.
         overlap_threshold: status 6 below this pair distance, Å.
 
@@ -599,6 +681,7 @@ def build_inputs(
         batch,
         cutoff=cutoff,
         max_neighbors=max_neighbors,
+        graph=graph,
         max_atoms=max_atoms,
         max_z=max_z,
         overlap_threshold=overlap_threshold,

@@ -56,14 +56,14 @@ def check_form(form: str) -> Form:
 
 
 class GaussianExpansion(nn.Module):
-    """Distances on evenly spaced Gaussians: exp(-(d/cutoff - μ_k)² / (2 width²)).
+    """Distances on evenly spaced Gaussians: exp(-(d/scale - μ_k)² / (2 width²)).
 
-    The scale is the fixed cutoff (DESIGN.md): a structure gets the same features whatever data
-    set it is processed with.
+    The scale is a fixed length stored in the model (the cutoff, or the training graphs'
+    longest edge): a structure gets the same features whatever data set it is processed with.
 
     Args:
         gaussians: number of centers μ_k, evenly spaced over [0, 1].
-        cutoff: Å; distances are divided by it.
+        cutoff: the scale, Å; distances are divided by it (buffer ``cutoff``).
         width: Gaussian width in units of the [0, 1] range.
 
     Shapes:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .graphs import INPUT_NAMES, OUTPUT_NAMES
+from .graphs import DEFAULT_GRAPH, INPUT_NAMES, OUTPUT_NAMES, GraphConstruction, check_graph
 from .layers import (
     AGATConv,
     DiffGroupNorm,
@@ -56,11 +56,16 @@ class DeeperGATGNN(nn.Module):
         dim: embedding width D.
         layers: number of AGAT layers (the paper uses 10-30).
         heads: attention heads per AGAT layer.
-        gaussians: Gaussians of the distance expansion over [0, 1] (distance / cutoff).
+        gaussians: Gaussians of the distance expansion over [0, 1] (distance / distance_scale).
         gaussian_width: their width, in units of the [0, 1] range.
-        cutoff: graph cutoff, Å (graph setting; scales the distances).
+        cutoff: graph cutoff, Å (graph setting).
         max_neighbors: graph setting; degree classes are 0..max_neighbors + 1 (self loop
             included), a larger degree from ties takes the top class.
+        graph: graph construction, ``"periodic"`` or ``"minimum-image"`` (graph setting,
+            `deepergat.graphs`); the model only records it so that loaders can check it.
+        distance_scale: Å mapped onto the last Gaussian (None: the cutoff). Training may set
+            it from the training graphs' longest edge; it is fixed in the model thereafter, so
+            a structure gets the same features at training and prediction time.
         dgn: DiffGroupNorm after each layer.
         skip: residual skip x ← x + x_prev after each layer.
         groups: DiffGroupNorm groups.
@@ -92,6 +97,8 @@ class DeeperGATGNN(nn.Module):
         gaussian_width: float = 0.2,
         cutoff: float = 8.0,
         max_neighbors: int = 12,
+        graph: GraphConstruction = DEFAULT_GRAPH,
+        distance_scale: float | None = None,
         dgn: bool = True,
         skip: bool = True,
         groups: int = 10,
@@ -103,6 +110,9 @@ class DeeperGATGNN(nn.Module):
         target_std: list[float] | None = None,
     ) -> None:
         super().__init__()
+        graph = check_graph(graph)
+        if distance_scale is not None and not float(distance_scale) > 0:
+            raise ValueError(f"distance_scale must be a positive length in Å, got {distance_scale}")
         self.config: dict[str, Any] = {
             "dim": dim,
             "layers": layers,
@@ -111,6 +121,8 @@ class DeeperGATGNN(nn.Module):
             "gaussian_width": gaussian_width,
             "cutoff": cutoff,
             "max_neighbors": max_neighbors,
+            "graph": graph,
+            "distance_scale": None if distance_scale is None else float(distance_scale),
             "dgn": dgn,
             "skip": skip,
             "groups": groups,
@@ -133,7 +145,8 @@ class DeeperGATGNN(nn.Module):
         std = torch.ones(targets) if target_std is None else torch.tensor(target_std)
         self.register_buffer("target_mean", mean.to(torch.get_default_dtype()).reshape(targets))
         self.register_buffer("target_std", std.to(torch.get_default_dtype()).reshape(targets))
-        self.expansion = GaussianExpansion(gaussians, cutoff=cutoff, width=gaussian_width)
+        scale = cutoff if distance_scale is None else float(distance_scale)
+        self.expansion = GaussianExpansion(gaussians, cutoff=scale, width=gaussian_width)
         self.node_embedding = nn.Linear(MAX_Z + degree_classes, dim)
         self.edge_embedding = nn.Linear(gaussians, dim)
         self.convs = nn.ModuleList(AGATConv(dim, heads, form=agat_form) for _ in range(layers))

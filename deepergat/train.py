@@ -4,8 +4,9 @@
 
 * ``config.yaml`` (the resolved configuration), ``splits.json`` (ids of each split),
 * ``metrics.csv`` (``epoch,lr,train_mae,val_mae,seconds``) and ``learning_curve.png``,
-* ``best.ckpt`` (lowest validation MAE) and ``last.ckpt`` (with optimizer, scheduler, epoch,
-  position within the epoch and RNG states), both written atomically every epoch,
+* ``best.ckpt`` (the model the run keeps: lowest validation MAE, or with ``keep: last`` the last
+  epoch) and ``last.ckpt`` (with optimizer, scheduler, epoch, position within the epoch and RNG
+  states), both written atomically every epoch,
 * ``test_metrics.json`` at the end, from ``best.ckpt`` on the test split.
 
 Batches come from a `DistributedSampler` (one replica when not distributed) seeded by the run's
@@ -16,7 +17,14 @@ the uninterrupted run would have. SIGUSR1 / SIGTERM and ``max_time`` stop at the
 
 Defaults are the reference's: AdamW lr 0.005, 100 crystals a batch, ReduceLROnPlateau (factor
 0.8, patience 10, min lr 1e-5, threshold 2e-4), L1 loss, 500 epochs. Targets are scaled by the
-training set's mean and std inside the model; the loss is the L1 distance in scaled units.
+training set's mean and std inside the model (``scale_targets``); the loss is the L1 distance in
+scaled units. The recipe settings the accuracy study varied (benchmarks/ACCURACY.md) are
+fields of `TrainConfig`: ``graph``, ``distance_scale``, ``scale_targets``, ``lr_monitor`` and
+``keep``.
+
+`cross_validate` runs K-fold cross-validation: fold k is held out of member k's training,
+learning-rate schedule and checkpoint choice, so the out-of-fold predictions (``oof.csv``) are
+honest; ``cv_metrics.json`` has per-fold and mean ± std MAE.
 """
 
 from __future__ import annotations
@@ -89,7 +97,16 @@ class TrainConfig:
         resume: continue from ``out/last.ckpt`` when it exists.
         cv: K-fold cross-validation (`cross_validate`).
         model: further model constructor arguments (dim, heads, gaussians, dgn, skip, …).
-        cutoff, max_neighbors: graph settings.
+        cutoff, max_neighbors, graph: graph settings (Å, count, ``periodic`` or
+            ``minimum-image``).
+        distance_scale: the length mapped onto the last Gaussian: ``"cutoff"``, ``"data"``
+            (the training graphs' longest edge, fixed in the model) or a length in Å.
+        scale_targets: standardize the target with the training set's mean and std.
+        lr_monitor: what ReduceLROnPlateau watches: ``"val"`` (validation MAE) or ``"train"``
+            (the epoch's training MAE, as the reference).
+        keep: which model ``best.ckpt`` holds: ``"best"`` (lowest validation MAE) or
+            ``"last"`` (the last epoch). Without a validation split: ``lr_monitor: train`` and
+            ``keep: last``.
         weight_decay, lr_factor, lr_patience, min_lr, lr_threshold: optimizer and scheduler.
         curve_every: redraw the learning curve every this many epochs (and at the end).
     """
@@ -117,6 +134,11 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     cutoff: float = 8.0
     max_neighbors: int = 12
+    graph: str = "periodic"
+    distance_scale: float | str = "cutoff"
+    scale_targets: bool = True
+    lr_monitor: str = "val"
+    keep: str = "best"
     weight_decay: float = 0.01
     lr_factor: float = 0.8
     lr_patience: int = 10
@@ -138,7 +160,29 @@ class TrainConfig:
             clean[k] = value
         if isinstance(clean.get("max_time"), str):
             clean["max_time"] = parse_max_time(clean["max_time"])
-        return cls(**clean)
+        cfg = cls(**clean)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check the choice-valued settings; DeepergatError naming the choices."""
+        from .graphs import GRAPH_CONSTRUCTIONS
+
+        choices = {"graph": GRAPH_CONSTRUCTIONS, "lr_monitor": ("val", "train"),
+                   "keep": ("best", "last")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise DeepergatError(f"{name}: {getattr(self, name)!r} is not one of "
+                                     f"{', '.join(allowed)}")
+        scale = self.distance_scale
+        if isinstance(scale, str) and scale not in ("cutoff", "data"):
+            try:
+                self.distance_scale = float(scale)
+            except ValueError:
+                raise DeepergatError(f"distance_scale: {scale!r}: give cutoff, data or a "
+                                     "length in Å") from None
+        if not isinstance(self.distance_scale, str) and not float(self.distance_scale) > 0:
+            raise DeepergatError(f"distance_scale: {scale!r} must be a positive length in Å")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -290,7 +334,8 @@ def make_splits(cfg: TrainConfig, *, progress: Callable[[int], None] | None = No
     def get(path: str) -> GraphSet:
         if path not in graphs:
             graphs[path] = load_graphs(path, cutoff=cfg.cutoff, max_neighbors=cfg.max_neighbors,
-                                       cache_dir=cfg.cache_dir, progress=progress)
+                                       graph=cfg.graph, cache_dir=cfg.cache_dir,
+                                       progress=progress)
         return graphs[path]
 
     if cfg.val_data and cfg.val_fraction:
@@ -324,13 +369,39 @@ def make_splits(cfg: TrainConfig, *, progress: Callable[[int], None] | None = No
         if part is None:
             continue
         g, r = part
-        if len(r) == 0 and (name != "val" or require_val):
+        if len(r) == 0 and name == "val" and require_val and _needs_validation(cfg):
+            raise DeepergatError(
+                f"{g.source}: no validation structures, but lr_monitor is {cfg.lr_monitor!r} "
+                f"and keep is {cfg.keep!r}; give --val-fraction > 0 (or --val-data), or set "
+                "lr_monitor: train and keep: last"
+            )
+        if len(r) == 0 and name != "val":
             raise DeepergatError(
                 f"{g.source}: the {name} split is empty ({len(main.usable)} usable structures); "
                 "use more data or other split fractions"
             )
-        _targets_of(g, cfg.target, r)
+        if len(r):
+            _targets_of(g, cfg.target, r)
     return splits
+
+
+def _needs_validation(cfg: TrainConfig) -> bool:
+    return cfg.lr_monitor == "val" or cfg.keep == "best" or cfg.early_stop is not None
+
+
+def resolve_distance_scale(cfg: TrainConfig, g: GraphSet, rows: np.ndarray) -> float | None:
+    """The model's ``distance_scale`` for this run: None (the cutoff), the given length, or the
+    longest edge of the given (training) rows, rounded up to 1e-4 Å."""
+    scale = cfg.distance_scale
+    if scale == "cutoff":
+        return None
+    if scale == "data":
+        longest = g.max_distance(rows)
+        if longest <= 0:
+            raise DeepergatError(f"{g.source}: distance_scale data: the training graphs have no "
+                                 "edges; use distance_scale: cutoff")
+        return math.ceil(longest * 1e4) / 1e4
+    return float(scale)
 
 
 def predict_rows(model: nn.Module, g: GraphSet, rows: np.ndarray, *, batch_size: int = 100,
@@ -449,9 +520,12 @@ def plot_learning_curve(rows: list[EpochRecord], path: Path, *, units: str = "",
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"MAE ({units})" if units else "MAE")
-    if rows:
-        best = min(rows, key=lambda r: r.val_mae)
+    scored = [r for r in rows if math.isfinite(r.val_mae)]
+    if scored:
+        best = min(scored, key=lambda r: r.val_mae)
         ax.set_title(title or f"best validation MAE {best.val_mae:.4g} at epoch {best.epoch}")
+    elif rows:
+        ax.set_title(title or f"training MAE {rows[-1].train_mae:.4g} at epoch {rows[-1].epoch}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -464,13 +538,15 @@ def plot_learning_curve(rows: list[EpochRecord], path: Path, *, units: str = "",
 # ----------------------------------------------------------------------------- the run
 
 
-def _build_model(cfg: TrainConfig, mean: float, std: float) -> DeeperGATGNN:
+def _build_model(cfg: TrainConfig, mean: float, std: float,
+                 distance_scale: float | None) -> DeeperGATGNN:
     kwargs = dict(cfg.model)
     kwargs.update(layers=cfg.layers, per_atom=cfg.per_atom, targets=1, cutoff=cfg.cutoff,
-                  max_neighbors=cfg.max_neighbors)
+                  max_neighbors=cfg.max_neighbors, graph=cfg.graph,
+                  distance_scale=distance_scale)
     try:
         model = DeeperGATGNN(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise DeepergatError(f"model settings: {e}") from None
     model.set_target_scaling([mean], [std])
     if cfg.init_from:
@@ -616,16 +692,26 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
     assert splits is not None
     g_train, train_rows = splits.train
     g_val, val_rows = splits.val
+    has_val = len(val_rows) > 0
+    if not has_val and _needs_validation(cfg):
+        raise DeepergatError("no validation structures: set lr_monitor: train and keep: last "
+                             "(and no --early-stop), or give a validation split")
     y_train = _targets_of(g_train, cfg.target, train_rows)
     y_train_all = g_train.targets[cfg.target]
     y_val_all = g_val.targets[cfg.target]
     scale_y = y_train / g_train.n_atoms[train_rows] if cfg.per_atom else y_train
-    mean = float(scale_y.mean())
-    std = float(scale_y.std()) if len(scale_y) > 1 and scale_y.std() > 0 else 1.0
+    mean, std = 0.0, 1.0
+    if cfg.scale_targets:
+        mean = float(scale_y.mean())
+        std = float(scale_y.std()) if len(scale_y) > 1 and scale_y.std() > 0 else 1.0
     units = g_train.units.get(cfg.target, "")
     elements = g_train.elements(train_rows)
+    if resume_data is not None:
+        distance_scale = resume_data["model"].get("distance_scale")
+    else:
+        distance_scale = resolve_distance_scale(cfg, g_train, train_rows)
 
-    model = _build_model(cfg, mean, std).to(device)
+    model = _build_model(cfg, mean, std, distance_scale).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
@@ -715,16 +801,19 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
                 break
             total, count = _allreduce(acc, device, info.distributed)
             train_mae = total / max(count, 1.0)
-            val_mae = _evaluate_mae(model, g_val, val_rows, y_val_all, info, device,
-                                    cfg.batch_size)
+            val_mae = math.nan
+            if has_val:
+                val_mae = _evaluate_mae(model, g_val, val_rows, y_val_all, info, device,
+                                        cfg.batch_size)
             lr = optimizer.param_groups[0]["lr"]
-            scheduler.step(val_mae)
+            scheduler.step(val_mae if cfg.lr_monitor == "val" else train_mae)
             epochs_done = epoch + 1
-            improved = val_mae < best_val
-            if improved:
+            better = has_val and val_mae < best_val
+            if better:
                 best_val, best_epoch, since_best = val_mae, epoch + 1, 0
             else:
                 since_best += 1
+            improved = better if cfg.keep == "best" else True  # best.ckpt is rewritten
             record = EpochRecord(epoch + 1, lr, train_mae, val_mae, time.monotonic() - t0)
             history.append(record)
             if writer:
@@ -744,6 +833,8 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
                 stopped = "early_stop"
                 log.info("early stop: %d epochs without a better validation MAE", since_best)
                 break
+    if cfg.keep == "last" and history:
+        best_epoch, best_val = history[-1].epoch, history[-1].val_mae
     result = TrainResult(out=out, epochs_done=epochs_done, best_epoch=best_epoch,
                          best_val_mae=best_val, stopped=stopped, units=units, history=history)
     if stopped in ("signal", "max_time"):
@@ -753,7 +844,7 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
         return result
     if writer and history:
         plot_learning_curve(history, out / "learning_curve.png", units=units)
-    if splits.test is not None and (out / "best.ckpt").is_file():
+    if splits.test is not None and len(splits.test[1]) and (out / "best.ckpt").is_file():
         g_test, test_rows = splits.test
         best_model = _best_model(out / "best.ckpt", device)
         y = g_test.targets[cfg.target]
@@ -788,46 +879,107 @@ def _best_model(path: Path, device: torch.device) -> DeeperGATGNN:
 # ----------------------------------------------------------------------------- cross-validation
 
 
-def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], None] | None = None
-                   ) -> dict[str, Any]:
-    """K-fold cross-validation over ``cfg.data`` (its test split, if any, held out first).
+def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], None] | None = None,
+                   graph_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """K-fold cross-validation over ``cfg.data``.
 
-    Fold k trains in ``out/fold-k`` with fold k as validation. Returns and writes ``cv.json``:
-    per-fold best validation MAE (and test MAE with a test split), mean and std.
+    The test split (``--test-fraction`` / ``--test-data``) and then the validation split
+    (``--val-fraction``, shared by every fold; 0 for none) are set aside first; the remaining
+    structures are cut into K folds (fixed by the seed). Member k trains in ``out/fold-k`` on
+    the other folds with seed ``seed + k``; fold k never enters its training, learning-rate
+    schedule or checkpoint choice, so its predictions are out-of-fold. A ``distance_scale`` of
+    ``data`` is resolved once, over all K folds, so that every member has the same features.
+
+    Writes ``out/oof.csv`` (``id,true,predicted``, every fold structure in store order) and
+    ``out/cv_metrics.json``: per-fold MAE (``fold_mae``), their mean and sample std
+    (``mae_mean``, ``mae_std``), the pooled out-of-fold MAE, RMSE and R², and, with a test
+    split, each member's test MAE. With ``cfg.resume`` a finished fold is read back and an
+    interrupted one continues from its ``last.ckpt``.
+
+    Returns:
+        The ``cv_metrics.json`` document.
     """
     k = int(cfg.cv or 0)
     if k < 2:
         raise DeepergatError(f"--cv {cfg.cv}: need at least 2 folds")
-    if cfg.val_data:
-        raise DeepergatError("--cv makes its own validation folds; drop --val-data")
-    base = dataclasses.replace(cfg, val_fraction=0.0, cv=None)
-    full = make_splits(base, require_val=False)
-    g, rows = full.train
-    if len(rows) < k:
-        raise DeepergatError(f"--cv {k}: only {len(rows)} usable training structures")
-    folds = np.array_split(rows, k)
-    results = []
+    base = dataclasses.replace(cfg, cv=None)
+    full = make_splits(base, require_val=False, progress=graph_progress)
+    g, pool = full.train
+    if len(pool) < k:
+        raise DeepergatError(f"--cv {k}: only {len(pool)} usable training structures")
+    g_val, val_rows = full.val
+    if not len(val_rows) and _needs_validation(cfg):
+        raise DeepergatError(
+            "--cv with --val-fraction 0 needs lr_monitor: train and keep: last (and no "
+            "--early-stop): nothing else may look at the held-out fold"
+        )
+    folds = np.array_split(pool, k)
+    scale = resolve_distance_scale(cfg, g, pool)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    y = g.targets[cfg.target]
+    predicted = np.full(len(g), np.nan)
+    fold_of = np.full(len(g), -1)
+    results: list[TrainResult] = []
+    test_mae: list[float] = []
     for i in range(k):
-        val_rows = folds[i]
         train_rows = np.concatenate([f for j, f in enumerate(folds) if j != i])
-        fold_cfg = dataclasses.replace(base, out=str(Path(cfg.out) / f"fold-{i}"))
-        splits = RunSplits(train=(g, train_rows), val=(g, val_rows), test=full.test)
+        fold_cfg = dataclasses.replace(
+            base, out=str(out / f"fold-{i}"), seed=cfg.seed + i,
+            distance_scale="cutoff" if scale is None else scale, test_data=None,
+            test_fraction=None,
+        )
+        splits = RunSplits(train=(g, train_rows), val=(g_val, val_rows), test=None)
         cb = (lambda r, i=i: progress(i, r)) if progress is not None else None
         res = train(fold_cfg, splits=splits, progress=cb)
         results.append(res)
-    vals = np.array([r.best_val_mae for r in results])
+        if res.stopped in ("signal", "max_time"):
+            raise DeepergatError(
+                f"cross-validation stopped in fold {i} ({res.stopped}); continue with --resume"
+            )
+        member = _best_model(Path(fold_cfg.out) / "best.ckpt", torch.device("cpu"))
+        pred, _ = predict_rows(member, g, folds[i], batch_size=cfg.batch_size)
+        predicted[folds[i]] = pred[:, 0]
+        fold_of[folds[i]] = i
+        if full.test is not None:
+            g_test, test_rows = full.test
+            tp, _ = predict_rows(member, g_test, test_rows, batch_size=cfg.batch_size)
+            test_mae.append(float(np.abs(tp[:, 0] - g_test.targets[cfg.target][test_rows]).mean()))
+    rows = np.sort(pool)
+    err = predicted[rows] - y[rows]
+    fold_mae = [float(np.abs(predicted[f] - y[f]).mean()) for f in folds]
+    resid = y[rows] - y[rows].mean()
     summary: dict[str, Any] = {
-        "target": cfg.target, "units": results[0].units, "folds": k,
-        "val_mae": vals.tolist(), "mean": float(vals.mean()), "std": float(vals.std()),
+        "target": cfg.target, "units": results[0].units, "folds": k, "seed": cfg.seed,
+        "n": len(rows), "fold_n": [len(f) for f in folds],
+        "fold_mae": fold_mae,
+        "mae_mean": float(np.mean(fold_mae)), "mae_std": float(np.std(fold_mae, ddof=1)),
+        "oof_mae": float(np.abs(err).mean()), "oof_rmse": float(np.sqrt((err**2).mean())),
+        "oof_r2": float(1.0 - (err**2).sum() / (resid**2).sum()) if (resid**2).sum() else None,
+        "val_n": len(val_rows),
+        "val_mae": [None if not math.isfinite(r.best_val_mae) else float(r.best_val_mae)
+                    for r in results],
+        "best_epoch": [int(r.best_epoch) for r in results],
+        "epochs": cfg.epochs,
+        "distance_scale": scale,
     }
     if full.test is not None:
-        tests = np.array([r.test_mae for r in results], dtype=np.float64)
-        summary.update(test_mae=tests.tolist(), test_mean=float(tests.mean()),
-                       test_std=float(tests.std()))
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(cfg.out) / "cv.json", "w") as f:
+        summary.update(test_n=len(full.test[1]), test_mae=test_mae,
+                       test_mae_mean=float(np.mean(test_mae)))
+    _write_oof(out / "oof.csv", [g.ids[r] for r in rows], y[rows], predicted[rows])
+    with open(out / "cv_metrics.json", "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _write_oof(path: Path, ids: list[str], true: np.ndarray, predicted: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["id", "true", "predicted"])
+        for i, t, p in zip(ids, true.tolist(), predicted.tolist(), strict=True):
+            w.writerow([i, repr(float(t)), f"{p:.7g}"])
+    os.replace(tmp, path)
 
 
 def iter_records(rows: list[EpochRecord]) -> Iterator[dict[str, Any]]:

@@ -179,16 +179,103 @@ def test_fixed_seed_gives_identical_runs(tiny_store: Path, tmp_path: Path) -> No
     _assert_same_weights(tmp_path / "a" / "last.ckpt", tmp_path / "b" / "last.ckpt")
 
 
-def test_cross_validation(tiny_store: Path, tmp_path: Path) -> None:
-    cfg = _cfg(tiny_store, tmp_path / "cv", epochs=1, cv=3, val_fraction=None)
+def _read_oof(path: Path) -> dict[str, tuple[float, float]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "true", "predicted"]
+    return {r[0]: (float(r[1]), float(r[2])) for r in rows[1:]}
+
+
+def test_cross_validation_predicts_every_structure_out_of_fold(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cv"
+    cfg = _cfg(tiny_store, out, epochs=1, cv=3, val_fraction=0.1)
     summary = train_mod.cross_validate(cfg)
-    assert summary["folds"] == 3 and len(summary["val_mae"]) == 3
-    assert summary["mean"] == pytest.approx(np.mean(summary["val_mae"]))
+    assert json.loads((out / "cv_metrics.json").read_text()) == summary
+    oof = _read_oof(out / "oof.csv")
+    splits = [json.loads((out / f"fold-{k}" / "splits.json").read_text()) for k in range(3)]
+    val = set(splits[0]["val"])
+    assert all(set(s["val"]) == val for s in splits)  # one validation split, shared
+    g = load_graphs(tiny_store, cache_dir=tmp_path / "cache")
+    usable = {g.ids[r] for r in g.usable}
+    test = usable - val - set(splits[0]["train"]) - set(oof)
+    assert len(oof) == summary["n"] == sum(summary["fold_n"])
+    assert not (set(oof) & val) and not (set(oof) & test) and len(test) == summary["test_n"]
+    assert set(oof) | val | test == usable
+    fold_ids = []
+    for k, s in enumerate(splits):
+        held = set(oof) - set(s["train"])  # what member k never trained on
+        assert len(held) == summary["fold_n"][k]
+        fold_ids.append(held)
+        # the out-of-fold value is member k's own prediction of the structure
+        member = train_mod._best_model(out / f"fold-{k}" / "best.ckpt", torch.device("cpu"))
+        rows = np.array([g.ids.index(i) for i in sorted(held)])
+        pred, _ = train_mod.predict_rows(member, g, rows)
+        np.testing.assert_allclose([oof[i][1] for i in sorted(held)], pred[:, 0], rtol=1e-6)
+        mae = np.mean([abs(oof[i][1] - oof[i][0]) for i in held])
+        assert summary["fold_mae"][k] == pytest.approx(mae, rel=1e-5)
+    assert set().union(*fold_ids) == set(oof) and sum(map(len, fold_ids)) == len(oof)
+    assert summary["mae_mean"] == pytest.approx(np.mean(summary["fold_mae"]))
+    assert summary["mae_std"] == pytest.approx(np.std(summary["fold_mae"], ddof=1))
+    seeds = [yaml.safe_load((out / f"fold-{k}" / "config.yaml").read_text())["seed"]
+             for k in range(3)]
+    assert seeds == [0, 1, 2]
     assert len(summary["test_mae"]) == 3
-    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"] == 3
-    ids = [set(json.loads((tmp_path / "cv" / f"fold-{k}" / "splits.json").read_text())["val"])
-           for k in range(3)]
-    assert not (ids[0] & ids[1]) and sum(len(s) for s in ids) == 48
+
+
+def test_cross_validation_resumes_finished_folds(
+    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "cv"
+    first = train_mod.cross_validate(_cfg(tiny_store, out, epochs=1, cv=2))
+    with pytest.raises(DeepergatError, match="already holds a run"):
+        train_mod.cross_validate(_cfg(tiny_store, out, epochs=1, cv=2))
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr(train_mod, "_batch_loss", no_training)
+    again = train_mod.cross_validate(_cfg(tiny_store, out, epochs=1, cv=2, resume=True))
+    assert again == first
+
+
+def test_no_validation_needs_the_last_epoch_and_the_training_monitor(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(DeepergatError, match="lr_monitor: train and keep: last"):
+        train(_cfg(tiny_store, tmp_path / "a", val_fraction=0.0, epochs=1))
+    with pytest.raises(DeepergatError, match="lr_monitor: train and keep: last"):
+        train_mod.cross_validate(_cfg(tiny_store, tmp_path / "b", val_fraction=0.0, cv=2))
+    res = train(_cfg(tiny_store, tmp_path / "c", val_fraction=0.0, epochs=2, lr_monitor="train",
+                     keep="last"))
+    assert res.best_epoch == 2 and np.isnan(res.best_val_mae) and res.test_mae is not None
+    _assert_same_weights_model(tmp_path / "c" / "best.ckpt", tmp_path / "c" / "last.ckpt")
+
+
+def _assert_same_weights_model(a: Path, b: Path) -> None:
+    sa, sb = _state(a), _state(b)
+    for k, v in sa["state_dict"].items():
+        assert torch.equal(v, sb["state_dict"][k]), k
+
+
+def test_recipe_settings_reach_the_model(tiny_store: Path, tmp_path: Path) -> None:
+    train(_cfg(tiny_store, tmp_path / "a", epochs=1, graph="minimum-image",
+               distance_scale="data", scale_targets=False))
+    data = _state(tmp_path / "a" / "best.ckpt")
+    g = load_graphs(tiny_store, graph="minimum-image", cache_dir=tmp_path / "cache")
+    train_ids = set(json.loads((tmp_path / "a" / "splits.json").read_text())["train"])
+    rows = np.array([i for i, s in enumerate(g.ids) if s in train_ids])
+    assert data["model"]["graph"] == "minimum-image"
+    assert data["graph"] == {"cutoff": 8.0, "max_neighbors": 12, "construction": "minimum-image"}
+    assert data["model"]["distance_scale"] == pytest.approx(g.max_distance(rows), abs=1e-4)
+    assert data["model"]["distance_scale"] >= g.max_distance(rows)
+    assert data["target_mean"] == [0.0] and data["target_std"] == [1.0]
+    with pytest.raises(DeepergatError, match="graph: 'cubic' is not one of periodic"):
+        TrainConfig.from_dict({"graph": "cubic"})
+    with pytest.raises(DeepergatError, match="distance_scale: 'far'"):
+        TrainConfig.from_dict({"distance_scale": "far"})
+    assert TrainConfig.from_dict({"distance_scale": "5.5"}).distance_scale == 5.5
 
 
 # ------------------------------------------------------------------ errors
@@ -209,7 +296,7 @@ def test_clear_errors(tiny_store: Path, tmp_path: Path) -> None:
     write_store(nan, StructureBatch.from_structures(structures))
     with pytest.raises(DeepergatError, match=r"NaN or infinite for 2 structures \(ids 3409"):
         train(_cfg(nan, tmp_path / "c"))
-    with pytest.raises(DeepergatError, match="the val split is empty"):
+    with pytest.raises(DeepergatError, match="no validation structures, but lr_monitor"):
         train(_cfg(tiny_store, tmp_path / "d", val_fraction=0.001))
     bad = tmp_path / "bad.ckpt"
     torch.save({"kind": "deepergat-checkpoint", "format": 7}, bad)

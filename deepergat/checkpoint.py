@@ -23,10 +23,11 @@ from . import __version__
 from .errors import DeepergatError
 from .files import file_sha256
 from .graphs import graph_settings
-from .model import DeeperGATGNN
+from .model import DeeperGATGNN, DeeperGATGNNEnsemble, build_from_config
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "ENSEMBLE_FORMAT",
     "Checkpoint",
     "atomic_save",
     "file_sha256",
@@ -39,8 +40,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bumped only when the dict's layout changes incompatibly.
+#: Bumped only when the dict's layout changes incompatibly: single models are written as
+#: format 1, ensembles (``members`` in the constructor arguments, which older readers cannot
+#: rebuild) as `ENSEMBLE_FORMAT`.
 CHECKPOINT_FORMAT = 1
+ENSEMBLE_FORMAT = 2
+_READABLE = (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT)
 _KIND = "deepergat-checkpoint"
 
 
@@ -49,12 +54,12 @@ class Checkpoint:
     """A loaded checkpoint: the rebuilt model (eval mode, CPU) and its metadata.
 
     Attributes:
-        model: the `DeeperGATGNN` with its weights.
+        model: the `DeeperGATGNN` (or `DeeperGATGNNEnsemble`) with its weights.
         path: where it was read from.
         data: the whole checkpoint dict (training state included, if any).
     """
 
-    model: DeeperGATGNN
+    model: DeeperGATGNN | DeeperGATGNNEnsemble
     path: Path
     data: dict[str, Any] = field(repr=False)
 
@@ -84,7 +89,7 @@ class Checkpoint:
 
 
 def make_checkpoint(
-    model: DeeperGATGNN,
+    model: DeeperGATGNN | DeeperGATGNNEnsemble,
     *,
     targets: Sequence[str],
     units: Sequence[str],
@@ -92,8 +97,9 @@ def make_checkpoint(
     store_digest: str = "",
     training: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict of a model.
+    """The checkpoint dict of a model (or an ensemble).
 
     Args:
         model: the model; its ``config`` is saved as constructor arguments.
@@ -102,6 +108,8 @@ def make_checkpoint(
         store_digest: content digest of the training store.
         training: optimizer/scheduler state, epoch, RNG states (tensors and plain types).
         extra: more plain metadata (e.g. the run's config).
+        calibration: an ensemble's spread calibration (``std_scale`` per target and how it
+            was fitted: `deepergat.ensemble`); it travels into exported files' metadata.
     """
     config = dict(model.config)
     if len(targets) != config["targets"] or len(units) != config["targets"]:
@@ -109,7 +117,7 @@ def make_checkpoint(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {
         "kind": _KIND,
-        "format": CHECKPOINT_FORMAT,
+        "format": ENSEMBLE_FORMAT if "members" in config else CHECKPOINT_FORMAT,
         "created_by": f"deepergat {__version__}",
         "model": config,
         "graph": graph_settings(config),
@@ -122,6 +130,7 @@ def make_checkpoint(
         "state_dict": state,
         "training": dict(training) if training is not None else None,
         "extra": dict(extra or {}),
+        **({"calibration": dict(calibration)} if calibration is not None else {}),
     }
 
 
@@ -133,7 +142,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: DeeperGATGNN, **kwargs: Any) -> None:
+def save_checkpoint(path: str | os.PathLike[str], model: DeeperGATGNN | DeeperGATGNNEnsemble,
+                    **kwargs: Any) -> None:
     """`make_checkpoint` and `atomic_save` in one call."""
     atomic_save(make_checkpoint(model, **kwargs), path)
 
@@ -161,10 +171,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "train one with `deepergat train`"
         )
     fmt = data.get("format")
-    if fmt != CHECKPOINT_FORMAT:
+    if fmt not in _READABLE:
         raise DeepergatError(
             f"{path}: checkpoint format {fmt!r} is not supported (this deepergat {__version__} "
-            f"reads format {CHECKPOINT_FORMAT}); use a matching deepergat version"
+            f"reads formats {', '.join(map(str, _READABLE))}); use a matching deepergat version"
         )
     missing = [k for k in ("model", "graph", "targets", "units", "state_dict") if k not in data]
     if missing:
@@ -172,9 +182,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def build_model(data: Mapping[str, Any]) -> DeeperGATGNN:
-    """A model rebuilt from a checkpoint dict's constructor arguments and weights (eval mode)."""
-    model = DeeperGATGNN(**data["model"])
+def build_model(data: Mapping[str, Any]) -> DeeperGATGNN | DeeperGATGNNEnsemble:
+    """A model rebuilt from a checkpoint dict's constructor arguments and weights (eval mode):
+    a `DeeperGATGNNEnsemble` when the arguments name ``members``."""
+    model = build_from_config(dict(data["model"]))
     model.load_state_dict(data["state_dict"])
     model.eval()
     return model
@@ -199,9 +210,10 @@ def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[s
 
     Returns:
         JSON-serializable dict: ``format`` (checkpoint format of the source), ``model``
-        (constructor arguments), ``graph`` {cutoff, max_neighbors}, ``targets`` [{name, units,
-        mean, std}], ``elements``, ``store_digest``, ``package_version``, ``source_sha256``
-        (of the checkpoint file; empty when given a dict).
+        (constructor arguments; ``members`` K for an ensemble), ``graph`` {cutoff,
+        max_neighbors, construction}, ``targets`` [{name, units, mean, std}], ``elements``,
+        ``store_digest``, ``package_version``, ``source_sha256`` (of the checkpoint file; empty
+        when given a dict), and for an ensemble ``calibration``.
     """
     if isinstance(path_or_data, Mapping):
         data, sha = path_or_data, ""
@@ -222,4 +234,5 @@ def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[s
         "store_digest": data.get("store_digest", ""),
         "package_version": __version__,
         "source_sha256": sha,
+        **({"calibration": dict(data["calibration"])} if data.get("calibration") else {}),
     }

@@ -245,7 +245,8 @@ def info(file: str, *, as_json: bool) -> None:
 _TRAIN_OPTIONS = (
     "data", "target", "val_data", "val_fraction", "test_data", "test_fraction", "layers",
     "epochs", "batch_size", "lr", "seed", "per_atom", "init_from", "early_stop", "max_time",
-    "device", "cache_dir", "out", "resume", "cv", "graph", "distance_scale",
+    "device", "cache_dir", "out", "resume", "cv", "graph", "distance_scale", "ensemble",
+    "members",
 )
 
 
@@ -287,6 +288,11 @@ Examples:
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.ckpt if it exists.")
 @click.option("--cv", type=int, metavar="K",
               help="K-fold cross-validation: oof.csv and cv_metrics.json.")
+@click.option("--ensemble", type=int, metavar="K",
+              help="Train K members into RUN_DIR/ensemble.ckpt (mean and calibrated std).")
+@click.option("--members", type=click.Choice(["folds", "seeds"]), default="folds",
+              show_default=True,
+              help="Ensemble members: the K folds of a cross-validation, or K seeds.")
 @click.option("--graph", type=click.Choice(["periodic", "minimum-image"]), default="periodic",
               show_default=True, help="Graph construction (see the README).")
 @click.option("--distance-scale", default="cutoff", show_default=True, metavar="cutoff|data|Å",
@@ -296,7 +302,7 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
     """Train a DeeperGATGNN on a structure store."""
     import yaml
 
-    from .train import TrainConfig, cross_validate, parse_max_time
+    from .train import TrainConfig, cross_validate, parse_max_time, train_ensemble
     from .train import train as run_train
 
     values: dict[str, Any] = {}
@@ -330,14 +336,31 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
             f"{record.seconds:.1f} s"
         )
 
-    if cfg.cv:
-        summary = cross_validate(cfg, progress=lambda i, r: show(r, i) if rank0 else None)
+    def show_cv(summary: dict[str, Any]) -> None:
         u = f" {summary['units']}" if summary["units"] else ""
         for i, (v, n) in enumerate(zip(summary["fold_mae"], summary["fold_n"], strict=True)):
             click.echo(f"fold {i}: held-out MAE {v:.5g}{u} over {n} structures")
         click.echo(f"{summary['folds']}-fold CV MAE {summary['mae_mean']:.5g} ± "
                    f"{summary['mae_std']:.5g}{u} (out-of-fold over {summary['n']}: "
                    f"{summary['oof_mae']:.5g}); {cfg.out}/oof.csv, {cfg.out}/cv_metrics.json")
+
+    if cfg.ensemble:
+        summary = train_ensemble(cfg, progress=lambda i, r: show(r, i) if rank0 else None)
+        if "cv" in summary:
+            show_cv(summary["cv"])
+        for part in ("validation", "test"):
+            if part in summary:
+                m = summary[part]
+                click.echo(
+                    f"ensemble on the {part} split ({m['n']}): MAE {m['mae']:.5g}, "
+                    f"|error| ≤ 2σ for {m['coverage_2sigma']:.3f}, ≤ σ for "
+                    f"{m['coverage_1sigma']:.3f}, Spearman(σ, |error|) "
+                    f"{m['spearman_std_abs_error']}"
+                )
+        click.echo(f"{summary['members']}-member ensemble: {summary['checkpoint']}")
+        return
+    if cfg.cv:
+        show_cv(cross_validate(cfg, progress=lambda i, r: show(r, i) if rank0 else None))
         return
     result = run_train(cfg, progress=show if rank0 else None)
     if not rank0:

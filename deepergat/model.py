@@ -41,7 +41,19 @@ from .layers import (
     check_form,
 )
 
-__all__ = ["INPUT_NAMES", "MAX_Z", "OUTPUT_NAMES", "DeeperGATGNN", "count_parameters"]
+__all__ = [
+    "ENSEMBLE_OUTPUT_NAMES",
+    "INPUT_NAMES",
+    "MAX_Z",
+    "OUTPUT_NAMES",
+    "DeeperGATGNN",
+    "DeeperGATGNNEnsemble",
+    "build_from_config",
+    "count_parameters",
+]
+
+#: An ensemble's outputs: the single model's two, then the calibrated spread [C, T].
+ENSEMBLE_OUTPUT_NAMES = (*OUTPUT_NAMES, "std")
 
 #: The model's element table is Z = 1..MAX_Z; other elements are screened out (status 3).
 MAX_Z = 100
@@ -235,6 +247,97 @@ class DeeperGATGNN(nn.Module):
     def forward_inputs(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """`forward` on a dict keyed by `INPUT_NAMES`."""
         return self(*(inputs[name] for name in INPUT_NAMES))
+
+
+class DeeperGATGNNEnsemble(nn.Module):
+    """K DeeperGATGNN members with one set of graph settings, run as one model.
+
+    Members share every constructor argument (graph settings, distance scale, targets, sizes);
+    each keeps its own weights and target scaling. The outputs are the members' mean
+    prediction, their mean embedding, and the calibrated spread: the members' standard
+    deviation (unbiased, over K) times ``std_scale`` (one factor per target, fitted on
+    structures no member trained on: `deepergat.uncertainty.calibration_scale`).
+
+    Args:
+        members: K ≥ 2.
+        std_scale: [T] calibration factors (default 1: the raw spread).
+        **member_config: `DeeperGATGNN` constructor arguments, shared by every member.
+
+    Shapes:
+        Inputs as `DeeperGATGNN`. Outputs: (prediction [C, T], embedding [C, D], std [C, T]).
+    """
+
+    def __init__(self, *, members: int, std_scale: list[float] | None = None,
+                 **member_config: Any) -> None:
+        super().__init__()
+        if int(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+        self.members = nn.ModuleList(DeeperGATGNN(**member_config) for _ in range(int(members)))
+        first = self.members[0]
+        t = first.config["targets"]
+        scale = torch.ones(t) if std_scale is None else torch.tensor(std_scale)
+        self.register_buffer("std_scale", scale.to(torch.get_default_dtype()).reshape(t))
+        self.config: dict[str, Any] = {**first.config, "members": int(members)}
+
+    @property
+    def cutoff(self) -> float:
+        """Graph cutoff, Å."""
+        return float(self.config["cutoff"])
+
+    @property
+    def target_mean(self) -> Tensor:
+        """[T] the members' mean target mean (their scaling differs by training split)."""
+        return torch.stack([m.target_mean for m in self.members]).mean(0)
+
+    @property
+    def target_std(self) -> Tensor:
+        """[T] the members' mean target standard deviation (for the agreement rule)."""
+        return torch.stack([m.target_std for m in self.members]).mean(0)
+
+    def set_agat_form(self, form: Form) -> None:
+        """`DeeperGATGNN.set_agat_form` on every member."""
+        for m in self.members:
+            m.set_agat_form(form)
+        self.config["agat_form"] = check_form(form)
+
+    def set_std_scale(self, scale: Tensor | list[float]) -> None:
+        """Set the [T] calibration factors."""
+        self.std_scale.copy_(torch.as_tensor(scale, dtype=self.std_scale.dtype).reshape(-1))
+
+    def member_outputs(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """([K, C, T] member predictions, [K, C, D] member embeddings)."""
+        outs = [m(*inputs) for m in self.members]
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+
+    def forward(
+        self,
+        atomic_numbers: Tensor,
+        neighbors: Tensor,
+        distances: Tensor,
+        neighbor_mask: Tensor,
+        crystal_atoms: Tensor,
+        crystal_mask: Tensor,
+        batch: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean prediction [C, T], mean embedding [C, D], calibrated std [C, T])."""
+        preds, embs = self.member_outputs(atomic_numbers, neighbors, distances, neighbor_mask,
+                                          crystal_atoms, crystal_mask, batch)
+        mean = preds.mean(0)
+        k = preds.shape[0]
+        var = ((preds - mean) ** 2).sum(0) / (k - 1)
+        return mean, embs.mean(0), torch.sqrt(var) * self.std_scale
+
+    def forward_inputs(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """`forward` on a dict keyed by `INPUT_NAMES`."""
+        return self(*(inputs[name] for name in INPUT_NAMES))
+
+
+def build_from_config(config: dict[str, Any]) -> DeeperGATGNN | DeeperGATGNNEnsemble:
+    """The model a saved constructor-argument dict describes (an ensemble when it has
+    ``members``)."""
+    if "members" in config:
+        return DeeperGATGNNEnsemble(**config)
+    return DeeperGATGNN(**config)
 
 
 def count_parameters(model: nn.Module) -> int:

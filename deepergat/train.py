@@ -68,8 +68,10 @@ __all__ = [
     "cross_validate",
     "epoch_batches",
     "parse_max_time",
+    "plan_folds",
     "predict_rows",
     "train",
+    "train_ensemble",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,9 @@ class TrainConfig:
         cache_dir: graph cache folder (default next to the store).
         resume: continue from ``out/last.ckpt`` when it exists.
         cv: K-fold cross-validation (`cross_validate`).
+        ensemble: train this many members into ``ensemble.ckpt`` (`train_ensemble`).
+        members: how ensemble members differ: ``"folds"`` (the K folds of a cross-validation)
+            or ``"seeds"`` (one split, K seeds).
         model: further model constructor arguments (dim, heads, gaussians, dgn, skip, …).
         cutoff, max_neighbors, graph: graph settings (Å, count, ``periodic`` or
             ``minimum-image``).
@@ -131,6 +136,8 @@ class TrainConfig:
     cache_dir: str | None = None
     resume: bool = False
     cv: int | None = None
+    ensemble: int | None = None
+    members: str = "folds"
     model: dict[str, Any] = field(default_factory=dict)
     cutoff: float = 8.0
     max_neighbors: int = 12
@@ -169,7 +176,7 @@ class TrainConfig:
         from .graphs import GRAPH_CONSTRUCTIONS
 
         choices = {"graph": GRAPH_CONSTRUCTIONS, "lr_monitor": ("val", "train"),
-                   "keep": ("best", "last")}
+                   "keep": ("best", "last"), "members": ("folds", "seeds")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DeepergatError(f"{name}: {getattr(self, name)!r} is not one of "
@@ -879,8 +886,66 @@ def _best_model(path: Path, device: torch.device) -> DeeperGATGNN:
 # ----------------------------------------------------------------------------- cross-validation
 
 
+@dataclass
+class FoldPlan:
+    """How a cross-validation cuts its data (fixed by the configuration's seed).
+
+    Attributes:
+        splits: ``train`` the structures the folds partition, ``val`` the validation split
+            every member shares (maybe empty), ``test`` the held-out test split or None.
+        folds: K arrays of rows of ``splits.train``'s graph set.
+        distance_scale: the members' common ``distance_scale`` (None: the cutoff).
+    """
+
+    splits: RunSplits
+    folds: list[np.ndarray]
+    distance_scale: float | None
+
+
+def plan_folds(cfg: TrainConfig, k: int, *,
+               graph_progress: Callable[[int], None] | None = None) -> FoldPlan:
+    """Set aside the test and the shared validation split, then cut the rest into K folds.
+
+    Raises:
+        DeepergatError: fewer structures than folds, or no validation split while the recipe
+            needs one.
+    """
+    if k < 2:
+        raise DeepergatError(f"--cv {k}: need at least 2 folds")
+    base = dataclasses.replace(cfg, cv=None, ensemble=None)
+    full = make_splits(base, require_val=False, progress=graph_progress)
+    g, pool = full.train
+    if len(pool) < k:
+        raise DeepergatError(f"--cv {k}: only {len(pool)} usable training structures")
+    if not len(full.val[1]) and _needs_validation(cfg):
+        raise DeepergatError(
+            "--cv with --val-fraction 0 needs lr_monitor: train and keep: last (and no "
+            "--early-stop): nothing else may look at the held-out fold"
+        )
+    return FoldPlan(splits=full, folds=np.array_split(pool, k),
+                    distance_scale=resolve_distance_scale(cfg, g, pool))
+
+
+def _member_config(cfg: TrainConfig, out: Path, seed: int, scale: float | None) -> TrainConfig:
+    return dataclasses.replace(
+        cfg, out=str(out), seed=seed, distance_scale="cutoff" if scale is None else scale,
+        test_data=None, test_fraction=None, cv=None, ensemble=None,
+    )
+
+
+def _train_member(cfg: TrainConfig, splits: RunSplits,
+                  progress: Callable[[EpochRecord], None] | None) -> TrainResult:
+    res = train(cfg, splits=splits, progress=progress)
+    if res.stopped in ("signal", "max_time"):
+        raise DeepergatError(
+            f"stopped in {cfg.out} ({res.stopped}, last.ckpt written); continue with --resume"
+        )
+    return res
+
+
 def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], None] | None = None,
-                   graph_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   graph_progress: Callable[[int], None] | None = None,
+                   plan: FoldPlan | None = None) -> dict[str, Any]:
     """K-fold cross-validation over ``cfg.data``.
 
     The test split (``--test-fraction`` / ``--test-data``) and then the validation split
@@ -900,47 +965,25 @@ def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], N
         The ``cv_metrics.json`` document.
     """
     k = int(cfg.cv or 0)
-    if k < 2:
-        raise DeepergatError(f"--cv {cfg.cv}: need at least 2 folds")
-    base = dataclasses.replace(cfg, cv=None)
-    full = make_splits(base, require_val=False, progress=graph_progress)
+    plan = plan or plan_folds(cfg, k, graph_progress=graph_progress)
+    full, folds, scale = plan.splits, plan.folds, plan.distance_scale
     g, pool = full.train
-    if len(pool) < k:
-        raise DeepergatError(f"--cv {k}: only {len(pool)} usable training structures")
     g_val, val_rows = full.val
-    if not len(val_rows) and _needs_validation(cfg):
-        raise DeepergatError(
-            "--cv with --val-fraction 0 needs lr_monitor: train and keep: last (and no "
-            "--early-stop): nothing else may look at the held-out fold"
-        )
-    folds = np.array_split(pool, k)
-    scale = resolve_distance_scale(cfg, g, pool)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     y = g.targets[cfg.target]
     predicted = np.full(len(g), np.nan)
-    fold_of = np.full(len(g), -1)
     results: list[TrainResult] = []
     test_mae: list[float] = []
     for i in range(k):
         train_rows = np.concatenate([f for j, f in enumerate(folds) if j != i])
-        fold_cfg = dataclasses.replace(
-            base, out=str(out / f"fold-{i}"), seed=cfg.seed + i,
-            distance_scale="cutoff" if scale is None else scale, test_data=None,
-            test_fraction=None,
-        )
+        fold_cfg = _member_config(cfg, out / f"fold-{i}", cfg.seed + i, scale)
         splits = RunSplits(train=(g, train_rows), val=(g_val, val_rows), test=None)
         cb = (lambda r, i=i: progress(i, r)) if progress is not None else None
-        res = train(fold_cfg, splits=splits, progress=cb)
-        results.append(res)
-        if res.stopped in ("signal", "max_time"):
-            raise DeepergatError(
-                f"cross-validation stopped in fold {i} ({res.stopped}); continue with --resume"
-            )
+        results.append(_train_member(fold_cfg, splits, cb))
         member = _best_model(Path(fold_cfg.out) / "best.ckpt", torch.device("cpu"))
         pred, _ = predict_rows(member, g, folds[i], batch_size=cfg.batch_size)
         predicted[folds[i]] = pred[:, 0]
-        fold_of[folds[i]] = i
         if full.test is not None:
             g_test, test_rows = full.test
             tp, _ = predict_rows(member, g_test, test_rows, batch_size=cfg.batch_size)
@@ -968,6 +1011,92 @@ def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], N
                        test_mae_mean=float(np.mean(test_mae)))
     _write_oof(out / "oof.csv", [g.ids[r] for r in rows], y[rows], predicted[rows])
     with open(out / "cv_metrics.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def train_ensemble(cfg: TrainConfig, *,
+                   progress: Callable[[int, EpochRecord], None] | None = None,
+                   graph_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train ``cfg.ensemble`` members and assemble them into ``out/ensemble.ckpt``.
+
+    ``members: folds`` (default): the members are the folds of `cross_validate` (which also
+    writes ``oof.csv`` and ``cv_metrics.json``); every structure outside the shared validation
+    and test splits trains K − 1 members. ``members: seeds``: K runs on one train/validation
+    split with seeds ``seed … seed + K − 1`` in ``out/member-k``. Either way the spread is
+    calibrated on the validation split, which no member trained on (`deepergat.ensemble`), and
+    ``ensemble_metrics.json`` reports the ensemble on the validation split (where it was
+    calibrated) and on the test split, if any (where it was not).
+
+    Returns:
+        The ``ensemble_metrics.json`` document.
+
+    Raises:
+        DeepergatError: fewer than 2 members, ``--cv`` different from ``--ensemble``, no
+            validation split to calibrate on, or a member that stopped early on a signal.
+    """
+    from .ensemble import assemble, calibrate, member_predictions
+    from .uncertainty import uncertainty_metrics
+
+    k = int(cfg.ensemble or 0)
+    if k < 2:
+        raise DeepergatError(f"--ensemble {cfg.ensemble}: an ensemble needs at least 2 members")
+    if cfg.cv and cfg.cv != k:
+        raise DeepergatError(f"--cv {cfg.cv} and --ensemble {k} differ; give one of them")
+    out = Path(cfg.out)
+    summary: dict[str, Any] = {"members": k, "member_kind": cfg.members}
+    if cfg.members == "folds":
+        plan = plan_folds(cfg, k, graph_progress=graph_progress)
+        if not len(plan.splits.val[1]):
+            raise DeepergatError("--ensemble calibrates its spread on the validation split, "
+                                 "which no member trains on: give --val-fraction > 0")
+        summary["cv"] = cross_validate(dataclasses.replace(cfg, cv=k, ensemble=None),
+                                       progress=progress, plan=plan)
+        splits = plan.splits
+        dirs = [out / f"fold-{i}" for i in range(k)]
+    else:
+        splits = make_splits(dataclasses.replace(cfg, ensemble=None), progress=graph_progress)
+        if not len(splits.val[1]):
+            raise DeepergatError("--ensemble calibrates its spread on the validation split, "
+                                 "which no member trains on: give --val-fraction > 0")
+        g, train_rows = splits.train
+        scale = resolve_distance_scale(cfg, g, train_rows)
+        dirs = [out / f"member-{i}" for i in range(k)]
+        member_splits = RunSplits(train=splits.train, val=splits.val, test=None)
+        for i in range(k):
+            cb = (lambda r, i=i: progress(i, r)) if progress is not None else None
+            _train_member(_member_config(cfg, dirs[i], cfg.seed + i, scale), member_splits, cb)
+    paths = [d / "best.ckpt" for d in dirs]
+    datas = [read_checkpoint(p) for p in paths]
+    ensemble, elements = assemble(datas, names=[str(p) for p in paths],
+                                  allow_element_differences=True)
+    g_val, val_rows = splits.val
+    y_val = g_val.targets[cfg.target][val_rows][:, None]
+    calibration = calibrate(ensemble, g_val, val_rows, y_val, target_names=[cfg.target],
+                            source=f"validation split of {cfg.val_data or cfg.data}",
+                            batch_size=cfg.batch_size)
+    summary["validation"] = {"n": calibration["n"], **calibration["metrics"][cfg.target],
+                             "note": "the spread was calibrated on these structures"}
+    if splits.test is not None and len(splits.test[1]):
+        g_test, test_rows = splits.test
+        preds = member_predictions(ensemble, g_test, test_rows, batch_size=cfg.batch_size)
+        mean = preds.mean(0)[:, 0]
+        std = preds.std(0, ddof=1)[:, 0] * float(calibration["std_scale"][0])
+        y = g_test.targets[cfg.target][test_rows]
+        summary["test"] = {"n": len(test_rows), "mae": float(np.abs(y - mean).mean()),
+                           "member_mae": [float(np.abs(y - p[:, 0]).mean()) for p in preds],
+                           **uncertainty_metrics(y, mean, std)}
+    first = datas[0]
+    members_info = [{"path": str(p.relative_to(out)), "seed": cfg.seed + i,
+                     "best_epoch": int(d["extra"].get("best_epoch", 0))}
+                    for i, (p, d) in enumerate(zip(paths, datas, strict=True))]
+    atomic_save(make_checkpoint(
+        ensemble, targets=first["targets"], units=first["units"], elements=elements,
+        store_digest=first.get("store_digest", ""), calibration=calibration,
+        extra={"config": cfg.to_dict(), "members": members_info},
+    ), out / "ensemble.ckpt")
+    summary["checkpoint"] = str(out / "ensemble.ckpt")
+    with open(out / "ensemble_metrics.json", "w") as f:
         json.dump(summary, f, indent=2)
     return summary
 

@@ -35,7 +35,8 @@ def test_round_trip_rebuilds_the_model(tmp_path: Path) -> None:
     path, model = _saved(tmp_path)
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == CHECKPOINT_FORMAT == 1
-    assert raw["model"]["dim"] == 16 and raw["graph"] == {"cutoff": 7.0, "max_neighbors": 10}
+    assert raw["model"]["dim"] == 16
+    assert raw["graph"] == {"cutoff": 7.0, "max_neighbors": 10, "construction": "periodic"}
     assert raw["elements"] == [1, 8, 22]
     ck = load_checkpoint(path)
     assert not ck.model.training
@@ -53,7 +54,7 @@ def test_metadata_document(tmp_path: Path) -> None:
     meta = metadata(path)
     json.dumps(meta)  # JSON-serializable
     assert meta["format"] == 1
-    assert meta["graph"] == {"cutoff": 7.0, "max_neighbors": 10}
+    assert meta["graph"] == {"cutoff": 7.0, "max_neighbors": 10, "construction": "periodic"}
     assert meta["targets"] == [{"name": "heat_ref", "units": "eV", "mean": 1.0, "std": 0.5}]
     assert meta["elements"] == [1, 8, 22]
     assert len(meta["source_sha256"]) == 64

@@ -53,7 +53,7 @@ def test_metadata(exported_tiny, reference, fmt):
     assert meta["format"] == EXPORT_FORMAT
     assert meta["checkpoint_format"] == src["format"]
     assert meta["model"]["dim"] == 16 and meta["model"]["layers"] == 2
-    assert meta["graph"] == {"cutoff": 8.0, "max_neighbors": 12}
+    assert meta["graph"] == {"cutoff": 8.0, "max_neighbors": 12, "construction": "periodic"}
     assert meta["targets"] == [{"name": "heat_ref", "units": "eV", "mean": pytest.approx(-1.2),
                                 "std": pytest.approx(0.8)}]
     assert meta["elements"] == list(range(1, 84))

@@ -420,6 +420,12 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
     u = f" {result.units}" if result.units else ""
     click.echo(f"{result.target}: MAE {result.mae:.5g}{u}  RMSE {result.rmse:.5g}{u}  "
                f"R² {result.r2:.4f}  n {result.n}")
+    if result.uncertainty:
+        m = result.uncertainty
+        rho = m["spearman_std_abs_error"]
+        click.echo(f"  spread: |error| ≤ σ for {m['coverage_1sigma']:.3f}, ≤ 2σ for "
+                   f"{m['coverage_2sigma']:.3f}; Spearman(σ, |error|) "
+                   f"{'-' if rho is None else f'{rho:.3f}'}; mean σ {m['mean_std']:.4g}{u}")
     if result.skipped:
         click.echo(f"left out {result.skipped} structures (failed checks or no label)", err=True)
     if plot:
@@ -446,7 +452,8 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
     (.onnx, .pt, .pt2, .aoti.pt2) or a bundled model name.
 
     Rows are id,<target>...,status (status codes as in deepergat-screen; a structure with
-    status other than 0 has an empty value).
+    status other than 0 has an empty value); an ensemble adds <target>_std after each target:
+    id,<target>,<target>_std,status.
 
     \b
     Examples:
@@ -468,10 +475,19 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
     handle = open(csv_path, "w", newline="") if csv_path else sys.stdout  # noqa: SIM115
     try:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["id", *ck.targets, "status"])
+        header = [c for t in ck.targets for c in ((t, f"{t}_std") if ck.has_std else (t,))]
+        writer.writerow(["id", *header, "status"])
         counts: dict[int, int] = {}
+
+        def text(v: float) -> str:
+            return "" if math.isnan(v) else f"{v:.6g}"
+
         for row in rows:
-            values = ["" if math.isnan(v) else f"{v:.6g}" for v in row.values.tolist()]
+            if row.std is None:
+                values = [text(v) for v in row.values.tolist()]
+            else:
+                values = [text(x) for v, s in zip(row.values.tolist(), row.std.tolist(),
+                                                   strict=True) for x in (v, s)]
             writer.writerow([row.id, *values, row.status])
             counts[row.status] = counts.get(row.status, 0) + 1
     finally:

@@ -91,11 +91,13 @@ def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu") -> Any
 
 @dataclass
 class PredictionRow:
-    """One structure's result: id, [T] values (NaN unless status is 0), status code."""
+    """One structure's result: id, [T] values (NaN unless status is 0), status code, and for
+    an ensemble the [T] calibrated spread (else None)."""
 
     id: str
     values: np.ndarray
     status: int
+    std: np.ndarray | None = None
 
 
 def _is_store(path: Path) -> bool:
@@ -112,9 +114,8 @@ def _is_store(path: Path) -> bool:
     return fmt == "deepergat-structures"
 
 
-def _predict_store(model: Any, path: Path, *, cutoff: float, max_neighbors: int,
-                   max_atoms: int, overlap_threshold: float, batch_size: int,
-                   device: Any) -> Iterator[PredictionRow]:
+def _predict_store(model: Any, path: Path, *, max_atoms: int, overlap_threshold: float,
+                   batch_size: int) -> Iterator[PredictionRow]:
     from .graphs import build_inputs
     from .store import Store
 
@@ -123,19 +124,24 @@ def _predict_store(model: Any, path: Path, *, cutoff: float, max_neighbors: int,
         for chunk in store.iter_chunks(_CHUNK):
             for a in range(0, len(chunk), batch_size):
                 part = chunk.select(np.arange(a, min(a + batch_size, len(chunk))))
-                g = build_inputs(part, cutoff=cutoff, max_neighbors=max_neighbors,
-                                 max_atoms=max_atoms, max_z=_MAX_Z,
-                                 overlap_threshold=overlap_threshold)
+                g = build_inputs(part, **model.graph_settings, max_atoms=max_atoms,
+                                 max_z=_MAX_Z, overlap_threshold=overlap_threshold)
                 values = np.full((len(part), n_targets), np.nan, dtype=np.float32)
+                std = values.copy() if model.has_std else None
                 status = g.status.astype(np.int64)
                 if len(g.rows):
-                    pred = model.predict(g.inputs)[0]
-                    values[g.rows] = pred
-                    bad = ~np.isfinite(pred).all(1)
+                    out = model.predict(g.inputs)
+                    values[g.rows] = out.prediction
+                    bad = ~np.isfinite(out.prediction).all(1)
+                    if std is not None and out.std is not None:
+                        std[g.rows] = out.std
+                        bad |= ~np.isfinite(out.std).all(1)
+                        std[g.rows[bad]] = np.nan
                     status[g.rows[bad]] = 7
                     values[g.rows[bad]] = np.nan
                 for k in range(len(part)):
-                    yield PredictionRow(part.ids[k], values[k], int(status[k]))
+                    yield PredictionRow(part.ids[k], values[k], int(status[k]),
+                                        None if std is None else std[k])
 
 
 def predict_inputs(
@@ -168,9 +174,8 @@ def predict_inputs(
 
     def rows() -> Iterator[PredictionRow]:
         files: list[Path] = []
-        settings = dict(cutoff=ck.cutoff, max_neighbors=ck.max_neighbors, max_atoms=max_atoms,
-                        overlap_threshold=overlap_threshold, batch_size=batch_size,
-                        device=device)
+        settings = dict(max_atoms=max_atoms, overlap_threshold=overlap_threshold,
+                        batch_size=batch_size)
 
         def flush() -> Iterator[PredictionRow]:
             if not files:
@@ -204,6 +209,10 @@ class EvaluationResult:
         target, units: the evaluated target. n: structures evaluated.
         mae, rmse, r2: in the target's units (R² unitless).
         y_true, y_pred: [n] float64 values. ids: [n]. skipped: structures left out (status ≠ 0).
+        y_std: [n] float64 calibrated spread of an ensemble, else None.
+        uncertainty: for an ensemble, `deepergat.uncertainty.uncertainty_metrics` of the
+            spread (``coverage_1sigma``, ``coverage_2sigma``, ``spearman_std_abs_error``,
+            ``mean_std``), else None.
     """
 
     target: str
@@ -216,16 +225,19 @@ class EvaluationResult:
     y_pred: np.ndarray
     ids: list[str]
     skipped: int = 0
+    y_std: np.ndarray | None = None
+    uncertainty: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"target": self.target, "units": self.units, "n": self.n, "mae": self.mae,
-                "rmse": self.rmse, "r2": self.r2}
+                "rmse": self.rmse, "r2": self.r2, **(self.uncertainty or {})}
 
 
 def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], target: str, *,
              batch_size: int = 100, device: str = "cpu",
              cache_dir: str | os.PathLike[str] | None = None) -> EvaluationResult:
-    """MAE, RMSE and R² of a checkpoint on a labelled store.
+    """MAE, RMSE and R² of a model on a labelled store (and, for an ensemble, how well its
+    spread describes the errors).
 
     Raises:
         DeepergatError: the model lacks the target, the store lacks it (lists the available
@@ -239,7 +251,7 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], t
             f"{ck.path}: the model predicts {', '.join(ck.targets)}, not {target!r}"
         )
     column = ck.targets.index(target)
-    g = load_graphs(data, cutoff=ck.cutoff, max_neighbors=ck.max_neighbors, cache_dir=cache_dir)
+    g = load_graphs(data, **ck.graph_settings, cache_dir=cache_dir)
     if not g.targets:
         raise DeepergatError(f"{data}: the store has no targets; pack it with --target")
     if target not in g.targets:
@@ -252,17 +264,22 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], t
     skipped = len(g) - len(rows)
     if len(rows) == 0:
         raise DeepergatError(f"{data}: no structure with a finite {target!r} passes the checks")
-    pred = np.concatenate([ck.predict(g.batch(rows[a : a + batch_size]))[0]
-                           for a in range(0, len(rows), batch_size)])
-    y_pred = pred[:, column].astype(np.float64)
+    outs = [ck.predict(g.batch(rows[a : a + batch_size])) for a in range(0, len(rows), batch_size)]
+    y_pred = np.concatenate([o.prediction for o in outs])[:, column].astype(np.float64)
     y_true = y_all[rows]
     err = y_pred - y_true
     ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
     r2 = 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else math.nan
+    y_std = uncertainty = None
+    if ck.has_std:
+        from .uncertainty import uncertainty_metrics
+
+        y_std = np.concatenate([o.std for o in outs])[:, column].astype(np.float64)
+        uncertainty = uncertainty_metrics(y_true, y_pred, y_std)
     return EvaluationResult(
         target=target, units=ck.units[column], n=len(rows), mae=float(np.abs(err).mean()),
         rmse=float(np.sqrt((err**2).mean())), r2=r2, y_true=y_true, y_pred=y_pred,
-        ids=[g.ids[r] for r in rows], skipped=skipped,
+        ids=[g.ids[r] for r in rows], skipped=skipped, y_std=y_std, uncertainty=uncertainty,
     )
 
 

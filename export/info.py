@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.files import file_sha256
+from deepergat.graphs import graph_settings
 
 from .files import CHECKPOINT_KIND, read_metadata, sniff
 from .metadata import KINDS
@@ -55,9 +56,20 @@ def format_model(info: dict[str, Any], path: str) -> list[str]:
         units = f" [{t['units']}]" if t.get("units") else ""
         lines.append(f"  target           {t['name']}{units}: training mean {t['mean']:.6g}, "
                      f"std {t['std']:.6g}")
-    g = meta["graph"]
-    lines.append(f"  graph            cutoff {float(g['cutoff']):g} Å, max_neighbors "
-                 f"{g['max_neighbors']}")
+    g = graph_settings(meta["graph"])
+    lines.append(f"  graph            {g['construction']}, cutoff {g['cutoff']:g} Å, "
+                 f"max_neighbors {g['max_neighbors']}")
+    calibration = meta.get("calibration")
+    if calibration:
+        members = meta.get("model", {}).get("members", "?")
+        scales = ", ".join(f"{v:.4g}" for v in calibration.get("std_scale", []))
+        lines.append(f"  ensemble         {members} members; std calibrated ×{scales} on "
+                     f"{calibration.get('n', '?')} structures ({calibration.get('source', '?')})")
+        for name, m in (calibration.get("metrics") or {}).items():
+            lines.append(f"                   {name}: |error| ≤ 2σ for "
+                         f"{m.get('coverage_2sigma', float('nan')):.3f}, ≤ σ for "
+                         f"{m.get('coverage_1sigma', float('nan')):.3f}, Spearman(σ, |error|) "
+                         f"{m.get('spearman_std_abs_error') or float('nan'):.3f}")
     model = meta.get("model", {})
     lines.append("  model            " + ", ".join(f"{k} {v}" for k, v in model.items()))
     elements = meta.get("elements", [])

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.errors import DeepergatError
+from deepergat.graphs import graph_settings
 
-from .shapes import INPUT_NAMES
+from .shapes import INPUT_NAMES, OUTPUT_NAMES
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -75,9 +76,10 @@ def exported_metadata(
 
     Returns:
         JSON-ready dict: ``kind``, ``format`` (`EXPORT_FORMAT`), ``checkpoint_format``,
-        ``model``, ``graph`` {cutoff Å, max_neighbors}, ``targets`` [{name, units, mean, std}],
-        ``elements`` [Z], ``store_digest``, ``package_version``, ``source_sha256``,
-        ``inputs``, ``outputs``, ``exporter``, ``parity``.
+        ``model``, ``graph`` {cutoff Å, max_neighbors, construction}, ``targets`` [{name,
+        units, mean, std}], ``elements`` [Z], ``store_digest``, ``package_version``,
+        ``source_sha256``, ``inputs``, ``outputs``, ``exporter``, ``parity``; an ensemble's
+        adds ``calibration``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
@@ -88,20 +90,25 @@ def exported_metadata(
         "format": EXPORT_FORMAT,
         "checkpoint_format": int(source["format"]),
         "model": dict(source["model"]),
-        "graph": {
-            "cutoff": float(source["graph"]["cutoff"]),
-            "max_neighbors": int(source["graph"]["max_neighbors"]),
-        },
+        "graph": graph_settings(source["graph"]),
         "targets": [dict(t) for t in source["targets"]],
         "elements": [int(z) for z in source["elements"]],
         "store_digest": str(source.get("store_digest", "")),
         "package_version": __version__,
         "source_sha256": str(source.get("source_sha256", "")),
         "inputs": list(INPUT_NAMES),
-        "outputs": ["prediction", "embedding"],
+        "outputs": output_names(source),
         "exporter": dict(exporter),
         "parity": dict(parity) if parity is not None else None,
+        **({"calibration": dict(source["calibration"])} if source.get("calibration") else {}),
     }
+
+
+def output_names(meta: Mapping[str, Any]) -> list[str]:
+    """The outputs of the model a metadata document describes: ``prediction``, ``embedding``,
+    and for an ensemble (``model.members``) ``std``."""
+    names = list(OUTPUT_NAMES)
+    return [*names, "std"] if "members" in meta.get("model", {}) else names
 
 
 
@@ -163,6 +170,10 @@ def validate_metadata(meta: Mapping[str, Any], *, where: str) -> None:
     graph = meta["graph"]
     if not isinstance(graph, Mapping) or "cutoff" not in graph or "max_neighbors" not in graph:
         raise DeepergatError(f"{where}: damaged deepergat metadata: graph settings missing")
+    try:
+        graph_settings(graph)
+    except (TypeError, ValueError) as e:
+        raise DeepergatError(f"{where}: damaged deepergat metadata: graph settings: {e}") from None
     targets = meta["targets"]
     if not isinstance(targets, list) or not all(
         isinstance(t, Mapping) and {"name", "units", "mean", "std"} <= set(t) for t in targets
@@ -175,36 +186,42 @@ def check_settings(
     *,
     cutoff: float | None = None,
     max_neighbors: int | None = None,
+    graph: str | None = None,
     where: str = "model",
 ) -> None:
     """Check a caller's graph settings against the model's.
 
-    A model is only valid on graphs built with its own cutoff and neighbor count (DESIGN.md
-    "Graphs"); a mismatch is refused, never silently accepted.
+    A model is only valid on graphs built with its own cutoff, neighbor count and construction
+    (docs/design.md "Graphs"); a mismatch is refused, never silently accepted.
 
     Args:
-        meta: a metadata document (``graph`` {cutoff, max_neighbors}).
+        meta: a metadata document (``graph`` {cutoff, max_neighbors, construction}).
         cutoff: the caller's cutoff, Å (None: not checked).
         max_neighbors: the caller's neighbor count (None: not checked).
+        graph: the caller's graph construction (None: not checked).
         where: the model's name or path, for the message.
 
     Raises:
         DeepergatError: naming both values of each mismatched setting.
     """
-    graph = meta["graph"]
+    settings = meta["graph"]
     problems = []
     if cutoff is not None:
-        want = float(graph["cutoff"])
+        want = float(settings["cutoff"])
         if not math.isclose(float(cutoff), want, rel_tol=_CUTOFF_RTOL, abs_tol=0.0):
             problems.append(
                 f"cutoff {float(cutoff):g} Å given, the model was trained with {want:g} Å"
             )
     if max_neighbors is not None:
-        want_k = int(graph["max_neighbors"])
+        want_k = int(settings["max_neighbors"])
         if int(max_neighbors) != want_k:
             problems.append(
                 f"max_neighbors {int(max_neighbors)} given, the model was trained with {want_k}"
             )
+    if graph is not None:
+        want_g = graph_settings(meta["graph"])["construction"]
+        if graph != want_g:
+            problems.append(f"graph {graph!r} given, the model was trained with {want_g!r}")
     if problems:
         raise DeepergatError(
             f"{where}: graph settings do not match the model: {'; '.join(problems)}; "

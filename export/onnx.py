@@ -173,7 +173,7 @@ def write_onnx(
                 dynamo=True,
                 dynamic_shapes=dynamic_shapes(),
                 input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(metadata.get("outputs", OUTPUT_NAMES)),
                 opset_version=opset,
                 optimize=True,
                 verbose=False,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deepergat.graphs import build_inputs
+from deepergat.graphs import DEFAULT_GRAPH, GraphConstruction, build_inputs
 from deepergat.store import StructureBatch
 
 __all__ = [
@@ -44,7 +44,8 @@ BIG_BATCH = 2048
 #: Batch size of the chunked pass over the check structures.
 CHUNK = 64
 
-Outputs = tuple[np.ndarray, np.ndarray]
+#: (prediction [C, T], embedding [C, D]) or, for an ensemble, (..., std [C, T]).
+Outputs = tuple[np.ndarray, ...]
 
 
 def tolerance(reference: np.ndarray, std: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -88,9 +89,8 @@ class ParityCase:
     ids: list[str]
 
 
-def _case(label: str, batch: StructureBatch, cutoff: float, max_neighbors: int) -> ParityCase:
-    g = build_inputs(batch, cutoff=cutoff, max_neighbors=max_neighbors, max_z=100,
-                     overlap_threshold=None)
+def _case(label: str, batch: StructureBatch, settings: Mapping[str, Any]) -> ParityCase:
+    g = build_inputs(batch, **settings, max_z=100, overlap_threshold=None)
     return ParityCase(label, g.inputs, [batch.ids[int(r)] for r in g.rows])
 
 
@@ -99,6 +99,7 @@ def parity_cases(
     *,
     cutoff: float,
     max_neighbors: int,
+    graph: GraphConstruction = DEFAULT_GRAPH,
     edge_cases: Mapping[str, StructureBatch] | None = None,
     big_batch: int = BIG_BATCH,
     chunk: int = CHUNK,
@@ -115,20 +116,21 @@ def parity_cases(
 
     Args:
         structures: the check structures (≥ 256 for an export).
-        cutoff, max_neighbors: the model's graph settings.
+        cutoff, max_neighbors, graph: the model's graph settings.
         edge_cases: label -> batch (`deepergat.export.samples.edge_case_structures`).
         big_batch: size of the large batch (0: none).
         chunk: structures per chunk.
     """
+    settings = {"cutoff": cutoff, "max_neighbors": max_neighbors, "graph": graph}
     cases = []
     for k, a in enumerate(range(0, len(structures), chunk)):
         rows = np.arange(a, min(a + chunk, len(structures)))
-        cases.append(_case(f"chunk-{k}", structures.select(rows), cutoff, max_neighbors))
+        cases.append(_case(f"chunk-{k}", structures.select(rows), settings))
     if big_batch and len(structures):
         rows = np.arange(big_batch) % len(structures)
-        cases.append(_case(f"batch-{big_batch}", structures.select(rows), cutoff, max_neighbors))
+        cases.append(_case(f"batch-{big_batch}", structures.select(rows), settings))
     for label, batch in (edge_cases or {}).items():
-        cases.append(_case(label, batch, cutoff, max_neighbors))
+        cases.append(_case(label, batch, settings))
     return [c for c in cases if c.ids]
 
 
@@ -189,6 +191,13 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _spread(outputs: Sequence[Any]) -> np.ndarray | None:
+    """The std output of an outputs tuple, or None (single models)."""
+    if len(outputs) > 2 and outputs[2] is not None:
+        return np.asarray(outputs[2])
+    return None
+
+
 def compare(
     cases: Sequence[ParityCase],
     reference: Sequence[Outputs],
@@ -200,9 +209,13 @@ def compare(
 ) -> ParityResult:
     """Compare candidate outputs with reference outputs case by case.
 
+    An ensemble's spread is ruled like its predictions (same tolerance, reported as
+    ``<target>_std``).
+
     Args:
         cases: the parity batches.
-        reference: per case, (prediction [C, T], embedding [C, D]) of the reference.
+        reference: per case, (prediction [C, T], embedding [C, D][, std [C, T]]) of the
+            reference.
         candidate: a function inputs -> outputs (called once per case), or the outputs.
         std: [T] target training standard deviations.
         target_names: [T] names, for the report.
@@ -212,8 +225,12 @@ def compare(
         `ParityResult`; a wrong output shape or a non-finite value counts as a failure.
     """
     std_arr = np.asarray(std, dtype=np.float64)
+    names = list(target_names) or [str(k) for k in range(len(std_arr))]
+    spread = bool(reference) and _spread(reference[0]) is not None
+    if spread:
+        std_arr = np.concatenate([std_arr, std_arr])
+        names = [*names, *(f"{n}_std" for n in names)]
     t = len(std_arr)
-    names = list(target_names) or [str(k) for k in range(t)]
     max_diff = np.zeros(t)
     allowed_at_worst = np.full(t, np.nan)
     ratio_t = np.zeros(t)
@@ -225,10 +242,16 @@ def compare(
     ids_seen: set[str] = set()
     n_pred = 0
     for k, case in enumerate(cases):
-        y1, e1 = reference[k]
-        y2, e2 = candidate(case.inputs) if callable(candidate) else candidate[k]
-        y2 = np.asarray(y2)
-        e2 = np.asarray(e2)
+        ref = reference[k]
+        got = candidate(case.inputs) if callable(candidate) else candidate[k]
+        y1, e1 = ref[0], ref[1]
+        y2, e2 = np.asarray(got[0]), np.asarray(got[1])
+        if spread:
+            s2 = _spread(got)
+            if s2 is None:
+                s2 = np.full_like(y2, np.nan)
+            y1 = np.concatenate([y1, _spread(ref)], axis=1)
+            y2 = np.concatenate([y2, np.asarray(s2)], axis=1) if s2.shape == y2.shape else s2
         ids_seen.update(case.ids)
         n_pred += len(case.ids)
         if y2.shape != y1.shape or e2.shape != e1.shape:

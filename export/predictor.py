@@ -11,8 +11,9 @@ file                       backend                              imports
 bundled model name         its shipped ``.onnx`` (else .ckpt)   as above
 =========================  ===================================  ==============================
 
-Every predictor takes the DESIGN.md inputs as numpy arrays and returns numpy arrays, carries
-the file's metadata document, its sha256 and path, and checks a caller's graph settings.
+Every predictor takes the model inputs (docs/design.md) as numpy arrays and returns a
+`Prediction` of numpy arrays — with the calibrated spread ``std`` when the model is an ensemble —
+carries the file's metadata document, its sha256 and path, and checks a caller's graph settings.
 """
 
 from __future__ import annotations
@@ -24,19 +25,27 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 
 from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
+from deepergat.graphs import graph_settings
 
 from .files import CHECKPOINT_KIND, expect_kind
-from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_metadata
+from .metadata import (
+    EXTRA_FILE,
+    KINDS,
+    METADATA_KEY,
+    check_settings,
+    decode_metadata,
+    output_names,
+)
 from .resolve import resolve_model
 from .shapes import INPUT_NAMES
 
-__all__ = ["OnnxPredictor", "Predictor", "TorchPredictor", "load", "parse_device"]
+__all__ = ["OnnxPredictor", "Prediction", "Predictor", "TorchPredictor", "load", "parse_device"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,21 @@ INPUT_DTYPES: dict[str, np.dtype[Any]] = {
 }
 _NDIM = {"atomic_numbers": 1, "neighbors": 2, "distances": 2, "neighbor_mask": 2,
          "crystal_atoms": 2, "crystal_mask": 2, "batch": 1}
+
+
+class Prediction(NamedTuple):
+    """A batch's outputs.
+
+    Attributes:
+        prediction: [C, T] float32, in the targets' units (an ensemble: the members' mean).
+        embedding: [C, D] float32 pooled crystal vectors (an ensemble: the members' mean).
+        std: [C, T] float32 calibrated spread of an ensemble (same units), None for a single
+            model.
+    """
+
+    prediction: np.ndarray
+    embedding: np.ndarray
+    std: np.ndarray | None = None
 
 
 class Predictor:
@@ -109,6 +133,27 @@ class Predictor:
         return int(self.metadata["graph"]["max_neighbors"])
 
     @property
+    def graph(self) -> str:
+        """Graph construction: ``"periodic"`` or ``"minimum-image"``."""
+        return str(graph_settings(self.metadata["graph"])["construction"])
+
+    @property
+    def graph_settings(self) -> dict[str, Any]:
+        """Keyword arguments of `deepergat.graphs.build_inputs` for this model's graphs:
+        ``cutoff``, ``max_neighbors``, ``graph``."""
+        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "graph": self.graph}
+
+    @property
+    def members(self) -> int:
+        """Ensemble members (1 for a single model)."""
+        return int(self.metadata["model"].get("members", 1))
+
+    @property
+    def has_std(self) -> bool:
+        """Whether `predict` returns a calibrated spread (an ensemble)."""
+        return "std" in output_names(self.metadata)
+
+    @property
     def elements(self) -> list[int]:
         """Atomic numbers seen in training."""
         return [int(z) for z in self.metadata["elements"]]
@@ -119,16 +164,17 @@ class Predictor:
         return int(self.metadata["model"].get("dim", 64))
 
     def check_settings(
-        self, *, cutoff: float | None = None, max_neighbors: int | None = None
+        self, *, cutoff: float | None = None, max_neighbors: int | None = None,
+        graph: str | None = None,
     ) -> None:
         """Refuse graph settings that differ from the model's (`DeepergatError` naming both
         values)."""
-        check_settings(self.metadata, cutoff=cutoff, max_neighbors=max_neighbors,
+        check_settings(self.metadata, cutoff=cutoff, max_neighbors=max_neighbors, graph=graph,
                        where=str(self.path))
 
     # ------------------------------------------------------------------ prediction
 
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> Prediction:
         """Predict a batch.
 
         Args:
@@ -138,7 +184,8 @@ class Predictor:
                 bool, batch [N] int64. Other dtypes are converted.
 
         Returns:
-            (prediction [C, T] float32 in the targets' units, embedding [C, D] float32).
+            `Prediction`: prediction [C, T] float32 in the targets' units, embedding [C, D]
+            float32, and std [C, T] float32 for an ensemble (else None).
 
         Raises:
             DeepergatError: a missing input or one of the wrong rank.
@@ -147,10 +194,13 @@ class Predictor:
         c = arrays[INPUT_NAMES.index("crystal_atoms")].shape[0]
         if c == 0:
             t = len(self.metadata["targets"])
-            return np.zeros((0, t), np.float32), np.zeros((0, self.dim), np.float32)
-        prediction, embedding = self._run(arrays)
-        return (np.asarray(prediction, dtype=np.float32),
-                np.asarray(embedding, dtype=np.float32))
+            empty = np.zeros((0, t), np.float32)
+            return Prediction(empty, np.zeros((0, self.dim), np.float32),
+                              empty.copy() if self.has_std else None)
+        outputs = self._run(arrays)
+        std = np.asarray(outputs[2], dtype=np.float32) if len(outputs) > 2 else None
+        return Prediction(np.asarray(outputs[0], dtype=np.float32),
+                          np.asarray(outputs[1], dtype=np.float32), std)
 
     def _prepare(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in INPUT_NAMES if n not in inputs]
@@ -166,7 +216,8 @@ class Predictor:
             out.append(a)
         return out
 
-    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """(prediction, embedding[, std]) of one prepared batch."""
         raise NotImplementedError
 
 
@@ -185,24 +236,24 @@ class OnnxPredictor(Predictor):
         super().__init__(path, metadata, sha256, device)
         self.session = session
         self.providers: list[str] = list(session.get_providers())
-        self._outputs = ["prediction", "embedding"]
+        self._outputs = output_names(metadata)
 
-    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         feed = dict(zip(INPUT_NAMES, arrays, strict=True))
         try:
-            prediction, embedding = self.session.run(self._outputs, feed)
+            outputs = self.session.run(self._outputs, feed)
         except Exception as e:
             raise DeepergatError(
                 f"{self.path}: onnxruntime failed on the batch: {' '.join(str(e).split())[:300]}"
             ) from e
-        return prediction, embedding
+        return tuple(outputs)
 
 
 class TorchPredictor(Predictor):
     """A TorchScript file, a ``torch.export`` program or a checkpoint on PyTorch.
 
     Attributes:
-        module: the callable module (forward(7 tensors) -> (prediction, embedding)).
+        module: the callable module (forward(7 tensors) -> (prediction, embedding[, std])).
     """
 
     def __init__(self, path: Path, module: Any, metadata: dict[str, Any], sha256: str,
@@ -211,7 +262,7 @@ class TorchPredictor(Predictor):
         self.module = module
         self.backend = backend
 
-    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         import torch
 
         dev = torch.device(self.device)
@@ -223,8 +274,8 @@ class TorchPredictor(Predictor):
         with torch.inference_mode(), (
             torch.jit.optimized_execution(False) if plain else contextlib.nullcontext()
         ):
-            prediction, embedding = self.module(*tensors)
-        return prediction.float().cpu().numpy(), embedding.float().cpu().numpy()
+            outputs = self.module(*tensors)
+        return tuple(t.float().cpu().numpy() for t in outputs)
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -239,6 +290,7 @@ def load(
     inter_op_threads: int | None = None,
     cutoff: float | None = None,
     max_neighbors: int | None = None,
+    graph: str | None = None,
     optimization: str = "all",
 ) -> Predictor:
     """Load a model file or a bundled model for prediction.
@@ -255,7 +307,8 @@ def load(
         inter_op_threads: ONNX Runtime inter-op threads (> 1 runs independent nodes in
             parallel; measured slower for this model, see ``benchmarks/bench_infer.py``).
             None: sequential. Torch backends ignore it.
-        cutoff, max_neighbors: the caller's graph settings, checked against the model's.
+        cutoff, max_neighbors, graph: the caller's graph settings (Å, count, construction),
+            checked against the model's.
         optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
             ``extended``, ``all``).
 
@@ -276,7 +329,7 @@ def load(
                                           optimization=optimization)
     else:
         predictor = _load_torch(path, kind, device=device, device_id=device_id, threads=threads)
-    predictor.check_settings(cutoff=cutoff, max_neighbors=max_neighbors)
+    predictor.check_settings(cutoff=cutoff, max_neighbors=max_neighbors, graph=graph)
     log.info("loaded %s (%s on %s)", path, predictor.backend, predictor.device)
     return predictor
 

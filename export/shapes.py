@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from deepergat.graphs import INPUT_NAMES, OUTPUT_NAMES, build_inputs
+from deepergat.graphs import (
+    DEFAULT_GRAPH,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    GraphConstruction,
+    build_inputs,
+)
 
 from .samples import parity_structures
 
@@ -37,7 +43,8 @@ def sizes(inputs: dict[str, np.ndarray]) -> dict[str, int]:
     return {"N": int(n), "K": int(k), "C": int(c), "A": int(a)}
 
 
-def example_inputs(cutoff: float, max_neighbors: int) -> dict[str, np.ndarray]:
+def example_inputs(cutoff: float, max_neighbors: int,
+                   graph: GraphConstruction = DEFAULT_GRAPH) -> dict[str, np.ndarray]:
     """A small batch whose sizes are all ≥ 2 and pairwise distinct, with padding in both masks.
 
     Built from the deterministic parity structures: a 10-atom supercell, a perovskite cell and
@@ -55,7 +62,7 @@ def example_inputs(cutoff: float, max_neighbors: int) -> dict[str, np.ndarray]:
     rows = big + small + clusters[:1]
     for extra in range(len(pool)):
         g = build_inputs(pool.select(np.array(rows)), cutoff=cutoff, max_neighbors=max_neighbors,
-                         max_z=100, overlap_threshold=None)
+                         graph=graph, max_z=100, overlap_threshold=None)
         s = sizes(g.inputs)
         padded = (~g.inputs["neighbor_mask"]).any() and (~g.inputs["crystal_mask"]).any()
         distinct = len(set(s.values())) == 4

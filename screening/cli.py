@@ -22,6 +22,7 @@ _EPILOG = """
 Examples:
   deepergat-screen --input candidates.h5
   deepergat-screen --input candidates.h5 --model model.onnx --top 100 --embeddings
+  deepergat-screen --input candidates.h5 --model ensemble.onnx --top 100 --rank-by upper
   mpiexec -n 4 deepergat-screen --input candidates.h5 --output cands.h5
   srun -n 8 --mpi=pmi2 deepergat-screen --input candidates.h5 --device cuda
   deepergat-screen --input candidates.h5 --shard 3/16          # one array task's share
@@ -102,6 +103,12 @@ def _summary(result: Any) -> list[str]:
               help="Write the K best structures to <output stem>.top.csv.")
 @click.option("--top-order", default="asc", show_default=True,
               type=click.Choice(["asc", "desc"]), help="asc: lowest first; desc: highest first.")
+@click.option("--rank-by", default="mean", show_default=True,
+              type=click.Choice(["mean", "lower", "upper"]),
+              help="Rank the top K by the prediction, or (an ensemble) by the bound mean - k*std "
+                   "(lower) or mean + k*std (upper).")
+@click.option("--rank-k", default=1.0, show_default=True, type=float, metavar="k",
+              help="k of the --rank-by bound, in calibrated standard deviations.")
 @click.option("--no-resume", is_flag=True, help="Discard committed parts and start clean.")
 @click.option("--merge-only", is_flag=True,
               help="Only merge committed parts (names missing chunks and fails when any are).")
@@ -119,6 +126,8 @@ def screen(
     embeddings: bool,
     top: int | None,
     top_order: str,
+    rank_by: str,
+    rank_k: float,
     no_resume: bool,
     merge_only: bool,
     verbose: int,
@@ -139,6 +148,7 @@ def screen(
         chunk_size=chunk_size, device=device, workers=workers, shard=shard,
         max_atoms=max_atoms, overlap_threshold=overlap_threshold, embeddings=embeddings,
         top=top, top_order=top_order,  # type: ignore[arg-type]
+        rank_by=rank_by, rank_k=rank_k,  # type: ignore[arg-type]
         resume=not no_resume, merge_only=merge_only,
     )
     ranks = None

@@ -102,6 +102,7 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any]) -> MergeR
         )
     targets = manifest["targets"]
     emb_dim = int(manifest["embedding_dim"]) if manifest.get("embeddings") else None
+    spread = bool(manifest.get("spread", False))
     attrs = {
         "model": str(manifest["model"]),
         "model_sha256": str(manifest["model_sha256"]),
@@ -113,11 +114,12 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any]) -> MergeR
     result = MergeResult(path=parts.output, n_structures=plan.n_structures)
     with PredictionsWriter(
         parts.output, n_structures=plan.n_structures, targets=targets, embedding_dim=emb_dim,
-        attrs=attrs,
+        attrs=attrs, spread=spread,
     ) as w:
         for k in range(plan.n_chunks):
             a, b = plan.bounds(k)
-            rows = parts.read(k, start=a, stop=b, targets=len(targets), embedding_dim=emb_dim)
+            rows = parts.read(k, start=a, stop=b, targets=len(targets), embedding_dim=emb_dim,
+                              spread=spread)
             w.write(a, rows)
             result.status += np.bincount(rows.status, minlength=8)[:8]
             result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))

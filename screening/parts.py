@@ -201,6 +201,8 @@ class PartsDir:
                 f.create_dataset("predictions", data=rows.predictions.astype(np.float32))
                 if rows.embeddings is not None:
                     f.create_dataset("embeddings", data=rows.embeddings.astype(np.float32))
+                if rows.std is not None:
+                    f.create_dataset("std", data=rows.std.astype(np.float32))
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
@@ -211,12 +213,12 @@ class PartsDir:
         return final
 
     def read(self, k: int, *, start: int, stop: int, targets: int,
-             embedding_dim: int | None) -> Rows:
+             embedding_dim: int | None, spread: bool = False) -> Rows:
         """Chunk k's rows, checked against the plan.
 
         Raises:
             DeepergatError: a part that does not hold structures [start, stop) with ``targets``
-                predictions (and embeddings when asked), naming the file.
+                predictions (and embeddings, and the spread, when asked), naming the file.
         """
         path = self.part_path(k)
         try:
@@ -229,6 +231,7 @@ class PartsDir:
                     )
                 preds = f["predictions"][:]
                 emb = f["embeddings"][:] if "embeddings" in f else None
+                std = f["std"][:] if "std" in f else None
                 rows = Rows(
                     index=f["index"][:],
                     ids=[s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]],
@@ -236,6 +239,7 @@ class PartsDir:
                     flags=f["flags"][:],
                     predictions=preds,
                     embeddings=emb,
+                    std=std,
                 )
         except (OSError, KeyError) as e:
             raise DeepergatError(
@@ -244,7 +248,8 @@ class PartsDir:
             ) from None
         m = stop - start
         ok = (len(rows) == m and rows.predictions.shape == (m, targets)
-              and (embedding_dim is None or (emb is not None and emb.shape == (m, embedding_dim))))
+              and (embedding_dim is None or (emb is not None and emb.shape == (m, embedding_dim)))
+              and (not spread or (std is not None and std.shape == (m, targets))))
         if not ok:
             raise DeepergatError(
                 f"{path}: damaged part file (unexpected shapes); delete it and rerun the screen "

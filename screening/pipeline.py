@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -70,9 +70,10 @@ _PRELOAD = ["deepergat.graphs", "deepergat.screening.pipeline"]
 
 
 class Predictor(Protocol):
-    """What the pipeline needs of `deepergat.export.load`'s predictor."""
+    """What the pipeline needs of `deepergat.export.load`'s predictor: ``predict`` returning
+    (prediction, embedding, std or None)."""
 
-    def predict(self, inputs: Any) -> tuple[np.ndarray, np.ndarray]: ...
+    def predict(self, inputs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]: ...
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class FeaturizeSettings:
         max_atoms: status 2 above this. max_z: the model's element table is Z = 1..max_z.
         overlap_threshold: status 6 below this pair distance, Å.
         seen_elements: atomic numbers seen in training (others set flag bit 0).
+        graph: graph construction of the model (``periodic`` or ``minimum-image``).
     """
 
     cutoff: float
@@ -92,6 +94,7 @@ class FeaturizeSettings:
     max_z: int
     overlap_threshold: float
     seen_elements: tuple[int, ...]
+    graph: str = "periodic"
 
 
 @dataclass
@@ -103,8 +106,8 @@ class Featurized:
             are dropped once a worker has predicted them).
         flags: [m] uint8 flag bits of every structure of the batch.
         seconds: time spent in the neighbor search and flags.
-        prediction, embedding: [C, T] and [C, D] for ``graph.rows`` when a worker predicted
-            the batch, else None.
+        prediction, embedding, std: [C, T], [C, D] and [C, T] (an ensemble's spread) for
+            ``graph.rows`` when a worker predicted the batch, else None.
         predict_seconds: time the worker's predictor took.
     """
 
@@ -113,6 +116,7 @@ class Featurized:
     seconds: float
     prediction: np.ndarray | None = None
     embedding: np.ndarray | None = None
+    std: np.ndarray | None = None
     predict_seconds: float = 0.0
 
 
@@ -193,7 +197,7 @@ def featurize(batch: StructureBatch, settings: FeaturizeSettings) -> Featurized:
         _SEEN_CACHE[settings.seen_elements] = seen
     graph = build_inputs(
         batch, cutoff=settings.cutoff, max_neighbors=settings.max_neighbors,
-        max_atoms=settings.max_atoms, max_z=settings.max_z,
+        graph=settings.graph, max_atoms=settings.max_atoms, max_z=settings.max_z,
         overlap_threshold=settings.overlap_threshold,
     )
     flags = unseen_flags(batch, seen)
@@ -244,10 +248,11 @@ def featurize_predict(batch: StructureBatch, settings: FeaturizeSettings) -> Fea
     g = feat.graph
     if len(g.rows):
         t0 = time.perf_counter()
-        p, em = predictor.predict(g.inputs)
+        p, em, sd = predictor.predict(g.inputs)
         feat.predict_seconds = time.perf_counter() - t0
         feat.prediction = np.asarray(p, dtype=np.float32)
         feat.embedding = np.asarray(em, dtype=np.float32) if keep_embeddings else None
+        feat.std = None if sd is None else np.asarray(sd, dtype=np.float32)
     feat.graph = GraphBatch(inputs={}, rows=g.rows, status=g.status, n_edges=g.n_edges)
     return feat
 
@@ -290,6 +295,16 @@ class PipelineStats:
 _STOP = object()
 
 
+class _Predicted(NamedTuple):
+    """A model batch and its outputs (None when it had no status-0 structure)."""
+
+    feat: Featurized
+    prediction: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    std: np.ndarray | None = None
+    seconds: float = 0.0
+
+
 @dataclass
 class _Chunk:
     k: int
@@ -309,6 +324,7 @@ class Pipeline:
         settings: graph settings and checks.
         n_targets: T, predictions per structure.
         embedding_dim: D to keep embeddings, None to drop them.
+        spread: the model is an ensemble: keep its [C, T] spread.
         workers: neighbor-search processes (0: one thread in this process).
         worker_model: ``(model file, sha256)``: the workers also predict, each with its own
             single-threaded CPU session (on CPUs, processes scale where threads in one process
@@ -329,6 +345,7 @@ class Pipeline:
         *,
         n_targets: int,
         embedding_dim: int | None,
+        spread: bool = False,
         workers: int = 0,
         worker_model: tuple[str, str] | None = None,
         batch_atoms: int = DEFAULT_BATCH_ATOMS,
@@ -343,6 +360,7 @@ class Pipeline:
         self.settings = settings
         self.n_targets = n_targets
         self.embedding_dim = embedding_dim
+        self.spread = bool(spread)
         self.workers = max(0, int(workers))
         self.worker_model = worker_model if self.workers > 0 else None
         self.batch_atoms = batch_atoms
@@ -498,22 +516,23 @@ class Pipeline:
             raise errors[0]
         return stats
 
-    def _predict_batch(self, fut: Future[Featurized]
-                       ) -> tuple[Featurized, np.ndarray | None, np.ndarray | None, float]:
+    def _predict_batch(self, fut: Future[Featurized]) -> _Predicted:
         """Wait for a batch's inputs and predict its status-0 structures."""
         feat = fut.result()
         if not len(feat.graph.rows):
-            return feat, None, None, 0.0
+            return _Predicted(feat)
         if feat.prediction is not None:  # a worker predicted it
-            return feat, feat.prediction, feat.embedding, feat.predict_seconds
+            return _Predicted(feat, feat.prediction, feat.embedding, feat.std,
+                              feat.predict_seconds)
         t0 = time.perf_counter()
-        p, em = self.predictor.predict(feat.graph.inputs)
-        return feat, np.asarray(p), np.asarray(em), time.perf_counter() - t0
+        p, em, sd = self.predictor.predict(feat.graph.inputs)
+        return _Predicted(feat, np.asarray(p), np.asarray(em),
+                          None if sd is None else np.asarray(sd), time.perf_counter() - t0)
 
     def _finish_chunk(
         self,
         item: _Chunk,
-        jobs: list[tuple[Featurized, np.ndarray | None, np.ndarray | None, float]],
+        jobs: list[_Predicted],
         stats: PipelineStats,
     ) -> tuple[int, int, Rows]:
         """Assemble a chunk's rows from its batches; non-finite predictions become status 7."""
@@ -524,8 +543,9 @@ class Pipeline:
         preds = np.full((m, t), np.nan, dtype=np.float32)
         emb = (np.full((m, self.embedding_dim), np.nan, dtype=np.float32)
                if self.embedding_dim is not None else None)
+        spread = np.full((m, t), np.nan, dtype=np.float32) if self.spread else None
         for (s, e), job in zip(item.spans, jobs, strict=True):
-            feat, p, em, seconds = job
+            feat, p, em, sd, seconds = job
             stats.featurize += feat.seconds
             g = feat.graph
             status[s:e] = g.status
@@ -538,13 +558,20 @@ class Pipeline:
             preds[rows] = p.astype(np.float32, copy=False).reshape(len(rows), t)
             if emb is not None and em is not None:
                 emb[rows] = em.astype(np.float32, copy=False).reshape(len(rows), -1)
+            if spread is not None and sd is not None:
+                spread[rows] = sd.astype(np.float32, copy=False).reshape(len(rows), t)
         bad = (status == 0) & ~np.isfinite(preds).all(axis=1)
+        if spread is not None:
+            bad |= (status == 0) & ~np.isfinite(spread).all(axis=1)
         status[bad] = 7
         preds[status != 0] = np.nan
         if emb is not None:
             emb[status != 0] = np.nan
+        if spread is not None:
+            spread[status != 0] = np.nan
         rows_out = Rows(
             index=np.arange(item.start, item.start + m, dtype=np.int64),
             ids=item.ids, status=status, flags=flags, predictions=preds, embeddings=emb,
+            std=spread,
         )
         return item.k, item.start, rows_out

@@ -9,6 +9,8 @@ so a rerun can tell whether an existing file is its own. Datasets:
 ``index``              [M] int64           row in the input store
 ``ids``                [M] utf-8 string    structure ids
 ``predictions/<t>``    [M] float32         attr ``units``; NaN where status ≠ 0
+``std/<t>``            [M] float32         an ensemble's calibrated spread, same units; NaN
+                                           where the prediction is NaN
 ``status``             [M] uint8           DESIGN.md codes 0-7
 ``flags``              [M] uint8           bit 0: an element the model never saw in training
 ``embeddings``         [M, D] float32      optional
@@ -66,6 +68,7 @@ class Rows:
         flags: [m] uint8 flag bits.
         predictions: [m, T] float32 in the targets' units, NaN where status ≠ 0.
         embeddings: [m, D] float32 pooled crystal vectors (NaN where status ≠ 0), or None.
+        std: [m, T] float32 calibrated spread of an ensemble (NaN where status ≠ 0), or None.
     """
 
     index: np.ndarray
@@ -74,6 +77,7 @@ class Rows:
     flags: np.ndarray
     predictions: np.ndarray
     embeddings: np.ndarray | None = None
+    std: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -94,6 +98,7 @@ class PredictionsWriter:
         embedding_dim: D, or None for no ``embeddings`` dataset.
         attrs: root attributes (DESIGN.md's list); ``format``, ``version``, ``status_codes``
             and ``created_by`` are added.
+        spread: write the ``std`` group (an ensemble's calibrated spread).
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class PredictionsWriter:
         targets: Sequence[Mapping[str, Any]],
         embedding_dim: int | None,
         attrs: Mapping[str, Any],
+        spread: bool = False,
     ) -> None:
         self.path = Path(path)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
@@ -133,6 +139,11 @@ class PredictionsWriter:
             group = f.create_group("predictions", track_order=True)  # the model's target order
             for t in targets:
                 column(group, str(t["name"]), np.float32).attrs["units"] = str(t.get("units", ""))
+            if spread:
+                std = f.create_group("std", track_order=True)
+                for t in targets:
+                    column(std, str(t["name"]), np.float32).attrs["units"] = str(
+                        t.get("units", ""))
             if embedding_dim is not None:
                 column(f, "embeddings", np.float32, int(embedding_dim))
             a = f.attrs
@@ -157,6 +168,11 @@ class PredictionsWriter:
         f["flags"][start:b] = rows.flags
         for j, name in enumerate(self.targets):
             f[f"predictions/{name}"][start:b] = rows.predictions[:, j]
+        if "std" in f:
+            if rows.std is None:
+                raise ValueError("rows without std for a file with a std group")
+            for j, name in enumerate(self.targets):
+                f[f"std/{name}"][start:b] = rows.std[:, j]
         if "embeddings" in f:
             if rows.embeddings is None:
                 raise ValueError("rows without embeddings for a file with embeddings")
@@ -267,6 +283,8 @@ def describe_predictions(path: str | os.PathLike[str]) -> dict[str, Any]:
             for name, ds in f["predictions"].items():
                 targets[name] = {"units": _attr(ds.attrs.get("units", "")),
                                  **_stats(ds[:].astype(np.float64))}
+                if "std" in f:
+                    targets[name]["std_stats"] = _stats(f[f"std/{name}"][:].astype(np.float64))
             attrs = {k: _attr(f.attrs.get(k, "")) for k in
                      ("model", "model_sha256", "input", "input_digest", "created_by")}
             emb = int(f["embeddings"].shape[1]) if "embeddings" in f else None
@@ -302,6 +320,11 @@ def format_predictions(info: dict[str, Any], path: str) -> list[str]:
         label = "  predictions      " if k == 0 else "                   "
         lines.append(f"{label}{name}{units}: {t['count']} values, mean {_fmt(t['mean'])}, "
                      f"std {_fmt(t['std'])}, min {_fmt(t['min'])}, max {_fmt(t['max'])}")
+        spread = t.get("std_stats")
+        if spread:
+            lines.append(f"                   {name} ensemble spread (calibrated σ): mean "
+                         f"{_fmt(spread['mean'])}, min {_fmt(spread['min'])}, max "
+                         f"{_fmt(spread['max'])}")
     if info.get("embeddings"):
         lines.append(f"  embeddings       {info['embeddings']} wide")
     lines.append(f"  model            {info['model']} (sha256 {info['model_sha256'][:12]})")
@@ -327,37 +350,85 @@ def _take(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+RankBy = Literal["mean", "lower", "upper"]
+
+
+def _formulas(store_path: str | os.PathLike[str] | None, index: np.ndarray) -> list[str]:
+    """Reduced formulas of rows of the input store ("" when the store cannot be read: the
+    ranking does not depend on it)."""
+    if store_path is None or not len(index):
+        return [""] * len(index)
+    from deepergat.elements import formula
+    from deepergat.store import Store
+
+    try:
+        with Store(store_path) as store:
+            return [formula(store.atomic_numbers(int(r), int(r) + 1)) for r in index]
+    except (DeepergatError, OSError, KeyError) as e:
+        import logging
+
+        logging.getLogger(__name__).warning("no formulas in the top-K list: %s", e)
+        return [""] * len(index)
+
+
 def write_top_csv(
     path: str | os.PathLike[str],
     csv_path: str | os.PathLike[str],
     k: int,
     *,
     order: Literal["asc", "desc"] = "asc",
+    rank_by: RankBy = "mean",
+    rank_k: float = 1.0,
+    store: str | os.PathLike[str] | None = None,
 ) -> int:
-    """The K best structures by the first target as CSV ``rank,index,id,<target>[,...]``.
+    """The K best structures by the first target as CSV
+    ``rank,index,id,formula,<target>[,<target>_std]...,flags``.
 
-    NaN is never ranked; ties go to the lower index. Reads the predictions in blocks and keeps
-    K candidates, so memory is O(K + block).
+    The key is the prediction (``rank_by="mean"``) or, for an ensemble, a confidence bound:
+    ``lower`` = mean − k·std, ``upper`` = mean + k·std; ``order`` says whether the lowest or
+    the highest key comes first. NaN is never ranked; ties go to the lower index. Reads the
+    predictions in blocks and keeps K candidates, so memory is O(K + block).
 
     Args:
         path: a predictions file.
         csv_path: where to write (via a temporary file and rename).
         k: how many rows, ≥ 1.
         order: ``"asc"`` lowest first, ``"desc"`` highest first.
+        rank_by: ``"mean"``, ``"lower"`` or ``"upper"``.
+        rank_k: k of the bound, ≥ 0.
+        store: the input structure store, for the formula column (empty without it).
 
     Returns:
         The number of rows written (≤ K: fewer when fewer predictions are finite).
+
+    Raises:
+        DeepergatError: K < 1, an unknown ``rank_by``, a negative ``rank_k``, or a bound asked
+            of a file without an ensemble's spread.
     """
     if k < 1:
         raise DeepergatError(f"--top must be at least 1, got {k}")
+    if rank_by not in ("mean", "lower", "upper"):
+        raise DeepergatError(f"--rank-by {rank_by!r}: choose mean, lower or upper")
+    if not (rank_k >= 0 and math.isfinite(rank_k)):
+        raise DeepergatError(f"--rank-k must be a finite number ≥ 0, got {rank_k}")
     sign = 1.0 if order == "asc" else -1.0
+    bound = {"mean": 0.0, "lower": -float(rank_k), "upper": float(rank_k)}[rank_by]
     with h5py.File(path, "r") as f:
         names = list(f["predictions"])
+        spread = "std" in f
+        if rank_by != "mean" and not spread:
+            raise DeepergatError(
+                f"--rank-by {rank_by} ranks by mean ∓ k·std, but {path} has no std (the model is "
+                "not an ensemble); use --rank-by mean"
+            )
         first = names[0]
         m = int(f["status"].shape[0])
         best: list[tuple[float, int]] = []  # max-heap of (-key, -row) for the K smallest keys
         for a in range(0, m, _READ_ROWS):
-            v = f[f"predictions/{first}"][a : min(m, a + _READ_ROWS)].astype(np.float64)
+            b = min(m, a + _READ_ROWS)
+            v = f[f"predictions/{first}"][a:b].astype(np.float64)
+            if bound:
+                v = v + bound * f[f"std/{first}"][a:b].astype(np.float64)
             rows = np.flatnonzero(np.isfinite(v))
             if not len(rows):
                 continue
@@ -375,14 +446,21 @@ def write_top_csv(
         rows_out = np.array([r for _, r in ranked], dtype=np.int64)
         index = _take(f["index"], rows_out)
         ids = [_attr(s) for s in _take(f["ids"], rows_out)]
+        flags = _take(f["flags"], rows_out)
         values = {n: _take(f[f"predictions/{n}"], rows_out) for n in names}
+        stds = {n: _take(f[f"std/{n}"], rows_out) for n in names} if spread else {}
+        if store is None:
+            store = _attr(f.attrs.get("input", "")) or None
+    formulas = _formulas(store, index)
+    columns = [c for n in names for c in ((n, f"{n}_std") if spread else (n,))]
     out = Path(csv_path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["rank", "index", "id", *names])
+        w.writerow(["rank", "index", "id", "formula", *columns, "flags"])
         for j in range(len(rows_out)):
-            w.writerow([j + 1, int(index[j]), ids[j],
-                        *(str(np.float32(values[n][j])) for n in names)])
+            cells = [str(np.float32(src[n][j])) for n in names
+                     for src in ((values, stds) if spread else (values,))]
+            w.writerow([j + 1, int(index[j]), ids[j], formulas[j], *cells, int(flags[j])])
     os.replace(tmp, out)
     return len(rows_out)

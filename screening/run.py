@@ -26,6 +26,7 @@ import numpy as np
 from deepergat import __version__
 from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
+from deepergat.graphs import graph_settings
 from deepergat.launch import claim_token, shard_from_env
 from deepergat.store import Store, StructureBatch
 
@@ -88,6 +89,8 @@ class ScreenOptions:
     embeddings: bool = False
     top: int | None = None
     top_order: Literal["asc", "desc"] = "asc"
+    rank_by: Literal["mean", "lower", "upper"] = "mean"
+    rank_k: float = 1.0
     resume: bool = True
     merge_only: bool = False
     batch_atoms: int | None = None
@@ -167,6 +170,7 @@ class _Model:
     targets: list[dict[str, Any]]
     settings: FeaturizeSettings
     embedding_dim: int
+    spread: bool = False
 
 
 def _model_name(model: str) -> str:
@@ -196,8 +200,7 @@ def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
         raise DeepergatError(f"{model}: cannot load the model: {e}") from None
     meta = dict(predictor.metadata)
     try:
-        graph = meta["graph"]
-        cutoff, max_neighbors = float(graph["cutoff"]), int(graph["max_neighbors"])
+        graph = graph_settings(meta["graph"])
         targets = [dict(t) for t in meta["targets"]]
         seen = tuple(sorted(int(z) for z in meta.get("elements", [])))
     except (KeyError, TypeError, ValueError) as e:
@@ -205,10 +208,10 @@ def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
             f"{model}: model metadata lacks graph settings, targets or elements ({e}); re-export "
             "it with `deepergat export`"
         ) from None
-    max_z = int(meta.get("model", {}).get("max_z", MODEL_MAX_Z))
     settings = FeaturizeSettings(
-        cutoff=cutoff, max_neighbors=max_neighbors, max_atoms=int(max_atoms), max_z=max_z,
-        overlap_threshold=float(overlap_threshold), seen_elements=seen,
+        cutoff=graph["cutoff"], max_neighbors=graph["max_neighbors"], max_atoms=int(max_atoms),
+        max_z=MODEL_MAX_Z, overlap_threshold=float(overlap_threshold), seen_elements=seen,
+        graph=graph["construction"],
     )
     # Probe: one small crystal through the predictor checks it runs and gives T and D.
     z = seen[0] if seen else 14
@@ -218,11 +221,13 @@ def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
     }])
     g = featurize(probe, dataclasses.replace(settings, max_atoms=2, overlap_threshold=0.0)).graph
     try:
-        pred, emb = predictor.predict(g.inputs)
+        out = predictor.predict(g.inputs)
     except Exception as e:  # any runtime failure is a model-file problem
         raise DeepergatError(f"{model}: the model failed on a probe structure: {e}") from None
-    pred, emb = np.asarray(pred), np.asarray(emb)
-    if pred.shape != (1, len(targets)) or emb.ndim != 2 or emb.shape[0] != 1:
+    pred, emb = np.asarray(out.prediction), np.asarray(out.embedding)
+    spread = out.std is not None
+    if (pred.shape != (1, len(targets)) or emb.ndim != 2 or emb.shape[0] != 1
+            or (spread and np.shape(out.std) != pred.shape)):
         raise DeepergatError(
             f"{model}: the model returned prediction {pred.shape} and embedding {emb.shape} for "
             f"one crystal, expected (1, {len(targets)}) and (1, D)"
@@ -230,6 +235,7 @@ def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
     return _Model(
         predictor=predictor, name=_model_name(model), sha256=str(predictor.sha256),
         metadata=meta, targets=targets, settings=settings, embedding_dim=int(emb.shape[1]),
+        spread=spread,
     )
 
 
@@ -293,6 +299,7 @@ def _manifest(opts: ScreenOptions, inp: _Input, model: _Model, plan: Plan) -> di
         "overlap_threshold": float(opts.overlap_threshold),
         "embeddings": bool(opts.embeddings),
         "embedding_dim": model.embedding_dim,
+        "spread": model.spread,
         "targets": [{"name": str(t["name"]), "units": str(t.get("units", ""))}
                     for t in model.targets],
         "created_by": f"deepergat {__version__}",
@@ -308,6 +315,12 @@ def _same_output(identity: dict[str, Any], manifest: dict[str, Any]) -> bool:
     )
 
 
+def _write_top(opts: ScreenOptions, output: Path, csv_path: Path) -> None:
+    assert opts.top is not None
+    write_top_csv(output, csv_path, opts.top, order=opts.top_order, rank_by=opts.rank_by,
+                  rank_k=opts.rank_k, store=opts.input)
+
+
 def _check_options(opts: ScreenOptions) -> None:
     if opts.max_atoms < 1:
         raise DeepergatError(f"--max-atoms must be at least 1, got {opts.max_atoms}")
@@ -315,6 +328,8 @@ def _check_options(opts: ScreenOptions) -> None:
         raise DeepergatError(f"--overlap-threshold must be ≥ 0 Å, got {opts.overlap_threshold}")
     if opts.top is not None and opts.top < 1:
         raise DeepergatError(f"--top must be at least 1, got {opts.top}")
+    if not (opts.rank_k >= 0 and np.isfinite(opts.rank_k)):
+        raise DeepergatError(f"--rank-k must be a finite number ≥ 0, got {opts.rank_k}")
     if opts.workers is not None and opts.workers < 0:
         raise DeepergatError(f"--workers must be ≥ 0, got {opts.workers}")
     if opts.chunk_size < 1:
@@ -404,7 +419,7 @@ def merge_only(opts: ScreenOptions) -> ScreenResult:
             "without --merge-only first"
         )
     if top is not None and opts.top is not None:
-        write_top_csv(output, top, opts.top, order=opts.top_order)
+        _write_top(opts, output, top)
     log.info("merge-only for model %s: %s", name, result.outcome)
     return result
 
@@ -517,7 +532,7 @@ def _prepare(opts: ScreenOptions, ranks: Ranks
         raise AllRanksError(setup.error)
     if setup.done is not None:
         if setup.done.top_csv is not None and ranks.is_root and opts.top:
-            write_top_csv(output, setup.done.top_csv, opts.top, order=opts.top_order)
+            _write_top(opts, output, setup.done.top_csv)
         return setup.done
     plan = setup.plan
     assert plan is not None
@@ -600,7 +615,8 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
     total = int(sum(plan.bounds(k)[1] - plan.bounds(k)[0] for k in setup.todo))
     pipeline = Pipeline(
         opts.input, plan, model.predictor, model.settings, n_targets=len(model.targets),
-        embedding_dim=model.embedding_dim if opts.embeddings else None, workers=setup.workers,
+        embedding_dim=model.embedding_dim if opts.embeddings else None, spread=model.spread,
+        workers=setup.workers,
         worker_model=(str(model.predictor.path), model.sha256) if workers_predict else None,
         batch_atoms=batch_atoms, batch_edges=batch_edges,
     )
@@ -674,7 +690,7 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
     result.outcome = "merged"
     if opts.top:
         result.top_csv = top_csv_path(parts.output)
-        write_top_csv(parts.output, result.top_csv, opts.top, order=opts.top_order)
+        _write_top(opts, parts.output, result.top_csv)
     return result
 
 

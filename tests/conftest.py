@@ -9,16 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structure_helpers import SHARED_DATA
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """The shared data folder (skips when absent)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not present")
-    return SHARED_DATA
-
 
 # ---- model and training helpers (perovskite rows, tiny stores) ------------------------------
 # The helpers live in tests/model_helpers.py (a unique module name: `from conftest import`
@@ -27,7 +17,7 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def tiny_store(tmp_path: Path) -> Path:
-    """A 60-structure perovskite store with target heat_ref (eV) (skips without the data)."""
+    """A 60-structure perovskite store with target heat_ref (eV), from the fixture."""
     from model_helpers import perov_structures
 
     from deepergat.store import StructureBatch, write_store

@@ -7,25 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
-#: ../shared/data relative to the repository root; tests that need it skip when it is absent.
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The perovskite fixture (tests/data/README.md).
+PEROV = Path(__file__).resolve().parent / "data" / "perov5_sample.csv"
 
 
 _PEROV_CACHE: dict[str, dict] = {}
 
 
 def perov_structures(limit: int = 20, *, ids: tuple[str, ...] = ()) -> list[dict]:
-    """The first ``limit`` rows of perov5_dev.csv plus the rows with the given material ids, as
-    ``StructureBatch.from_structures`` dicts with target ``heat_ref`` (parsed with pymatgen;
-    skips when the data or pymatgen is absent)."""
+    """The first ``limit`` rows of the perovskite fixture (tests/data/perov5_sample.csv, 300
+    rows) plus the rows with the given material ids, as ``StructureBatch.from_structures`` dicts
+    with target ``heat_ref`` (parsed with pymatgen)."""
     import csv
 
-    path = DATA / "perov5_dev.csv"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    pytest.importorskip("pymatgen")
+    path = PEROV
     from pymatgen.core import Structure
 
     wanted = set(ids)

@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
-#: ../shared/data relative to the repository root; tests that need it skip when it is absent.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The fixtures cut from the public data sets (tests/data/README.md).
+DATA = Path(__file__).resolve().parent / "data"
 
 
-def shared_file(name: str) -> Path:
-    """A file from the shared data folder, or skip the test when it is absent."""
-    path = SHARED_DATA / name
+def data_file(name: str) -> Path:
+    """A fixture file of tests/data (a missing one is an error: the fixtures are committed)."""
+    path = DATA / name
     if not path.exists():
-        pytest.skip(f"{path} not present")
+        raise FileNotFoundError(f"{path}: test fixture missing from the repository")
     return path
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 from structure_helpers import (
+    data_file,
     disordered_structure,
     nacl_structure,
     pt_cluster,
-    shared_file,
     triclinic_structure,
 )
 
@@ -357,9 +357,9 @@ def test_progress_and_batches(tmp_path: Path) -> None:
 # ---- shared data sets -------------------------------------------------------------------------
 
 
-def test_perov5_full_file_equals_pymatgen(tmp_path: Path) -> None:
-    """Every row of perov5_dev.csv, packed by two workers, equals pymatgen's own parse."""
-    path = shared_file("perov5_dev.csv")
+def test_perov5_file_equals_pymatgen(tmp_path: Path) -> None:
+    """Every row of the perovskite fixture, packed by two workers, equals pymatgen's parse."""
+    path = data_file("perov5_sample.csv")
     result = pack(
         [path],
         tmp_path / "perov5.h5",
@@ -373,7 +373,7 @@ def test_perov5_full_file_equals_pymatgen(tmp_path: Path) -> None:
     csv.field_size_limit(1 << 30)
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert result.n_structures == len(rows) == 3787
+    assert result.n_structures == len(rows) == 300
     assert b.ids == [r["material_id"] for r in rows]
     lattice, positions, numbers = [], [], []
     for r in rows:
@@ -391,11 +391,11 @@ def test_perov5_full_file_equals_pymatgen(tmp_path: Path) -> None:
 
 
 def test_pt_clusters_matdeeplearn(tmp_path: Path) -> None:
-    with tarfile.open(shared_file("pt_clusters_1000.tar.gz")) as tar:
+    with tarfile.open(data_file("pt_clusters_100.tar.gz")) as tar:
         tar.extractall(tmp_path, filter="data")
     folder = tmp_path / "test_data"
     result = pack([folder], tmp_path / "pt.h5", target_names=["total_energy:eV"], workers=2)
-    assert result.n_structures == 1000 and result.n_atoms == 10000
+    assert result.n_structures == 100 and result.n_atoms == 1000
     b, units = _load(tmp_path / "pt.h5")
     assert units == {"total_energy": "eV"}
     with open(folder / "targets.csv") as fh:
@@ -404,15 +404,15 @@ def test_pt_clusters_matdeeplearn(tmp_path: Path) -> None:
     np.testing.assert_array_equal(b.targets["total_energy"], [float(r[1]) for r in rows])
     assert not b.pbc.any()
     assert set(b.atomic_numbers.tolist()) == {78}
-    np.testing.assert_array_equal(b.lattice, np.broadcast_to(np.eye(3) * 20.0, (1000, 3, 3)))
-    for k in (0, 499, 999):
+    np.testing.assert_array_equal(b.lattice, np.broadcast_to(np.eye(3) * 20.0, (100, 3, 3)))
+    for k in (0, 49, 99):
         a = ase_read(folder / f"{b.ids[k]}.json")
         _assert_same(b.structure(k), a.cell.array, a.positions, a.numbers, a.pbc)
 
 
 def test_carbon24_subset(tmp_path: Path) -> None:
     csv.field_size_limit(1 << 30)
-    with open(shared_file("carbon24_dev.csv"), newline="") as fh:
+    with open(data_file("carbon24_sample.csv"), newline="") as fh:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
         rows = [r for _, r in zip(range(40), reader, strict=False)]

@@ -45,15 +45,15 @@ def test_metadata_and_kind(aoti_file, exported_tiny):
                                   "self-loop-in-batch"])
 def test_size_one_and_edge_cases(aoti_file, exported_tiny, case):
     inputs = build_inputs(edge_case_structures()[case], max_z=100).inputs
-    y1, _ = load(exported_tiny["checkpoint"], device="cpu").predict(inputs)
-    y2, _ = load(aoti_file, device="cpu").predict(inputs)
+    y1, _, _ = load(exported_tiny["checkpoint"], device="cpu").predict(inputs)
+    y2, _, _ = load(aoti_file, device="cpu").predict(inputs)
     assert agree(y1, y2, [0.8]).all()
 
 
 def test_batch_of_thousands(aoti_file, exported_tiny):
     inputs = build_inputs(parity_structures(2500, seed=9), max_z=100).inputs
-    y1, e1 = load(exported_tiny["checkpoint"], device="cpu").predict(inputs)
-    y2, e2 = load(aoti_file, device="cpu").predict(inputs)
+    y1, e1, _ = load(exported_tiny["checkpoint"], device="cpu").predict(inputs)
+    y2, e2, _ = load(aoti_file, device="cpu").predict(inputs)
     assert agree(y1, y2, [0.8]).all()
     np.testing.assert_allclose(e2, e1, atol=1e-4, rtol=1e-4)
 

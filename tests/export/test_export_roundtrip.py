@@ -82,8 +82,8 @@ def test_onnx_exporter_facts(exported_tiny):
 def test_parity_on_fresh_structures(exported_tiny, reference, fmt):
     p = load(exported_tiny[fmt], device="cpu")
     inputs = _inputs(parity_structures(96, seed=99))
-    y1, e1 = reference.predict(inputs)
-    y2, e2 = p.predict(inputs)
+    y1, e1, _ = reference.predict(inputs)
+    y2, e2, _ = p.predict(inputs)
     assert y2.dtype == np.float32 and e2.dtype == np.float32
     assert y2.shape == (96, 1) and e2.shape == (96, 16)
     assert agree(y1, y2, [0.8]).all()
@@ -104,8 +104,8 @@ def test_size_one_dimensions(exported_tiny, reference, fmt, case):
         assert s["C"] == 1
     if case == "self-loop-in-batch":
         assert (inputs["neighbor_mask"].sum(1) == 1).any() and s["K"] > 1
-    y1, _ = reference.predict(inputs)
-    y2, _ = load(exported_tiny[fmt], device="cpu").predict(inputs)
+    y1, _, _ = reference.predict(inputs)
+    y2, _, _ = load(exported_tiny[fmt], device="cpu").predict(inputs)
     assert y2.shape == y1.shape
     assert agree(y1, y2, [0.8]).all()
 
@@ -115,8 +115,8 @@ def test_batch_of_thousands(exported_tiny, reference, fmt):
     batch = parity_structures(3000, seed=5)
     inputs = _inputs(batch)
     assert sizes(inputs)["C"] == 3000
-    y1, _ = reference.predict(inputs)
-    y2, _ = load(exported_tiny[fmt], device="cpu").predict(inputs)
+    y1, _, _ = reference.predict(inputs)
+    y2, _, _ = load(exported_tiny[fmt], device="cpu").predict(inputs)
     assert agree(y1, y2, [0.8]).all()
 
 
@@ -124,7 +124,7 @@ def test_batch_of_thousands(exported_tiny, reference, fmt):
 def test_empty_batch(exported_tiny, fmt):
     inputs = _inputs(parity_structures(3))
     empty = {k: v[:0] for k, v in inputs.items()}
-    y, e = load(exported_tiny[fmt], device="cpu").predict(empty)
+    y, e, _ = load(exported_tiny[fmt], device="cpu").predict(empty)
     assert y.shape == (0, 1) and e.shape == (0, 16)
 
 
@@ -151,7 +151,7 @@ def test_missing_input_is_a_clear_error(exported_tiny):
 
 def test_threads_and_optimization_levels(exported_tiny, reference):
     inputs = _inputs(parity_structures(8, seed=3))
-    y1, _ = reference.predict(inputs)
+    y1, _, _ = reference.predict(inputs)
     for level in ("disable", "basic", "all"):
         p = load(exported_tiny["onnx"], device="cpu", threads=1, optimization=level)
         assert agree(y1, p.predict(inputs)[0], [0.8]).all()

@@ -19,7 +19,7 @@ from deepergat.export import load
 from deepergat.export.samples import parity_structures
 from deepergat.graphs import build_inputs
 p = load(sys.argv[1], device="auto", threads=1, cutoff=8.0, max_neighbors=12)
-y, e = p.predict(build_inputs(parity_structures(4), max_z=100).inputs)
+y, e, _ = p.predict(build_inputs(parity_structures(4), max_z=100).inputs)
 print(json.dumps({"torch": "torch" in sys.modules,
                   "torch_geometric": "torch_geometric" in sys.modules,
                   "shape": list(y.shape), "backend": p.backend, "device": p.device}))

@@ -26,6 +26,9 @@ SETTINGS = FeaturizeSettings(cutoff=6.0, max_neighbors=12, max_atoms=1000, max_z
                              overlap_threshold=0.1, seen_elements=tuple(range(1, 84)))
 
 
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+
+
 class SumPredictor:
     """Prediction = Σ over a crystal's atoms of Z + mean edge distance: exact in float32 for
     these sizes, so any batching gives the same numbers; NaN for crystals containing Z = 79."""
@@ -33,7 +36,7 @@ class SumPredictor:
     def __init__(self) -> None:
         self.calls = 0
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray]) -> Outputs:
         self.calls += 1
         z = inputs["atomic_numbers"].astype(np.float64)
         mask = inputs["crystal_mask"]
@@ -48,7 +51,7 @@ class SumPredictor:
         pred = np.round(total + mean_d, 3)
         pred[has_gold] = np.inf
         emb = np.stack([total, mask.sum(1)], 1)
-        return pred[:, None].astype(np.float32), emb.astype(np.float32)
+        return pred[:, None].astype(np.float32), emb.astype(np.float32), None
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +59,27 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_screen_store(tmp_path_factory.mktemp("pipe") / "s.h5", n_candidates=91)
 
 
+class SpreadPredictor(SumPredictor):
+    """`SumPredictor` with an ensemble's spread: σ = 0.01 × the crystal's atom count, NaN for
+    crystals with more than 12 atoms (a non-finite spread is status 7 like a prediction)."""
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> Outputs:
+        pred, emb, _ = super().predict(inputs)
+        n = inputs["crystal_mask"].sum(1).astype(np.float32)
+        std = np.where(n > 12, np.nan, 0.01 * n)[:, None].astype(np.float32)
+        return pred, emb, std
+
+
 def run(store: Path, chunk_size: int, *, workers: int = 0, embeddings: bool = True,
-        order: list[int] | None = None, **kw: object) -> dict[int, Rows]:
+        order: list[int] | None = None, predictor: SumPredictor | None = None,
+        **kw: object) -> dict[int, Rows]:
     with Store(store) as s:
         plan = make_plan(s.n_atoms, chunk_size)
     out: dict[int, Rows] = {}
-    pipe = Pipeline(store, plan, SumPredictor(), SETTINGS, n_targets=1,
-                    embedding_dim=2 if embeddings else None, workers=workers, **kw)
+    predictor = predictor or SumPredictor()
+    pipe = Pipeline(store, plan, predictor, SETTINGS, n_targets=1,
+                    embedding_dim=2 if embeddings else None, workers=workers,
+                    spread=isinstance(predictor, SpreadPredictor), **kw)
     todo = order if order is not None else list(range(plan.n_chunks))
     stats = pipe.run(ChunkSource(todo), lambda k, a, rows: out.__setitem__(k, rows))
     assert stats.chunks == len(todo) and stats.structures == sum(len(r) for r in out.values())
@@ -78,6 +95,8 @@ def joined(parts: dict[int, Rows]) -> Rows:
         flags=np.concatenate([parts[k].flags for k in ks]),
         predictions=np.concatenate([parts[k].predictions for k in ks]),
         embeddings=np.concatenate([parts[k].embeddings for k in ks]),  # type: ignore[misc]
+        std=(np.concatenate([parts[k].std for k in ks])  # type: ignore[misc]
+             if parts[ks[0]].std is not None else None),
     )
 
 
@@ -95,6 +114,22 @@ def test_every_status_and_flag(store: Path) -> None:
     assert np.isnan(rows.predictions[gold]).all() and np.isnan(rows.embeddings[gold]).all()
     ok = rows.status == 0
     assert np.isfinite(rows.predictions[ok]).all() and np.isfinite(rows.embeddings[ok]).all()
+
+
+def test_an_ensembles_spread_travels_with_its_predictions(store: Path) -> None:
+    plain = joined(run(store, 16))
+    assert plain.std is None
+    rows = joined(run(store, 16, predictor=SpreadPredictor()))
+    with Store(store) as s:
+        n_atoms = s.n_atoms
+    nan_spread = (plain.status == 0) & (n_atoms > 12)
+    assert nan_spread.any(), "no candidate over 12 atoms: pick another seed"
+    np.testing.assert_array_equal(rows.status, np.where(nan_spread, 7, plain.status))
+    ok = rows.status == 0
+    want = np.float32(0.01) * n_atoms[ok].astype(np.float32)
+    np.testing.assert_array_equal(rows.std[ok, 0], want)
+    assert np.isnan(rows.std[~ok]).all() and np.isnan(rows.predictions[~ok]).all()
+    np.testing.assert_array_equal(rows.predictions[ok], plain.predictions[ok])
 
 
 def test_chunk_size_order_and_worker_processes_do_not_matter(store: Path) -> None:
@@ -155,7 +190,7 @@ def test_build_inputs_and_settings_agree_with_direct_call(store: Path) -> None:
 
 
 class Boom(SumPredictor):
-    def predict(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray]) -> Outputs:
         if self.calls == 2:
             raise RuntimeError("predictor exploded")
         return super().predict(inputs)
@@ -180,7 +215,7 @@ def test_errors_in_predictor_or_writer_stop_the_pipeline(store: Path) -> None:
 class SlowPredictor(SumPredictor):
     """`SumPredictor` taking 20 ms a batch: the reader and workers run ahead of it."""
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray]) -> Outputs:
         time.sleep(0.02)
         return super().predict(inputs)
 

@@ -21,9 +21,11 @@ from deepergat.screening.predictions import (
 )
 
 
-def write(path: Path, values: list[float], *, embeddings: bool = False) -> None:
+def write(path: Path, values: list[float], *, embeddings: bool = False,
+          std: list[float] | None = None) -> None:
     m = len(values)
     v = np.array(values, dtype=np.float32)
+    sd = None if std is None else np.array(std, dtype=np.float32)
     status = np.where(np.isnan(v), 7, 0).astype(np.uint8)
     flags = np.zeros(m, np.uint8)
     flags[::3] = 1
@@ -33,13 +35,15 @@ def write(path: Path, values: list[float], *, embeddings: bool = False) -> None:
         attrs={"model": "m.onnx", "model_sha256": "ab" * 32, "model_metadata": "{}",
                "input": "in.h5", "input_digest": "cd" * 32,
                "screen_settings": json.dumps({"max_atoms": 10})},
+        spread=sd is not None,
     ) as w:
         half = m // 2
         for a, b in ((half, m), (0, half)):  # any order of row ranges
             w.write(a, Rows(index=np.arange(a, b) + 100, ids=[f"id{k}" for k in range(a, b)],
                             status=status[a:b], flags=flags[a:b],
                             predictions=np.stack([v[a:b], -v[a:b]], 1),
-                            embeddings=np.ones((b - a, 4), np.float32) if embeddings else None))
+                            embeddings=np.ones((b - a, 4), np.float32) if embeddings else None,
+                            std=None if sd is None else np.stack([sd[a:b], 2 * sd[a:b]], 1)))
 
 
 def test_schema(tmp_path: Path) -> None:
@@ -101,7 +105,9 @@ def test_top_csv_never_ranks_nan(tmp_path: Path, order: str) -> None:
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert n == 5 and len(rows) == 5
-    assert list(rows[0]) == ["rank", "index", "id", "gap", "e"]
+    assert list(rows[0]) == ["rank", "index", "id", "formula", "gap", "e", "flags"]
+    flags = {r["id"]: r["flags"] for r in rows}
+    assert flags["id3"] == flags["id6"] == "1" and flags["id2"] == "0"
     got = [float(r["gap"]) for r in rows]
     assert got == sorted(got, reverse=order == "desc")
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
@@ -117,4 +123,59 @@ def test_top_csv_all_nan(tmp_path: Path) -> None:
     write(path, [np.nan, np.nan])
     out = tmp_path / "t.csv"
     assert write_top_csv(path, out, 3) == 0
-    assert out.read_text().strip() == "rank,index,id,gap,e"
+    assert out.read_text().strip() == "rank,index,id,formula,gap,e,flags"
+
+
+def test_std_group_and_ranking_by_a_confidence_bound(tmp_path: Path) -> None:
+    path = tmp_path / "p.h5"
+    #         id0  id1     id2  id3  id4
+    values = [1.0, np.nan, 1.2, 0.9, 3.0]
+    std = [0.05, np.nan, 0.01, 0.3, 0.1]
+    write(path, values, std=std)
+    with h5py.File(path, "r") as f:
+        assert f["std/gap"].dtype == np.float32 and f["std/gap"].attrs["units"] == "eV"
+        np.testing.assert_array_equal(f["std/gap"][:], np.array(std, np.float32))
+        np.testing.assert_array_equal(f["std/e"][:], 2 * np.array(std, np.float32))
+    out = tmp_path / "t.csv"
+
+    def ranked(**kw: object) -> list[str]:
+        write_top_csv(path, out, 4, **kw)  # type: ignore[arg-type]
+        with open(out, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert list(rows[0]) == ["rank", "index", "id", "formula", "gap", "gap_std", "e",
+                                 "e_std", "flags"]
+        return [r["id"] for r in rows]
+
+    assert ranked() == ["id3", "id0", "id2", "id4"]  # by the mean
+    # mean + 2σ: 1.1, 1.22, 1.5, 3.2 — the confident 1.2 beats the uncertain 0.9
+    assert ranked(rank_by="upper", rank_k=2.0) == ["id0", "id2", "id3", "id4"]
+    # mean - 2σ, highest first: 2.8, 1.18, 0.9, 0.3
+    assert ranked(rank_by="lower", rank_k=2.0, order="desc") == ["id4", "id2", "id0", "id3"]
+    with pytest.raises(DeepergatError, match="--rank-k must be"):
+        write_top_csv(path, out, 2, rank_by="upper", rank_k=-1.0)
+    plain = tmp_path / "plain.h5"
+    write(plain, values)
+    with pytest.raises(DeepergatError, match=r"has no std .*not an ensemble"):
+        write_top_csv(plain, out, 2, rank_by="lower")
+    d = describe_predictions(path)
+    assert d["targets"]["gap"]["std_stats"]["max"] == pytest.approx(0.3)
+    assert "ensemble spread" in "\n".join(format_predictions(d, str(path)))
+
+
+def test_top_csv_formulas_come_from_the_input_store(tmp_path: Path) -> None:
+    from deepergat.store import StructureBatch, write_store
+
+    store = tmp_path / "in.h5"
+    cells = [{"id": f"s{k}", "lattice": np.eye(3) * 4.0, "pbc": (True, True, True),
+              "atomic_numbers": z, "positions": np.random.default_rng(k).random((len(z), 3)) * 4}
+             for k, z in enumerate([[38, 22, 8, 8, 8], [8, 8, 22, 22, 8, 8, 38, 38, 8, 8]])]
+    write_store(store, StructureBatch.from_structures(cells))
+    path = tmp_path / "p.h5"
+    write(path, [2.0, 1.0])
+    with h5py.File(path, "a") as f:
+        f["index"][:] = [0, 1]
+    out = tmp_path / "t.csv"
+    write_top_csv(path, out, 2, store=store)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["id"], r["formula"]) for r in rows] == [("id1", "SrTiO3"), ("id0", "SrTiO3")]

@@ -81,10 +81,16 @@ def test_embeddings_and_top(tmp_path: Path, screen_store: Path, small_model: dic
     values = p["predictions"]["heat_ref"]
     best = np.sort(values[ok])[::-1][:5]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
-    assert list(rows[0]) == ["rank", "index", "id", "heat_ref"]
+    assert list(rows[0]) == ["rank", "index", "id", "formula", "heat_ref", "flags"]
     np.testing.assert_allclose([float(r["heat_ref"]) for r in rows], best)
-    for r in rows:
-        assert p["ids"][int(r["index"])] == r["id"]
+    from deepergat.elements import formula
+    from deepergat.store import Store
+
+    with Store(screen_store) as store:
+        for r in rows:
+            k = int(r["index"])
+            assert p["ids"][k] == r["id"] and int(r["flags"]) == p["flags"][k]
+            assert r["formula"] == formula(store.atomic_numbers(k, k + 1)) != ""
     ref = read_predictions(reference_predictions)["predictions"]["heat_ref"]
     np.testing.assert_array_equal(np.isnan(ref), np.isnan(values))
     np.testing.assert_allclose(values[ok], ref[ok], rtol=0, atol=1e-5 * small_model["std"] + 1e-6)
@@ -250,7 +256,7 @@ def test_everything_screened_out(tmp_path: Path, screen_store: Path,
     p = read_predictions(out)
     assert set(np.unique(p["status"]).tolist()) <= {1, 2, 3, 4, 5}
     assert np.isnan(p["predictions"]["heat_ref"]).all()
-    assert top_csv_path(out).read_text().strip() == "rank,index,id,heat_ref"
+    assert top_csv_path(out).read_text().strip() == "rank,index,id,formula,heat_ref,flags"
 
 
 def test_empty_store(tmp_path: Path, small_model: dict[str, Any]) -> None:

@@ -321,3 +321,85 @@ def test_non_periodic_axes_may_have_zero_rows_and_errors_carry_status() -> None:
     with pytest.raises(GeometryError) as e:
         neighbor_list(np.eye(3) * 3, [[0, 0, 0], [np.inf, 0, 0]])
     assert e.value.status == 4
+
+
+# ------------------------------------------------------------------ the minimum-image graph
+
+
+def _ase_minimum_images(lat, pos, cutoff=8.0):
+    """Per atom, the sorted minimum-image distances to every other atom within the cutoff."""
+    ase = pytest.importorskip("ase")
+    d = ase.Atoms(numbers=np.ones(len(pos), int), positions=pos, cell=lat,
+                  pbc=True).get_all_distances(mic=True)
+    return [np.sort([d[i, j] for j in range(len(pos)) if j != i and d[i, j] <= cutoff])
+            for i in range(len(pos))]
+
+
+def _mic(lat, pos, **kw):
+    return neighbor_list(lat, pos, graph="minimum-image", **kw)
+
+
+def test_minimum_image_matches_ase_on_real_and_skewed_cells() -> None:
+    structures = [(sid, s.lattice.matrix, s.cart_coords, s.atomic_numbers)
+                  for sid, s in _csv_structures("perov5_dev.csv", 40)
+                  + _csv_structures("carbon24_dev.csv", 15)]
+    rng = np.random.default_rng(3)
+    for k in range(40):  # random, strongly skewed cells, atoms far outside the cell
+        lat = np.eye(3) * rng.uniform(2.5, 7.0) + rng.normal(0.0, 1.5, (3, 3))
+        if abs(np.linalg.det(lat)) < 3.0:
+            continue
+        n = int(rng.integers(1, 9))
+        pos = rng.uniform(0, 1, (n, 3)) @ lat + rng.normal(0, 4.0, (n, 3))
+        structures.append((f"random-{k}", lat, pos, np.ones(n, int)))
+    for sid, lat, pos, z in structures:
+        nl = _mic(lat, pos, atomic_numbers=z, overlap_threshold=None)
+        want = _ase_minimum_images(lat, pos)
+        for a, ref in enumerate(want):
+            ref = ref[ref <= ref[min(len(ref), 12) - 1] + 1e-6] if len(ref) else ref
+            ours = np.sort(nl.distance[nl.center == a])
+            np.testing.assert_allclose(ours, ref, atol=1e-8, err_msg=f"{sid} atom {a}")
+        # each other atom at most once, never the atom itself, and real vectors
+        pairs = list(zip(nl.center.tolist(), nl.neighbor.tolist(), strict=True))
+        assert len(pairs) == len(set(pairs)) and not (nl.center == nl.neighbor).any()
+        vec = pos[nl.neighbor] + nl.image @ lat - pos[nl.center]
+        np.testing.assert_allclose(np.linalg.norm(vec, axis=1), nl.distance, atol=1e-9)
+
+
+def test_minimum_image_perovskite_cells_are_fully_connected() -> None:
+    batch = _batch_of(_csv_structures("perov5_dev.csv", 50))
+    g = build_inputs(batch, graph="minimum-image")
+    assert (g.status == 0).all()
+    # the reference's graph: the 4 other atoms once each plus the self loop
+    assert g.inputs["neighbor_mask"].shape[1] == 5 and g.inputs["neighbor_mask"].all()
+    assert g.n_edges == 25 * len(batch)
+    # one atom alone in its cell has only its self loop (its own images are not neighbors)
+    one = _mic(np.eye(3) * 2.5, np.zeros((1, 3)))
+    assert len(one.center) == 0
+
+
+def test_minimum_image_is_invariant_to_wrapping_and_order_but_not_to_the_cell() -> None:
+    [(_, s)] = _csv_structures("perov5_dev.csv", 1, ids={"9866"})
+    lat, pos, z = s.lattice.matrix, s.cart_coords, np.array(s.atomic_numbers)
+    base = _mic(lat, pos, atomic_numbers=z)
+    moved = pos + np.array([[1, -2, 3], [0, 0, -1], [5, 1, 0], [-3, -3, -3], [0, 2, 0]]) @ lat
+    again = _mic(lat, moved, atomic_numbers=z)
+    np.testing.assert_array_equal(again.center, base.center)
+    np.testing.assert_array_equal(again.neighbor, base.neighbor)
+    np.testing.assert_allclose(again.distance, base.distance, atol=1e-9)
+    perm = np.random.default_rng(0).permutation(len(z))
+    assert edge_set(_mic(lat, pos[perm], atomic_numbers=z[perm]), relabel=perm) == \
+        edge_set(base)
+    # a supercell is a different graph (documented): each atom sees the others of the bigger
+    # cell once, 12 of its 39 (+ ties), where in the cell it saw 4
+    sc = s * (2, 2, 2)
+    big = _mic(sc.lattice.matrix, sc.cart_coords, atomic_numbers=sc.atomic_numbers)
+    assert np.bincount(big.center).min() >= 12 and np.bincount(base.center).max() == 4
+
+
+def test_the_graph_construction_is_checked_everywhere() -> None:
+    with pytest.raises(ValueError, match="graph construction 'nearest' is not one of periodic"):
+        neighbor_list(np.eye(3) * 3, np.zeros((1, 3)), graph="nearest")  # type: ignore[arg-type]
+    assert graphs.graph_settings({"cutoff": 8, "max_neighbors": 12}) == {
+        "cutoff": 8.0, "max_neighbors": 12, "construction": "periodic"}  # older files
+    assert graphs.graph_settings({"cutoff": 6, "max_neighbors": 8, "graph": "minimum-image"})[
+        "construction"] == "minimum-image"

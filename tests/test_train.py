@@ -80,6 +80,9 @@ def test_graph_cache_is_keyed_by_digest_and_settings(
     np.testing.assert_array_equal(again.neighbors, g.neighbors)
     with pytest.raises(AssertionError, match="cache not used"):
         load_graphs(tiny_store, cache_dir=tmp_path, max_neighbors=6)  # other settings
+    with pytest.raises(AssertionError, match="cache not used"):
+        load_graphs(tiny_store, cache_dir=tmp_path, graph="minimum-image")  # other construction
+    assert cache_path(tiny_store, g.digest, 8.0, 12, tmp_path, "minimum-image") != cfile
     other = tmp_path / "other.h5"
     write_store(other, StructureBatch.from_structures(perov_structures(59)))
     with pytest.raises(AssertionError, match="cache not used"):

@@ -1,0 +1,242 @@
+"""Ensembles: the model (mean, calibrated spread, batching), assembling members (refusals),
+calibration and its metrics, and `deepergat train --ensemble` end to end (checkpoint, export,
+predict, evaluate)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from model_helpers import model_inputs, perov_structures
+
+from deepergat.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, make_checkpoint
+from deepergat.cli import main
+from deepergat.ensemble import assemble
+from deepergat.errors import DeepergatError
+from deepergat.model import DeeperGATGNN, DeeperGATGNNEnsemble
+from deepergat.train import TrainConfig, train_ensemble
+from deepergat.uncertainty import calibration_scale, spearman, uncertainty_metrics
+
+TINY = {"dim": 16, "layers": 2}
+
+
+def _members(k: int, **config: object) -> list[dict]:
+    out = []
+    for i in range(k):
+        torch.manual_seed(i)
+        m = DeeperGATGNN(**{**TINY, **config}, target_mean=[1.0 + i], target_std=[0.5]).eval()
+        out.append(make_checkpoint(m, targets=["heat_ref"], units=["eV"], elements=[8, 22, 38]))
+    return out
+
+
+# ------------------------------------------------------------------ the model
+
+
+def test_ensemble_is_the_members_mean_and_their_scaled_spread() -> None:
+    ens, _ = assemble(_members(3), names=["a", "b", "c"])
+    ens.set_std_scale([2.5])
+    inputs = model_inputs(perov_structures(7))
+    with torch.no_grad():
+        mean, emb, std = ens(*inputs.values())
+        each = [m(*inputs.values()) for m in ens.members]
+    preds = torch.stack([p for p, _ in each])  # [K, C, T]
+    torch.testing.assert_close(mean, preds.mean(0))
+    torch.testing.assert_close(std, preds.std(0) * 2.5)  # unbiased, over K
+    torch.testing.assert_close(emb, torch.stack([e for _, e in each]).mean(0))
+    assert mean.shape == std.shape == (7, 1) and (std > 0).all()
+
+
+def test_ensemble_batched_equals_one_by_one() -> None:
+    ens, _ = assemble(_members(2), names=["a", "b"])
+    structures = perov_structures(6)
+    with torch.no_grad():
+        batched = ens(*model_inputs(structures).values())
+        single = [ens(*model_inputs([s]).values()) for s in structures]
+    for j in (0, 2):
+        np.testing.assert_allclose(batched[j].numpy(), torch.cat([o[j] for o in single]).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_members_that_disagree_are_refused_with_one_line_naming_them() -> None:
+    good = _members(2)
+    cases = {
+        "graph settings": _members(1, graph="minimum-image"),
+        "model setting distance_scale": _members(1, distance_scale=5.0),
+        "model setting layers": [make_checkpoint(
+            DeeperGATGNN(dim=16, layers=3), targets=["heat_ref"], units=["eV"],
+            elements=[8, 22, 38])],
+    }
+    for what, other in cases.items():
+        with pytest.raises(DeepergatError) as err:
+            assemble([*good, *other], names=["a.ckpt", "b.ckpt", "odd.ckpt"])
+        msg = str(err.value)
+        assert msg.startswith("odd.ckpt: cannot join an ensemble with a.ckpt") and what in msg
+        assert "\n" not in msg
+    units = _members(1)[0]
+    units["units"] = ["meV"]
+    with pytest.raises(DeepergatError, match=r"odd.ckpt: .*units \['meV'\] vs \['eV'\]"):
+        assemble([*good, units], names=["a.ckpt", "b.ckpt", "odd.ckpt"])
+    seen = _members(1)[0]
+    seen["elements"] = [8, 22]
+    with pytest.raises(DeepergatError, match=r"odd.ckpt: .*elements"):
+        assemble([*good, seen], names=["a.ckpt", "b.ckpt", "odd.ckpt"])
+    _, elements = assemble([*good, seen], names=["a", "b", "c"], allow_element_differences=True)
+    assert elements == [8, 22]  # only what every member saw
+    with pytest.raises(DeepergatError, match="at least 2 members"):
+        assemble(good[:1], names=["a"])
+
+
+def test_ensemble_checkpoint_round_trip(tmp_path: Path) -> None:
+    ens, elements = assemble(_members(3), names=["a", "b", "c"])
+    ens.set_std_scale([1.7])
+    path = tmp_path / "e.ckpt"
+    torch.save(make_checkpoint(ens, targets=["heat_ref"], units=["eV"], elements=elements,
+                               calibration={"std_scale": [1.7]}), path)
+    ck = load_checkpoint(path)
+    assert isinstance(ck.model, DeeperGATGNNEnsemble) and ck.data["format"] == ENSEMBLE_FORMAT
+    assert ck.data["model"]["members"] == 3 and ck.data["calibration"]["std_scale"] == [1.7]
+    inputs = model_inputs(perov_structures(4))
+    with torch.no_grad():
+        for a, b in zip(ck.model(*inputs.values()), ens(*inputs.values()), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def test_calibration_covers_the_asked_share_and_metrics_are_right() -> None:
+    rng = np.random.default_rng(0)
+    n = 4000
+    raw = rng.uniform(0.01, 0.1, n)
+    y = rng.normal(0.0, 3.0 * raw)  # errors three times the raw spread, scaling with it
+    mean = np.zeros(n)
+    s = calibration_scale(y[:, None], mean[:, None], raw[:, None])
+    assert s.shape == (1,) and s[0] == pytest.approx(3.0, rel=0.05)
+    m = uncertainty_metrics(y, mean, raw * s[0])
+    assert m["coverage_2sigma"] == pytest.approx(0.95, abs=0.001)
+    assert m["coverage_1sigma"] == pytest.approx(0.683, abs=0.03)  # Gaussian errors
+    assert m["spearman_std_abs_error"] > 0.3
+    assert uncertainty_metrics(y, mean, np.full(n, 0.1))["spearman_std_abs_error"] is None
+    from scipy.stats import spearmanr
+
+    a, b = rng.integers(0, 6, 200).astype(float), rng.normal(size=200)
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    with pytest.raises(ValueError, match="finite"):
+        calibration_scale(np.array([[1.0], [np.nan]]), np.zeros((2, 1)), np.ones((2, 1)))
+
+
+# ------------------------------------------------------------------ training end to end
+
+
+def _cfg(store: Path, out: Path, **kw: object) -> TrainConfig:
+    base: dict = dict(data=str(store), target="heat_ref", out=str(out), layers=2, epochs=2,
+                      batch_size=16, seed=0, val_fraction=0.35, test_fraction=0.15,
+                      model={"dim": 16}, cache_dir=str(out.parent / "cache"), device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def fold_ensemble(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from deepergat.store import StructureBatch, write_store
+
+    root = tmp_path_factory.mktemp("ens")
+    store = root / "perov.h5"
+    write_store(store, StructureBatch.from_structures(perov_structures(120)),
+                units={"heat_ref": "eV"})
+    out = root / "run"
+    summary = train_ensemble(_cfg(store, out, ensemble=3, graph="minimum-image",
+                                  distance_scale="data"))
+    return {"store": store, "out": out, "summary": summary}
+
+
+def test_train_ensemble_of_folds(fold_ensemble: dict) -> None:
+    out, summary = fold_ensemble["out"], fold_ensemble["summary"]
+    assert json.loads((out / "ensemble_metrics.json").read_text()) == summary
+    ck = load_checkpoint(out / "ensemble.ckpt")
+    assert ck.data["model"]["members"] == 3 and ck.data["graph"]["construction"] == "minimum-image"
+    # the members are the folds' kept models, weights unchanged
+    for k, member in enumerate(ck.model.members):
+        fold = load_checkpoint(out / f"fold-{k}" / "best.ckpt")
+        for name, value in fold.model.state_dict().items():
+            assert torch.equal(member.state_dict()[name], value), (k, name)
+    cal = ck.data["calibration"]
+    assert cal["n"] == summary["validation"]["n"] == summary["cv"]["val_n"] == 42
+    assert summary["validation"]["coverage_2sigma"] >= 0.95  # fitted there
+    assert float(ck.model.std_scale[0]) == pytest.approx(cal["std_scale"][0])
+    # the validation split is shared and trains no member; the test split neither
+    val = set(json.loads((out / "fold-0" / "splits.json").read_text())["val"])
+    for k in range(3):
+        split = json.loads((out / f"fold-{k}" / "splits.json").read_text())
+        assert set(split["val"]) == val and not (set(split["train"]) & val)
+    assert summary["test"]["n"] == 18 and 0 <= summary["test"]["coverage_2sigma"] <= 1
+    assert (out / "oof.csv").is_file() and summary["cv"]["folds"] == 3
+
+
+def test_ensemble_predict_evaluate_export(fold_ensemble: dict, tmp_path: Path) -> None:
+    out, store = fold_ensemble["out"], fold_ensemble["store"]
+    runner = CliRunner()
+    ckpt = str(out / "ensemble.ckpt")
+    r = runner.invoke(main, ["predict", ckpt, str(store), "--csv", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "heat_ref", "heat_ref_std", "status"] and len(rows) == 121
+    assert all(float(row[2]) > 0 for row in rows[1:])
+    r = runner.invoke(main, ["evaluate", ckpt, "--data", str(store), "--target", "heat_ref",
+                             "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    for key in ("coverage_1sigma", "coverage_2sigma", "spearman_std_abs_error"):
+        assert key in metrics
+    assert "spread:" in r.output
+    from deepergat import export
+
+    result = export.export_model(ckpt, tmp_path / "exp", formats="onnx",
+                                 n_check=export.exporter.MIN_CHECK)
+    onnx_file = result.files[0].path
+    import onnx
+
+    proto = onnx.load(str(onnx_file))
+    assert [o.name for o in proto.graph.output] == ["prediction", "embedding", "std"]
+    p = export.load(onnx_file, device="cpu")
+    assert p.has_std and p.members == 3 and p.graph == "minimum-image"
+    meta = p.metadata
+    assert meta["calibration"]["std_scale"] == load_checkpoint(ckpt).data["calibration"][
+        "std_scale"]
+    with pytest.raises(DeepergatError, match="graph 'periodic' given, the model was trained"):
+        export.load(onnx_file, device="cpu", graph="periodic")
+    # the exported file gives the checkpoint's numbers, std included
+    r2 = runner.invoke(main, ["predict", str(onnx_file), str(store),
+                              "--csv", str(tmp_path / "q.csv")])
+    assert r2.exit_code == 0, r2.output
+    with open(tmp_path / "q.csv", newline="") as f:
+        again = list(csv.reader(f))
+    assert [r[0] for r in again] == [r[0] for r in rows]
+    np.testing.assert_allclose(np.array([r[1:3] for r in again[1:]], float),
+                               np.array([r[1:3] for r in rows[1:]], float), rtol=1e-4, atol=1e-5)
+
+
+def test_ensemble_of_seeds_and_its_errors(tiny_store: Path, tmp_path: Path) -> None:
+    summary = train_ensemble(_cfg(tiny_store, tmp_path / "s", ensemble=2, members="seeds",
+                                  epochs=1))
+    ck = load_checkpoint(tmp_path / "s" / "ensemble.ckpt")
+    assert ck.data["model"]["members"] == 2 and "cv" not in summary
+    splits = [json.loads((tmp_path / "s" / f"member-{k}" / "splits.json").read_text())
+              for k in range(2)]
+    for part in ("train", "val"):  # one split, two seeds
+        assert splits[0][part] == splits[1][part]
+    assert [s["seed"] for s in splits] == [0, 1]
+    assert [m["seed"] for m in ck.data["extra"]["members"]] == [0, 1]
+    with pytest.raises(DeepergatError, match="--cv 3 and --ensemble 2 differ"):
+        train_ensemble(_cfg(tiny_store, tmp_path / "x", ensemble=2, cv=3))
+    with pytest.raises(DeepergatError, match="validation split"):
+        train_ensemble(_cfg(tiny_store, tmp_path / "y", ensemble=2, val_fraction=0.0,
+                            lr_monitor="train", keep="last"))
+    with pytest.raises(DeepergatError, match="at least 2 members"):
+        train_ensemble(_cfg(tiny_store, tmp_path / "z", ensemble=1))

@@ -72,6 +72,27 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def small_ensemble(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 3-member ensemble of 2-layer models with fixed random weights (spread factor 1.5), as
+    a checkpoint and its ONNX export: ``{"checkpoint", "onnx", "std": 0.5}``."""
+    torch = pytest.importorskip("torch")
+    from deepergat import export
+    from deepergat.checkpoint import make_checkpoint
+    from deepergat.model import DeeperGATGNNEnsemble
+
+    out = tmp_path_factory.mktemp("small-ensemble")
+    torch.manual_seed(99)
+    model = DeeperGATGNNEnsemble(members=3, layers=2, std_scale=[1.5], target_mean=[-1.0],
+                                 target_std=[0.5]).eval()
+    ckpt = out / "ensemble.ckpt"
+    torch.save(make_checkpoint(model, targets=["heat_ref"], units=["eV"],
+                               elements=list(SMALL_MODEL_ELEMENTS),
+                               calibration={"std_scale": [1.5]}), ckpt)
+    result = export.export_model(ckpt, out, formats="onnx", n_check=export.exporter.MIN_CHECK)
+    return {"checkpoint": ckpt, "onnx": Path(result.files[0].path), "std": 0.5}
+
+
+@pytest.fixture(scope="session")
 def exported_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A 2-layer, dim-16 model with random weights and non-trivial BatchNorm statistics, as a
     checkpoint and its ``model.onnx``, ``model.pt`` and ``model.pt2`` (one `export_model` run).

@@ -141,6 +141,8 @@ def read_predictions(path: Path) -> dict[str, Any]:
         }
         if "embeddings" in f:
             out["embeddings"] = f["embeddings"][:]
+        if "std" in f:
+            out["std"] = {k: ds[:] for k, ds in f["std"].items()}
     return out
 
 

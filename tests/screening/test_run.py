@@ -96,6 +96,46 @@ def test_embeddings_and_top(tmp_path: Path, screen_store: Path, small_model: dic
     np.testing.assert_allclose(values[ok], ref[ok], rtol=0, atol=1e-5 * small_model["std"] + 1e-6)
 
 
+def test_an_ensemble_screens_with_its_spread(tmp_path: Path, screen_store: Path,
+                                             small_ensemble: dict[str, Any]) -> None:
+    """The std group beside predictions, equal to the checkpoint's, the same whatever the
+    chunk size, and a top-K ranked by a confidence bound."""
+    from deepergat.export import load
+
+    out = tmp_path / "e.h5"
+    result = run_inprocess(screen_store, small_ensemble["onnx"], out, chunk_size=64, top=5,
+                           rank_by="upper", rank_k=2.0)
+    p = read_predictions(out)
+    ok = p["status"] == 0
+    pred, std = p["predictions"]["heat_ref"], p["std"]["heat_ref"]
+    assert std.dtype == np.float32 and np.isfinite(std[ok]).all() and (std[ok] > 0).all()
+    assert np.isnan(std[~ok]).all()
+    with h5py.File(out, "r") as f:
+        assert f["std/heat_ref"].attrs["units"] == "eV"
+    again = tmp_path / "e2.h5"
+    run_inprocess(screen_store, small_ensemble["onnx"], again, chunk_size=7)
+    q = read_predictions(again)
+    np.testing.assert_array_equal(q["status"], p["status"])
+    assert agree(q["std"]["heat_ref"][ok], std[ok], small_ensemble["std"])
+    # the checkpoint, in eager torch, gives the same numbers for a few structures
+    from deepergat.graphs import build_inputs
+    from deepergat.store import Store
+
+    with Store(screen_store) as s:
+        batch = s.read(0, 40)
+    g = build_inputs(batch, max_z=100, max_atoms=1000)
+    eager = load(small_ensemble["checkpoint"], device="cpu").predict(g.inputs)
+    np.testing.assert_array_equal(np.flatnonzero(ok[:40]), g.rows)
+    assert agree(eager.std[:, 0], std[:40][g.rows], small_ensemble["std"])
+    assert agree(eager.prediction[:, 0], pred[:40][g.rows], small_ensemble["std"])
+    with open(result.top_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["rank", "index", "id", "formula", "heat_ref", "heat_ref_std",
+                             "flags"]
+    bound = np.where(ok, pred.astype(np.float64) + 2.0 * std, np.inf)
+    assert [int(r["index"]) for r in rows] == np.argsort(bound, kind="stable")[:5].tolist()
+
+
 def test_resume_computes_only_missing_chunks(tmp_path: Path, screen_store: Path,
                                              small_model: dict[str, Any],
                                              reference_predictions: Path) -> None:

@@ -206,7 +206,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """The DESIGN.md metadata document of a checkpoint, for exported files.
+    """The docs/design.md metadata document of a checkpoint, for exported files.
 
     Returns:
         JSON-serializable dict: ``format`` (checkpoint format of the source), ``model``

@@ -542,7 +542,7 @@ but compiled for this machine's CPU (export on the node type that runs it) and i
 compiler. Each carries the model's metadata (graph settings, targets, elements, source
 checkpoint sha256) and the figures of its own parity check: the checkpoint in eager PyTorch
 against the written file on the --check-data structures (else 1024 generated ones), a batch of
-2048 and size-1 edge cases, by DESIGN.md's rule |y1 - y2| <= 1e-5 std + 4 ulp32(|y1|). A failed
+2048 and size-1 edge cases, by docs/design.md's rule |y1 - y2| <= 1e-5 std + 4 ulp32(|y1|). A failed
 check leaves no file of this run behind and exits with code 2.
 \b
 Examples:

@@ -5,7 +5,7 @@ store, chunk by chunk, and keeps each structure's graph as rows of flat arrays (
 local to the structure). The result is cached as one ``.npz`` file keyed by the store's
 ``content_digest`` and the graph settings, next to the store when that folder is writable, else
 in the user cache directory; a cache whose key differs is never used. `GraphSet.batch` turns any
-list of structures into the padded model inputs of DESIGN.md with a few vectorized numpy ops.
+list of structures into the padded model inputs of docs/design.md with a few vectorized numpy ops.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class GraphSet:
 
     Attributes:
         ids: [M] structure ids.
-        status: [M] uint8 DESIGN.md status (0 = usable).
+        status: [M] uint8 docs/design.md status (0 = usable).
         n_atoms: [M] int64 atoms of each usable structure (0 where status ≠ 0).
         atom_offset: [M] int64 first row of each structure in the atom arrays.
         atomic_numbers: [N] int64.
@@ -106,7 +106,7 @@ class GraphSet:
         return float(self.distances[atoms].max())
 
     def batch(self, rows: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """Padded model inputs (DESIGN.md) of the given usable rows, in the given order.
+        """Padded model inputs (docs/design.md) of the given usable rows, in the given order.
 
         Returns:
             name -> numpy array: atomic_numbers [N] int64, neighbors [N, K] int64, distances

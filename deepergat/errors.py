@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = ["STATUS_CODES", "DeepergatError", "GeometryError"]
 
-#: DESIGN.md's status table; the first failing check wins, in this order.
+#: docs/design.md's status table; the first failing check wins, in this order.
 STATUS_CODES: dict[int, str] = {
     0: "ok",
     1: "zero atoms",
@@ -30,7 +30,7 @@ class GeometryError(DeepergatError):
     """A structure whose geometry cannot be turned into a graph.
 
     Attributes:
-        status: the DESIGN.md status code (1-6).
+        status: the docs/design.md status code (1-6).
     """
 
     def __init__(self, status: int, message: str) -> None:

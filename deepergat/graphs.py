@@ -1,4 +1,4 @@
-"""Neighbor graphs: the only featurization outside the model (docs/design.md "Graphs").
+"""Neighbor graphs: the only featurization outside the model (docs/design.md §4).
 
 Two constructions (the graph setting ``graph``, stored with every model like the cutoff):
 
@@ -49,7 +49,7 @@ __all__ = [
     "neighbor_list",
 ]
 
-#: The model's inputs and outputs, in order (DESIGN.md "Model inputs and outputs"); defined here,
+#: The model's inputs and outputs, in order (docs/design.md §5); defined here,
 #: without torch, so that exported-file code and screening share them with the model.
 INPUT_NAMES = (
     "atomic_numbers",
@@ -116,7 +116,7 @@ class NeighborList(NamedTuple):
 
 @dataclass
 class GraphBatch:
-    """Padded model inputs for the good structures of a batch (DESIGN.md "Model inputs").
+    """Padded model inputs for the good structures of a batch (docs/design.md §5).
 
     Attributes:
         inputs: name -> array, exactly the model's inputs: ``atomic_numbers`` [N] int64,
@@ -182,7 +182,7 @@ def check_structures(
     max_atoms: int | None = None,
     max_z: int | None = None,
 ) -> np.ndarray:
-    """Status codes 1-5 of DESIGN.md for each structure (6, overlap, needs the search).
+    """Status codes 1-5 of docs/design.md for each structure (6, overlap, needs the search).
 
     Args:
         batch: M structures.
@@ -638,7 +638,7 @@ def batch_neighbor_lists(
 
     Returns:
         (edges with atom indices into ``batch.atomic_numbers`` for structures whose status is 0,
-        [M] uint8 status per structure: DESIGN.md's codes 1-6).
+        [M] uint8 status per structure: docs/design.md's codes 1-6).
     """
     status = check_structures(batch, max_atoms=max_atoms, max_z=max_z)
     good = np.flatnonzero(status == 0)
@@ -665,7 +665,7 @@ def build_inputs(
     overlap_threshold: float | None = 0.1,
 ) -> GraphBatch:
     """Padded model inputs for a batch: `neighbor_list` of every good structure plus one self
-    loop per atom, in DESIGN.md's layout. Structures failing a check are left out and get their
+    loop per atom, in docs/design.md's layout. Structures failing a check are left out and get their
     status code.
 
     Args:

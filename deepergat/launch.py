@@ -178,7 +178,7 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | No
     """The SLURM array task's shard, or None outside an array job.
 
     I = (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP and
-    N = SLURM_ARRAY_TASK_COUNT (DESIGN.md).
+    N = SLURM_ARRAY_TASK_COUNT (docs/design.md).
 
     Raises:
         DeepergatError: I outside [0, N) or not a whole number (an uneven ``--array`` list such

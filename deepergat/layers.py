@@ -1,4 +1,4 @@
-"""Building blocks of DeeperGATGNN in the padded layout (DESIGN.md "Model inputs and outputs").
+"""Building blocks of DeeperGATGNN in the padded layout (docs/design.md §5).
 
 Every per-edge tensor is ``[N, K, ...]``: row i holds atom i's K neighbor slots, slot 0 the self
 loop, ``neighbor_mask`` [N, K] marks the real edges. Reductions over a center's edges are masked

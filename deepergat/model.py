@@ -1,6 +1,6 @@
-"""DeeperGATGNN (Omee et al., Patterns 3, 100491, 2022) in the padded layout of DESIGN.md.
+"""DeeperGATGNN (Omee et al., Patterns 3, 100491, 2022) in the padded layout of docs/design.md.
 
-The model takes the bare graph (DESIGN.md "Model inputs and outputs") and computes every feature
+The model takes the bare graph (docs/design.md §5) and computes every feature
 from registered buffers: one-hot Z and degree, the Gaussian distance expansion, the composition
 vector and the target scaling. A checkpoint or an exported file is therefore the whole predictor.
 
@@ -93,7 +93,7 @@ class DeeperGATGNN(nn.Module):
     ``layers=5, dgn=False, skip=False`` is the shallow GATGNN.
 
     Shapes:
-        Inputs (DESIGN.md): atomic_numbers [N] int64, neighbors [N, K] int64, distances [N, K]
+        Inputs (docs/design.md): atomic_numbers [N] int64, neighbors [N, K] int64, distances [N, K]
         float32 Å, neighbor_mask [N, K] bool, crystal_atoms [C, A] int64, crystal_mask [C, A]
         bool, batch [N] int64. Outputs: (prediction [C, T] in the targets' units,
         embedding [C, D], the pooled crystal vector).

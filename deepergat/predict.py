@@ -4,7 +4,7 @@ MODEL arguments are a path when one exists, else the name of a bundled model: a 
 ``deepergat/models/<name>/`` holding ``best.ckpt`` and ``card.md``. A path may also be an
 exported file (``.onnx``, ``.pt``, ``.pt2``): every model runs through
 `deepergat.export.load`, one `Predictor` whatever the file kind. Structures go through the
-same graphs as training (the checkpoint's cutoff and max neighbors) and get DESIGN.md's status
+same graphs as training (the checkpoint's cutoff and max neighbors) and get docs/design.md's status
 codes; a bad structure is a row with its status and no value, never a crash.
 """
 

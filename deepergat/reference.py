@@ -1,5 +1,5 @@
 """The edge-list (PyTorch Geometric ``MessagePassing``) form of DeeperGATGNN: the reference the
-padded model must equal (DESIGN.md: "every fast path has a plain reference path").
+padded model must equal (docs/design.md: "every fast path has a plain reference path").
 
 It follows the paper's reference implementation (AGATConv as a ``MessagePassing`` over an edge
 list, PyG's ``DiffGroupNorm``, ``softmax`` by index and ``global_add_pool``), and has the same

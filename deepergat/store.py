@@ -1,4 +1,4 @@
-"""The HDF5 structure store: M structures as flat arrays (DESIGN.md "Structure store").
+"""The HDF5 structure store: M structures as flat arrays (docs/design.md §3).
 
 Writer and reader. Structures [a, b) are read with two slices (one over the per-structure arrays,
 one over the per-atom arrays); the writer appends in batches so a pack of millions of structures

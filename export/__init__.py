@@ -19,7 +19,7 @@ Modules, one job each:
 ``pt2``             the ``torch.export`` writer
 ``aoti``            the AOTInductor writer (``--format aoti``: compiled, CPU, fastest there)
 ``samples``         deterministic check structures and edge cases (numpy)
-``parity``          DESIGN.md's agreement rule, the parity cases and their figures (numpy)
+``parity``          docs/design.md's agreement rule, the parity cases and their figures (numpy)
 ``exporter``        `export_model`: write, check, and only then move files into place
 ``info``            ``deepergat info`` for checkpoints and exported files
 ==================  ==========================================================================

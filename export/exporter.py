@@ -7,7 +7,7 @@ Each file proves itself before the export reports success:
    structures in chunks, one batch of thousands, the size-1 edge cases);
 2. each file is written under a temporary name in OUT_DIR, loaded back through `load` (ONNX
    on ONNX Runtime's CPU provider) and run on the same cases;
-3. every prediction must agree with the reference by DESIGN.md's rule; the figures go into the
+3. every prediction must agree with the reference by docs/design.md's rule; the figures go into the
    file's metadata document, and the final file is checked to compute bit for bit what the
    checked one did;
 4. only when every requested format passed are the files renamed into place. Otherwise every
@@ -49,7 +49,7 @@ FORMATS = ("onnx", "torchscript", "pt2", "aoti")
 ALL_FORMATS = ("onnx", "torchscript", "pt2")
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2",
               "aoti": "model.aoti.pt2"}
-#: Fewest check structures (DESIGN/issue: ≥ 256 real structures).
+#: Fewest check structures (≥ 256 real structures, docs/design.md §8).
 MIN_CHECK = 256
 #: Most structures read from a --check-data store.
 MAX_CHECK = 4096

@@ -1,4 +1,4 @@
-"""What a model file is, by suffix and confirmed by content (DESIGN.md "File kinds by suffix").
+"""What a model file is, by suffix and confirmed by content (docs/design.md §2).
 
 =========  ================================  ==========================================
 suffix     kind                              content

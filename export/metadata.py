@@ -1,4 +1,4 @@
-"""The metadata document every exported file carries (DESIGN.md "Metadata in exported files").
+"""The metadata document every exported file carries (docs/design.md §8).
 
 One JSON document: in ONNX the ``metadata_props`` key ``deepergat``; in TorchScript and ``.pt2``
 the extra file ``deepergat.json``. It is built from the source checkpoint's metadata
@@ -192,7 +192,7 @@ def check_settings(
     """Check a caller's graph settings against the model's.
 
     A model is only valid on graphs built with its own cutoff, neighbor count and construction
-    (docs/design.md "Graphs"); a mismatch is refused, never silently accepted.
+    (docs/design.md §4); a mismatch is refused, never silently accepted.
 
     Args:
         meta: a metadata document (``graph`` {cutoff, max_neighbors, construction}).

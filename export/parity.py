@@ -1,4 +1,4 @@
-"""Parity between two ways of computing a prediction (DESIGN.md "Agreement").
+"""Parity between two ways of computing a prediction (docs/design.md §10).
 
 Two predictions y₁ (the reference) and y₂ of the same structure agree when
 
@@ -80,7 +80,7 @@ class ParityCase:
 
     Attributes:
         label: what the batch exercises (``batch-2048``, ``chunk-3``, ``self-loop-only``, ...).
-        inputs: the model inputs (DESIGN.md layout).
+        inputs: the model inputs (docs/design.md layout).
         ids: [C] structure ids, in batch order.
     """
 

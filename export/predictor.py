@@ -50,7 +50,7 @@ __all__ = ["OnnxPredictor", "Prediction", "Predictor", "TorchPredictor", "load",
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
-#: dtype of each input (DESIGN.md).
+#: dtype of each input (docs/design.md).
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {
     "atomic_numbers": np.dtype(np.int64),
     "neighbors": np.dtype(np.int64),
@@ -84,7 +84,7 @@ class Predictor:
 
     Attributes:
         path: the model file.
-        metadata: its metadata document (DESIGN.md): ``format``, ``model`` (constructor
+        metadata: its metadata document (docs/design.md): ``format``, ``model`` (constructor
             arguments), ``graph`` {cutoff Å, max_neighbors}, ``targets`` [{name, units, mean,
             std}], ``elements``, ...; exported files add ``kind``, ``exporter``, ``parity``.
         sha256: hex digest of the file.
@@ -178,7 +178,7 @@ class Predictor:
         """Predict a batch.
 
         Args:
-            inputs: the DESIGN.md model inputs by name (`deepergat.graphs.GraphBatch.inputs`):
+            inputs: the docs/design.md model inputs by name (`deepergat.graphs.GraphBatch.inputs`):
                 atomic_numbers [N] int64, neighbors [N, K] int64, distances [N, K] float32 Å,
                 neighbor_mask [N, K] bool, crystal_atoms [C, A] int64, crystal_mask [C, A]
                 bool, batch [N] int64. Other dtypes are converted.

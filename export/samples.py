@@ -27,7 +27,7 @@ _X_SITES = (8, 8, 8, 9, 7, 16, 17, 35, 53)
 _PROTOTYPE = np.array(
     [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]]
 )
-#: Element table of the model (DESIGN.md): Z = 1..100.
+#: Element table of the model (docs/design.md): Z = 1..100.
 _MAX_Z = 100
 
 

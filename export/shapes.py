@@ -1,6 +1,6 @@
 """Dynamic sizes for tracing and exporting: the example batch and the dynamic-shape spec.
 
-Every size of the model contract is dynamic (DESIGN.md): N atoms, K neighbor slots, C crystals,
+Every size of the model contract is dynamic (docs/design.md): N atoms, K neighbor slots, C crystals,
 A atoms of the largest crystal. Exporters specialize sizes 0 and 1 and can confuse two sizes
 that happen to be equal, so the example batch has every size ≥ 2 and all four distinct, and
 padding in both masks (a graph traced on an all-true mask could drop the masking).

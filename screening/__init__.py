@@ -9,7 +9,7 @@ The modules, in the order a structure meets them:
 * `mpi` — ranks, the one-sided chunk counter and the aggregated progress counters (mpi4py is
   imported only under an MPI launcher).
 * `pipeline` — within a rank: reader → neighbor-search workers → predictor → writer.
-* `predictions` — the predictions file of DESIGN.md: writer, identity check, description, top-K.
+* `predictions` — the predictions file (docs/design.md §9): writer, identity, description, top-K.
 * `merge` — parts → the final file in input order.
 * `run` — the driver that ties them together; `cli` — the command line.
 

@@ -1,4 +1,4 @@
-"""The predictions file (DESIGN.md "Predictions"): its rows, writer, identity, description, top-K.
+"""The predictions file (docs/design.md §9): its rows, writer, identity, description, top-K.
 
 HDF5, root attributes ``format = "deepergat-predictions"``, ``version = 1``, ``model``,
 ``model_sha256``, ``model_metadata`` (JSON), ``input``, ``input_digest``, ``status_codes``
@@ -11,7 +11,7 @@ so a rerun can tell whether an existing file is its own. Datasets:
 ``predictions/<t>``    [M] float32         attr ``units``; NaN where status ≠ 0
 ``std/<t>``            [M] float32         an ensemble's calibrated spread, same units; NaN
                                            where the prediction is NaN
-``status``             [M] uint8           DESIGN.md codes 0-7
+``status``             [M] uint8           docs/design.md codes 0-7
 ``flags``              [M] uint8           bit 0: an element the model never saw in training
 ``embeddings``         [M, D] float32      optional
 =====================  ==================  ===============================================
@@ -64,7 +64,7 @@ class Rows:
     Attributes:
         index: [m] int64 rows in the input store.
         ids: [m] structure ids.
-        status: [m] uint8 DESIGN.md status codes.
+        status: [m] uint8 docs/design.md status codes.
         flags: [m] uint8 flag bits.
         predictions: [m, T] float32 in the targets' units, NaN where status ≠ 0.
         embeddings: [m, D] float32 pooled crystal vectors (NaN where status ≠ 0), or None.
@@ -96,7 +96,7 @@ class PredictionsWriter:
         n_structures: M.
         targets: [T] dicts with ``name`` and ``units`` (the model's targets, in output order).
         embedding_dim: D, or None for no ``embeddings`` dataset.
-        attrs: root attributes (DESIGN.md's list); ``format``, ``version``, ``status_codes``
+        attrs: root attributes (docs/design.md's list); ``format``, ``version``, ``status_codes``
             and ``created_by`` are added.
         spread: write the ``std`` group (an ensemble's calibrated spread).
     """

@@ -62,7 +62,7 @@ DEFAULT_CHUNK_SIZE = 2048
 GPU_BATCH_ATOMS = 16384
 #: The bundled model screened with when ``--model`` is not given (else the first bundled one).
 DEFAULT_MODEL = "perovskite-heat"
-#: The model's element table is Z = 1..100 (DESIGN.md); anything else is status 3.
+#: The model's element table is Z = 1..100 (docs/design.md); anything else is status 3.
 MODEL_MAX_Z = 100
 
 Outcome = Literal["merged", "already-merged", "shard-done", "merge-claimed"]

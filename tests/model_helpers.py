@@ -1,5 +1,5 @@
 """Helpers for the model, training and prediction tests: perovskite rows parsed with pymatgen,
-padded model inputs, DESIGN.md's agreement rule."""
+padded model inputs, docs/design.md's agreement rule."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def model_inputs(structures: list[dict], **graph_settings: Any) -> dict[str, Any
 
 
 def agree(y1: Any, y2: Any, std: float) -> bool:
-    """DESIGN.md's agreement rule: |y1 - y2| ≤ 1e-5·std + 4·ulp32(|y1|), elementwise."""
+    """docs/design.md's agreement rule: |y1 - y2| ≤ 1e-5·std + 4·ulp32(|y1|), elementwise."""
     a = np.asarray(y1, dtype=np.float64)
     b = np.asarray(y2, dtype=np.float64)
     ulp = np.spacing(np.abs(a).astype(np.float32)).astype(np.float64)

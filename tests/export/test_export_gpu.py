@@ -80,5 +80,5 @@ def test_gpu_predictions_agree_with_cpu(exported_tiny, fmt):
     y1, _, _ = cpu.predict(inputs)
     y2, _, _ = gpu.predict(inputs)
     # different kernels (TF32 is off by default for float32 matmuls in ONNX Runtime and torch):
-    # the DESIGN.md rule is for the same device; across devices allow 10x
+    # the docs/design.md rule is for the same device; across devices allow 10x
     assert np.all(np.abs(y1 - y2) <= 10 * (1e-5 * 0.8) + 4 * np.spacing(np.abs(y1))), fmt

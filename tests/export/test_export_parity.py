@@ -1,4 +1,4 @@
-"""DESIGN.md's agreement rule and the parity plan."""
+"""docs/design.md's agreement rule and the parity plan."""
 
 from __future__ import annotations
 

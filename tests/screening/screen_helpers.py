@@ -1,6 +1,6 @@
 """Screening test helpers, imported by the tests and conftest.py: a candidate store with one
 structure per status code, running the screen in-process or as (MPI) subprocesses, and comparing
-predictions files by DESIGN.md's rule."""
+predictions files by docs/design.md's rule."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def read_predictions(path: Path) -> dict[str, Any]:
 
 
 def agree(y1: Any, y2: Any, std: float) -> bool:
-    """DESIGN.md's rule: |y1 - y2| ≤ 1e-5·std + 4·ulp32(|y1|), elementwise."""
+    """docs/design.md's rule: |y1 - y2| ≤ 1e-5·std + 4·ulp32(|y1|), elementwise."""
     a = np.asarray(y1, dtype=np.float64)
     b = np.asarray(y2, dtype=np.float64)
     ulp = np.spacing(np.abs(a).astype(np.float32)).astype(np.float64)
@@ -155,7 +155,7 @@ def agree(y1: Any, y2: Any, std: float) -> bool:
 
 
 def assert_same_predictions(a: Path, b: Path, std: float) -> None:
-    """ids, index, status, flags identical; predictions agree by DESIGN.md's rule (NaN alike)."""
+    """ids, index, status, flags identical; predictions agree by the agreement rule (NaN alike)."""
     x, y = read_predictions(a), read_predictions(b)
     assert x["ids"] == y["ids"]
     np.testing.assert_array_equal(x["index"], y["index"])

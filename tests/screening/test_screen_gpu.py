@@ -43,6 +43,6 @@ def test_cuda_screen_matches_cpu(tmp_path: Path, screen_store: Path, small_model
     y1, y2 = cpu["predictions"]["heat_ref"], gpu["predictions"]["heat_ref"]
     ok = cpu["status"] == 0
     assert np.array_equal(np.isnan(y1), np.isnan(y2))
-    # DESIGN.md's rule is for one device; across devices (other kernels) allow 10x
+    # docs/design.md's rule is for one device; across devices (other kernels) allow 10x
     tol = 10 * 1e-5 * small_model["std"] + 4 * np.spacing(np.abs(y1[ok]))
     assert np.all(np.abs(y1[ok] - y2[ok]) <= tol)

@@ -1,7 +1,7 @@
 """The slurm/ scripts on a real (local, single-node) SLURM: MPI screening through srun, an array
 with its afterany merge (also when a task failed), and training requeued on SIGUSR1.
 
-Needs a running SLURM (``../shared/tools/slurm-local-start.sh``, which ``.ci/run`` starts);
+Needs a running SLURM (the local single-node one that ``.ci/run`` starts);
 skips otherwise. The local cluster has no GPUs and 1 GB, so the resources are overridden from
 the environment the way the scripts document.
 """
@@ -32,7 +32,7 @@ LOCAL = {"GPUS_PER_TASK": "0", "CPUS_PER_TASK": "1", "MEM": "250M", "TIME": "10"
 
 def _slurm_up() -> str | None:
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return "no sbatch/sinfo (start ../shared/tools/slurm-local-start.sh)"
+        return "no sbatch/sinfo (.ci/run starts a local SLURM)"
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
                              timeout=20)

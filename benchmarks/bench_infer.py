@@ -205,7 +205,7 @@ def main() -> None:
                 "eager direct": eager("direct", device),
                 "eager rewritten": eager("rewritten", device),
                 "torchscript": load(work / "exported" / "model.pt", device=device,
-                                    threads=args.threads),
+                                    threads=args.threads, trust=True),  # exported just now
                 "pt2": load(work / "exported" / "model.pt2", device=device,
                             threads=args.threads),
                 "onnxruntime": load(work / "exported" / "model.onnx", device=device,
@@ -213,7 +213,7 @@ def main() -> None:
             }
             if aoti and device == "cpu":
                 backends["aoti"] = load(work / "exported" / "model.aoti.pt2", device="cpu",
-                                        threads=args.threads)
+                                        threads=args.threads, trust=True)
             if device == "cuda" and not backends["onnxruntime"].device.startswith("cuda"):
                 del backends["onnxruntime"]
             print(f"\n{device}: structures/s (best of runs; N atoms, K slots per batch)")

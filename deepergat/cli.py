@@ -391,6 +391,10 @@ main.add_command(screen_command, name="screen")
 # evaluate, predict, models
 # --------------------------------------------------------------------------------------------
 
+_TRUST_HELP = ("Allow a model file whose loading runs code from it (an AOTInductor .aoti.pt2 is "
+               "native code, a TorchScript .pt a program): only for files you trust. ONNX, .pt2 "
+               "programs and checkpoints never need it.")
+
 
 @main.command()
 @click.argument("model")
@@ -400,8 +404,9 @@ main.add_command(screen_command, name="screen")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Metrics JSON.")
 @click.option("--batch-size", type=int, default=100, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--trust", is_flag=True, help=_TRUST_HELP)
 def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path: str | None,
-             batch_size: int, device: str) -> None:
+             batch_size: int, device: str, trust: bool) -> None:
     """MAE, RMSE and R² of MODEL on a labelled store. MODEL: a checkpoint (.ckpt), an
     exported file (.onnx, .pt, .pt2, .aoti.pt2) or a bundled model name.
 
@@ -416,7 +421,7 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
     from .predict import evaluate as run_evaluate
     from .predict import parity_plot
 
-    result = run_evaluate(model, data, target, batch_size=batch_size, device=device)
+    result = run_evaluate(model, data, target, batch_size=batch_size, device=device, trust=trust)
     u = f" {result.units}" if result.units else ""
     click.echo(f"{result.target}: MAE {result.mae:.5g}{u}  RMSE {result.rmse:.5g}{u}  "
                f"R² {result.r2:.4f}  n {result.n}")
@@ -446,8 +451,9 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
 @click.option("--overlap-threshold", type=float, default=0.1, show_default=True,
               help="Atoms closer than this (Å) give status 6.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--trust", is_flag=True, help=_TRUST_HELP)
 def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_size: int,
-            max_atoms: int, overlap_threshold: float, device: str) -> None:
+            max_atoms: int, overlap_threshold: float, device: str, trust: bool) -> None:
     """Predict structure files or stores with MODEL: a checkpoint (.ckpt), an exported file
     (.onnx, .pt, .pt2, .aoti.pt2) or a bundled model name.
 
@@ -471,7 +477,7 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
 
     ck, rows = predict_inputs(model, inputs, batch_size=batch_size, max_atoms=max_atoms,
                               overlap_threshold=overlap_threshold, device=device,
-                              on_skipped=skipped)
+                              on_skipped=skipped, trust=trust)
     handle = open(csv_path, "w", newline="") if csv_path else sys.stdout  # noqa: SIM115
     try:
         writer = csv.writer(handle, lineterminator="\n")

@@ -76,17 +76,18 @@ def resolve_model(model: str | os.PathLike[str]) -> Path:
     )
 
 
-def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu") -> Any:
+def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu",
+                   trust: bool = False) -> Any:
     """The `deepergat.export.Predictor` of a MODEL argument: a checkpoint (eager PyTorch), an
     exported file (``.onnx`` on ONNX Runtime, ``.pt``, ``.pt2``) or a bundled name (its
-    checkpoint).
+    checkpoint). ``trust`` allows files whose loading runs code (`deepergat.export.load`).
 
     Raises:
         DeepergatError: see `resolve_model` and `deepergat.export.load`.
     """
     from .export import load
 
-    return load(resolve_model(model), device=device)  # type: ignore[arg-type]
+    return load(resolve_model(model), device=device, trust=trust)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -153,6 +154,7 @@ def predict_inputs(
     overlap_threshold: float = DEFAULT_OVERLAP_THRESHOLD,
     device: str = "cpu",
     on_skipped: Callable[[int, str], None] | None = None,
+    trust: bool = False,
 ) -> tuple[Any, Iterator[PredictionRow]]:
     """Predict structure files (any format `deepergat pack` reads) and stores.
 
@@ -163,7 +165,7 @@ def predict_inputs(
         (the loaded `deepergat.export.Predictor`, an iterator of `PredictionRow` in input
         order).
     """
-    ck = load_predictor(model_path, device=device)
+    ck = load_predictor(model_path, device=device, trust=trust)
     model = ck
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -235,7 +237,8 @@ class EvaluationResult:
 
 def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], target: str, *,
              batch_size: int = 100, device: str = "cpu",
-             cache_dir: str | os.PathLike[str] | None = None) -> EvaluationResult:
+             cache_dir: str | os.PathLike[str] | None = None,
+             trust: bool = False) -> EvaluationResult:
     """MAE, RMSE and R² of a model on a labelled store (and, for an ensemble, how well its
     spread describes the errors).
 
@@ -245,7 +248,7 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], t
     """
     from .data import load_graphs
 
-    ck = load_predictor(model_path, device=device)
+    ck = load_predictor(model_path, device=device, trust=trust)
     if target not in ck.targets:
         raise DeepergatError(
             f"{ck.path}: the model predicts {', '.join(ck.targets)}, not {target!r}"

@@ -286,7 +286,7 @@ def export_model(
             facts = write(export_net, example, tmp, meta)
             meta["exporter"] = {**meta["exporter"], **facts}
             say(f"{fmt}: parity check")
-            predictor = load(tmp, device="cpu")
+            predictor = load(tmp, device="cpu", trust=True)  # the file this run just wrote
             candidate = [predictor.predict(case.inputs) for case in cases]
             where = ", ".join(getattr(predictor, "providers", [predictor.device]))
             parity = compare(cases, reference, candidate, std, target_names=names,
@@ -334,7 +334,7 @@ def _check_final(path: Path, cases: Sequence[ParityCase], candidate: Sequence[An
     """The final file (metadata rewritten) computes bit for bit what the checked one did."""
     from .predictor import load
 
-    predictor = load(path, device="cpu")
+    predictor = load(path, device="cpu", trust=True)  # the file this run just wrote
     for k, case in enumerate(cases):
         if case.label not in _FINAL_CASES:
             continue

@@ -34,9 +34,11 @@ from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, decode_metadata
 
 __all__ = [
     "CHECKPOINT_KIND",
+    "CODE_KINDS",
     "MODEL_KINDS",
     "SUFFIX_KINDS",
     "model_file_kind",
+    "onnx_external_tensors",
     "read_extra_file",
     "read_metadata",
     "read_onnx_metadata_props",
@@ -53,6 +55,13 @@ SUFFIX_KINDS: dict[str, tuple[str, ...]] = {
 }
 #: Every model kind.
 MODEL_KINDS = frozenset(k for kinds in SUFFIX_KINDS.values() for k in kinds)
+#: Kinds whose loading runs code from the file: an AOTInductor package is a shared library,
+#: a TorchScript archive a program (its ``__setstate__`` methods run while it loads, and its
+#: operators can reach the file system). They load only when the caller trusts the file.
+CODE_KINDS: dict[str, str] = {
+    KINDS["aoti"]: "an AOTInductor package (compiled native code that runs when it loads)",
+    KINDS["torchscript"]: "a TorchScript program (its code runs when it loads)",
+}
 _ZIP_MAGIC = b"PK\x03\x04"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 #: ONNX ModelProto field numbers: ir_version (1, varint), graph (7), metadata_props (14).
@@ -222,6 +231,73 @@ def read_onnx_metadata_props(path: str | os.PathLike[str]) -> dict[str, str]:
     if not (seen_ir and seen_graph):
         raise DeepergatError(f"{p}: not an ONNX model (no IR version or graph)")
     return props
+
+
+#: TensorProto.data_location (14) = EXTERNAL (1); where tensors sit in graphs, nodes and
+#: attributes: GraphProto initializer (5), sparse_initializer (15), node (1); NodeProto
+#: attribute (5); AttributeProto t (5), g (6), tensors (9), graphs (10), sparse_tensor (22),
+#: sparse_tensors (23); SparseTensorProto values (1), indices (2); ModelProto functions (25),
+#: FunctionProto node (7).
+_TENSOR_DATA_LOCATION, _EXTERNAL = 14, 1
+
+
+def _external_in_tensor(t: memoryview, sparse: bool = False) -> bool:
+    for field, wire, value in _fields(t):
+        if sparse and field in (1, 2) and wire == 2 and _external_in_tensor(value):
+            return True
+        if not sparse and field == _TENSOR_DATA_LOCATION and wire == 0 and value == _EXTERNAL:
+            return True
+    return False
+
+
+def _external_in_attribute(a: memoryview) -> bool:
+    for field, wire, value in _fields(a):
+        if wire != 2:
+            continue
+        if field in (5, 9) and _external_in_tensor(value):
+            return True
+        if field in (22, 23) and _external_in_tensor(value, sparse=True):
+            return True
+        if field in (6, 10) and _external_in_graph(value):
+            return True
+    return False
+
+
+def _external_in_node(n: memoryview) -> bool:
+    return any(field == 5 and wire == 2 and _external_in_attribute(value)
+               for field, wire, value in _fields(n))
+
+
+def _external_in_graph(g: memoryview) -> bool:
+    for field, wire, value in _fields(g):
+        if wire != 2:
+            continue
+        if field == 5 and _external_in_tensor(value):
+            return True
+        if field == 15 and _external_in_tensor(value, sparse=True):
+            return True
+        if field == 1 and _external_in_node(value):
+            return True
+    return False
+
+
+def onnx_external_tensors(data: bytes | memoryview) -> bool:
+    """Whether an ONNX model refers to external data files (tensors stored outside it).
+
+    deepergat writes every weight inside the file; an external-data reference makes the runtime
+    read another file by a path the model chooses, so loaders refuse such models.
+
+    Raises:
+        ValueError: not a parseable ModelProto.
+    """
+    buf = memoryview(data)
+    for field, wire, value in _fields(buf):
+        if field == _ONNX_GRAPH and wire == 2 and _external_in_graph(value):
+            return True
+        if field == 25 and wire == 2 and any(  # FunctionProto: its nodes (7)
+                f == 7 and w == 2 and _external_in_node(v) for f, w, v in _fields(value)):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- metadata

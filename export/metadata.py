@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +120,24 @@ def with_exporter(metadata: Mapping[str, Any], facts: Mapping[str, Any]) -> dict
     meta = dict(metadata)
     meta["exporter"] = {**meta.get("exporter", {}), **facts}
     return meta
+
+
+def archive_name(path: Path) -> str:
+    """The name a staged file will have in the end (``model.pt2`` for the exporter's
+    ``.deepergat-export-<pid>.model.pt2`` and its ``.meta-tmp`` copies): zip-based formats name
+    their archive's top folder after the file they are saved to."""
+    name = re.sub(r"^\.+(deepergat-export-\d+\.)?", "", path.name)
+    return name.replace(".meta-tmp", "") or path.name
+
+
+def save_named(path: Path, save: Callable[[Path], None]) -> None:
+    """Call ``save(p)`` with ``p`` named as the final file (`archive_name`) in a private folder
+    beside ``path``, then move the result to ``path``: the archive's top folder is the plain
+    final name, never a staging name."""
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".deepergat-save-") as tmp:
+        staged = Path(tmp) / archive_name(path)
+        save(staged)
+        os.replace(staged, path)
 
 
 def meta_tmp_path(path: Path) -> Path:

@@ -33,7 +33,7 @@ from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
 from deepergat.graphs import graph_settings
 
-from .files import CHECKPOINT_KIND, expect_kind
+from .files import CHECKPOINT_KIND, CODE_KINDS, expect_kind, onnx_external_tensors
 from .metadata import (
     EXTRA_FILE,
     KINDS,
@@ -292,6 +292,7 @@ def load(
     max_neighbors: int | None = None,
     graph: str | None = None,
     optimization: str = "all",
+    trust: bool = False,
 ) -> Predictor:
     """Load a model file or a bundled model for prediction.
 
@@ -311,6 +312,9 @@ def load(
             checked against the model's.
         optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
             ``extended``, ``all``).
+        trust: load a file whose loading runs code from it — an AOTInductor package (native
+            code) or a TorchScript program. Only for files whose source you trust; ONNX files,
+            ``.pt2`` programs and checkpoints never need it (nothing in them runs).
 
     Torch-backed files also tune glibc malloc for the process (`runtime.tune_malloc`: freed
     memory is kept instead of being faulted in again on every batch; ``DEEPERGAT_TUNE_MALLOC=0``
@@ -318,11 +322,19 @@ def load(
 
     Raises:
         DeepergatError: no such file or bundled model, a truncated or foreign file, a suffix
-            its content contradicts, mismatched graph settings, an unavailable device.
+            its content contradicts, mismatched graph settings, an unavailable device, a file
+            that runs code without ``trust``, an ONNX file with external data or a ``.pt2``
+            holding a pickle that is not plain tensors.
     """
     device, device_id = parse_device(device, device_id)
     path = resolve_model(path_or_name, prefer="onnx")
     kind = expect_kind(path)
+    if kind in CODE_KINDS and not trust:
+        raise DeepergatError(
+            f"{path}: is {CODE_KINDS[kind]}; load it only if you trust where it came from: "
+            "pass --trust (trust=True in Python), or use the .onnx or .pt2 file, which run no "
+            "code from the file"
+        )
     if kind == KINDS["onnx"]:
         predictor: Predictor = _load_onnx(path, device=device, device_id=device_id,
                                           threads=threads, inter_op_threads=inter_op_threads,
@@ -365,6 +377,17 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
     from .runtime import make_session
 
     data = path.read_bytes()
+    try:
+        external = onnx_external_tensors(data)
+    except ValueError as e:
+        raise DeepergatError(f"{path}: not a readable ONNX model (truncated or damaged: {e})"
+                             ) from None
+    if external:
+        raise DeepergatError(
+            f"{path}: refers to external data files (tensors stored outside the model, read "
+            "by a path the file chooses); deepergat exports keep every weight inside the file: "
+            "re-export it with `deepergat export`"
+        )
     session = make_session(data, device=device, device_id=device_id, threads=threads,
                            inter_op_threads=inter_op_threads, optimization=optimization,
                            where=str(path))
@@ -449,7 +472,9 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
                 module.eval()
                 backend = "torchscript"
             elif kind == KINDS["pt2"]:
-                program = torch.export.load(os.fspath(path), extra_files=extra)
+                from .pt2 import load_program
+
+                program = load_program(path, extra_files=extra)
                 module = program_on(program, dev).module()
                 backend = "torch.export"
             else:

@@ -21,7 +21,7 @@ from typing import Any
 
 from deepergat.errors import DeepergatError
 
-from .metadata import EXTRA_FILE, encode_metadata, with_exporter
+from .metadata import EXTRA_FILE, encode_metadata, save_named, with_exporter
 from .metadata import meta_tmp_path as _meta_tmp
 
 __all__ = ["set_torchscript_metadata", "write_torchscript"]
@@ -53,11 +53,21 @@ def write_torchscript(
         raise DeepergatError(f"TorchScript tracing failed: {' '.join(str(e).split())[:500]}") from e
     facts = {"exporter": "torch.jit.trace", "torch": torch.__version__}
     meta = with_exporter(metadata, facts)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated: known
-        torch.jit.save(traced, os.fspath(path), _extra_files={EXTRA_FILE: encode_metadata(meta)})
+    _save(traced, Path(path), meta)
     log.info("wrote %s", path)
     return facts
+
+
+def _save(module: Any, path: Path, meta: dict[str, Any]) -> None:
+    """``torch.jit.save`` into ``path``, the archive folder named after the final file."""
+    import torch
+
+    def save(p: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated
+            torch.jit.save(module, os.fspath(p), _extra_files={EXTRA_FILE: encode_metadata(meta)})
+
+    save_named(path, save)
 
 
 def set_torchscript_metadata(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
@@ -68,6 +78,9 @@ def set_torchscript_metadata(path: str | os.PathLike[str], meta: dict[str, Any])
     tmp = _meta_tmp(Path(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(os.fspath(path), map_location="cpu")
-        torch.jit.save(module, os.fspath(tmp), _extra_files={EXTRA_FILE: encode_metadata(meta)})
-    os.replace(tmp, path)
+        module = torch.jit.load(os.fspath(path), map_location="cpu")  # the file just written
+    try:
+        _save(module, tmp, meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

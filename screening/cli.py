@@ -109,6 +109,10 @@ def _summary(result: Any) -> list[str]:
                    "(lower) or mean + k*std (upper).")
 @click.option("--rank-k", default=1.0, show_default=True, type=float, metavar="k",
               help="k of the --rank-by bound, in calibrated standard deviations.")
+@click.option("--trust", is_flag=True,
+              help="Allow a model file whose loading runs code from it (an AOTInductor "
+                   ".aoti.pt2 is native code, a TorchScript .pt a program): only for files you "
+                   "trust. ONNX, .pt2 programs and checkpoints never need it.")
 @click.option("--no-resume", is_flag=True, help="Discard committed parts and start clean.")
 @click.option("--merge-only", is_flag=True,
               help="Only merge committed parts (names missing chunks and fails when any are).")
@@ -128,6 +132,7 @@ def screen(
     top_order: str,
     rank_by: str,
     rank_k: float,
+    trust: bool,
     no_resume: bool,
     merge_only: bool,
     verbose: int,
@@ -148,7 +153,7 @@ def screen(
         chunk_size=chunk_size, device=device, workers=workers, shard=shard,
         max_atoms=max_atoms, overlap_threshold=overlap_threshold, embeddings=embeddings,
         top=top, top_order=top_order,  # type: ignore[arg-type]
-        rank_by=rank_by, rank_k=rank_k,  # type: ignore[arg-type]
+        rank_by=rank_by, rank_k=rank_k, trust=trust,  # type: ignore[arg-type]
         resume=not no_resume, merge_only=merge_only,
     )
     ranks = None

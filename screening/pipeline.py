@@ -218,9 +218,11 @@ def start_forkserver() -> None:
 _WORKER_PREDICTOR: Any = None
 
 
-def _worker_init(model: tuple[str, str, bool] | None = None, parent: int | None = None) -> None:
+def _worker_init(model: tuple[str, str, bool, bool] | None = None,
+                 parent: int | None = None) -> None:
     """Warm the numba kernel (it loads its on-disk cache) and, for predicting workers, load the
-    model: ``(path, sha256, keep_embeddings)``, one single-threaded CPU session per worker.
+    model: ``(path, sha256, trust, keep_embeddings)``, one single-threaded CPU session per
+    worker.
     The worker ends when the rank ``parent`` (a pid) ends, killed or not."""
     global _WORKER_PREDICTOR
     if parent is not None:
@@ -233,8 +235,8 @@ def _worker_init(model: tuple[str, str, bool] | None = None, parent: int | None 
     if model is not None:
         from deepergat import export
 
-        path, sha256, keep_embeddings = model
-        predictor = export.load(path, device="cpu", threads=1)
+        path, sha256, trust, keep_embeddings = model
+        predictor = export.load(path, device="cpu", threads=1, trust=trust)
         if predictor.sha256 != sha256:
             raise RuntimeError(f"{path} changed while screening (sha256 {predictor.sha256})")
         _WORKER_PREDICTOR = (predictor, keep_embeddings)
@@ -326,7 +328,7 @@ class Pipeline:
         embedding_dim: D to keep embeddings, None to drop them.
         spread: the model is an ensemble: keep its [C, T] spread.
         workers: neighbor-search processes (0: one thread in this process).
-        worker_model: ``(model file, sha256)``: the workers also predict, each with its own
+        worker_model: ``(model file, sha256, trust)``: the workers also predict, each with its own
             single-threaded CPU session (on CPUs, processes scale where threads in one process
             do not); None: this process predicts with ``predictor``.
         batch_atoms, batch_edges: the model-batch budget (`split_batches`).
@@ -347,7 +349,7 @@ class Pipeline:
         embedding_dim: int | None,
         spread: bool = False,
         workers: int = 0,
-        worker_model: tuple[str, str] | None = None,
+        worker_model: tuple[str, str, bool] | None = None,
         batch_atoms: int = DEFAULT_BATCH_ATOMS,
         batch_edges: int = DEFAULT_BATCH_EDGES,
         prefetch: int | None = None,

@@ -95,6 +95,7 @@ class ScreenOptions:
     merge_only: bool = False
     batch_atoms: int | None = None
     batch_edges: int | None = None
+    trust: bool = False
 
 
 @dataclass
@@ -179,7 +180,7 @@ def _model_name(model: str) -> str:
 
 
 def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
-                max_atoms: int, overlap_threshold: float) -> _Model:
+                max_atoms: int, overlap_threshold: float, trust: bool = False) -> _Model:
     """Load the predictor, read its metadata and run one probe structure through it.
 
     Args:
@@ -187,13 +188,15 @@ def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
         device: (``auto``/``cpu``/``cuda``, device id) from `pick_device`.
         threads: predictor CPU threads.
         max_atoms, overlap_threshold: the run's status checks.
+        trust: load a model file that runs code (`deepergat.export.load`).
     """
     from deepergat import export
 
     if model is None:
         model = _default_model()
     try:
-        predictor = export.load(model, device=device[0], device_id=device[1], threads=threads)
+        predictor = export.load(model, device=device[0], device_id=device[1], threads=threads,
+                                trust=trust)
     except DeepergatError:
         raise
     except Exception as e:  # a foreign or damaged file the loader did not recognise
@@ -523,7 +526,7 @@ def _prepare(opts: ScreenOptions, ranks: Ranks
             _check_options(opts)
             inp = _open_input(Path(opts.input))
             model = _load_model(opts.model, device, threads, opts.max_atoms,
-                                opts.overlap_threshold)
+                                opts.overlap_threshold, opts.trust)
             setup = _root_setup(opts, inp, output, parts, shard, model, setup)
         except DeepergatError as e:
             setup.error = str(e)
@@ -542,7 +545,7 @@ def _prepare(opts: ScreenOptions, ranks: Ranks
     if not ranks.is_root:
         try:
             model = _load_model(opts.model, device, threads, opts.max_atoms,
-                                opts.overlap_threshold)
+                                opts.overlap_threshold, opts.trust)
         except DeepergatError as e:
             error = f"rank {ranks.rank}: {e}"
     if ranks.size > 1:
@@ -617,7 +620,8 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
         opts.input, plan, model.predictor, model.settings, n_targets=len(model.targets),
         embedding_dim=model.embedding_dim if opts.embeddings else None, spread=model.spread,
         workers=setup.workers,
-        worker_model=(str(model.predictor.path), model.sha256) if workers_predict else None,
+        worker_model=((str(model.predictor.path), model.sha256, opts.trust) if workers_predict
+                      else None),
         batch_atoms=batch_atoms, batch_edges=batch_edges,
     )
 

@@ -37,7 +37,7 @@ def test_metadata_and_kind(aoti_file, exported_tiny):
     assert meta["parity"]["passed"] and meta["parity"]["n_structures"] >= 256
     assert meta["exporter"]["compiled_for"]["device"] == "cpu"
     assert meta["graph"] == read_metadata(exported_tiny["onnx"])["graph"]
-    p = load(aoti_file, device="cpu")
+    p = load(aoti_file, device="cpu", trust=True)
     assert p.backend == "aoti" and p.metadata == meta
 
 
@@ -46,22 +46,22 @@ def test_metadata_and_kind(aoti_file, exported_tiny):
 def test_size_one_and_edge_cases(aoti_file, exported_tiny, case):
     inputs = build_inputs(edge_case_structures()[case], max_z=100).inputs
     y1, _, _ = load(exported_tiny["checkpoint"], device="cpu").predict(inputs)
-    y2, _, _ = load(aoti_file, device="cpu").predict(inputs)
+    y2, _, _ = load(aoti_file, device="cpu", trust=True).predict(inputs)
     assert agree(y1, y2, [0.8]).all()
 
 
 def test_batch_of_thousands(aoti_file, exported_tiny):
     inputs = build_inputs(parity_structures(2500, seed=9), max_z=100).inputs
     y1, e1, _ = load(exported_tiny["checkpoint"], device="cpu").predict(inputs)
-    y2, e2, _ = load(aoti_file, device="cpu").predict(inputs)
+    y2, e2, _ = load(aoti_file, device="cpu", trust=True).predict(inputs)
     assert agree(y1, y2, [0.8]).all()
     np.testing.assert_allclose(e2, e1, atol=1e-4, rtol=1e-4)
 
 
 def test_cuda_request_is_refused(aoti_file):
     with pytest.raises(DeepergatError, match=r"compiled for the CPU|sees no CUDA device"):
-        load(aoti_file, device="cuda")
-    assert load(aoti_file, device="auto").device == "cpu"
+        load(aoti_file, device="cuda", trust=True)
+    assert load(aoti_file, device="auto", trust=True).device == "cpu"
 
 
 def test_info(aoti_file):

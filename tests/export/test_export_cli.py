@@ -70,7 +70,7 @@ def test_export_with_check_data_store(exported_tiny, tmp_path):
 
 
 def _cli_rows(model, store):
-    result = CliRunner().invoke(main, ["predict", str(model), str(store)])
+    result = CliRunner().invoke(main, ["predict", str(model), str(store), "--trust"])
     assert result.exit_code == 0, result.output
     rows = list(csv.reader(io.StringIO(result.stdout)))
     assert rows[0] == ["id", "heat_ref", "status"]
@@ -89,7 +89,7 @@ def test_predict_same_numbers_for_checkpoint_and_exported_files(exported_tiny, t
     write_store(store, structures)
 
     def rows(model):
-        _, it = predict_inputs(model, [store], batch_size=16)
+        _, it = predict_inputs(model, [store], batch_size=16, trust=True)
         out = list(it)
         return [r.id for r in out], np.array([r.values for r in out]), [r.status for r in out]
 
@@ -121,6 +121,7 @@ def test_evaluate_accepts_exported_files(exported_tiny, tmp_path):
     write_store(store, structures, units={"heat_ref": "eV"})
     ref = evaluate(exported_tiny["checkpoint"], store, "heat_ref", cache_dir=tmp_path / "c")
     for fmt in ("onnx", "torchscript", "pt2"):
-        got = evaluate(exported_tiny[fmt], store, "heat_ref", cache_dir=tmp_path / "c")
+        got = evaluate(exported_tiny[fmt], store, "heat_ref", cache_dir=tmp_path / "c",
+                       trust=True)
         assert got.n == ref.n and got.units == "eV"
         assert got.mae == pytest.approx(ref.mae, abs=1e-5)

@@ -25,7 +25,7 @@ def test_truncated_file(exported_tiny, tmp_path, fmt, fraction):
     src = exported_tiny[fmt]
     bad = _truncated(src, tmp_path / src.name, fraction)
     with pytest.raises(DeepergatError) as err:
-        load(bad, device="cpu")
+        load(bad, device="cpu", trust=True)
     assert str(bad) in str(err.value)
     with pytest.raises(DeepergatError):
         read_metadata(bad)
@@ -41,13 +41,13 @@ def test_corrupt_bytes(exported_tiny, tmp_path, fmt):
     bad = tmp_path / src.name
     bad.write_bytes(bytes(data))
     try:
-        p = load(bad, device="cpu")
+        p = load(bad, device="cpu", trust=True)
     except DeepergatError as e:
         assert str(bad) in str(e)
         return
     # corrupted weights may still load (zip entries of raw tensor bytes are not checksummed by
     # torch); then the metadata still identifies it and the hash differs from the original
-    assert p.sha256 != load(src, device="cpu").sha256
+    assert p.sha256 != load(src, device="cpu", trust=True).sha256
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_foreign_files(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(DeepergatError, match=message):
-        load(path, device="cpu")
+        load(path, device="cpu", trust=True)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_content_contradicts_suffix(exported_tiny, tmp_path, src, dst_name, mess
     dst = tmp_path / dst_name
     shutil.copyfile(exported_tiny[src], dst)
     with pytest.raises(DeepergatError, match=message):
-        load(dst, device="cpu")
+        load(dst, device="cpu", trust=True)
 
 
 def test_store_named_like_a_model(tmp_path):
@@ -92,7 +92,7 @@ def test_store_named_like_a_model(tmp_path):
     store = tmp_path / "model.onnx"
     write_store(store, parity_structures(3))
     with pytest.raises(DeepergatError, match="HDF5 file"):
-        load(store, device="cpu")
+        load(store, device="cpu", trust=True)
 
 
 def test_onnx_without_deepergat_metadata(tmp_path):
@@ -107,7 +107,7 @@ def test_onnx_without_deepergat_metadata(tmp_path):
     onnx.save(model, path)
     assert sniff(path) == "protobuf"
     with pytest.raises(DeepergatError, match="without deepergat metadata"):
-        load(path, device="cpu")
+        load(path, device="cpu", trust=True)
 
 
 def test_torchscript_without_metadata(tmp_path):
@@ -116,7 +116,7 @@ def test_torchscript_without_metadata(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
     assert sniff(path) == "deepergat-torchscript"
     with pytest.raises(DeepergatError, match="no deepergat metadata"):
-        load(path, device="cpu")
+        load(path, device="cpu", trust=True)
 
 
 def test_damaged_metadata_document(exported_tiny, tmp_path):
@@ -128,11 +128,11 @@ def test_damaged_metadata_document(exported_tiny, tmp_path):
     del meta["graph"]
     set_onnx_metadata(path, meta)
     with pytest.raises(DeepergatError, match="missing graph"):
-        load(path, device="cpu")
+        load(path, device="cpu", trust=True)
     meta = read_metadata(exported_tiny["onnx"]) | {"format": 99}
     set_onnx_metadata(path, meta)
     with pytest.raises(DeepergatError, match="format 99 is not supported"):
-        load(path, device="cpu")
+        load(path, device="cpu", trust=True)
 
 
 def test_sniff_kinds(exported_tiny):

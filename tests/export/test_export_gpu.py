@@ -73,7 +73,7 @@ def test_gpu_predictions_agree_with_cpu(exported_tiny, fmt):
     else:
         if not torch.cuda.is_available():
             pytest.skip("torch sees no CUDA device")
-        gpu = load(exported_tiny[fmt], device="cuda")
+        gpu = load(exported_tiny[fmt], device="cuda", trust=True)
     assert gpu.device.startswith("cuda")
     cpu = load(exported_tiny["checkpoint"], device="cpu")
     inputs = build_inputs(parity_structures(512, seed=8), max_z=100).inputs

@@ -30,7 +30,7 @@ def reference(exported_tiny):
 def test_file_names_and_backends(exported_tiny, fmt):
     path = exported_tiny[fmt]
     assert path.name == {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}[fmt]
-    p = load(path, device="cpu")
+    p = load(path, device="cpu", trust=True)
     assert p.backend == {"onnx": "onnxruntime", "torchscript": "torchscript",
                          "pt2": "torch.export"}[fmt]
     assert p.device == "cpu"
@@ -46,7 +46,7 @@ def test_file_names_and_backends(exported_tiny, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_metadata(exported_tiny, reference, fmt):
     meta = read_metadata(exported_tiny[fmt])
-    loaded = load(exported_tiny[fmt], device="cpu").metadata
+    loaded = load(exported_tiny[fmt], device="cpu", trust=True).metadata
     assert meta == loaded
     src = reference.metadata
     assert meta["kind"] == f"deepergat-{fmt}"
@@ -80,7 +80,7 @@ def test_onnx_exporter_facts(exported_tiny):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_parity_on_fresh_structures(exported_tiny, reference, fmt):
-    p = load(exported_tiny[fmt], device="cpu")
+    p = load(exported_tiny[fmt], device="cpu", trust=True)
     inputs = _inputs(parity_structures(96, seed=99))
     y1, e1, _ = reference.predict(inputs)
     y2, e2, _ = p.predict(inputs)
@@ -105,7 +105,7 @@ def test_size_one_dimensions(exported_tiny, reference, fmt, case):
     if case == "self-loop-in-batch":
         assert (inputs["neighbor_mask"].sum(1) == 1).any() and s["K"] > 1
     y1, _, _ = reference.predict(inputs)
-    y2, _, _ = load(exported_tiny[fmt], device="cpu").predict(inputs)
+    y2, _, _ = load(exported_tiny[fmt], device="cpu", trust=True).predict(inputs)
     assert y2.shape == y1.shape
     assert agree(y1, y2, [0.8]).all()
 
@@ -116,7 +116,7 @@ def test_batch_of_thousands(exported_tiny, reference, fmt):
     inputs = _inputs(batch)
     assert sizes(inputs)["C"] == 3000
     y1, _, _ = reference.predict(inputs)
-    y2, _, _ = load(exported_tiny[fmt], device="cpu").predict(inputs)
+    y2, _, _ = load(exported_tiny[fmt], device="cpu", trust=True).predict(inputs)
     assert agree(y1, y2, [0.8]).all()
 
 
@@ -124,17 +124,17 @@ def test_batch_of_thousands(exported_tiny, reference, fmt):
 def test_empty_batch(exported_tiny, fmt):
     inputs = _inputs(parity_structures(3))
     empty = {k: v[:0] for k, v in inputs.items()}
-    y, e, _ = load(exported_tiny[fmt], device="cpu").predict(empty)
+    y, e, _ = load(exported_tiny[fmt], device="cpu", trust=True).predict(empty)
     assert y.shape == (0, 1) and e.shape == (0, 16)
 
 
 @pytest.mark.parametrize("fmt", [*FORMATS, "checkpoint"])
 def test_settings_mismatch_names_both_values(exported_tiny, fmt):
     path = exported_tiny[fmt]
-    load(path, device="cpu", cutoff=8.0, max_neighbors=12)  # matching: fine
+    load(path, device="cpu", cutoff=8.0, max_neighbors=12, trust=True)  # matching: fine
     with pytest.raises(DeepergatError, match=r"cutoff 6 Å given.*trained with 8 Å"):
-        load(path, device="cpu", cutoff=6.0)
-    p = load(path, device="cpu")
+        load(path, device="cpu", cutoff=6.0, trust=True)
+    p = load(path, device="cpu", trust=True)
     with pytest.raises(DeepergatError, match=r"max_neighbors 16 given.*trained with 12"):
         p.check_settings(max_neighbors=16)
     with pytest.raises(DeepergatError, match=r"cutoff 9 Å.*max_neighbors 8"):

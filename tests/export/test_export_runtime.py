@@ -96,14 +96,14 @@ def test_torch_backends_on_cpu(exported_tiny):
     from deepergat.export import load
 
     for fmt in ("torchscript", "pt2", "checkpoint"):
-        p = load(exported_tiny[fmt], device="cpu", threads=1)
+        p = load(exported_tiny[fmt], device="cpu", threads=1, trust=True)
         assert p.device == "cpu"
 
 
 _MALLOC = r"""
 import sys
 from deepergat.export import load, runtime
-load(sys.argv[1], device="cpu")
+load(sys.argv[1], device="cpu", trust=True)
 print(runtime._malloc_tuned)
 """
 

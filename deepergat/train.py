@@ -112,6 +112,9 @@ class TrainConfig:
         keep: which model ``best.ckpt`` holds: ``"best"`` (lowest validation MAE) or
             ``"last"`` (the last epoch). Without a validation split: ``lr_monitor: train`` and
             ``keep: last``.
+        lr_schedule: ``"plateau"`` (ReduceLROnPlateau on ``lr_monitor``, the reference's) or
+            ``"cosine"`` (cosine annealing from ``lr`` to ``min_lr`` over ``epochs``, stepped
+            per epoch; ``lr_monitor`` is then unused).
         weight_decay, lr_factor, lr_patience, min_lr, lr_threshold: optimizer and scheduler.
         curve_every: redraw the learning curve every this many epochs (and at the end).
     """
@@ -146,6 +149,7 @@ class TrainConfig:
     scale_targets: bool = True
     lr_monitor: str = "val"
     keep: str = "best"
+    lr_schedule: str = "plateau"
     weight_decay: float = 0.01
     lr_factor: float = 0.8
     lr_patience: int = 10
@@ -176,7 +180,8 @@ class TrainConfig:
         from .graphs import GRAPH_CONSTRUCTIONS
 
         choices = {"graph": GRAPH_CONSTRUCTIONS, "lr_monitor": ("val", "train"),
-                   "keep": ("best", "last"), "members": ("folds", "seeds")}
+                   "keep": ("best", "last"), "members": ("folds", "seeds"),
+                   "lr_schedule": ("plateau", "cosine")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DeepergatError(f"{name}: {getattr(self, name)!r} is not one of "
@@ -393,7 +398,8 @@ def make_splits(cfg: TrainConfig, *, progress: Callable[[int], None] | None = No
 
 
 def _needs_validation(cfg: TrainConfig) -> bool:
-    return cfg.lr_monitor == "val" or cfg.keep == "best" or cfg.early_stop is not None
+    monitored = cfg.lr_schedule == "plateau" and cfg.lr_monitor == "val"
+    return monitored or cfg.keep == "best" or cfg.early_stop is not None
 
 
 def resolve_distance_scale(cfg: TrainConfig, g: GraphSet, rows: np.ndarray) -> float | None:
@@ -660,6 +666,9 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
         if not resume_data.get("training"):
             raise DeepergatError(f"{last_path}: holds no training state; cannot --resume")
         saved = resume_data["extra"].get("config", {})
+        if cfg.lr_schedule == "cosine" and saved.get("epochs") not in (None, cfg.epochs):
+            log.warning("--resume: the cosine schedule was laid out over %s epochs and keeps "
+                        "that length (now --epochs %d)", saved.get("epochs"), cfg.epochs)
         for key in ("data", "target", "seed", "layers", "batch_size", "per_atom", "model"):
             if key in saved and saved[key] != getattr(cfg, key):
                 log.warning("--resume: %s is %r in the saved run, %r now; using the saved value",
@@ -720,10 +729,16 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
 
     model = _build_model(cfg, mean, std, distance_scale).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
-        threshold=cfg.lr_threshold, min_lr=cfg.min_lr,
-    )
+    scheduler: Any
+    if cfg.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
+            threshold=cfg.lr_threshold, min_lr=cfg.min_lr,
+        )
     start_epoch, start_step, acc = 0, 0, [0.0, 0.0]
     best_val, best_epoch, since_best = math.inf, 0, 0
     history: list[EpochRecord] = []
@@ -813,7 +828,10 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
                 val_mae = _evaluate_mae(model, g_val, val_rows, y_val_all, info, device,
                                         cfg.batch_size)
             lr = optimizer.param_groups[0]["lr"]
-            scheduler.step(val_mae if cfg.lr_monitor == "val" else train_mae)
+            if cfg.lr_schedule == "cosine":
+                scheduler.step()
+            else:
+                scheduler.step(val_mae if cfg.lr_monitor == "val" else train_mae)
             epochs_done = epoch + 1
             better = has_val and val_mae < best_val
             if better:

@@ -141,11 +141,12 @@ def test_resume_after_epochs_is_bitwise_exact(tiny_store: Path, tmp_path: Path) 
     assert [r.split(",")[:4] for r in a] == [r.split(",")[:4] for r in b]
 
 
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
 def test_signal_mid_epoch_then_resume_is_exact(
-    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: str
 ) -> None:
     straight = tmp_path / "straight"
-    train(_cfg(tiny_store, straight, epochs=3))
+    train(_cfg(tiny_store, straight, epochs=3, lr_schedule=schedule))
     calls = {"n": 0}
     real = train_mod._stop_reason
 
@@ -157,14 +158,21 @@ def test_signal_mid_epoch_then_resume_is_exact(
 
     monkeypatch.setattr(train_mod, "_stop_reason", stop_at_fifth_batch)
     split = tmp_path / "split"
-    result = train(_cfg(tiny_store, split, epochs=3))
+    result = train(_cfg(tiny_store, split, epochs=3, lr_schedule=schedule))
     assert result.stopped == "signal" and result.epochs_done == 1 and not result.requeued
     state = _state(split / "last.ckpt")["training"]
     assert (state["epoch"], state["step"]) == (1, 1)  # 3 batches an epoch: stopped in epoch 2
     monkeypatch.setattr(train_mod, "_stop_reason", real)
-    train(_cfg(tiny_store, split, epochs=3, resume=True))
+    train(_cfg(tiny_store, split, epochs=3, resume=True, lr_schedule=schedule))
     _assert_same_weights(straight / "last.ckpt", split / "last.ckpt")
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    if schedule == "cosine":  # annealed from lr to min_lr over the run, whatever the losses
+        lrs = [float(r.split(",")[1]) for r in
+               (straight / "metrics.csv").read_text().splitlines()[1:]]
+        import math
+
+        want = [1e-5 + (0.005 - 1e-5) * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)]
+        assert lrs == pytest.approx(want, rel=1e-4)
 
 
 def test_max_time_and_early_stop(tiny_store: Path, tmp_path: Path) -> None:

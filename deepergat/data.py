@@ -3,7 +3,8 @@
 `load_graphs` runs the shared neighbor search (`deepergat.graphs.build_inputs`) over a whole
 store, chunk by chunk, and keeps each structure's graph as rows of flat arrays (neighbor indices
 local to the structure). The result is cached as one ``.npz`` file keyed by the store's
-``content_digest`` and the graph settings, next to the store when that folder is writable, else
+content digest (recomputed from its arrays, so an edited store never meets a stale cache) and the
+graph settings, next to the store when that folder is writable, else
 in the user cache directory; a cache whose key differs is never used. `GraphSet.batch` turns any
 list of structures into the padded model inputs of docs/design.md with a few vectorized numpy ops.
 """
@@ -244,7 +245,11 @@ def load_graphs(
     """
     path = Path(path)
     with Store(path) as store:
-        digest = store.content_digest
+        digest = store.compute_digest()  # the arrays as they are now, not as packed
+        if store.content_digest and digest != store.content_digest:
+            log.warning("%s: its arrays changed since it was packed (content digest %s, "
+                        "recorded %s); graphs are keyed by the content as it is now", path,
+                        digest[:12], store.content_digest[:12])
         ids = store.ids()
         units = store.targets
         targets = {name: store.target(name) for name in units}

@@ -488,6 +488,35 @@ class Store:
         last = int(self.atom_offset[b - 1] + self.n_atoms[b - 1])
         return self._f["atomic_numbers"][first:last].astype(np.int64)
 
+    def compute_digest(self, *, block: int = 1 << 20) -> str:
+        """The content digest recomputed from the arrays now in the file (`content_digest` is
+        what the writer recorded). Equal unless the store was edited after it was written.
+
+        Reads every dataset once, in blocks of ``block`` rows.
+
+        Raises:
+            DeepergatError: a dataset cannot be read (damaged file).
+        """
+        d = _Digest()
+        f = self._f
+        try:
+            for name, units in self._targets.items():
+                d.update(f"units/{name}", np.frombuffer(units.encode(), np.uint8))
+            names = [*_PER_STRUCTURE, *_PER_ATOM, *(f"targets/{t}" for t in self._targets)]
+            for name in names:
+                ds = f[name]
+                for a in range(0, ds.shape[0], block):
+                    data = ds[a : a + block]
+                    if name == "ids":
+                        d.update(name, [s.decode() if isinstance(s, bytes) else str(s)
+                                        for s in data])
+                    else:
+                        d.update(name, data)
+        except (OSError, KeyError, ValueError) as e:
+            raise DeepergatError(f"{self.path}: damaged structure store: cannot read its "
+                                 f"arrays ({' '.join(str(e).split())[:200]})") from None
+        return d.hexdigest()
+
     def target(self, name: str) -> np.ndarray:
         """[M] float64 values of a target."""
         if name not in self._targets:

@@ -13,6 +13,7 @@ keeps.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from deepergat.errors import DeepergatError
 
 from .predictions import Rows
 
-__all__ = ["MANIFEST_FORMAT", "RUN_KEYS", "PartsDir"]
+__all__ = ["MANIFEST_FORMAT", "RUN_KEYS", "PartsDir", "settings_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,30 @@ RUN_KEYS = (
 )
 _PART = re.compile(r"^chunk-(\d+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
+
+
+def rows_checksum(rows: Rows) -> str:
+    """sha256 over a part's arrays (index, ids, status, flags, predictions, embeddings, std)."""
+    h = hashlib.sha256()
+    for a in (rows.index.astype(np.int64), rows.status.astype(np.uint8),
+              rows.flags.astype(np.uint8), rows.predictions.astype(np.float32)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    for s in rows.ids:
+        b = s.encode()
+        h.update(len(b).to_bytes(8, "little") + b)
+    for extra in (rows.embeddings, rows.std):
+        h.update(b"-" if extra is None else np.ascontiguousarray(extra, np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _attr_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def settings_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 over the `RUN_KEYS` values of a manifest: what makes two runs' parts the same."""
+    text = json.dumps({k: manifest.get(k) for k in RUN_KEYS}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -181,8 +206,9 @@ class PartsDir:
         done = self.committed()
         return sorted(k for k in chunks if k not in done)
 
-    def commit(self, k: int, start: int, rows: Rows) -> Path:
-        """Write chunk k's rows (structures [start, start + len(rows))) as its part, atomically.
+    def commit(self, k: int, start: int, rows: Rows, *, run: str = "") -> Path:
+        """Write chunk k's rows (structures [start, start + len(rows))) as its part, atomically,
+        stamped with the run that wrote it and a checksum of its arrays.
 
         Returns:
             The part's path.
@@ -194,6 +220,8 @@ class PartsDir:
                 f.attrs["chunk"] = int(k)
                 f.attrs["start"] = int(start)
                 f.attrs["stop"] = int(start + len(rows))
+                f.attrs["run"] = str(run)
+                f.attrs["checksum"] = rows_checksum(rows)
                 f.create_dataset("index", data=rows.index.astype(np.int64))
                 f.create_dataset("ids", data=rows.ids, dtype=_STR)
                 f.create_dataset("status", data=rows.status.astype(np.uint8))
@@ -241,21 +269,28 @@ class PartsDir:
                     embeddings=emb,
                     std=std,
                 )
-        except (OSError, KeyError) as e:
-            raise DeepergatError(
-                f"{path}: damaged part file ({' '.join(str(e).split())}); delete it and rerun "
-                "the screen to recompute that chunk"
-            ) from None
+                checksum = f.attrs.get("checksum")
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            self._discard(path, f"unreadable: {' '.join(str(e).split())}")
         m = stop - start
         ok = (len(rows) == m and rows.predictions.shape == (m, targets)
               and (embedding_dim is None or (emb is not None and emb.shape == (m, embedding_dim)))
               and (not spread or (std is not None and std.shape == (m, targets))))
         if not ok:
-            raise DeepergatError(
-                f"{path}: damaged part file (unexpected shapes); delete it and rerun the screen "
-                "to recompute that chunk"
-            )
+            self._discard(path, "unexpected shapes")
+        if not np.array_equal(rows.index, np.arange(start, stop)):
+            self._discard(path, f"its index column does not run over [{start}, {stop})")
+        if checksum is None or _attr_text(checksum) != rows_checksum(rows):
+            self._discard(path, "its arrays do not match their checksum")
         return rows
+
+    def _discard(self, path: Path, why: str) -> None:
+        """A damaged part: removed (its chunk is then missing), and named in the error."""
+        path.unlink(missing_ok=True)
+        raise DeepergatError(
+            f"{path}: damaged part file ({why}); removed — rerun the same screen and that chunk "
+            "is computed again"
+        )
 
     # ------------------------------------------------------------------ merge claim, cleanup
 

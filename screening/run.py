@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -31,9 +32,10 @@ from deepergat.launch import claim_token, shard_from_env
 from deepergat.store import Store, StructureBatch
 
 from .device import cpus_per_rank, pick_device, visible_gpus
+from .lock import OutputLock, run_token
 from .merge import MergeResult, MissingChunksError, describe_missing, merge_parts, screen_settings
 from .mpi import Ranks
-from .parts import MANIFEST_FORMAT, PartsDir
+from .parts import MANIFEST_FORMAT, PartsDir, settings_digest
 from .pipeline import (
     DEFAULT_BATCH_ATOMS,
     DEFAULT_BATCH_EDGES,
@@ -274,6 +276,8 @@ class _Input:
     path: Path
     digest: str
     n_atoms: np.ndarray
+    edited: bool = False
+    recorded_digest: str = ""
 
 
 def _open_input(path: Path) -> _Input:
@@ -284,6 +288,20 @@ def _open_input(path: Path) -> _Input:
         log.warning("%s has no content digest; hashing the file", path)
         digest = file_sha256(path)
     return _Input(path=path.resolve(), digest=digest, n_atoms=n_atoms)
+
+
+def _refresh_digest(inp: _Input) -> bool:
+    """Recompute the input's content digest from its arrays; True when it differs from the one
+    its writer recorded (the store was edited in place), which then no longer identifies it."""
+    with Store(inp.path) as store:
+        actual = store.compute_digest()
+    if actual == inp.digest:
+        return False
+    log.warning("%s: its arrays changed since it was packed (content digest %s, recorded %s); "
+                "earlier parts or predictions of it are not reused", inp.path, actual[:12],
+                inp.digest[:12])
+    inp.recorded_digest, inp.digest, inp.edited = inp.digest, actual, True
+    return True
 
 
 def _manifest(opts: ScreenOptions, inp: _Input, model: _Model, plan: Plan) -> dict[str, Any]:
@@ -392,6 +410,12 @@ def merge_only(opts: ScreenOptions) -> ScreenResult:
     _check_options(opts)
     inp = _open_input(Path(opts.input))
     output = Path(opts.output) if opts.output else default_output(opts.input)
+    with OutputLock(output, run_token()):
+        _refresh_digest(inp)
+        return _merge_only(opts, inp, output)
+
+
+def _merge_only(opts: ScreenOptions, inp: _Input, output: Path) -> ScreenResult:
     parts = PartsDir(output)
     name, sha = _model_sha_only(opts.model)
     manifest = parts.read_manifest()
@@ -443,6 +467,7 @@ class _Setup:
     workers: int = 0
     threads: int = 1
     workers_predict: bool = False
+    run: str = ""
 
 
 def _rank_resources(opts: ScreenOptions, device: str, cpus: int, *, onnx: bool
@@ -487,25 +512,31 @@ def screen(opts: ScreenOptions, ranks: Ranks, hooks: Hooks | None = None) -> Scr
             return merge_only(opts)
         output = Path(opts.output) if opts.output else default_output(opts.input)
         return ScreenResult("merged", output, PartsDir(output).path)
+    locks: list[OutputLock] = []  # rank 0's hold on the output, for the whole run
     try:
-        prepared = _prepare(opts, ranks)
-    except AllRanksError:
-        raise
-    except DeepergatError as e:  # raised alike on every rank (same inputs everywhere)
-        raise AllRanksError(str(e)) from None
-    if isinstance(prepared, ScreenResult):
-        return prepared
-    parts, plan, setup, model, shard = prepared
-    log_name = (f"shard-{shard[0]:04d}-of-{shard[1]:04d}-rank-{ranks.rank:04d}" if shard
-                else f"rank-{ranks.rank:04d}")
-    with _rank_log(parts, log_name):
-        return _compute(opts, ranks, hooks, parts, plan, setup, model, shard)
+        try:
+            prepared = _prepare(opts, ranks, locks)
+        except AllRanksError:
+            raise
+        except DeepergatError as e:  # raised alike on every rank (same inputs everywhere)
+            raise AllRanksError(str(e)) from None
+        if isinstance(prepared, ScreenResult):
+            return prepared
+        parts, plan, setup, model, shard = prepared
+        log_name = (f"shard-{shard[0]:04d}-of-{shard[1]:04d}-rank-{ranks.rank:04d}" if shard
+                    else f"rank-{ranks.rank:04d}")
+        with _rank_log(parts, log_name):
+            return _compute(opts, ranks, hooks, parts, plan, setup, model, shard)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
-def _prepare(opts: ScreenOptions, ranks: Ranks
+def _prepare(opts: ScreenOptions, ranks: Ranks, locks: list[OutputLock]
              ) -> ScreenResult | tuple[PartsDir, Plan, _Setup, _Model, tuple[int, int] | None]:
-    """Every check before work, collectively: rank 0 checks the files, then every rank loads
-    its model. Returns the finished result when there is nothing to do."""
+    """Every check before work, collectively: rank 0 checks the files and takes the output's
+    lock (appended to ``locks``), then every rank loads its model. Returns the finished result
+    when there is nothing to do."""
     output = Path(opts.output) if opts.output else default_output(opts.input)
     parts = PartsDir(output)
     # Same inputs on every rank: an error here is raised on every rank alike.
@@ -527,7 +558,7 @@ def _prepare(opts: ScreenOptions, ranks: Ranks
             inp = _open_input(Path(opts.input))
             model = _load_model(opts.model, device, threads, opts.max_atoms,
                                 opts.overlap_threshold, opts.trust)
-            setup = _root_setup(opts, inp, output, parts, shard, model, setup)
+            setup = _root_setup(opts, inp, output, parts, shard, model, setup, locks)
         except DeepergatError as e:
             setup.error = str(e)
     setup = ranks.bcast(setup) if ranks.size > 1 else setup
@@ -558,13 +589,23 @@ def _prepare(opts: ScreenOptions, ranks: Ranks
 
 
 def _root_setup(opts: ScreenOptions, inp: _Input, output: Path, parts: PartsDir,
-                shard: tuple[int, int] | None, model: _Model, setup: _Setup) -> _Setup:
-    """Rank 0: output and parts checks; the plan and this run's chunks."""
+                shard: tuple[int, int] | None, model: _Model, setup: _Setup,
+                locks: list[OutputLock]) -> _Setup:
+    """Rank 0: the output's lock, output and parts checks; the plan and this run's chunks."""
     if output.resolve() == inp.path:
         raise DeepergatError(f"--output {output} is the input store; choose another file")
     plan = make_plan(inp.n_atoms, opts.chunk_size)
     manifest = _manifest(opts, inp, model, plan)
+    lock = OutputLock(output, run_token(shard_count=shard[1] if shard else None,
+                                        settings_digest=settings_digest(manifest)))
+    lock.acquire()  # before anything here is read as ours or removed
+    locks.append(lock)
+    setup.run = lock.token
     identity = read_identity(output)
+    # earlier work may be reused: it must belong to the store as it is now
+    reusable = identity is not None or parts.read_manifest() is not None
+    if reusable and _refresh_digest(inp):
+        manifest = _manifest(opts, inp, model, plan)
     top = top_csv_path(output) if opts.top else None
     if identity is not None:
         if _same_output(identity, manifest) and opts.resume:
@@ -573,6 +614,12 @@ def _root_setup(opts: ScreenOptions, inp: _Input, output: Path, parts: PartsDir,
             setup.done = ScreenResult("already-merged", output, parts.path, top_csv=top,
                                       shard=shard)
             return setup
+        if opts.resume and inp.edited and identity["input_digest"] == inp.recorded_digest:
+            raise DeepergatError(
+                f"{output}: was computed before {inp.path} was edited in place (its arrays no "
+                f"longer match the content digest recorded when it was packed); pass "
+                "--no-resume to screen it again, or choose another --output"
+            )
         if opts.resume:
             raise DeepergatError(
                 f"{output}: belongs to another run (input digest "
@@ -648,7 +695,8 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
         monitor.start()
     t0 = time.perf_counter()
     try:
-        stats = pipeline.run(source, parts.commit, on_chunk=on_chunk)
+        stats = pipeline.run(source, functools.partial(parts.commit, run=setup.run),
+                             on_chunk=on_chunk)
     except BaseException:
         stop.set()
         log.exception("rank %d failed", ranks.rank)

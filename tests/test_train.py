@@ -87,6 +87,12 @@ def test_graph_cache_is_keyed_by_digest_and_settings(
     write_store(other, StructureBatch.from_structures(perov_structures(59)))
     with pytest.raises(AssertionError, match="cache not used"):
         load_graphs(other, cache_dir=tmp_path)  # other digest
+    import h5py
+
+    with h5py.File(tiny_store, "r+") as f:  # edited in place: the recorded digest is stale
+        f["positions"][:5] = f["positions"][:5] * 1.05
+    with pytest.raises(AssertionError, match="cache not used"):
+        load_graphs(tiny_store, cache_dir=tmp_path)
 
 
 def test_epoch_batches_cover_the_split_once() -> None:

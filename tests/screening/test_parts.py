@@ -52,9 +52,10 @@ def test_commit_is_atomic_and_read_back(tmp_path: Path) -> None:
     assert back.ids[0] == "s30"
     with pytest.raises(DeepergatError, match="plan says"):
         parts.read(3, start=0, stop=10, targets=1, embedding_dim=None)
-    with pytest.raises(DeepergatError, match="unexpected shapes"):
-        parts.read(3, start=30, stop=40, targets=2, embedding_dim=None)
     assert parts.missing(range(5)) == [0, 1, 2, 4]
+    with pytest.raises(DeepergatError, match=r"unexpected shapes.*removed"):
+        parts.read(3, start=30, stop=40, targets=2, embedding_dim=None)
+    assert parts.missing(range(5)) == [0, 1, 2, 3, 4]  # a damaged part is recomputed
 
 
 def test_damaged_part_names_the_file(tmp_path: Path) -> None:
@@ -63,6 +64,29 @@ def test_damaged_part_names_the_file(tmp_path: Path) -> None:
     parts.part_path(0).write_bytes(b"not hdf5")
     with pytest.raises(DeepergatError, match=r"chunk-000000\.h5"):
         parts.read(0, start=0, stop=10, targets=1, embedding_dim=None)
+
+
+@pytest.mark.parametrize("damage", ["index byte", "prediction sign", "id", "no checksum"])
+def test_edited_or_damaged_part_is_caught_removed_and_named(tmp_path: Path, damage: str) -> None:
+    import h5py
+
+    parts = PartsDir(tmp_path / "out.h5")
+    parts.prepare(manifest(), resume=True)
+    path = parts.commit(2, 20, rows(20, 10), run="run-a")
+    with h5py.File(path, "r") as f:
+        assert f.attrs["run"] == "run-a" and len(f.attrs["checksum"]) == 64
+    with h5py.File(path, "r+") as f:
+        if damage == "index byte":
+            f["index"][4] = 23  # claims another input row
+        elif damage == "prediction sign":
+            f["predictions"][5, 0] = -f["predictions"][5, 0] - 1.0
+        elif damage == "id":
+            f["ids"][0] = "s99"
+        else:
+            del f.attrs["checksum"]
+    with pytest.raises(DeepergatError, match=r"chunk-000002\.h5: damaged part file.*removed"):
+        parts.read(2, start=20, stop=30, targets=1, embedding_dim=None)
+    assert parts.missing(range(3)) == [0, 1, 2]
 
 
 def test_no_resume_clears_all_or_only_owned(tmp_path: Path) -> None:

@@ -430,6 +430,7 @@ def pack(
         raise DeepergatError(f"{out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise DeepergatError(f"{out}: is a folder; give a file name such as {out / 'store.h5'}")
+    _check_replaceable(out)
 
     inputs_ = _expand_inputs(inputs)
     units, csv_targets, mdl_targets = _store_targets(inputs_, tspecs, nspecs)
@@ -529,6 +530,22 @@ def pack(
         skipped=dict(skipped),
         skipped_csv=skipped_path,
     )
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse an output path that holds anything but a deepergat structure store."""
+    if not out.exists():
+        return
+    from .store import Store
+
+    try:
+        Store(out).close()
+    except DeepergatError:
+        raise DeepergatError(
+            f"{out}: exists and is not a deepergat structure store; pack never overwrites "
+            "other files — choose another output name (e.g. "
+            f"{out.with_suffix('.h5').name if out.suffix != '.h5' else 'store.h5'})"
+        ) from None
 
 
 def _duplicate(r: Record, first: Path, second: Path, id_from: IdFrom) -> None:

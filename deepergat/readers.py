@@ -377,83 +377,151 @@ def csv_tasks(
             ) from None
 
 
+def _xyz_count(line: str) -> int | None:
+    """The atom count of an XYZ header line (one non-negative integer), else None."""
+    parts = line.split()
+    if len(parts) != 1:
+        return None
+    try:
+        n = int(parts[0])
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+def _xyz_atom_line(line: str) -> bool:
+    """Whether a line looks like an XYZ atom line: a species or number, then 3 coordinates
+    (or coordinates first, as some ``Properties`` orders write them)."""
+    parts = line.split()
+    if len(parts) < 4:
+        return False
+
+    def numbers(items: list[str]) -> bool:
+        try:
+            [float(x) for x in items]
+        except ValueError:
+            return False
+        return True
+
+    return numbers(parts[1:4]) or numbers(parts[0:3])
+
+
 def extxyz_tasks(path: str | Path, *, id_prefix: str) -> Iterator[Task]:
     """Split an (extended) XYZ file into frames and batch them into `FramesTask` s, streamed.
 
     A frame is a line with the atom count, a comment line, one line per atom, and any ``VEC``
-    lines (as ASE reads them). Blank lines between frames are skipped; a frame whose header is
-    not an atom count, or a file that ends inside a frame, yields a failure for the rest of it.
+    lines (as ASE reads them). Blank lines between frames are skipped. Every frame is either
+    passed on or reported as a failure, and the split resumes at the next header, so one bad
+    frame never hides the frames after it: a frame whose atom lines end early (the next frame's
+    count line met where an atom was due) or run on past its count fails alone; lines that are
+    no frame at all are reported by their line numbers. Frames keep their position in the file
+    (frame k is id ``<id>_<k>`` whatever failed before it).
     """
     p = Path(path)
 
-    def frames() -> Iterator[str | Failure]:
+    def frames() -> Iterator[tuple[int, str | Failure]]:
         try:
             fh = open(p, encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as e:
-            yield Failure(str(p), "unreadable", f"cannot open: {e.strerror or e}")
+            yield -1, Failure(str(p), "unreadable", f"cannot open: {e.strerror or e}")
             return
         with fh:
             try:
                 yield from split(fh)
             except UnicodeDecodeError as e:
-                yield Failure(str(p), "unreadable", f"not a UTF-8 text file: {e}")
+                yield -1, Failure(str(p), "unreadable", f"not a UTF-8 text file: {e}")
 
-    def split(fh: io.TextIOWrapper) -> Iterator[str | Failure]:
+    def split(fh: io.TextIOWrapper) -> Iterator[tuple[int, str | Failure]]:
         k = 0
         line_no = 0
-        pending: str | None = None
-        while True:
-            line = pending if pending is not None else fh.readline()
-            pending = None
+        back: list[str] = []  # lines read ahead and pushed back
+
+        def read() -> str:
+            nonlocal line_no
             line_no += 1
+            return back.pop() if back else fh.readline()
+
+        def unread(line: str) -> None:
+            nonlocal line_no
+            line_no -= 1
+            back.append(line)
+
+        while True:
+            line = read()
             if not line:
                 return
             if not line.strip():
                 continue
-            src = f"{p}:frame {k}"
-            try:
-                natoms = int(line)
-            except ValueError:
-                yield Failure(
-                    src,
-                    "unreadable",
-                    f"line {line_no} should hold the atom count, got {line.strip()[:40]!r}",
-                )
-                return
-            lines = [line]
-            for _ in range(natoms + 1):
-                nxt = fh.readline()
-                line_no += 1
+            natoms = _xyz_count(line)
+            if natoms is None:  # not a header: skip to the next one, reporting the lines
+                first = line_no
+                while True:
+                    nxt = read()
+                    if not nxt or _xyz_count(nxt) is not None:
+                        last = line_no - 1
+                        if nxt:
+                            unread(nxt)
+                        break
+                where = f"line {first}" if last == first else f"lines {first}-{last}"
+                yield -1, Failure(f"{p}:{where}", "unreadable",
+                                  f"not an XYZ frame (line {first} should hold an atom count, "
+                                  f"got {line.strip()[:40]!r})")
                 if not nxt:
-                    yield Failure(src, "unreadable", "file ends inside the frame")
                     return
+                continue
+            src = f"{p}:frame {k}"
+            lines = [line]
+            comment = read()
+            if not comment:
+                yield k, Failure(src, "unreadable", "file ends inside the frame")
+                return
+            lines.append(comment)
+            problem = ""
+            for i in range(natoms):
+                nxt = read()
+                if not nxt:
+                    problem = f"the file ends after {i} of its {natoms} atoms"
+                    break
+                if _xyz_count(nxt) is not None or not nxt.strip():
+                    unread(nxt)
+                    problem = f"claims {natoms} atoms but has {i} (line {line_no + 1} ends it)"
+                    break
                 lines.append(nxt)
-            while True:
-                nxt = fh.readline()
+            while not problem:
+                nxt = read()
                 if nxt.lstrip().startswith("VEC"):
                     lines.append(nxt)
-                    line_no += 1
-                else:
-                    pending = nxt
-                    break
-            yield "".join(lines)
+                    continue
+                if nxt and _xyz_atom_line(nxt):
+                    extra = 0
+                    while nxt and _xyz_atom_line(nxt):
+                        extra += 1
+                        nxt = read()
+                    problem = (f"claims {natoms} atoms but {extra} more atom "
+                               f"line{'s follow' if extra > 1 else ' follows'}")
+                if nxt:
+                    unread(nxt)
+                break
+            yield k, (Failure(src, "unreadable", problem) if problem else "".join(lines))
             k += 1
 
-    it = frames()
-    first = next(it, None)
-    if first is None:
+    items = frames()
+    first_item = next(items, None)
+    if first_item is None:
         yield FailTask(Failure(str(p), "unreadable", "no frames in the file"))
         return
-    second = next(it, None)
-    single = second is None and not isinstance(first, Failure)
+    second_item = next(items, None)
+    single = (second_item is None and first_item[0] == 0
+              and not isinstance(first_item[1], Failure))
     batch: list[str] = []
     start = 0
-    for k, item in enumerate(_chain_first(first, second, it)):
+    for k, item in _chain_first(first_item, second_item, items):
         if isinstance(item, Failure):
             if batch:
                 yield FramesTask(str(p), start, tuple(batch), id_prefix, single)
+                batch = []
             yield FailTask(item)
-            return
+            continue
         if not batch:
             start = k
         batch.append(item)
@@ -620,6 +688,7 @@ def _run_task(task: Task, names: tuple[str, ...]) -> Outcome:
         source = task.source or getattr(task, "path", "")
     notes: list[str] = []
     warned: list[str] = []
+    failures: list[Failure] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -629,7 +698,7 @@ def _run_task(task: Task, names: tuple[str, ...]) -> Outcome:
             elif isinstance(task, DbRowsTask):
                 records = _parse_db_rows(task, names)
             else:
-                records = _parse_file(task, names)
+                records = _parse_file(task, names, failures)
                 _apply_raw_targets(records, task.raw_targets)
         notes = [f"{source}: {_one_line(str(w.message))}" for w in caught]
         warned = [
@@ -643,7 +712,8 @@ def _run_task(task: Task, names: tuple[str, ...]) -> Outcome:
         raise
     except Exception as e:  # any parser error is the file's problem, not ours
         return Outcome(failures=[Failure(source, "unreadable", _one_line(e))])
-    return Outcome(records=records, warnings=warned, notes=[n for n in notes if n not in warned])
+    return Outcome(records=records, failures=failures, warnings=warned,
+                   notes=[n for n in notes if n not in warned])
 
 
 def _apply_raw_targets(records: list[Record], raw: tuple[tuple[str, str], ...]) -> None:
@@ -681,10 +751,12 @@ def _ids(prefix: str, n: int, *, single: bool | None = None, first: int = 0) -> 
     return [f"{prefix}_{first + k}" for k in range(n)]
 
 
-def _parse_file(task: FileTask, names: tuple[str, ...]) -> list[Record]:
+def _parse_file(task: FileTask, names: tuple[str, ...],
+                failures: list[Failure] | None = None) -> list[Record]:
     source = task.source or task.path
     if task.fmt == "cif":
-        records = _parse_cif_text(_read_text(task.path), source, task.id, expect_one=False)
+        records = _parse_cif_text(_read_text(task.path), source, task.id, expect_one=False,
+                                  failures=failures)
     elif task.fmt == "poscar":
         records = [_poscar_record(_read_text(task.path), source, task.id)]
     elif task.fmt == "json":
@@ -725,7 +797,18 @@ def _from_pymatgen(struct: Any, source: str, sid: str) -> Record:
     return Record(sid, source, lattice, pbc, z, positions)
 
 
-def _parse_cif_text(text: str, source: str, sid: str, *, expect_one: bool) -> list[Record]:
+_CIF_BLOCK = re.compile(r"^data_", re.IGNORECASE | re.MULTILINE)
+
+
+def _cif_blocks(text: str) -> list[str]:
+    """The data blocks of a CIF text, each with its ``data_`` line (text before the first is
+    dropped: CIF allows only comments there)."""
+    starts = [m.start() for m in _CIF_BLOCK.finditer(text)]
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+def _parse_cif_text(text: str, source: str, sid: str, *, expect_one: bool,
+                    failures: list[Failure] | None = None) -> list[Record]:
     """Every data block of a CIF, parsed as ``Structure.from_str(text, fmt="cif")`` parses.
 
     ``Structure.from_str`` uses ``CifParser`` with its defaults (occupancy tolerance 1.0: no
@@ -734,12 +817,52 @@ def _parse_cif_text(text: str, source: str, sid: str, *, expect_one: bool) -> li
     (no further merging), and rebuilds the first structure with ``Structure.from_sites``, which
     keeps lattice and coordinates. The same calls here give the same structure for the first
     block and also return the others.
+
+    A file of several blocks is parsed block by block. Blocks without atom sites (publication
+    details) are no structures; every block with atom sites is either a record or, when it
+    cannot be read (a zero-volume cell, a broken loop), a failure appended to ``failures``
+    (``<source>:block k (data_<name>)``) — its ids stay positional: block k is ``<id>_<k>``.
+    Without ``failures`` such a block fails the whole file.
     """
+    if not text or not text.strip():
+        raise _TaskError("unreadable", "empty CIF")
+    blocks = _cif_blocks(text)
+    if len(blocks) <= 1:
+        structures = _cif_structures(text)
+        if len(structures) > 1 and expect_one:
+            raise _TaskError("several structures",
+                             f"the CIF holds {len(structures)} structures; one is expected")
+        ids = _ids(sid, len(structures))
+        return [_from_pymatgen(s, source, i) for s, i in zip(structures, ids, strict=True)]
+    sites = [b for b in blocks if re.search(r"^\s*_atom_site_", b, re.MULTILINE)]
+    for b in blocks:
+        if b not in sites:
+            warnings.warn(f"CIF block {b.splitlines()[0].strip()} holds no atom sites (no "
+                          "structure); the other blocks were read", _PackWarning, stacklevel=1)
+    if expect_one and len(sites) > 1:
+        raise _TaskError("several structures",
+                         f"the CIF holds {len(sites)} structure blocks; one is expected")
+    records = []
+    ids = _ids(sid, len(sites))
+    for k, (block, bid) in enumerate(zip(sites, ids, strict=True)):
+        where = f"{source}:block {k} ({block.splitlines()[0].strip()[:40]})"
+        try:
+            [structure] = _cif_structures(block)
+        except (_TaskError, ValueError) as e:
+            detail = e.detail if isinstance(e, _TaskError) else _one_line(e)
+            if failures is None:
+                raise _TaskError("unreadable", f"block {k}: {detail}") from None
+            failures.append(Failure(where, "unreadable", _one_line(detail)))
+            continue
+        records.append(_from_pymatgen(structure, source, bid))
+    return records
+
+
+def _cif_structures(text: str) -> list[Any]:
+    """The structures of a CIF text (``Structure.from_str``'s calls, see `_parse_cif_text`)."""
     from pymatgen.core import Structure
     from pymatgen.io.cif import CifParser
 
-    if not text or not text.strip():
-        raise _TaskError("unreadable", "empty CIF")
     parser = CifParser.from_str(text)
     try:
         structures = parser.parse_structures(primitive=False, on_error="ignore")
@@ -749,13 +872,7 @@ def _parse_cif_text(text: str, source: str, sid: str, *, expect_one: bool) -> li
     dropped = [w for w in parser.warnings if w.startswith("No structure parsed for section")]
     for w in dropped:  # e.g. a data_global block of publication details, or a broken block
         warnings.warn(f"CIF {_one_line(w)}; the other blocks were read", _PackWarning, stacklevel=1)
-    if len(structures) > 1 and expect_one:
-        raise _TaskError(
-            "several structures", f"the CIF holds {len(structures)} structures; one is expected"
-        )
-    structures = [Structure.from_sites(s, properties=s.properties) for s in structures]
-    ids = _ids(sid, len(structures))
-    return [_from_pymatgen(s, source, i) for s, i in zip(structures, ids, strict=True)]
+    return [Structure.from_sites(s, properties=s.properties) for s in structures]
 
 
 def _poscar_record(text: str, source: str, sid: str) -> Record:

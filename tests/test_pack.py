@@ -109,7 +109,7 @@ def test_cif_data_blocks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     _assert_pymatgen(b.structure(0), _pmg(tri, "cif"))
     _assert_pymatgen(b.structure(1), _pmg(nacl, "cif"))
     _assert_pymatgen(b.structure(2), _pmg(nacl, "cif"))
-    assert "pub.cif: CIF No structure parsed for section 1" in caplog.text
+    assert "pub.cif: CIF block data_global holds no atom sites" in caplog.text
 
 
 def test_pymatgen_json_list_and_molecule(tmp_path: Path) -> None:
@@ -428,3 +428,86 @@ def test_carbon24_subset(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         b.targets["energy_per_atom"], [float(r["energy_per_atom"]) for r in rows]
     )
+
+
+# ---- nothing is lost: every input record is packed or listed as skipped ------------------
+
+
+def _xyz_frames(path: Path, counts: list[tuple[int, int]], junk_after: int | None = None) -> Path:
+    """An extxyz file whose frame k claims counts[k][0] atoms and has counts[k][1]."""
+    text = []
+    for k, (claim, real) in enumerate(counts):
+        atoms = "".join(f"H {0.7 * i:.3f} {k % 5:.3f} 0.500\n" for i in range(real))
+        text.append(f"{claim}\nLattice=\"6 0 0 0 6 0 0 0 6\" Properties=species:S:1:pos:R:3 "
+                    f"pbc=\"T T T\"\n{atoms}")
+        if junk_after == k:
+            text.append("this is not\nan xyz frame\n")
+    path.write_text("".join(text))
+    return path
+
+
+def _skipped(csv_path: Path) -> list[list[str]]:
+    with open(csv_path, newline="") as fh:
+        return list(csv.reader(fh))[1:]
+
+
+def test_a_short_xyz_frame_fails_alone(tmp_path: Path) -> None:
+    src = _xyz_frames(tmp_path / "many.xyz", [(3, 2) if k == 1 else (3, 3) for k in range(100)])
+    with pytest.raises(DeepergatError, match=r"many\.xyz:frame 1: .*claims 3 atoms but has 2"):
+        pack([src], tmp_path / "a.h5", workers=1)
+    result = pack([src], tmp_path / "b.h5", workers=1, skip_bad=True)
+    assert result.n_structures == 99 and result.n_skipped == 1
+    b, _ = _load(tmp_path / "b.h5")
+    assert b.ids == [f"many_{k}" for k in range(100) if k != 1]  # positions kept
+    assert [r[0] for r in _skipped(tmp_path / "b.skipped.csv")] == [f"{src}:frame 1"]
+
+
+def test_long_xyz_frames_and_junk_lines_are_listed(tmp_path: Path) -> None:
+    counts = [(3, 3), (2, 3), (3, 3), (3, 3), (3, 3)]
+    src = _xyz_frames(tmp_path / "m.xyz", counts, junk_after=2)
+    result = pack([src], tmp_path / "m.h5", workers=1, skip_bad=True)
+    b, _ = _load(tmp_path / "m.h5")
+    assert b.ids == ["m_0", "m_2", "m_3", "m_4"] and result.n_structures == 4
+    skipped = [r[0] for r in _skipped(tmp_path / "m.skipped.csv")]
+    assert skipped[0] == f"{src}:frame 1"  # its third atom line follows its count
+    assert skipped[1].startswith(f"{src}:lines ")  # the junk, by its line numbers
+
+
+def test_a_bad_block_of_a_multi_block_cif_is_listed_and_ids_stay_positional(
+    tmp_path: Path,
+) -> None:
+    import re
+
+    csv.field_size_limit(1 << 30)
+    with open(data_file("perov5_sample.csv"), newline="") as fh:
+        cifs = [r["cif"] for _, r in zip(range(3), csv.DictReader(fh), strict=False)]
+    blocks = []
+    for k, text in enumerate(cifs):
+        text = re.sub(r"^data_.*$", f"data_s{k}", text, count=1, flags=re.MULTILINE)
+        if k == 1:  # a zero-volume cell
+            text = re.sub(r"(_cell_length_a\s+)\S+", r"\g<1>0.0", text)
+        blocks.append(text)
+    src = tmp_path / "multi.cif"
+    src.write_text("\n".join(blocks))
+    with pytest.raises(DeepergatError, match=r"multi\.cif:block 1 \(data_s1\)"):
+        pack([src], tmp_path / "a.h5", workers=1)
+    result = pack([src], tmp_path / "b.h5", workers=1, skip_bad=True)
+    b, _ = _load(tmp_path / "b.h5")
+    assert b.ids == ["multi_0", "multi_2"] and result.n_skipped == 1
+    assert _skipped(tmp_path / "b.skipped.csv")[0][0] == f"{src}:block 1 (data_s1)"
+    for k in (0, 1):  # the good blocks are the ones written
+        _assert_pymatgen(b.structure(k), _pmg(blocks[2 * k], "cif"))
+
+
+def test_pack_never_overwrites_a_file_that_is_not_a_store(tmp_path: Path) -> None:
+    src = tmp_path / "good.cif"
+    src.write_text(nacl_structure().to(fmt="cif"))
+    other = tmp_path / "other.cif"
+    other.write_text("a user's CIF\n")
+    with pytest.raises(DeepergatError, match="exists and is not a deepergat structure store"):
+        pack([src], other, workers=1)
+    assert other.read_text() == "a user's CIF\n"
+    store = tmp_path / "s.h5"
+    pack([src], store, workers=1)
+    pack([src], store, workers=1)  # an existing store is replaced
+    assert _load(store)[0].ids == ["good"]

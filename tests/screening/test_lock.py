@@ -140,7 +140,7 @@ def test_an_edited_store_is_screened_again(
     old = read_predictions(out)["predictions"]["heat_ref"].copy()
     with h5py.File(store, "r+") as f:  # the stored content digest is left as it was
         f["positions"][:10] = f["positions"][:10] * 1.1
-    with pytest.raises(DeepergatError, match="computed before .* was edited in place"):
+    with pytest.raises(DeepergatError, match=r"computed before .* was edited in place"):
         run_inprocess(store, small_model["onnx"], out, chunk_size=64)
     again = run_inprocess(store, small_model["onnx"], out, chunk_size=64, resume=False)
     assert again.outcome == "merged" and again.structures == 300  # nothing reused

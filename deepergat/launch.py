@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -60,6 +61,16 @@ class LaunchInfo:
         return self.local_rank % visible_devices if visible_devices > 0 else 0
 
 
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DeepergatError(f"the launcher variable {name}={value!r} is not a number") from None
+
+
 def first_host(nodelist: str) -> str:
     """First host of a SLURM node list: ``"gpu[03-05,07],cpu1"`` → ``"gpu03"``."""
     nodelist = nodelist.strip()
@@ -76,10 +87,14 @@ def first_host(nodelist: str) -> str:
 def launch_info(env: Mapping[str, str] | None = None) -> LaunchInfo:
     """Read rank, local rank, world size and rendezvous from the launcher's variables.
 
-    Order: torchrun (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), then SLURM
-    (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, the first host of SLURM_JOB_NODELIST; port from
-    MASTER_PORT or 29500 + the job id mod 1000), then Open MPI (OMPI_COMM_WORLD_*) and PMI
-    (PMI_RANK, PMI_SIZE, MPI_LOCALRANKID); else a single process.
+    Order: torchrun (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), then an ``srun``
+    step (SLURM_STEP_NUM_TASKS tasks; SLURM_PROCID, SLURM_LOCALID, the first host of the step's
+    node list; port from MASTER_PORT or 29500 + the job id mod 1000), then Open MPI
+    (OMPI_COMM_WORLD_*) and PMI (PMI_RANK, PMI_SIZE, MPI_LOCALRANKID); else a single process.
+
+    A batch script run without ``srun`` (``sbatch --ntasks=4`` calling the command directly) is
+    one process: its SLURM_NTASKS and SLURM_PROCID describe the allocation, not a launch, and
+    only an srun step sets SLURM_STEP_NUM_TASKS.
     """
     env = os.environ if env is None else env
     job = env.get("SLURM_JOB_ID")
@@ -94,12 +109,13 @@ def launch_info(env: Mapping[str, str] | None = None) -> LaunchInfo:
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port(_DEFAULT_PORT),
             launcher="torchrun", slurm_job_id=job,
         )
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
+    step_tasks = _int(env, "SLURM_STEP_NUM_TASKS")
+    if "SLURM_PROCID" in env and step_tasks is not None and step_tasks > 1:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "127.0.0.1")
         default_port = _DEFAULT_PORT + (int(job) % 1000 if job and job.isdigit() else 0)
         return LaunchInfo(
             rank=int(env["SLURM_PROCID"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
-            world_size=int(env["SLURM_NTASKS"]),
+            world_size=step_tasks,
             master_addr=env.get("MASTER_ADDR") or first_host(nodelist),
             master_port=port(default_port), launcher="slurm", slurm_job_id=job,
         )
@@ -122,18 +138,67 @@ def launch_info(env: Mapping[str, str] | None = None) -> LaunchInfo:
     return LaunchInfo(slurm_job_id=job)
 
 
+#: Seconds the ranks of a distributed run have to meet (``DEEPERGAT_RENDEZVOUS_TIMEOUT``).
+RENDEZVOUS_TIMEOUT = 60.0
+_LAUNCH_VARIABLES = {
+    "torchrun": "RANK, WORLD_SIZE (torchrun, or set by hand)",
+    "slurm": "SLURM_PROCID, SLURM_STEP_NUM_TASKS (srun)",
+    "mpi": "OMPI_COMM_WORLD_RANK/SIZE or PMI_RANK/PMI_SIZE (an MPI launcher)",
+}
+
+
 def setup_distributed(info: LaunchInfo, *, backend: str) -> None:
-    """Initialize the default process group (env:// rendezvous) when ``info.world_size > 1``."""
+    """Initialize the default process group when ``info.world_size > 1``.
+
+    The ranks meet at a TCP store on ``master_addr:master_port`` within
+    ``DEEPERGAT_RENDEZVOUS_TIMEOUT`` seconds (default 60); later collectives keep torch's long
+    default timeout.
+
+    Raises:
+        DeepergatError: the ranks did not all meet in time (names the variables that claimed a
+            distributed launch), or the rendezvous address cannot be used.
+    """
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     if not info.distributed or dist.is_initialized():
         return
-    os.environ.setdefault("MASTER_ADDR", info.master_addr)
-    os.environ.setdefault("MASTER_PORT", str(info.master_port))
-    dist.init_process_group(
-        backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size
-    )
+    wait = float(os.environ.get("DEEPERGAT_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT))
+    where = f"{info.master_addr}:{info.master_port}"
+    deadline = time.monotonic() + wait
+    try:
+        if info.rank != 0:  # find rank 0's store first (torch's client logs every failed try)
+            _wait_for_port(info.master_addr, info.master_port, deadline)
+        store = dist.TCPStore(info.master_addr, info.master_port, info.world_size,
+                              is_master=info.rank == 0,
+                              timeout=timedelta(seconds=max(1.0, deadline - time.monotonic())),
+                              wait_for_workers=True)
+    except (RuntimeError, OSError) as e:
+        variables = _LAUNCH_VARIABLES.get(info.launcher, info.launcher)
+        raise DeepergatError(
+            f"rank {info.rank} of {info.world_size}: the other ranks did not meet at {where} "
+            f"within {wait:g} s ({' '.join(str(e).split())[:120]}). The environment says this is "
+            f"a {info.world_size}-process run ({variables}); start every rank (torchrun, srun), "
+            "or unset those variables to train in one process"
+        ) from None
+    dist.init_process_group(backend=backend, store=store, rank=info.rank,
+                            world_size=info.world_size)
     log.info("rank %d/%d joined (%s, %s)", info.rank, info.world_size, info.launcher, backend)
+
+
+def _wait_for_port(host: str, port: int, deadline: float) -> None:
+    """Return once ``host:port`` accepts a connection; OSError when the deadline passes."""
+    import socket
+
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise OSError(f"nothing listens on {host}:{port}") from None
+            time.sleep(0.5)
 
 
 def teardown_distributed() -> None:

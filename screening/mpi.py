@@ -262,17 +262,8 @@ def connect(env: Mapping[str, str] | None = None) -> Ranks:
     is one process: only an ``srun`` step (``SLURM_STEP_NUM_TASKS``) or an MPI launcher
     (``mpiexec``, also inside an allocation) counts.
     """
-    env = os.environ if env is None else env
-    if "SLURM_STEP_NUM_TASKS" not in env:
-        # Not inside an srun step: SLURM_NTASKS/PROCID describe the allocation, not this
-        # process (an mpiexec inside sbatch sets its own PMI variables).
-        env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-    info = launch_info(env)
-    size = info.world_size
-    if info.launcher == "slurm":
-        size = int(env["SLURM_STEP_NUM_TASKS"])
-    elif info.launcher == "torchrun":
-        size = 1
+    info = launch_info(os.environ if env is None else env)  # the one reader of it
+    size = 1 if info.launcher == "torchrun" else info.world_size
     if size <= 1:
         return SingleProcess()
     return MpiRanks(size)

@@ -71,7 +71,7 @@ def test_two_gloo_ranks_equal_gradient_accumulation(tiny_store: Path, tmp_path: 
     torch.set_num_threads(1)
     try:
         torch.manual_seed(cfg.seed)
-        model = _build_model(cfg, mean, std)
+        model = _build_model(cfg, mean, std, None)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         model.train()
         for epoch in range(cfg.epochs):

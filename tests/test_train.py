@@ -339,18 +339,55 @@ def test_launch_info_reads_each_launcher() -> None:
     assert (t.rank, t.local_rank, t.world_size, t.master_addr, t.master_port, t.launcher) == (
         3, 1, 4, "n1", 1234, "torchrun")
     s = launch_info({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8",
-                     "SLURM_JOB_NODELIST": "gpu[03-05,07]", "SLURM_JOB_ID": "4242"})
+                     "SLURM_STEP_NUM_TASKS": "8", "SLURM_JOB_NODELIST": "gpu[03-05,07]",
+                     "SLURM_JOB_ID": "4242"})
     assert (s.rank, s.local_rank, s.world_size, s.master_addr, s.launcher) == (
         5, 1, 8, "gpu03", "slurm")
     assert s.master_port == 29500 + 242 and s.slurm_job_id == "4242"
     assert s.device_index(4) == 1 and launch_info(
-        {"SLURM_LOCALID": "5", "SLURM_PROCID": "5", "SLURM_NTASKS": "8"}).device_index(4) == 1
+        {"SLURM_LOCALID": "5", "SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8"}
+    ).device_index(4) == 1
+    # a batch script without srun: the allocation's variables are no launch
+    batch = launch_info({"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "9"})
+    assert (batch.world_size, batch.launcher, batch.slurm_job_id) == (1, "none", "9")
     o = launch_info({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "3",
                      "OMPI_COMM_WORLD_LOCAL_RANK": "0"})
     assert (o.rank, o.world_size, o.launcher) == (2, 3, "mpi")
     p = launch_info({"PMI_RANK": "1", "PMI_SIZE": "2"})
     assert (p.rank, p.world_size) == (1, 2)
     assert first_host("node7") == "node7" and first_host("a[1-2],b3") == "a1"
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "2", "RANK": "0"},
+                                 {"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}])
+def test_a_distributed_launch_whose_ranks_never_start_fails_fast(
+    tiny_store: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """`deepergat train` with a launcher environment but no other ranks: one line, quickly."""
+    import subprocess
+    import sys
+    import time
+
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SLURM_", "PMI_", "OMPI_", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                  "MASTER_"))}
+    clean.update(env, DEEPERGAT_RENDEZVOUS_TIMEOUT="3", MASTER_PORT=str(_free_port()))
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "deepergat.cli", "train", "--data", str(tiny_store),
+                        "--target", "heat_ref", "--epochs", "1", "--layers", "1",
+                        "--out", str(tmp_path / "run")], env=clean, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and time.monotonic() - t0 < 60
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did not meet" in lines[0] and "2-process run" in lines[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_requeue_uses_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

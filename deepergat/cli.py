@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import __version__
-from .errors import DeepergatError
+from .errors import DeepergatError, environment_error
 from .screening.cli import screen as screen_command
 
 __all__ = ["DeepergatGroup", "fail", "main", "report_errors", "setup_logging"]
@@ -46,6 +46,11 @@ def report_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except DeepergatError as e:
             fail(e)
+        except OSError as e:
+            err = environment_error(e)
+            if err is None:
+                raise
+            fail(err)
 
     return wrapper  # type: ignore[return-value]
 
@@ -58,6 +63,11 @@ class DeepergatGroup(click.Group):
             return super().invoke(ctx)
         except DeepergatError as e:
             fail(e)
+        except OSError as e:  # a full disk, a read-only folder: the user's to fix
+            err = environment_error(e)
+            if err is None:
+                raise
+            fail(err)
 
 
 def setup_logging(verbosity: int) -> None:
@@ -452,8 +462,12 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
               help="Atoms closer than this (Å) give status 6.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
+@click.option("--id-from", type=click.Choice(["stem", "path"]), default="stem",
+              show_default=True,
+              help="Ids of structure files: the file stem, or the path (for trees of POSCARs).")
 def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_size: int,
-            max_atoms: int, overlap_threshold: float, device: str, trust: bool) -> None:
+            max_atoms: int, overlap_threshold: float, device: str, trust: bool,
+            id_from: str) -> None:
     """Predict structure files or stores with MODEL: a checkpoint (.ckpt), an exported file
     (.onnx, .pt, .pt2, .aoti.pt2) or a bundled model name.
 
@@ -466,6 +480,7 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
       deepergat predict perovskite-heat some.cif
       deepergat predict exported/model.onnx candidates.h5 --csv predictions.csv
       deepergat predict runs/heat/best.ckpt candidates.h5 cifs/ --csv predictions.csv
+      deepergat predict perovskite-heat 'runs/*/CONTCAR' --id-from path
     """
     import csv
     import math
@@ -477,7 +492,7 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
 
     ck, rows = predict_inputs(model, inputs, batch_size=batch_size, max_atoms=max_atoms,
                               overlap_threshold=overlap_threshold, device=device,
-                              on_skipped=skipped, trust=trust)
+                              on_skipped=skipped, trust=trust, id_from=id_from)
     handle = open(csv_path, "w", newline="") if csv_path else sys.stdout  # noqa: SIM115
     try:
         writer = csv.writer(handle, lineterminator="\n")

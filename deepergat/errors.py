@@ -7,7 +7,7 @@ problem that screening records as a status code instead of stopping.
 
 from __future__ import annotations
 
-__all__ = ["STATUS_CODES", "DeepergatError", "GeometryError"]
+__all__ = ["STATUS_CODES", "DeepergatError", "GeometryError", "environment_error"]
 
 #: docs/design.md's status table; the first failing check wins, in this order.
 STATUS_CODES: dict[int, str] = {
@@ -36,3 +36,41 @@ class GeometryError(DeepergatError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = int(status)
+
+
+#: errno → what it means for the user, for file-system failures the user can fix.
+_ENVIRONMENT = {
+    "ENOSPC": "no space left on the device",
+    "EDQUOT": "the disk quota is exceeded",
+    "EROFS": "the file system is read-only",
+    "EACCES": "permission denied",
+    "EPERM": "operation not permitted",
+}
+
+
+def environment_error(e: OSError) -> DeepergatError | None:
+    """The one-line `DeepergatError` for a file-system failure the user can fix (a full disk,
+    a quota, a read-only folder, missing permissions), or None for other OS errors.
+
+    The message names the file and, for a full disk, how much space is free.
+    """
+    import errno as errno_module
+    import os
+    import shutil
+
+    name = errno_module.errorcode.get(e.errno or 0, "")
+    what = _ENVIRONMENT.get(name)
+    if what is None:
+        return None
+    path = e.filename or ""
+    where = f"cannot write {path}" if path else "cannot write"
+    extra = ""
+    if name in ("ENOSPC", "EDQUOT") and path:
+        folder = os.path.dirname(os.path.abspath(str(path))) or "."
+        try:
+            extra = f" ({shutil.disk_usage(folder).free / 1e6:.0f} MB free there)"
+        except OSError:
+            extra = ""
+    fix = ("free space or choose another folder" if name in ("ENOSPC", "EDQUOT")
+           else "choose a folder you can write to")
+    return DeepergatError(f"{where}: {what}{extra}; {fix}, then run the same command again")

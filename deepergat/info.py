@@ -91,12 +91,14 @@ def describe_store(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns:
         ``{"format", "n_structures", "n_atoms_total", "atoms_per_structure": {"min", "median",
         "max"}, "elements": [symbols sorted by Z], "targets": {name: {"units", "count", "mean",
-        "std", "min", "max"}}, "content_digest"}``. Target statistics ignore NaN (``count`` is
-        the number of non-NaN values; ``std`` is the population standard deviation); undefined
-        statistics are None.
+        "std", "min", "max"}}, "content_digest", "digest_verified"}``. Target statistics ignore
+        NaN (``count`` is the number of non-NaN values; ``std`` is the population standard
+        deviation); undefined statistics are None. Every array is read once to recompute the
+        content digest: ``digest_verified`` is False when the arrays no longer match the digest
+        recorded when the store was packed (edited in place, or damaged).
 
     Raises:
-        DeepergatError: not a valid store.
+        DeepergatError: not a valid store, or an array that cannot be read (damaged).
     """
     import h5py
 
@@ -115,6 +117,7 @@ def describe_store(path: str | os.PathLike[str]) -> dict[str, Any]:
         }
         total = store.n_atoms_total
         digest = store.content_digest
+        verified = store.compute_digest() == digest
         m = store.n_structures
     counts = np.zeros(256, dtype=np.int64)
     try:
@@ -133,6 +136,7 @@ def describe_store(path: str | os.PathLike[str]) -> dict[str, Any]:
         "elements": [_symbol(int(z)) for z in np.flatnonzero(counts)],
         "targets": targets,
         "content_digest": digest,
+        "digest_verified": verified,
     }
 
 
@@ -170,7 +174,9 @@ def _format_store(info: dict[str, Any], path: str) -> list[str]:
                 f"std {_fmt_num(t['std'])}, min {_fmt_num(t['min'])}, max {_fmt_num(t['max'])}",
             )
         )
-    lines.append(row("content digest", info["content_digest"]))
+    state = ("(the arrays match it)" if info.get("digest_verified", True) else
+             "(DOES NOT MATCH the arrays: the store was edited or damaged after packing)")
+    lines.append(row("content digest", f"{info['content_digest']} {state}"))
     return lines
 
 

@@ -37,6 +37,7 @@ from .store import StoreWriter
 
 __all__ = [
     "IdFrom",
+    "NothingPacked",
     "PackResult",
     "TargetSpec",
     "default_workers",
@@ -502,7 +503,8 @@ def pack(
                 if skipped
                 else ""
             )
-            raise DeepergatError(f"{out}: no structures were read from the inputs{why}")
+            raise NothingPacked(f"{out}: no structures were read from the inputs{why}",
+                                dict(skipped))
         digest = writer.close()
     except BaseException as e:
         writer.abort()
@@ -530,6 +532,18 @@ def pack(
         skipped=dict(skipped),
         skipped_csv=skipped_path,
     )
+
+
+class NothingPacked(DeepergatError):
+    """Not one structure could be read from the inputs.
+
+    Attributes:
+        skipped: category -> number of inputs skipped.
+    """
+
+    def __init__(self, message: str, skipped: dict[str, int]) -> None:
+        super().__init__(message)
+        self.skipped = skipped
 
 
 def _check_replaceable(out: Path) -> None:

@@ -155,11 +155,13 @@ def predict_inputs(
     device: str = "cpu",
     on_skipped: Callable[[int, str], None] | None = None,
     trust: bool = False,
+    id_from: str = "stem",
 ) -> tuple[Any, Iterator[PredictionRow]]:
     """Predict structure files (any format `deepergat pack` reads) and stores.
 
     Structure files are packed into a temporary store first (unreadable ones are skipped and
-    reported through ``on_skipped(count, description)``); stores are read as they are.
+    reported through ``on_skipped(count, description)``; ids as ``deepergat pack --id-from``
+    makes them); stores are read as they are.
 
     Returns:
         (the loaded `deepergat.export.Predictor`, an iterator of `PredictionRow` in input
@@ -173,6 +175,11 @@ def predict_inputs(
     for p in paths:
         if not p.exists() and not any(ch in str(p) for ch in "*?["):
             raise DeepergatError(f"{p}: no such file or folder")
+        if p.suffix.lower() in (".h5", ".hdf5") and p.is_file() and not _is_store(p):
+            from .store import Store
+
+            Store(p).close()  # raises the store's own message (truncated, another kind, ...)
+            raise DeepergatError(f"{p}: not a deepergat structure store")
 
     def rows() -> Iterator[PredictionRow]:
         files: list[Path] = []
@@ -182,11 +189,22 @@ def predict_inputs(
         def flush() -> Iterator[PredictionRow]:
             if not files:
                 return
-            from .pack import describe_skipped, pack
+            from .pack import NothingPacked, describe_skipped, pack
 
             with tempfile.TemporaryDirectory(prefix="deepergat-predict-") as tmp:
                 store = Path(tmp) / "inputs.h5"
-                result = pack([str(f) for f in files], store, workers=1, skip_bad=True)
+                try:
+                    result = pack([str(f) for f in files], store, workers=1, skip_bad=True,
+                                  id_from=id_from)  # type: ignore[arg-type]
+                except NothingPacked as e:
+                    names = ", ".join(str(f) for f in files[:5])
+                    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+                    raise DeepergatError(
+                        f"no structure could be read from {names}{more} "
+                        f"({describe_skipped(e.skipped) or 'nothing found'})"
+                    ) from None
+                except DeepergatError as e:  # name the user's files, not the temporary store
+                    raise DeepergatError(str(e).replace(f"{store}: ", "")) from None
                 if result.n_skipped and on_skipped is not None:
                     on_skipped(result.n_skipped, describe_skipped(result.skipped))
                 yield from _predict_store(model, store, **settings)

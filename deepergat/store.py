@@ -418,6 +418,12 @@ class Store:
         for name in _PER_STRUCTURE + _PER_ATOM:
             if name not in f:
                 raise DeepergatError(f"{p}: damaged structure store: dataset {name!r} is missing")
+            if not isinstance(f[name], h5py.Dataset):
+                raise DeepergatError(f"{p}: damaged structure store: {name!r} is a "
+                                     f"{type(f[name]).__name__.lower()}, not a dataset")
+        if "targets" in f and not isinstance(f["targets"], h5py.Group):
+            raise DeepergatError(f"{p}: damaged structure store: 'targets' is a "
+                                 f"{type(f['targets']).__name__.lower()}, not a group")
         m = int(f.attrs.get("n_structures", -1))
         n = int(f.attrs.get("n_atoms_total", -1))
         for name in _PER_STRUCTURE:
@@ -437,6 +443,9 @@ class Store:
         self._targets: dict[str, str] = {}
         if "targets" in f:
             for name, ds in f["targets"].items():
+                if not isinstance(ds, h5py.Dataset):
+                    raise DeepergatError(f"{p}: damaged structure store: target {name!r} is "
+                                         "not a dataset")
                 if ds.shape != (m,):
                     raise DeepergatError(
                         f"{p}: damaged structure store: target {name!r} has shape {ds.shape}, "
@@ -451,7 +460,13 @@ class Store:
         self.n_atoms = f["n_atoms"][:].astype(np.int64)
         self.atom_offset = f["atom_offset"][:].astype(np.int64)
         if m:
-            if int(self.n_atoms.sum()) != n or (self.n_atoms < 0).any():
+            if (self.n_atoms < 0).any():
+                k = int(np.flatnonzero(self.n_atoms < 0)[0])
+                raise DeepergatError(
+                    f"{p}: damaged structure store: n_atoms is negative (row {k}: "
+                    f"{int(self.n_atoms[k])})"
+                )
+            if int(self.n_atoms.sum()) != n:
                 raise DeepergatError(
                     f"{p}: damaged structure store: n_atoms sums to {int(self.n_atoms.sum())} "
                     f"but n_atoms_total is {n}"
@@ -474,10 +489,20 @@ class Store:
     def __len__(self) -> int:
         return self.n_structures
 
+    def _slice(self, name: str, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of a dataset; a damaged block is a `DeepergatError` naming it."""
+        try:
+            return self._f[name][a:b]
+        except (OSError, ValueError, KeyError) as e:
+            raise DeepergatError(
+                f"{self.path}: damaged structure store: cannot read {name} rows [{a}, {b}) "
+                f"({' '.join(str(e).split())[:160]}); re-pack it from its sources"
+            ) from None
+
     def ids(self, a: int = 0, b: int | None = None) -> list[str]:
         """Ids of structures [a, b)."""
         b = self.n_structures if b is None else b
-        return [s.decode() if isinstance(s, bytes) else str(s) for s in self._f["ids"][a:b]]
+        return [s.decode() if isinstance(s, bytes) else str(s) for s in self._slice("ids", a, b)]
 
     def atomic_numbers(self, a: int = 0, b: int | None = None) -> np.ndarray:
         """[n] int64 atomic numbers of structures [a, b), without reading positions."""
@@ -486,7 +511,7 @@ class Store:
             return np.zeros(0, np.int64)
         first = int(self.atom_offset[a])
         last = int(self.atom_offset[b - 1] + self.n_atoms[b - 1])
-        return self._f["atomic_numbers"][first:last].astype(np.int64)
+        return self._slice("atomic_numbers", first, last).astype(np.int64)
 
     def compute_digest(self, *, block: int = 1 << 20) -> str:
         """The content digest recomputed from the arrays now in the file (`content_digest` is
@@ -523,7 +548,7 @@ class Store:
             raise DeepergatError(
                 f"{self.path}: no target {name!r}; available: {sorted(self._targets) or 'none'}"
             )
-        return self._f[f"targets/{name}"][:].astype(np.float64)
+        return self._slice(f"targets/{name}", 0, self.n_structures).astype(np.float64)
 
     def read(self, a: int, b: int) -> StructureBatch:
         """Structures [a, b) with two slices; ``offset`` is relative to the batch."""
@@ -541,7 +566,6 @@ class Store:
                 positions=np.zeros((0, 3)),
                 targets={k: np.zeros(0) for k in self._targets},
             )
-        f = self._f
         n_atoms = self.n_atoms[a:b]
         first = int(self.atom_offset[a])
         last = int(self.atom_offset[b - 1] + self.n_atoms[b - 1])
@@ -550,11 +574,12 @@ class Store:
             ids=self.ids(a, b),
             n_atoms=n_atoms.copy(),
             offset=self.atom_offset[a:b] - first,
-            lattice=f["lattice"][a:b],
-            pbc=f["pbc"][a:b].astype(bool),
-            atomic_numbers=f["atomic_numbers"][first:last].astype(np.int64),
-            positions=f["positions"][first:last],
-            targets={k: f[f"targets/{k}"][a:b].astype(np.float64) for k in self._targets},
+            lattice=self._slice("lattice", a, b),
+            pbc=self._slice("pbc", a, b).astype(bool),
+            atomic_numbers=self._slice("atomic_numbers", first, last).astype(np.int64),
+            positions=self._slice("positions", first, last),
+            targets={k: self._slice(f"targets/{k}", a, b).astype(np.float64)
+                     for k in self._targets},
         )
 
     def iter_chunks(

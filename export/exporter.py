@@ -243,6 +243,10 @@ def export_model(
             f"{source}: is a {kind} file; export starts from a checkpoint (.ckpt) or a bundled "
             "model name"
         )
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DeepergatError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)  # before any work: an unwritable folder fails now
     ckpt = load_checkpoint(source)
     reference_model = ckpt.model.eval()
     source_meta = checkpoint_metadata(ckpt.data)
@@ -268,10 +272,6 @@ def export_model(
     result = ExportResult(source=source, check_source=check_source,
                           example_sizes=sizes(example_np))
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DeepergatError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
     failures: list[str] = []
     try:

@@ -143,7 +143,7 @@ def screen(
     SLURM array task taking a static share.
     """
     from deepergat.cli import fail, setup_logging
-    from deepergat.errors import DeepergatError
+    from deepergat.errors import DeepergatError, environment_error
 
     setup_logging(verbose)
     from .run import AllRanksError, ScreenOptions
@@ -159,7 +159,13 @@ def screen(
     ranks = None
     try:
         ranks = _connect(opts)
-        result = _run(opts, ranks)
+        try:
+            result = _run(opts, ranks)
+        except OSError as e:  # a full disk, a read-only folder: the user's to fix
+            err = environment_error(e)
+            if err is None:
+                raise
+            raise err from None
     except DeepergatError as e:
         if ranks is None or ranks.size == 1 or isinstance(e, AllRanksError):
             if ranks is None or ranks.is_root:  # every rank has it: rank 0 says it once

@@ -40,6 +40,9 @@ MANIFEST_FORMAT = "deepergat-screen-run"
 RUN_KEYS = (
     "input_digest", "model_sha256", "chunk_size", "max_atoms", "overlap_threshold", "embeddings",
 )
+#: Keys every manifest holds (the run keys and what the merge reads).
+_MANIFEST_KEYS = (*RUN_KEYS, "input", "n_structures", "n_chunks", "model", "model_metadata",
+                  "targets", "embedding_dim")
 _PART = re.compile(r"^chunk-(\d+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
 
@@ -117,6 +120,12 @@ class PartsDir:
             raise DeepergatError(
                 f"{self.manifest_path}: not a deepergat-screen run manifest; remove {self.path} "
                 "or choose another --output"
+            )
+        missing = [k for k in _MANIFEST_KEYS if k not in data]
+        if missing:
+            raise DeepergatError(
+                f"{self.manifest_path}: damaged run manifest (missing {', '.join(missing)}); "
+                f"remove {self.path} or pass --no-resume"
             )
         return data
 

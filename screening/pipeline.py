@@ -30,13 +30,20 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import (
+    BrokenExecutor,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from deepergat.errors import DeepergatError
 from deepergat.graphs import GraphBatch, build_inputs
 from deepergat.lifeline import watch_parent
 from deepergat.store import Store, StructureBatch
@@ -515,6 +522,12 @@ class Pipeline:
             executor.shutdown(wait=True, cancel_futures=stop_reader)
         stats.seconds = time.perf_counter() - t_start
         if errors:
+            if isinstance(errors[0], BrokenExecutor):
+                raise DeepergatError(
+                    "a worker process of this rank died (killed — by the out-of-memory killer? — "
+                    "or crashed); the chunks committed so far are kept: run the same command "
+                    "again to compute the rest (with fewer --workers if memory is short)"
+                ) from None
             raise errors[0]
         return stats
 

@@ -203,3 +203,35 @@ def test_verbose_logging_goes_to_stderr(tmp_path: Path, cif_dir: Path) -> None:
     assert "WARNING" in r.stderr and "notes.txt" in r.stderr
     assert "INFO: packing 2 input(s)" in r.stderr
     assert "WARNING" not in r.stdout
+
+
+def test_unwritable_outputs_are_one_line(small_model: dict, tmp_path: Path) -> None:
+    """Writing where the user may not (here /sys, refused even to root): one line, exit 2."""
+    from deepergat.export.samples import parity_structures
+    from deepergat.store import write_store
+
+    store = tmp_path / "s.h5"
+    write_store(store, parity_structures(5))
+    for args in (["predict", str(small_model["checkpoint"]), str(store), "--csv",
+                  "/sys/deepergat.csv"],
+                 ["export", str(small_model["checkpoint"]), "-o", "/sys/deepergat-export"],
+                 ["screen", "--input", str(store), "--model", str(small_model["onnx"]),
+                  "--output", "/sys/deepergat.h5"]):
+        r = _run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "/sys/deepergat" in lines[0], (args, r.stderr)
+        assert "Traceback" not in r.output
+
+
+def test_environment_errors_name_the_file_and_the_fix() -> None:
+    import errno
+
+    from deepergat.errors import environment_error
+
+    full = environment_error(OSError(errno.ENOSPC, "No space left on device", "/tmp/x.h5"))
+    assert full is not None and "cannot write /tmp/x.h5: no space left" in str(full)
+    assert "MB free there" in str(full) and "run the same command again" in str(full)
+    ro = environment_error(OSError(errno.EROFS, "Read-only file system", "/mnt/ro/p.h5"))
+    assert ro is not None and "read-only" in str(ro)
+    assert environment_error(OSError(errno.EPIPE, "Broken pipe")) is None

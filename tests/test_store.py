@@ -171,6 +171,17 @@ def _damage(path: Path, how: str) -> None:
             f["atom_offset"][:] = off
         elif how == "target":
             f["targets/energy"].resize(3, axis=0)
+        elif how == "targets dataset":
+            del f["targets"]
+            f["targets"] = np.zeros(3)
+        elif how == "ids group":
+            del f["ids"]
+            f.create_group("ids")
+        elif how == "negative":  # one negative count, the same sum
+            n = f["n_atoms"][:]
+            n[1] += 2 * n[0]
+            n[0] = -n[0]
+            f["n_atoms"][:] = n
 
 
 @pytest.mark.parametrize(
@@ -184,6 +195,9 @@ def _damage(path: Path, how: str) -> None:
         ("atoms", "'positions' has"),
         ("offsets", "atom_offset"),
         ("target", "target 'energy'"),
+        ("targets dataset", "'targets' is a dataset, not a group"),
+        ("ids group", "'ids' is a group, not a dataset"),
+        ("negative", r"n_atoms is negative \(row 0"),
     ],
 )
 def test_invalid_store(
@@ -208,3 +222,25 @@ def test_truncated_and_foreign_files(two_part_store: tuple[Path, list[dict], str
         with pytest.raises(DeepergatError) as e:
             Store(bad)
         assert str(bad) in str(e.value)
+
+
+def test_a_damaged_data_block_is_one_line_everywhere(
+    two_part_store: tuple[Path, list[dict], str], tmp_path: Path
+) -> None:
+    """16 bytes overwritten inside a compressed chunk of positions: readers name the store and
+    the rows; `info` (which re-hashes every array) says so too."""
+    from click.testing import CliRunner
+
+    from deepergat.cli import main
+
+    path = two_part_store[0]
+    with h5py.File(path, "r") as f:
+        chunk = f["positions"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + 8 : chunk.byte_offset + 24] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    with Store(path) as store, pytest.raises(DeepergatError, match=r"cannot read positions"):
+        store.read(0, len(store))
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 2 and "damaged structure store" in r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -16,7 +16,9 @@ from deepergat.screening.predictions import Rows
 
 def manifest(**over: Any) -> dict[str, Any]:
     m = {"format": MANIFEST_FORMAT, "version": 1, "input_digest": "abc", "model_sha256": "def",
-         "chunk_size": 10, "max_atoms": 1000, "overlap_threshold": 0.1, "embeddings": False}
+         "chunk_size": 10, "max_atoms": 1000, "overlap_threshold": 0.1, "embeddings": False,
+         "input": "in.h5", "n_structures": 50, "n_chunks": 5, "model": "m.onnx",
+         "model_metadata": {}, "targets": [{"name": "t", "units": ""}], "embedding_dim": 4}
     m.update(over)
     return m
 
@@ -131,6 +133,11 @@ def test_damaged_manifest(tmp_path: Path) -> None:
     parts.manifest_path.write_text("{")
     with pytest.raises(DeepergatError, match="damaged run manifest"):
         parts.prepare(manifest(), resume=True)
+    edited = manifest()
+    del edited["n_chunks"]  # a hand-edited manifest missing a key
+    parts.manifest_path.write_text(json.dumps(edited))
+    with pytest.raises(DeepergatError, match=r"damaged run manifest \(missing n_chunks\)"):
+        parts.read_manifest()
 
 
 def test_clear_temporaries(tmp_path: Path) -> None:

@@ -238,3 +238,31 @@ def test_batches_in_flight_reach_and_keep_the_cap(store: Path, max_batches: int)
     assert got.ids == ref.ids
     np.testing.assert_array_equal(got.status, ref.status)
     np.testing.assert_array_equal(got.predictions, ref.predictions)
+
+
+def _die() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+
+
+def test_a_killed_worker_is_one_clear_error(store: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from deepergat.errors import DeepergatError
+
+    def dying_pool(self: Pipeline) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=1, initializer=_die,
+                                   mp_context=multiprocessing.get_context("spawn"))
+
+    monkeypatch.setattr(Pipeline, "_executor", dying_pool)
+    with Store(store) as s:
+        plan = make_plan(s.n_atoms, 25)
+    committed: list[int] = []
+    pipe = Pipeline(store, plan, SumPredictor(), SETTINGS, n_targets=1, embedding_dim=None,
+                    workers=1)
+    with pytest.raises(DeepergatError, match="a worker process of this rank died"):
+        pipe.run(ChunkSource(range(plan.n_chunks)), lambda k, a, rows: committed.append(k))

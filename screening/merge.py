@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,14 @@ from .parts import PartsDir
 from .plan import Plan
 from .predictions import FLAG_UNSEEN_ELEMENT, PredictionsWriter
 
-__all__ = ["MergeResult", "MissingChunksError", "describe_missing", "merge_parts"]
+__all__ = [
+    "MergeResult",
+    "MissingChunksError",
+    "check_space",
+    "describe_missing",
+    "merge_parts",
+    "output_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,31 @@ def describe_missing(missing: Sequence[int], plan: Plan, limit: int = 20) -> str
     return f"{word} {_ranges(list(missing))} of {plan.n_chunks} (structures {where})"
 
 
+def output_bytes(n_structures: int, manifest: dict[str, Any]) -> int:
+    """Upper bound of a predictions file's size (uncompressed) for this run."""
+    t = len(manifest["targets"])
+    per = 8 + 2 + 24 + 4 * t * (2 if manifest.get("spread") else 1)  # index, flags, id, values
+    if manifest.get("embeddings"):
+        per += 4 * int(manifest.get("embedding_dim") or 0)
+    return n_structures * per + (1 << 20)
+
+
+def check_space(output: Path, needed: int, *, factor: float) -> None:
+    """Refuse to start when the output's folder lacks ``factor`` × ``needed`` bytes (parts and
+    the merged file side by side), instead of failing on a full disk half way."""
+    try:
+        free = shutil.disk_usage(output.parent if str(output.parent) else ".").free
+    except OSError:
+        return
+    want = int(needed * factor)
+    if free < want:
+        raise DeepergatError(
+            f"no space left on the folder of {output}: this run needs ~{want / 1e6:.0f} MB "
+            f"(parts and the merged file), {free / 1e6:.0f} MB are free; free space or choose "
+            "another --output"
+        )
+
+
 def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any]) -> MergeResult:
     """Write ``parts.output`` from every chunk's part, in input order, then remove the parts.
 
@@ -100,6 +133,7 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any]) -> MergeR
             "compute them (committed chunks are kept)",
             missing,
         )
+    check_space(parts.output, output_bytes(plan.n_structures, manifest), factor=1.1)
     targets = manifest["targets"]
     emb_dim = int(manifest["embedding_dim"]) if manifest.get("embeddings") else None
     spread = bool(manifest.get("spread", False))

@@ -33,7 +33,15 @@ from deepergat.store import Store, StructureBatch
 
 from .device import cpus_per_rank, pick_device, visible_gpus
 from .lock import OutputLock, run_token
-from .merge import MergeResult, MissingChunksError, describe_missing, merge_parts, screen_settings
+from .merge import (
+    MergeResult,
+    MissingChunksError,
+    check_space,
+    describe_missing,
+    merge_parts,
+    output_bytes,
+    screen_settings,
+)
 from .mpi import Ranks
 from .parts import MANIFEST_FORMAT, PartsDir, settings_digest
 from .pipeline import (
@@ -288,6 +296,17 @@ def _open_input(path: Path) -> _Input:
         log.warning("%s has no content digest; hashing the file", path)
         digest = file_sha256(path)
     return _Input(path=path.resolve(), digest=digest, n_atoms=n_atoms)
+
+
+def _clear_output_temporaries(output: Path) -> None:
+    """Remove files a killed run left beside the output (its merged file or top-K list half
+    written: ``.<name>.tmp-<pid>``); the caller owns the output's lock."""
+    prefixes = (f".{output.name}.tmp-", f".{top_csv_path(output).name}.tmp-")
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(output.parent if str(output.parent) else "."):
+            if entry.startswith(prefixes):
+                (output.parent / entry).unlink(missing_ok=True)
+                log.info("removed %s, left by a killed run", output.parent / entry)
 
 
 def _refresh_digest(inp: _Input) -> bool:
@@ -629,6 +648,9 @@ def _root_setup(opts: ScreenOptions, inp: _Input, output: Path, parts: PartsDir,
                 "it or choose another --output"
             )
         output.unlink()  # --no-resume: start clean
+    if shard is None:  # no other process writes beside the output now
+        _clear_output_temporaries(output)
+    check_space(output, output_bytes(plan.n_structures, manifest), factor=2.2)
     owned = (shard_chunks(plan.atoms, *shard).tolist() if shard
              else list(range(plan.n_chunks)))
     parts.prepare(manifest, resume=opts.resume, owned=owned if shard else None)

@@ -147,3 +147,30 @@ def test_an_edited_store_is_screened_again(
     new = read_predictions(out)["predictions"]["heat_ref"]
     assert not np.allclose(new[:2], old[:2], equal_nan=True)
     np.testing.assert_allclose(new[50:], old[50:], rtol=1e-6)  # the rest, the same
+
+
+def test_a_disk_too_full_for_the_run_is_refused_before_work(
+    tmp_path: Path, screen_store: Path, small_model: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    out = tmp_path / "p.h5"
+    with pytest.raises(DeepergatError, match=r"no space left on the folder of .*p\.h5: .* MB"):
+        run_inprocess(screen_store, small_model["onnx"], out, chunk_size=64)
+    assert not out.exists() and not out.with_name("p.h5.lock").exists()
+    assert not list(tmp_path.glob("p.h5.parts/chunk-*"))
+
+
+def test_temporaries_of_a_killed_run_are_removed(
+    tmp_path: Path, screen_store: Path, small_model: dict[str, Any]
+) -> None:
+    out = tmp_path / "p.h5"
+    left = [tmp_path / ".p.h5.tmp-99999", tmp_path / ".p.top.csv.tmp-99999"]
+    for f in left:
+        f.write_bytes(b"half written by a killed run")
+    run_inprocess(screen_store, small_model["onnx"], out, chunk_size=64)
+    assert not any(f.exists() for f in left) and out.exists()

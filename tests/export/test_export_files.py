@@ -133,6 +133,18 @@ def test_damaged_metadata_document(exported_tiny, tmp_path):
     set_onnx_metadata(path, meta)
     with pytest.raises(DeepergatError, match="format 99 is not supported"):
         load(path, device="cpu", trust=True)
+    for field, value in (("cutoff", "abc"), ("max_neighbors", None), ("construction", "cube")):
+        meta = read_metadata(exported_tiny["onnx"])
+        meta["graph"][field] = value  # hand-edited
+        set_onnx_metadata(path, meta)
+        with pytest.raises(DeepergatError, match="damaged deepergat metadata: graph settings"):
+            load(path, device="cpu")
+        from click.testing import CliRunner
+
+        from deepergat.cli import main
+
+        r = CliRunner().invoke(main, ["info", str(path)])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_sniff_kinds(exported_tiny):

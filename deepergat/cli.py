@@ -526,14 +526,16 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def models(as_json: bool) -> None:
-    """List the bundled models with their cards."""
+    """List the bundled models with their cards (a bundled name predicts with its model.onnx;
+    `deepergat export` starts from its best.ckpt)."""
     import json
 
-    from .predict import bundled_models
+    from .export.resolve import bundled_dir, bundled_models
 
-    found = bundled_models()
+    found = {name: bundled_dir() / name for name in bundled_models()}
     if as_json:
         click.echo(json.dumps({name: {"path": str(d / "best.ckpt"),
+                                      "onnx": str(d / "model.onnx"),
                                       "card": (d / "card.md").read_text()
                                       if (d / "card.md").is_file() else ""}
                                for name, d in found.items()}, indent=2))
@@ -542,7 +544,7 @@ def models(as_json: bool) -> None:
         click.echo("no bundled models")
         return
     for name, folder in found.items():
-        click.echo(f"== {name} ({folder / 'best.ckpt'})")
+        click.echo(f"== {name} ({folder / 'model.onnx'}; checkpoint {folder / 'best.ckpt'})")
         card = folder / "card.md"
         click.echo(card.read_text().rstrip() if card.is_file() else "(no card)")
         click.echo("")

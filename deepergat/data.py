@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .graphs import DEFAULT_GRAPH, GraphConstruction, build_inputs, check_graph
-from .model import MAX_Z
+from .contract import DEFAULT_GRAPH, DEFAULT_OVERLAP_THRESHOLD, MAX_Z, GraphConstruction
+from .graphs import build_inputs, check_graph
 from .store import Store
 
 __all__ = [
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 #: Bumped when the cached layout or the graph construction changes.
 CACHE_VERSION = 1
 _CHUNK = 2048
-_OVERLAP_THRESHOLD = 0.1
 
 
 @dataclass
@@ -181,7 +180,7 @@ def _build(store: Store, *, cutoff: float, max_neighbors: int, graph: GraphConst
     z_parts, nb_parts, d_parts, deg_parts = [], [], [], []
     for chunk in store.iter_chunks(_CHUNK):
         g = build_inputs(chunk, cutoff=cutoff, max_neighbors=max_neighbors, graph=graph,
-                         max_z=MAX_Z, overlap_threshold=_OVERLAP_THRESHOLD)
+                         max_z=MAX_Z, overlap_threshold=DEFAULT_OVERLAP_THRESHOLD)
         status[chunk.index] = g.status
         rows = chunk.index[g.rows]
         inp = g.inputs

@@ -7,19 +7,9 @@ problem that screening records as a status code instead of stopping.
 
 from __future__ import annotations
 
-__all__ = ["STATUS_CODES", "DeepergatError", "GeometryError", "environment_error"]
+from .contract import STATUS_CODES  # re-exported: where callers always found it
 
-#: docs/design.md's status table; the first failing check wins, in this order.
-STATUS_CODES: dict[int, str] = {
-    0: "ok",
-    1: "zero atoms",
-    2: "more atoms than --max-atoms",
-    3: "element outside the model's table",
-    4: "non-finite coordinates",
-    5: "singular or non-finite lattice vectors on the periodic axes",
-    6: "two atoms closer than --overlap-threshold",
-    7: "non-finite prediction",
-}
+__all__ = ["STATUS_CODES", "DeepergatError", "GeometryError", "environment_error"]
 
 
 class DeepergatError(Exception):

@@ -23,10 +23,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from .contract import (
+    DEFAULT_CUTOFF,
+    DEFAULT_GRAPH,
+    DEFAULT_MAX_NEIGHBORS,
+    DEFAULT_OVERLAP_THRESHOLD,
+    GRAPH_CONSTRUCTIONS,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    GraphConstruction,
+    Status,
+)
 from .errors import GeometryError
 from .store import StructureBatch
 
@@ -49,24 +60,6 @@ __all__ = [
     "neighbor_list",
 ]
 
-#: The model's inputs and outputs, in order (docs/design.md §5); defined here,
-#: without torch, so that exported-file code and screening share them with the model.
-INPUT_NAMES = (
-    "atomic_numbers",
-    "neighbors",
-    "distances",
-    "neighbor_mask",
-    "crystal_atoms",
-    "crystal_mask",
-    "batch",
-)
-OUTPUT_NAMES = ("prediction", "embedding")
-DEFAULT_CUTOFF = 8.0
-DEFAULT_MAX_NEIGHBORS = 12
-#: How the neighbors are chosen (see the module docstring).
-GraphConstruction = Literal["periodic", "minimum-image"]
-GRAPH_CONSTRUCTIONS: tuple[str, ...] = get_args(GraphConstruction)
-DEFAULT_GRAPH: GraphConstruction = "periodic"
 #: Neighbors within this distance (Å) of the last one kept are kept too.
 TIE_TOLERANCE = 1e-6
 #: Candidates (atom pairs × lattice images) evaluated at once; bounds the search's memory.
@@ -206,11 +199,11 @@ def check_structures(
     pos_fail = np.bincount(owner[~np.isfinite(batch.positions).all(1)], minlength=m) > 0
     lat_fail = _lattice_bad(batch.lattice, batch.pbc)
     checks = [
-        (n == 0, 1),
-        ((n > max_atoms) if max_atoms is not None else np.zeros(m, bool), 2),
-        (z_fail, 3),
-        (pos_fail, 4),
-        (lat_fail, 5),
+        (n == 0, Status.ZERO_ATOMS),
+        ((n > max_atoms) if max_atoms is not None else np.zeros(m, bool), Status.TOO_MANY_ATOMS),
+        (z_fail, Status.UNKNOWN_ELEMENT),
+        (pos_fail, Status.NONFINITE_COORDINATES),
+        (lat_fail, Status.SINGULAR_LATTICE),
     ]
     for fail, code in reversed(checks):  # the first failing check wins
         status[fail] = code
@@ -569,7 +562,7 @@ def neighbor_list(
     max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
     graph: GraphConstruction = DEFAULT_GRAPH,
     atomic_numbers: np.ndarray | None = None,
-    overlap_threshold: float | None = 0.1,
+    overlap_threshold: float | None = DEFAULT_OVERLAP_THRESHOLD,
 ) -> NeighborList:
     """Neighbor list of one structure.
 
@@ -609,18 +602,15 @@ def neighbor_list(
         positions=positions,
     )
     status = check_structures(batch)
-    if status[0] in (4, 5):
-        raise GeometryError(
-            int(status[0]),
-            "non-finite coordinates"
-            if status[0] == 4
-            else "singular or non-finite lattice vectors on the periodic axes",
-        )
+    if status[0] in (Status.NONFINITE_COORDINATES, Status.SINGULAR_LATTICE):
+        code = Status(int(status[0]))
+        raise GeometryError(code, code.meaning)
     edges, min_dist = _search_select(
         batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors, graph=graph
     )
     if overlap_threshold is not None and min_dist[0] < overlap_threshold:
-        raise GeometryError(6, f"two atoms closer than {overlap_threshold} Å ({min_dist[0]:.4g} Å)")
+        raise GeometryError(Status.OVERLAP,
+                            f"two atoms closer than {overlap_threshold} Å ({min_dist[0]:.4g} Å)")
     return edges
 
 
@@ -632,7 +622,7 @@ def batch_neighbor_lists(
     graph: GraphConstruction = DEFAULT_GRAPH,
     max_atoms: int | None = None,
     max_z: int | None = None,
-    overlap_threshold: float | None = 0.1,
+    overlap_threshold: float | None = DEFAULT_OVERLAP_THRESHOLD,
 ) -> tuple[NeighborList, np.ndarray]:
     """Neighbor lists of a whole batch in one vectorized search.
 
@@ -647,7 +637,7 @@ def batch_neighbor_lists(
     if overlap_threshold is not None and len(good):
         overlap = good[min_dist < overlap_threshold]
         if len(overlap):
-            status[overlap] = 6
+            status[overlap] = Status.OVERLAP
             owner = np.repeat(np.arange(len(batch)), batch.n_atoms)
             keep = status[owner[edges.center]] == 0
             edges = NeighborList(*(a[keep] for a in edges))
@@ -662,7 +652,7 @@ def build_inputs(
     graph: GraphConstruction = DEFAULT_GRAPH,
     max_atoms: int | None = None,
     max_z: int | None = None,
-    overlap_threshold: float | None = 0.1,
+    overlap_threshold: float | None = DEFAULT_OVERLAP_THRESHOLD,
 ) -> GraphBatch:
     """Padded model inputs for a batch: `neighbor_list` of every good structure plus one self
     loop per atom, in docs/design.md's layout. Structures failing a check are left out and get their

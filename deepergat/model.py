@@ -31,7 +31,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .graphs import DEFAULT_GRAPH, INPUT_NAMES, OUTPUT_NAMES, GraphConstruction, check_graph
+from .contract import (
+    COMPOSITION_SIZE,
+    DEFAULT_GRAPH,
+    ENSEMBLE_OUTPUT_NAMES,
+    INPUT_NAMES,
+    MAX_Z,
+    OUTPUT_NAMES,
+    GraphConstruction,
+)
+from .graphs import check_graph
 from .layers import (
     AGATConv,
     DiffGroupNorm,
@@ -52,13 +61,8 @@ __all__ = [
     "count_parameters",
 ]
 
-#: An ensemble's outputs: the single model's two, then the calibrated spread [C, T].
-ENSEMBLE_OUTPUT_NAMES = (*OUTPUT_NAMES, "std")
 
-#: The model's element table is Z = 1..MAX_Z; other elements are screened out (status 3).
-MAX_Z = 100
-#: Width of the composition vector (position Z holds element Z's fraction), as the reference.
-COMPOSITION_SIZE = 108
+
 
 
 class DeeperGATGNN(nn.Module):

@@ -1,11 +1,11 @@
 """Prediction and evaluation with any model file, and the bundled models.
 
-MODEL arguments are a path when one exists, else the name of a bundled model: a folder
-``deepergat/models/<name>/`` holding ``best.ckpt`` and ``card.md``. A path may also be an
-exported file (``.onnx``, ``.pt``, ``.pt2``): every model runs through
-`deepergat.export.load`, one `Predictor` whatever the file kind. Structures go through the
-same graphs as training (the checkpoint's cutoff and max neighbors) and get docs/design.md's status
-codes; a bad structure is a row with its status and no value, never a crash.
+MODEL arguments follow `deepergat.export.resolve`'s one rule (a file; a run folder: its
+ensemble.ckpt or best.ckpt; else a bundled model, whose ``model.onnx`` predicts): every
+model runs through `deepergat.export.load`, one `Predictor` whatever the file kind.
+Structures go through the same graphs as training (the model's graph settings) and get the
+status codes of docs/design.md §9; a bad structure is a row with its status and no value,
+never a crash.
 """
 
 from __future__ import annotations
@@ -21,73 +21,35 @@ from typing import Any
 
 import numpy as np
 
+from .contract import DEFAULT_MAX_ATOMS, DEFAULT_OVERLAP_THRESHOLD, MAX_Z, Status
 from .errors import DeepergatError
 
 __all__ = [
-    "BUNDLED_DIR",
     "EvaluationResult",
     "PredictionRow",
-    "bundled_models",
     "evaluate",
     "load_predictor",
     "parity_plot",
     "predict_inputs",
-    "resolve_model",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Where bundled models live inside the package.
-BUNDLED_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MAX_ATOMS = 1000
-DEFAULT_OVERLAP_THRESHOLD = 0.1
-#: The model's element table Z = 1..100 (deepergat.model.MAX_Z, here without importing torch).
-_MAX_Z = 100
 _CHUNK = 1024
-
-
-def bundled_models() -> dict[str, Path]:
-    """Name → folder of each bundled model (those with a ``best.ckpt``)."""
-    if not BUNDLED_DIR.is_dir():
-        return {}
-    return {
-        d.name: d for d in sorted(BUNDLED_DIR.iterdir()) if (d / "best.ckpt").is_file()
-    }
-
-
-def resolve_model(model: str | os.PathLike[str]) -> Path:
-    """A checkpoint path: ``model`` itself when it exists, else a bundled model's best.ckpt.
-
-    Raises:
-        DeepergatError: neither a file nor a bundled name (lists the bundled names).
-    """
-    path = Path(model)
-    if path.is_file():
-        return path
-    if path.is_dir() and (path / "best.ckpt").is_file():
-        return path / "best.ckpt"
-    bundled = bundled_models()
-    if str(model) in bundled:
-        return bundled[str(model)] / "best.ckpt"
-    names = ", ".join(bundled) or "none"
-    raise DeepergatError(
-        f"{model}: no such model file, and no bundled model of that name (bundled: {names}); "
-        "see `deepergat models`"
-    )
 
 
 def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu",
                    trust: bool = False) -> Any:
     """The `deepergat.export.Predictor` of a MODEL argument: a checkpoint (eager PyTorch), an
     exported file (``.onnx`` on ONNX Runtime, ``.pt``, ``.pt2``) or a bundled name (its
-    checkpoint). ``trust`` allows files whose loading runs code (`deepergat.export.load`).
+    ONNX file). ``trust`` allows files whose loading runs code (`deepergat.export.load`).
 
     Raises:
-        DeepergatError: see `resolve_model` and `deepergat.export.load`.
+        DeepergatError: see `deepergat.export.load`.
     """
     from .export import load
 
-    return load(resolve_model(model), device=device, trust=trust)  # type: ignore[arg-type]
+    return load(model, device=device, trust=trust)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -126,7 +88,7 @@ def _predict_store(model: Any, path: Path, *, max_atoms: int, overlap_threshold:
             for a in range(0, len(chunk), batch_size):
                 part = chunk.select(np.arange(a, min(a + batch_size, len(chunk))))
                 g = build_inputs(part, **model.graph_settings, max_atoms=max_atoms,
-                                 max_z=_MAX_Z, overlap_threshold=overlap_threshold)
+                                 max_z=MAX_Z, overlap_threshold=overlap_threshold)
                 values = np.full((len(part), n_targets), np.nan, dtype=np.float32)
                 std = values.copy() if model.has_std else None
                 status = g.status.astype(np.int64)
@@ -138,7 +100,7 @@ def _predict_store(model: Any, path: Path, *, max_atoms: int, overlap_threshold:
                         std[g.rows] = out.std
                         bad |= ~np.isfinite(out.std).all(1)
                         std[g.rows[bad]] = np.nan
-                    status[g.rows[bad]] = 7
+                    status[g.rows[bad]] = Status.NONFINITE_PREDICTION
                     values[g.rows[bad]] = np.nan
                 for k in range(len(part)):
                     yield PredictionRow(part.ids[k], values[k], int(status[k]),

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deepergat.contract import MODEL_FORMATS
 from deepergat.errors import DeepergatError
 from deepergat.graphs import graph_settings
 from deepergat.store import StructureBatch
@@ -44,11 +45,10 @@ __all__ = ["ALL_FORMATS", "FILE_NAMES", "FORMATS", "ExportResult", "ExportedFile
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "pt2", "aoti")
+FORMATS = tuple(MODEL_FORMATS)
 #: What ``all`` means: the portable formats (``aoti`` is compiled for this machine's CPU).
-ALL_FORMATS = ("onnx", "torchscript", "pt2")
-FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2",
-              "aoti": "model.aoti.pt2"}
+ALL_FORMATS = tuple(name for name, f in MODEL_FORMATS.items() if f.in_all)
+FILE_NAMES = {name: f.file for name, f in MODEL_FORMATS.items()}
 #: Fewest check structures (≥ 256 real structures, docs/design.md §8).
 MIN_CHECK = 256
 #: Most structures read from a --check-data store.

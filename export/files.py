@@ -27,6 +27,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from deepergat.contract import MODEL_FORMATS
 from deepergat.errors import DeepergatError
 from deepergat.files import read_head
 
@@ -48,9 +49,8 @@ __all__ = [
 CHECKPOINT_KIND = "deepergat-checkpoint"
 #: suffix -> the kinds its content may confirm.
 SUFFIX_KINDS: dict[str, tuple[str, ...]] = {
-    ".onnx": (KINDS["onnx"],),
-    ".pt": (KINDS["torchscript"],),
-    ".pt2": (KINDS["pt2"], KINDS["aoti"]),
+    **{suffix: tuple(f.kind for f in MODEL_FORMATS.values() if f.suffix == suffix)
+       for suffix in dict.fromkeys(f.suffix for f in MODEL_FORMATS.values())},
     ".ckpt": (CHECKPOINT_KIND,),
 }
 #: Every model kind.
@@ -59,8 +59,9 @@ MODEL_KINDS = frozenset(k for kinds in SUFFIX_KINDS.values() for k in kinds)
 #: a TorchScript archive a program (its ``__setstate__`` methods run while it loads, and its
 #: operators can reach the file system). They load only when the caller trusts the file.
 CODE_KINDS: dict[str, str] = {
-    KINDS["aoti"]: "an AOTInductor package (compiled native code that runs when it loads)",
-    KINDS["torchscript"]: "a TorchScript program (its code runs when it loads)",
+    f.kind: {"aoti": "an AOTInductor package (compiled native code that runs when it loads)",
+             "torchscript": "a TorchScript program (its code runs when it loads)"}[f.name]
+    for f in MODEL_FORMATS.values() if f.runs_code
 }
 _ZIP_MAGIC = b"PK\x03\x04"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

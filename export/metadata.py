@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from deepergat.contract import MODEL_FORMATS
 from deepergat.errors import DeepergatError
 from deepergat.graphs import graph_settings
 
@@ -47,12 +48,7 @@ METADATA_KEY = "deepergat"
 #: Extra file holding the document in TorchScript and ``.pt2`` archives.
 EXTRA_FILE = "deepergat.json"
 #: Exported file kinds (the ``kind`` field), keyed by the format name used on the CLI.
-KINDS: dict[str, str] = {
-    "onnx": "deepergat-onnx",
-    "torchscript": "deepergat-torchscript",
-    "pt2": "deepergat-pt2",
-    "aoti": "deepergat-aoti",
-}
+KINDS: dict[str, str] = {name: f.kind for name, f in MODEL_FORMATS.items()}
 #: Fields every metadata document holds (exported files and checkpoints alike).
 _REQUIRED = ("format", "model", "graph", "targets", "elements")
 #: Relative tolerance when comparing a caller's cutoff with the model's.

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from deepergat.graphs import DEFAULT_GRAPH, GraphConstruction, build_inputs
+from deepergat.contract import DEFAULT_GRAPH, MAX_Z, GraphConstruction
+from deepergat.graphs import build_inputs
 from deepergat.store import StructureBatch
 
 __all__ = [
@@ -90,7 +91,7 @@ class ParityCase:
 
 
 def _case(label: str, batch: StructureBatch, settings: Mapping[str, Any]) -> ParityCase:
-    g = build_inputs(batch, **settings, max_z=100, overlap_threshold=None)
+    g = build_inputs(batch, **settings, max_z=MAX_Z, overlap_threshold=None)
     return ParityCase(label, g.inputs, [batch.ids[int(r)] for r in g.rows])
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 
+from deepergat.contract import INPUT_DTYPES, INPUT_NDIM
 from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
 from deepergat.graphs import graph_settings
@@ -50,18 +51,6 @@ __all__ = ["OnnxPredictor", "Prediction", "Predictor", "TorchPredictor", "load",
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
-#: dtype of each input (docs/design.md).
-INPUT_DTYPES: dict[str, np.dtype[Any]] = {
-    "atomic_numbers": np.dtype(np.int64),
-    "neighbors": np.dtype(np.int64),
-    "distances": np.dtype(np.float32),
-    "neighbor_mask": np.dtype(np.bool_),
-    "crystal_atoms": np.dtype(np.int64),
-    "crystal_mask": np.dtype(np.bool_),
-    "batch": np.dtype(np.int64),
-}
-_NDIM = {"atomic_numbers": 1, "neighbors": 2, "distances": 2, "neighbor_mask": 2,
-         "crystal_atoms": 2, "crystal_mask": 2, "batch": 1}
 
 
 class Prediction(NamedTuple):
@@ -209,9 +198,9 @@ class Predictor:
         out = []
         for name in INPUT_NAMES:
             a = np.ascontiguousarray(inputs[name], dtype=INPUT_DTYPES[name])
-            if a.ndim != _NDIM[name]:
+            if a.ndim != INPUT_NDIM[name]:
                 raise DeepergatError(
-                    f"model input {name} has shape {a.shape}; expected {_NDIM[name]} axes"
+                    f"model input {name} has shape {a.shape}; expected {INPUT_NDIM[name]} axes"
                 )
             out.append(a)
         return out

@@ -1,8 +1,10 @@
-"""MODEL arguments: a path if it exists, else a bundled model name.
+"""MODEL arguments, one rule for every command: a file is itself; a run folder is its
+``ensemble.ckpt`` (when it trained one) or its ``best.ckpt``; anything else is a bundled model.
 
 Bundled models live in ``deepergat/models/<name>/`` and ship ``best.ckpt`` (the checkpoint),
-``card.md`` and ``model.onnx`` (the exported file screening loads). Loading for prediction
-prefers the ``.onnx`` (no torch); exporting starts from the checkpoint.
+``card.md`` and ``model.onnx``. A bundled name means its ``model.onnx`` for prediction —
+`deepergat predict`, `evaluate`, `deepergat-screen` and `deepergat.export.load` alike (no torch
+needed) — and its checkpoint for `deepergat export`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ __all__ = ["BUNDLED_CHECKPOINT", "BUNDLED_ONNX", "bundled_dir", "bundled_models"
 
 BUNDLED_CHECKPOINT = "best.ckpt"
 BUNDLED_ONNX = "model.onnx"
+#: What a run folder means, in order: the ensemble it trained, else its kept model.
+RUN_FOLDER_MODELS = ("ensemble.ckpt", "best.ckpt")
 
 
 def bundled_dir() -> Path:
@@ -40,20 +44,25 @@ def bundled_models() -> list[str]:
 def resolve_model(
     path_or_name: str | os.PathLike[str], *, prefer: Literal["onnx", "checkpoint"] = "onnx"
 ) -> Path:
-    """The model file a MODEL argument names.
+    """The model file a MODEL argument names (the module docstring's rule).
 
     Args:
-        path_or_name: an existing file, or a bundled model name.
+        path_or_name: an existing file, a run folder, or a bundled model name.
         prefer: for a bundled name, its ``.onnx`` (prediction) or its checkpoint (export);
             the other one is the fallback.
 
     Raises:
-        DeepergatError: neither a file nor a bundled model; lists the bundled names.
+        DeepergatError: neither a file, a run folder nor a bundled model; lists the bundled
+            names.
     """
     p = Path(path_or_name)
     if p.exists():
         if p.is_dir():
-            raise DeepergatError(f"{p}: is a folder; give a model file or a bundled model name")
+            for name in RUN_FOLDER_MODELS:
+                if (p / name).is_file():
+                    return p / name
+            raise DeepergatError(f"{p}: is a folder without {' or '.join(RUN_FOLDER_MODELS)}; "
+                                 "give a model file, a run folder or a bundled model name")
         return p
     name = os.fspath(path_or_name)
     folder = bundled_dir() / name

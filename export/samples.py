@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from deepergat.contract import MAX_Z
 from deepergat.store import StructureBatch
 
 __all__ = ["edge_case_structures", "parity_structures"]
@@ -28,7 +29,6 @@ _PROTOTYPE = np.array(
     [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]]
 )
 #: Element table of the model (docs/design.md): Z = 1..100.
-_MAX_Z = 100
 
 
 def _perovskite(rng: np.random.Generator, reps: tuple[int, int, int]) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def _random_cell(rng: np.random.Generator) -> dict[str, Any]:
     lattice = np.diag(rng.uniform(0.9, 1.1, 3) * length) + rng.normal(scale=0.2, size=(3, 3))
     frac = _spread_points(rng, n, np.eye(3), 0.35)
     return {"lattice": lattice, "pbc": (True, True, True),
-            "atomic_numbers": rng.integers(1, _MAX_Z + 1, n).tolist(), "positions": frac @ lattice}
+            "atomic_numbers": rng.integers(1, MAX_Z + 1, n).tolist(), "positions": frac @ lattice}
 
 
 def _slab(rng: np.random.Generator) -> dict[str, Any]:
@@ -78,14 +78,14 @@ def _slab(rng: np.random.Generator) -> dict[str, Any]:
     positions = _spread_points(rng, n, np.diag([a, a, 4.0]), 1.6)
     positions[:, 2] += 5.0
     return {"lattice": lattice, "pbc": (True, True, False),
-            "atomic_numbers": rng.integers(1, _MAX_Z + 1, n).tolist(), "positions": positions}
+            "atomic_numbers": rng.integers(1, MAX_Z + 1, n).tolist(), "positions": positions}
 
 
 def _cluster(rng: np.random.Generator) -> dict[str, Any]:
     n = int(rng.integers(2, 13))
     positions = _spread_points(rng, n, np.eye(3) * 2.4 * n ** (1 / 3), 2.0) + 10.0
     return {"lattice": np.eye(3) * 20.0, "pbc": (False, False, False),
-            "atomic_numbers": rng.integers(1, _MAX_Z + 1, n).tolist(), "positions": positions}
+            "atomic_numbers": rng.integers(1, MAX_Z + 1, n).tolist(), "positions": positions}
 
 
 def parity_structures(n: int = 1024, *, seed: int = 0) -> StructureBatch:

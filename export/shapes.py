@@ -12,28 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from deepergat.graphs import (
+from deepergat.contract import (
     DEFAULT_GRAPH,
+    DYNAMIC_AXES,
     INPUT_NAMES,
+    MAX_Z,
     OUTPUT_NAMES,
     GraphConstruction,
-    build_inputs,
 )
+from deepergat.graphs import build_inputs
 
 from .samples import parity_structures
 
 __all__ = ["DYNAMIC_AXES", "INPUT_NAMES", "OUTPUT_NAMES", "dynamic_shapes", "example_inputs"]
 
-#: input -> {axis: size name}.
-DYNAMIC_AXES: dict[str, dict[int, str]] = {
-    "atomic_numbers": {0: "N"},
-    "neighbors": {0: "N", 1: "K"},
-    "distances": {0: "N", 1: "K"},
-    "neighbor_mask": {0: "N", 1: "K"},
-    "crystal_atoms": {0: "C", 1: "A"},
-    "crystal_mask": {0: "C", 1: "A"},
-    "batch": {0: "N"},
-}
 
 
 def sizes(inputs: dict[str, np.ndarray]) -> dict[str, int]:
@@ -62,7 +54,7 @@ def example_inputs(cutoff: float, max_neighbors: int,
     rows = big + small + clusters[:1]
     for extra in range(len(pool)):
         g = build_inputs(pool.select(np.array(rows)), cutoff=cutoff, max_neighbors=max_neighbors,
-                         graph=graph, max_z=100, overlap_threshold=None)
+                         graph=graph, max_z=MAX_Z, overlap_threshold=None)
         s = sizes(g.inputs)
         padded = (~g.inputs["neighbor_mask"]).any() and (~g.inputs["crystal_mask"]).any()
         distinct = len(set(s.values())) == 4

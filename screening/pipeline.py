@@ -43,6 +43,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from deepergat.contract import Status
 from deepergat.errors import DeepergatError
 from deepergat.graphs import GraphBatch, build_inputs
 from deepergat.lifeline import watch_parent
@@ -578,7 +579,7 @@ class Pipeline:
         bad = (status == 0) & ~np.isfinite(preds).all(axis=1)
         if spread is not None:
             bad |= (status == 0) & ~np.isfinite(spread).all(axis=1)
-        status[bad] = 7
+        status[bad] = Status.NONFINITE_PREDICTION
         preds[status != 0] = np.nan
         if emb is not None:
             emb[status != 0] = np.nan

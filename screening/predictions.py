@@ -33,7 +33,8 @@ import h5py
 import numpy as np
 
 from deepergat import __version__
-from deepergat.errors import STATUS_CODES, DeepergatError
+from deepergat.contract import FLAG_UNSEEN_ELEMENT, STATUS_CODES
+from deepergat.errors import DeepergatError
 
 __all__ = [
     "FLAG_UNSEEN_ELEMENT",
@@ -49,8 +50,6 @@ __all__ = [
 
 PREDICTIONS_FORMAT = "deepergat-predictions"
 PREDICTIONS_VERSION = 1
-#: ``flags`` bit 0: the structure has an element the model never saw in training.
-FLAG_UNSEEN_ELEMENT = 1
 _STR = h5py.string_dtype("utf-8")
 _ROW_CHUNK = 65536
 #: Rows read at a time when describing or ranking a file.

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from deepergat import __version__
+from deepergat.contract import DEFAULT_MAX_ATOMS, DEFAULT_OVERLAP_THRESHOLD, MAX_Z
 from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
 from deepergat.graphs import graph_settings
@@ -72,8 +73,6 @@ DEFAULT_CHUNK_SIZE = 2048
 GPU_BATCH_ATOMS = 16384
 #: The bundled model screened with when ``--model`` is not given (else the first bundled one).
 DEFAULT_MODEL = "perovskite-heat"
-#: The model's element table is Z = 1..100 (docs/design.md); anything else is status 3.
-MODEL_MAX_Z = 100
 
 Outcome = Literal["merged", "already-merged", "shard-done", "merge-claimed"]
 
@@ -94,8 +93,8 @@ class ScreenOptions:
     device: str = "auto"
     workers: int | None = None
     shard: str | None = None
-    max_atoms: int = 1000
-    overlap_threshold: float = 0.1
+    max_atoms: int = DEFAULT_MAX_ATOMS
+    overlap_threshold: float = DEFAULT_OVERLAP_THRESHOLD
     embeddings: bool = False
     top: int | None = None
     top_order: Literal["asc", "desc"] = "asc"
@@ -223,7 +222,7 @@ def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
         ) from None
     settings = FeaturizeSettings(
         cutoff=graph["cutoff"], max_neighbors=graph["max_neighbors"], max_atoms=int(max_atoms),
-        max_z=MODEL_MAX_Z, overlap_threshold=float(overlap_threshold), seen_elements=seen,
+        max_z=MAX_Z, overlap_threshold=float(overlap_threshold), seen_elements=seen,
         graph=graph["construction"],
     )
     # Probe: one small crystal through the predictor checks it runs and gives T and D.

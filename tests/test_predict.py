@@ -85,10 +85,24 @@ def test_bundled_models_by_name(trained: tuple[Path, Path], tmp_path: Path,
     folder.mkdir(parents=True)
     (folder / "best.ckpt").write_bytes(ckpt.read_bytes())
     (folder / "card.md").write_text("# tiny-heat\nA test model.\n")
-    monkeypatch.setattr(predict_mod, "BUNDLED_DIR", tmp_path / "models")
-    assert predict_mod.resolve_model("tiny-heat") == folder / "best.ckpt"
+    from deepergat.export import resolve
+
+    monkeypatch.setattr(resolve, "bundled_dir", lambda: tmp_path / "models")
+    # without its ONNX file a bundled name predicts with its checkpoint; export uses it anyway
+    assert resolve.resolve_model("tiny-heat") == folder / "best.ckpt"
+    assert resolve.resolve_model("tiny-heat", prefer="checkpoint") == folder / "best.ckpt"
+    (folder / "model.onnx").write_bytes(b"an ONNX file")
+    assert resolve.resolve_model("tiny-heat") == folder / "model.onnx"  # one rule everywhere
+    (folder / "model.onnx").unlink()
     with pytest.raises(Exception, match="bundled: tiny-heat"):
-        predict_mod.resolve_model("nope")
+        resolve.resolve_model("nope")
+    # a run folder is its ensemble, else its kept model
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.ckpt").write_bytes(ckpt.read_bytes())
+    assert resolve.resolve_model(run) == run / "best.ckpt"
+    (run / "ensemble.ckpt").write_bytes(ckpt.read_bytes())
+    assert resolve.resolve_model(run) == run / "ensemble.ckpt"
     r = CliRunner().invoke(main, ["models"])
     assert r.exit_code == 0 and "== tiny-heat" in r.output and "A test model." in r.output
     r = CliRunner().invoke(main, ["predict", "tiny-heat", str(store)])
@@ -97,6 +111,8 @@ def test_bundled_models_by_name(trained: tuple[Path, Path], tmp_path: Path,
 
 
 def test_shipped_bundled_model_card() -> None:
-    for name, folder in predict_mod.bundled_models().items():
-        card = (folder / "card.md").read_text()
+    from deepergat.export.resolve import bundled_dir, bundled_models
+
+    for name in bundled_models():
+        card = (bundled_dir() / name / "card.md").read_text()
         assert "test MAE" in card, name

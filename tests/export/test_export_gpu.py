@@ -14,6 +14,8 @@ from deepergat.export import load
 from deepergat.export.samples import parity_structures
 from deepergat.graphs import build_inputs
 
+pytestmark = pytest.mark.gpu
+
 #: A node left on the CPU (or a copy between devices) may produce at most this many bytes:
 #: shape arithmetic, never a tensor of the model's data.
 SMALL_BYTES = 1024

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from screen_helpers import read_predictions, run_inprocess
 
+pytestmark = pytest.mark.gpu
+
 
 def _skip_without_cuda(fmt: str) -> None:
     if fmt == "onnx":

@@ -1,0 +1,159 @@
+"""The facts every part of deepergat shares, written once (docs/design.md §4, §5, §8, §9).
+
+The model's element table, the graph and screening defaults, the model's inputs and outputs
+(names, dtypes, dynamic axes), the status codes and flags of predictions files, and the
+registry of exported-file formats. Numpy only, no torch: the screening path, the exported-file
+readers and the CLI import it alike. Other modules import these names from here (some re-export
+them where they always lived); nothing restates a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Literal, get_args
+
+import numpy as np
+
+__all__ = [
+    "COMPOSITION_SIZE",
+    "DEFAULT_CUTOFF",
+    "DEFAULT_GRAPH",
+    "DEFAULT_MAX_ATOMS",
+    "DEFAULT_MAX_NEIGHBORS",
+    "DEFAULT_OVERLAP_THRESHOLD",
+    "DYNAMIC_AXES",
+    "ENSEMBLE_OUTPUT_NAMES",
+    "FLAG_UNSEEN_ELEMENT",
+    "GRAPH_CONSTRUCTIONS",
+    "INPUT_DTYPES",
+    "INPUT_NAMES",
+    "INPUT_NDIM",
+    "MAX_Z",
+    "MODEL_FORMATS",
+    "OUTPUT_NAMES",
+    "STATUS_CODES",
+    "GraphConstruction",
+    "ModelFormat",
+    "Status",
+]
+
+#: The model's element table is Z = 1..MAX_Z; other elements are screened out (status 3).
+MAX_Z = 100
+#: Width of the composition vector (position Z holds element Z's fraction), as the reference.
+COMPOSITION_SIZE = 108
+
+# ---- graphs (docs/design.md §4) ------------------------------------------------------------
+
+DEFAULT_CUTOFF = 8.0
+DEFAULT_MAX_NEIGHBORS = 12
+#: How the neighbors are chosen (`deepergat.graphs`).
+GraphConstruction = Literal["periodic", "minimum-image"]
+GRAPH_CONSTRUCTIONS: tuple[str, ...] = get_args(GraphConstruction)
+DEFAULT_GRAPH: GraphConstruction = "periodic"
+
+# ---- screening checks (docs/design.md §9) --------------------------------------------------
+
+DEFAULT_MAX_ATOMS = 1000
+#: Å; two atoms closer than this give status 6.
+DEFAULT_OVERLAP_THRESHOLD = 0.1
+
+# ---- the model's inputs and outputs (docs/design.md §5) ------------------------------------
+
+INPUT_NAMES = (
+    "atomic_numbers",
+    "neighbors",
+    "distances",
+    "neighbor_mask",
+    "crystal_atoms",
+    "crystal_mask",
+    "batch",
+)
+INPUT_DTYPES: dict[str, np.dtype] = {
+    "atomic_numbers": np.dtype(np.int64),
+    "neighbors": np.dtype(np.int64),
+    "distances": np.dtype(np.float32),
+    "neighbor_mask": np.dtype(np.bool_),
+    "crystal_atoms": np.dtype(np.int64),
+    "crystal_mask": np.dtype(np.bool_),
+    "batch": np.dtype(np.int64),
+}
+#: input -> {axis: size name}: N atoms, K neighbor slots, C crystals, A atoms of the largest.
+DYNAMIC_AXES: dict[str, dict[int, str]] = {
+    "atomic_numbers": {0: "N"},
+    "neighbors": {0: "N", 1: "K"},
+    "distances": {0: "N", 1: "K"},
+    "neighbor_mask": {0: "N", 1: "K"},
+    "crystal_atoms": {0: "C", 1: "A"},
+    "crystal_mask": {0: "C", 1: "A"},
+    "batch": {0: "N"},
+}
+INPUT_NDIM: dict[str, int] = {name: len(axes) for name, axes in DYNAMIC_AXES.items()}
+OUTPUT_NAMES = ("prediction", "embedding")
+#: An ensemble's outputs: the single model's two, then the calibrated spread [C, T].
+ENSEMBLE_OUTPUT_NAMES = (*OUTPUT_NAMES, "std")
+
+# ---- status codes and flags (docs/design.md §9) --------------------------------------------
+
+
+class Status(IntEnum):
+    """Per-structure status of a prediction; the first failing check wins, in this order."""
+
+    OK = 0
+    ZERO_ATOMS = 1
+    TOO_MANY_ATOMS = 2
+    UNKNOWN_ELEMENT = 3
+    NONFINITE_COORDINATES = 4
+    SINGULAR_LATTICE = 5
+    OVERLAP = 6
+    NONFINITE_PREDICTION = 7
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    Status.OK: "ok",
+    Status.ZERO_ATOMS: "zero atoms",
+    Status.TOO_MANY_ATOMS: "more atoms than --max-atoms",
+    Status.UNKNOWN_ELEMENT: "element outside the model's table",
+    Status.NONFINITE_COORDINATES: "non-finite coordinates",
+    Status.SINGULAR_LATTICE: "singular or non-finite lattice vectors on the periodic axes",
+    Status.OVERLAP: "two atoms closer than --overlap-threshold",
+    Status.NONFINITE_PREDICTION: "non-finite prediction",
+}
+#: code -> meaning, as predictions files store it (``status_codes``).
+STATUS_CODES: dict[int, str] = {int(s): s.meaning for s in Status}
+#: ``flags`` bit 0: the structure has an element the model never saw in training.
+FLAG_UNSEEN_ELEMENT = 1
+
+# ---- exported-file formats (docs/design.md §8) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """One model file format.
+
+    Attributes:
+        name: the ``--format`` name. file: the file `deepergat export` writes.
+        suffix: the suffix loaders accept. kind: the metadata ``kind`` (content check).
+        runs_code: loading it runs code from the file (needs ``trust``).
+        in_all: part of ``--format all``.
+    """
+
+    name: str
+    file: str
+    suffix: str
+    kind: str
+    runs_code: bool
+    in_all: bool
+
+
+#: Every exported format, in ``--format all`` order then the others.
+MODEL_FORMATS: dict[str, ModelFormat] = {f.name: f for f in (
+    ModelFormat("onnx", "model.onnx", ".onnx", "deepergat-onnx", False, True),
+    ModelFormat("torchscript", "model.pt", ".pt", "deepergat-torchscript", True, True),
+    ModelFormat("pt2", "model.pt2", ".pt2", "deepergat-pt2", False, True),
+    ModelFormat("aoti", "model.aoti.pt2", ".pt2", "deepergat-aoti", True, False),
+)}

@@ -65,6 +65,7 @@ __all__ = [
     "RunSplits",
     "TrainConfig",
     "TrainResult",
+    "TrainState",
     "cross_validate",
     "epoch_batches",
     "parse_max_time",
@@ -653,12 +654,108 @@ def train(cfg: TrainConfig, *, splits: RunSplits | None = None,
             teardown_distributed()
 
 
+@dataclass
+class TrainState:
+    """What changes while a run trains; ``last.ckpt`` saves it and ``--resume`` restores it.
+
+    Attributes:
+        epoch: epochs completed. step: batches done of the current epoch.
+        train_sum, train_count: |error| sum and structures so far in the current epoch (over
+            all ranks once reduced).
+        best_val, best_epoch: lowest validation MAE and its epoch. since_best: epochs since.
+        history: every completed epoch's record.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    train_sum: float = 0.0
+    train_count: float = 0.0
+    best_val: float = math.inf
+    best_epoch: int = 0
+    since_best: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """One training run: its data, model, optimizer and scheduler, and its `TrainState`."""
+
+    cfg: TrainConfig
+    info: LaunchInfo
+    device: torch.device
+    splits: RunSplits
+    model: DeeperGATGNN
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    std: float
+    units: str
+    elements: list[int]
+    state: TrainState
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def writer(self) -> bool:
+        return self.info.rank == 0
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.splits.val[1]) > 0
+
+    def checkpoint(self, *, training: bool) -> dict[str, Any]:
+        """The checkpoint dict now (with the optimizer, scheduler and RNG states if asked)."""
+        st = self.state
+        state = None
+        if training:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": st.epoch, "step": st.step, "train_sum": st.train_sum,
+                "train_count": st.train_count, "best_val": st.best_val,
+                "best_epoch": st.best_epoch, "since_best": st.since_best, "rng": _rng_state(),
+            }
+        return make_checkpoint(
+            self.model, targets=[self.cfg.target], units=[self.units], elements=self.elements,
+            store_digest=self.splits.train[0].digest, training=state,
+            extra={"config": self.cfg.to_dict(), "best_epoch": st.best_epoch,
+                   "best_val_mae": st.best_val},
+        )
+
+
 def _train(cfg: TrainConfig, *, splits: RunSplits | None,
            progress: Callable[[EpochRecord], None] | None,
            graph_progress: Callable[[int], None] | None, info: LaunchInfo,
            device: torch.device) -> TrainResult:
+    """The loop: open (or resume) the run, train epoch by epoch, finish."""
+    run = _open_run(cfg, splits=splits, graph_progress=graph_progress, info=info, device=device)
+    t_start = time.monotonic()
+    stopped: str | None = None
+    with _Stopper() as stopper:
+        while run.state.epoch < cfg.epochs:
+            t0 = time.monotonic()
+            stopped = _train_epoch(run, stopper, t_start)
+            if stopped:
+                break
+            record = _end_epoch(run, time.monotonic() - t0)
+            if progress is not None and run.writer:
+                progress(record)
+            if cfg.early_stop is not None and run.state.since_best >= cfg.early_stop:
+                stopped = "early_stop"
+                log.info("early stop: %d epochs without a better validation MAE",
+                         run.state.since_best)
+                break
+    return _finish(run, stopped)
+
+
+def _open_run(cfg: TrainConfig, *, splits: RunSplits | None,
+              graph_progress: Callable[[int], None] | None, info: LaunchInfo,
+              device: torch.device) -> _Run:
+    """Check the run folder, load the splits, build model, optimizer and scheduler, and
+    restore ``last.ckpt`` with ``--resume``."""
     out = Path(cfg.out)
-    writer = info.rank == 0
     last_path = out / "last.ckpt"
     resume_data = None
     if cfg.resume and last_path.is_file():
@@ -681,47 +778,24 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
             f"{out}: already holds a run (last.ckpt); pass --resume to continue it or choose "
             "another --out"
         )
+    writer = info.rank == 0
     if writer:
         out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    if splits is None and not info.distributed:
-        splits = make_splits(cfg, progress=graph_progress)
-    elif splits is None:
-        # Rank 0 builds the graph cache first; the others then read it. A user error on rank 0
-        # is passed on to every rank instead of leaving them waiting.
-        error: DeepergatError | None = None
-        if writer:
-            try:
-                splits = make_splits(cfg, progress=graph_progress)
-            except DeepergatError as e:
-                error = e
-        failed = _allreduce([1.0 if error else 0.0], device, True, op="max")[0]
-        if error is not None:
-            raise error
-        if failed:
-            raise DeepergatError("rank 0 could not prepare the data (see its error message)")
-        if not writer:
-            splits = make_splits(cfg)
-    assert splits is not None
+    splits = splits or _load_splits(cfg, info, device, graph_progress)
     g_train, train_rows = splits.train
-    g_val, val_rows = splits.val
-    has_val = len(val_rows) > 0
-    if not has_val and _needs_validation(cfg):
+    if not len(splits.val[1]) and _needs_validation(cfg):
         raise DeepergatError("no validation structures: set lr_monitor: train and keep: last "
                              "(and no --early-stop), or give a validation split")
     y_train = _targets_of(g_train, cfg.target, train_rows)
-    y_train_all = g_train.targets[cfg.target]
-    y_val_all = g_val.targets[cfg.target]
     scale_y = y_train / g_train.n_atoms[train_rows] if cfg.per_atom else y_train
     mean, std = 0.0, 1.0
     if cfg.scale_targets:
         mean = float(scale_y.mean())
         std = float(scale_y.std()) if len(scale_y) > 1 and scale_y.std() > 0 else 1.0
-    units = g_train.units.get(cfg.target, "")
-    elements = g_train.elements(train_rows)
     if resume_data is not None:
         distance_scale = resume_data["model"].get("distance_scale")
     else:
@@ -739,146 +813,159 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
             optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
             threshold=cfg.lr_threshold, min_lr=cfg.min_lr,
         )
-    start_epoch, start_step, acc = 0, 0, [0.0, 0.0]
-    best_val, best_epoch, since_best = math.inf, 0, 0
-    history: list[EpochRecord] = []
+    state = TrainState()
     if resume_data is not None:
         st = resume_data["training"]
         model.load_state_dict(resume_data["state_dict"])
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
-        start_epoch, start_step = int(st["epoch"]), int(st["step"])
-        # The saved partial-epoch sums are over all ranks: rank 0 carries them.
-        acc = [float(st["train_sum"]), float(st["train_count"])] if writer else [0.0, 0.0]
-        best_val, best_epoch = float(st["best_val"]), int(st["best_epoch"])
-        since_best = int(st["since_best"])
+        state = TrainState(
+            epoch=int(st["epoch"]), step=int(st["step"]),
+            # The saved partial-epoch sums are over all ranks: rank 0 carries them.
+            train_sum=float(st["train_sum"]) if writer else 0.0,
+            train_count=float(st["train_count"]) if writer else 0.0,
+            best_val=float(st["best_val"]), best_epoch=int(st["best_epoch"]),
+            since_best=int(st["since_best"]),
+            history=[r for r in _read_metrics(out / "metrics.csv") if r.epoch <= int(st["epoch"])],
+        )
         _set_rng_state(st["rng"])
-        history = [r for r in _read_metrics(out / "metrics.csv") if r.epoch <= start_epoch]
-        log.info("resuming %s at epoch %d, batch %d", out, start_epoch + 1, start_step)
+        log.info("resuming %s at epoch %d, batch %d", out, state.epoch + 1, state.step)
 
     if writer:
         with open(out / "config.yaml", "w") as f:
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
         with open(out / "splits.json", "w") as f:
             json.dump({"data": cfg.data, "seed": cfg.seed, **splits.ids()}, f)
-
     net: nn.Module = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    return _Run(cfg=cfg, info=info, device=device, splits=splits, model=model, net=net,
+                optimizer=optimizer, scheduler=scheduler, std=std,
+                units=g_train.units.get(cfg.target, ""), elements=g_train.elements(train_rows),
+                state=state)
 
-    run_config = cfg.to_dict()
 
-    def checkpoint(training: dict[str, Any] | None) -> dict[str, Any]:
-        return make_checkpoint(
-            model, targets=[cfg.target], units=[units], elements=elements,
-            store_digest=g_train.digest, training=training,
-            extra={"config": run_config, "best_epoch": best_epoch, "best_val_mae": best_val},
-        )
+def _load_splits(cfg: TrainConfig, info: LaunchInfo, device: torch.device,
+                 graph_progress: Callable[[int], None] | None) -> RunSplits:
+    """The splits; distributed, rank 0 builds the graph cache first and the others read it (a
+    user error on rank 0 reaches every rank instead of leaving them waiting)."""
+    if not info.distributed:
+        return make_splits(cfg, progress=graph_progress)
+    error: DeepergatError | None = None
+    splits = None
+    if info.rank == 0:
+        try:
+            splits = make_splits(cfg, progress=graph_progress)
+        except DeepergatError as e:
+            error = e
+    failed = _allreduce([1.0 if error else 0.0], device, True, op="max")[0]
+    if error is not None:
+        raise error
+    if failed:
+        raise DeepergatError("rank 0 could not prepare the data (see its error message)")
+    return splits if splits is not None else make_splits(cfg)
 
-    def training_state(epoch: int, step: int) -> dict[str, Any]:
-        return {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "step": step, "train_sum": acc[0], "train_count": acc[1],
-            "best_val": best_val, "best_epoch": best_epoch, "since_best": since_best,
-            "rng": _rng_state(),
-        }
 
-    t_start = time.monotonic()
-    stopped: str | None = None
-    requeued = False
-    epochs_done = start_epoch
-    with _Stopper() as stopper:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.monotonic()
-            net.train()
-            batches = epoch_batches(len(train_rows), epoch=epoch, seed=cfg.seed,
-                                    batch_size=cfg.batch_size, world_size=info.world_size,
-                                    rank=info.rank)
-            first = start_step if epoch == start_epoch else 0
-            if first == 0:
-                acc = [0.0, 0.0]
-            for step in range(first, len(batches)):
-                reason = _stop_reason(stopper, cfg, t_start)
-                if info.distributed:
-                    code = _allreduce([float(_REASONS.index(reason))], device, True, op="max")
-                    reason = _REASONS[int(code[0])]
-                if reason is not None:
-                    stopped = reason
-                    acc = _allreduce(acc, device, info.distributed)
-                    if writer:
-                        atomic_save(checkpoint(training_state(epoch, step)), last_path)
-                    break
-                loss, err_sum, count = _batch_loss(
-                    net, g_train, train_rows[batches[step]], y_train_all, device, std,
-                    cfg.per_atom,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                acc[0] += err_sum
-                acc[1] += count
-            if stopped:
-                break
-            total, count = _allreduce(acc, device, info.distributed)
-            train_mae = total / max(count, 1.0)
-            val_mae = math.nan
-            if has_val:
-                val_mae = _evaluate_mae(model, g_val, val_rows, y_val_all, info, device,
-                                        cfg.batch_size)
-            lr = optimizer.param_groups[0]["lr"]
-            if cfg.lr_schedule == "cosine":
-                scheduler.step()
-            else:
-                scheduler.step(val_mae if cfg.lr_monitor == "val" else train_mae)
-            epochs_done = epoch + 1
-            better = has_val and val_mae < best_val
-            if better:
-                best_val, best_epoch, since_best = val_mae, epoch + 1, 0
-            else:
-                since_best += 1
-            improved = better if cfg.keep == "best" else True  # best.ckpt is rewritten
-            record = EpochRecord(epoch + 1, lr, train_mae, val_mae, time.monotonic() - t0)
-            history.append(record)
-            if writer:
-                _write_metrics(out / "metrics.csv", history)
-                state = checkpoint(training_state(epoch + 1, 0))
-                if improved:
-                    best = dict(state)
-                    best["training"] = None
-                    atomic_save(best, out / "best.ckpt")
-                atomic_save(state, last_path)
-                if (epoch + 1) % max(cfg.curve_every, 1) == 0 or epoch + 1 == cfg.epochs:
-                    plot_learning_curve(history, out / "learning_curve.png", units=units)
-                if progress is not None:
-                    progress(record)
-            acc = [0.0, 0.0]
-            if cfg.early_stop is not None and since_best >= cfg.early_stop:
-                stopped = "early_stop"
-                log.info("early stop: %d epochs without a better validation MAE", since_best)
-                break
-    if cfg.keep == "last" and history:
-        best_epoch, best_val = history[-1].epoch, history[-1].val_mae
-    result = TrainResult(out=out, epochs_done=epochs_done, best_epoch=best_epoch,
-                         best_val_mae=best_val, stopped=stopped, units=units, history=history)
+def _train_epoch(run: _Run, stopper: _Stopper, t_start: float) -> str | None:
+    """The batches of the current epoch from ``state.step`` on; a signal or ``--max-time``
+    stops between batches (``last.ckpt`` saved) and is returned."""
+    cfg, info, st = run.cfg, run.info, run.state
+    g_train, train_rows = run.splits.train
+    y_all = g_train.targets[cfg.target]
+    run.net.train()
+    batches = epoch_batches(len(train_rows), epoch=st.epoch, seed=cfg.seed,
+                            batch_size=cfg.batch_size, world_size=info.world_size, rank=info.rank)
+    if st.step == 0:
+        st.train_sum = st.train_count = 0.0
+    while st.step < len(batches):
+        reason = _stop_reason(stopper, cfg, t_start)
+        if info.distributed:
+            code = _allreduce([float(_REASONS.index(reason))], run.device, True, op="max")
+            reason = _REASONS[int(code[0])]
+        if reason is not None:
+            st.train_sum, st.train_count = _allreduce([st.train_sum, st.train_count],
+                                                      run.device, info.distributed)
+            if run.writer:
+                atomic_save(run.checkpoint(training=True), run.out / "last.ckpt")
+            return reason
+        loss, err_sum, count = _batch_loss(run.net, g_train, train_rows[batches[st.step]], y_all,
+                                           run.device, run.std, cfg.per_atom)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        st.train_sum += err_sum
+        st.train_count += count
+        st.step += 1
+    return None
+
+
+def _end_epoch(run: _Run, seconds: float) -> EpochRecord:
+    """Validate, step the scheduler, track the best epoch and save ``best.ckpt`` (the kept
+    model), ``last.ckpt``, the metrics and the learning curve."""
+    cfg, st = run.cfg, run.state
+    total, count = _allreduce([st.train_sum, st.train_count], run.device, run.info.distributed)
+    train_mae = total / max(count, 1.0)
+    val_mae = math.nan
+    if run.has_val:
+        g_val, val_rows = run.splits.val
+        val_mae = _evaluate_mae(run.model, g_val, val_rows, g_val.targets[cfg.target], run.info,
+                                run.device, cfg.batch_size)
+    lr = run.optimizer.param_groups[0]["lr"]
+    if cfg.lr_schedule == "cosine":
+        run.scheduler.step()
+    else:
+        run.scheduler.step(val_mae if cfg.lr_monitor == "val" else train_mae)
+    st.epoch += 1
+    st.step = 0
+    better = run.has_val and val_mae < st.best_val
+    if better:
+        st.best_val, st.best_epoch, st.since_best = val_mae, st.epoch, 0
+    else:
+        st.since_best += 1
+    keep = better if cfg.keep == "best" else True  # best.ckpt is rewritten
+    record = EpochRecord(st.epoch, lr, train_mae, val_mae, seconds)
+    st.history.append(record)
+    st.train_sum = st.train_count = 0.0
+    if run.writer:
+        _write_metrics(run.out / "metrics.csv", st.history)
+        state = run.checkpoint(training=True)
+        if keep:
+            atomic_save({**state, "training": None}, run.out / "best.ckpt")
+        atomic_save(state, run.out / "last.ckpt")
+        if st.epoch % max(cfg.curve_every, 1) == 0 or st.epoch == cfg.epochs:
+            plot_learning_curve(st.history, run.out / "learning_curve.png", units=run.units)
+    return record
+
+
+def _finish(run: _Run, stopped: str | None) -> TrainResult:
+    """The result; after a signal or ``--max-time`` a requeue, else the curve and the test
+    split's MAE from ``best.ckpt``."""
+    cfg, st, out = run.cfg, run.state, run.out
+    best_epoch, best_val = st.best_epoch, st.best_val
+    if cfg.keep == "last" and st.history:
+        best_epoch, best_val = st.history[-1].epoch, st.history[-1].val_mae
+    result = TrainResult(out=out, epochs_done=st.epoch, best_epoch=best_epoch,
+                         best_val_mae=best_val, stopped=stopped, units=run.units,
+                         history=st.history)
     if stopped in ("signal", "max_time"):
-        if writer:
-            requeued = requeue_slurm_job(info)
-        result.requeued = requeued
+        if run.writer:
+            result.requeued = requeue_slurm_job(run.info)
         return result
-    if writer and history:
-        plot_learning_curve(history, out / "learning_curve.png", units=units)
-    if splits.test is not None and len(splits.test[1]) and (out / "best.ckpt").is_file():
-        g_test, test_rows = splits.test
-        best_model = _best_model(out / "best.ckpt", device)
-        y = g_test.targets[cfg.target]
-        result.test_mae = _evaluate_mae(best_model, g_test, test_rows, y, info, device,
+    if run.writer and st.history:
+        plot_learning_curve(st.history, out / "learning_curve.png", units=run.units)
+    test = run.splits.test
+    if test is not None and len(test[1]) and (out / "best.ckpt").is_file():
+        g_test, test_rows = test
+        best_model = _best_model(out / "best.ckpt", run.device)
+        result.test_mae = _evaluate_mae(best_model, g_test, test_rows,
+                                        g_test.targets[cfg.target], run.info, run.device,
                                         cfg.batch_size)
         result.test_count = len(test_rows)
-        if writer:
+        if run.writer:
             with open(out / "test_metrics.json", "w") as f:
-                json.dump({"target": cfg.target, "units": units, "n": len(test_rows),
+                json.dump({"target": cfg.target, "units": run.units, "n": len(test_rows),
                            "mae": result.test_mae, "best_epoch": best_epoch,
                            "best_val_mae": best_val}, f, indent=2)
     return result

@@ -286,13 +286,14 @@ def epoch_batches(n: int, *, epoch: int, seed: int, batch_size: int, world_size:
 
 
 def _resolve_device(name: str, info: LaunchInfo) -> torch.device:
+    """The training device: `deepergat.devices.pick_device` with torch's device count."""
+    from .devices import pick_device
+
     if name not in ("auto", "cpu", "cuda"):
         raise DeepergatError(f"--device {name!r}: choose auto, cpu or cuda")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise DeepergatError("--device cuda: no CUDA device is visible to torch")
-    return torch.device("cuda", info.device_index(torch.cuda.device_count()))
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    kind, index = pick_device(name, info.local_rank, n_gpus)
+    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
 
 
 def _targets_of(g: GraphSet, name: str, rows: np.ndarray) -> np.ndarray:

@@ -25,11 +25,12 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from deepergat.contract import INPUT_DTYPES, INPUT_NDIM
+from deepergat.devices import DeviceChoice, parse_device
 from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
 from deepergat.graphs import graph_settings
@@ -50,7 +51,7 @@ __all__ = ["OnnxPredictor", "Prediction", "Predictor", "TorchPredictor", "load",
 
 log = logging.getLogger(__name__)
 
-Device = Literal["auto", "cpu", "cuda"]
+Device = DeviceChoice
 
 
 class Prediction(NamedTuple):
@@ -333,32 +334,6 @@ def load(
     predictor.check_settings(cutoff=cutoff, max_neighbors=max_neighbors, graph=graph)
     log.info("loaded %s (%s on %s)", path, predictor.backend, predictor.device)
     return predictor
-
-
-def parse_device(device: str, device_id: int | None = None) -> tuple[Device, int]:
-    """``device`` and ``device_id`` of `load`, with ``"cuda:N"`` split into (``"cuda"``, N).
-
-    Args:
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        device_id: CUDA ordinal; None: N from ``"cuda:N"``, else 0.
-
-    Returns:
-        (``"auto"``, ``"cpu"`` or ``"cuda"``; the ordinal).
-
-    Raises:
-        DeepergatError: an unknown device, a negative ``device_id``, or ``"cuda:N"`` with a
-            different ``device_id``.
-    """
-    name, sep, ordinal = str(device).partition(":")
-    if sep and name == "cuda" and ordinal.isascii() and ordinal.isdigit():
-        if device_id is not None and device_id != int(ordinal):
-            raise DeepergatError(f"device {device!r} contradicts device_id={device_id}")
-        return "cuda", int(ordinal)
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeepergatError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device_id is not None and device_id < 0:
-        raise DeepergatError(f"device_id must be >= 0, got {device_id}")
-    return cast(Device, device), device_id or 0
 
 
 def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | None,

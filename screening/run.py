@@ -26,13 +26,13 @@ import numpy as np
 
 from deepergat import __version__
 from deepergat.contract import DEFAULT_MAX_ATOMS, DEFAULT_OVERLAP_THRESHOLD, MAX_Z
+from deepergat.devices import cpus_per_rank, pick_device, visible_gpus
 from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
 from deepergat.graphs import graph_settings
 from deepergat.launch import claim_token, shard_from_env
 from deepergat.store import Store, StructureBatch
 
-from .device import cpus_per_rank, pick_device, visible_gpus
 from .lock import OutputLock, run_token
 from .merge import (
     MergeResult,

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
+from deepergat.devices import cpus_per_rank, pick_device, visible_gpus
 from deepergat.errors import DeepergatError
-from deepergat.screening.device import cpus_per_rank, pick_device, visible_gpus
 from deepergat.screening.mpi import ChunkSource, Progress, SingleProcess, connect
 
 

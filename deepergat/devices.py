@@ -1,9 +1,11 @@
-"""Which device and how many CPU cores a screening rank uses.
+"""Which device a process uses, and how many CPU cores: one resolver for training, screening
+and `deepergat.export.load`.
 
-One rank per GPU: a rank takes device (node-local rank mod visible devices). Under SLURM's
-one-GPU-per-task binding every rank sees one device, so that is device 0 of what it sees. The
-visible devices are counted without torch: ``CUDA_VISIBLE_DEVICES`` when set, else the CUDA
-driver (``libcuda``) through ctypes, else none.
+One process per GPU: a process takes device (node-local rank mod visible devices). Under
+SLURM's one-GPU-per-task binding every process sees one device, so that is device 0 of what it
+sees. The visible devices are counted without torch: ``CUDA_VISIBLE_DEVICES`` when set, else the
+CUDA driver (``libcuda``) through ctypes, else none. Device names are ``auto``, ``cpu``,
+``cuda`` or torch's ``cuda:N``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from deepergat.errors import DeepergatError
+from .errors import DeepergatError
 
-__all__ = ["DeviceChoice", "cpus_per_rank", "pick_device", "visible_gpus"]
+__all__ = ["DeviceChoice", "cpus_per_rank", "parse_device", "pick_device", "visible_gpus"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,32 @@ def pick_device(choice: str, local_rank: int, n_gpus: int) -> tuple[str, int]:
             "--device cpu or auto"
         )
     return choice, local_rank % n_gpus
+
+
+def parse_device(device: str, device_id: int | None = None) -> tuple[DeviceChoice, int]:
+    """``device`` and ``device_id`` with ``"cuda:N"`` split into (``"cuda"``, N).
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device_id: CUDA ordinal; None: N from ``"cuda:N"``, else 0.
+
+    Returns:
+        (``"auto"``, ``"cpu"`` or ``"cuda"``; the ordinal).
+
+    Raises:
+        DeepergatError: an unknown device, a negative ``device_id``, or ``"cuda:N"`` with a
+            different ``device_id``.
+    """
+    name, sep, ordinal = str(device).partition(":")
+    if sep and name == "cuda" and ordinal.isascii() and ordinal.isdigit():
+        if device_id is not None and device_id != int(ordinal):
+            raise DeepergatError(f"device {device!r} contradicts device_id={device_id}")
+        return "cuda", int(ordinal)
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeepergatError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device_id is not None and device_id < 0:
+        raise DeepergatError(f"device_id must be >= 0, got {device_id}")
+    return device, device_id or 0  # type: ignore[return-value]
 
 
 def cpus_per_rank(local_size: int = 1) -> int:

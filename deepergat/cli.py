@@ -19,6 +19,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import __version__
+from .config import DEFAULTS
+from .contract import GRAPH_CONSTRUCTIONS
 from .errors import DeepergatError, environment_error
 from .screening.cli import screen as screen_command
 
@@ -282,11 +284,14 @@ Examples:
 @click.option("--test-fraction", type=float, help="Fraction of --data held out for testing.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="YAML run configuration; command-line options override it.")
-@click.option("--layers", type=int, default=10, show_default=True, help="AGAT layers.")
-@click.option("--epochs", type=int, default=500, show_default=True)
-@click.option("--batch-size", type=int, default=100, show_default=True, help="Crystals a step.")
-@click.option("--lr", type=float, default=0.005, show_default=True, help="AdamW learning rate.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--layers", type=int, default=DEFAULTS.layers, show_default=True,
+              help="AGAT layers.")
+@click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True,
+              help="Crystals a step.")
+@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True,
+              help="AdamW learning rate.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @click.option("--per-atom", is_flag=True, help="Extensive target: learn it per atom.")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start from these weights.")
 @click.option("--early-stop", type=int, metavar="N", help="Stop after N epochs without gain.")
@@ -300,19 +305,21 @@ Examples:
               help="K-fold cross-validation: oof.csv and cv_metrics.json.")
 @click.option("--ensemble", type=int, metavar="K",
               help="Train K members into RUN_DIR/ensemble.ckpt (mean and calibrated std).")
-@click.option("--members", type=click.Choice(["folds", "seeds"]), default="folds",
+@click.option("--members", type=click.Choice(["folds", "seeds"]), default=DEFAULTS.members,
               show_default=True,
               help="Ensemble members: the K folds of a cross-validation, or K seeds.")
-@click.option("--graph", type=click.Choice(["periodic", "minimum-image"]), default="periodic",
+@click.option("--graph", type=click.Choice(GRAPH_CONSTRUCTIONS), default=DEFAULTS.graph,
               show_default=True, help="Graph construction (see the README).")
-@click.option("--distance-scale", default="cutoff", show_default=True, metavar="cutoff|data|Å",
+@click.option("--distance-scale", default=DEFAULTS.distance_scale, show_default=True,
+              metavar="cutoff|data|Å",
               help="Length mapped onto the last distance Gaussian.")
 @click.pass_context
 def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
     """Train a DeeperGATGNN on a structure store."""
     import yaml
 
-    from .train import TrainConfig, cross_validate, parse_max_time, train_ensemble
+    from .config import TrainConfig, parse_max_time
+    from .train import cross_validate, train_ensemble
     from .train import train as run_train
 
     values: dict[str, Any] = {}

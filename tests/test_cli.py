@@ -27,6 +27,7 @@ STORE_KEYS = [
     "elements",
     "targets",
     "content_digest",
+    "digest_verified",
 ]
 
 
@@ -93,6 +94,7 @@ def test_pack_then_info(tmp_path: Path, cif_dir: Path) -> None:
     assert info["elements"] == ["O", "Na", "Si", "Cl", "Ti"]  # by Z
     assert info["targets"] == {}
     assert len(info["content_digest"]) == 64 and info["content_digest"] in r.stdout
+    assert info["digest_verified"] is True
 
     r = _run("info", out)
     assert r.exit_code == 0

@@ -163,10 +163,15 @@ def test_refuses_to_mix_runs(tmp_path: Path, screen_store: Path,
                           **{"chunk_size": 32, "shard": "1/2", **change})
     other = tmp_path / "other.h5"
     shutil.copy(screen_store, other)
-    with h5py.File(other, "a") as f:  # same content, another digest: another input
-        f.attrs["content_digest"] = "0" * 64
+    with h5py.File(other, "a") as f:  # the same digest recorded, other content: another input
+        f["positions"][0] = f["positions"][0] + 0.01
     with pytest.raises(DeepergatError, match="input_digest"):
         run_inprocess(other, small_model["onnx"], out, chunk_size=32)
+    with h5py.File(other, "a") as f:  # another digest recorded, the same content: the same
+        f["positions"][0] = f["positions"][0] - 0.01
+        f.attrs["content_digest"] = "0" * 64
+    done = run_inprocess(other, small_model["onnx"], out, chunk_size=32, shard="1/2")
+    assert done.outcome == "merged"  # with shard 0's parts: the same input
     # --no-resume starts clean under the new settings.
     result = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=16, resume=False)
     assert result.outcome == "merged" and result.skipped == 0

@@ -324,8 +324,12 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
 
     values: dict[str, Any] = {}
     if config_file:
-        with open(config_file) as f:
-            loaded = yaml.safe_load(f) or {}
+        try:
+            with open(config_file) as f:
+                loaded = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:  # safe_load builds no objects: tags are refused here
+            raise DeepergatError(f"{config_file}: not a plain YAML mapping of settings: "
+                                 f"{' '.join(str(e).split())[:200]}") from None
         if not isinstance(loaded, dict):
             raise DeepergatError(f"{config_file}: expected a mapping of settings")
         values.update(loaded)

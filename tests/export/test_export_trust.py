@@ -135,3 +135,33 @@ def test_aoti_needs_trust(tmp_path: Path) -> None:
         load(fake, device="cpu")
     shutil.copyfile(fake, tmp_path / "copy.aoti.pt2")
     assert pickle.dumps(1)  # the pickle module is whole again after a restricted load
+
+
+def test_a_yaml_config_cannot_build_objects(tmp_path: Path, tiny_store: Path) -> None:
+    marker = tmp_path / "marker.txt"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"epochs: !!python/object/apply:pathlib.Path.write_text "
+                      f"[!!python/object/apply:pathlib.Path ['{marker}'], 'pwned']\n")
+    r = CliRunner().invoke(main, ["train", "--config", str(config), "--data", str(tiny_store),
+                                  "--target", "heat_ref", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and not marker.exists()
+    assert "not a plain YAML mapping" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_graph_cache_holding_a_pickle_is_never_unpickled(tmp_path: Path,
+                                                           tiny_store: Path) -> None:
+    import numpy as np
+
+    from deepergat.data import cache_path, load_graphs
+
+    g = load_graphs(tiny_store, cache_dir=tmp_path)
+    cfile = cache_path(tiny_store, g.digest, 8.0, 12, tmp_path)
+    marker = tmp_path / "marker.txt"
+    with np.load(cfile) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["neighbors"] = np.array([_Evil(marker)], dtype=object)  # a planted pickle
+    with open(cfile, "wb") as fh:
+        np.savez(fh, **arrays)
+    again = load_graphs(tiny_store, cache_dir=tmp_path)  # rebuilt, the planted array ignored
+    np.testing.assert_array_equal(again.neighbors, g.neighbors)
+    assert not marker.exists()

@@ -160,7 +160,7 @@ def _expand_dir(d: Path) -> list[_Input]:
     ignored: list[str] = []
     for p in sorted(d.iterdir()):
         fmt = readers.structure_format(p) if p.is_file() else None
-        if fmt in readers.STRUCTURE_FORMATS:
+        if fmt in readers.STRUCTURE_FORMATS or fmt == "archive":
             found.append(_Input(p, str(fmt)))
         else:
             ignored.append(p.name + ("/" if p.is_dir() else ""))
@@ -234,12 +234,15 @@ def _tasks(
             sub = readers.matdeeplearn_tasks(p, target_names=mdl_targets, path_ids=path_ids)
         elif kind == "extxyz":
             sub = readers.extxyz_tasks(p, id_prefix=prefix)
+        elif kind == "archive":
+            sub = readers.archive_tasks(p, path_ids=path_ids)
         elif kind == "ase-db":
             sub = readers.db_row_tasks(p, id_prefix=prefix)
-        elif kind in readers.STRUCTURE_FORMATS:
+        elif kind in (*readers.STRUCTURE_FORMATS, "generator"):
             sub = [readers.FileTask(path=str(p), fmt=kind, id=prefix)]
         else:
-            detail = "not a format deepergat reads (CIF, POSCAR, extxyz, ASE db, JSON, CSV)"
+            detail = ("not a format deepergat reads (CIF, POSCAR, extxyz, ASE db, JSON, CSV, "
+                      ".zip/.tar.gz archives of them)")
             sub = [readers.FailTask(Failure(str(p), "unknown format", detail))]
         for t in sub:
             if isinstance(t, readers.FramesTask):

@@ -16,6 +16,11 @@ Formats, recognised by file name and confirmed by content:
 - pymatgen JSON: ``*.json`` holding a ``Structure`` or ``Molecule`` dict (keys ``@module``,
   ``sites`` and, for a structure, ``lattice``) or a list of them; ``from_dict``.
 - CSV (``*.csv``) with a column of CIF texts: one structure per row, parsed as CIF.
+- Archives (``*.zip``, ``*.tar``, ``*.tar.gz``, ``*.tgz``) of CIF, POSCAR and extxyz files,
+  read in memory member by member (`archive_tasks`); ids from the member paths.
+- Generative models' sample files (``*.pt``: CDVAE / DiffCSP ``eval_gen.pt`` …), unpickled by
+  a restricted unpickler that runs nothing (`deepergat.generators`); ids
+  ``<stem>-<pass>-<index>``.
 
 Ids: a file holding one structure gives it the file's id (its stem, or its path with
 ``--id-from path``); a file holding several (extxyz frames, database rows, CIF data blocks, a JSON
@@ -67,7 +72,7 @@ __all__ = [
     "structure_format",
 ]
 
-Format = Literal["cif", "poscar", "extxyz", "ase-db", "json", "csv"]
+Format = Literal["cif", "poscar", "extxyz", "ase-db", "json", "csv", "archive", "generator"]
 
 #: Formats that one file holds structures in (CSV tables are not "structure files").
 STRUCTURE_FORMATS: tuple[str, ...] = ("cif", "poscar", "extxyz", "ase-db", "json")
@@ -213,7 +218,18 @@ class FailTask:
     failure: Failure
 
 
-Task = FileTask | CifTextTask | FramesTask | DbRowsTask | FailTask
+@dataclass(frozen=True, slots=True)
+class TextTask:
+    """Parse one structure file given as text (an archive member): CIF (every block) or
+    POSCAR; ``source`` names the archive and the member."""
+
+    source: str
+    fmt: str
+    id: str
+    text: str
+
+
+Task = FileTask | CifTextTask | FramesTask | DbRowsTask | FailTask | TextTask
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,10 +244,17 @@ def structure_format(path: str | Path) -> Format | None:
         path: a file path (only its name is looked at; `.json` content is told apart later).
 
     Returns:
-        ``"cif"``, ``"poscar"``, ``"extxyz"``, ``"ase-db"``, ``"json"``, ``"csv"`` or None.
+        ``"cif"``, ``"poscar"``, ``"extxyz"``, ``"ase-db"``, ``"json"``, ``"csv"``,
+        ``"archive"`` (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``), ``"generator"`` (a
+        CDVAE/DiffCSP ``.pt`` sample file) or None.
     """
     p = Path(path)
     suffix = p.suffix.lower()
+    name = p.name.lower()
+    if name.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        return "archive"
+    if suffix == ".pt":
+        return "generator"
     if suffix in (".cif", ".mcif"):
         return "cif"
     if suffix in (".extxyz", ".xyz"):
@@ -406,7 +429,8 @@ def _xyz_atom_line(line: str) -> bool:
     return numbers(parts[1:4]) or numbers(parts[0:3])
 
 
-def extxyz_tasks(path: str | Path, *, id_prefix: str) -> Iterator[Task]:
+def extxyz_tasks(path: str | Path, *, id_prefix: str, text: str | None = None,
+                 label: str | None = None) -> Iterator[Task]:
     """Split an (extended) XYZ file into frames and batch them into `FramesTask` s, streamed.
 
     A frame is a line with the atom count, a comment line, one line per atom, and any ``VEC``
@@ -416,10 +440,18 @@ def extxyz_tasks(path: str | Path, *, id_prefix: str) -> Iterator[Task]:
     count line met where an atom was due) or run on past its count fails alone; lines that are
     no frame at all are reported by their line numbers. Frames keep their position in the file
     (frame k is id ``<id>_<k>`` whatever failed before it).
+
+    Args:
+        path: the file. id_prefix: the file's id.
+        text: the file's content when it is not on disk (an archive member; then ``label``
+            names it in messages).
     """
-    p = Path(path)
+    p = Path(label) if label is not None else Path(path)
 
     def frames() -> Iterator[tuple[int, str | Failure]]:
+        if text is not None:
+            yield from split(io.StringIO(text))
+            return
         try:
             fh = open(p, encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as e:
@@ -431,7 +463,7 @@ def extxyz_tasks(path: str | Path, *, id_prefix: str) -> Iterator[Task]:
             except UnicodeDecodeError as e:
                 yield -1, Failure(str(p), "unreadable", f"not a UTF-8 text file: {e}")
 
-    def split(fh: io.TextIOWrapper) -> Iterator[tuple[int, str | Failure]]:
+    def split(fh: io.TextIOBase) -> Iterator[tuple[int, str | Failure]]:
         k = 0
         line_no = 0
         back: list[str] = []  # lines read ahead and pushed back
@@ -530,6 +562,91 @@ def extxyz_tasks(path: str | Path, *, id_prefix: str) -> Iterator[Task]:
             batch = []
     if batch:
         yield FramesTask(str(p), start, tuple(batch), id_prefix, single)
+
+
+#: Formats read from inside archives.
+ARCHIVE_MEMBER_FORMATS = ("cif", "poscar", "extxyz")
+
+
+def _safe_member(name: str) -> bool:
+    """A member path that stays inside the archive: relative, no ``..`` part."""
+    parts = name.replace("\\", "/").split("/")
+    return not (name.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts)
+
+
+def _archive_members(path: Path) -> Iterator[tuple[str, bytes | None, str]]:
+    """(member name, its bytes or None, why it is skipped) of an archive, streamed in order:
+    regular files only; a member is read only when its name is safe and a structure format."""
+    import tarfile
+    import zipfile
+
+    def wanted(name: str) -> str:
+        if not _safe_member(name):
+            return "unsafe path (absolute or with ..): refused"
+        if structure_format(name) not in ARCHIVE_MEMBER_FORMATS:
+            return ""
+        return "ok"
+
+    if path.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.is_dir():
+                    continue
+                why = wanted(info.filename)
+                if why == "ok":
+                    yield info.filename, z.read(info), ""
+                elif why:
+                    yield info.filename, None, why
+        return
+    with tarfile.open(path, mode="r|*") as t:  # streamed: one pass, nothing unpacked to disk
+        for member in t:
+            if not member.isfile():
+                if member.issym() or member.islnk():
+                    yield member.name, None, "a link: refused"
+                continue
+            why = wanted(member.name)
+            if why == "ok":
+                fh = t.extractfile(member)
+                yield member.name, fh.read() if fh is not None else b"", ""
+            elif why:
+                yield member.name, None, why
+
+
+def archive_tasks(path: str | Path, *, path_ids: bool) -> Iterator[Task]:
+    """Tasks for the structure files inside a ``.zip`` or ``.tar(.gz)`` archive, read in
+    memory (never unpacked to disk), in member order.
+
+    Members that are CIF, POSCAR/CONTCAR or extxyz files (by name) are read; ids are member
+    stems (with ``path_ids``: ``<archive>/<member path>``), as for a folder. A member with an
+    absolute or ``..`` path, or a link, is refused (a failure naming it); other members are
+    ignored.
+    """
+    p = Path(path)
+    found = 0
+    try:
+        for name, data, why in _archive_members(p):
+            source = f"{p}:{name}"
+            if data is None:
+                yield FailTask(Failure(source, "unsafe member", why))
+                continue
+            found += 1
+            member = Path(name)
+            sid = f"{p.as_posix()}/{name}" if path_ids else member.stem
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                yield FailTask(Failure(source, "unreadable", "not a UTF-8 text file"))
+                continue
+            fmt = structure_format(name)
+            if fmt == "extxyz":
+                yield from extxyz_tasks(p, id_prefix=sid, text=text, label=source)
+            else:
+                yield TextTask(source=source, fmt=str(fmt), id=sid, text=text)
+    except Exception as e:  # zipfile.BadZipFile, tarfile.ReadError, EOFError, zlib errors, ...
+        yield FailTask(Failure(str(p), "unreadable", f"damaged archive: {_one_line(e)}"))
+        return
+    if not found:
+        yield FailTask(Failure(str(p), "unreadable", "no CIF, POSCAR or extxyz files inside"))
 
 
 def _chain_first(first: Any, second: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -695,6 +812,12 @@ def _run_task(task: Task, names: tuple[str, ...]) -> Outcome:
             if isinstance(task, CifTextTask):
                 records = _parse_cif_text(task.text, source, task.id, expect_one=True)
                 _apply_raw_targets(records, task.raw_targets)
+            elif isinstance(task, TextTask):
+                if task.fmt == "cif":
+                    records = _parse_cif_text(task.text, source, task.id, expect_one=False,
+                                              failures=failures)
+                else:
+                    records = [_poscar_record(task.text, source, task.id)]
             elif isinstance(task, DbRowsTask):
                 records = _parse_db_rows(task, names)
             else:
@@ -765,6 +888,22 @@ def _parse_file(task: FileTask, names: tuple[str, ...],
         records = _parse_xyz_file(task.path, source, task.id, names)
     elif task.fmt == "ase-db":
         records = _parse_ase_db(task.path, "db", source, task.id, names)
+    elif task.fmt == "generator":
+        from .generators import sample_structures
+
+        try:
+            structures = list(sample_structures(task.path))
+        except DeepergatError as e:
+            detail = str(e).removeprefix(f"{task.path}: ")
+            refused = detail.startswith("refused: ")
+            raise _TaskError("refused" if refused else "unreadable",
+                             detail.removeprefix("refused: ")) from None
+        records = [Record(id=d["id"], source=f"{source}:{d['id']}",
+                          lattice=np.asarray(d["lattice"], np.float64),
+                          pbc=np.ones(3, bool),
+                          atomic_numbers=np.asarray(d["atomic_numbers"], np.int64),
+                          positions=np.asarray(d["positions"], np.float64))
+                   for d in structures]
     else:
         raise _TaskError("unknown format", f"deepergat does not read {task.fmt!r} files")
     if task.expect_one and len(records) != 1:

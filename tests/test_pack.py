@@ -511,3 +511,105 @@ def test_pack_never_overwrites_a_file_that_is_not_a_store(tmp_path: Path) -> Non
     pack([src], store, workers=1)
     pack([src], store, workers=1)  # an existing store is replaced
     assert _load(store)[0].ids == ["good"]
+
+
+# ---- generators' outputs: archives and CDVAE/DiffCSP sample files ---------------------------
+
+
+def test_zip_and_tar_archives_are_read_in_memory(tmp_path: Path) -> None:
+    import io
+    import tarfile
+    import zipfile
+
+    tri, nacl = _cif(triclinic_structure()), _cif(nacl_structure())
+    src = tmp_path / "generated_crystals_cif.zip"
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("crystals/tri.cif", tri)
+        z.writestr("crystals/nacl.cif", nacl)
+        z.writestr("../evil.cif", nacl)  # would land outside the folder if unpacked
+        z.writestr("notes.txt", "ignored")
+    poscar = nacl_structure().to(fmt="poscar")
+    frames = [pt_cluster(3, seed=k) for k in range(2)]
+    xyz = io.StringIO()
+    ase_write(xyz, frames, format="extxyz")
+    tgz = tmp_path / "more.tar.gz"
+    with tarfile.open(tgz, "w:gz") as t:
+        for name, text in (("run/POSCAR", poscar), ("run/traj.xyz", xyz.getvalue())):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    with pytest.raises(DeepergatError, match=r"\.\./evil\.cif: unsafe member"):
+        pack([src], tmp_path / "a.h5", workers=1)
+    result = pack([src, tgz], tmp_path / "b.h5", workers=1, skip_bad=True)
+    b, _ = _load(tmp_path / "b.h5")
+    assert b.ids == ["tri", "nacl", "POSCAR", "traj_0", "traj_1"] and result.n_skipped == 1
+    _assert_pymatgen(b.structure(0), _pmg(tri, "cif"))
+    _assert_pymatgen(b.structure(2), _pmg(poscar, "poscar"))
+    np.testing.assert_allclose(b.structure(4)["positions"], frames[1].positions)
+    assert not (tmp_path.parent / "evil.cif").exists() and not (tmp_path / "crystals").exists()
+    pack([src], tmp_path / "c.h5", workers=1, skip_bad=True, id_from="path")
+    assert _load(tmp_path / "c.h5")[0].ids == [f"{src.as_posix()}/crystals/tri.cif",
+                                                f"{src.as_posix()}/crystals/nacl.cif"]
+
+
+def _sample_file(path: Path, *, recon: bool = False, evil: Any = None) -> dict:
+    """A file in CDVAE's eval_*.pt layout: 2 passes over 3 crystals."""
+    import argparse
+
+    import torch
+
+    gen = torch.Generator().manual_seed(3)
+    counts = torch.tensor([[4, 5, 6], [4, 5, 6]])
+    data = {
+        "eval_setting": argparse.Namespace(num_evals=2, tasks=["recon" if recon else "gen"]),
+        "frac_coords": torch.rand(2, 15, 3, generator=gen),
+        "atom_types": torch.randint(1, 84, (2, 15), generator=gen),
+        "num_atoms": counts,
+        "lengths": 3 + 4 * torch.rand(2, 3, 3, generator=gen),
+        "angles": 70 + 40 * torch.rand(2, 3, 3, generator=gen),
+        "all_frac_coords_stack": [], "all_atom_types_stack": [], "time": 12.5,
+    }
+    if recon:
+        from torch_geometric.data import Batch, Data
+
+        data["input_data_batch"] = Batch.from_data_list(
+            [Data(frac_coords=torch.zeros(4, 3), num_atoms=4) for _ in range(3)])
+    if evil is not None:
+        data["evil"] = evil
+    torch.save(data, path)
+    return data
+
+
+class _Planted:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def test_cdvae_sample_files_pass_major_and_nothing_runs(tmp_path: Path) -> None:
+    from pymatgen.core import Lattice
+
+    gen = tmp_path / "eval_gen.pt"
+    data = _sample_file(gen)
+    recon = tmp_path / "eval_recon.pt"
+    _sample_file(recon, recon=True)  # with a PyG Batch and an argparse.Namespace
+    pack([gen, recon], tmp_path / "g.h5", workers=1)
+    b, _ = _load(tmp_path / "g.h5")
+    assert b.ids[:6] == ["eval_gen-0-0", "eval_gen-0-1", "eval_gen-0-2", "eval_gen-1-0",
+                         "eval_gen-1-1", "eval_gen-1-2"] and len(b.ids) == 12
+    k, i, first = 1, 2, 9  # pass 1, crystal 2: atoms 9..14 of that pass
+    s = b.structure(3 * k + i)
+    lat = Lattice.from_parameters(*data["lengths"][k, i].tolist(),
+                                  *data["angles"][k, i].tolist()).matrix
+    np.testing.assert_allclose(s["lattice"], lat)
+    np.testing.assert_allclose(s["positions"], data["frac_coords"][k, first:].numpy() @ lat)
+    np.testing.assert_array_equal(s["atomic_numbers"], data["atom_types"][k, first:].numpy())
+    marker = tmp_path / "marker.txt"
+    evil = tmp_path / "eval_opt.pt"
+    _sample_file(evil, evil=_Planted(marker))
+    with pytest.raises(DeepergatError, match=r"eval_opt\.pt: refused: the pickle asks for \S+, which is not"):
+        pack([evil], tmp_path / "e.h5", workers=1)
+    assert not marker.exists()

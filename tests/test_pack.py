@@ -610,6 +610,7 @@ def test_cdvae_sample_files_pass_major_and_nothing_runs(tmp_path: Path) -> None:
     marker = tmp_path / "marker.txt"
     evil = tmp_path / "eval_opt.pt"
     _sample_file(evil, evil=_Planted(marker))
-    with pytest.raises(DeepergatError, match=r"eval_opt\.pt: refused: the pickle asks for \S+, which is not"):
+    refused = r"eval_opt\.pt: refused: the pickle asks for \S+, which is not"
+    with pytest.raises(DeepergatError, match=refused):
         pack([evil], tmp_path / "e.h5", workers=1)
     assert not marker.exists()

@@ -562,6 +562,80 @@ def models(as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# report, extract (from a predictions file to a short list)
+# --------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("predictions", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="The HTML page [default: <predictions stem>.report.html].")
+@click.option("--top", type=int, default=25, show_default=True, help="Rows of the top-K table.")
+@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True,
+              help="asc: lowest first; desc: highest first.")
+def report(predictions: str, output: str | None, top: int, order: str) -> None:
+    """One self-contained HTML page about a predictions file: the run, each target's
+    histogram with the top-K threshold, statuses and flags with example ids, the top-K table,
+    and with embeddings a 2-D map. Works on files of millions of rows (read in blocks).
+
+    \b
+    Examples:
+      deepergat report candidates.predictions.h5
+      deepergat report candidates.predictions.h5 -o report.html --top 100
+    """
+    from .screening.report import write_report
+
+    if top < 1:
+        raise DeepergatError(f"--top must be at least 1, got {top}")
+    click.echo(f"wrote {write_report(predictions, output, top=top, order=order)}")  # type: ignore[arg-type]
+
+
+@main.command()
+@click.argument("predictions", type=click.Path(dir_okay=False))
+@click.option("--top", type=int, metavar="K", help="The K best by the first target.")
+@click.option("--ids", "ids_file", type=click.Path(dir_okay=False, exists=True),
+              help="A file of ids, one per line.")
+@click.option("--where", metavar="EXPR",
+              help='Comparisons joined by and/or, e.g. "heat_ref < 0.2 and heat_ref_std < 0.05".')
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the structure files and selection.csv.")
+@click.option("--format", "fmt", type=click.Choice(["cif", "poscar", "extxyz"]), default="cif",
+              show_default=True)
+@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True,
+              help="With --top: asc lowest first, desc highest first.")
+@click.option("--rank-by", type=click.Choice(["mean", "lower", "upper"]), default="mean",
+              show_default=True, help="With --top: rank by the prediction or a bound (ensembles).")
+@click.option("--rank-k", type=float, default=1.0, show_default=True, metavar="k",
+              help="k of the --rank-by bound mean ∓ k·std.")
+@click.option("--store", type=click.Path(dir_okay=False),
+              help="The input store, if it moved [default: the one the file records].")
+def extract(predictions: str, top: int | None, ids_file: str | None, where: str | None,
+            out_dir: str, fmt: str, order: str, rank_by: str, rank_k: float,
+            store: str | None) -> None:
+    """Write chosen structures of a screen as files ready for DFT, with DIR/selection.csv
+    (id, formula, predictions, std, status, flags, file). Choose with exactly one of --top,
+    --ids or --where; the structures come from the store that was screened (refused if it
+    changed since).
+
+    \b
+    Examples:
+      deepergat extract cands.predictions.h5 --top 200 -o shortlist/ --format poscar
+      deepergat extract cands.predictions.h5 --where "heat_ref < 0.1 and status == 0" -o low/
+      deepergat extract cands.predictions.h5 --ids picked.txt -o picked/
+    """
+    from .screening.select import extract as run_extract
+
+    ids = None
+    if ids_file:
+        with open(ids_file) as fh:
+            ids = [line.strip() for line in fh if line.strip()]
+    result = run_extract(predictions, out_dir, top=top, ids=ids, where=where,
+                         fmt=fmt, order=order, rank_by=rank_by,  # type: ignore[arg-type]
+                         rank_k=rank_k, store=store)
+    click.echo(f"wrote {len(result.files)} {fmt} files and {result.selection}")
+
+
+# --------------------------------------------------------------------------------------------
 # export (deepergat.export)
 # --------------------------------------------------------------------------------------------
 

@@ -109,13 +109,16 @@ def check_space(output: Path, needed: int, *, factor: float) -> None:
         )
 
 
-def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any]) -> MergeResult:
+def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
+                run: dict[str, Any] | None = None) -> MergeResult:
     """Write ``parts.output`` from every chunk's part, in input order, then remove the parts.
 
     Args:
         parts: the parts directory (its ``output`` is the final file).
         plan: the run's chunks (from the manifest's chunk size).
         manifest: the run manifest.
+        run: what the merging run computed (``structures``, ``seconds``, ``ranks``), stored
+            as the ``screen_run`` attribute for reports.
 
     Returns:
         The `MergeResult`.
@@ -144,6 +147,7 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any]) -> MergeR
         "input": str(manifest["input"]),
         "input_digest": str(manifest["input_digest"]),
         "screen_settings": json.dumps(screen_settings(manifest), sort_keys=True),
+        "screen_run": json.dumps(run or {}, sort_keys=True),
     }
     result = MergeResult(path=parts.output, n_structures=plan.n_structures)
     with PredictionsWriter(

@@ -45,6 +45,8 @@ __all__ = [
     "describe_predictions",
     "format_predictions",
     "read_identity",
+    "take_rows",
+    "top_rows",
     "write_top_csv",
 ]
 
@@ -370,35 +372,23 @@ def _formulas(store_path: str | os.PathLike[str] | None, index: np.ndarray) -> l
         return [""] * len(index)
 
 
-def write_top_csv(
+def top_rows(
     path: str | os.PathLike[str],
-    csv_path: str | os.PathLike[str],
     k: int,
     *,
     order: Literal["asc", "desc"] = "asc",
     rank_by: RankBy = "mean",
     rank_k: float = 1.0,
-    store: str | os.PathLike[str] | None = None,
-) -> int:
-    """The K best structures by the first target as CSV
-    ``rank,index,id,formula,<target>[,<target>_std]...,flags``.
+) -> np.ndarray:
+    """Rows of the K best structures by the first target, best first.
 
     The key is the prediction (``rank_by="mean"``) or, for an ensemble, a confidence bound:
     ``lower`` = mean − k·std, ``upper`` = mean + k·std; ``order`` says whether the lowest or
-    the highest key comes first. NaN is never ranked; ties go to the lower index. Reads the
+    the highest key comes first. NaN is never ranked; ties go to the lower row. Reads the
     predictions in blocks and keeps K candidates, so memory is O(K + block).
 
-    Args:
-        path: a predictions file.
-        csv_path: where to write (via a temporary file and rename).
-        k: how many rows, ≥ 1.
-        order: ``"asc"`` lowest first, ``"desc"`` highest first.
-        rank_by: ``"mean"``, ``"lower"`` or ``"upper"``.
-        rank_k: k of the bound, ≥ 0.
-        store: the input structure store, for the formula column (empty without it).
-
     Returns:
-        The number of rows written (≤ K: fewer when fewer predictions are finite).
+        [≤ K] int64 rows of the predictions file (fewer when fewer predictions are finite).
 
     Raises:
         DeepergatError: K < 1, an unknown ``rank_by``, a negative ``rank_k``, or a bound asked
@@ -413,14 +403,12 @@ def write_top_csv(
     sign = 1.0 if order == "asc" else -1.0
     bound = {"mean": 0.0, "lower": -float(rank_k), "upper": float(rank_k)}[rank_by]
     with h5py.File(path, "r") as f:
-        names = list(f["predictions"])
-        spread = "std" in f
-        if rank_by != "mean" and not spread:
+        first = next(iter(f["predictions"]))
+        if rank_by != "mean" and "std" not in f:
             raise DeepergatError(
                 f"--rank-by {rank_by} ranks by mean ∓ k·std, but {path} has no std (the model is "
                 "not an ensemble); use --rank-by mean"
             )
-        first = names[0]
         m = int(f["status"].shape[0])
         best: list[tuple[float, int]] = []  # max-heap of (-key, -row) for the K smallest keys
         for a in range(0, m, _READ_ROWS):
@@ -441,25 +429,80 @@ def write_top_csv(
                     heapq.heappush(best, item)
                 elif item > best[0]:
                     heapq.heapreplace(best, item)
-        ranked = sorted(((-kv, -nr) for kv, nr in best))
-        rows_out = np.array([r for _, r in ranked], dtype=np.int64)
-        index = _take(f["index"], rows_out)
-        ids = [_attr(s) for s in _take(f["ids"], rows_out)]
-        flags = _take(f["flags"], rows_out)
-        values = {n: _take(f[f"predictions/{n}"], rows_out) for n in names}
-        stds = {n: _take(f[f"std/{n}"], rows_out) for n in names} if spread else {}
+    return np.array([r for _, r in sorted((-kv, -nr) for kv, nr in best)], dtype=np.int64)
+
+
+def take_rows(path: str | os.PathLike[str], rows: np.ndarray, *,
+              store: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Everything a predictions file says of some rows (any order), read in blocks.
+
+    Args:
+        path: a predictions file. rows: [n] rows of it.
+        store: the input structure store, for the formulas (default: the one the file records;
+            formulas are empty when it cannot be read).
+
+    Returns:
+        ``{"index", "ids", "formula", "status", "flags", "predictions": {target: [n]},
+        "std": {target: [n]} (empty without a spread), "units": {target: units}}``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    with h5py.File(path, "r") as f:
+        names = list(f["predictions"])
+        out: dict[str, Any] = {
+            "index": _take(f["index"], rows),
+            "ids": [_attr(s) for s in _take(f["ids"], rows)],
+            "status": _take(f["status"], rows),
+            "flags": _take(f["flags"], rows),
+            "predictions": {n: _take(f[f"predictions/{n}"], rows) for n in names},
+            "std": {n: _take(f[f"std/{n}"], rows) for n in names} if "std" in f else {},
+            "units": {n: _attr(f[f"predictions/{n}"].attrs.get("units", "")) for n in names},
+        }
         if store is None:
             store = _attr(f.attrs.get("input", "")) or None
-    formulas = _formulas(store, index)
+    out["formula"] = _formulas(store, out["index"])
+    return out
+
+
+def write_top_csv(
+    path: str | os.PathLike[str],
+    csv_path: str | os.PathLike[str],
+    k: int,
+    *,
+    order: Literal["asc", "desc"] = "asc",
+    rank_by: RankBy = "mean",
+    rank_k: float = 1.0,
+    store: str | os.PathLike[str] | None = None,
+) -> int:
+    """The K best structures (`top_rows`) as CSV
+    ``rank,index,id,formula,<target>[,<target>_std]...,flags``.
+
+    Args:
+        path: a predictions file.
+        csv_path: where to write (via a temporary file and rename).
+        k, order, rank_by, rank_k: see `top_rows`.
+        store: the input structure store, for the formula column (empty without it).
+
+    Returns:
+        The number of rows written (≤ K: fewer when fewer predictions are finite).
+
+    Raises:
+        DeepergatError: see `top_rows`.
+    """
+    rows = top_rows(path, k, order=order, rank_by=rank_by, rank_k=rank_k)
+    got = take_rows(path, rows, store=store)
+    names = list(got["predictions"])
+    spread = bool(got["std"])
     columns = [c for n in names for c in ((n, f"{n}_std") if spread else (n,))]
     out = Path(csv_path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "index", "id", "formula", *columns, "flags"])
-        for j in range(len(rows_out)):
+        for j in range(len(rows)):
             cells = [str(np.float32(src[n][j])) for n in names
-                     for src in ((values, stds) if spread else (values,))]
-            w.writerow([j + 1, int(index[j]), ids[j], formulas[j], *cells, int(flags[j])])
+                     for src in ((got["predictions"], got["std"]) if spread
+                                 else (got["predictions"],))]
+            w.writerow([j + 1, int(got["index"][j]), got["ids"][j], got["formula"][j], *cells,
+                        int(got["flags"][j])])
     os.replace(tmp, out)
-    return len(rows_out)
+    return len(rows)

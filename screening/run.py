@@ -759,7 +759,9 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
     if shard is not None and not parts.claim_merge(claim_token()):
         result.outcome = "merge-claimed"
         return result
-    result.merge = merge_parts(parts, plan, manifest)
+    result.merge = merge_parts(parts, plan, manifest, run={
+        "structures": result.structures, "seconds": round(seconds, 3), "ranks": ranks.size,
+        "skipped": setup.skipped})
     result.outcome = "merged"
     if opts.top:
         result.top_csv = top_csv_path(parts.output)

@@ -1,0 +1,266 @@
+"""`deepergat report`: one self-contained HTML page about a predictions file.
+
+The run (model, its sha256, the input and its digest, structures, how long the screen took),
+each target's histogram with the top-K threshold marked, the status and flag table with example
+ids, the top-K table (id, formula, prediction, std), and with embeddings a 2-D map (principal
+components) coloured by the prediction. Images are PNGs embedded as data URIs, so the page can
+be mailed or archived alone.
+
+Everything is read in blocks of a million rows: histograms from streamed bin counts (a first
+pass for the range), the principal components from a streamed covariance, and the map from a
+fixed-stride sample of at most `MAP_POINTS` rows — memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from deepergat.contract import FLAG_UNSEEN_ELEMENT, STATUS_CODES
+from deepergat.errors import DeepergatError
+
+from .predictions import PREDICTIONS_FORMAT, take_rows, top_rows
+
+__all__ = ["MAP_POINTS", "write_report"]
+
+_READ_ROWS = 1 << 20
+#: Most points drawn in the embedding map.
+MAP_POINTS = 50_000
+#: Example ids listed per status.
+_EXAMPLES = 3
+
+
+def _attr(f: h5py.File, key: str) -> str:
+    v = f.attrs.get(key, "")
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _histogram(ds: h5py.Dataset, bins: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(counts, edges, finite count) of a dataset's finite values, in two streamed passes."""
+    m = ds.shape[0]
+    lo, hi, n = np.inf, -np.inf, 0
+    for a in range(0, m, _READ_ROWS):
+        v = ds[a : a + _READ_ROWS].astype(np.float64)
+        v = v[np.isfinite(v)]
+        if len(v):
+            lo, hi, n = min(lo, v.min()), max(hi, v.max()), n + len(v)
+    if not n:
+        return np.zeros(bins, np.int64), np.linspace(0, 1, bins + 1), 0
+    if hi == lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros(bins, np.int64)
+    for a in range(0, m, _READ_ROWS):
+        v = ds[a : a + _READ_ROWS].astype(np.float64)
+        counts += np.histogram(v[np.isfinite(v)], bins=edges)[0]
+    return counts, edges, n
+
+
+def _plot_histogram(counts: np.ndarray, edges: np.ndarray, name: str, units: str,
+                    threshold: float | None, k: int) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.stairs(counts, edges, fill=True, alpha=0.6)
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="crimson", lw=1.5, label=f"top {k} threshold")
+        ax.legend(loc="upper right")
+    ax.set_xlabel(f"{name}" + (f" ({units})" if units else ""))
+    ax.set_ylabel("structures")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _status_table(f: h5py.File) -> list[tuple[int, int, list[str]]]:
+    """(code, count, example ids) per status present, and the flagged count as code -1."""
+    m = int(f["status"].shape[0])
+    counts = np.zeros(256, np.int64)
+    examples: dict[int, list[str]] = {}
+    flagged, flagged_ex = 0, []
+    for a in range(0, m, _READ_ROWS):
+        st = f["status"][a : a + _READ_ROWS]
+        counts += np.bincount(st, minlength=256)
+        for code in np.unique(st).tolist():
+            have = examples.setdefault(int(code), [])
+            if len(have) < _EXAMPLES:
+                rows = np.flatnonzero(st == code)[: _EXAMPLES - len(have)] + a
+                have += [_id(f, r) for r in rows.tolist()]
+        fl = np.flatnonzero(f["flags"][a : a + _READ_ROWS] & FLAG_UNSEEN_ELEMENT)
+        flagged += len(fl)
+        if len(flagged_ex) < _EXAMPLES:
+            flagged_ex += [_id(f, r + a) for r in fl[: _EXAMPLES - len(flagged_ex)].tolist()]
+    table = [(int(c), int(counts[c]), examples.get(int(c), [])) for c in np.flatnonzero(counts)]
+    return [*table, (-1, flagged, flagged_ex)]
+
+
+def _id(f: h5py.File, row: int) -> str:
+    v = f["ids"][row]
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _embedding_map(f: h5py.File, first: str) -> str | None:
+    """PCA of the embeddings (streamed covariance), a strided sample drawn coloured by the first
+    target; None without embeddings."""
+    if "embeddings" not in f:
+        return None
+    emb, pred = f["embeddings"], f[f"predictions/{first}"]
+    m, d = emb.shape
+    total, s, ss = 0, np.zeros(d), np.zeros((d, d))
+    for a in range(0, m, _READ_ROWS):
+        x = emb[a : a + _READ_ROWS].astype(np.float64)
+        x = x[np.isfinite(x).all(1)]
+        total += len(x)
+        s += x.sum(0)
+        ss += x.T @ x
+    if total < 3:
+        return None
+    mean = s / total
+    cov = ss / total - np.outer(mean, mean)
+    w, v = np.linalg.eigh(cov)
+    axes = v[:, np.argsort(w)[::-1][:2]]
+    stride = max(1, m // MAP_POINTS)
+    rows = np.arange(0, m, stride)[:MAP_POINTS]
+    x = np.concatenate([emb[a : a + _READ_ROWS : stride] for a in range(0, m, _READ_ROWS)])
+    y = np.concatenate([pred[a : a + _READ_ROWS : stride] for a in range(0, m, _READ_ROWS)])
+    x, y = x[: len(rows)], y[: len(rows)]
+    ok = np.isfinite(x).all(1) & np.isfinite(y)
+    xy = (x[ok] - mean) @ axes
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=y[ok], s=3, cmap="viridis", alpha=0.7, linewidths=0)
+    fig.colorbar(sc, ax=ax, label=first)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(f"embeddings of {ok.sum():,} structures" + (" (sampled)" if stride > 1 else ""))
+    return _png(fig)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;
+text-align:left;font-size:.9em}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:
+tabular-nums}code{font-size:.9em}img{max-width:100%}"""
+
+
+def write_report(
+    predictions: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    top: int = 25,
+    order: Literal["asc", "desc"] = "asc",
+    bins: int = 60,
+) -> Path:
+    """Write the HTML report of a predictions file.
+
+    Args:
+        predictions: the file. output: the page (default ``<predictions stem>.report.html``).
+        top: rows of the top-K table (ranked by the first target, ``order``).
+        bins: histogram bins.
+
+    Returns:
+        The page's path.
+
+    Raises:
+        DeepergatError: not a readable predictions file.
+    """
+    path = Path(predictions)
+    out = Path(output) if output else path.with_name(path.stem + ".report.html")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DeepergatError(f"{path}: not a readable predictions file: "
+                             f"{' '.join(str(e).split())[:160]}") from None
+    with f:
+        if _attr(f, "format") != PREDICTIONS_FORMAT:
+            raise DeepergatError(f"{path}: not a deepergat predictions file")
+        names = list(f["predictions"])
+        units = {n: _attr(f["predictions"][n], "units") for n in names}
+        m = int(f["status"].shape[0])
+        spread = "std" in f
+        run = json.loads(_attr(f, "screen_run") or "{}")
+        meta = json.loads(_attr(f, "model_metadata") or "{}")
+        statuses = _status_table(f)
+        rows = top_rows(path, top, order=order) if m else np.zeros(0, np.int64)
+        best = take_rows(path, rows)
+        hists = []
+        for n in names:
+            counts, edges, finite = _histogram(f[f"predictions/{n}"], bins)
+            threshold = float(best["predictions"][n][-1]) if len(rows) and n == names[0] else None
+            hists.append((n, finite, _plot_histogram(counts, edges, n, units[n], threshold,
+                                                     len(rows))))
+        emap = _embedding_map(f, names[0]) if names else None
+        info = [("model", _attr(f, "model")), ("model sha256", _attr(f, "model_sha256")),
+                ("input", _attr(f, "input")), ("input digest", _attr(f, "input_digest")),
+                ("structures", f"{m:,}"), ("written by", _attr(f, "created_by"))]
+    if meta.get("model", {}).get("members"):
+        info.append(("ensemble", f"{meta['model']['members']} members, calibrated std"))
+    if run.get("seconds"):
+        rate = run["structures"] / run["seconds"] if run["seconds"] else 0
+        info.append(("screen", f"{run['structures']:,} structures in {run['seconds']:.1f} s "
+                               f"({rate:,.0f}/s) on {run.get('ranks', 1)} rank(s)"))
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>deepergat report: "
+             f"{e(path.name)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Screening report: {e(path.name)}</h1>",
+             "<h2>The run</h2><table>" + "".join(
+                 f"<tr><th>{e(k)}</th><td><code>{e(v)}</code></td></tr>" for k, v in info)
+             + "</table>"]
+    parts.append("<h2>Predictions</h2>")
+    for n, finite, img in hists:
+        parts.append(f"<h3>{e(n)}{' (' + e(units[n]) + ')' if units[n] else ''}: {finite:,} "
+                     f"values</h3><img alt='histogram of {e(n)}' src='{img}'>")
+    parts.append("<h2>Status and flags</h2><table><tr><th>code</th><th>meaning</th>"
+                 "<th>structures</th><th>examples</th></tr>")
+    for code, count, ex in statuses:
+        meaning = (STATUS_CODES.get(code, "unknown") if code >= 0
+                   else "flag: an element the model never saw in training")
+        label = str(code) if code >= 0 else "flag 1"
+        parts.append(f"<tr><td>{label}</td><td>{e(meaning)}</td><td class='num'>{count:,}</td>"
+                     f"<td>{e(', '.join(ex))}</td></tr>")
+    parts.append("</table>")
+    head = "".join(f"<th>{e(n)}</th>" + (f"<th>{e(n)} std</th>" if spread else "")
+                   for n in names)
+    parts.append(f"<h2 id='top'>Top {len(rows)} by {e(names[0])} "
+                 f"({'lowest' if order == 'asc' else 'highest'} first)</h2>"
+                 f"<table id='top-table'><tr><th>rank</th><th>id</th><th>formula</th>{head}"
+                 "<th>flags</th></tr>")
+    for j in range(len(rows)):
+        cells = "".join(
+            f"<td class='num'>{best['predictions'][n][j]:.6g}</td>"
+            + (f"<td class='num'>{best['std'][n][j]:.3g}</td>" if spread else "")
+            for n in names)
+        parts.append(f"<tr><td class='num'>{j + 1}</td><td>{e(best['ids'][j])}</td>"
+                     f"<td>{e(best['formula'][j])}</td>{cells}"
+                     f"<td class='num'>{int(best['flags'][j])}</td></tr>")
+    parts.append("</table>")
+    if emap is not None:
+        parts.append(f"<h2>Embeddings</h2><img alt='embedding map' src='{emap}'>")
+    parts.append("</body></html>")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, out)
+    return out

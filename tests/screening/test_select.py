@@ -1,0 +1,152 @@
+"""From a screen to a short list: --where parsing (never eval), extract (files ready for DFT
+and selection.csv, refused when the store changed), read_predictions, the HTML report
+(rendered in headless Chromium when it is installed)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from screen_helpers import read_predictions, run_inprocess
+
+from deepergat.cli import main
+from deepergat.errors import DeepergatError
+from deepergat.screening.select import extract, parse_where, where_rows
+
+
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory: pytest.TempPathFactory, screen_store: Path,
+             small_ensemble: dict[str, Any]) -> dict[str, Path]:
+    """The screening store screened by the session ensemble, with embeddings."""
+    root = tmp_path_factory.mktemp("screened")
+    store = root / "cands.h5"
+    shutil.copyfile(screen_store, store)
+    out = root / "cands.predictions.h5"
+    run_inprocess(store, small_ensemble["onnx"], out, chunk_size=64, embeddings=True)
+    return {"store": store, "predictions": out}
+
+
+def test_where_is_parsed_not_evaluated() -> None:
+    cols = ["heat_ref", "heat_ref_std", "status", "flags"]
+    assert parse_where("heat_ref < 0.2", cols) == ("cmp", "heat_ref", "<", 0.2)
+    assert parse_where("0.2 > heat_ref", cols) == ("cmp", "heat_ref", "<", 0.2)
+    tree = parse_where("heat_ref < 0.2 or status == 0 and heat_ref_std <= 5e-2", cols)
+    assert tree == ("or", ("cmp", "heat_ref", "<", 0.2),
+                    ("and", ("cmp", "status", "==", 0.0), ("cmp", "heat_ref_std", "<=", 0.05)))
+    assert parse_where("(heat_ref < 1 or flags == 1) and status == 0", cols)[0] == "and"
+    for bad, message in [("__import__('os').system('x')", "cannot read"),
+                         ("gap < 1", "no column 'gap'"), ("heat_ref <", "expected a number"),
+                         ("heat_ref < 1 and", "expected a column"), ("(status == 0", "parenth"),
+                         ("", "empty")]:
+        with pytest.raises(DeepergatError, match=message):
+            parse_where(bad, cols)
+
+
+def test_where_rows_match_numpy(screened: dict[str, Path]) -> None:
+    p = read_predictions(screened["predictions"])
+    y, s = p["predictions"]["heat_ref"], p["std"]["heat_ref"]
+    cut = float(np.nanmedian(y))
+    rows = where_rows(screened["predictions"], f"heat_ref < {cut} and heat_ref_std > 0 "
+                                               "or flags == 1")
+    with np.errstate(invalid="ignore"):
+        want = np.flatnonzero(((y < cut) & (s > 0)) | (p["flags"] == 1))
+    np.testing.assert_array_equal(rows, want)
+
+
+def test_extract_writes_files_ready_for_dft(screened: dict[str, Path], tmp_path: Path) -> None:
+    from ase.io import read as ase_read
+
+    from deepergat.store import Store
+
+    out = tmp_path / "short"
+    r = CliRunner().invoke(main, ["extract", str(screened["predictions"]), "--top", "5",
+                                  "-o", str(out), "--format", "poscar"])
+    assert r.exit_code == 0, r.output
+    with open(out / "selection.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["id", "formula", "heat_ref", "heat_ref_std", "status", "flags",
+                             "file"]
+    p = read_predictions(screened["predictions"])
+    by_id = {sid: k for k, sid in enumerate(p["ids"])}
+    values = [float(r["heat_ref"]) for r in rows]
+    assert values == sorted(values) and len(rows) == 5
+    with Store(screened["store"]) as s:
+        for r in rows:
+            k = by_id[r["id"]]
+            assert float(r["heat_ref"]) == pytest.approx(p["predictions"]["heat_ref"][k])
+            atoms = ase_read(out / r["file"], format="vasp")
+            want = s.read(k, k + 1).structure(0)
+            np.testing.assert_allclose(atoms.cell.array, want["lattice"], atol=1e-6)
+            np.testing.assert_array_equal(atoms.numbers, want["atomic_numbers"])
+    picked = [p["ids"][0], "cluster-nonperiodic", "bad-zero-atoms"]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(picked) + "\n")
+    r = CliRunner().invoke(main, ["extract", str(screened["predictions"]), "--ids", str(ids),
+                                  "-o", str(tmp_path / "picked")])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "picked" / "selection.csv", newline="") as fh:
+        files = {row["id"]: row["file"] for row in csv.DictReader(fh)}
+    assert list(files) == picked
+    assert files[picked[0]] == f"1_{picked[0]}.cif"  # as asked
+    assert files["cluster-nonperiodic"] == "2_cluster-nonperiodic.extxyz"  # no cell for CIF
+    assert files["bad-zero-atoms"] == ""  # nothing to write
+    assert sorted(f.name for f in (tmp_path / "picked").iterdir()) == sorted(
+        [files[picked[0]], files["cluster-nonperiodic"], "selection.csv"])
+    with pytest.raises(DeepergatError, match="exactly one of --top, --ids, --where"):
+        extract(screened["predictions"], tmp_path / "x", top=3, where="status == 0")
+    with pytest.raises(DeepergatError, match="no structure with id nope"):
+        extract(screened["predictions"], tmp_path / "y", ids=["nope"])
+
+
+def test_extract_refuses_a_changed_store(screened: dict[str, Path], tmp_path: Path) -> None:
+    store = tmp_path / "cands.h5"
+    shutil.copyfile(screened["store"], store)
+    with h5py.File(store, "r+") as f:
+        f["positions"][0] = f["positions"][0] + 0.5
+    with pytest.raises(DeepergatError, match=r"is not the store .* was screened on"):
+        extract(screened["predictions"], tmp_path / "x", top=3, store=store)
+
+
+def test_read_predictions_is_a_dataframe(screened: dict[str, Path]) -> None:
+    pytest.importorskip("pandas")
+    import deepergat
+
+    df = deepergat.read_predictions(str(screened["predictions"]), embeddings=True)
+    p = read_predictions(screened["predictions"])
+    assert list(df.columns) == ["index", "id", "heat_ref", "heat_ref_std", "status", "flags",
+                                "embedding"]
+    assert len(df) == 300 and df["id"].tolist() == p["ids"]
+    np.testing.assert_array_equal(df["status"].to_numpy(), p["status"])
+
+
+def test_report_renders_in_a_browser(screened: dict[str, Path], tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    r = CliRunner().invoke(main, ["report", str(screened["predictions"]), "-o", str(page),
+                                  "--top", "7"])
+    assert r.exit_code == 0, r.output
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 2  # the histogram and the embedding map
+    assert "<script" not in text and "http" not in text.split("<body>")[1]  # self-contained
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium to render the report (.ci/run installs Debian's)")
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    table = dom.split("id=\"top-table\"")[1].split("</table>")[0]
+    p = read_predictions(screened["predictions"])
+    ok = np.flatnonzero(np.isfinite(p["predictions"]["heat_ref"]))
+    best = ok[np.argsort(p["predictions"]["heat_ref"][ok], kind="stable")[:7]]
+    assert table.count("<tr>") == 8  # header + 7 rows
+    for k in best:
+        assert p["ids"][k] in table

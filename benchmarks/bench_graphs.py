@@ -4,6 +4,7 @@ Same structures, one run, for each data set of ../shared/data that is present:
 
 * batched builder, compiled kernel (`build_inputs`, the path training and screening use)
 * batched builder, numpy reference search (``DEEPERGAT_NUMBA=0``)
+* the same two for the minimum-image construction (``graph="minimum-image"``)
 * `neighbor_list` called once per structure
 * the reference pipeline: pymatgen ``Structure.get_neighbor_list`` + nearest 12 per atom,
   per structure (what a per-structure featurizer built on pymatgen does)
@@ -102,6 +103,10 @@ def main() -> None:
             for c in chunks:
                 graphs.build_inputs(c)
 
+        def batched_mic(chunks=chunks) -> None:
+            for c in chunks:
+                graphs.build_inputs(c, graph="minimum-image")
+
         def per_structure(structures=structures) -> None:
             for s in structures:
                 graphs.neighbor_list(
@@ -110,16 +115,21 @@ def main() -> None:
 
         os.environ["DEEPERGAT_NUMBA"] = "1"
         graphs.build_inputs(chunks[0].select(np.arange(2)))  # compile / load the kernel cache
+        graphs.build_inputs(chunks[0].select(np.arange(2)), graph="minimum-image")
         t_fast = best_of(batched, args.repeat)
+        t_fast_mic = best_of(batched_mic, args.repeat)
         t_list = best_of(per_structure, args.repeat)
         os.environ["DEEPERGAT_NUMBA"] = "0"
         t_numpy = best_of(batched, args.repeat)
+        t_numpy_mic = best_of(batched_mic, args.repeat)
         os.environ["DEEPERGAT_NUMBA"] = "1"
         t_pmg = best_of(lambda structures=structures: pymatgen_pipeline(structures), args.repeat)
         atoms = int(batch.n_atoms.sum())
         for label, t in [
             ("batched build_inputs (compiled)", t_fast),
             ("batched build_inputs (numpy)", t_numpy),
+            ("minimum-image build_inputs (compiled)", t_fast_mic),
+            ("minimum-image build_inputs (numpy)", t_numpy_mic),
             ("neighbor_list per structure", t_list),
             ("pymatgen get_neighbor_list + 12 nearest", t_pmg),
         ]:

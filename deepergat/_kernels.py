@@ -15,13 +15,15 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["search_select"]
+__all__ = ["mic_select", "search_select"]
 
 
 @njit(cache=True, nogil=True)
 def _less(d: np.ndarray, z: np.ndarray, nb: np.ndarray, img: np.ndarray, a: int, b: int) -> bool:
-    if d[a] != d[b]:
-        return d[a] < d[b]
+    qa = math.floor(d[a] * 1e9)  # graphs.ORDER_SCALE: distances equal to 1e-9 Å are ties
+    qb = math.floor(d[b] * 1e9)
+    if qa != qb:
+        return qa < qb
     if z[a] != z[b]:
         return z[a] < z[b]
     if nb[a] != nb[b]:
@@ -182,6 +184,171 @@ def search_select(
                 order[b + 1] = cur
             if buf_d[order[0]] < min_dist[s]:
                 min_dist[s] = buf_d[order[0]]
+            last = buf_d[order[min(n, max_neighbors) - 1]] + tie_tol
+            keep = 0
+            for q in range(n):
+                if q < max_neighbors or buf_d[order[q]] <= last:
+                    keep += 1
+                else:
+                    break
+            if e + keep > cap_out:
+                new_cap = max(cap_out * 2, e + keep)
+                tc = np.empty(new_cap, np.int64)
+                tn = np.empty(new_cap, np.int64)
+                td = np.empty(new_cap, np.float64)
+                ti = np.empty((new_cap, 3), np.int64)
+                tc[:e] = out_c[:e]
+                tn[:e] = out_n[:e]
+                td[:e] = out_d[:e]
+                ti[:e] = out_img[:e]
+                out_c, out_n, out_d, out_img = tc, tn, td, ti
+                cap_out = new_cap
+            for q in range(keep):
+                o = order[q]
+                out_c[e] = i
+                out_n[e] = buf_j[o]
+                out_d[e] = buf_d[o]
+                out_img[e, 0] = buf_img[o, 0]
+                out_img[e, 1] = buf_img[o, 1]
+                out_img[e, 2] = buf_img[o, 2]
+                e += 1
+    return out_c[:e], out_n[:e], out_d[:e], out_img[:e], min_dist
+
+
+@njit(cache=True, nogil=True)
+def mic_select(
+    rows_first: np.ndarray,
+    rows_count: np.ndarray,
+    lattice: np.ndarray,
+    pbc: np.ndarray,
+    recip_len: np.ndarray,
+    pos_w: np.ndarray,
+    frac_w: np.ndarray,
+    z: np.ndarray,
+    cutoff: float,
+    max_neighbors: int,
+    tie_tol: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Minimum-image edges of S structures (`deepergat.graphs`, ``graph="minimum-image"``).
+
+    For each pair (i, j ≠ i): the fractional separation wrapped to the nearest image gives an
+    upper bound d₀ of the minimum-image distance; the images that can reach d₀ are enumerated
+    (exact for any cell shape) and the shortest kept. Then each center's ``max_neighbors``
+    nearest within the cutoff, ties kept, ordered as `search_select` orders.
+
+    Returns:
+        center [E], neighbor [E], distance [E] Å, image [E, 3] (relative to the wrapped
+        positions), min_dist [S]: the shortest pair distance, or the shortest lattice vector
+        of the ±1 images when shorter (an atom and its own image); inf when none.
+    """
+    s_count = rows_first.shape[0]
+    n_atoms = pos_w.shape[0]
+    cap_out = max(16, n_atoms * (max_neighbors + 4))
+    out_c = np.empty(cap_out, np.int64)
+    out_n = np.empty(cap_out, np.int64)
+    out_d = np.empty(cap_out, np.float64)
+    out_img = np.empty((cap_out, 3), np.int64)
+    min_dist = np.full(s_count, np.inf)
+    buf_cap = 64
+    buf_j = np.empty(buf_cap, np.int64)
+    buf_d = np.empty(buf_cap, np.float64)
+    buf_img = np.empty((buf_cap, 3), np.int64)
+    buf_z = np.empty(buf_cap, np.int64)
+    df = np.zeros(3)
+    shift = np.zeros(3, np.int64)
+    lo = np.zeros(3, np.int64)
+    hi = np.zeros(3, np.int64)
+    e = 0
+    for s in range(s_count):
+        first = rows_first[s]
+        count = rows_count[s]
+        lat = lattice[s]
+        # an atom and its own images: the shortest of the ±1 lattice combinations
+        for a in range(-1, 2):
+            for b in range(-1, 2):
+                for c in range(-1, 2):
+                    if (a == 0 and b == 0 and c == 0) or (a != 0 and not pbc[s, 0]) or (
+                            b != 0 and not pbc[s, 1]) or (c != 0 and not pbc[s, 2]):
+                        continue
+                    vx = a * lat[0, 0] + b * lat[1, 0] + c * lat[2, 0]
+                    vy = a * lat[0, 1] + b * lat[1, 1] + c * lat[2, 1]
+                    vz = a * lat[0, 2] + b * lat[1, 2] + c * lat[2, 2]
+                    d = math.sqrt(vx * vx + vy * vy + vz * vz)
+                    if d < min_dist[s]:
+                        min_dist[s] = d
+        if count > buf_cap:
+            buf_cap = count * 2
+            buf_j = np.empty(buf_cap, np.int64)
+            buf_d = np.empty(buf_cap, np.float64)
+            buf_img = np.empty((buf_cap, 3), np.int64)
+            buf_z = np.empty(buf_cap, np.int64)
+        for i in range(first, first + count):
+            n = 0
+            for j in range(first, first + count):
+                if j == i:
+                    continue
+                for k in range(3):
+                    df[k] = frac_w[j, k] - frac_w[i, k]
+                    shift[k] = math.floor(df[k] + 0.5) if pbc[s, k] else 0
+                    df[k] -= shift[k]
+                bx = df[0] * lat[0, 0] + df[1] * lat[1, 0] + df[2] * lat[2, 0]
+                by = df[0] * lat[0, 1] + df[1] * lat[1, 1] + df[2] * lat[2, 1]
+                bz = df[0] * lat[0, 2] + df[1] * lat[1, 2] + df[2] * lat[2, 2]
+                best = math.sqrt(bx * bx + by * by + bz * bz) + 1e-9
+                for k in range(3):
+                    if pbc[s, k]:
+                        reach = best * recip_len[s, k]
+                        lo[k] = math.ceil(-reach - df[k])
+                        hi[k] = math.floor(reach - df[k])
+                    else:
+                        lo[k] = 0
+                        hi[k] = 0
+                # the shortest image; exact ties go to the smallest image (lexicographic)
+                best = math.inf
+                ba = bb = bc = 0
+                for a in range(lo[0], hi[0] + 1):
+                    for b in range(lo[1], hi[1] + 1):
+                        for c in range(lo[2], hi[2] + 1):
+                            fx = df[0] + a
+                            fy = df[1] + b
+                            fz = df[2] + c
+                            vx = fx * lat[0, 0] + fy * lat[1, 0] + fz * lat[2, 0]
+                            vy = fx * lat[0, 1] + fy * lat[1, 1] + fz * lat[2, 1]
+                            vz = fx * lat[0, 2] + fy * lat[1, 2] + fz * lat[2, 2]
+                            d = math.sqrt(vx * vx + vy * vy + vz * vz)
+                            if d < best:
+                                best, ba, bb, bc = d, a, b, c
+                # the distance again, as the numpy search computes it (same rounding: the
+                # same order of exact ties): wrapped positions plus the image's vector
+                ia, ib, ic = ba - shift[0], bb - shift[1], bc - shift[2]
+                vx = (pos_w[j, 0] - pos_w[i, 0]) + (ia * lat[0, 0] + ib * lat[1, 0]
+                                                    + ic * lat[2, 0])
+                vy = (pos_w[j, 1] - pos_w[i, 1]) + (ia * lat[0, 1] + ib * lat[1, 1]
+                                                    + ic * lat[2, 1])
+                vz = (pos_w[j, 2] - pos_w[i, 2]) + (ia * lat[0, 2] + ib * lat[1, 2]
+                                                    + ic * lat[2, 2])
+                best = math.sqrt(vx * vx + vy * vy + vz * vz)
+                if best < min_dist[s]:
+                    min_dist[s] = best
+                if best <= cutoff:  # the image applied to j's wrapped position
+                    buf_j[n] = j
+                    buf_d[n] = best
+                    buf_img[n, 0] = ia
+                    buf_img[n, 1] = ib
+                    buf_img[n, 2] = ic
+                    n += 1
+            if n == 0:
+                continue
+            for q in range(n):
+                buf_z[q] = z[buf_j[q]]
+            order = np.argsort(buf_d[:n])
+            for a in range(1, n):
+                cur = order[a]
+                b = a - 1
+                while b >= 0 and _less(buf_d, buf_z, buf_j, buf_img, cur, order[b]):
+                    order[b + 1] = order[b]
+                    b -= 1
+                order[b + 1] = cur
             last = buf_d[order[min(n, max_neighbors) - 1]] + tie_tol
             keep = 0
             for q in range(n):

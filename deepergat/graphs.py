@@ -48,6 +48,7 @@ __all__ = [
     "GRAPH_CONSTRUCTIONS",
     "INPUT_NAMES",
     "OUTPUT_NAMES",
+    "ORDER_SCALE",
     "TIE_TOLERANCE",
     "GraphBatch",
     "GraphConstruction",
@@ -62,6 +63,10 @@ __all__ = [
 
 #: Neighbors within this distance (Å) of the last one kept are kept too.
 TIE_TOLERANCE = 1e-6
+# Edges are ordered by distance counted in 1e-9 Å steps, so that distances equal but for
+# rounding (symmetric neighbors; wrapped or unwrapped positions) order by Z, index and image
+# on every path, not by the last bit.
+ORDER_SCALE = 1e9
 #: Candidates (atom pairs × lattice images) evaluated at once; bounds the search's memory.
 _CANDIDATE_BUDGET = 1 << 20
 #: Lattices whose normalized volume |det| / (|a| |b| |c|) falls below this are singular.
@@ -280,11 +285,24 @@ def _search_select(
     max_neighbors: int,
     graph: GraphConstruction = DEFAULT_GRAPH,
 ) -> tuple[NeighborList, np.ndarray]:
-    """Selected, sorted edges of the given rows and their shortest pair distance: for periodic
-    graphs the compiled kernel when available, else the vectorized numpy search (the
-    reference); minimum-image graphs always take the numpy search."""
+    """Selected, sorted edges of the given rows and their shortest pair distance: the compiled
+    kernel when available, else the vectorized numpy search (the reference)."""
     rows = np.asarray(rows, dtype=np.int64)
     if check_graph(graph) == "minimum-image":
+        if _use_numba() and len(rows):
+            from . import _kernels
+
+            g = _gather(batch, rows)
+            c, nb, d, img, min_dist = _kernels.mic_select(
+                g.local_start, g.n_s, np.ascontiguousarray(g.lattice),
+                np.ascontiguousarray(g.pbc), np.ascontiguousarray(g.recip_len),
+                np.ascontiguousarray(g.pos_w), np.ascontiguousarray(g.frac_w),
+                batch.atomic_numbers[g.atom_index].astype(np.int64), float(cutoff),
+                int(max_neighbors), TIE_TOLERANCE,
+            )
+            edges = NeighborList(g.atom_index[c], g.atom_index[nb], d,
+                                 img - g.shift[nb] + g.shift[c])
+            return edges, min_dist
         edges, min_dist = _search(batch, rows, radius=_min_image_radius(batch, rows, cutoff))
         edges = _minimum_images(edges, cutoff)
         return _select(edges, batch.atomic_numbers, max_neighbors=max_neighbors), min_dist
@@ -536,12 +554,14 @@ def _select(
     *,
     max_neighbors: int,
 ) -> NeighborList:
-    """Sort by (center, distance, neighbor Z, neighbor, image) and keep each center's
-    ``max_neighbors`` nearest plus every neighbor within `TIE_TOLERANCE` of the last kept."""
+    """Sort by (center, distance in `ORDER_SCALE` steps, neighbor Z, neighbor, image); keep
+    each center's ``max_neighbors`` nearest plus every neighbor within `TIE_TOLERANCE` of the
+    last kept."""
     if len(edges.center) == 0:
         return edges
     c, nb, d, img = edges
-    order = np.lexsort((img[:, 2], img[:, 1], img[:, 0], nb, atomic_numbers[nb], d, c))
+    order = np.lexsort((img[:, 2], img[:, 1], img[:, 0], nb, atomic_numbers[nb],
+                        np.floor(d * ORDER_SCALE), c))
     c, nb, d, img = c[order], nb[order], d[order], img[order]
     starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
     counts = np.diff(np.r_[starts, len(c)])

@@ -119,7 +119,8 @@ def test_edges_are_real_vectors_and_sorted() -> None:
     vec = pos[nl.neighbor] + nl.image @ lat - pos[nl.center]
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), nl.distance, atol=1e-10)
     keys = list(
-        zip(nl.center, nl.distance, z[nl.neighbor], nl.neighbor, map(tuple, nl.image), strict=True)
+        zip(nl.center, np.floor(nl.distance * graphs.ORDER_SCALE), z[nl.neighbor], nl.neighbor,
+            map(tuple, nl.image), strict=True)
     )
     assert keys == sorted(keys)
     assert nl.center.dtype == np.int64 and nl.image.dtype == np.int64 and nl.image.shape[1] == 3
@@ -271,9 +272,24 @@ def test_compiled_and_numpy_search_agree(monkeypatch: pytest.MonkeyPatch, search
     structures = _csv_structures("carbon24_dev.csv", 40) + _csv_structures("perov5_dev.csv", 40)
     batch = _batch_of(structures)
     fast, _ = graphs.batch_neighbor_lists(batch)
+    fast_mic, fast_status = graphs.batch_neighbor_lists(batch, graph="minimum-image")
     monkeypatch.setenv("DEEPERGAT_NUMBA", "0")
     ref, _ = graphs.batch_neighbor_lists(batch)
     assert edge_set(fast) == edge_set(ref)
+    ref_mic, ref_status = graphs.batch_neighbor_lists(batch, graph="minimum-image")
+    # the same (center, neighbor) pairs at the same distances (to rounding); the order of
+    # pairs at equal distance and, on exact image ties, the image may differ
+    np.testing.assert_array_equal(fast_status, ref_status)
+    assert len(fast_mic.center) == len(ref_mic.center) > 1000
+    fo = np.lexsort((fast_mic.neighbor, fast_mic.center))
+    ro = np.lexsort((ref_mic.neighbor, ref_mic.center))
+    np.testing.assert_array_equal(fast_mic.center[fo], ref_mic.center[ro])
+    np.testing.assert_array_equal(fast_mic.neighbor[fo], ref_mic.neighbor[ro])
+    np.testing.assert_allclose(fast_mic.distance[fo], ref_mic.distance[ro], rtol=0, atol=1e-12)
+    # each center's edges come nearest first on both paths
+    for e in (fast_mic, ref_mic):
+        same = e.center[1:] == e.center[:-1]
+        assert np.all(e.distance[1:][same] >= e.distance[:-1][same] - 1e-9)
 
 
 def test_statuses_of_bad_structures() -> None:

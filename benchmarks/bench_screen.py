@@ -18,6 +18,16 @@ On ``-n`` generated candidates (benchmarks/make_candidates.py):
 Prints one table. Goals (issue 5, this 2-core machine, the 10-layer bundled model): end to end
 ≥ 450 structures/s; 2 ranks ≥ 1.7× 1 rank at one core per rank; peak RSS per rank < 2 GB on
 1 M candidates.
+
+``--null-model``: the CPU proxy of a GPU screen instead (issue 12). The rank runs exactly as
+with ``--device cuda`` — worker processes do the neighbor search and hand padded batches to the
+rank's main process, which predicts and writes — but the predictor answers at once (zeros of
+the model's shapes). Measured with 1 … ``--proxy-workers`` featurizing workers, in this
+process: structures/s end to end, structures/s per featurizing worker, and the rank main
+process's CPU cost per structure in µs (all its threads: reading, batch hand-over, assembling
+rows, writing parts). A GPU node's rate is then bounded by
+``min(workers × per-worker rate, 10⁶ / main µs, model-alone rate)``; at 100k/s the main
+process has 10 µs per structure.
 """
 
 from __future__ import annotations
@@ -136,6 +146,87 @@ def stage_rates(store_path: Path, model: str | None, n_predict: int, chunk: int,
     serial = ("read", "featurize (1 core)", "predict (1 core)", "write parts", "merge")
     out["serial sum of stages (1 core)"] = 1.0 / sum(1.0 / out[k] for k in serial)
     return out
+
+
+# ------------------------------------------------------------------- the CPU proxy of a GPU
+
+
+class NullPredictor:
+    """A loaded predictor's metadata and shapes, answering at once (zeros): the screening
+    pipeline's own cost with the model's time taken out. Claims to be on a GPU so the rank
+    takes the GPU path (workers featurize, this process predicts, GPU batch sizes)."""
+
+    def __init__(self, real: Any, *, targets: int, dim: int, spread: bool) -> None:
+        self.metadata = real.metadata
+        self.sha256 = real.sha256
+        self.path = real.path
+        self.device = "cuda:0 (null model)"
+        self.backend = "null"
+        self._shapes = (targets, dim, spread)
+
+    def predict(self, inputs: Any) -> Any:
+        from deepergat.export.predictor import Prediction
+
+        t, d, spread = self._shapes
+        c = inputs["crystal_atoms"].shape[0]
+        z = np.zeros((c, t), np.float32)
+        return Prediction(z, np.zeros((c, d), np.float32), z if spread else None)
+
+
+def null_model_proxy(store: Path, model: str | None, workdir: Path, max_workers: int
+                     ) -> list[tuple[str, str, str, str]]:
+    """Table rows of the CPU proxy (module docstring): each worker count, in this process."""
+    from deepergat.screening import pipeline as pipeline_mod
+    from deepergat.screening import run as run_mod
+    from deepergat.screening.mpi import connect
+    from deepergat.screening.pipeline import start_forkserver
+
+    real_load = run_mod._load_model
+    real_run = pipeline_mod.Pipeline.run
+    measured: dict[str, float] = {}
+
+    def load(model: str | None, device: tuple[str, int], *args: Any, **kw: Any) -> Any:
+        m = real_load(model, ("cpu", 0), 1, *args[1:], **kw)
+        m.predictor = NullPredictor(m.predictor, targets=len(m.targets), dim=m.embedding_dim,
+                                    spread=m.spread)
+        return m
+
+    def timed_run(self: Any, *args: Any, **kw: Any) -> Any:
+        cpu0 = time.process_time()
+        stats = real_run(self, *args, **kw)
+        measured["main_cpu"] = time.process_time() - cpu0
+        measured["workers_featurize"] = stats.featurize
+        measured["seconds"] = stats.seconds
+        measured["structures"] = stats.structures
+        return stats
+
+    run_mod._load_model = load  # type: ignore[assignment]
+    run_mod.pick_device = lambda *a, **k: ("cuda", 0)  # type: ignore[assignment]
+    pipeline_mod.Pipeline.run = timed_run  # type: ignore[method-assign]
+    start_forkserver()
+    ranks = connect({})
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        for workers in range(1, max_workers + 1):
+            opts = run_mod.ScreenOptions(input=store, model=model,
+                                         output=workdir / "proxy.predictions.h5",
+                                         workers=workers, resume=False)
+            run_mod.screen(opts, ranks)
+            n, secs = measured["structures"], measured["seconds"]
+            main_us = 1e6 * measured["main_cpu"] / n
+            per_worker = _rate(n, measured["workers_featurize"])
+            bound = min(workers * per_worker, 1e6 / main_us)
+            rows.append((f"null model, {workers} featurizing worker(s): end to end",
+                         f"{n / secs:,.0f}", f"{main_us:.1f} µs/structure", ""))
+            rows.append((f"null model, {workers} worker(s): neighbor search per worker",
+                         f"{per_worker:,.0f}", f"bound {bound:,.0f}/s", ""))
+            print(f"proxy, {workers} workers: {n / secs:,.0f} structures/s, main process "
+                  f"{main_us:.1f} µs/structure, {per_worker:,.0f}/s per featurizing worker",
+                  file=sys.stderr)
+    finally:
+        run_mod._load_model = real_load  # type: ignore[assignment]
+        pipeline_mod.Pipeline.run = real_run  # type: ignore[method-assign]
+    return rows
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -298,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder for stores and outputs (default: <tmp>/deepergat-bench-screen)")
     p.add_argument("--skip-timings", action="store_true",
                    help="only the memory runs (skip the stages and the -n runs)")
+    p.add_argument("--null-model", action="store_true",
+                   help="the CPU proxy of a GPU screen instead (see the module docstring)")
+    p.add_argument("--proxy-workers", type=int, default=None,
+                   help="--null-model: up to this many featurizing workers (default: cores − 1, "
+                        "at least 1)")
     args = p.parse_args(argv)
     workdir = Path(args.workdir or Path(tempfile.gettempdir()) / "deepergat-bench-screen")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
 
     rows: list[tuple[str, str, str, str]] = []
-    if not args.skip_timings:
+    if args.null_model:
+        rows += null_model_proxy(store, args.model, workdir,
+                                 args.proxy_workers or max(1, cores - 1))
+        args.big = 0
+    elif not args.skip_timings:
         rows += timings(store, args.model, args.stage_predict, workdir, env)
 
     if args.big:
@@ -327,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"memory run: {args.big:,}, 2 ranks, no model calls, merged",
                      f"{r['rate']:,.0f}", f"{r['wall_rate']:,.0f}", rss))
 
-    head = ("what", "structures/s (screen)", "structures/s (whole command)", "peak RSS/rank MB")
+    head = (("what", "structures/s", "main process / bound", "") if args.null_model else
+            ("what", "structures/s (screen)", "structures/s (whole command)", "peak RSS/rank MB"))
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(4)]
     print(f"\nbench_screen: {args.n:,} candidates, {cores} cores, model "
           f"{args.model or '(bundled)'}")

@@ -40,12 +40,12 @@ from .contract import (
     OUTPUT_NAMES,
     GraphConstruction,
 )
+from .graphmodel import GraphModel
 from .graphs import check_graph
 from .layers import (
     AGATConv,
     DiffGroupNorm,
     Form,
-    GaussianExpansion,
     GlobalAttention,
     check_form,
 )
@@ -62,10 +62,7 @@ __all__ = [
 ]
 
 
-
-
-
-class DeeperGATGNN(nn.Module):
+class DeeperGATGNN(GraphModel):
     """Deep augmented graph-attention network with DiffGroupNorm and skips.
 
     Args:
@@ -125,10 +122,12 @@ class DeeperGATGNN(nn.Module):
         target_mean: list[float] | None = None,
         target_std: list[float] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            gaussians=gaussians, gaussian_width=gaussian_width, cutoff=cutoff,
+            max_neighbors=max_neighbors, distance_scale=distance_scale, targets=targets,
+            per_atom=per_atom, target_mean=target_mean, target_std=target_std,
+        )
         graph = check_graph(graph)
-        if distance_scale is not None and not float(distance_scale) > 0:
-            raise ValueError(f"distance_scale must be a positive length in Å, got {distance_scale}")
         self.config: dict[str, Any] = {
             "dim": dim,
             "layers": layers,
@@ -147,23 +146,9 @@ class DeeperGATGNN(nn.Module):
             "negative_slope": negative_slope,
             "agat_form": agat_form,
         }
-        self.per_atom = per_atom
         self.skip = skip
         self.negative_slope = negative_slope
-        degree_classes = max_neighbors + 2
-        # Constants as buffers: a saved or exported model carries them.
-        self.register_buffer("element_table", torch.eye(MAX_Z))  # row Z-1: one-hot of Z
-        self.register_buffer("degree_classes", torch.arange(degree_classes))
-        self.max_degree_class = degree_classes - 1
-        self.register_buffer("composition_index", torch.arange(COMPOSITION_SIZE))
-        self.register_buffer("max_neighbors", torch.tensor(max_neighbors, dtype=torch.long))
-        mean = torch.zeros(targets) if target_mean is None else torch.tensor(target_mean)
-        std = torch.ones(targets) if target_std is None else torch.tensor(target_std)
-        self.register_buffer("target_mean", mean.to(torch.get_default_dtype()).reshape(targets))
-        self.register_buffer("target_std", std.to(torch.get_default_dtype()).reshape(targets))
-        scale = cutoff if distance_scale is None else float(distance_scale)
-        self.expansion = GaussianExpansion(gaussians, cutoff=scale, width=gaussian_width)
-        self.node_embedding = nn.Linear(MAX_Z + degree_classes, dim)
+        self.node_embedding = nn.Linear(self.atom_feature_size, dim)
         self.edge_embedding = nn.Linear(gaussians, dim)
         self.convs = nn.ModuleList(AGATConv(dim, heads, form=agat_form) for _ in range(layers))
         self.norms = nn.ModuleList(
@@ -175,18 +160,6 @@ class DeeperGATGNN(nn.Module):
 
     # ------------------------------------------------------------------ helpers
 
-    @property
-    def cutoff(self) -> float:
-        """Graph cutoff, Å."""
-        return float(self.config["cutoff"])
-
-    def set_target_scaling(self, mean: Tensor | list[float], std: Tensor | list[float]) -> None:
-        """Set the [T] target mean and std (training-set statistics, in the targets' units)."""
-        mean_t = torch.as_tensor(mean, dtype=self.target_mean.dtype).reshape(-1)
-        std_t = torch.as_tensor(std, dtype=self.target_std.dtype).reshape(-1)
-        self.target_mean.copy_(mean_t)
-        self.target_std.copy_(std_t)
-
     def set_agat_form(self, form: Form) -> None:
         """Switch every layer between the rewritten and the direct form (results are equal):
         the AGAT projection and the eval-mode DiffGroupNorm (see their classes)."""
@@ -196,27 +169,6 @@ class DeeperGATGNN(nn.Module):
         for norm in self.norms:
             norm.form = form
         self.config["agat_form"] = form
-
-    def atom_features(self, atomic_numbers: Tensor, neighbor_mask: Tensor) -> Tensor:
-        """[N, 100 + max_neighbors + 2] one-hot Z ‖ one-hot degree (self loop included)."""
-        z = (atomic_numbers - 1).clamp(0, MAX_Z - 1)  # Z outside 1..100: screened earlier
-        # the bound is a Python int fixed at init: a bound taken from a tensor's shape would be
-        # traced into a CPU tensor and pin exported files to the CPU
-        degree = neighbor_mask.sum(1).clamp(max=self.max_degree_class)
-        dtype = self.element_table.dtype
-        one_hot_degree = (degree.unsqueeze(1) == self.degree_classes).to(dtype)
-        return torch.cat([self.element_table[z], one_hot_degree], dim=1)
-
-    def composition(
-        self, atomic_numbers: Tensor, crystal_atoms: Tensor, crystal_mask: Tensor
-    ) -> Tensor:
-        """[C, 108] element fractions of each crystal (index Z)."""
-        z = atomic_numbers.clamp(0, COMPOSITION_SIZE - 1)
-        dtype = self.element_table.dtype
-        one_hot = (z[crystal_atoms].unsqueeze(-1) == self.composition_index).to(dtype)
-        m = crystal_mask.to(dtype)
-        counts = (one_hot * m.unsqueeze(-1)).sum(1)
-        return counts / m.sum(1, keepdim=True)
 
     # ------------------------------------------------------------------ forward
 
@@ -243,14 +195,7 @@ class DeeperGATGNN(nn.Module):
         x = x * g.unsqueeze(1)
         m = crystal_mask.to(x.dtype).unsqueeze(-1)
         embedding = (x[crystal_atoms] * m).sum(1)  # [C, D] sum pooling over real atoms
-        prediction = self.head(embedding) * self.target_std + self.target_mean
-        if self.per_atom:
-            prediction = prediction * m.sum(1)
-        return prediction, embedding
-
-    def forward_inputs(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """`forward` on a dict keyed by `INPUT_NAMES`."""
-        return self(*(inputs[name] for name in INPUT_NAMES))
+        return self.scale_output(self.head(embedding), crystal_mask), embedding
 
 
 class DeeperGATGNNEnsemble(nn.Module):

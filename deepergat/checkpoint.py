@@ -20,12 +20,15 @@ from typing import Any
 import torch
 
 from . import __version__
+from .architectures import architecture_name
 from .errors import DeepergatError
 from .files import file_sha256
+from .graphmodel import GraphModel
 from .graphs import graph_settings
-from .model import DeeperGATGNN, DeeperGATGNNEnsemble, build_from_config
+from .model import DeeperGATGNNEnsemble, build_from_config
 
 __all__ = [
+    "ARCH_FORMAT",
     "CHECKPOINT_FORMAT",
     "ENSEMBLE_FORMAT",
     "Checkpoint",
@@ -40,12 +43,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bumped only when the dict's layout changes incompatibly: single models are written as
-#: format 1, ensembles (``members`` in the constructor arguments, which older readers cannot
-#: rebuild) as `ENSEMBLE_FORMAT`.
+#: Bumped only when the dict's layout changes incompatibly: DeeperGATGNN single models are
+#: written as format 1, their ensembles (``members`` in the constructor arguments, which older
+#: readers cannot rebuild) as `ENSEMBLE_FORMAT`, and every other architecture (an ``arch`` or
+#: ``batch_norm`` argument: `deepergat.nets`, the paper's GATGNN), single or ensemble, as
+#: `ARCH_FORMAT`.
 CHECKPOINT_FORMAT = 1
 ENSEMBLE_FORMAT = 2
-_READABLE = (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT)
+ARCH_FORMAT = 3
+_READABLE = (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT, ARCH_FORMAT)
 _KIND = "deepergat-checkpoint"
 
 
@@ -54,12 +60,13 @@ class Checkpoint:
     """A loaded checkpoint: the rebuilt model (eval mode, CPU) and its metadata.
 
     Attributes:
-        model: the `DeeperGATGNN` (or `DeeperGATGNNEnsemble`) with its weights.
+        model: the model (`DeeperGATGNN`, a `deepergat.nets` architecture, or an ensemble of
+            one) with its weights.
         path: where it was read from.
         data: the whole checkpoint dict (training state included, if any).
     """
 
-    model: DeeperGATGNN | DeeperGATGNNEnsemble
+    model: GraphModel | DeeperGATGNNEnsemble
     path: Path
     data: dict[str, Any] = field(repr=False)
 
@@ -89,7 +96,7 @@ class Checkpoint:
 
 
 def make_checkpoint(
-    model: DeeperGATGNN | DeeperGATGNNEnsemble,
+    model: GraphModel | DeeperGATGNNEnsemble,
     *,
     targets: Sequence[str],
     units: Sequence[str],
@@ -117,7 +124,7 @@ def make_checkpoint(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {
         "kind": _KIND,
-        "format": ENSEMBLE_FORMAT if "members" in config else CHECKPOINT_FORMAT,
+        "format": checkpoint_format(config),
         "created_by": f"deepergat {__version__}",
         "model": config,
         "graph": graph_settings(config),
@@ -134,6 +141,13 @@ def make_checkpoint(
     }
 
 
+def checkpoint_format(config: Mapping[str, Any]) -> int:
+    """The checkpoint format a model's constructor arguments need (see `CHECKPOINT_FORMAT`)."""
+    if "arch" in config or "batch_norm" in config:
+        return ARCH_FORMAT
+    return ENSEMBLE_FORMAT if "members" in config else CHECKPOINT_FORMAT
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` to ``<path>.tmp`` then rename into place: readers never see half a file."""
     path = Path(path)
@@ -142,7 +156,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: DeeperGATGNN | DeeperGATGNNEnsemble,
+def save_checkpoint(path: str | os.PathLike[str], model: GraphModel | DeeperGATGNNEnsemble,
                     **kwargs: Any) -> None:
     """`make_checkpoint` and `atomic_save` in one call."""
     atomic_save(make_checkpoint(model, **kwargs), path)
@@ -182,7 +196,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def build_model(data: Mapping[str, Any]) -> DeeperGATGNN | DeeperGATGNNEnsemble:
+def build_model(data: Mapping[str, Any]) -> GraphModel | DeeperGATGNNEnsemble:
     """A model rebuilt from a checkpoint dict's constructor arguments and weights (eval mode):
     a `DeeperGATGNNEnsemble` when the arguments name ``members``."""
     model = build_from_config(dict(data["model"]))
@@ -209,7 +223,8 @@ def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[s
     """The docs/design.md metadata document of a checkpoint, for exported files.
 
     Returns:
-        JSON-serializable dict: ``format`` (checkpoint format of the source), ``model``
+        JSON-serializable dict: ``format`` (checkpoint format of the source), ``architecture``
+        (the paper's name: "DeeperGATGNN", "CGCNN", "DeeperSchNet", …), ``model``
         (constructor arguments; ``members`` K for an ensemble), ``graph`` {cutoff,
         max_neighbors, construction}, ``targets`` [{name, units, mean, std}], ``elements``,
         ``store_digest``, ``package_version``, ``source_sha256`` (of the checkpoint file; empty
@@ -221,6 +236,7 @@ def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[s
         data, sha = read_checkpoint(path_or_data), file_sha256(path_or_data)
     return {
         "format": int(data["format"]),
+        "architecture": architecture_name(dict(data["model"])),
         "model": dict(data["model"]),
         "graph": dict(data["graph"]),
         "targets": [

@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import __version__
+from .architectures import ARCH_DEFAULTS, ARCHITECTURES
 from .config import DEFAULTS
 from .contract import GRAPH_CONSTRUCTIONS
 from .errors import DeepergatError, environment_error
@@ -255,7 +256,8 @@ def info(file: str, *, as_json: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 _TRAIN_OPTIONS = (
-    "data", "target", "val_data", "val_fraction", "test_data", "test_fraction", "layers",
+    "data", "target", "val_data", "val_fraction", "test_data", "test_fraction", "arch", "deeper",
+    "layers",
     "epochs", "batch_size", "lr", "seed", "per_atom", "init_from", "early_stop", "max_time",
     "device", "cache_dir", "out", "resume", "cv", "graph", "distance_scale", "ensemble",
     "members",
@@ -284,13 +286,21 @@ Examples:
 @click.option("--test-fraction", type=float, help="Fraction of --data held out for testing.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="YAML run configuration; command-line options override it.")
-@click.option("--layers", type=int, default=DEFAULTS.layers, show_default=True,
-              help="AGAT layers.")
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default=DEFAULTS.arch,
+              show_default=True,
+              help="Architecture (the paper's models; deepergatgnn is gatgnn --deeper).")
+@click.option("--deeper", is_flag=True,
+              help="The paper's Deeper variant: DiffGroupNorm and skip connections.")
+@click.option("--layers", type=int,
+              help="Graph-convolution layers [the architecture's: "
+                   + ", ".join(f"{a} {d['layers'][0]}" for a, d in ARCH_DEFAULTS.items())
+                   + f"; Deeper variants {ARCH_DEFAULTS['cgcnn']['layers'][1]}].")
 @click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True,
               help="Crystals a step.")
-@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True,
-              help="AdamW learning rate.")
+@click.option("--lr", type=float,
+              help="AdamW learning rate [the architecture's: "
+                   + ", ".join(f"{a} {d['lr']:g}" for a, d in ARCH_DEFAULTS.items()) + "].")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @click.option("--per-atom", is_flag=True, help="Extensive target: learn it per atom.")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start from these weights.")
@@ -315,7 +325,7 @@ Examples:
               help="Length mapped onto the last distance Gaussian.")
 @click.pass_context
 def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
-    """Train a DeeperGATGNN on a structure store."""
+    """Train a model (DeeperGATGNN by default) on a structure store."""
     import yaml
 
     from .config import TrainConfig, parse_max_time

@@ -27,7 +27,13 @@ class TrainConfig:
         test_data / test_fraction: a test store, or the fraction of ``data`` held out (default
             none).
         out: run folder.
-        layers, epochs, batch_size, lr, seed, per_atom: as the CLI options.
+        arch: the architecture (`deepergat.architectures`: ``deepergatgnn``, ``gatgnn``,
+            ``cgcnn``, ``schnet``, ``megnet``, ``mpnn``). deeper: its Deeper variant
+            (DiffGroupNorm and skip connections; ``deepergatgnn`` is ``gatgnn`` deeper).
+        layers, lr: graph layers and AdamW learning rate; None (the default) takes the
+            architecture's (`ARCH_DEFAULTS`, the paper's benchmark settings) when the config
+            is built.
+        epochs, batch_size, seed, per_atom: as the CLI options.
         init_from: checkpoint whose weights start the run (fine-tuning).
         early_stop: stop after this many epochs without a better validation MAE.
         max_time: seconds of wall time after which the run stops as on a signal.
@@ -63,10 +69,12 @@ class TrainConfig:
     val_fraction: float | None = None
     test_data: str | None = None
     test_fraction: float | None = None
-    layers: int = 10
+    arch: str = "deepergatgnn"
+    deeper: bool = False
+    layers: int | None = None
     epochs: int = 500
     batch_size: int = 100
-    lr: float = 0.005
+    lr: float | None = None
     seed: int = 0
     per_atom: bool = False
     init_from: str | None = None
@@ -94,6 +102,16 @@ class TrainConfig:
     lr_threshold: float = 2e-4
     curve_every: int = 10
 
+    def __post_init__(self) -> None:
+        from .architectures import ARCH_DEFAULTS
+
+        defaults = ARCH_DEFAULTS.get(self.arch)
+        if defaults is not None:  # an unknown arch is reported by validate()
+            if self.layers is None:
+                self.layers = int(defaults["layers"][1 if self.deeper else 0])
+            if self.lr is None:
+                self.lr = float(defaults["lr"])
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Build from a dict whose keys are field names (dashes allowed)."""
@@ -114,9 +132,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check the choice-valued settings; DeepergatError naming the choices."""
+        from .architectures import ARCHITECTURES
         from .contract import GRAPH_CONSTRUCTIONS
 
-        choices = {"graph": GRAPH_CONSTRUCTIONS, "lr_monitor": ("val", "train"),
+        choices = {"arch": ARCHITECTURES, "graph": GRAPH_CONSTRUCTIONS,
+                   "lr_monitor": ("val", "train"),
                    "keep": ("best", "last"), "members": ("folds", "seeds"),
                    "lr_schedule": ("plateau", "cosine")}
         for name, allowed in choices.items():

@@ -59,6 +59,7 @@ __all__ = [
     "DeeperGATGNNEnsemble",
     "build_from_config",
     "count_parameters",
+    "make_model",
 ]
 
 
@@ -80,6 +81,7 @@ class DeeperGATGNN(GraphModel):
             it from the training graphs' longest edge; it is fixed in the model thereafter, so
             a structure gets the same features at training and prediction time.
         dgn: DiffGroupNorm after each layer.
+        batch_norm: BatchNorm1d after each layer instead (the paper's GATGNN; not with dgn).
         skip: residual skip x ← x + x_prev after each layer.
         groups: DiffGroupNorm groups.
         targets: number of targets T.
@@ -91,7 +93,7 @@ class DeeperGATGNN(GraphModel):
         target_mean, target_std: [T] scaling; prediction = raw · std + mean (set from the
             training set with `set_target_scaling`).
 
-    ``layers=5, dgn=False, skip=False`` is the shallow GATGNN.
+    ``layers=5, dgn=False, skip=False, batch_norm=True`` is the paper's GATGNN.
 
     Shapes:
         Inputs (docs/design.md): atomic_numbers [N] int64, neighbors [N, K] int64, distances [N, K]
@@ -114,6 +116,7 @@ class DeeperGATGNN(GraphModel):
         distance_scale: float | None = None,
         dgn: bool = True,
         skip: bool = True,
+        batch_norm: bool = False,
         groups: int = 10,
         targets: int = 1,
         per_atom: bool = False,
@@ -128,6 +131,8 @@ class DeeperGATGNN(GraphModel):
             per_atom=per_atom, target_mean=target_mean, target_std=target_std,
         )
         graph = check_graph(graph)
+        if dgn and batch_norm:
+            raise ValueError("dgn and batch_norm exclude each other: one norm per layer")
         self.config: dict[str, Any] = {
             "dim": dim,
             "layers": layers,
@@ -145,6 +150,9 @@ class DeeperGATGNN(GraphModel):
             "per_atom": per_atom,
             "negative_slope": negative_slope,
             "agat_form": agat_form,
+            # written only when set: checkpoints of the default model stay readable by
+            # releases that predate the option
+            **({"batch_norm": True} if batch_norm else {}),
         }
         self.skip = skip
         self.negative_slope = negative_slope
@@ -152,7 +160,8 @@ class DeeperGATGNN(GraphModel):
         self.edge_embedding = nn.Linear(gaussians, dim)
         self.convs = nn.ModuleList(AGATConv(dim, heads, form=agat_form) for _ in range(layers))
         self.norms = nn.ModuleList(
-            DiffGroupNorm(dim, groups, form=agat_form) if dgn else nn.Identity()
+            DiffGroupNorm(dim, groups, form=agat_form) if dgn
+            else nn.BatchNorm1d(dim) if batch_norm else nn.Identity()
             for _ in range(layers)
         )
         self.global_attention = GlobalAttention(dim, COMPOSITION_SIZE)
@@ -199,7 +208,8 @@ class DeeperGATGNN(GraphModel):
 
 
 class DeeperGATGNNEnsemble(nn.Module):
-    """K DeeperGATGNN members with one set of graph settings, run as one model.
+    """K members of one architecture (DeeperGATGNN or any of `deepergat.nets`) with one set of
+    graph settings, run as one model.
 
     Members share every constructor argument (graph settings, distance scale, targets, sizes);
     each keeps its own weights and target scaling. The outputs are the members' mean
@@ -210,7 +220,8 @@ class DeeperGATGNNEnsemble(nn.Module):
     Args:
         members: K ≥ 2.
         std_scale: [T] calibration factors (default 1: the raw spread).
-        **member_config: `DeeperGATGNN` constructor arguments, shared by every member.
+        **member_config: the members' constructor arguments (`build_from_config`'s dict of a
+            single model), shared by every member.
 
     Shapes:
         Inputs as `DeeperGATGNN`. Outputs: (prediction [C, T], embedding [C, D], std [C, T]).
@@ -221,7 +232,8 @@ class DeeperGATGNNEnsemble(nn.Module):
         super().__init__()
         if int(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {members}")
-        self.members = nn.ModuleList(DeeperGATGNN(**member_config) for _ in range(int(members)))
+        self.members = nn.ModuleList(build_from_config(member_config)
+                                     for _ in range(int(members)))
         first = self.members[0]
         t = first.config["targets"]
         scale = torch.ones(t) if std_scale is None else torch.tensor(std_scale)
@@ -244,10 +256,13 @@ class DeeperGATGNNEnsemble(nn.Module):
         return torch.stack([m.target_std for m in self.members]).mean(0)
 
     def set_agat_form(self, form: Form) -> None:
-        """`DeeperGATGNN.set_agat_form` on every member."""
+        """`DeeperGATGNN.set_agat_form` on every member (other architectures have one form)."""
+        form = check_form(form)
         for m in self.members:
-            m.set_agat_form(form)
-        self.config["agat_form"] = check_form(form)
+            if isinstance(m, DeeperGATGNN):
+                m.set_agat_form(form)
+        if "agat_form" in self.config:
+            self.config["agat_form"] = form
 
     def set_std_scale(self, scale: Tensor | list[float]) -> None:
         """Set the [T] calibration factors."""
@@ -281,12 +296,41 @@ class DeeperGATGNNEnsemble(nn.Module):
         return self(*(inputs[name] for name in INPUT_NAMES))
 
 
-def build_from_config(config: dict[str, Any]) -> DeeperGATGNN | DeeperGATGNNEnsemble:
-    """The model a saved constructor-argument dict describes (an ensemble when it has
-    ``members``)."""
+def build_from_config(config: dict[str, Any]) -> GraphModel | DeeperGATGNNEnsemble:
+    """The model a saved constructor-argument dict describes: an ensemble when it has
+    ``members``, else the class its ``arch`` names (none: `DeeperGATGNN`)."""
+    config = dict(config)
     if "members" in config:
         return DeeperGATGNNEnsemble(**config)
-    return DeeperGATGNN(**config)
+    arch = config.pop("arch", None)
+    if arch is None:
+        return DeeperGATGNN(**config)
+    from .nets import NETS
+
+    if arch not in NETS:
+        raise ValueError(f"unknown architecture {arch!r} (this deepergat builds "
+                         f"{', '.join(['deepergatgnn', 'gatgnn', *NETS])})")
+    return NETS[arch](**config)
+
+
+def make_model(arch: str, *, deeper: bool = False, **kwargs: Any) -> GraphModel:
+    """A new model of a `deepergat.nets.Architecture` (``deepergat train --arch``).
+
+    Args:
+        arch: ``deepergatgnn`` (= ``gatgnn`` with ``deeper``), ``gatgnn``, ``cgcnn``,
+            ``schnet``, ``megnet`` or ``mpnn``.
+        deeper: the paper's Deeper variant (DiffGroupNorm and skip connections).
+        **kwargs: constructor arguments (layers, graph settings, targets, …).
+    """
+    from .architectures import check_architecture
+    from .nets import NETS
+
+    arch = check_architecture(arch)
+    if arch == "deepergatgnn" or (arch == "gatgnn" and deeper):
+        return DeeperGATGNN(**kwargs)
+    if arch == "gatgnn":
+        return DeeperGATGNN(**{"dgn": False, "skip": False, "batch_norm": True, **kwargs})
+    return NETS[arch](deeper=deeper, **kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

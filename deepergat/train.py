@@ -52,6 +52,7 @@ from .checkpoint import atomic_save, make_checkpoint, read_checkpoint
 from .config import TrainConfig, parse_max_time
 from .data import GraphSet, load_graphs, to_tensors
 from .errors import DeepergatError
+from .graphmodel import GraphModel
 from .launch import (
     LaunchInfo,
     launch_info,
@@ -59,7 +60,7 @@ from .launch import (
     setup_distributed,
     teardown_distributed,
 )
-from .model import DeeperGATGNN
+from .model import make_model
 
 __all__ = [
     "EpochRecord",
@@ -421,15 +422,15 @@ def plot_learning_curve(rows: list[EpochRecord], path: Path, *, units: str = "",
 
 
 def _build_model(cfg: TrainConfig, mean: float, std: float,
-                 distance_scale: float | None) -> DeeperGATGNN:
+                 distance_scale: float | None) -> GraphModel:
     kwargs = dict(cfg.model)
     kwargs.update(layers=cfg.layers, per_atom=cfg.per_atom, targets=1, cutoff=cfg.cutoff,
                   max_neighbors=cfg.max_neighbors, graph=cfg.graph,
                   distance_scale=distance_scale)
     try:
-        model = DeeperGATGNN(**kwargs)
+        model = make_model(cfg.arch, deeper=cfg.deeper, **kwargs)
     except (TypeError, ValueError) as e:
-        raise DeepergatError(f"model settings: {e}") from None
+        raise DeepergatError(f"model settings ({cfg.arch}): {e}") from None
     model.set_target_scaling([mean], [std])
     if cfg.init_from:
         data = read_checkpoint(cfg.init_from)
@@ -552,7 +553,7 @@ class _Run:
     info: LaunchInfo
     device: torch.device
     splits: RunSplits
-    model: DeeperGATGNN
+    model: GraphModel
     net: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -850,7 +851,7 @@ def _stop_reason(stopper: _Stopper, cfg: TrainConfig, t_start: float) -> str | N
     return None
 
 
-def _best_model(path: Path, device: torch.device) -> DeeperGATGNN:
+def _best_model(path: Path, device: torch.device) -> GraphModel:
     from .checkpoint import build_model
 
     return build_model(read_checkpoint(path)).to(device)

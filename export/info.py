@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from deepergat.architectures import architecture_name
 from deepergat.files import file_sha256
 from deepergat.graphs import graph_settings
 
@@ -52,6 +53,10 @@ def format_model(info: dict[str, Any], path: str) -> list[str]:
     fmt = (f"exported-file format {meta.get('format')}" if kind != CHECKPOINT_KIND
            else f"checkpoint format {meta.get('format')}")
     lines = [f"{path}: {title} ({fmt}, {info['size'] / 1e6:.2f} MB)"]
+    model_args = meta.get("model", {})
+    name = meta.get("architecture") or architecture_name(model_args)  # older files: derived
+    members = f", {model_args['members']} members" if "members" in model_args else ""
+    lines.append(f"  architecture     {name}, {model_args.get('layers', '?')} layers{members}")
     for t in meta["targets"]:
         units = f" [{t['units']}]" if t.get("units") else ""
         lines.append(f"  target           {t['name']}{units}: training mean {t['mean']:.6g}, "

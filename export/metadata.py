@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from deepergat.architectures import architecture_name
 from deepergat.contract import MODEL_FORMATS
 from deepergat.errors import DeepergatError
 from deepergat.graphs import graph_settings
@@ -75,10 +76,10 @@ def exported_metadata(
 
     Returns:
         JSON-ready dict: ``kind``, ``format`` (`EXPORT_FORMAT`), ``checkpoint_format``,
-        ``model``, ``graph`` {cutoff Å, max_neighbors, construction}, ``targets`` [{name,
-        units, mean, std}], ``elements`` [Z], ``store_digest``, ``package_version``,
-        ``source_sha256``, ``inputs``, ``outputs``, ``exporter``, ``parity``; an ensemble's
-        adds ``calibration``.
+        ``architecture`` (the paper's name of the model), ``model``, ``graph`` {cutoff Å,
+        max_neighbors, construction}, ``targets`` [{name, units, mean, std}], ``elements`` [Z],
+        ``store_digest``, ``package_version``, ``source_sha256``, ``inputs``, ``outputs``,
+        ``exporter``, ``parity``; an ensemble's adds ``calibration``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
@@ -88,6 +89,7 @@ def exported_metadata(
         "kind": KINDS[kind],
         "format": EXPORT_FORMAT,
         "checkpoint_format": int(source["format"]),
+        "architecture": architecture_name(dict(source["model"])),
         "model": dict(source["model"]),
         "graph": graph_settings(source["graph"]),
         "targets": [dict(t) for t in source["targets"]],

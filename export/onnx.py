@@ -55,10 +55,10 @@ MIN_OPSET = 18
 #: absent: their CUDA kernels use atomics (non-deterministic) and the padded layout needs none.
 CUDA_OP_TYPES = frozenset({
     "Abs", "Add", "And", "ArgMax", "BatchNormalization", "Cast", "CastLike", "Clip", "Concat",
-    "Constant", "ConstantOfShape", "Div", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather",
-    "GatherElements", "GatherND", "Gemm", "Greater", "GreaterOrEqual", "Identity", "LeakyRelu",
-    "Less", "LessOrEqual", "Log", "MatMul", "Max", "Min", "Mul", "Neg", "Not", "Or", "Pow",
-    "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu",
+    "Constant", "ConstantOfShape", "Cos", "Div", "Equal", "Erf", "Exp", "Expand", "Flatten",
+    "Gather", "GatherElements", "GatherND", "Gemm", "Greater", "GreaterOrEqual", "Identity",
+    "LeakyRelu", "Less", "LessOrEqual", "Log", "MatMul", "Max", "Min", "Mul", "Neg", "Not", "Or",
+    "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu",
     "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze",
     "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
 })

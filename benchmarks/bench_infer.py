@@ -16,10 +16,15 @@ is shared); a run is one `predict` call on the whole batch, graph building exclu
 A second table measures ONNX Runtime session options: graph optimization level, intra-op
 threads and sequential vs parallel execution.
 
+``--architectures`` measures instead every architecture of ``deepergat train --arch`` (plain
+and Deeper, at the paper's default depths, random weights, exported to ONNX with the parity
+check): eager PyTorch and ONNX Runtime structures/s on the same batch, beside DeeperGATGNN in
+the same run, so a screening user can trade accuracy for speed knowingly.
+
 Usage::
 
     python benchmarks/bench_infer.py [--threads 2] [--sizes 1 64 256 1024 4096] [--min-time 2]
-        [--clock wall|cpu]
+        [--clock wall|cpu] [--architectures [--arch-batch 1024]]
 
 ``--clock cpu`` times with ``time.process_time`` (CPU seconds of all the process's threads):
 on a machine shared with other jobs it measures the work, not the waiting; use it with
@@ -154,6 +159,10 @@ def main() -> None:
                              "pages on every batch; see deepergat.export.runtime.tune_malloc).")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: time.perf_counter; cpu: time.process_time (shared machines).")
+    parser.add_argument("--architectures", action="store_true",
+                        help="every architecture (plain and Deeper) instead of every backend")
+    parser.add_argument("--arch-batch", type=int, default=1024,
+                        help="--architectures: structures per batch (1024)")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -173,6 +182,9 @@ def main() -> None:
         from deepergat.export.runtime import tune_malloc
 
         tune_malloc()
+    if args.architectures:
+        architectures_table(args)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
         work = Path(tmp)
         ckpt, what = model_checkpoint(work)
@@ -261,6 +273,54 @@ def main() -> None:
                 mode = "parallel" if inter > 1 else "sequential"
                 print(f"{level:>12} {intra:>5} {mode:>10} "
                       + " ".join(f"{r:>11.1f}" for r in rates), flush=True)
+
+
+def architectures_table(args: argparse.Namespace) -> None:
+    """Eager and ONNX Runtime structures/s of every architecture on one batch (docstring)."""
+    import torch
+
+    from deepergat.architectures import ARCH_DEFAULTS, architecture_name
+    from deepergat.checkpoint import save_checkpoint
+    from deepergat.export import export_model, load
+    from deepergat.model import count_parameters, make_model
+
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    variants = [("deepergatgnn", False)] + [(a, d) for a in ARCH_DEFAULTS if a != "deepergatgnn"
+                                            for d in (False, True)]
+    with tempfile.TemporaryDirectory(prefix="bench-infer-arch-") as tmp:
+        work = Path(tmp)
+        structures, source = perovskites(args.arch_batch, work)
+        inputs = build_inputs(structures.select(np.arange(args.arch_batch)), max_z=100).inputs
+        n_atoms, k = inputs["neighbors"].shape
+        print(f"structures: {source}; batch {args.arch_batch} ({n_atoms} atoms, {k} slots); "
+              f"threads {args.threads}; clock {args.clock}")
+        rows = []
+        for arch, deeper in variants:
+            torch.manual_seed(0)
+            layers = ARCH_DEFAULTS[arch]["layers"][1 if deeper else 0]
+            model = make_model(arch, deeper=deeper, layers=layers, target_mean=[-1.0],
+                               target_std=[1.0]).eval()
+            name = architecture_name(model.config)
+            ckpt = work / f"{name}.ckpt"
+            save_checkpoint(ckpt, model, targets=["heat_ref"], units=["eV"],
+                            elements=list(range(1, 101)))
+            export_model(ckpt, work / name, formats="onnx", n_check=256, big_batch=256)
+            for device in devices:
+                sync = torch.cuda.synchronize if device == "cuda" else None
+                eager = load(ckpt, device=device, threads=args.threads)
+                onnx = load(work / name / "model.onnx", device=device, threads=args.threads)
+                rates = [best_rate(lambda p=p: p.predict(inputs), args.arch_batch,
+                                   min_time=args.min_time, sync=sync) for p in (eager, onnx)]
+                rows.append((device, name, layers, count_parameters(model), *rates))
+                print(f"{device} {name}: eager {rates[0]:.0f}/s, onnxruntime {rates[1]:.0f}/s",
+                      file=sys.stderr, flush=True)
+        base = {r[0]: max(r[4], r[5]) for r in rows if r[1] == "DeeperGATGNN"}
+        print(f"\n{'device':<6} {'architecture':<14} {'layers':>6} {'parameters':>11} "
+              f"{'eager/s':>9} {'onnxruntime/s':>13} {'best vs DeeperGATGNN':>21}")
+        for device, name, layers, params, r_eager, r_onnx in rows:
+            rel = max(r_eager, r_onnx) / base[device]
+            print(f"{device:<6} {name:<14} {layers:>6} {params:>11,} {r_eager:>9.0f} "
+                  f"{r_onnx:>13.0f} {rel:>20.2f}x")
 
 
 if __name__ == "__main__":

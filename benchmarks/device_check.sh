@@ -12,7 +12,9 @@
 #    bundled single model and with the bundled ensemble, and the same files compared with a CPU
 #    screen of their first 20,000 (the agreement rule);
 # 5. training speed on cuda: TRAIN_EPOCHS epochs of the bundled recipe on a perovskite store
-#    (PEROV=<store.h5>, else the test fixture's 300 structures), structures/s per epoch.
+#    (PEROV=<store.h5>, else the test fixture's 300 structures), structures/s per epoch;
+# 6. inference rate of every architecture on cuda (bench_infer.py --architectures), if time is
+#    left (ARCH_CHECK=0 skips it).
 #
 # Everything it writes goes to OUT (default $OUT on the device tool, else /tmp/device-check);
 # the closing table is also in $OUT/table.md. Each step has its own time limit so one slow
@@ -118,6 +120,13 @@ print(f"{sec:.2f} s/epoch, {n / sec:.0f} training structures/s")
 EOF
 )
   row "training (cuda, $EPOCHS epochs)" "ok" "$per"
+fi
+
+# ---- 6. every architecture's inference rate
+if [ "${ARCH_CHECK:-1}" != 0 ] && step "architectures" 150 python benchmarks/bench_infer.py \
+    --architectures --devices cuda --threads 8 --min-time 0.5 --arch-batch 4096 \
+    >"$OUT/architectures.txt" 2>&1; then
+  row "architectures (cuda, batch 4096)" "ok" "see architectures.txt"
 fi
 
 # ---- the table

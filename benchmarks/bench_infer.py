@@ -285,8 +285,8 @@ def architectures_table(args: argparse.Namespace) -> None:
     from deepergat.model import count_parameters, make_model
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    variants = [("deepergatgnn", False)] + [(a, d) for a in ARCH_DEFAULTS if a != "deepergatgnn"
-                                            for d in (False, True)]
+    variants = [("deepergatgnn", False), ("gatgnn", False)] + [
+        (a, d) for a in ARCH_DEFAULTS if a not in ("deepergatgnn", "gatgnn") for d in (False, True)]
     with tempfile.TemporaryDirectory(prefix="bench-infer-arch-") as tmp:
         work = Path(tmp)
         structures, source = perovskites(args.arch_batch, work)
@@ -300,6 +300,13 @@ def architectures_table(args: argparse.Namespace) -> None:
             layers = ARCH_DEFAULTS[arch]["layers"][1 if deeper else 0]
             model = make_model(arch, deeper=deeper, layers=layers, target_mean=[-1.0],
                                target_std=[1.0]).eval()
+            with torch.no_grad():  # a head whose raw outputs are O(1), as a trained head's
+                # are (the Deeper variants' doubled identity path makes random ones ~2^layers)
+                raw = model.forward_inputs({n: torch.from_numpy(v) for n, v in inputs.items()})
+                size = max(1.0, float(((raw[0] - model.target_mean) / model.target_std)
+                                      .abs().mean()))
+                model.head.weight /= size
+                model.head.bias /= size
             name = architecture_name(model.config)
             ckpt = work / f"{name}.ckpt"
             save_checkpoint(ckpt, model, targets=["heat_ref"], units=["eV"],

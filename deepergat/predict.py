@@ -49,7 +49,18 @@ def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu",
     """
     from .export import load
 
-    return load(model, device=device, trust=trust)  # type: ignore[arg-type]
+    predictor = load(model, device=device, trust=trust)  # type: ignore[arg-type]
+    warn_cell_dependent(predictor.graph, str(model))
+    return predictor
+
+
+def warn_cell_dependent(construction: str, name: str) -> None:
+    """Log a warning for a model whose graphs depend on the cell chosen (minimum-image): a
+    supercell of a crystal gets another prediction, far off (benchmarks/ACCURACY.md)."""
+    if construction == "minimum-image":
+        log.warning("%s uses minimum-image graphs: its prediction depends on the cell chosen "
+                    "(a supercell of the same crystal gets another, usually much worse, one); "
+                    "give it cells as it was trained on, or use a periodic-graph model", name)
 
 
 @dataclass

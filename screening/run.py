@@ -31,6 +31,7 @@ from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
 from deepergat.graphs import graph_settings
 from deepergat.launch import claim_token, shard_from_env
+from deepergat.predict import warn_cell_dependent
 from deepergat.store import Store, StructureBatch
 
 from .lock import OutputLock, run_token
@@ -576,6 +577,7 @@ def _prepare(opts: ScreenOptions, ranks: Ranks, locks: list[OutputLock]
             inp = _open_input(Path(opts.input))
             model = _load_model(opts.model, device, threads, opts.max_atoms,
                                 opts.overlap_threshold, opts.trust)
+            warn_cell_dependent(model.settings.graph, model.name)
             setup = _root_setup(opts, inp, output, parts, shard, model, setup, locks)
         except DeepergatError as e:
             setup.error = str(e)

@@ -116,3 +116,18 @@ def test_shipped_bundled_model_card() -> None:
     for name in bundled_models():
         card = (bundled_dir() / name / "card.md").read_text()
         assert "test MAE" in card, name
+
+
+def test_a_minimum_image_model_warns_that_its_prediction_depends_on_the_cell(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from deepergat.checkpoint import save_checkpoint
+    from deepergat.model import DeeperGATGNN
+
+    for graph, warned in (("minimum-image", True), ("periodic", False)):
+        path = tmp_path / f"{graph}.ckpt"
+        save_checkpoint(path, DeeperGATGNN(dim=8, layers=1, graph=graph), targets=["heat_ref"],
+                        units=["eV"], elements=[8, 22])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="deepergat.predict"):
+            predict_mod.load_predictor(path)
+        assert ("depends on the cell chosen" in caplog.text) is warned

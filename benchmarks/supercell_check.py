@@ -1,0 +1,74 @@
+"""Does a model predict for a supercell what it predicts for the cell? One table per model.
+
+    python benchmarks/supercell_check.py --data perov.h5 -n 400 MODEL [MODEL ...]
+
+For the first ``n`` structures of a store, each model predicts the cell and its 2×1×1, 2×2×1 and
+2×2×2 supercells (the same crystal); the table gives the mean and largest |Δ| and, when the store
+has the model's target, the MAE of the cell and of the supercells against it. A periodic-graph
+model gives Δ = 0 (its atoms' neighborhoods are the cell's); a minimum-image model sees another
+graph for each cell choice (docs/design.md §4).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from deepergat import export
+from deepergat.graphs import build_inputs, graph_settings
+from deepergat.store import Store, StructureBatch
+
+REPEATS = ((2, 1, 1), (2, 2, 1), (2, 2, 2))
+
+
+def supercell(s: dict, reps: tuple[int, int, int]) -> dict:
+    """The structure dict repeated reps[k] times along lattice vector k."""
+    lat = np.asarray(s["lattice"])
+    shifts = [i * lat[0] + j * lat[1] + k * lat[2]
+              for i in range(reps[0]) for j in range(reps[1]) for k in range(reps[2])]
+    return {"id": s["id"], "lattice": lat * np.asarray(reps, float)[:, None],
+            "atomic_numbers": np.tile(s["atomic_numbers"], len(shifts)),
+            "positions": np.concatenate([s["positions"] + v for v in shifts])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", help="model files or bundled names")
+    p.add_argument("--data", required=True, help="structure store")
+    p.add_argument("-n", type=int, default=400, help="structures (first n of the store)")
+    args = p.parse_args(argv)
+    with Store(args.data) as store:
+        b = store.read(0, args.n)
+    cells = [{"id": b.ids[i], "lattice": b.lattice[i],
+              "atomic_numbers": b.atomic_numbers[b.offset[i]:b.offset[i] + b.n_atoms[i]],
+              "positions": b.positions[b.offset[i]:b.offset[i] + b.n_atoms[i]]}
+             for i in range(len(b))]
+    print(f"{len(cells)} structures of {args.data}\n")
+    print("| model | graph | cell | mean abs Δ vs cell | max abs Δ | MAE | ")
+    print("|---|---|---|---|---|---|")
+    for name in args.models:
+        model = export.load(name, threads=1)
+        g = graph_settings(model.metadata["graph"])
+        target = model.metadata["targets"][0]["name"]
+        y = b.targets.get(target)
+
+        def predict(structures: list[dict], model=model, g=g) -> np.ndarray:
+            inputs = build_inputs(StructureBatch.from_structures(structures),
+                                  cutoff=g["cutoff"], max_neighbors=g["max_neighbors"],
+                                  graph=g["construction"], max_z=100).inputs
+            return np.asarray(model.predict(inputs).prediction)[:, 0]
+
+        base = predict(cells)
+        mae = f"{np.abs(base - y).mean():.4f}" if y is not None else "-"
+        print(f"| {name} | {g['construction']} | 1×1×1 | 0 | 0 | {mae} |")
+        for reps in REPEATS:
+            d = predict([supercell(c, reps) for c in cells]) - base
+            mae = f"{np.abs(base + d - y).mean():.4f}" if y is not None else "-"
+            print(f"| {name} | {g['construction']} | {'×'.join(map(str, reps))} | "
+                  f"{np.abs(d).mean():.4f} | {np.abs(d).max():.4f} | {mae} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

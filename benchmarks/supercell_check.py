@@ -5,7 +5,8 @@
 For the first ``n`` structures of a store, each model predicts the cell and its 2×1×1, 2×2×1 and
 2×2×2 supercells (the same crystal); the table gives the mean and largest |Δ| and, when the store
 has the model's target, the MAE of the cell and of the supercells against it. A periodic-graph
-model gives Δ = 0 (its atoms' neighborhoods are the cell's); a minimum-image model sees another
+model of a per-crystal target gives Δ = 0 (its atoms' neighborhoods are the cell's; a
+``per_atom`` model's sum grows with the atom count instead); a minimum-image model sees another
 graph for each cell choice (docs/design.md §4).
 """
 

@@ -15,6 +15,7 @@ __all__ = [
     "Architecture",
     "architecture_name",
     "check_architecture",
+    "embedding_width",
 ]
 
 #: ``deepergat train --arch`` choices; ``deepergatgnn`` is ``gatgnn`` with ``--deeper``.
@@ -45,16 +46,27 @@ def check_architecture(value: str) -> Architecture:
 
 def architecture_name(config: Mapping[str, Any]) -> str:
     """The paper's name of the architecture a constructor-argument dict describes
-    ("DeeperGATGNN", "GATGNN", "CGCNN", "DeeperSchNet", …)."""
+    ("DeeperGATGNN", "GATGNN", "CGCNN", "DeeperSchNet", …; a DeeperGATGNN-class model with
+    another mix of norm and skips is named by its parts, e.g. "GATGNN (no norm)")."""
     arch = config.get("arch")
     if arch is None:  # the DeeperGATGNN class: named by its norm and skips
         dgn, skip = bool(config.get("dgn", True)), bool(config.get("skip", True))
+        batch_norm = bool(config.get("batch_norm", False))
         if dgn and skip:
             return "DeeperGATGNN"
-        if not dgn and not skip:
+        if batch_norm and not skip:
             return "GATGNN"
-        return "GATGNN" + ("+DiffGroupNorm" if dgn else "") + ("+skip" if skip else "")
+        norm = "+DiffGroupNorm" if dgn else "+BatchNorm" if batch_norm else ""
+        name = "GATGNN" + norm + ("+skip" if skip else "")
+        return name if norm or skip else "GATGNN (no norm)"
     return ("Deeper" if config.get("deeper") else "") + _DISPLAY[arch]
+
+
+def embedding_width(config: Mapping[str, Any]) -> int:
+    """Width of the ``embedding`` output of the model a constructor-argument dict describes:
+    ``dim`` (MEGNet: 3 × dim, atoms ‖ edges ‖ crystal state)."""
+    dim = int(config.get("dim", 64))
+    return 3 * dim if config.get("arch") == "megnet" else dim
 
 
 #: Training defaults by architecture where the paper's benchmark configuration (MatDeepLearn's

@@ -44,6 +44,7 @@ from .graphmodel import GraphModel
 from .graphs import check_graph
 from .layers import (
     AGATConv,
+    BatchNorm,
     DiffGroupNorm,
     Form,
     GlobalAttention,
@@ -161,7 +162,7 @@ class DeeperGATGNN(GraphModel):
         self.convs = nn.ModuleList(AGATConv(dim, heads, form=agat_form) for _ in range(layers))
         self.norms = nn.ModuleList(
             DiffGroupNorm(dim, groups, form=agat_form) if dgn
-            else nn.BatchNorm1d(dim) if batch_norm else nn.Identity()
+            else BatchNorm(dim) if batch_norm else nn.Identity()
             for _ in range(layers)
         )
         self.global_attention = GlobalAttention(dim, COMPOSITION_SIZE)

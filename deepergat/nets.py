@@ -8,14 +8,14 @@ dense layer from the 114 atom features (100 one-hot Z, 14 degree classes) to ``d
 "Deeper" variant: every BatchNorm becomes a DiffGroupNorm(dim, 10) and each layer's input is
 added to its output (h ← norm(conv(h)) + h). Where the base layer already ends in a residual
 (CGConv, SchNet's interaction, MEGNet's blocks) the identity path is then counted twice, as in
-the paper's code: the node states grow like 2^layers (docs/design.md §5b).
+the paper's code: the node states grow like 2^layers (docs/design.md §5).
 
 One deliberate difference from MatDeepLearn: every convolution aggregates over each atom's own
 neighbor list (the K slots of its row), never over the atoms that list it. MatDeepLearn's
-CGConv, SchNet and NNConv aggregate over incoming edges, a different set on a nearest-K graph
-that is not symmetric; in the padded layout that would need a scatter reduction, which the
-exported files avoid. On symmetric graphs (every minimum-image graph of a cell with at most
-``max_neighbors`` + 1 atoms, most periodic ones) the two are the same.
+CGConv, SchNet and NNConv aggregate over incoming edges; in the padded layout that would need a
+scatter reduction, which the exported files avoid. The two agree only on symmetric graphs
+(minimum-image graphs of cells with at most ``max_neighbors`` + 1 atoms); most periodic
+nearest-K graphs are not symmetric (docs/design.md §5, "The paper's other architectures").
 
 Parameter counts equal the paper's where the paper counted only modules the forward pass uses;
 `deepergat.architectures.PAPER_UNUSED` lists the difference (tests/test_nets.py).
@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from .contract import DEFAULT_GRAPH, GraphConstruction
 from .graphmodel import GraphModel, Pool, check_pool, pool
 from .graphs import check_graph
-from .layers import DiffGroupNorm
+from .layers import BatchNorm, DiffGroupNorm
 
 __all__ = ["CGCNN", "MPNN", "NETS", "MEGNet", "SchNet"]
 
@@ -56,7 +56,7 @@ def _rows(module: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
 
 
 def _norm(dim: int, deeper: bool, groups: int) -> nn.Module:
-    return DiffGroupNorm(dim, groups) if deeper else nn.BatchNorm1d(dim)
+    return DiffGroupNorm(dim, groups) if deeper else BatchNorm(dim)
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:

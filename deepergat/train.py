@@ -141,7 +141,10 @@ def epoch_batches(n: int, *, epoch: int, seed: int, batch_size: int, world_size:
 
     A `DistributedSampler` shuffled with (seed, epoch) gives the rank's share; it is cut into
     micro-batches of ceil(batch_size / world_size) crystals, so the ranks together take
-    ``batch_size`` crystals a step. Every rank gets the same number of batches.
+    ``batch_size`` crystals a step. Every rank gets the same number of batches. A last
+    micro-batch of one crystal joins the one before it (BatchNorm over crystals, as MEGNet's
+    crystal state has, needs two rows in training); the ranks' shares are equal, so every rank
+    does so alike.
     """
     from torch.utils.data import DistributedSampler
 
@@ -150,7 +153,10 @@ def epoch_batches(n: int, *, epoch: int, seed: int, batch_size: int, world_size:
     sampler.set_epoch(epoch)
     order = np.fromiter(iter(sampler), dtype=np.int64)
     local = max(1, math.ceil(batch_size / world_size))
-    return [order[i : i + local] for i in range(0, len(order), local)]
+    batches = [order[i : i + local] for i in range(0, len(order), local)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
 
 
 def _resolve_device(name: str, info: LaunchInfo) -> torch.device:
@@ -635,7 +641,8 @@ def _open_run(cfg: TrainConfig, *, splits: RunSplits | None,
         if cfg.lr_schedule == "cosine" and saved.get("epochs") not in (None, cfg.epochs):
             log.warning("--resume: the cosine schedule was laid out over %s epochs and keeps "
                         "that length (now --epochs %d)", saved.get("epochs"), cfg.epochs)
-        for key in ("data", "target", "seed", "layers", "batch_size", "per_atom", "model"):
+        for key in ("data", "target", "arch", "deeper", "seed", "layers", "batch_size",
+                    "per_atom", "model"):
             if key in saved and saved[key] != getattr(cfg, key):
                 log.warning("--resume: %s is %r in the saved run, %r now; using the saved value",
                             key, saved[key], getattr(cfg, key))

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from deepergat.architectures import embedding_width
 from deepergat.contract import INPUT_DTYPES, INPUT_NDIM
 from deepergat.devices import DeviceChoice, parse_device
 from deepergat.errors import DeepergatError
@@ -150,8 +151,8 @@ class Predictor:
 
     @property
     def dim(self) -> int:
-        """Embedding width D."""
-        return int(self.metadata["model"].get("dim", 64))
+        """Embedding width D (MEGNet's: 3 × its dim)."""
+        return embedding_width(self.metadata["model"])
 
     def check_settings(
         self, *, cutoff: float | None = None, max_neighbors: int | None = None,

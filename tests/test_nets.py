@@ -91,10 +91,21 @@ def test_padded_equals_pyg_edge_list_reference(arch: str, deeper: bool, training
             torch.testing.assert_close(value, theirs[key])
 
 
+def _supercell(s: dict, n: int) -> dict:
+    """s repeated n times along its first lattice vector."""
+    lat = s["lattice"]
+    return {**s, "id": f"{s['id']}-x{n}", "lattice": lat * np.array([[n], [1.0], [1.0]]),
+            "atomic_numbers": np.tile(s["atomic_numbers"], n),
+            "positions": np.concatenate([s["positions"] + k * lat[0] for k in range(n)])}
+
+
 @pytest.mark.parametrize(("arch", "deeper"), [*NETS, ("gatgnn", False)])
 def test_batched_permuted_and_supercell_invariance(arch: str, deeper: bool) -> None:
     model = _randomized(arch, deeper, layers=2)
-    structures = perov_structures(6)
+    cells = perov_structures(4)
+    # crystals of 5, 10, 5, 20, 5 and 15 atoms: padded crystal slots in the batch
+    structures = [cells[0], _supercell(cells[1], 2), cells[2], _supercell(cells[3], 4),
+                  cells[1], _supercell(cells[0], 3)]
     with torch.no_grad():
         batched = model.forward_inputs(model_inputs(structures))[0].numpy()
         single = np.concatenate([model.forward_inputs(model_inputs([s]))[0].numpy()
@@ -106,13 +117,13 @@ def test_batched_permuted_and_supercell_invariance(arch: str, deeper: bool) -> N
                     "positions": s["positions"][perm]}
         np.testing.assert_allclose(model.forward_inputs(model_inputs([permuted]))[0].numpy(),
                                    single[1:2], rtol=1e-10, atol=1e-12)
-        # a 2×1×1 supercell: the periodic graph gives every atom its cell neighborhood
-        lat = s["lattice"]
-        sup = {**s, "lattice": lat * np.array([[2.0], [1.0], [1.0]]),
-               "atomic_numbers": np.tile(s["atomic_numbers"], 2),
-               "positions": np.concatenate([s["positions"], s["positions"] + lat[0]])}
-        np.testing.assert_allclose(model.forward_inputs(model_inputs([sup]))[0].numpy(),
-                                   single[1:2], rtol=1e-9, atol=1e-10)
+    # the periodic graph gives every atom of a supercell its cell neighborhood: the supercells
+    # predict what their cells predict
+    np.testing.assert_allclose(single[1], single[4], rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(single[5], single[0], rtol=1e-9, atol=1e-10)
+    with torch.no_grad():
+        cell3 = model.forward_inputs(model_inputs([cells[3]]))[0].numpy()
+    np.testing.assert_allclose(single[3], cell3[0], rtol=1e-9, atol=1e-10)
 
 
 def test_names_defaults_and_refusals() -> None:
@@ -124,6 +135,9 @@ def test_names_defaults_and_refusals() -> None:
         build_from_config({"arch": "gcn"})
     assert architecture_name(make_model("gatgnn", deeper=True).config) == "DeeperGATGNN"
     assert architecture_name(make_model("gatgnn").config) == "GATGNN"
+    assert architecture_name({"dgn": False, "skip": False}) == "GATGNN (no norm)"
+    assert architecture_name({"dgn": False, "skip": True, "batch_norm": True}) == \
+        "GATGNN+BatchNorm+skip"
     assert architecture_name(make_model("mpnn", deeper=True, layers=1).config) == "DeeperMPNN"
     with pytest.raises(ValueError, match="MEGNet pools by the mean"):
         make_model("megnet", pool="max")
@@ -145,10 +159,12 @@ def test_checkpoints_name_their_architecture_and_format(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "deeper"), [("cgcnn", True), ("schnet", False),
-                                              ("mpnn", True), ("megnet", True),
-                                              ("gatgnn", False)])
-def test_exports_to_onnx_with_parity(arch: str, deeper: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arch", "deeper", "formats"), [
+    ("cgcnn", True, "onnx"), ("schnet", False, "onnx"), ("mpnn", True, "onnx"),
+    ("megnet", True, "all"), ("megnet", False, "onnx"), ("gatgnn", False, "onnx")])
+def test_exports_with_parity(arch: str, deeper: bool, formats: str, tmp_path: Path) -> None:
+    import onnx
+
     from deepergat import export
 
     kw = {"dim": 16} if arch == "gatgnn" else {"dim": 16, "hidden": 16}
@@ -158,16 +174,34 @@ def test_exports_to_onnx_with_parity(arch: str, deeper: bool, tmp_path: Path) ->
     ckpt = tmp_path / "m.ckpt"
     save_checkpoint(ckpt, model, targets=["heat_ref"], units=["eV"],
                     elements=list(range(1, 84)))
-    result = export.export_model(ckpt, tmp_path / "out", formats="onnx",
+    result = export.export_model(ckpt, tmp_path / "out", formats=formats,
                                  n_check=export.exporter.MIN_CHECK, big_batch=512)
-    [onnx_file] = result.files
-    predictor = export.load(onnx_file.path)
-    assert predictor.metadata["architecture"] == architecture_name(model.config)
+    assert {f.format for f in result.files} == (
+        {"onnx"} if formats == "onnx" else {"onnx", "torchscript", "pt2"})
     inputs = model_inputs(perov_structures(8))
-    out = predictor.predict({k: v.numpy() for k, v in inputs.items()})
     with torch.no_grad():
-        want = model.forward_inputs(inputs)[0].numpy()
-    np.testing.assert_allclose(out.prediction, want, rtol=1e-4, atol=1e-5)
+        want, emb = (t.numpy() for t in model.forward_inputs(inputs))
+    for f in result.files:
+        predictor = export.load(f.path, trust=True)  # written just now by this test
+        assert predictor.metadata["architecture"] == architecture_name(model.config)
+        out = predictor.predict({k: v.numpy() for k, v in inputs.items()})
+        np.testing.assert_allclose(out.prediction, want, rtol=1e-4, atol=1e-5)
+        assert out.embedding.shape == emb.shape and predictor.dim == emb.shape[1]
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    # BatchNorm is folded to an affine map in eval: no BatchNormalization node (cuDNN limits)
+    assert "BatchNormalization" not in {n.op_type for n in graph.node}
+
+
+@pytest.mark.slow
+def test_megnet_trains_when_the_last_batch_holds_one_crystal(tiny_store: Path,
+                                                             tmp_path: Path) -> None:
+    # 60 structures, 54 to train: batches of 53 leave one crystal, which BatchNorm over
+    # crystals cannot normalize alone; it joins the batch before
+    args = ["train", "--data", str(tiny_store), "--target", "heat_ref", "--arch", "megnet",
+            "--layers", "1", "--epochs", "1", "--batch-size", "53", "--out",
+            str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.slow
@@ -188,3 +222,11 @@ def test_train_cli_with_an_architecture(tiny_store: Path, tmp_path: Path) -> Non
     assert json.loads(info.output)["metadata"]["architecture"] == "DeeperCGCNN"
     bad = CliRunner().invoke(main, [*args[:6], "gcn", *args[7:]])
     assert bad.exit_code == 2 and "'gcn' is not one of" in bad.output
+    # --resume without --arch/--deeper continues the saved architecture
+    again = [a for a in args if a not in ("--arch", "cgcnn", "--deeper")]
+    again[again.index("--epochs") + 1] = "3"
+    resumed = CliRunner().invoke(main, [*again, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    ck = load_checkpoint(out / "best.ckpt")
+    assert type(ck.model).__name__ == "CGCNN" and ck.model.config["deeper"] is True
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 1 + 3

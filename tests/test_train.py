@@ -101,10 +101,15 @@ def test_epoch_batches_cover_the_split_once() -> None:
     assert sorted(np.concatenate(b).tolist()) == list(range(50))
     r0 = epoch_batches(50, epoch=3, seed=1, batch_size=16, world_size=2, rank=0)
     r1 = epoch_batches(50, epoch=3, seed=1, batch_size=16, world_size=2, rank=1)
-    assert len(r0) == len(r1) and all(len(x) <= 8 for x in r0)
+    assert len(r0) == len(r1) and [len(x) for x in r0] == [8, 8, 9]  # 25 each: 8, 8, 8 + 1
     assert set(np.concatenate(r0 + r1).tolist()) == set(range(50))
     assert not np.array_equal(np.concatenate(b),
                               np.concatenate(epoch_batches(50, epoch=4, seed=1, batch_size=16)))
+    # a last batch of one crystal joins the one before (BatchNorm over crystals needs two)
+    assert [len(x) for x in epoch_batches(49, epoch=0, seed=1, batch_size=16)] == [16, 16, 17]
+    shares = [epoch_batches(66, epoch=0, seed=1, batch_size=16, world_size=2, rank=r)
+              for r in (0, 1)]
+    assert [len(x) for x in shares[0]] == [len(x) for x in shares[1]] == [8, 8, 8, 9]
 
 
 # ------------------------------------------------------------------ runs

@@ -63,6 +63,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from deepergat.contract import MAX_Z  # noqa: E402
 from deepergat.graphs import build_inputs  # noqa: E402
 from deepergat.store import StructureBatch  # noqa: E402
 
@@ -200,7 +201,7 @@ def main() -> None:
         print(f"structures: {source}")
         batches = {}
         for size in args.sizes:
-            g = build_inputs(structures.select(np.arange(size)), max_z=100)
+            g = build_inputs(structures.select(np.arange(size)), max_z=MAX_Z)
             batches[size] = g.inputs
         base = load_checkpoint(ckpt)
         meta = load(ckpt, device="cpu").metadata
@@ -290,7 +291,7 @@ def architectures_table(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-infer-arch-") as tmp:
         work = Path(tmp)
         structures, source = perovskites(args.arch_batch, work)
-        inputs = build_inputs(structures.select(np.arange(args.arch_batch)), max_z=100).inputs
+        inputs = build_inputs(structures.select(np.arange(args.arch_batch)), max_z=MAX_Z).inputs
         n_atoms, k = inputs["neighbors"].shape
         print(f"structures: {source}; batch {args.arch_batch} ({n_atoms} atoms, {k} slots); "
               f"threads {args.threads}; clock {args.clock}")

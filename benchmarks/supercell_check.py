@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 
 from deepergat import export
+from deepergat.contract import MAX_Z
 from deepergat.graphs import build_inputs, graph_settings
 from deepergat.store import Store, StructureBatch
 
@@ -50,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for name in args.models:
         model = export.load(name, threads=1)
-        g = graph_settings(model.metadata["graph"])
-        target = model.metadata["targets"][0]["name"]
+        g = graph_settings(model.metadata.graph.to_dict())
+        target = model.targets[0]
         y = b.targets.get(target)
 
         def predict(structures: list[dict], model=model, g=g) -> np.ndarray:
             inputs = build_inputs(StructureBatch.from_structures(structures),
                                   cutoff=g["cutoff"], max_neighbors=g["max_neighbors"],
-                                  graph=g["construction"], max_z=100).inputs
+                                  graph=g["construction"], max_z=MAX_Z).inputs
             return np.asarray(model.predict(inputs).prediction)[:, 0]
 
         base = predict(cells)

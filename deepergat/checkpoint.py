@@ -5,7 +5,8 @@ The dict carries a checkpoint-format integer (`CHECKPOINT_FORMAT`, not the packa
 release must not orphan old checkpoints), the model's constructor arguments, the graph settings,
 target names, units and scaling, the elements seen in training, the training store's content
 digest and the weights; a training checkpoint adds optimizer, scheduler, epoch and RNG states
-(tensors and plain types only). `load_checkpoint` rebuilds the model from the saved arguments.
+(tensors and plain types only). `load_checkpoint` rebuilds the model from the saved arguments;
+`model_metadata` gives its `deepergat.metadata.ModelMetadata`, which exported files carry on.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import torch
 
 from . import __version__
 from .architectures import architecture_name
+from .contract import CHECKPOINT_KIND
 from .errors import DeepergatError
 from .files import file_sha256
 from .graphmodel import GraphModel
 from .graphs import graph_settings
+from .metadata import ModelMetadata
 from .model import DeeperGATGNNEnsemble, build_from_config
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "make_checkpoint",
     "metadata",
+    "model_metadata",
     "read_checkpoint",
     "save_checkpoint",
 ]
@@ -52,7 +56,7 @@ CHECKPOINT_FORMAT = 1
 ENSEMBLE_FORMAT = 2
 ARCH_FORMAT = 3
 _READABLE = (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT, ARCH_FORMAT)
-_KIND = "deepergat-checkpoint"
+_KIND = CHECKPOINT_KIND
 
 
 @dataclass
@@ -219,23 +223,33 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(model=model, path=Path(path), data=data)
 
 
-def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """The docs/design.md metadata document of a checkpoint, for exported files.
+def model_metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any], *,
+                   where: str = "checkpoint") -> ModelMetadata:
+    """The metadata of a checkpoint (docs/design.md §7, §8), typed; exported files carry it on.
+
+    Args:
+        path_or_data: the checkpoint file, or its dict (`read_checkpoint`).
+        where: the file a dict came from, for messages.
 
     Returns:
-        JSON-serializable dict: ``format`` (checkpoint format of the source), ``architecture``
-        (the paper's name: "DeeperGATGNN", "CGCNN", "DeeperSchNet", …), ``model``
-        (constructor arguments; ``members`` K for an ensemble), ``graph`` {cutoff,
-        max_neighbors, construction}, ``targets`` [{name, units, mean, std}], ``elements``,
-        ``store_digest``, ``package_version``, ``source_sha256`` (of the checkpoint file; empty
-        when given a dict), and for an ensemble ``calibration``.
+        `ModelMetadata`: ``kind`` `CHECKPOINT_KIND`, ``format`` (the checkpoint format),
+        ``architecture`` (the paper's name: "DeeperGATGNN", "CGCNN", "DeeperSchNet", …),
+        ``model`` (constructor arguments; ``members`` K for an ensemble), ``graph``,
+        ``targets`` (name, units, mean, std), ``elements``, ``store_digest``,
+        ``package_version``, ``source_sha256`` (of the checkpoint file; empty when given a
+        dict) and for an ensemble ``calibration``.
+
+    Raises:
+        DeepergatError: see `read_checkpoint`; also metadata of the wrong types.
     """
     if isinstance(path_or_data, Mapping):
         data, sha = path_or_data, ""
     else:
         data, sha = read_checkpoint(path_or_data), file_sha256(path_or_data)
-    return {
-        "format": int(data["format"]),
+        where = str(path_or_data)
+    doc = {
+        "kind": CHECKPOINT_KIND,
+        "format": data["format"],
         "architecture": architecture_name(dict(data["model"])),
         "model": dict(data["model"]),
         "graph": dict(data["graph"]),
@@ -252,3 +266,9 @@ def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[s
         "source_sha256": sha,
         **({"calibration": dict(data["calibration"])} if data.get("calibration") else {}),
     }
+    return ModelMetadata.from_dict(doc, where=where)
+
+
+def metadata(path_or_data: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """`model_metadata` as its JSON-ready document (`ModelMetadata.to_dict`)."""
+    return model_metadata(path_or_data).to_dict()

@@ -20,8 +20,17 @@ import click
 
 from . import __version__
 from .architectures import ARCH_DEFAULTS, ARCHITECTURES
-from .config import DEFAULTS
-from .contract import GRAPH_CONSTRUCTIONS
+from .cli_options import (
+    TRUST_HELP,
+    check_options,
+    describe_model_argument,
+    device_option,
+    rank_by_option,
+    rank_k_option,
+    rank_order_option,
+)
+from .config import DEFAULT_VAL_FRACTION, DEFAULTS, MEMBER_KINDS
+from .contract import GRAPH_CONSTRUCTIONS, MODEL_FORMATS, RankBy, RankOrder, Status
 from .errors import DeepergatError, environment_error
 from .screening.cli import screen as screen_command
 
@@ -281,7 +290,8 @@ Examples:
 @click.option("--data", type=click.Path(dir_okay=False), help="Training store (.h5).")
 @click.option("--target", help="Target name in the store.")
 @click.option("--val-data", type=click.Path(dir_okay=False), help="Validation store.")
-@click.option("--val-fraction", type=float, help="Fraction of --data for validation [0.1].")
+@click.option("--val-fraction", type=float,
+              help=f"Fraction of --data for validation [{DEFAULT_VAL_FRACTION:g}].")
 @click.option("--test-data", type=click.Path(dir_okay=False), help="Test store.")
 @click.option("--test-fraction", type=float, help="Fraction of --data held out for testing.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
@@ -306,8 +316,7 @@ Examples:
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start from these weights.")
 @click.option("--early-stop", type=int, metavar="N", help="Stop after N epochs without gain.")
 @click.option("--max-time", metavar="HH:MM", help="Stop (and requeue) after this wall time.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
+@device_option()
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Graph cache folder.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="RUN_DIR", help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.ckpt if it exists.")
@@ -315,7 +324,7 @@ Examples:
               help="K-fold cross-validation: oof.csv and cv_metrics.json.")
 @click.option("--ensemble", type=int, metavar="K",
               help="Train K members into RUN_DIR/ensemble.ckpt (mean and calibrated std).")
-@click.option("--members", type=click.Choice(["folds", "seeds"]), default=DEFAULTS.members,
+@click.option("--members", type=click.Choice(MEMBER_KINDS), default=DEFAULTS.members,
               show_default=True,
               help="Ensemble members: the K folds of a cross-validation, or K seeds.")
 @click.option("--graph", type=click.Choice(GRAPH_CONSTRUCTIONS), default=DEFAULTS.graph,
@@ -422,9 +431,7 @@ main.add_command(screen_command, name="screen")
 # evaluate, predict, models
 # --------------------------------------------------------------------------------------------
 
-_TRUST_HELP = ("Allow a model file whose loading runs code from it (an AOTInductor .aoti.pt2 is "
-               "native code, a TorchScript .pt a program): only for files you trust. ONNX, .pt2 "
-               "programs and checkpoints never need it.")
+_DEVICE_HELP = "auto: a GPU when one is visible, else the CPU."
 
 
 @main.command()
@@ -434,12 +441,12 @@ _TRUST_HELP = ("Allow a model file whose loading runs code from it (an AOTInduct
 @click.option("--plot", type=click.Path(dir_okay=False), help="Parity plot PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Metrics JSON.")
 @click.option("--batch-size", type=int, default=100, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--trust", is_flag=True, help=_TRUST_HELP)
+@device_option(_DEVICE_HELP)
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
+@describe_model_argument
 def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path: str | None,
              batch_size: int, device: str, trust: bool) -> None:
-    """MAE, RMSE and R² of MODEL on a labelled store. MODEL: a checkpoint (.ckpt), an
-    exported file (.onnx, .pt, .pt2, .aoti.pt2) or a bundled model name.
+    """MAE, RMSE and R² of MODEL on a labelled store. MODEL: {model}.
 
     \b
     Examples:
@@ -477,20 +484,17 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="Write rows here instead of standard output.")
 @click.option("--batch-size", type=int, default=100, show_default=True)
-@click.option("--max-atoms", type=int, default=1000, show_default=True,
-              help="Larger structures get status 2.")
-@click.option("--overlap-threshold", type=float, default=0.1, show_default=True,
-              help="Atoms closer than this (Å) give status 6.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--trust", is_flag=True, help=_TRUST_HELP)
+@check_options
+@device_option(_DEVICE_HELP)
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
 @click.option("--id-from", type=click.Choice(["stem", "path"]), default="stem",
               show_default=True,
               help="Ids of structure files: the file stem, or the path (for trees of POSCARs).")
+@describe_model_argument
 def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_size: int,
             max_atoms: int, overlap_threshold: float, device: str, trust: bool,
             id_from: str) -> None:
-    """Predict structure files or stores with MODEL: a checkpoint (.ckpt), an exported file
-    (.onnx, .pt, .pt2, .aoti.pt2) or a bundled model name.
+    """Predict structure files or stores with MODEL: {model}.
 
     Rows are id,<target>...,status (status codes as in deepergat-screen; a structure with
     status other than 0 has an empty value); an ensemble adds <target>_std after each target:
@@ -535,7 +539,7 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
     finally:
         if csv_path:
             handle.close()
-    bad = {k: v for k, v in counts.items() if k != 0}
+    bad = {k: v for k, v in counts.items() if k != Status.OK}
     if bad:
         from .errors import STATUS_CODES
 
@@ -581,9 +585,8 @@ def models(as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="The HTML page [default: <predictions stem>.report.html].")
 @click.option("--top", type=int, default=25, show_default=True, help="Rows of the top-K table.")
-@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True,
-              help="asc: lowest first; desc: highest first.")
-def report(predictions: str, output: str | None, top: int, order: str) -> None:
+@rank_order_option("--order", help_text="asc: lowest first; desc: highest first.")
+def report(predictions: str, output: str | None, top: int, order: RankOrder) -> None:
     """One self-contained HTML page about a predictions file: the run, each target's
     histogram with the top-K threshold, statuses and flags with example ids, the top-K table,
     and with embeddings a 2-D map. Works on files of millions of rows (read in blocks).
@@ -597,7 +600,7 @@ def report(predictions: str, output: str | None, top: int, order: str) -> None:
 
     if top < 1:
         raise DeepergatError(f"--top must be at least 1, got {top}")
-    click.echo(f"wrote {write_report(predictions, output, top=top, order=order)}")  # type: ignore[arg-type]
+    click.echo(f"wrote {write_report(predictions, output, top=top, order=order)}")
 
 
 @main.command()
@@ -611,16 +614,13 @@ def report(predictions: str, output: str | None, top: int, order: str) -> None:
               help="Folder for the structure files and selection.csv.")
 @click.option("--format", "fmt", type=click.Choice(["cif", "poscar", "extxyz"]), default="cif",
               show_default=True)
-@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True,
-              help="With --top: asc lowest first, desc highest first.")
-@click.option("--rank-by", type=click.Choice(["mean", "lower", "upper"]), default="mean",
-              show_default=True, help="With --top: rank by the prediction or a bound (ensembles).")
-@click.option("--rank-k", type=float, default=1.0, show_default=True, metavar="k",
-              help="k of the --rank-by bound mean ∓ k·std.")
+@rank_order_option("--order", help_text="With --top: asc lowest first, desc highest first.")
+@rank_by_option("With --top: rank by the prediction or a bound (ensembles).")
+@rank_k_option("k of the --rank-by bound mean ∓ k·std.")
 @click.option("--store", type=click.Path(dir_okay=False),
               help="The input store, if it moved [default: the one the file records].")
 def extract(predictions: str, top: int | None, ids_file: str | None, where: str | None,
-            out_dir: str, fmt: str, order: str, rank_by: str, rank_k: float,
+            out_dir: str, fmt: str, order: RankOrder, rank_by: RankBy, rank_k: float,
             store: str | None) -> None:
     """Write chosen structures of a screen as files ready for DFT, with DIR/selection.csv
     (id, formula, predictions, std, status, flags, file). Choose with exactly one of --top,
@@ -673,15 +673,16 @@ Examples:
 @click.option(
     "--format",
     "formats",
-    type=click.Choice(["onnx", "torchscript", "pt2", "aoti", "all"]),
+    type=click.Choice([*MODEL_FORMATS, "all"]),
     multiple=True,
     default=("all",),
     show_default=True,
-    help="File format to write; repeatable. all = onnx, torchscript, pt2.",
+    help="File format to write; repeatable. all = "
+         + ", ".join(name for name, f in MODEL_FORMATS.items() if f.in_all) + ".",
 )
 @click.option(
     "-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
-    help="Folder for model.onnx / model.pt / model.pt2 / model.aoti.pt2 (created).",
+    help="Folder for " + " / ".join(f.file for f in MODEL_FORMATS.values()) + " (created).",
 )
 @click.option(
     "--check-data", type=click.Path(dir_okay=False),

@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .contract import DEFAULT_CUTOFF, DEFAULT_GRAPH, DEFAULT_MAX_NEIGHBORS
+from .devices import DEFAULT_DEVICE
 from .errors import DeepergatError
 
-__all__ = ["DEFAULTS", "TrainConfig", "parse_max_time"]
+__all__ = ["DEFAULTS", "DEFAULT_VAL_FRACTION", "MEMBER_KINDS", "TrainConfig", "parse_max_time"]
+
+#: The validation fraction when neither ``val_data`` nor ``val_fraction`` is given.
+DEFAULT_VAL_FRACTION = 0.1
+#: How ensemble members differ (``members``).
+MEMBER_KINDS = ("folds", "seeds")
 
 
 @dataclass
@@ -23,7 +29,7 @@ class TrainConfig:
     Attributes:
         data: training store. target: target name.
         val_data / val_fraction: a validation store, or the fraction of ``data`` held out
-            (default 0.1 when neither is given).
+            (`DEFAULT_VAL_FRACTION` when neither is given).
         test_data / test_fraction: a test store, or the fraction of ``data`` held out (default
             none).
         out: run folder.
@@ -80,7 +86,7 @@ class TrainConfig:
     init_from: str | None = None
     early_stop: int | None = None
     max_time: float | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     cache_dir: str | None = None
     resume: bool = False
     cv: int | None = None
@@ -137,7 +143,7 @@ class TrainConfig:
 
         choices = {"arch": ARCHITECTURES, "graph": GRAPH_CONSTRUCTIONS,
                    "lr_monitor": ("val", "train"),
-                   "keep": ("best", "last"), "members": ("folds", "seeds"),
+                   "keep": ("best", "last"), "members": MEMBER_KINDS,
                    "lr_schedule": ("plateau", "cosine")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -1,6 +1,7 @@
-"""The facts every part of deepergat shares, written once (docs/design.md §4, §5, §8, §9).
+"""The facts every part of deepergat shares, written once (docs/design.md §4, §5, §8, §9, §11).
 
-The model's element table, the graph and screening defaults, the model's inputs and outputs
+The model's element table, the graph and screening defaults (checks, chunk size, how the top K
+are ranked), the model's inputs and outputs
 (names, dtypes, dynamic axes), the status codes and flags of predictions files, and the
 registry of exported-file formats. Numpy only, no torch: the screening path, the exported-file
 readers and the CLI import it alike. Other modules import these names from here (some re-export
@@ -11,17 +12,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import PurePosixPath
 from typing import Literal, get_args
 
 import numpy as np
 
 __all__ = [
+    "CHECKPOINT_KIND",
     "COMPOSITION_SIZE",
+    "DEFAULT_CHUNK_SIZE",
     "DEFAULT_CUTOFF",
     "DEFAULT_GRAPH",
     "DEFAULT_MAX_ATOMS",
     "DEFAULT_MAX_NEIGHBORS",
     "DEFAULT_OVERLAP_THRESHOLD",
+    "DEFAULT_RANK_BY",
+    "DEFAULT_RANK_K",
+    "DEFAULT_RANK_ORDER",
     "DYNAMIC_AXES",
     "ENSEMBLE_OUTPUT_NAMES",
     "FLAG_UNSEEN_ELEMENT",
@@ -32,9 +39,13 @@ __all__ = [
     "MAX_Z",
     "MODEL_FORMATS",
     "OUTPUT_NAMES",
+    "RANK_BY",
+    "RANK_ORDERS",
     "STATUS_CODES",
     "GraphConstruction",
     "ModelFormat",
+    "RankBy",
+    "RankOrder",
     "Status",
 ]
 
@@ -57,6 +68,21 @@ DEFAULT_GRAPH: GraphConstruction = "periodic"
 DEFAULT_MAX_ATOMS = 1000
 #: Å; two atoms closer than this give status 6.
 DEFAULT_OVERLAP_THRESHOLD = 0.1
+
+# ---- screening runs and the top K (docs/design.md §9, §11) ---------------------------------
+
+#: Structures per chunk: the unit of work, commit and resume of a screen.
+DEFAULT_CHUNK_SIZE = 2048
+#: ``asc``: the lowest key first; ``desc``: the highest first.
+RankOrder = Literal["asc", "desc"]
+RANK_ORDERS: tuple[str, ...] = get_args(RankOrder)
+DEFAULT_RANK_ORDER: RankOrder = "asc"
+#: The ranking key: the prediction, or an ensemble's bound mean - k·std / mean + k·std.
+RankBy = Literal["mean", "lower", "upper"]
+RANK_BY: tuple[str, ...] = get_args(RankBy)
+DEFAULT_RANK_BY: RankBy = "mean"
+#: k of the ``lower``/``upper`` bound, in calibrated standard deviations.
+DEFAULT_RANK_K = 1.0
 
 # ---- the model's inputs and outputs (docs/design.md §5) ------------------------------------
 
@@ -140,6 +166,7 @@ class ModelFormat:
         suffix: the suffix loaders accept. kind: the metadata ``kind`` (content check).
         runs_code: loading it runs code from the file (needs ``trust``).
         in_all: part of ``--format all``.
+        trust_note: what the file is, where loading it runs code (messages and help).
     """
 
     name: str
@@ -148,12 +175,23 @@ class ModelFormat:
     kind: str
     runs_code: bool
     in_all: bool
+    trust_note: str = ""
+
+    @property
+    def extension(self) -> str:
+        """The whole extension of `file` (``.aoti.pt2``; `suffix` is what loaders check)."""
+        return "".join(PurePosixPath(self.file).suffixes)
 
 
 #: Every exported format, in ``--format all`` order then the others.
 MODEL_FORMATS: dict[str, ModelFormat] = {f.name: f for f in (
-    ModelFormat("onnx", "model.onnx", ".onnx", "deepergat-onnx", False, True),
-    ModelFormat("torchscript", "model.pt", ".pt", "deepergat-torchscript", True, True),
-    ModelFormat("pt2", "model.pt2", ".pt2", "deepergat-pt2", False, True),
-    ModelFormat("aoti", "model.aoti.pt2", ".pt2", "deepergat-aoti", True, False),
+    ModelFormat("onnx", "model.onnx", ".onnx", "deepergat-onnx", runs_code=False, in_all=True),
+    ModelFormat("torchscript", "model.pt", ".pt", "deepergat-torchscript", runs_code=True,
+                in_all=True, trust_note="a TorchScript program (its code runs when it loads)"),
+    ModelFormat("pt2", "model.pt2", ".pt2", "deepergat-pt2", runs_code=False, in_all=True),
+    ModelFormat("aoti", "model.aoti.pt2", ".pt2", "deepergat-aoti", runs_code=True,
+                in_all=False,
+                trust_note="an AOTInductor package (compiled native code that runs when it loads)"),
 )}
+#: The ``kind`` of a training checkpoint (``.ckpt``), the one model file that is not exported.
+CHECKPOINT_KIND = "deepergat-checkpoint"

@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from .contract import DEFAULT_GRAPH, DEFAULT_OVERLAP_THRESHOLD, MAX_Z, GraphConstruction
+from .contract import (
+    DEFAULT_CUTOFF,
+    DEFAULT_GRAPH,
+    DEFAULT_MAX_NEIGHBORS,
+    DEFAULT_OVERLAP_THRESHOLD,
+    MAX_Z,
+    GraphConstruction,
+    Status,
+)
 from .graphs import build_inputs, check_graph
 from .store import Store
 
@@ -83,8 +91,8 @@ class GraphSet:
 
     @property
     def usable(self) -> np.ndarray:
-        """[M'] int64 rows whose status is 0."""
-        return np.flatnonzero(self.status == 0)
+        """[M'] int64 rows whose status is 0 (`Status.OK`)."""
+        return np.flatnonzero(self.status == Status.OK)
 
     def elements(self, rows: np.ndarray | None = None) -> list[int]:
         """Sorted atomic numbers present in the given rows (all usable rows by default)."""
@@ -223,8 +231,8 @@ def _build(store: Store, *, cutoff: float, max_neighbors: int, graph: GraphConst
 def load_graphs(
     path: str | os.PathLike[str],
     *,
-    cutoff: float = 8.0,
-    max_neighbors: int = 12,
+    cutoff: float = DEFAULT_CUTOFF,
+    max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
     graph: GraphConstruction = DEFAULT_GRAPH,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,

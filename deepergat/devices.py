@@ -14,15 +14,43 @@ import ctypes
 import logging
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 from .errors import DeepergatError
 
-__all__ = ["DeviceChoice", "cpus_per_rank", "parse_device", "pick_device", "visible_gpus"]
+__all__ = [
+    "DEFAULT_DEVICE",
+    "DEVICE_CHOICES",
+    "DeviceChoice",
+    "check_device",
+    "cpus_per_rank",
+    "parse_device",
+    "pick_device",
+    "visible_gpus",
+]
 
 log = logging.getLogger(__name__)
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+#: The ``--device`` choices of every command (train, predict, evaluate, screen).
+DEVICE_CHOICES: tuple[DeviceChoice, ...] = get_args(DeviceChoice)
+DEFAULT_DEVICE: DeviceChoice = "auto"
+
+
+def check_device(name: str, *, what: str = "device") -> DeviceChoice:
+    """``name`` when it is one of `DEVICE_CHOICES`.
+
+    Raises:
+        DeepergatError: any other name (``what`` names the option in the message).
+    """
+    if name not in DEVICE_CHOICES:
+        raise DeepergatError(f"{what} must be {_spelled(DEVICE_CHOICES)}, got {name!r}")
+    return name  # type: ignore[return-value]
+
+
+def _spelled(names: tuple[str, ...]) -> str:
+    quoted = [repr(n) for n in names]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def visible_gpus(env: Mapping[str, str] | None = None) -> int:
@@ -63,8 +91,7 @@ def pick_device(choice: str, local_rank: int, n_gpus: int) -> tuple[str, int]:
     Raises:
         DeepergatError: ``cuda`` asked for but no device visible; an unknown choice.
     """
-    if choice not in ("auto", "cpu", "cuda"):
-        raise DeepergatError(f"--device {choice!r}: expected auto, cpu or cuda")
+    choice = check_device(choice, what="--device")
     if choice == "cpu" or (choice == "auto" and n_gpus == 0):
         return "cpu", 0
     if n_gpus == 0:
@@ -94,8 +121,10 @@ def parse_device(device: str, device_id: int | None = None) -> tuple[DeviceChoic
         if device_id is not None and device_id != int(ordinal):
             raise DeepergatError(f"device {device!r} contradicts device_id={device_id}")
         return "cuda", int(ordinal)
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeepergatError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device not in DEVICE_CHOICES:
+        raise DeepergatError(
+            f"device must be {_spelled((*DEVICE_CHOICES, 'cuda:N'))}, got {device!r}"
+        )
     if device_id is not None and device_id < 0:
         raise DeepergatError(f"device_id must be >= 0, got {device_id}")
     return device, device_id or 0  # type: ignore[return-value]

@@ -20,7 +20,7 @@ class GeometryError(DeepergatError):
     """A structure whose geometry cannot be turned into a graph.
 
     Attributes:
-        status: the docs/design.md status code (1-6).
+        status: the `deepergat.contract.Status` code (docs/design.md §9).
     """
 
     def __init__(self, status: int, message: str) -> None:

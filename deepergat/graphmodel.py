@@ -117,7 +117,7 @@ class GraphModel(nn.Module):
 
     def atom_features(self, atomic_numbers: Tensor, neighbor_mask: Tensor) -> Tensor:
         """[N, 100 + max_neighbors + 2] one-hot Z ‖ one-hot degree (self loop included)."""
-        z = (atomic_numbers - 1).clamp(0, MAX_Z - 1)  # Z outside 1..100: screened earlier
+        z = (atomic_numbers - 1).clamp(0, MAX_Z - 1)  # Z outside 1..MAX_Z: screened earlier
         # the bound is a Python int fixed at init: a bound taken from a tensor's shape would be
         # traced into a CPU tensor and pin exported files to the CPU
         degree = neighbor_mask.sum(1).clamp(max=self.max_degree_class)

@@ -33,6 +33,7 @@ from .contract import (
     DEFAULT_MAX_NEIGHBORS,
     DEFAULT_OVERLAP_THRESHOLD,
     GRAPH_CONSTRUCTIONS,
+    INPUT_DTYPES,
     INPUT_NAMES,
     OUTPUT_NAMES,
     GraphConstruction,
@@ -648,10 +649,11 @@ def batch_neighbor_lists(
 
     Returns:
         (edges with atom indices into ``batch.atomic_numbers`` for structures whose status is 0,
-        [M] uint8 status per structure: docs/design.md's codes 1-6).
+        [M] uint8 `Status` per structure, docs/design.md §9; `Status.OK` where every
+        check passed).
     """
     status = check_structures(batch, max_atoms=max_atoms, max_z=max_z)
-    good = np.flatnonzero(status == 0)
+    good = np.flatnonzero(status == Status.OK)
     edges, min_dist = _search_select(batch, good, cutoff=cutoff, max_neighbors=max_neighbors,
                                      graph=graph)
     if overlap_threshold is not None and len(good):
@@ -659,7 +661,7 @@ def batch_neighbor_lists(
         if len(overlap):
             status[overlap] = Status.OVERLAP
             owner = np.repeat(np.arange(len(batch)), batch.n_atoms)
-            keep = status[owner[edges.center]] == 0
+            keep = status[owner[edges.center]] == Status.OK
             edges = NeighborList(*(a[keep] for a in edges))
     return edges, status
 
@@ -696,7 +698,7 @@ def build_inputs(
         max_z=max_z,
         overlap_threshold=overlap_threshold,
     )
-    rows = np.flatnonzero(status == 0)
+    rows = np.flatnonzero(status == Status.OK)
     return _pad(batch, rows, edges, status)
 
 
@@ -725,28 +727,30 @@ def _pad(
     k = int(degree.max()) if n else 1
     self_idx = np.arange(n)
     neighbors = np.repeat(self_idx[:, None], k, axis=1)
-    distances = np.zeros((n, k), dtype=np.float32)
-    mask = np.zeros((n, k), dtype=bool)
+    distances = np.zeros((n, k), dtype=INPUT_DTYPES["distances"])
+    mask = np.zeros((n, k), dtype=INPUT_DTYPES["neighbor_mask"])
     mask[:, 0] = True
     if len(center):
         # Edges are sorted by center: slot = 1 + rank within the center's run.
         starts = np.concatenate([[0], np.cumsum(degree - 1)[:-1]])
         slot = 1 + np.arange(len(center)) - starts[center]
         neighbors[center, slot] = neighbor
-        distances[center, slot] = edges.distance.astype(np.float32)
+        distances[center, slot] = edges.distance
         mask[center, slot] = True
     a = int(n_s.max()) if c else 1
     first = np.concatenate([[0], np.cumsum(n_s)[:-1]]).astype(np.int64) if c else n_s
     pos = np.arange(a)[None, :]
     crystal_mask = pos < n_s[:, None]
     crystal_atoms = np.where(crystal_mask, first[:, None] + pos, first[:, None])
-    inputs = {
-        "atomic_numbers": batch.atomic_numbers[atom_global].astype(np.int64),
-        "neighbors": neighbors.astype(np.int64),
+    arrays = {
+        "atomic_numbers": batch.atomic_numbers[atom_global],
+        "neighbors": neighbors,
         "distances": distances,
         "neighbor_mask": mask,
-        "crystal_atoms": crystal_atoms.astype(np.int64),
+        "crystal_atoms": crystal_atoms,
         "crystal_mask": crystal_mask,
-        "batch": np.repeat(np.arange(c, dtype=np.int64), n_s),
+        "batch": np.repeat(np.arange(c), n_s),
     }
+    # Every array is new here, so a cast without a copy aliases nothing.
+    inputs = {name: arrays[name].astype(INPUT_DTYPES[name], copy=False) for name in INPUT_NAMES}
     return GraphBatch(inputs=inputs, rows=rows, status=status, n_edges=int(mask.sum()))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .contract import CHECKPOINT_KIND, MODEL_FORMATS
 from .errors import DeepergatError
 from .files import read_head
 
@@ -205,8 +206,7 @@ def _format_model(info: dict[str, Any], path: str) -> list[str]:
 
 
 #: Checkpoints and exported model files (deepergat.export.files.SUFFIX_KINDS).
-_MODEL_KINDS = ("deepergat-checkpoint", "deepergat-onnx", "deepergat-torchscript",
-                "deepergat-pt2", "deepergat-aoti")
+_MODEL_KINDS = (CHECKPOINT_KIND, *(f.kind for f in MODEL_FORMATS.values()))
 
 #: file kind -> function(path) -> JSON-ready dict with a "format" key.
 DESCRIBERS: dict[str, Callable[[Path], dict[str, Any]]] = {

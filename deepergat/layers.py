@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .contract import COMPOSITION_SIZE, DEFAULT_CUTOFF
+
 __all__ = [
     "AGATConv",
     "BatchNorm",
@@ -71,7 +73,9 @@ class GaussianExpansion(nn.Module):
         [...] float Å → [..., gaussians].
     """
 
-    def __init__(self, gaussians: int = 50, *, cutoff: float = 8.0, width: float = 0.2) -> None:
+    def __init__(
+        self, gaussians: int = 50, *, cutoff: float = DEFAULT_CUTOFF, width: float = 0.2
+    ) -> None:
         super().__init__()
         self.register_buffer("centers", torch.linspace(0.0, 1.0, gaussians))
         self.register_buffer("cutoff", torch.tensor(float(cutoff)))
@@ -279,7 +283,7 @@ class GlobalAttention(nn.Module):
         crystal_mask [C, A], batch [N] → g [N] (sums to 1 over each crystal's atoms).
     """
 
-    def __init__(self, dim: int, composition: int = 108) -> None:
+    def __init__(self, dim: int, composition: int = COMPOSITION_SIZE) -> None:
         super().__init__()
         self.lin1 = nn.Linear(dim + composition, dim)
         self.lin2 = nn.Linear(dim, dim)

@@ -33,7 +33,9 @@ from torch.nn import functional as F
 
 from .contract import (
     COMPOSITION_SIZE,
+    DEFAULT_CUTOFF,
     DEFAULT_GRAPH,
+    DEFAULT_MAX_NEIGHBORS,
     ENSEMBLE_OUTPUT_NAMES,
     INPUT_NAMES,
     MAX_Z,
@@ -111,8 +113,8 @@ class DeeperGATGNN(GraphModel):
         heads: int = 4,
         gaussians: int = 50,
         gaussian_width: float = 0.2,
-        cutoff: float = 8.0,
-        max_neighbors: int = 12,
+        cutoff: float = DEFAULT_CUTOFF,
+        max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
         graph: GraphConstruction = DEFAULT_GRAPH,
         distance_scale: float | None = None,
         dgn: bool = True,

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .contract import DEFAULT_GRAPH, GraphConstruction
+from .contract import DEFAULT_CUTOFF, DEFAULT_GRAPH, DEFAULT_MAX_NEIGHBORS, GraphConstruction
 from .graphmodel import GraphModel, Pool, check_pool, pool
 from .graphs import check_graph
 from .layers import BatchNorm, DiffGroupNorm
@@ -143,7 +143,7 @@ class CGCNN(_MatDeepLearnNet):
     def __init__(self, *, dim: int = 100, hidden: int = 150, layers: int = 4,
                  post_layers: int = 3, deeper: bool = False, groups: int = 10,
                  pool: Pool = "mean", gaussians: int = 50, gaussian_width: float = 0.2,
-                 cutoff: float = 8.0, max_neighbors: int = 12,
+                 cutoff: float = DEFAULT_CUTOFF, max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
                  graph: GraphConstruction = DEFAULT_GRAPH, distance_scale: float | None = None,
                  targets: int = 1, per_atom: bool = False, target_mean: list[float] | None = None,
                  target_std: list[float] | None = None) -> None:
@@ -209,7 +209,7 @@ class SchNet(_MatDeepLearnNet):
     def __init__(self, *, dim: int = 100, hidden: int = 100, filters: int = 150,
                  layers: int = 4, post_layers: int = 3, deeper: bool = False, groups: int = 10,
                  pool: Pool = "max", gaussians: int = 50, gaussian_width: float = 0.2,
-                 cutoff: float = 8.0, max_neighbors: int = 12,
+                 cutoff: float = DEFAULT_CUTOFF, max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
                  graph: GraphConstruction = DEFAULT_GRAPH, distance_scale: float | None = None,
                  targets: int = 1, per_atom: bool = False, target_mean: list[float] | None = None,
                  target_std: list[float] | None = None) -> None:
@@ -276,7 +276,7 @@ class MPNN(_MatDeepLearnNet):
     def __init__(self, *, dim: int = 100, hidden: int = 100, edge_hidden: int = 100,
                  layers: int = 4, post_layers: int = 3, deeper: bool = False, groups: int = 10,
                  pool: Pool = "mean", gaussians: int = 50, gaussian_width: float = 0.2,
-                 cutoff: float = 8.0, max_neighbors: int = 12,
+                 cutoff: float = DEFAULT_CUTOFF, max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
                  graph: GraphConstruction = DEFAULT_GRAPH, distance_scale: float | None = None,
                  targets: int = 1, per_atom: bool = False, target_mean: list[float] | None = None,
                  target_std: list[float] | None = None) -> None:
@@ -368,8 +368,9 @@ class MEGNet(_MatDeepLearnNet):
     def __init__(self, *, dim: int = 100, hidden: int = 100, layers: int = 4,
                  post_layers: int = 3, mlp_layers: int = 2, global_dim: int = 3,
                  deeper: bool = False, groups: int = 10, pool: Pool = "mean",
-                 gaussians: int = 50, gaussian_width: float = 0.2, cutoff: float = 8.0,
-                 max_neighbors: int = 12, graph: GraphConstruction = DEFAULT_GRAPH,
+                 gaussians: int = 50, gaussian_width: float = 0.2,
+                 cutoff: float = DEFAULT_CUTOFF, max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+                 graph: GraphConstruction = DEFAULT_GRAPH,
                  distance_scale: float | None = None, targets: int = 1, per_atom: bool = False,
                  target_mean: list[float] | None = None,
                  target_std: list[float] | None = None) -> None:

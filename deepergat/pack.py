@@ -160,7 +160,7 @@ def _expand_dir(d: Path) -> list[_Input]:
     ignored: list[str] = []
     for p in sorted(d.iterdir()):
         fmt = readers.structure_format(p) if p.is_file() else None
-        if fmt in readers.STRUCTURE_FORMATS or fmt == "archive":
+        if fmt in readers.STRUCTURE_FORMATS or fmt in ("archive", "generator"):
             found.append(_Input(p, str(fmt)))
         else:
             ignored.append(p.name + ("/" if p.is_dir() else ""))
@@ -171,7 +171,8 @@ def _expand_dir(d: Path) -> list[_Input]:
         )
     if not found:
         raise DeepergatError(
-            f"{d}: no structure files (CIF, POSCAR, extxyz, ASE db, JSON) and no targets.csv"
+            f"{d}: no structure files (CIF, POSCAR, extxyz, ASE db, JSON, archives, generator "
+            "sample .pt files) and no targets.csv"
         )
     return found
 

@@ -49,8 +49,10 @@ import yaml
 from torch import nn
 
 from .checkpoint import atomic_save, make_checkpoint, read_checkpoint
-from .config import TrainConfig, parse_max_time
+from .config import DEFAULT_VAL_FRACTION, TrainConfig, parse_max_time
+from .contract import Status
 from .data import GraphSet, load_graphs, to_tensors
+from .devices import pick_device, visible_gpus
 from .errors import DeepergatError
 from .graphmodel import GraphModel
 from .launch import (
@@ -160,14 +162,17 @@ def epoch_batches(n: int, *, epoch: int, seed: int, batch_size: int, world_size:
 
 
 def _resolve_device(name: str, info: LaunchInfo) -> torch.device:
-    """The training device: `deepergat.devices.pick_device` with torch's device count."""
-    from .devices import pick_device
-
-    if name not in ("auto", "cpu", "cuda"):
-        raise DeepergatError(f"--device {name!r}: choose auto, cpu or cuda")
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    kind, index = pick_device(name, info.local_rank, n_gpus)
-    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
+    """The training device: `deepergat.devices.pick_device` over the visible GPUs; ``auto``
+    falls back to the CPU where this torch cannot use CUDA."""
+    kind, index = pick_device(name, info.local_rank, visible_gpus())
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeepergatError(
+            f"--device {name}: a GPU is visible but this torch ({torch.__version__}) cannot use "
+            "CUDA; install a CUDA build of torch or use --device cpu"
+        )
+    return torch.device("cuda", index)
 
 
 def _targets_of(g: GraphSet, name: str, rows: np.ndarray) -> np.ndarray:
@@ -195,7 +200,7 @@ def _usable_rows(g: GraphSet) -> np.ndarray:
     rows = g.usable
     skipped = len(g) - len(rows)
     if skipped:
-        bad = [g.ids[r] for r in np.flatnonzero(g.status != 0)[:10]]
+        bad = [g.ids[r] for r in np.flatnonzero(g.status != Status.OK)[:10]]
         log.warning("%s: %d structures fail the graph checks and are left out (ids %s%s)",
                     g.source, skipped, ", ".join(bad), " …" if skipped > 10 else "")
     return rows
@@ -235,7 +240,8 @@ def make_splits(cfg: TrainConfig, *, progress: Callable[[int], None] | None = No
     _targets_of(main, cfg.target, rows)
     rng = np.random.default_rng(cfg.seed)
     rows = rows[rng.permutation(len(rows))]
-    val_f = 0.1 if (cfg.val_data is None and cfg.val_fraction is None) else cfg.val_fraction
+    val_f = (DEFAULT_VAL_FRACTION if (cfg.val_data is None and cfg.val_fraction is None)
+             else cfg.val_fraction)
     val_f = _fraction(val_f if cfg.val_data is None else 0.0, "val")
     test_f = _fraction(cfg.test_fraction if cfg.test_data is None else 0.0, "test")
     n_test = round(test_f * len(rows))

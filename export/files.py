@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from deepergat.contract import MODEL_FORMATS
+from deepergat.contract import CHECKPOINT_KIND, MODEL_FORMATS
 from deepergat.errors import DeepergatError
 from deepergat.files import read_head
 
@@ -46,7 +46,6 @@ __all__ = [
     "sniff",
 ]
 
-CHECKPOINT_KIND = "deepergat-checkpoint"
 #: suffix -> the kinds its content may confirm.
 SUFFIX_KINDS: dict[str, tuple[str, ...]] = {
     **{suffix: tuple(f.kind for f in MODEL_FORMATS.values() if f.suffix == suffix)
@@ -58,11 +57,7 @@ MODEL_KINDS = frozenset(k for kinds in SUFFIX_KINDS.values() for k in kinds)
 #: Kinds whose loading runs code from the file: an AOTInductor package is a shared library,
 #: a TorchScript archive a program (its ``__setstate__`` methods run while it loads, and its
 #: operators can reach the file system). They load only when the caller trusts the file.
-CODE_KINDS: dict[str, str] = {
-    f.kind: {"aoti": "an AOTInductor package (compiled native code that runs when it loads)",
-             "torchscript": "a TorchScript program (its code runs when it loads)"}[f.name]
-    for f in MODEL_FORMATS.values() if f.runs_code
-}
+CODE_KINDS: dict[str, str] = {f.kind: f.trust_note for f in MODEL_FORMATS.values() if f.runs_code}
 _ZIP_MAGIC = b"PK\x03\x04"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 #: ONNX ModelProto field numbers: ir_version (1, varint), graph (7), metadata_props (14).

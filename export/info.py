@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from deepergat.architectures import architecture_name
 from deepergat.files import file_sha256
-from deepergat.graphs import graph_settings
+from deepergat.metadata import ModelMetadata
 
 from .files import CHECKPOINT_KIND, read_metadata, sniff
 from .metadata import KINDS
@@ -29,7 +28,8 @@ _TITLES = {
 
 
 def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"format": <kind>, "size", "sha256", "metadata": <the metadata document>}``.
+    """``{"format": <kind>, "size", "sha256", "metadata": <the metadata document>}`` (the
+    document as the file carries it: `deepergat.metadata.ModelMetadata.to_dict`).
 
     Raises:
         DeepergatError: damaged file or no deepergat metadata.
@@ -45,48 +45,54 @@ def _short(values: list[Any], n: int = 30) -> str:
     return text + (f" … ({len(values)} in all)" if len(values) > n else "")
 
 
+def _g(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def format_model(info: dict[str, Any], path: str) -> list[str]:
-    """Lines of text for a `describe_model` description."""
-    meta = info["metadata"]
+    """Lines of text for a `describe_model` description.
+
+    Raises:
+        DeepergatError: metadata that `ModelMetadata.from_dict` refuses.
+    """
+    meta = ModelMetadata.from_dict(info["metadata"], where=path)
     kind = info["format"]
     title = _TITLES.get(kind, kind)
-    fmt = (f"exported-file format {meta.get('format')}" if kind != CHECKPOINT_KIND
-           else f"checkpoint format {meta.get('format')}")
+    fmt = (f"exported-file format {meta.format}" if kind != CHECKPOINT_KIND
+           else f"checkpoint format {meta.format}")
     lines = [f"{path}: {title} ({fmt}, {info['size'] / 1e6:.2f} MB)"]
-    model_args = meta.get("model", {})
-    name = meta.get("architecture") or architecture_name(model_args)  # older files: derived
-    members = f", {model_args['members']} members" if "members" in model_args else ""
-    lines.append(f"  architecture     {name}, {model_args.get('layers', '?')} layers{members}")
-    for t in meta["targets"]:
-        units = f" [{t['units']}]" if t.get("units") else ""
-        lines.append(f"  target           {t['name']}{units}: training mean {t['mean']:.6g}, "
-                     f"std {t['std']:.6g}")
-    g = graph_settings(meta["graph"])
-    lines.append(f"  graph            {g['construction']}, cutoff {g['cutoff']:g} Å, "
-                 f"max_neighbors {g['max_neighbors']}")
-    calibration = meta.get("calibration")
-    if calibration:
-        members = meta.get("model", {}).get("members", "?")
-        scales = ", ".join(f"{v:.4g}" for v in calibration.get("std_scale", []))
-        lines.append(f"  ensemble         {members} members; std calibrated ×{scales} on "
-                     f"{calibration.get('n', '?')} structures ({calibration.get('source', '?')})")
-        for name, m in (calibration.get("metrics") or {}).items():
+    model = meta.model
+    members = f", {model['members']} members" if meta.is_ensemble else ""
+    lines.append(f"  architecture     {meta.architecture_name}, {model.get('layers', '?')} "
+                 f"layers{members}")
+    for t in meta.targets:
+        units = f" [{t.units}]" if t.units else ""
+        lines.append(f"  target           {t.name}{units}: training mean {t.mean:.6g}, "
+                     f"std {t.std:.6g}")
+    g = meta.graph
+    lines.append(f"  graph            {g.construction}, cutoff {g.cutoff:g} Å, "
+                 f"max_neighbors {g.max_neighbors}")
+    calibration = meta.calibration
+    if calibration is not None:
+        scales = ", ".join(f"{v:.4g}" for v in calibration.std_scale)
+        n = calibration.n if calibration.n is not None else "?"
+        lines.append(f"  ensemble         {model.get('members', '?')} members; std calibrated "
+                     f"×{scales} on {n} structures ({calibration.source or '?'})")
+        for name, m in (calibration.metrics or {}).items():
             lines.append(f"                   {name}: |error| ≤ 2σ for "
                          f"{m.get('coverage_2sigma', float('nan')):.3f}, ≤ σ for "
                          f"{m.get('coverage_1sigma', float('nan')):.3f}, Spearman(σ, |error|) "
                          f"{m.get('spearman_std_abs_error') or float('nan'):.3f}")
-    model = meta.get("model", {})
     lines.append("  model            " + ", ".join(f"{k} {v}" for k, v in model.items()))
-    elements = meta.get("elements", [])
-    lines.append(f"  elements ({len(elements)})    Z = {_short(elements)}")
-    if meta.get("source_sha256"):
+    lines.append(f"  elements ({len(meta.elements)})    Z = {_short(list(meta.elements))}")
+    if meta.source_sha256:
         label = "source checkpoint" if kind != CHECKPOINT_KIND else "sha256          "
-        lines.append(f"  {label} {meta['source_sha256']}")
-    if meta.get("store_digest"):
-        lines.append(f"  training store   {meta['store_digest']}")
-    if meta.get("package_version"):
-        lines.append(f"  deepergat        {meta['package_version']}")
-    exporter = meta.get("exporter") or {}
+        lines.append(f"  {label} {meta.source_sha256}")
+    if meta.store_digest:
+        lines.append(f"  training store   {meta.store_digest}")
+    if meta.package_version:
+        lines.append(f"  deepergat        {meta.package_version}")
+    exporter = meta.exporter or {}
     if exporter:
         parts = [str(exporter.get("exporter", "?"))]
         parts += [f"{key.replace('_', ' ')} {exporter[key]}"
@@ -96,16 +102,15 @@ def format_model(info: dict[str, Any], path: str) -> list[str]:
             parts.append(f"compiled for {compiled.get('device', '?')} "
                          f"{compiled.get('cpu_isa') or compiled.get('machine', '')}".rstrip())
         lines.append("  exporter         " + ", ".join(parts))
-    parity = meta.get("parity")
-    if parity:
-        units = [t.get("units", "") for t in meta["targets"]]
-        diffs = ", ".join(f"{d:.3g}{' ' + u if u else ''}"
-                          for d, u in zip(parity["max_abs_diff"], units, strict=False))
-        allowed = ", ".join(f"{a:.3g}" for a in parity["max_allowed"])
-        state = "passed" if parity.get("passed") else "FAILED"
-        lines.append(f"  parity           {state}: {parity['n_structures']} structures, "
-                     f"{parity['batches']} batches, max |Δ| {diffs} (allowed {allowed}), worst "
-                     f"ratio {parity['worst_ratio']:.3g}, on {parity.get('backend', '?')}")
+    parity = meta.parity
+    if parity is not None:
+        diffs = ", ".join(f"{_g(d, '.3g')}{' ' + u if u else ''}"
+                          for d, u in zip(parity.max_abs_diff, meta.units, strict=False))
+        allowed = ", ".join(_g(a, ".3g") for a in parity.max_allowed)
+        state = "passed" if parity.passed else "FAILED"
+        lines.append(f"  parity           {state}: {parity.n_structures} structures, "
+                     f"{parity.batches} batches, max |Δ| {diffs} (allowed {allowed}), worst "
+                     f"ratio {_g(parity.worst_ratio, '.3g')}, on {parity.backend or '?'}")
     if kind != CHECKPOINT_KIND:
         lines.append(f"  sha256           {info['sha256']}")
     return lines

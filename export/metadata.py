@@ -1,9 +1,10 @@
 """The metadata document every exported file carries (docs/design.md §8).
 
-One JSON document: in ONNX the ``metadata_props`` key ``deepergat``; in TorchScript and ``.pt2``
-the extra file ``deepergat.json``. It is built from the source checkpoint's metadata
-(`deepergat.checkpoint.metadata`) plus what the export adds: the exported file's kind and format
-integer, the exporter's versions, and the figures of the file's own parity check.
+One JSON document, a `deepergat.metadata.ModelMetadata`: in ONNX the ``metadata_props`` key
+``deepergat``; in TorchScript and ``.pt2`` the extra file ``deepergat.json``. It is built from
+the source checkpoint's metadata (`deepergat.checkpoint.model_metadata`) plus what the export
+adds: the exported file's kind and format integer, the exporter's versions, and the figures of
+the file's own parity check.
 
 Everything here is plain Python (no torch, no onnx): the screening path reads and checks
 metadata without paying for either.
@@ -21,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.architectures import architecture_name
-from deepergat.contract import MODEL_FORMATS
+from deepergat.contract import ENSEMBLE_OUTPUT_NAMES, INPUT_NAMES, MODEL_FORMATS, OUTPUT_NAMES
 from deepergat.errors import DeepergatError
-from deepergat.graphs import graph_settings
-
-from .shapes import INPUT_NAMES, OUTPUT_NAMES
+from deepergat.metadata import EXPORT_FORMAT, GraphSettings, ModelMetadata, ParityFigures
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -34,48 +33,46 @@ __all__ = [
     "METADATA_KEY",
     "check_settings",
     "decode_metadata",
+    "decode_model_metadata",
     "encode_metadata",
     "exported_metadata",
+    "exported_model_metadata",
     "meta_tmp_path",
+    "output_names",
     "validate_metadata",
     "with_exporter",
 ]
 
-#: Format integer of exported files' metadata; bumped only when its layout changes
-#: incompatibly (not the package version: a release must not orphan exported files).
-EXPORT_FORMAT = 1
 #: ONNX ``metadata_props`` key holding the document.
 METADATA_KEY = "deepergat"
 #: Extra file holding the document in TorchScript and ``.pt2`` archives.
 EXTRA_FILE = "deepergat.json"
 #: Exported file kinds (the ``kind`` field), keyed by the format name used on the CLI.
 KINDS: dict[str, str] = {name: f.kind for name, f in MODEL_FORMATS.items()}
-#: Fields every metadata document holds (exported files and checkpoints alike).
-_REQUIRED = ("format", "model", "graph", "targets", "elements")
 #: Relative tolerance when comparing a caller's cutoff with the model's.
 _CUTOFF_RTOL = 1e-9
 
 
-def exported_metadata(
-    source: Mapping[str, Any],
+def exported_model_metadata(
+    source: ModelMetadata | Mapping[str, Any],
     *,
     kind: str,
     exporter: Mapping[str, Any],
     parity: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The metadata document of an exported file.
+) -> ModelMetadata:
+    """The metadata of an exported file.
 
     Args:
-        source: the checkpoint's metadata (`deepergat.checkpoint.metadata`): ``format``
-            (checkpoint format), ``model`` (constructor arguments), ``graph``, ``targets``,
-            ``elements``, ``store_digest``, ``package_version``, ``source_sha256``.
+        source: the checkpoint's metadata (`deepergat.checkpoint.model_metadata`, or its
+            document): ``format`` (checkpoint format), ``model`` (constructor arguments),
+            ``graph``, ``targets``, ``elements``, ``store_digest``, ``source_sha256``, ...
         kind: ``"onnx"``, ``"torchscript"``, ``"pt2"`` or ``"aoti"``.
         exporter: versions and settings of the exporter (torch version, opset, IR version, ...).
         parity: the figures of the file's parity check (`deepergat.export.parity`), or None
             while it has not run yet.
 
     Returns:
-        JSON-ready dict: ``kind``, ``format`` (`EXPORT_FORMAT`), ``checkpoint_format``,
+        `ModelMetadata` with ``kind``, ``format`` (`EXPORT_FORMAT`), ``checkpoint_format``,
         ``architecture`` (the paper's name of the model), ``model``, ``graph`` {cutoff Å,
         max_neighbors, construction}, ``targets`` [{name, units, mean, std}], ``elements`` [Z],
         ``store_digest``, ``package_version``, ``source_sha256``, ``inputs``, ``outputs``,
@@ -85,32 +82,47 @@ def exported_metadata(
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     from deepergat import __version__
 
-    return {
-        "kind": KINDS[kind],
-        "format": EXPORT_FORMAT,
-        "checkpoint_format": int(source["format"]),
-        "architecture": architecture_name(dict(source["model"])),
-        "model": dict(source["model"]),
-        "graph": graph_settings(source["graph"]),
-        "targets": [dict(t) for t in source["targets"]],
-        "elements": [int(z) for z in source["elements"]],
-        "store_digest": str(source.get("store_digest", "")),
-        "package_version": __version__,
-        "source_sha256": str(source.get("source_sha256", "")),
-        "inputs": list(INPUT_NAMES),
-        "outputs": output_names(source),
-        "exporter": dict(exporter),
-        "parity": dict(parity) if parity is not None else None,
-        **({"calibration": dict(source["calibration"])} if source.get("calibration") else {}),
-    }
+    src = (source if isinstance(source, ModelMetadata)
+           else ModelMetadata.from_dict(source, where="source checkpoint metadata"))
+    graph = src.graph
+    return ModelMetadata(
+        kind=KINDS[kind],
+        format=EXPORT_FORMAT,
+        checkpoint_format=src.format,
+        architecture=architecture_name(src.model),
+        model=src.model,
+        graph=GraphSettings(graph.cutoff, graph.max_neighbors, graph.construction),
+        targets=src.targets,
+        elements=src.elements,
+        store_digest=src.store_digest or "",
+        package_version=__version__,
+        source_sha256=src.source_sha256 or "",
+        inputs=INPUT_NAMES,
+        outputs=src.output_names,
+        exporter=exporter,
+        parity=ParityFigures.from_dict(parity) if parity is not None else None,
+        calibration=src.calibration,
+    )
 
 
-def output_names(meta: Mapping[str, Any]) -> list[str]:
+def exported_metadata(
+    source: ModelMetadata | Mapping[str, Any],
+    *,
+    kind: str,
+    exporter: Mapping[str, Any],
+    parity: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`exported_model_metadata` as its JSON-ready document (`ModelMetadata.to_dict`)."""
+    return exported_model_metadata(source, kind=kind, exporter=exporter,
+                                   parity=parity).to_dict()
+
+
+def output_names(meta: ModelMetadata | Mapping[str, Any]) -> list[str]:
     """The outputs of the model a metadata document describes: ``prediction``, ``embedding``,
     and for an ensemble (``model.members``) ``std``."""
-    names = list(OUTPUT_NAMES)
-    return [*names, "std"] if "members" in meta.get("model", {}) else names
-
+    if isinstance(meta, ModelMetadata):
+        return list(meta.output_names)
+    return list(ENSEMBLE_OUTPUT_NAMES if "members" in meta.get("model", {}) else OUTPUT_NAMES)
 
 
 def with_exporter(metadata: Mapping[str, Any], facts: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,59 +161,48 @@ def encode_metadata(meta: Mapping[str, Any]) -> str:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def decode_metadata(text: str | bytes, *, where: str) -> dict[str, Any]:
-    """Parse and validate a metadata document.
-
-    Args:
-        text: the JSON document.
-        where: the file it came from, for error messages.
-
-    Raises:
-        DeepergatError: not JSON, or a document without the required fields.
-    """
+def _parse(text: str | bytes, where: str) -> dict[str, Any]:
     try:
         meta = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise DeepergatError(f"{where}: damaged deepergat metadata (not JSON: {e})") from None
     if not isinstance(meta, dict):
         raise DeepergatError(f"{where}: damaged deepergat metadata (not a JSON object)")
+    return meta
+
+
+def decode_model_metadata(text: str | bytes, *, where: str) -> ModelMetadata:
+    """Parse and check a metadata document.
+
+    Args:
+        text: the JSON document.
+        where: the file it came from, for error messages.
+
+    Raises:
+        DeepergatError: not JSON, or a document `ModelMetadata.from_dict` refuses.
+    """
+    return ModelMetadata.from_dict(_parse(text, where), where=where)
+
+
+def decode_metadata(text: str | bytes, *, where: str) -> dict[str, Any]:
+    """`decode_model_metadata`, returning the checked document as a dict."""
+    meta = _parse(text, where)
     validate_metadata(meta, where=where)
     return meta
 
 
-def validate_metadata(meta: Mapping[str, Any], *, where: str) -> None:
-    """Check that a metadata document has the fields loaders rely on.
+def validate_metadata(meta: Mapping[str, Any], *, where: str) -> ModelMetadata:
+    """Check a metadata document (`ModelMetadata.from_dict`) and return it typed.
 
     Raises:
-        DeepergatError: a missing field, or an exported file of a newer format.
+        DeepergatError: a missing field or one of the wrong type, or an exported file of a
+            newer format.
     """
-    missing = [k for k in _REQUIRED if k not in meta]
-    if missing:
-        raise DeepergatError(f"{where}: damaged deepergat metadata: missing {', '.join(missing)}")
-    kind = meta.get("kind")
-    if kind in KINDS.values() and meta["format"] != EXPORT_FORMAT:
-        from deepergat import __version__
-
-        raise DeepergatError(
-            f"{where}: exported-file format {meta['format']!r} is not supported (deepergat "
-            f"{__version__} reads format {EXPORT_FORMAT}); use a matching deepergat version"
-        )
-    graph = meta["graph"]
-    if not isinstance(graph, Mapping) or "cutoff" not in graph or "max_neighbors" not in graph:
-        raise DeepergatError(f"{where}: damaged deepergat metadata: graph settings missing")
-    try:
-        graph_settings(graph)
-    except (TypeError, ValueError) as e:
-        raise DeepergatError(f"{where}: damaged deepergat metadata: graph settings: {e}") from None
-    targets = meta["targets"]
-    if not isinstance(targets, list) or not all(
-        isinstance(t, Mapping) and {"name", "units", "mean", "std"} <= set(t) for t in targets
-    ):
-        raise DeepergatError(f"{where}: damaged deepergat metadata: targets malformed")
+    return ModelMetadata.from_dict(meta, where=where)
 
 
 def check_settings(
-    meta: Mapping[str, Any],
+    meta: ModelMetadata | Mapping[str, Any],
     *,
     cutoff: float | None = None,
     max_neighbors: int | None = None,
@@ -214,7 +215,8 @@ def check_settings(
     (docs/design.md §4); a mismatch is refused, never silently accepted.
 
     Args:
-        meta: a metadata document (``graph`` {cutoff, max_neighbors, construction}).
+        meta: a model's metadata, or its document (``graph`` {cutoff, max_neighbors,
+            construction}).
         cutoff: the caller's cutoff, Å (None: not checked).
         max_neighbors: the caller's neighbor count (None: not checked).
         graph: the caller's graph construction (None: not checked).
@@ -223,22 +225,23 @@ def check_settings(
     Raises:
         DeepergatError: naming both values of each mismatched setting.
     """
-    settings = meta["graph"]
+    settings = (meta.graph if isinstance(meta, ModelMetadata)
+                else GraphSettings.from_dict(meta["graph"], where=where))
     problems = []
     if cutoff is not None:
-        want = float(settings["cutoff"])
+        want = settings.cutoff
         if not math.isclose(float(cutoff), want, rel_tol=_CUTOFF_RTOL, abs_tol=0.0):
             problems.append(
                 f"cutoff {float(cutoff):g} Å given, the model was trained with {want:g} Å"
             )
     if max_neighbors is not None:
-        want_k = int(settings["max_neighbors"])
+        want_k = settings.max_neighbors
         if int(max_neighbors) != want_k:
             problems.append(
                 f"max_neighbors {int(max_neighbors)} given, the model was trained with {want_k}"
             )
     if graph is not None:
-        want_g = graph_settings(meta["graph"])["construction"]
+        want_g = settings.construction
         if graph != want_g:
             problems.append(f"graph {graph!r} given, the model was trained with {want_g!r}")
     if problems:

@@ -112,7 +112,7 @@ def parity_cases(
       sizes far beyond the example the exporter saw;
     * each edge case on its own (size-1 dimensions, self-loop-only atoms).
 
-    Structures the graph builder rejects (status ≠ 0: an element outside Z = 1..100, bad
+    Structures the graph builder rejects (status ≠ 0: an element outside Z = 1..MAX_Z, bad
     geometry) are left out.
 
     Args:

@@ -13,7 +13,8 @@ bundled model name         its shipped ``.onnx`` (else .ckpt)   as above
 
 Every predictor takes the model inputs (docs/design.md) as numpy arrays and returns a
 `Prediction` of numpy arrays — with the calibrated spread ``std`` when the model is an ensemble —
-carries the file's metadata document, its sha256 and path, and checks a caller's graph settings.
+carries the file's metadata (a `deepergat.metadata.ModelMetadata`), its sha256 and path, and
+checks a caller's graph settings.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from deepergat.architectures import embedding_width
 from deepergat.contract import INPUT_DTYPES, INPUT_NDIM
 from deepergat.devices import DeviceChoice, parse_device
 from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
-from deepergat.graphs import graph_settings
+from deepergat.metadata import ModelMetadata
 
 from .files import CHECKPOINT_KIND, CODE_KINDS, expect_kind, onnx_external_tensors
 from .metadata import (
@@ -42,8 +42,7 @@ from .metadata import (
     KINDS,
     METADATA_KEY,
     check_settings,
-    decode_metadata,
-    output_names,
+    decode_model_metadata,
 )
 from .resolve import resolve_model
 from .shapes import INPUT_NAMES
@@ -75,9 +74,10 @@ class Predictor:
 
     Attributes:
         path: the model file.
-        metadata: its metadata document (docs/design.md): ``format``, ``model`` (constructor
-            arguments), ``graph`` {cutoff Å, max_neighbors}, ``targets`` [{name, units, mean,
-            std}], ``elements``, ...; exported files add ``kind``, ``exporter``, ``parity``.
+        metadata: its `ModelMetadata` (docs/design.md §8): ``format``, ``model`` (constructor
+            arguments), ``graph`` (cutoff Å, max_neighbors, construction), ``targets`` (name,
+            units, mean, std), ``elements``, ...; exported files add ``kind``, ``exporter``,
+            ``parity``. ``metadata.to_dict()`` is the document the file carries.
         sha256: hex digest of the file.
         backend: ``"onnxruntime"``, ``"torchscript"``, ``"torch.export"``, ``"aoti"`` or
             ``"eager"``.
@@ -86,7 +86,7 @@ class Predictor:
 
     backend = ""
 
-    def __init__(self, path: Path, metadata: dict[str, Any], sha256: str, device: str) -> None:
+    def __init__(self, path: Path, metadata: ModelMetadata, sha256: str, device: str) -> None:
         self.path = path
         self.metadata = metadata
         self.sha256 = sha256
@@ -101,58 +101,58 @@ class Predictor:
     @property
     def targets(self) -> list[str]:
         """[T] target names, in output order."""
-        return [str(t["name"]) for t in self.metadata["targets"]]
+        return self.metadata.target_names
 
     @property
     def units(self) -> list[str]:
         """[T] target units."""
-        return [str(t["units"]) for t in self.metadata["targets"]]
+        return self.metadata.units
 
     @property
     def target_std(self) -> np.ndarray:
         """[T] float64 training standard deviations (for the agreement rule)."""
-        return np.array([float(t["std"]) for t in self.metadata["targets"]], dtype=np.float64)
+        return np.array(self.metadata.target_std, dtype=np.float64)
 
     @property
     def cutoff(self) -> float:
         """Graph cutoff, Å."""
-        return float(self.metadata["graph"]["cutoff"])
+        return self.metadata.graph.cutoff
 
     @property
     def max_neighbors(self) -> int:
         """Graph neighbor count."""
-        return int(self.metadata["graph"]["max_neighbors"])
+        return self.metadata.graph.max_neighbors
 
     @property
     def graph(self) -> str:
         """Graph construction: ``"periodic"`` or ``"minimum-image"``."""
-        return str(graph_settings(self.metadata["graph"])["construction"])
+        return self.metadata.graph.construction
 
     @property
     def graph_settings(self) -> dict[str, Any]:
         """Keyword arguments of `deepergat.graphs.build_inputs` for this model's graphs:
         ``cutoff``, ``max_neighbors``, ``graph``."""
-        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "graph": self.graph}
+        return self.metadata.graph.as_kwargs()
 
     @property
     def members(self) -> int:
         """Ensemble members (1 for a single model)."""
-        return int(self.metadata["model"].get("members", 1))
+        return self.metadata.members
 
     @property
     def has_std(self) -> bool:
         """Whether `predict` returns a calibrated spread (an ensemble)."""
-        return "std" in output_names(self.metadata)
+        return "std" in self.metadata.output_names
 
     @property
     def elements(self) -> list[int]:
         """Atomic numbers seen in training."""
-        return [int(z) for z in self.metadata["elements"]]
+        return list(self.metadata.elements)
 
     @property
     def dim(self) -> int:
         """Embedding width D (MEGNet's: 3 × its dim)."""
-        return embedding_width(self.metadata["model"])
+        return self.metadata.embedding_dim
 
     def check_settings(
         self, *, cutoff: float | None = None, max_neighbors: int | None = None,
@@ -184,7 +184,7 @@ class Predictor:
         arrays = self._prepare(inputs)
         c = arrays[INPUT_NAMES.index("crystal_atoms")].shape[0]
         if c == 0:
-            t = len(self.metadata["targets"])
+            t = len(self.metadata.targets)
             empty = np.zeros((0, t), np.float32)
             return Prediction(empty, np.zeros((0, self.dim), np.float32),
                               empty.copy() if self.has_std else None)
@@ -222,12 +222,12 @@ class OnnxPredictor(Predictor):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, session: Any, metadata: dict[str, Any], sha256: str,
+    def __init__(self, path: Path, session: Any, metadata: ModelMetadata, sha256: str,
                  device: str) -> None:
         super().__init__(path, metadata, sha256, device)
         self.session = session
         self.providers: list[str] = list(session.get_providers())
-        self._outputs = output_names(metadata)
+        self._outputs = list(metadata.output_names)
 
     def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         feed = dict(zip(INPUT_NAMES, arrays, strict=True))
@@ -247,7 +247,7 @@ class TorchPredictor(Predictor):
         module: the callable module (forward(7 tensors) -> (prediction, embedding[, std])).
     """
 
-    def __init__(self, path: Path, module: Any, metadata: dict[str, Any], sha256: str,
+    def __init__(self, path: Path, module: Any, metadata: ModelMetadata, sha256: str,
                  device: str, backend: str) -> None:
         super().__init__(path, metadata, sha256, device)
         self.module = module
@@ -361,7 +361,7 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
         raise DeepergatError(
             f"{path}: an ONNX model without deepergat metadata: not exported by `deepergat export`"
         )
-    meta = decode_metadata(props[METADATA_KEY], where=str(path))
+    meta = decode_model_metadata(props[METADATA_KEY], where=str(path))
     names = [i.name for i in session.get_inputs()]
     if sorted(names) != sorted(INPUT_NAMES):
         raise DeepergatError(f"{path}: ONNX inputs {names} are not the deepergat model's")
@@ -420,13 +420,10 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
     dev = _torch_device(device, device_id, path)
     sha = file_sha256(path)
     if kind == CHECKPOINT_KIND:
-        from deepergat.checkpoint import load_checkpoint
-        from deepergat.checkpoint import metadata as checkpoint_metadata
+        from deepergat.checkpoint import load_checkpoint, model_metadata
 
         ckpt = load_checkpoint(path)
-        meta = checkpoint_metadata(ckpt.data)
-        meta["kind"] = CHECKPOINT_KIND
-        meta["source_sha256"] = sha
+        meta = model_metadata(ckpt.data, where=str(path)).replace(source_sha256=sha)
         return TorchPredictor(path, ckpt.model.to(dev).eval(), meta, sha, dev, "eager")
     extra = {EXTRA_FILE: ""}
     try:
@@ -470,7 +467,7 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
             f"{path}: no deepergat metadata (extra file {EXTRA_FILE} missing): not exported by "
             "`deepergat export`"
         )
-    meta = decode_metadata(extra[EXTRA_FILE], where=str(path))
+    meta = decode_model_metadata(extra[EXTRA_FILE], where=str(path))
     return TorchPredictor(path, module, meta, sha, dev, backend)
 
 

@@ -12,9 +12,10 @@ Execution provider choice (``device``):
 
 onnxruntime-gpu lists the CUDA provider even on machines without a GPU or without the CUDA
 libraries, and a session that asks for it there prints a wall of error logs before it falls
-back to the CPU. So ``"auto"`` first checks cheaply for a GPU (``/dev/nvidia*`` or the driver
-library), and every attempt at the CUDA provider runs with onnxruntime's logging raised to
-fatal-only; whether CUDA really runs is read back from the session's providers.
+back to the CPU. So ``"auto"`` first checks cheaply for a GPU (`deepergat.devices.visible_gpus`,
+the probe training and screening use: ``CUDA_VISIBLE_DEVICES`` and the driver), and every
+attempt at the CUDA provider runs with onnxruntime's logging raised to fatal-only; whether
+CUDA really runs is read back from the session's providers.
 
 Before the first CUDA session the CUDA and cuDNN libraries of pip's ``nvidia-*`` packages (the
 ``onnxruntime-gpu[cuda,cudnn]`` extras) are loaded with ``onnxruntime.preload_dlls``, so they
@@ -27,14 +28,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import glob
 import io
 import logging
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
+from deepergat.devices import DeviceChoice, check_device, visible_gpus
 from deepergat.errors import DeepergatError
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Device = Literal["auto", "cpu", "cuda"]
+Device = DeviceChoice
 #: Graph optimization levels by name (onnxruntime.GraphOptimizationLevel members).
 OPTIMIZATION_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -126,20 +127,6 @@ def quiet_onnxruntime() -> Iterator[None]:
 
 
 @functools.cache
-def _gpu_present() -> bool:
-    """A cheap check for an NVIDIA GPU and driver: device nodes or the driver library."""
-    if glob.glob("/dev/nvidia[0-9]*"):
-        return True
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            ctypes.CDLL(name)
-        except OSError:
-            continue
-        return True
-    return False
-
-
-@functools.cache
 def preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries from pip's ``nvidia-*`` packages, once per process.
 
@@ -173,7 +160,7 @@ def cuda_available() -> bool:
     session asks for the provider (see `make_session`).
     """
     ort = _ort()
-    return "CUDAExecutionProvider" in ort.get_available_providers() and _gpu_present()
+    return "CUDAExecutionProvider" in ort.get_available_providers() and visible_gpus() > 0
 
 
 @functools.cache
@@ -272,8 +259,7 @@ def make_session(
         DeepergatError: an unreadable model, or ``device="cuda"`` where CUDA cannot run.
     """
     ort = _ort()
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeepergatError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    device = check_device(device)
     src = os.fspath(model) if not isinstance(model, bytes) else model
     options = session_options(
         threads=threads, inter_op_threads=inter_op_threads, optimization=optimization

@@ -2,7 +2,7 @@
 
 `parity_structures` makes a varied, reproducible set: ABX3 perovskite cells on a strained and
 jittered cubic prototype (the family screening runs on), their 2×1×1 and 2×2×1 supercells,
-small random cells of 1-8 atoms with any element of the model's table (Z = 1..100), slabs
+small random cells of 1-8 atoms with any element of the model's table (Z = 1..MAX_Z), slabs
 periodic on two axes, and non-periodic clusters. `edge_case_structures` adds the sizes
 exporters get wrong: a one-atom crystal and atoms whose only edge is their self loop.
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from deepergat.contract import MAX_Z
+from deepergat.contract import DEFAULT_CUTOFF, MAX_Z
 from deepergat.store import StructureBatch
 
 __all__ = ["edge_case_structures", "parity_structures"]
@@ -28,7 +28,7 @@ _X_SITES = (8, 8, 8, 9, 7, 16, 17, 35, 53)
 _PROTOTYPE = np.array(
     [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]]
 )
-#: Element table of the model (docs/design.md): Z = 1..100.
+#: Element table of the model (docs/design.md): Z = 1..MAX_Z.
 
 
 def _perovskite(rng: np.random.Generator, reps: tuple[int, int, int]) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def parity_structures(n: int = 1024, *, seed: int = 0) -> StructureBatch:
     """n varied structures for parity checks, deterministic by ``seed``.
 
     Shares: 60% perovskite cells (5 atoms), 10% 2×1×1 and 5% 2×2×1 supercells (10, 20 atoms),
-    10% random cells (1-8 atoms, any Z in 1..100), 7% slabs (periodic on two axes), 8%
+    10% random cells (1-8 atoms, any Z in 1..MAX_Z), 7% slabs (periodic on two axes), 8%
     non-periodic clusters (2-12 atoms).
 
     Returns:
@@ -119,7 +119,7 @@ def parity_structures(n: int = 1024, *, seed: int = 0) -> StructureBatch:
     return StructureBatch.from_structures(out)
 
 
-def edge_case_structures(cutoff: float = 8.0) -> dict[str, StructureBatch]:
+def edge_case_structures(cutoff: float = DEFAULT_CUTOFF) -> dict[str, StructureBatch]:
     """Batches with the sizes 1 that traced and exported graphs get wrong.
 
     Args:

@@ -11,9 +11,23 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from deepergat.cli_options import (
+    MODEL_FILES,
+    TRUST_HELP,
+    check_options,
+    device_option,
+    rank_by_option,
+    rank_k_option,
+    rank_order_option,
+)
+from deepergat.contract import DEFAULT_CHUNK_SIZE, RankBy, RankOrder
+
+if TYPE_CHECKING:
+    from .run import ScreenOptions
 
 __all__ = ["main", "screen"]
 
@@ -78,15 +92,13 @@ def _summary(result: Any) -> list[str]:
 @click.option("--input", "input_", required=True, type=click.Path(dir_okay=False),
               help="Structure store to screen (deepergat pack).")
 @click.option("--model", default=None,
-              help="Exported file (.onnx, .pt, .pt2), checkpoint (.ckpt) or bundled model name "
+              help=f"Exported file ({MODEL_FILES}), checkpoint (.ckpt) or bundled model name "
                    "[default: the bundled model, on ONNX Runtime].")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="Predictions file [default: <input stem>.predictions.h5 beside the input].")
-@click.option("--chunk-size", default=2048, show_default=True, type=int,
+@click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=int,
               help="Structures per chunk (unit of work, commit and resume; keep it for reruns).")
-@click.option("--device", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda"]),
-              help="auto: a GPU when visible (node-local rank mod visible devices), else CPU.")
+@device_option("auto: a GPU when visible (node-local rank mod visible devices), else CPU.")
 @click.option("--workers", default=None, type=int,
               help="Worker processes per rank for the neighbor search — and on the CPU, with an "
                    "ONNX model, for the model too (0: all in the rank) [default: the rank's cores "
@@ -94,25 +106,15 @@ def _summary(result: Any) -> list[str]:
 @click.option("--shard", default=None, metavar="I/N",
               help="Take static share I of N (zero-based), balanced by atom count [default: from "
                    "the SLURM array task, if any].")
-@click.option("--max-atoms", default=1000, show_default=True, type=int,
-              help="Structures with more atoms get status 2.")
-@click.option("--overlap-threshold", default=0.1, show_default=True, type=float,
-              help="Two atoms closer than this (Å) give status 6.")
+@check_options
 @click.option("--embeddings", is_flag=True, help="Also store the [M, dim] crystal embeddings.")
 @click.option("--top", default=None, type=int, metavar="K",
               help="Write the K best structures to <output stem>.top.csv.")
-@click.option("--top-order", default="asc", show_default=True,
-              type=click.Choice(["asc", "desc"]), help="asc: lowest first; desc: highest first.")
-@click.option("--rank-by", default="mean", show_default=True,
-              type=click.Choice(["mean", "lower", "upper"]),
-              help="Rank the top K by the prediction, or (an ensemble) by the bound mean - k*std "
-                   "(lower) or mean + k*std (upper).")
-@click.option("--rank-k", default=1.0, show_default=True, type=float, metavar="k",
-              help="k of the --rank-by bound, in calibrated standard deviations.")
-@click.option("--trust", is_flag=True,
-              help="Allow a model file whose loading runs code from it (an AOTInductor "
-                   ".aoti.pt2 is native code, a TorchScript .pt a program): only for files you "
-                   "trust. ONNX, .pt2 programs and checkpoints never need it.")
+@rank_order_option("--top-order", help_text="asc: lowest first; desc: highest first.")
+@rank_by_option("Rank the top K by the prediction, or (an ensemble) by the bound mean - k*std "
+                "(lower) or mean + k*std (upper).")
+@rank_k_option("k of the --rank-by bound, in calibrated standard deviations.")
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
 @click.option("--no-resume", is_flag=True, help="Discard committed parts and start clean.")
 @click.option("--merge-only", is_flag=True,
               help="Only merge committed parts (names missing chunks and fails when any are).")
@@ -129,8 +131,8 @@ def screen(
     overlap_threshold: float,
     embeddings: bool,
     top: int | None,
-    top_order: str,
-    rank_by: str,
+    top_order: RankOrder,
+    rank_by: RankBy,
     rank_k: float,
     trust: bool,
     no_resume: bool,
@@ -152,8 +154,7 @@ def screen(
         input=Path(input_), model=model, output=Path(output) if output else None,
         chunk_size=chunk_size, device=device, workers=workers, shard=shard,
         max_atoms=max_atoms, overlap_threshold=overlap_threshold, embeddings=embeddings,
-        top=top, top_order=top_order,  # type: ignore[arg-type]
-        rank_by=rank_by, rank_k=rank_k, trust=trust,  # type: ignore[arg-type]
+        top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k, trust=trust,
         resume=not no_resume, merge_only=merge_only,
     )
     ranks = None
@@ -190,7 +191,7 @@ def screen(
             click.echo(line)
 
 
-def _connect(opts: Any) -> Any:
+def _connect(opts: ScreenOptions) -> Any:
     """Start the forkserver (when worker processes may be used), then connect the ranks: no
     process is ever forked from one that has initialized MPI."""
     from .mpi import connect
@@ -201,7 +202,7 @@ def _connect(opts: Any) -> Any:
     return connect()
 
 
-def _run(opts: Any, ranks: Any) -> Any:
+def _run(opts: ScreenOptions, ranks: Any) -> Any:
     from .run import Hooks, screen
 
     bar: Any = None

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from deepergat.contract import Status
 from deepergat.errors import DeepergatError
 
 from .parts import PartsDir
@@ -51,13 +52,13 @@ class MergeResult:
 
     Attributes:
         path: the predictions file. n_structures: its rows.
-        status: [8] int64 counts by status code. flagged: rows with flag bit 0.
+        status: [len(Status)] int64 counts by status code. flagged: rows with flag bit 0.
         seconds: time the merge took.
     """
 
     path: Path
     n_structures: int
-    status: np.ndarray = field(default_factory=lambda: np.zeros(8, np.int64))
+    status: np.ndarray = field(default_factory=lambda: np.zeros(len(Status), np.int64))
     flagged: int = 0
     seconds: float = 0.0
 
@@ -159,7 +160,7 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
             rows = parts.read(k, start=a, stop=b, targets=len(targets), embedding_dim=emb_dim,
                               spread=spread)
             w.write(a, rows)
-            result.status += np.bincount(rows.status, minlength=8)[:8]
+            result.status += np.bincount(rows.status, minlength=len(Status))[: len(Status)]
             result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
     parts.remove()
     result.seconds = time.perf_counter() - t0

@@ -273,7 +273,7 @@ class PipelineStats:
 
     Attributes:
         chunks, structures: committed by this rank in this run.
-        status: [8] int64 counts by status code. flagged: structures with flag bit 0.
+        status: [len(Status)] int64 counts by status code. flagged: structures with flag bit 0.
         seconds: wall time of `Pipeline.run`. read, featurize, predict, write: seconds spent
             in each stage (featurize summed over workers).
         batches: model batches predicted.
@@ -282,7 +282,7 @@ class PipelineStats:
 
     chunks: int = 0
     structures: int = 0
-    status: np.ndarray = field(default_factory=lambda: np.zeros(8, np.int64))
+    status: np.ndarray = field(default_factory=lambda: np.zeros(len(Status), np.int64))
     flagged: int = 0
     seconds: float = 0.0
     read: float = 0.0
@@ -481,7 +481,8 @@ class Pipeline:
                         stats.write += time.perf_counter() - t0
                         stats.chunks += 1
                         stats.structures += len(rows)
-                        stats.status += np.bincount(rows.status, minlength=8)[:8]
+                        counts = np.bincount(rows.status, minlength=len(Status))
+                        stats.status += counts[: len(Status)]
                         stats.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
                     if on_chunk is not None:
                         on_chunk(rows)
@@ -576,15 +577,17 @@ class Pipeline:
                 emb[rows] = em.astype(np.float32, copy=False).reshape(len(rows), -1)
             if spread is not None and sd is not None:
                 spread[rows] = sd.astype(np.float32, copy=False).reshape(len(rows), t)
-        bad = (status == 0) & ~np.isfinite(preds).all(axis=1)
+        ok = status == Status.OK
+        bad = ok & ~np.isfinite(preds).all(axis=1)
         if spread is not None:
-            bad |= (status == 0) & ~np.isfinite(spread).all(axis=1)
+            bad |= ok & ~np.isfinite(spread).all(axis=1)
         status[bad] = Status.NONFINITE_PREDICTION
-        preds[status != 0] = np.nan
+        failed = status != Status.OK
+        preds[failed] = np.nan
         if emb is not None:
-            emb[status != 0] = np.nan
+            emb[failed] = np.nan
         if spread is not None:
-            spread[status != 0] = np.nan
+            spread[failed] = np.nan
         rows_out = Rows(
             index=np.arange(item.start, item.start + m, dtype=np.int64),
             ids=item.ids, status=status, flags=flags, predictions=preds, embeddings=emb,

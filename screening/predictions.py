@@ -27,13 +27,22 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import h5py
 import numpy as np
 
 from deepergat import __version__
-from deepergat.contract import FLAG_UNSEEN_ELEMENT, STATUS_CODES
+from deepergat.contract import (
+    DEFAULT_RANK_BY,
+    DEFAULT_RANK_K,
+    DEFAULT_RANK_ORDER,
+    FLAG_UNSEEN_ELEMENT,
+    RANK_BY,
+    STATUS_CODES,
+    RankBy,
+    RankOrder,
+)
 from deepergat.errors import DeepergatError
 
 __all__ = [
@@ -351,9 +360,6 @@ def _take(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-RankBy = Literal["mean", "lower", "upper"]
-
-
 def _formulas(store_path: str | os.PathLike[str] | None, index: np.ndarray) -> list[str]:
     """Reduced formulas of rows of the input store ("" when the store cannot be read: the
     ranking does not depend on it)."""
@@ -376,9 +382,9 @@ def top_rows(
     path: str | os.PathLike[str],
     k: int,
     *,
-    order: Literal["asc", "desc"] = "asc",
-    rank_by: RankBy = "mean",
-    rank_k: float = 1.0,
+    order: RankOrder = DEFAULT_RANK_ORDER,
+    rank_by: RankBy = DEFAULT_RANK_BY,
+    rank_k: float = DEFAULT_RANK_K,
 ) -> np.ndarray:
     """Rows of the K best structures by the first target, best first.
 
@@ -396,8 +402,10 @@ def top_rows(
     """
     if k < 1:
         raise DeepergatError(f"--top must be at least 1, got {k}")
-    if rank_by not in ("mean", "lower", "upper"):
-        raise DeepergatError(f"--rank-by {rank_by!r}: choose mean, lower or upper")
+    if rank_by not in RANK_BY:
+        raise DeepergatError(
+            f"--rank-by {rank_by!r}: choose {', '.join(RANK_BY[:-1])} or {RANK_BY[-1]}"
+        )
     if not (rank_k >= 0 and math.isfinite(rank_k)):
         raise DeepergatError(f"--rank-k must be a finite number ≥ 0, got {rank_k}")
     sign = 1.0 if order == "asc" else -1.0
@@ -468,9 +476,9 @@ def write_top_csv(
     csv_path: str | os.PathLike[str],
     k: int,
     *,
-    order: Literal["asc", "desc"] = "asc",
-    rank_by: RankBy = "mean",
-    rank_k: float = 1.0,
+    order: RankOrder = DEFAULT_RANK_ORDER,
+    rank_by: RankBy = DEFAULT_RANK_BY,
+    rank_k: float = DEFAULT_RANK_K,
     store: str | os.PathLike[str] | None = None,
 ) -> int:
     """The K best structures (`top_rows`) as CSV

@@ -1,14 +1,16 @@
 """`deepergat report`: one self-contained HTML page about a predictions file.
 
 The run (model, its sha256, the input and its digest, structures, how long the screen took),
-each target's histogram with the top-K threshold marked, the status and flag table with example
+each target's histogram (the first target's, which ranks the top K, with the top-K threshold
+marked), the status and flag table with example
 ids, the top-K table (id, formula, prediction, std), and with embeddings a 2-D map (principal
 components) coloured by the prediction. Images are PNGs embedded as data URIs, so the page can
 be mailed or archived alone.
 
 Everything is read in blocks of a million rows: histograms from streamed bin counts (a first
-pass for the range), the principal components from a streamed covariance, and the map from a
-fixed-stride sample of at most `MAP_POINTS` rows — memory does not grow with the file.
+pass for the range), the principal components from a streamed covariance (blocks of ~64 MB
+whatever the embedding width), and the map from a fixed-stride sample of at most `MAP_POINTS`
+rows spread over the whole file — memory does not grow with the file.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import h5py
 import numpy as np
 
-from deepergat.contract import FLAG_UNSEEN_ELEMENT, STATUS_CODES
+from deepergat.contract import DEFAULT_RANK_ORDER, FLAG_UNSEEN_ELEMENT, STATUS_CODES, RankOrder
 from deepergat.errors import DeepergatError
+from deepergat.metadata import ModelMetadata
 
 from .predictions import PREDICTIONS_FORMAT, take_rows, top_rows
 
@@ -34,6 +37,8 @@ __all__ = ["MAP_POINTS", "write_report"]
 _READ_ROWS = 1 << 20
 #: Most points drawn in the embedding map.
 MAP_POINTS = 50_000
+#: Bytes of float64 embeddings held at once by the map's streamed PCA.
+_BLOCK_BYTES = 64 << 20
 #: Example ids listed per status.
 _EXAMPLES = 3
 
@@ -41,6 +46,15 @@ _EXAMPLES = 3
 def _attr(f: h5py.File, key: str) -> str:
     v = f.attrs.get(key, "")
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _model_metadata(text: str, where: str) -> ModelMetadata | None:
+    """The model metadata a predictions file records, or None where it records none that
+    reads (the report is drawn without it)."""
+    try:
+        return ModelMetadata.from_dict(json.loads(text), where=where)
+    except (ValueError, DeepergatError):
+        return None
 
 
 def _png(fig: Any) -> str:
@@ -125,9 +139,10 @@ def _embedding_map(f: h5py.File, first: str) -> str | None:
         return None
     emb, pred = f["embeddings"], f[f"predictions/{first}"]
     m, d = emb.shape
+    block = max(1024, _BLOCK_BYTES // (8 * max(d, 1)))  # float64 rows per read, ~64 MB
     total, s, ss = 0, np.zeros(d), np.zeros((d, d))
-    for a in range(0, m, _READ_ROWS):
-        x = emb[a : a + _READ_ROWS].astype(np.float64)
+    for a in range(0, m, block):
+        x = emb[a : a + block].astype(np.float64)
         x = x[np.isfinite(x).all(1)]
         total += len(x)
         s += x.sum(0)
@@ -138,11 +153,10 @@ def _embedding_map(f: h5py.File, first: str) -> str | None:
     cov = ss / total - np.outer(mean, mean)
     w, v = np.linalg.eigh(cov)
     axes = v[:, np.argsort(w)[::-1][:2]]
-    stride = max(1, m // MAP_POINTS)
-    rows = np.arange(0, m, stride)[:MAP_POINTS]
-    x = np.concatenate([emb[a : a + _READ_ROWS : stride] for a in range(0, m, _READ_ROWS)])
-    y = np.concatenate([pred[a : a + _READ_ROWS : stride] for a in range(0, m, _READ_ROWS)])
-    x, y = x[: len(rows)], y[: len(rows)]
+    stride = max(1, -(-m // MAP_POINTS))  # ceil: the sample spans the whole file
+    block = max(stride, block - block % stride)  # blocks start on the stride: rows 0, s, 2s…
+    x = np.concatenate([emb[a : a + block : stride] for a in range(0, m, block)])
+    y = np.concatenate([pred[a : a + block : stride] for a in range(0, m, block)])
     ok = np.isfinite(x).all(1) & np.isfinite(y)
     xy = (x[ok] - mean) @ axes
     import matplotlib
@@ -171,7 +185,7 @@ def write_report(
     output: str | os.PathLike[str] | None = None,
     *,
     top: int = 25,
-    order: Literal["asc", "desc"] = "asc",
+    order: RankOrder = DEFAULT_RANK_ORDER,
     bins: int = 60,
 ) -> Path:
     """Write the HTML report of a predictions file.
@@ -202,7 +216,7 @@ def write_report(
         m = int(f["status"].shape[0])
         spread = "std" in f
         run = json.loads(_attr(f, "screen_run") or "{}")
-        meta = json.loads(_attr(f, "model_metadata") or "{}")
+        meta = _model_metadata(_attr(f, "model_metadata"), f"{path} model_metadata")
         statuses = _status_table(f)
         rows = top_rows(path, top, order=order) if m else np.zeros(0, np.int64)
         best = take_rows(path, rows)
@@ -216,8 +230,8 @@ def write_report(
         info = [("model", _attr(f, "model")), ("model sha256", _attr(f, "model_sha256")),
                 ("input", _attr(f, "input")), ("input digest", _attr(f, "input_digest")),
                 ("structures", f"{m:,}"), ("written by", _attr(f, "created_by"))]
-    if meta.get("model", {}).get("members"):
-        info.append(("ensemble", f"{meta['model']['members']} members, calibrated std"))
+    if meta is not None and meta.is_ensemble:
+        info.append(("ensemble", f"{meta.members} members, calibrated std"))
     if run.get("seconds"):
         rate = run["structures"] / run["seconds"] if run["seconds"] else 0
         info.append(("screen", f"{run['structures']:,} structures in {run['seconds']:.1f} s "

@@ -25,12 +25,23 @@ from typing import Any, Literal
 import numpy as np
 
 from deepergat import __version__
-from deepergat.contract import DEFAULT_MAX_ATOMS, DEFAULT_OVERLAP_THRESHOLD, MAX_Z
-from deepergat.devices import cpus_per_rank, pick_device, visible_gpus
+from deepergat.contract import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_ATOMS,
+    DEFAULT_OVERLAP_THRESHOLD,
+    DEFAULT_RANK_BY,
+    DEFAULT_RANK_K,
+    DEFAULT_RANK_ORDER,
+    MAX_Z,
+    RankBy,
+    RankOrder,
+    Status,
+)
+from deepergat.devices import DEFAULT_DEVICE, cpus_per_rank, pick_device, visible_gpus
 from deepergat.errors import DeepergatError
 from deepergat.files import file_sha256
-from deepergat.graphs import graph_settings
 from deepergat.launch import claim_token, shard_from_env
+from deepergat.metadata import ModelMetadata, TargetInfo
 from deepergat.predict import warn_cell_dependent
 from deepergat.store import Store, StructureBatch
 
@@ -69,7 +80,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 2048
 #: Atoms per model batch on a GPU (the CPU default is `DEFAULT_BATCH_ATOMS`).
 GPU_BATCH_ATOMS = 16384
 #: The bundled model screened with when ``--model`` is not given (else the first bundled one).
@@ -91,16 +101,16 @@ class ScreenOptions:
     model: str | None = None
     output: Path | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     workers: int | None = None
     shard: str | None = None
     max_atoms: int = DEFAULT_MAX_ATOMS
     overlap_threshold: float = DEFAULT_OVERLAP_THRESHOLD
     embeddings: bool = False
     top: int | None = None
-    top_order: Literal["asc", "desc"] = "asc"
-    rank_by: Literal["mean", "lower", "upper"] = "mean"
-    rank_k: float = 1.0
+    top_order: RankOrder = DEFAULT_RANK_ORDER
+    rank_by: RankBy = DEFAULT_RANK_BY
+    rank_k: float = DEFAULT_RANK_K
     resume: bool = True
     merge_only: bool = False
     batch_atoms: int | None = None
@@ -149,7 +159,7 @@ class ScreenResult:
     shard: tuple[int, int] | None = None
     structures: int = 0
     seconds: float = 0.0
-    status: np.ndarray = field(default_factory=lambda: np.zeros(8, np.int64))
+    status: np.ndarray = field(default_factory=lambda: np.zeros(len(Status), np.int64))
     flagged: int = 0
     skipped: int = 0
     merge: MergeResult | None = None
@@ -174,11 +184,24 @@ def top_csv_path(output: str | os.PathLike[str]) -> Path:
 
 @dataclass
 class _Model:
+    """The loaded model of a run.
+
+    Attributes:
+        predictor: the `deepergat.export.Predictor`.
+        name: the model's name or resolved path.
+        sha256: of the file loaded.
+        metadata: the predictor's metadata.
+        targets: [T] its targets, in output order.
+        settings: the featurizer's settings: the model's graph and the run's checks.
+        embedding_dim: width D of the embeddings.
+        spread: whether the model gives a calibrated ``std`` (an ensemble).
+    """
+
     predictor: Any
     name: str
     sha256: str
-    metadata: dict[str, Any]
-    targets: list[dict[str, Any]]
+    metadata: ModelMetadata
+    targets: tuple[TargetInfo, ...]
     settings: FeaturizeSettings
     embedding_dim: int
     spread: bool = False
@@ -211,20 +234,12 @@ def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
         raise
     except Exception as e:  # a foreign or damaged file the loader did not recognise
         raise DeepergatError(f"{model}: cannot load the model: {e}") from None
-    meta = dict(predictor.metadata)
-    try:
-        graph = graph_settings(meta["graph"])
-        targets = [dict(t) for t in meta["targets"]]
-        seen = tuple(sorted(int(z) for z in meta.get("elements", [])))
-    except (KeyError, TypeError, ValueError) as e:
-        raise DeepergatError(
-            f"{model}: model metadata lacks graph settings, targets or elements ({e}); re-export "
-            "it with `deepergat export`"
-        ) from None
+    targets = predictor.metadata.targets
+    seen = tuple(sorted(predictor.elements))
     settings = FeaturizeSettings(
-        cutoff=graph["cutoff"], max_neighbors=graph["max_neighbors"], max_atoms=int(max_atoms),
+        cutoff=predictor.cutoff, max_neighbors=predictor.max_neighbors, max_atoms=int(max_atoms),
         max_z=MAX_Z, overlap_threshold=float(overlap_threshold), seen_elements=seen,
-        graph=graph["construction"],
+        graph=predictor.graph,
     )
     # Probe: one small crystal through the predictor checks it runs and gives T and D.
     z = seen[0] if seen else 14
@@ -247,8 +262,8 @@ def _load_model(model: str | None, device: tuple[str, int], threads: int | None,
         )
     return _Model(
         predictor=predictor, name=_model_name(model), sha256=str(predictor.sha256),
-        metadata=meta, targets=targets, settings=settings, embedding_dim=int(emb.shape[1]),
-        spread=spread,
+        metadata=predictor.metadata, targets=targets, settings=settings,
+        embedding_dim=int(emb.shape[1]), spread=spread,
     )
 
 
@@ -332,7 +347,7 @@ def _manifest(opts: ScreenOptions, inp: _Input, model: _Model, plan: Plan) -> di
         "n_structures": plan.n_structures,
         "model": model.name,
         "model_sha256": model.sha256,
-        "model_metadata": model.metadata,
+        "model_metadata": model.metadata.to_dict(),
         "chunk_size": plan.chunk_size,
         "n_chunks": plan.n_chunks,
         "max_atoms": int(opts.max_atoms),
@@ -340,8 +355,7 @@ def _manifest(opts: ScreenOptions, inp: _Input, model: _Model, plan: Plan) -> di
         "embeddings": bool(opts.embeddings),
         "embedding_dim": model.embedding_dim,
         "spread": model.spread,
-        "targets": [{"name": str(t["name"]), "units": str(t.get("units", ""))}
-                    for t in model.targets],
+        "targets": [{"name": t.name, "units": t.units} for t in model.targets],
         "created_by": f"deepergat {__version__}",
     }
 

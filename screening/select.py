@@ -22,6 +22,13 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from deepergat.contract import (
+    DEFAULT_RANK_BY,
+    DEFAULT_RANK_K,
+    DEFAULT_RANK_ORDER,
+    RankBy,
+    RankOrder,
+)
 from deepergat.errors import DeepergatError
 
 from .predictions import PREDICTIONS_FORMAT, take_rows, top_rows
@@ -204,9 +211,9 @@ def extract(
     ids: list[str] | None = None,
     where: str | None = None,
     fmt: Literal["cif", "poscar", "extxyz"] = "cif",
-    order: Literal["asc", "desc"] = "asc",
-    rank_by: Literal["mean", "lower", "upper"] = "mean",
-    rank_k: float = 1.0,
+    order: RankOrder = DEFAULT_RANK_ORDER,
+    rank_by: RankBy = DEFAULT_RANK_BY,
+    rank_k: float = DEFAULT_RANK_K,
     store: str | os.PathLike[str] | None = None,
 ) -> ExtractResult:
     """Write the chosen structures as files ready for DFT, and ``out_dir/selection.csv``.
@@ -245,8 +252,7 @@ def extract(
         raise DeepergatError(f"{path}: its input store {store_path} is gone; pass --store with "
                              "the store that was screened")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / "selection.csv").is_file():
-        raise DeepergatError(f"{out}: exists and holds other files; choose an empty folder")
+    earlier = _earlier_extraction(out)
     with Store(store_path) as s:
         if s.compute_digest() != attrs.get("input_digest"):
             raise DeepergatError(
@@ -255,6 +261,8 @@ def extract(
             )
         got = take_rows(path, rows, store=store_path)
         out.mkdir(parents=True, exist_ok=True)
+        for stale in earlier:  # an earlier extraction's files go: the folder is one selection
+            stale.unlink(missing_ok=True)
         files: list[Path | None] = []
         for n, (sid, index) in enumerate(zip(got["ids"], got["index"].tolist(), strict=True)):
             structure = s.read(index, index + 1).structure(0)
@@ -270,7 +278,34 @@ def extract(
     return ExtractResult(folder=out, files=files, selection=selection)
 
 
+def _earlier_extraction(out: Path) -> list[Path]:
+    """The structure files of an earlier extraction into ``out`` (to be replaced).
+
+    Raises:
+        DeepergatError: ``out`` holds anything that is not an earlier extraction's
+            ``selection.csv`` and the files it lists.
+    """
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise DeepergatError(f"{out}: exists and is not a folder; choose an empty folder")
+    present = {p.name for p in out.iterdir()}
+    if not present:
+        return []
+    listed: set[str] = set()
+    if "selection.csv" in present:
+        with open(out / "selection.csv", newline="") as f:
+            listed = {Path(r["file"]).name for r in csv.DictReader(f) if r.get("file")}
+    other = sorted(present - listed - {"selection.csv"}) if "selection.csv" in present else []
+    if "selection.csv" not in present or other:
+        shown = ", ".join((other or sorted(present))[:3])
+        raise DeepergatError(f"{out}: exists and holds other files ({shown}); choose an empty "
+                             "folder or an earlier extraction's")
+    return [out / name for name in sorted(listed & present)]
+
+
 def _rows_of_ids(path: Path, wanted: list[str]) -> np.ndarray:
+    wanted = list(dict.fromkeys(wanted))  # an id listed twice is extracted once
     need = {s: None for s in wanted}
     with h5py.File(path, "r") as f:
         m = int(f["ids"].shape[0])

@@ -1,4 +1,5 @@
-"""Shared test helpers: the shared data folder, small structure factories, store builders.
+"""Fixtures for every test module: a tiny store cut from tests/data, small models and their
+exports.
 
 Add fixtures here for everyone; do not rewrite others' content.
 """

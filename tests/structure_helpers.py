@@ -1,4 +1,4 @@
-"""Structure factories and the shared-data locator for the tests.
+"""Structure factories and the locator of the fixtures in tests/data.
 
 A module of its own (not conftest.py): `from conftest import ...` is ambiguous once a test
 subfolder has its own conftest.py.

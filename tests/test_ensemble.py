@@ -207,7 +207,8 @@ def test_ensemble_predict_evaluate_export(fold_ensemble: dict, tmp_path: Path) -
     p = export.load(onnx_file, device="cpu")
     assert p.has_std and p.members == 3 and p.graph == "minimum-image"
     meta = p.metadata
-    assert meta["calibration"]["std_scale"] == load_checkpoint(ckpt).data["calibration"][
+    assert meta.calibration is not None
+    assert list(meta.calibration.std_scale) == load_checkpoint(ckpt).data["calibration"][
         "std_scale"]
     with pytest.raises(DeepergatError, match="graph 'periodic' given, the model was trained"):
         export.load(onnx_file, device="cpu", graph="periodic")

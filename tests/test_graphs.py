@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from deepergat import graphs
+from deepergat.contract import MAX_Z
 from deepergat.errors import GeometryError
 from deepergat.graphs import build_inputs, neighbor_list
 from deepergat.store import StructureBatch
@@ -181,8 +182,7 @@ def test_positions_shifted_by_lattice_vectors_give_the_same_graph() -> None:
 @pytest.mark.parametrize("sid", ["9866", None])
 def test_permutation_gives_the_same_graph(sid: str | None) -> None:
     rows = _csv_structures("perov5_dev.csv", 1, ids={sid} if sid else None)
-    if not rows:
-        pytest.skip(f"id {sid} not in the data")
+    assert rows, f"id {sid} is not in tests/data/{FIXTURES['perov5_dev.csv']}"
     _, s = rows[0]
     lat, pos, z = s.lattice.matrix, s.cart_coords, np.array(s.atomic_numbers)
     base = neighbor_list(lat, pos, atomic_numbers=z)
@@ -318,7 +318,7 @@ def test_statuses_of_bad_structures() -> None:
     for name, (change, _) in cases.items():
         structures.append({**good, "id": name, **change})
     batch = StructureBatch.from_structures(structures)
-    g = build_inputs(batch, max_atoms=4, max_z=100)
+    g = build_inputs(batch, max_atoms=4, max_z=MAX_Z)
     want = [0] + [code for _, code in cases.values()]
     np.testing.assert_array_equal(g.status, want)
     np.testing.assert_array_equal(g.rows, [0])

@@ -183,7 +183,7 @@ def test_exports_with_parity(arch: str, deeper: bool, formats: str, tmp_path: Pa
         want, emb = (t.numpy() for t in model.forward_inputs(inputs))
     for f in result.files:
         predictor = export.load(f.path, trust=True)  # written just now by this test
-        assert predictor.metadata["architecture"] == architecture_name(model.config)
+        assert predictor.metadata.architecture == architecture_name(model.config)
         out = predictor.predict({k: v.numpy() for k, v in inputs.items()})
         np.testing.assert_allclose(out.prediction, want, rtol=1e-4, atol=1e-5)
         assert out.embedding.shape == emb.shape and predictor.dim == emb.shape[1]

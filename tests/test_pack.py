@@ -1,11 +1,13 @@
 """`deepergat.pack`: every input format against its own parser, ids, targets, bad inputs, and the
-shared data sets (perov5 row by row against pymatgen, the Pt clusters, carbon24)."""
+fixtures cut from public data sets in tests/data (perov5 row by row against pymatgen, the Pt
+clusters, carbon24)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import shutil
 import tarfile
 import warnings
 from pathlib import Path
@@ -354,7 +356,7 @@ def test_progress_and_batches(tmp_path: Path) -> None:
     assert r1.content_digest == r2.content_digest  # batching does not change the content
 
 
-# ---- shared data sets -------------------------------------------------------------------------
+# ---- fixtures cut from public data sets (tests/data) ------------------------------------------
 
 
 def test_perov5_file_equals_pymatgen(tmp_path: Path) -> None:
@@ -607,6 +609,11 @@ def test_cdvae_sample_files_pass_major_and_nothing_runs(tmp_path: Path) -> None:
     np.testing.assert_allclose(s["lattice"], lat)
     np.testing.assert_allclose(s["positions"], data["frac_coords"][k, first:].numpy() @ lat)
     np.testing.assert_array_equal(s["atomic_numbers"], data["atom_types"][k, first:].numpy())
+    folder = tmp_path / "samples"  # a folder of sample files reads like the files
+    folder.mkdir()
+    shutil.copyfile(gen, folder / gen.name)
+    pack([folder], tmp_path / "f.h5", workers=1)
+    assert _load(tmp_path / "f.h5")[0].ids == b.ids[:6]
     marker = tmp_path / "marker.txt"
     evil = tmp_path / "eval_opt.pt"
     _sample_file(evil, evil=_Planted(marker))

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from deepergat.contract import MAX_Z
 from deepergat.errors import DeepergatError
 from deepergat.export import agree, load, read_metadata, sniff
 from deepergat.export.samples import edge_case_structures, parity_structures
@@ -38,20 +39,20 @@ def test_metadata_and_kind(aoti_file, exported_tiny):
     assert meta["exporter"]["compiled_for"]["device"] == "cpu"
     assert meta["graph"] == read_metadata(exported_tiny["onnx"])["graph"]
     p = load(aoti_file, device="cpu", trust=True)
-    assert p.backend == "aoti" and p.metadata == meta
+    assert p.backend == "aoti" and p.metadata.to_dict() == meta
 
 
 @pytest.mark.parametrize("case", ["one-crystal", "one-atom-crystal", "self-loop-only",
                                   "self-loop-in-batch"])
 def test_size_one_and_edge_cases(aoti_file, exported_tiny, case):
-    inputs = build_inputs(edge_case_structures()[case], max_z=100).inputs
+    inputs = build_inputs(edge_case_structures()[case], max_z=MAX_Z).inputs
     y1, _, _ = load(exported_tiny["checkpoint"], device="cpu").predict(inputs)
     y2, _, _ = load(aoti_file, device="cpu", trust=True).predict(inputs)
     assert agree(y1, y2, [0.8]).all()
 
 
 def test_batch_of_thousands(aoti_file, exported_tiny):
-    inputs = build_inputs(parity_structures(2500, seed=9), max_z=100).inputs
+    inputs = build_inputs(parity_structures(2500, seed=9), max_z=MAX_Z).inputs
     y1, e1, _ = load(exported_tiny["checkpoint"], device="cpu").predict(inputs)
     y2, e2, _ = load(aoti_file, device="cpu", trust=True).predict(inputs)
     assert agree(y1, y2, [0.8]).all()

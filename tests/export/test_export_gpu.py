@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepergat.contract import MAX_Z
 from deepergat.export import load
 from deepergat.export.samples import parity_structures
 from deepergat.graphs import build_inputs
@@ -50,7 +51,7 @@ def test_onnx_nodes_run_on_cuda(exported_tiny, tmp_path, which):
     options.profile_file_prefix = str(tmp_path / "profile")
     session = ort.InferenceSession(str(path), options,
                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    inputs = build_inputs(parity_structures(256, seed=2), max_z=100).inputs
+    inputs = build_inputs(parity_structures(256, seed=2), max_z=MAX_Z).inputs
     for _ in range(2):
         session.run(None, inputs)
     events = json.loads(Path(session.end_profiling()).read_text())
@@ -78,7 +79,7 @@ def test_gpu_predictions_agree_with_cpu(exported_tiny, fmt):
         gpu = load(exported_tiny[fmt], device="cuda", trust=True)
     assert gpu.device.startswith("cuda")
     cpu = load(exported_tiny["checkpoint"], device="cpu")
-    inputs = build_inputs(parity_structures(512, seed=8), max_z=100).inputs
+    inputs = build_inputs(parity_structures(512, seed=8), max_z=MAX_Z).inputs
     y1, _, _ = cpu.predict(inputs)
     y2, _, _ = gpu.predict(inputs)
     # different kernels (TF32 is off by default for float32 matmuls in ONNX Runtime and torch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from deepergat.contract import MAX_Z
 from deepergat.errors import DeepergatError
 from deepergat.export import EXPORT_FORMAT, agree, load, read_metadata
 from deepergat.export.samples import edge_case_structures, parity_structures
@@ -16,7 +17,7 @@ FORMATS = ("onnx", "torchscript", "pt2")
 
 
 def _inputs(batch):
-    g = build_inputs(batch, max_z=100, overlap_threshold=None)
+    g = build_inputs(batch, max_z=MAX_Z, overlap_threshold=None)
     assert (g.status == 0).all()
     return g.inputs
 
@@ -47,11 +48,11 @@ def test_file_names_and_backends(exported_tiny, fmt):
 def test_metadata(exported_tiny, reference, fmt):
     meta = read_metadata(exported_tiny[fmt])
     loaded = load(exported_tiny[fmt], device="cpu", trust=True).metadata
-    assert meta == loaded
+    assert meta == loaded.to_dict()
     src = reference.metadata
-    assert meta["kind"] == f"deepergat-{fmt}"
+    assert meta["kind"] == f"deepergat-{fmt}" == loaded.kind
     assert meta["format"] == EXPORT_FORMAT
-    assert meta["checkpoint_format"] == src["format"]
+    assert meta["checkpoint_format"] == src.format
     assert meta["model"]["dim"] == 16 and meta["model"]["layers"] == 2
     assert meta["graph"] == {"cutoff": 8.0, "max_neighbors": 12, "construction": "periodic"}
     assert meta["targets"] == [{"name": "heat_ref", "units": "eV", "mean": pytest.approx(-1.2),

@@ -15,11 +15,13 @@ _NO_TORCH = r"""
 import json, sys
 import numpy as np
 import deepergat.export
+from deepergat.contract import DEFAULT_CUTOFF, DEFAULT_MAX_NEIGHBORS, MAX_Z
 from deepergat.export import load
 from deepergat.export.samples import parity_structures
 from deepergat.graphs import build_inputs
-p = load(sys.argv[1], device="auto", threads=1, cutoff=8.0, max_neighbors=12)
-y, e, _ = p.predict(build_inputs(parity_structures(4), max_z=100).inputs)
+p = load(sys.argv[1], device="auto", threads=1, cutoff=DEFAULT_CUTOFF,
+         max_neighbors=DEFAULT_MAX_NEIGHBORS)
+y, e, _ = p.predict(build_inputs(parity_structures(4), max_z=MAX_Z).inputs)
 print(json.dumps({"torch": "torch" in sys.modules,
                   "torch_geometric": "torch_geometric" in sys.modules,
                   "shape": list(y.shape), "backend": p.backend, "device": p.device}))

@@ -41,7 +41,7 @@ def _cell(z: list[int], frac: list[list[float]], a: float = 4.0, **kw: Any) -> d
 _PEROV = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
 
 #: id -> (structure dict, expected status, expected flags); Z 92 is outside the session model's
-#: seen elements (1..83) but inside its table (1..100).
+#: seen elements (1..83) but inside its table (1..MAX_Z).
 SPECIAL: dict[str, tuple[dict[str, Any], int, int]] = {
     "bad-zero-atoms": (_cell([], np.zeros((0, 3)).tolist()), 1, 0),
     "bad-too-many": (

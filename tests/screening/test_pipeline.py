@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from screen_helpers import SPECIAL, write_screen_store
 
+from deepergat.contract import MAX_Z
 from deepergat.graphs import build_inputs
 from deepergat.screening.mpi import ChunkSource
 from deepergat.screening.pipeline import (
@@ -22,7 +23,7 @@ from deepergat.screening.plan import make_plan
 from deepergat.screening.predictions import Rows
 from deepergat.store import Store, StructureBatch
 
-SETTINGS = FeaturizeSettings(cutoff=6.0, max_neighbors=12, max_atoms=1000, max_z=100,
+SETTINGS = FeaturizeSettings(cutoff=6.0, max_neighbors=12, max_atoms=1000, max_z=MAX_Z,
                              overlap_threshold=0.1, seen_elements=tuple(range(1, 84)))
 
 
@@ -183,7 +184,7 @@ def test_build_inputs_and_settings_agree_with_direct_call(store: Path) -> None:
     # The pipeline's featurize is build_inputs with the model's settings: same status codes.
     with Store(store) as s:
         batch = s.read(0, 100)
-    g = build_inputs(batch, cutoff=6.0, max_neighbors=12, max_atoms=1000, max_z=100,
+    g = build_inputs(batch, cutoff=6.0, max_neighbors=12, max_atoms=1000, max_z=MAX_Z,
                      overlap_threshold=0.1)
     rows = joined(run(store, 100))
     np.testing.assert_array_equal(np.where(rows.status == 7, 0, rows.status), g.status)

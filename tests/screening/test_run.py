@@ -20,6 +20,7 @@ from screen_helpers import (
     run_inprocess,
 )
 
+from deepergat.contract import MAX_Z
 from deepergat.errors import DeepergatError
 from deepergat.screening.merge import MissingChunksError
 from deepergat.screening.parts import PartsDir
@@ -123,7 +124,7 @@ def test_an_ensemble_screens_with_its_spread(tmp_path: Path, screen_store: Path,
 
     with Store(screen_store) as s:
         batch = s.read(0, 40)
-    g = build_inputs(batch, max_z=100, max_atoms=1000)
+    g = build_inputs(batch, max_z=MAX_Z, max_atoms=1000)
     eager = load(small_ensemble["checkpoint"], device="cpu").predict(g.inputs)
     np.testing.assert_array_equal(np.flatnonzero(ok[:40]), g.rows)
     assert agree(eager.std[:, 0], std[:40][g.rows], small_ensemble["std"])

@@ -105,6 +105,23 @@ def test_extract_writes_files_ready_for_dft(screened: dict[str, Path], tmp_path:
         extract(screened["predictions"], tmp_path / "y", ids=["nope"])
 
 
+def test_extract_again_into_a_folder_leaves_only_the_new_selection(
+        screened: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "short"
+    first = extract(screened["predictions"], out, top=3)
+    assert len([f for f in first.files if f is not None]) == 3
+    second = extract(screened["predictions"], out, top=1)
+    kept = sorted(f.name for f in out.iterdir())
+    assert kept == sorted([second.files[0].name, "selection.csv"])  # no stale structures
+    ids = [first.files[0].name.split("_", 1)[1].rsplit(".", 1)[0]] * 2
+    again = extract(screened["predictions"], tmp_path / "twice", ids=ids)
+    assert len(again.files) == 1  # an id listed twice is one structure
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DeepergatError, match=r"holds other files \(notes.txt\)"):
+        extract(screened["predictions"], out, top=2)
+    assert (out / "notes.txt").read_text() == "mine" and (out / second.files[0].name).is_file()
+
+
 def test_extract_refuses_a_changed_store(screened: dict[str, Path], tmp_path: Path) -> None:
     store = tmp_path / "cands.h5"
     shutil.copyfile(screened["store"], store)

@@ -1,0 +1,652 @@
+"""`ModelMetadata`: the metadata document of checkpoints and exported model files, typed
+(docs/design.md §7, §8).
+
+Checkpoints produce it (`deepergat.checkpoint.model_metadata`), every exported file carries it
+as JSON (`deepergat.export.metadata.exported_model_metadata`), and the loader, ``predict``,
+``deepergat-screen`` and ``info`` read its attributes. `ModelMetadata.from_dict` checks a
+document's types and raises one `DeepergatError` naming the bad key; `ModelMetadata.to_dict`
+writes exactly the keys and values the files carry, so a document read and written again is
+unchanged (keys this version does not know travel in ``extra``).
+
+Plain Python over `deepergat.contract` and `deepergat.architectures` (no torch, no onnx): the
+screening path and ``info`` read metadata without paying for either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+from .architectures import architecture_name, embedding_width
+from .contract import (
+    CHECKPOINT_KIND,
+    DEFAULT_GRAPH,
+    ENSEMBLE_OUTPUT_NAMES,
+    GRAPH_CONSTRUCTIONS,
+    MODEL_FORMATS,
+    OUTPUT_NAMES,
+    GraphConstruction,
+)
+from .errors import DeepergatError
+
+__all__ = [
+    "CHECKPOINT_KIND",  # re-exported from deepergat.contract
+    "EXPORTED_KINDS",
+    "EXPORT_FORMAT",
+    "Calibration",
+    "GraphSettings",
+    "ModelMetadata",
+    "ParityFigures",
+    "TargetInfo",
+]
+
+#: Format integer of exported files' metadata; bumped only when its layout changes
+#: incompatibly (not the package version: a release must not orphan exported files).
+EXPORT_FORMAT = 1
+#: The ``kind`` of each exported file format (`deepergat.contract.MODEL_FORMATS`).
+EXPORTED_KINDS: frozenset[str] = frozenset(f.kind for f in MODEL_FORMATS.values())
+
+#: Keys every document holds (checkpoints and exported files alike).
+_REQUIRED = ("format", "model", "graph", "targets", "elements")
+
+
+# ------------------------------------------------------------------------- reading helpers
+
+
+class _Reader:
+    """One JSON object of a document being read: typed getters whose errors name the key.
+
+    Args:
+        data: the object.
+        where: the file, for messages.
+        path: the object's place in the document (``""``, ``"graph settings: "``,
+            ``"targets[0]."``), prefixed to key names in messages.
+    """
+
+    def __init__(self, data: Any, where: str, path: str = "") -> None:
+        self.where, self.path = where, path
+        if not isinstance(data, Mapping):
+            self.fail(f"{path.rstrip(': .') or 'the document'} must be a JSON object, got "
+                      f"{_show(data)}")
+        self.data: Mapping[str, Any] = data
+
+    def fail(self, problem: str) -> NoReturn:
+        raise DeepergatError(f"{self.where}: damaged deepergat metadata: {problem}")
+
+    def bad(self, key: str, what: str, value: Any) -> NoReturn:
+        self.fail(f"{self.path}{key} must be {what}, got {_show(value)}")
+
+    def require(self, keys: Sequence[str]) -> None:
+        missing = [k for k in keys if k not in self.data]
+        if missing:
+            self.fail(f"missing {', '.join(self.path + k for k in missing)}")
+
+    def extra(self, known: Sequence[str]) -> dict[str, Any]:
+        return {k: v for k, v in self.data.items() if k not in known}
+
+    def integer(self, key: str) -> int:
+        value = self.data[key]
+        if not _is_int(value):
+            self.bad(key, "an integer", value)
+        return int(value)
+
+    def number(self, key: str) -> float:
+        value = self.data[key]
+        if not _is_number(value):
+            self.bad(key, "a finite number", value)
+        return float(value)
+
+    def number_or_null(self, key: str) -> float | None:
+        value = self.data[key]
+        if value is not None and not _is_number(value):
+            self.bad(key, "a finite number or null", value)
+        return None if value is None else float(value)
+
+    def string(self, key: str) -> str:
+        value = self.data[key]
+        if not isinstance(value, str):
+            self.bad(key, "a string", value)
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.data[key]
+        if not isinstance(value, bool):
+            self.bad(key, "true or false", value)
+        return value
+
+    def mapping(self, key: str) -> Mapping[str, Any]:
+        value = self.data[key]
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            self.bad(key, "a JSON object", value)
+        return value
+
+    def items(self, key: str, check: Callable[[Any], bool], what: str) -> list[Any]:
+        value = self.data[key]
+        if not isinstance(value, list | tuple) or not all(check(v) for v in value):
+            self.bad(key, f"a list of {what}", value)
+        return list(value)
+
+    def optional(self, key: str, read: Callable[[str], Any]) -> Any:
+        """``read(key)``, or None where the key is absent."""
+        return read(key) if key in self.data else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _show(value: Any) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _thaw(value: Any) -> Any:
+    """An independent copy of a JSON value, its objects as plain dicts."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_thaw(v) for v in value)
+    return value
+
+
+def _frozen(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """A read-only copy of a JSON object."""
+    return MappingProxyType(_thaw(value or {}))
+
+
+def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain, independent dict of a (read-only) JSON object."""
+    return _thaw(value)
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How the model's graphs are built (docs/design.md §4).
+
+    Attributes:
+        cutoff: neighbor cutoff, Å.
+        max_neighbors: neighbors kept per atom.
+        construction: ``"periodic"`` or ``"minimum-image"``.
+        construction_recorded: False for documents older than the ``construction`` setting
+            (all periodic); `to_dict` then leaves the key out, as they did.
+        extra: keys this version does not know.
+    """
+
+    cutoff: float
+    max_neighbors: int
+    construction: GraphConstruction = DEFAULT_GRAPH
+    construction_recorded: bool = field(default=True, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra", _frozen(self.extra))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "model metadata") -> GraphSettings:
+        """Read a ``graph`` document.
+
+        Raises:
+            DeepergatError: missing settings or a value of the wrong type.
+        """
+        if not isinstance(data, Mapping) or "cutoff" not in data or "max_neighbors" not in data:
+            raise DeepergatError(f"{where}: damaged deepergat metadata: graph settings missing")
+        r = _Reader(data, where, "graph settings: ")
+        construction = data.get("construction", DEFAULT_GRAPH)
+        if construction not in GRAPH_CONSTRUCTIONS:
+            r.fail(f"graph settings: construction {_show(construction)} is not one of "
+                   f"{', '.join(GRAPH_CONSTRUCTIONS)}")
+        return cls(
+            cutoff=r.number("cutoff"),
+            max_neighbors=r.integer("max_neighbors"),
+            construction=construction,
+            construction_recorded="construction" in data,
+            extra=r.extra(("cutoff", "max_neighbors", "construction")),
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # read-only mappings do not pickle: a copy is rebuilt from the document
+        return (self.from_dict, (self.to_dict(),))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``graph`` document."""
+        out: dict[str, Any] = {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors}
+        if self.construction_recorded:
+            out["construction"] = self.construction
+        return {**out, **_plain(self.extra)}
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `deepergat.graphs.build_inputs`: ``cutoff``,
+        ``max_neighbors``, ``graph``."""
+        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors,
+                "graph": self.construction}
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """One predicted target.
+
+    Attributes:
+        name: the target's name (a column of the training data).
+        units: its units (may be empty).
+        mean, std: the training mean and standard deviation the model's output is scaled by.
+        extra: keys this version does not know.
+    """
+
+    name: str
+    units: str
+    mean: float
+    std: float
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra", _frozen(self.extra))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "model metadata",
+                  path: str = "targets[0].") -> TargetInfo:
+        """Read one entry of ``targets``.
+
+        Raises:
+            DeepergatError: a missing key or a value of the wrong type.
+        """
+        r = _Reader(data, where, path)
+        r.require(("name", "units", "mean", "std"))
+        return cls(name=r.string("name"), units=r.string("units"),
+                   mean=r.number("mean"), std=r.number("std"),
+                   extra=r.extra(("name", "units", "mean", "std")))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # read-only mappings do not pickle: a copy is rebuilt from the document
+        return (self.from_dict, (self.to_dict(),))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``targets`` entry."""
+        return {"name": self.name, "units": self.units, "mean": self.mean, "std": self.std,
+                **_plain(self.extra)}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An ensemble's spread calibration (docs/design.md §6; `deepergat.ensemble`).
+
+    Attributes:
+        std_scale: [T] factor applied to the members' raw spread, per target.
+        coverage: the share of |error| ≤ 2σ the scale was fitted for.
+        n: structures it was fitted on.
+        source: where they came from.
+        method: how the scale was fitted, in words.
+        metrics: target -> figures on the calibration structures (``coverage_1sigma``,
+            ``coverage_2sigma``, ``spearman_std_abs_error``, ...).
+        extra: keys this version does not know.
+
+    Optional attributes are None where the document lacks them (`to_dict` leaves them out).
+    """
+
+    std_scale: tuple[float, ...]
+    coverage: float | None = None
+    n: int | None = None
+    source: str | None = None
+    method: str | None = None
+    metrics: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    _KEYS = ("std_scale", "coverage", "n", "source", "method", "metrics")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "std_scale", tuple(float(s) for s in self.std_scale))
+        if self.metrics is not None:
+            object.__setattr__(self, "metrics", _frozen(self.metrics))
+        object.__setattr__(self, "extra", _frozen(self.extra))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "model metadata") -> Calibration:
+        """Read a ``calibration`` document.
+
+        Raises:
+            DeepergatError: a missing ``std_scale`` or a value of the wrong type.
+        """
+        r = _Reader(data, where, "calibration.")
+        r.require(("std_scale",))
+        return cls(
+            std_scale=tuple(r.items("std_scale", _is_number, "finite numbers")),
+            coverage=r.optional("coverage", r.number),
+            n=r.optional("n", r.integer),
+            source=r.optional("source", r.string),
+            method=r.optional("method", r.string),
+            metrics=r.optional("metrics", r.mapping),
+            extra=r.extra(cls._KEYS),
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # read-only mappings do not pickle: a copy is rebuilt from the document
+        return (self.from_dict, (self.to_dict(),))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``calibration`` document."""
+        out: dict[str, Any] = {"std_scale": list(self.std_scale)}
+        for key in ("coverage", "n", "source", "method"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.metrics is not None:
+            out["metrics"] = _plain(self.metrics)
+        return {**out, **_plain(self.extra)}
+
+
+@dataclass(frozen=True)
+class ParityFigures:
+    """The figures of an exported file's parity check (`deepergat.export.parity.ParityResult`;
+    non-finite numbers are null).
+
+    Attributes:
+        passed: every prediction agreed by the rule.
+        n_structures, n_predictions, batches: what was compared.
+        max_abs_diff, max_allowed: [T] largest |y₁ − y₂| and its tolerance, per target.
+        worst_ratio: largest |y₁ − y₂| / tolerance.
+        worst: ``{"case", "id", "target"}`` of the worst ratio.
+        embedding_max_abs_diff: largest |Δ| of the embeddings (reported, not ruled).
+        failures: up to 5 disagreements.
+        rule: the agreement rule in words.
+        backend: what computed the candidate values.
+        extra: keys this version does not know.
+    """
+
+    passed: bool
+    n_structures: int
+    n_predictions: int
+    batches: int
+    max_abs_diff: tuple[float | None, ...]
+    max_allowed: tuple[float | None, ...]
+    worst_ratio: float | None
+    worst: Mapping[str, Any]
+    embedding_max_abs_diff: float | None
+    failures: tuple[Mapping[str, Any], ...] = ()
+    rule: str = ""
+    backend: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    _REQUIRED = ("passed", "n_structures", "n_predictions", "batches", "max_abs_diff",
+                 "max_allowed", "worst_ratio", "worst", "embedding_max_abs_diff")
+    _KEYS = (*_REQUIRED, "failures", "rule", "backend")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_abs_diff", tuple(self.max_abs_diff))
+        object.__setattr__(self, "max_allowed", tuple(self.max_allowed))
+        object.__setattr__(self, "worst", _frozen(self.worst))
+        object.__setattr__(self, "failures", tuple(_frozen(f) for f in self.failures))
+        object.__setattr__(self, "extra", _frozen(self.extra))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "model metadata") -> ParityFigures:
+        """Read a ``parity`` document.
+
+        Raises:
+            DeepergatError: a missing figure or a value of the wrong type.
+        """
+        r = _Reader(data, where, "parity.")
+        r.require(cls._REQUIRED)
+
+        def finite_or_null(v: Any) -> bool:
+            return v is None or _is_number(v)
+
+        return cls(
+            passed=r.boolean("passed"),
+            n_structures=r.integer("n_structures"),
+            n_predictions=r.integer("n_predictions"),
+            batches=r.integer("batches"),
+            max_abs_diff=tuple(r.items("max_abs_diff", finite_or_null, "numbers or nulls")),
+            max_allowed=tuple(r.items("max_allowed", finite_or_null, "numbers or nulls")),
+            worst_ratio=r.number_or_null("worst_ratio"),
+            worst=r.mapping("worst"),
+            embedding_max_abs_diff=r.number_or_null("embedding_max_abs_diff"),
+            failures=tuple(r.items("failures", lambda v: isinstance(v, Mapping), "objects")
+                           if "failures" in r.data else ()),
+            rule=r.string("rule") if "rule" in r.data else "",
+            backend=r.string("backend") if "backend" in r.data else "",
+            extra=r.extra(cls._KEYS),
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # read-only mappings do not pickle: a copy is rebuilt from the document
+        return (self.from_dict, (self.to_dict(),))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``parity`` document."""
+        return {
+            "passed": self.passed, "n_structures": self.n_structures,
+            "n_predictions": self.n_predictions, "batches": self.batches,
+            "max_abs_diff": list(self.max_abs_diff), "max_allowed": list(self.max_allowed),
+            "worst_ratio": self.worst_ratio, "worst": _plain(self.worst),
+            "embedding_max_abs_diff": self.embedding_max_abs_diff,
+            "failures": [_plain(f) for f in self.failures], "rule": self.rule,
+            "backend": self.backend, **_plain(self.extra),
+        }
+
+
+# ------------------------------------------------------------------------ the document
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The metadata of a checkpoint or an exported model file (docs/design.md §7, §8).
+
+    Attributes:
+        format: the checkpoint format (a checkpoint's metadata) or `EXPORT_FORMAT` (an
+            exported file's).
+        model: the model's constructor arguments (``members`` K for an ensemble).
+        graph: the graph settings the model was trained with.
+        targets: [T] the predicted targets, in output order.
+        elements: atomic numbers seen in training, ascending.
+        kind: `CHECKPOINT_KIND` or one of `EXPORTED_KINDS`.
+        checkpoint_format: an exported file's source checkpoint format.
+        architecture: the paper's name ("DeeperGATGNN", "CGCNN", …; older exported files
+            lack it: see `architecture_name`).
+        store_digest: content digest of the training store.
+        package_version: the deepergat version that wrote the document.
+        source_sha256: sha256 of the source checkpoint (of the checkpoint itself for a
+            checkpoint's metadata read from its file).
+        inputs, outputs: an exported file's input and output names.
+        exporter: an exported file's exporter facts (name, versions, opset, op counts, …;
+            they differ by format).
+        parity: an exported file's parity figures; None until the check has run.
+        calibration: an ensemble's spread calibration.
+        extra: keys this version does not know, kept so that they are written back.
+
+    Optional attributes are None where the document lacks them; `to_dict` leaves them out,
+    except ``parity``, which an exported file's document always holds (null until the check
+    has run).
+    """
+
+    format: int
+    model: Mapping[str, Any]
+    graph: GraphSettings
+    targets: tuple[TargetInfo, ...]
+    elements: tuple[int, ...]
+    kind: str | None = None
+    checkpoint_format: int | None = None
+    architecture: str | None = None
+    store_digest: str | None = None
+    package_version: str | None = None
+    source_sha256: str | None = None
+    inputs: tuple[str, ...] | None = None
+    outputs: tuple[str, ...] | None = None
+    exporter: Mapping[str, Any] | None = None
+    parity: ParityFigures | None = None
+    calibration: Calibration | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    _KEYS = ("kind", "format", "checkpoint_format", "architecture", "model", "graph",
+             "targets", "elements", "store_digest", "package_version", "source_sha256",
+             "inputs", "outputs", "exporter", "parity", "calibration")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", _frozen(self.model))
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "elements", tuple(int(z) for z in self.elements))
+        for key in ("inputs", "outputs"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+        if self.exporter is not None:
+            object.__setattr__(self, "exporter", _frozen(self.exporter))
+        object.__setattr__(self, "extra", _frozen(self.extra))
+
+    # ------------------------------------------------------------------ reading, writing
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "model metadata") -> ModelMetadata:
+        """Read and check a metadata document.
+
+        Args:
+            data: the JSON object (a checkpoint's or an exported file's document).
+            where: the file it came from, for messages.
+
+        Raises:
+            DeepergatError: one line naming the file and the bad key: a missing field, a
+                value of the wrong type, or an exported file of a newer format.
+        """
+        r = _Reader(data, where)
+        r.require(_REQUIRED)
+        fmt = r.integer("format")
+        kind = r.optional("kind", r.string)
+        if kind in EXPORTED_KINDS and fmt != EXPORT_FORMAT:
+            from . import __version__
+
+            raise DeepergatError(
+                f"{where}: exported-file format {fmt!r} is not supported (deepergat "
+                f"{__version__} reads format {EXPORT_FORMAT}); use a matching deepergat version"
+            )
+        model = r.mapping("model")
+        for key in ("members", "dim"):
+            if key in model and not _is_int(model[key]):
+                r.bad(f"model.{key}", "an integer", model[key])
+        targets = r.items("targets", lambda v: True, "objects")
+        return cls(
+            format=fmt,
+            model=model,
+            graph=GraphSettings.from_dict(data["graph"], where=where),
+            targets=tuple(TargetInfo.from_dict(t, where=where, path=f"targets[{i}].")
+                          for i, t in enumerate(targets)),
+            elements=tuple(r.items("elements", _is_int, "integers (atomic numbers)")),
+            kind=kind,
+            checkpoint_format=r.optional("checkpoint_format", r.integer),
+            architecture=r.optional("architecture", r.string),
+            store_digest=r.optional("store_digest", r.string),
+            package_version=r.optional("package_version", r.string),
+            source_sha256=r.optional("source_sha256", r.string),
+            inputs=r.optional("inputs", lambda k: r.items(k, _is_str, "strings")),
+            outputs=r.optional("outputs", lambda k: r.items(k, _is_str, "strings")),
+            exporter=r.optional("exporter", r.mapping),
+            parity=(ParityFigures.from_dict(data["parity"], where=where)
+                    if data.get("parity") is not None else None),
+            calibration=(Calibration.from_dict(data["calibration"], where=where)
+                         if "calibration" in data else None),
+            extra=r.extra(cls._KEYS),
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # read-only mappings do not pickle: a copy is rebuilt from the document
+        return (self.from_dict, (self.to_dict(),))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document, with exactly the keys and values the files carry (an
+        independent copy: changing it changes nothing here)."""
+        out: dict[str, Any] = {}
+        if self.kind is not None:
+            out["kind"] = self.kind
+        out["format"] = self.format
+        for key in ("checkpoint_format", "architecture"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["model"] = _plain(self.model)
+        out["graph"] = self.graph.to_dict()
+        out["targets"] = [t.to_dict() for t in self.targets]
+        out["elements"] = list(self.elements)
+        for key in ("store_digest", "package_version", "source_sha256"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        for key in ("inputs", "outputs"):
+            if getattr(self, key) is not None:
+                out[key] = list(getattr(self, key))
+        if self.exporter is not None:
+            out["exporter"] = _plain(self.exporter)
+        if self.parity is not None or self.is_exported:
+            out["parity"] = self.parity.to_dict() if self.parity is not None else None
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict()
+        return {**out, **_plain(self.extra)}
+
+    def replace(self, **changes: Any) -> ModelMetadata:
+        """A copy with ``changes`` (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ derived facts
+
+    @property
+    def is_exported(self) -> bool:
+        """Whether this is an exported file's document (its ``kind`` is an exported one)."""
+        return self.kind in EXPORTED_KINDS
+
+    @property
+    def architecture_name(self) -> str:
+        """The paper's name of the architecture: ``architecture``, or for older files that
+        lack it the name its constructor arguments give."""
+        if self.architecture:
+            return self.architecture
+        try:
+            return architecture_name(self.model)
+        except KeyError:  # an architecture this version does not know
+            return str(self.model.get("arch", "?"))
+
+    @property
+    def members(self) -> int:
+        """Ensemble members (1 for a single model)."""
+        return int(self.model.get("members", 1))
+
+    @property
+    def is_ensemble(self) -> bool:
+        """Whether the model is an ensemble (its outputs add the calibrated ``std``)."""
+        return "members" in self.model
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The model's outputs: ``prediction``, ``embedding`` and for an ensemble ``std``."""
+        return ENSEMBLE_OUTPUT_NAMES if self.is_ensemble else OUTPUT_NAMES
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width D of the ``embedding`` output (MEGNet's: 3 × its dim)."""
+        return embedding_width(self.model)
+
+    @property
+    def target_names(self) -> list[str]:
+        """[T] target names, in output order."""
+        return [t.name for t in self.targets]
+
+    @property
+    def units(self) -> list[str]:
+        """[T] target units."""
+        return [t.units for t in self.targets]
+
+    @property
+    def target_std(self) -> list[float]:
+        """[T] training standard deviations."""
+        return [t.std for t in self.targets]

@@ -1,6 +1,7 @@
 """Neighbor-graph throughput on one core: the batched builder vs per-structure paths.
 
-Same structures, one run, for each data set of ../shared/data that is present:
+Same structures, one run, for each data set of $DEEPERGAT_DATA (default ../shared/data)
+that is present:
 
 * batched builder, compiled kernel (`build_inputs`, the path training and screening use)
 * batched builder, numpy reference search (``DEEPERGAT_NUMBA=0``)
@@ -33,7 +34,9 @@ import numpy as np
 from deepergat import graphs
 from deepergat.store import StructureBatch
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The public data sets: $DEEPERGAT_DATA, else ../shared/data beside the repository.
+DATA = Path(os.environ.get("DEEPERGAT_DATA")
+            or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 SETS = {"perov5_dev": "perov5_dev.csv", "carbon24_dev": "carbon24_dev.csv"}
 
 

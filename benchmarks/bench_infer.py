@@ -9,9 +9,10 @@ GPU. The model is the bundled 10-layer model when one is installed, else the sam
 with random weights (said in the output); it is exported once (with its parity check) into a
 temporary folder.
 
-Batches are perovskites from ../shared/data/perov5_dev.csv (packed once; repeated to fill
-4096), else generated perovskite cells. Each timing is the best of several runs (the machine
-is shared); a run is one `predict` call on the whole batch, graph building excluded.
+Batches are perovskites from perov5_dev.csv in $DEEPERGAT_DATA or ../shared/data (packed
+once; repeated to fill 4096), else generated perovskite cells. Each timing is the best of
+several runs (the machine is shared); a run is one `predict` call on the whole batch, graph
+building excluded.
 
 A second table measures ONNX Runtime session options: graph optimization level, intra-op
 threads and sequential vs parallel execution.
@@ -67,7 +68,9 @@ from deepergat.contract import MAX_Z  # noqa: E402
 from deepergat.graphs import build_inputs  # noqa: E402
 from deepergat.store import StructureBatch  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "perov5_dev.csv"
+#: perov5_dev.csv in $DEEPERGAT_DATA, else in ../shared/data beside the repository.
+DATA = Path(os.environ.get("DEEPERGAT_DATA")
+            or Path(__file__).resolve().parents[1].parent / "shared" / "data") / "perov5_dev.csv"
 SIZES = (1, 64, 256, 1024, 4096)
 
 
@@ -88,7 +91,7 @@ def perovskites(n: int, workdir: Path) -> tuple[StructureBatch, str]:
         rng = np.random.default_rng(0)
         batch = StructureBatch.from_structures(
             [_perovskite(rng, (1, 1, 1)) | {"id": f"gen-{k}"} for k in range(n)])
-        source = "generated perovskite cells (../shared/data absent)"
+        source = f"generated perovskite cells ({DATA} absent)"
     rows = np.arange(n) % len(batch)
     return batch.select(rows), source
 

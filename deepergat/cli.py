@@ -11,9 +11,11 @@ belong here, not in the library: library functions take a progress callback.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -31,12 +33,14 @@ from .cli_options import (
 )
 from .config import DEFAULT_VAL_FRACTION, DEFAULTS, MEMBER_KINDS
 from .contract import GRAPH_CONSTRUCTIONS, MODEL_FORMATS, RankBy, RankOrder, Status
-from .errors import DeepergatError, environment_error
+from .errors import DeepergatError, user_error
 from .screening.cli import screen as screen_command
 
-__all__ = ["DeepergatGroup", "fail", "main", "report_errors", "setup_logging"]
+__all__ = ["DeepergatGroup", "fail", "main", "report_error", "report_errors", "setup_logging"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("deepergat.cli")
 
 #: Exit code for errors the user can fix (click uses 2 for usage errors too).
 EXIT_USER_ERROR = 2
@@ -56,15 +60,21 @@ def report_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DeepergatError as e:
-            fail(e)
-        except OSError as e:
-            err = environment_error(e)
-            if err is None:
-                raise
-            fail(err)
+        except (DeepergatError, OSError, RuntimeError) as e:
+            report_error(e)
 
     return wrapper  # type: ignore[return-value]
+
+
+def report_error(e: DeepergatError | OSError | RuntimeError) -> NoReturn:
+    """`fail` with the one line for ``e`` (`deepergat.errors.user_error`: a `DeepergatError`,
+    or a full disk, a quota, a read-only folder, missing permissions — also h5py's
+    RuntimeError for a write that failed on a full disk); re-raise anything else."""
+    err = user_error(e)
+    if err is None:
+        raise e
+    log.debug("the error in full", exc_info=e)
+    fail(err)
 
 
 class DeepergatGroup(click.Group):
@@ -73,13 +83,8 @@ class DeepergatGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except DeepergatError as e:
-            fail(e)
-        except OSError as e:  # a full disk, a read-only folder: the user's to fix
-            err = environment_error(e)
-            if err is None:
-                raise
-            fail(err)
+        except (DeepergatError, OSError, RuntimeError) as e:  # the user's to fix, or raised
+            report_error(e)
 
 
 def setup_logging(verbosity: int) -> None:
@@ -498,7 +503,10 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
 
     Rows are id,<target>...,status (status codes as in deepergat-screen; a structure with
     status other than 0 has an empty value); an ensemble adds <target>_std after each target:
-    id,<target>,<target>_std,status.
+    id,<target>,<target>_std,status. --csv writes the rows to a temporary file beside OUT that
+    replaces OUT only when every row is written: after an error OUT is as it was. Without
+    --csv rows stream to standard output as they are computed, so an error (exit status 2)
+    may follow rows already printed.
 
     \b
     Examples:
@@ -510,16 +518,21 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
     import csv
     import math
 
+    from .errors import environment_error, is_full_disk
     from .predict import predict_inputs
 
     def skipped(count: int, what: str) -> None:
-        click.echo(f"skipped {count} unreadable inputs: {what}", err=True)
+        click.echo(f"skipped {count} input{'s' if count != 1 else ''} that could not be read: "
+                   f"{what}", err=True)
 
     ck, rows = predict_inputs(model, inputs, batch_size=batch_size, max_atoms=max_atoms,
                               overlap_threshold=overlap_threshold, device=device,
                               on_skipped=skipped, trust=trust, id_from=id_from)
-    handle = open(csv_path, "w", newline="") if csv_path else sys.stdout  # noqa: SIM115
+    out = _AtomicCsv(csv_path) if csv_path else None  # fails now on an unwritable folder
     try:
+        # the model, the inputs and the first block are read before anything is written
+        first = next(rows, None)
+        handle = out.handle if out is not None else sys.stdout
         writer = csv.writer(handle, lineterminator="\n")
         header = [c for t in ck.targets for c in ((t, f"{t}_std") if ck.has_std else (t,))]
         writer.writerow(["id", *header, "status"])
@@ -528,7 +541,7 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
         def text(v: float) -> str:
             return "" if math.isnan(v) else f"{v:.6g}"
 
-        for row in rows:
+        for row in itertools.chain([first] if first is not None else [], rows):
             if row.std is None:
                 values = [text(v) for v in row.values.tolist()]
             else:
@@ -536,16 +549,92 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
                                                    strict=True) for x in (v, s)]
             writer.writerow([row.id, *values, row.status])
             counts[row.status] = counts.get(row.status, 0) + 1
+        if out is not None:
+            out.commit()
+    except OSError as e:
+        if out is not None and is_full_disk(e):  # writing the rows: name the user's file
+            raise environment_error(e, path=out.path) or e from None
+        raise
     finally:
-        if csv_path:
-            handle.close()
+        if out is not None:
+            out.discard()  # after an error: the temporary file goes, OUT is untouched
     bad = {k: v for k, v in counts.items() if k != Status.OK}
     if bad:
         from .errors import STATUS_CODES
 
-        text = ", ".join(f"{v} × status {k} ({STATUS_CODES.get(k, '?')})"
-                         for k, v in sorted(bad.items()))
-        click.echo(f"not predicted: {text}", err=True)
+        summary = ", ".join(f"{v} × status {k} ({STATUS_CODES.get(k, '?')})"
+                            for k, v in sorted(bad.items()))
+        click.echo(f"not predicted: {summary}", err=True)
+
+
+class _AtomicCsv:
+    """A CSV file written as ``.<name>.tmp-<host>-<pid>`` beside it and renamed into place by
+    `commit`: readers never see half a file, and an error or a kill never truncates an
+    existing one. Temporary files of killed runs on this host are removed when one starts.
+
+    Raises:
+        DeepergatError: the folder cannot be written (named with the user's path).
+    """
+
+    def __init__(self, path: str) -> None:
+        import os
+        import socket
+
+        from .errors import environment_error
+
+        self.path = Path(path)
+        host = socket.gethostname().replace("-", "_") or "host"
+        self._prefix = f".{self.path.name}.tmp-{host}-"
+        self.tmp = self.path.with_name(f"{self._prefix}{os.getpid()}")
+        self._clear_stale()
+        try:
+            self.handle = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        except OSError as e:
+            err = environment_error(e, path=self.path)
+            if err is not None:
+                raise err from None
+            raise DeepergatError(f"--csv {self.path}: cannot write it ({e.strerror or e}); "
+                                 "choose a file in a folder that exists") from None
+
+    def _clear_stale(self) -> None:
+        import contextlib
+        import os
+
+        folder = self.path.parent
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(folder):
+                pid = entry[len(self._prefix):]
+                if not (entry.startswith(self._prefix) and pid.isdigit()):
+                    continue
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:  # its writer was killed
+                    (folder / entry).unlink(missing_ok=True)
+                except OSError:  # alive (another user's)
+                    pass
+
+    def commit(self) -> None:
+        """Close the temporary file and rename it to the final name."""
+        import os
+
+        from .errors import environment_error
+
+        try:
+            self.handle.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            err = environment_error(e, path=self.path)
+            if err is not None:
+                raise err from None
+            raise
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (nothing after `commit`)."""
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 @main.command()

@@ -7,9 +7,23 @@ problem that screening records as a status code instead of stopping.
 
 from __future__ import annotations
 
+import contextlib
+import errno as errno_module
+import os
+import re
+import shutil
+
 from .contract import STATUS_CODES  # re-exported: where callers always found it
 
-__all__ = ["STATUS_CODES", "DeepergatError", "GeometryError", "environment_error"]
+__all__ = [
+    "STATUS_CODES",
+    "DeepergatError",
+    "GeometryError",
+    "environment_error",
+    "is_full_disk",
+    "is_write_failure",
+    "user_error",
+]
 
 
 class DeepergatError(Exception):
@@ -36,31 +50,121 @@ _ENVIRONMENT = {
     "EACCES": "permission denied",
     "EPERM": "operation not permitted",
 }
+#: The errnos of a full disk (the message adds the free and needed space).
+_FULL = ("ENOSPC", "EDQUOT")
+#: HDF5 puts the errno and the file of a failed write only in its message (h5py raises
+#: RuntimeError, e.g. when a file is flushed or closed on a full disk, or OSError without
+#: ``filename``): "... file write failed: ..., filename = '<path>', ..., errno = 28, ...".
+_HDF5_ERRNO = re.compile(r"\berrno = (\d+)")
+_HDF5_FILENAME = re.compile(r"\bfilename = '([^']*)'")
 
 
-def environment_error(e: OSError) -> DeepergatError | None:
+def _errno_name(e: BaseException) -> str:
+    """The errno name of a file-system failure (``ENOSPC``, ...), or ``""``: from an
+    OSError's ``errno``, else from the message of an OSError or RuntimeError that carries
+    one (HDF5's ``errno = N``, ``[Errno N]``, or the system's text for a known errno)."""
+    if not isinstance(e, OSError | RuntimeError):
+        return ""
+    code = e.errno if isinstance(e, OSError) else None
+    text = str(e)
+    if not code:
+        m = _HDF5_ERRNO.search(text) or re.search(r"\[Errno (\d+)\]", text)
+        code = int(m.group(1)) if m else None
+    if not code:
+        for name in _ENVIRONMENT:
+            number = getattr(errno_module, name, None)
+            if number is not None and os.strerror(number) in text:
+                return name
+        return ""
+    return errno_module.errorcode.get(code, "")
+
+
+#: deepergat's temporary names: ``<name>.tmp``, ``.<name>.tmp-<pid>``, ``.<name>.tmp-<host>-<pid>``.
+_TEMPORARY = re.compile(r"^\.?(?P<name>.+?)\.tmp(-[\w.-]*)?$")
+
+
+def _final_name(path: str) -> str:
+    """The file a temporary file of this package becomes (messages name the user's file, not
+    a temporary one that is removed when the failure is reported)."""
+    folder, name = os.path.split(path)
+    m = _TEMPORARY.match(name)
+    return os.path.join(folder, m.group("name")) if m else path
+
+
+def is_full_disk(e: BaseException) -> bool:
+    """Whether ``e`` is a write that failed because the disk or the quota is full (an
+    OSError, or h5py's RuntimeError, whose errno is ENOSPC or EDQUOT)."""
+    return _errno_name(e) in _FULL
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a write refused by the file system: a full disk or quota
+    (`is_full_disk`) or a read-only file system (never a problem of a file being read)."""
+    return _errno_name(e) in (*_FULL, "EROFS")
+
+
+def environment_error(
+    e: BaseException,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    needed: float | None = None,
+    fix: str | None = None,
+) -> DeepergatError | None:
     """The one-line `DeepergatError` for a file-system failure the user can fix (a full disk,
-    a quota, a read-only folder, missing permissions), or None for other OS errors.
+    a quota, a read-only folder, missing permissions), or None for other errors.
 
-    The message names the file and, for a full disk, how much space is free.
+    It recognises an OSError by its errno and, because h5py reports a failed flush or close
+    as RuntimeError with the errno only in its text, an OSError or RuntimeError whose message
+    carries one. The message names the file and, for a full disk, how much space is free in
+    its folder and (``needed``) how much the work needs.
+
+    Args:
+        e: the exception.
+        path: the file or folder to name [default: the exception's file name, else the one
+            in an HDF5 message].
+        needed: bytes the work needs there, when known.
+        fix: what to do [default: free space or choose another folder / choose a folder you
+            can write to].
     """
-    import errno as errno_module
-    import os
-    import shutil
-
-    name = errno_module.errorcode.get(e.errno or 0, "")
+    name = _errno_name(e)
     what = _ENVIRONMENT.get(name)
     if what is None:
         return None
-    path = e.filename or ""
-    where = f"cannot write {path}" if path else "cannot write"
-    extra = ""
-    if name in ("ENOSPC", "EDQUOT") and path:
-        folder = os.path.dirname(os.path.abspath(str(path))) or "."
-        try:
-            extra = f" ({shutil.disk_usage(folder).free / 1e6:.0f} MB free there)"
-        except OSError:
-            extra = ""
-    fix = ("free space or choose another folder" if name in ("ENOSPC", "EDQUOT")
-           else "choose a folder you can write to")
+    if path is None:
+        path = getattr(e, "filename", None)
+    if path is None:
+        m = _HDF5_FILENAME.search(str(e))
+        path = m.group(1) if m else None
+    path = _final_name(os.fspath(path)) if path is not None else ""
+    verb = "cannot access" if name in ("EACCES", "EPERM") else "cannot write"
+    where = f"{verb} {path}" if path else verb
+    space = []
+    if name in _FULL and path:
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        with contextlib.suppress(OSError):
+            space.append(f"{shutil.disk_usage(folder or '.').free / 1e6:.0f} MB free there")
+    if name in _FULL and needed is not None:
+        space.append(f"needs ~{max(needed / 1e6, 1):.0f} MB")
+    extra = f" ({'; '.join(space)})" if space else ""
+    if fix is None:
+        fix = ("free space or choose another folder" if name in _FULL
+               else "check its permissions or choose a folder you can write to"
+               if name in ("EACCES", "EPERM") else "choose a folder you can write to")
     return DeepergatError(f"{where}: {what}{extra}; {fix}, then run the same command again")
+
+
+def user_error(e: BaseException) -> DeepergatError | None:
+    """What the command line reports as one line for ``e``, or None for an internal failure
+    (a traceback).
+
+    A `DeepergatError` is reported as it is, unless it was raised from a full disk: then as
+    the full-disk message (free space, what to do), like the bare failure. An OSError or
+    RuntimeError is reported when it is a file-system failure the user can fix
+    (`environment_error`).
+    """
+    if isinstance(e, DeepergatError):
+        cause = e.__cause__
+        if cause is not None and is_full_disk(cause):
+            return environment_error(cause) or e
+        return e
+    return environment_error(e)

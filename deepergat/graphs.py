@@ -84,16 +84,31 @@ def check_graph(value: object) -> GraphConstruction:
     return value  # type: ignore[return-value]
 
 
-def graph_settings(source: Mapping[str, Any]) -> dict[str, Any]:
+def graph_settings(source: Mapping[str, Any], *, where: str = "model metadata"
+                   ) -> dict[str, Any]:
     """The graph settings ``{cutoff, max_neighbors, construction}`` of a model's constructor
     arguments or of a metadata ``graph`` document (files older than the ``construction``
-    setting were all periodic)."""
-    construction = source.get("construction", source.get("graph", DEFAULT_GRAPH))
-    return {
-        "cutoff": float(source["cutoff"]),
-        "max_neighbors": int(source["max_neighbors"]),
-        "construction": check_graph(construction),
-    }
+    setting were all periodic), checked as `deepergat.metadata.GraphSettings.from_dict`
+    checks them.
+
+    Args:
+        source: the arguments or document.
+        where: the file they came from, for messages.
+
+    Raises:
+        DeepergatError: a missing setting, or one of the wrong type or out of range (a cutoff
+            that is not a finite length in (0, `deepergat.metadata.MAX_CUTOFF`] Å, a neighbor
+            count that is not an integer from 1 to `deepergat.metadata.MAX_NEIGHBORS`, an
+            unknown construction): NaN or negative settings would hang or silently change
+            the neighbor search.
+    """
+    from .metadata import GraphSettings
+
+    doc = {k: source[k] for k in ("cutoff", "max_neighbors") if k in source}
+    doc["construction"] = source.get("construction", source.get("graph", DEFAULT_GRAPH))
+    g = GraphSettings.from_dict(doc, where=where)
+    return {"cutoff": g.cutoff, "max_neighbors": g.max_neighbors,
+            "construction": g.construction}
 
 
 class NeighborList(NamedTuple):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -27,6 +28,7 @@ from .contract import (
     DEFAULT_GRAPH,
     ENSEMBLE_OUTPUT_NAMES,
     GRAPH_CONSTRUCTIONS,
+    MAX_Z,
     MODEL_FORMATS,
     OUTPUT_NAMES,
     GraphConstruction,
@@ -37,6 +39,8 @@ __all__ = [
     "CHECKPOINT_KIND",  # re-exported from deepergat.contract
     "EXPORTED_KINDS",
     "EXPORT_FORMAT",
+    "MAX_CUTOFF",
+    "MAX_NEIGHBORS",
     "Calibration",
     "GraphSettings",
     "ModelMetadata",
@@ -52,6 +56,17 @@ EXPORTED_KINDS: frozenset[str] = frozenset(f.kind for f in MODEL_FORMATS.values(
 
 #: Keys every document holds (checkpoints and exported files alike).
 _REQUIRED = ("format", "model", "graph", "targets", "elements")
+
+#: Largest graph cutoff, Å, a model's metadata may hold. Crystal graph models use 4-10 Å; a
+#: file claiming far more is damaged or hostile (the neighbor search would run for hours).
+MAX_CUTOFF = 30.0
+#: Largest neighbor count a model's metadata may hold (models use 12-64).
+MAX_NEIGHBORS = 256
+#: What to do about a damaged document (the end of every message about one).
+_FIX = "use an intact copy of the model file"
+#: Integer constructor arguments that count something (at least 1 where present).
+_COUNTS = ("members", "dim", "targets", "layers", "heads", "groups", "gaussians",
+           "max_neighbors")
 
 
 # ------------------------------------------------------------------------- reading helpers
@@ -75,7 +90,7 @@ class _Reader:
         self.data: Mapping[str, Any] = data
 
     def fail(self, problem: str) -> NoReturn:
-        raise DeepergatError(f"{self.where}: damaged deepergat metadata: {problem}")
+        raise DeepergatError(f"{self.where}: damaged deepergat metadata: {problem}; {_FIX}")
 
     def bad(self, key: str, what: str, value: Any) -> NoReturn:
         self.fail(f"{self.path}{key} must be {what}, got {_show(value)}")
@@ -88,16 +103,23 @@ class _Reader:
     def extra(self, known: Sequence[str]) -> dict[str, Any]:
         return {k: v for k, v in self.data.items() if k not in known}
 
-    def integer(self, key: str) -> int:
+    def integer(self, key: str, *, low: int | None = None, high: int | None = None) -> int:
+        """An integer, within [low, high] where given."""
         value = self.data[key]
         if not _is_int(value):
             self.bad(key, "an integer", value)
+        if not _within(value, low, high):
+            self.bad(key, _range(low, high), value)
         return int(value)
 
-    def number(self, key: str) -> float:
+    def number(self, key: str, *, low: float | None = None, high: float | None = None,
+               positive: bool = False) -> float:
+        """A finite number, within [low, high] where given (``positive``: above 0)."""
         value = self.data[key]
         if not _is_number(value):
             self.bad(key, "a finite number", value)
+        if not _within(value, low, high) or (positive and not value > 0):
+            self.bad(key, _range(low, high, positive=positive), value)
         return float(value)
 
     def number_or_null(self, key: str) -> float | None:
@@ -136,11 +158,11 @@ class _Reader:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         return False
     try:
         return math.isfinite(value)
@@ -150,6 +172,22 @@ def _is_number(value: Any) -> bool:
 
 def _is_str(value: Any) -> bool:
     return isinstance(value, str)
+
+
+def _within(value: float, low: float | None, high: float | None) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _range(low: float | None, high: float | None, *, positive: bool = False) -> str:
+    """``from 1 to 256``, ``above 0 and at most 30``, ``at least 0``, ..."""
+    if low is not None and high is not None:
+        return f"from {low:g} to {high:g}"
+    bounds = ["above 0"] if positive else []
+    if low is not None:
+        bounds.append(f"at least {low:g}")
+    if high is not None:
+        bounds.append(f"at most {high:g}")
+    return " and ".join(bounds)
 
 
 def _show(value: Any) -> str:
@@ -184,8 +222,8 @@ class GraphSettings:
     """How the model's graphs are built (docs/design.md §4).
 
     Attributes:
-        cutoff: neighbor cutoff, Å.
-        max_neighbors: neighbors kept per atom.
+        cutoff: neighbor cutoff, Å (above 0, at most `MAX_CUTOFF`).
+        max_neighbors: neighbors kept per atom (1 to `MAX_NEIGHBORS`).
         construction: ``"periodic"`` or ``"minimum-image"``.
         construction_recorded: False for documents older than the ``construction`` setting
             (all periodic); `to_dict` then leaves the key out, as they did.
@@ -206,18 +244,21 @@ class GraphSettings:
         """Read a ``graph`` document.
 
         Raises:
-            DeepergatError: missing settings or a value of the wrong type.
+            DeepergatError: missing settings, or a value of the wrong type or out of range
+                (a cutoff that is not a finite length in (0, `MAX_CUTOFF`] Å, a neighbor
+                count that is not an integer from 1 to `MAX_NEIGHBORS`).
         """
         if not isinstance(data, Mapping) or "cutoff" not in data or "max_neighbors" not in data:
-            raise DeepergatError(f"{where}: damaged deepergat metadata: graph settings missing")
+            raise DeepergatError(f"{where}: damaged deepergat metadata: graph settings missing; "
+                                 f"{_FIX}")
         r = _Reader(data, where, "graph settings: ")
         construction = data.get("construction", DEFAULT_GRAPH)
         if construction not in GRAPH_CONSTRUCTIONS:
             r.fail(f"graph settings: construction {_show(construction)} is not one of "
                    f"{', '.join(GRAPH_CONSTRUCTIONS)}")
         return cls(
-            cutoff=r.number("cutoff"),
-            max_neighbors=r.integer("max_neighbors"),
+            cutoff=r.number("cutoff", positive=True, high=MAX_CUTOFF),
+            max_neighbors=r.integer("max_neighbors", low=1, high=MAX_NEIGHBORS),
             construction=construction,
             construction_recorded="construction" in data,
             extra=r.extra(("cutoff", "max_neighbors", "construction")),
@@ -248,7 +289,8 @@ class TargetInfo:
     Attributes:
         name: the target's name (a column of the training data).
         units: its units (may be empty).
-        mean, std: the training mean and standard deviation the model's output is scaled by.
+        mean, std: the training mean and standard deviation the model's output is scaled by
+            (finite; std above 0).
         extra: keys this version does not know.
     """
 
@@ -267,12 +309,16 @@ class TargetInfo:
         """Read one entry of ``targets``.
 
         Raises:
-            DeepergatError: a missing key or a value of the wrong type.
+            DeepergatError: a missing key, a value of the wrong type, an empty name, a mean
+                that is not finite or a std that is not a finite number above 0.
         """
         r = _Reader(data, where, path)
         r.require(("name", "units", "mean", "std"))
-        return cls(name=r.string("name"), units=r.string("units"),
-                   mean=r.number("mean"), std=r.number("std"),
+        name = r.string("name")
+        if not name.strip():
+            r.bad("name", "a non-empty string", name)
+        return cls(name=name, units=r.string("units"),
+                   mean=r.number("mean"), std=r.number("std", positive=True),
                    extra=r.extra(("name", "units", "mean", "std")))
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -323,14 +369,17 @@ class Calibration:
         """Read a ``calibration`` document.
 
         Raises:
-            DeepergatError: a missing ``std_scale`` or a value of the wrong type.
+            DeepergatError: a missing ``std_scale``, a value of the wrong type or out of
+                range (scales ≥ 0, a coverage in (0, 1], a count ≥ 0).
         """
         r = _Reader(data, where, "calibration.")
         r.require(("std_scale",))
         return cls(
-            std_scale=tuple(r.items("std_scale", _is_number, "finite numbers")),
-            coverage=r.optional("coverage", r.number),
-            n=r.optional("n", r.integer),
+            std_scale=tuple(r.items("std_scale", lambda v: _is_number(v) and v >= 0,
+                                    "finite numbers ≥ 0")),
+            coverage=r.optional("coverage",
+                                lambda k: r.number(k, positive=True, high=1.0)),
+            n=r.optional("n", lambda k: r.integer(k, low=0)),
             source=r.optional("source", r.string),
             method=r.optional("method", r.string),
             metrics=r.optional("metrics", r.mapping),
@@ -410,9 +459,9 @@ class ParityFigures:
 
         return cls(
             passed=r.boolean("passed"),
-            n_structures=r.integer("n_structures"),
-            n_predictions=r.integer("n_predictions"),
-            batches=r.integer("batches"),
+            n_structures=r.integer("n_structures", low=0),
+            n_predictions=r.integer("n_predictions", low=0),
+            batches=r.integer("batches", low=0),
             max_abs_diff=tuple(r.items("max_abs_diff", finite_or_null, "numbers or nulls")),
             max_allowed=tuple(r.items("max_allowed", finite_or_null, "numbers or nulls")),
             worst_ratio=r.number_or_null("worst_ratio"),
@@ -521,7 +570,10 @@ class ModelMetadata:
 
         Raises:
             DeepergatError: one line naming the file and the bad key: a missing field, a
-                value of the wrong type, or an exported file of a newer format.
+                value of the wrong type or out of range (see `GraphSettings.from_dict`,
+                `TargetInfo.from_dict`, `Calibration.from_dict`; elements are atomic numbers
+                1 to `MAX_Z`; constructor counts such as ``model.members`` are at least 1;
+                one target per model output), or an exported file of a newer format.
         """
         r = _Reader(data, where)
         r.require(_REQUIRED)
@@ -535,17 +587,38 @@ class ModelMetadata:
                 f"{__version__} reads format {EXPORT_FORMAT}); use a matching deepergat version"
             )
         model = r.mapping("model")
-        for key in ("members", "dim"):
+        for key in _COUNTS:
             if key in model and not _is_int(model[key]):
                 r.bad(f"model.{key}", "an integer", model[key])
+            if key in model and model[key] < 1:
+                r.bad(f"model.{key}", "at least 1", model[key])
+        if "cutoff" in model and not (_is_number(model["cutoff"]) and model["cutoff"] > 0):
+            r.bad("model.cutoff", "a finite number above 0", model["cutoff"])
         targets = r.items("targets", lambda v: True, "objects")
+        if not targets:
+            r.fail("targets is empty (a model predicts at least one target)")
+        infos = tuple(TargetInfo.from_dict(t, where=where, path=f"targets[{i}].")
+                      for i, t in enumerate(targets))
+        names = [t.name for t in infos]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                r.fail(f"targets[{i}].name {name!r} repeats targets[{names.index(name)}].name")
+        if "targets" in model and model["targets"] != len(infos):
+            r.fail(f"model.targets is {model['targets']} but targets lists {len(infos)}")
+        calibration = (Calibration.from_dict(data["calibration"], where=where)
+                       if "calibration" in data else None)
+        elements = tuple(r.items("elements", _is_int, "integers (atomic numbers)"))
+        if not all(1 <= z <= MAX_Z for z in elements):
+            r.bad("elements", f"atomic numbers from 1 to {MAX_Z}", list(elements))
+        if calibration is not None and len(calibration.std_scale) != len(infos):
+            r.fail(f"calibration.std_scale has {len(calibration.std_scale)} values for "
+                   f"{len(infos)} targets")
         return cls(
             format=fmt,
             model=model,
             graph=GraphSettings.from_dict(data["graph"], where=where),
-            targets=tuple(TargetInfo.from_dict(t, where=where, path=f"targets[{i}].")
-                          for i, t in enumerate(targets)),
-            elements=tuple(r.items("elements", _is_int, "integers (atomic numbers)")),
+            targets=infos,
+            elements=elements,
             kind=kind,
             checkpoint_format=r.optional("checkpoint_format", r.integer),
             architecture=r.optional("architecture", r.string),
@@ -557,8 +630,7 @@ class ModelMetadata:
             exporter=r.optional("exporter", r.mapping),
             parity=(ParityFigures.from_dict(data["parity"], where=where)
                     if data.get("parity") is not None else None),
-            calibration=(Calibration.from_dict(data["calibration"], where=where)
-                         if "calibration" in data else None),
+            calibration=calibration,
             extra=r.extra(cls._KEYS),
         )
 

@@ -9,6 +9,12 @@ Nothing is dropped silently: the first file, row or frame that cannot be read st
 a `DeepergatError` naming it (and no output file is left); with ``skip_bad`` it is skipped, counted
 by reason and listed in ``<OUT stem>.skipped.csv`` (columns ``source,reason``) next to the output.
 Duplicate ids are always an error.
+
+Nothing else is overwritten: an existing output that is not a structure store, or an existing
+``<OUT stem>.skipped.csv`` that is not such a list (its first line is not ``source,reason``),
+makes the pack refuse with one line. One pack writes an output at a time: it holds
+``<OUT>.lock/`` (`deepergat.screening.lock.OutputLock`, as screening does), and removes what a
+killed pack left (``<OUT>.tmp``, ``<OUT stem>.skipped.csv.tmp``).
 """
 
 from __future__ import annotations
@@ -435,20 +441,54 @@ def pack(
         raise DeepergatError(f"{out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise DeepergatError(f"{out}: is a folder; give a file name such as {out / 'store.h5'}")
+    from .screening.lock import OutputLock, run_token
+
+    lock = OutputLock(out, run_token(), label=str(out), way_out="choose another output file",
+                      screening=False)
+    lock.acquire()
+    try:
+        return _pack(inputs, out, tspecs, nspecs, cif_column=cif_column, id_column=id_column,
+                     id_from=id_from, workers=workers, skip_bad=skip_bad,
+                     batch_size=batch_size, progress=progress)
+    finally:
+        lock.release()
+
+
+def _pack(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    tspecs: Sequence[TargetSpec],
+    nspecs: Sequence[TargetSpec],
+    *,
+    cif_column: str,
+    id_column: str | None,
+    id_from: IdFrom,
+    workers: int,
+    skip_bad: bool,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> PackResult:
+    """`pack` once the output is ours."""
     _check_replaceable(out)
+    skipped_path = out.with_name(out.stem + ".skipped.csv") if skip_bad else None
+    if skipped_path is not None:
+        _check_skipped_list(skipped_path)
+    _remove_leftovers(out)
 
     inputs_ = _expand_inputs(inputs)
     units, csv_targets, mdl_targets = _store_targets(inputs_, tspecs, nspecs)
     for inp in inputs_:  # fail fast on a CSV that lacks a named column
+        if inp.path.resolve() == out.resolve():
+            raise DeepergatError(f"{out}: is also an input; choose another output name")
+        if skipped_path is not None and inp.path.resolve() == skipped_path.resolve():
+            raise DeepergatError(f"{skipped_path}: is an input, and --skip-bad would write its "
+                                 "list of skipped inputs there; choose another output name")
         if inp.kind == "csv":
             readers.check_csv_columns(
                 inp.path, cif_column=cif_column, id_column=id_column, target_columns=csv_targets
             )
-        if inp.path.resolve() == out.resolve():
-            raise DeepergatError(f"{out}: is also an input; choose another output name")
 
     log.info("packing %d input(s) into %s with %d worker process(es)", len(inputs_), out, workers)
-    skipped_path = out.with_name(out.stem + ".skipped.csv") if skip_bad else None
     skipped_tmp = skipped_path.with_name(skipped_path.name + ".tmp") if skipped_path else None
     writer = StoreWriter(out, targets=units)
     skipped: Counter[str] = Counter()
@@ -564,6 +604,39 @@ def _check_replaceable(out: Path) -> None:
             "other files — choose another output name (e.g. "
             f"{out.with_suffix('.h5').name if out.suffix != '.h5' else 'store.h5'})"
         ) from None
+
+
+#: The header of a list of skipped inputs (what `_check_skipped_list` recognizes as pack's own).
+_SKIPPED_HEADER = "source,reason"
+
+
+def _check_skipped_list(path: Path) -> None:
+    """Refuse to replace an existing ``<stem>.skipped.csv`` that pack did not write."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            first = fh.readline(200).rstrip("\r\n")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError):
+        first = None
+    if first != _SKIPPED_HEADER or not path.is_file():
+        raise DeepergatError(
+            f"{path}: exists and is not a list of skipped inputs (its first line is not "
+            f"'{_SKIPPED_HEADER}'); pack --skip-bad writes its list there and never overwrites "
+            "other files — move it away or choose another output name"
+        )
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the temporary files a killed pack of ``out`` left (the caller holds its lock)."""
+    for p in (out.with_name(out.name + ".tmp"),
+              out.with_name(out.stem + ".skipped.csv.tmp")):
+        try:
+            if p.is_file():
+                p.unlink()
+                log.info("removed %s, left by a killed pack", p)
+        except OSError as e:
+            log.warning("cannot remove %s, left by a killed pack: %s", p, e)
 
 
 def _duplicate(r: Record, first: Path, second: Path, id_from: IdFrom) -> None:

@@ -133,8 +133,9 @@ def predict_inputs(
     """Predict structure files (any format `deepergat pack` reads) and stores.
 
     Structure files are packed into a temporary store first (unreadable ones are skipped and
-    reported through ``on_skipped(count, description)``; ids as ``deepergat pack --id-from``
-    makes them); stores are read as they are.
+    reported through ``on_skipped(count, description)``, the description naming the first
+    few with their reasons (``a.cif (unreadable: …); b.cif:block 1 (data_x) (…); and N
+    more``); ids as ``deepergat pack --id-from`` makes them); stores are read as they are.
 
     Returns:
         (the loaded `deepergat.export.Predictor`, an iterator of `PredictionRow` in input
@@ -164,22 +165,41 @@ def predict_inputs(
                 return
             from .pack import NothingPacked, describe_skipped, pack
 
-            with tempfile.TemporaryDirectory(prefix="deepergat-predict-") as tmp:
+            try:
+                tmp_dir = tempfile.TemporaryDirectory(prefix="deepergat-predict-")
+            except OSError as e:
+                raise _temporary_space_error(e) or e from None
+            with tmp_dir as tmp:
                 store = Path(tmp) / "inputs.h5"
                 try:
                     result = pack([str(f) for f in files], store, workers=1, skip_bad=True,
                                   id_from=id_from)  # type: ignore[arg-type]
                 except NothingPacked as e:
-                    names = ", ".join(str(f) for f in files[:5])
-                    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+                    listed = _skipped_items(store)
+                    if listed:
+                        raise DeepergatError(
+                            f"no structure could be read from the inputs: {listed}"
+                        ) from None
+                    names = ", ".join(str(f) for f in files[:_NAMED])
+                    more = f" and {len(files) - _NAMED} more" if len(files) > _NAMED else ""
                     raise DeepergatError(
                         f"no structure could be read from {names}{more} "
                         f"({describe_skipped(e.skipped) or 'nothing found'})"
                     ) from None
-                except DeepergatError as e:  # name the user's files, not the temporary store
+                except (DeepergatError, OSError, RuntimeError) as e:
+                    space = _temporary_space_error(e)
+                    if space is not None:  # the temporary store's disk, not the user's files
+                        raise space from None
+                    if not isinstance(e, DeepergatError):
+                        raise
+                    # name the user's files, not the temporary store
                     raise DeepergatError(str(e).replace(f"{store}: ", "")) from None
                 if result.n_skipped and on_skipped is not None:
-                    on_skipped(result.n_skipped, describe_skipped(result.skipped))
+                    listed = _skipped_items(store)
+                    what = describe_skipped(result.skipped)  # "2 unreadable, 1 disordered"
+                    if listed:  # each named with its reason; counts too when some are not
+                        what = f"{what}: {listed}" if result.n_skipped > _NAMED else listed
+                    on_skipped(result.n_skipped, what)
                 yield from _predict_store(model, store, **settings)
             files.clear()
 
@@ -192,6 +212,50 @@ def predict_inputs(
         yield from flush()
 
     return ck, rows()
+
+
+#: Skipped inputs named in a message; the rest are counted ("and N more").
+_NAMED = 5
+
+
+def _skipped_items(store: Path) -> str:
+    """The inputs `deepergat.pack.pack` skipped while packing ``store`` (from its
+    ``<stem>.skipped.csv``), for a message: the first `_NAMED` as ``source (reason)`` — the
+    file, ``file:block k (data_name)``, ``file:frame k``, ``file:row k`` — then "and N more";
+    ``""`` when the list cannot be read."""
+    import csv
+
+    listed = store.with_name(store.stem + ".skipped.csv")
+    try:
+        with open(listed, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh)][1:]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return ""
+    items = []
+    for row in rows[:_NAMED]:
+        source = row[0] if row else "?"
+        reason = " ".join((row[1] if len(row) > 1 else "").split())
+        if len(reason) > 80:
+            reason = reason[:77] + "..."
+        items.append(f"{source} ({reason})" if reason else source)
+    more = f"; and {len(rows) - _NAMED} more" if len(rows) > _NAMED else ""
+    return "; ".join(items) + more
+
+
+def _temporary_space_error(e: BaseException) -> DeepergatError | None:
+    """The one-line error for a file-system failure (a full disk, a quota, a read-only
+    folder) while packing structure files into the temporary store, naming the temporary
+    folder and ``TMPDIR``; None for other errors."""
+    from .errors import environment_error, is_write_failure
+
+    cause = e.__cause__ if isinstance(e, DeepergatError) else e
+    if cause is None or not is_write_failure(cause):  # e.g. an input that cannot be read
+        return None
+    return environment_error(
+        cause, path=tempfile.gettempdir(),
+        fix="predict packs structure files into a temporary store there: free space or set "
+            "TMPDIR to another folder",
+    )
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 from deepergat.errors import DeepergatError
 
-from .metadata import EXTRA_FILE, encode_metadata, meta_tmp_path, with_exporter
+from .metadata import EXTRA_FILE, encode_metadata, meta_tmp_path, save_named, with_exporter
 from .pt2 import export_program
 
 __all__ = ["load_aoti", "set_aoti_metadata", "write_aoti"]
@@ -71,10 +71,16 @@ def write_aoti(
     import torch
 
     program = export_program(model, example)
-    try:
+
+    def compile_to(p: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(path))
+            torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(p))
+
+    try:
+        # The package's top folder is named after the file it is written to: the final name,
+        # never the exporter's staging name.
+        save_named(Path(path), compile_to)
     except Exception as e:  # inductor raises many types (compiler errors included)
         raise DeepergatError(
             "AOTInductor compilation failed (it needs a working C++ compiler): "

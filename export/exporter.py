@@ -13,6 +13,12 @@ Each file proves itself before the export reports success:
 4. only when every requested format passed are the files renamed into place. Otherwise every
    file written by this run is removed (existing files in OUT_DIR are left alone) and a
    `DeepergatError` names the format, the figures and the first disagreements.
+
+One export writes into a folder at a time: it holds the lock ``OUT_DIR/.deepergat-export.lock/``
+(`deepergat.screening.lock.OutputLock`, the one screening uses), so a second export into the
+same folder is refused with one line, and the staging files a killed export left
+(``.deepergat-export-<pid>.*``, their ``.meta-tmp`` copies, ``.deepergat-save-*`` folders) are
+removed by the next export.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import copy
 import functools
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +49,9 @@ from .samples import edge_case_structures, parity_structures
 from .shapes import example_inputs, sizes, to_tensors
 
 __all__ = ["ALL_FORMATS", "FILE_NAMES", "FORMATS", "ExportResult", "ExportedFile", "export_model"]
+
+#: Names of an export's staging files and folders in OUT_DIR (see `_remove_leftovers`).
+STAGING_PREFIXES = (".deepergat-export-", "..deepergat-export-", ".deepergat-save-")
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +235,10 @@ def export_model(
 
     Raises:
         DeepergatError: bad arguments, a model that is not a checkpoint, an export or parity
-            failure (then no file of this run is left behind).
+            failure (then no file of this run is left behind), another export writing into
+            the same folder.
     """
-    from deepergat.checkpoint import load_checkpoint
-    from deepergat.checkpoint import metadata as checkpoint_metadata
-    from deepergat.files import file_sha256
-
-    from .onnx import OPSET
-    from .predictor import load
+    from deepergat.screening.lock import OutputLock, run_token
 
     say = progress or (lambda message: log.info("%s", message))
     fmts = _parse_formats(formats)
@@ -247,6 +253,49 @@ def export_model(
     if out.exists() and not out.is_dir():
         raise DeepergatError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)  # before any work: an unwritable folder fails now
+    lock = OutputLock(out / ".deepergat-export", run_token(), label=str(out),
+                      way_out="export into another folder", screening=False)
+    lock.acquire()
+    try:
+        _remove_leftovers(out)  # we own the folder's exports: any staging file here is dead
+        return _export(source, out, fmts, check_data=check_data, n_check=n_check,
+                       big_batch=big_batch, chunk=chunk, opset=opset, say=say)
+    finally:
+        lock.release()
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove what a killed export left in ``out`` (the caller holds the folder's lock)."""
+    try:
+        names = os.listdir(out)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(STAGING_PREFIXES):
+            continue
+        p = out / name
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError as e:
+            log.warning("cannot remove %s, left by a killed export: %s", p, e)
+            continue
+        log.info("removed %s, left by a killed export", p)
+
+
+def _export(source: Path, out: Path, fmts: list[str], *,
+            check_data: str | os.PathLike[str] | None, n_check: int, big_batch: int,
+            chunk: int, opset: int | None, say: Callable[[str], None]) -> ExportResult:
+    """`export_model` once the folder is ours."""
+    from deepergat.checkpoint import load_checkpoint
+    from deepergat.checkpoint import metadata as checkpoint_metadata
+    from deepergat.files import file_sha256
+
+    from .onnx import OPSET
+    from .predictor import load
+
     ckpt = load_checkpoint(source)
     reference_model = ckpt.model.eval()
     source_meta = checkpoint_metadata(ckpt.data)

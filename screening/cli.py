@@ -145,7 +145,7 @@ def screen(
     SLURM array task taking a static share.
     """
     from deepergat.cli import fail, setup_logging
-    from deepergat.errors import DeepergatError, environment_error
+    from deepergat.errors import DeepergatError, user_error
 
     setup_logging(verbose)
     from .run import AllRanksError, ScreenOptions
@@ -162,18 +162,20 @@ def screen(
         ranks = _connect(opts)
         try:
             result = _run(opts, ranks)
-        except OSError as e:  # a full disk, a read-only folder: the user's to fix
-            err = environment_error(e)
+        except (OSError, RuntimeError) as e:  # a full disk (h5py: RuntimeError), a read-only
+            err = user_error(e)               # folder: the user's to fix
             if err is None:
                 raise
+            logging.getLogger("deepergat").debug("the error in full", exc_info=e)
             raise err from None
     except DeepergatError as e:
+        shown = user_error(e) or e  # raised from a full disk: say how much space is free
         if ranks is None or ranks.size == 1 or isinstance(e, AllRanksError):
             if ranks is None or ranks.is_root:  # every rank has it: rank 0 says it once
-                fail(e)
+                fail(shown)
             raise SystemExit(2) from None
         # One rank's problem while the others work: say it and stop them all.
-        click.echo(f"error: rank {ranks.rank}: {' '.join(str(e).split())}", err=True)
+        click.echo(f"error: rank {ranks.rank}: {' '.join(str(shown).split())}", err=True)
         sys.stderr.flush()
         ranks.abort(2)
         raise SystemExit(2) from None

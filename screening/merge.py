@@ -22,9 +22,9 @@ import numpy as np
 from deepergat.contract import Status
 from deepergat.errors import DeepergatError
 
-from .parts import PartsDir
+from .parts import PartsDir, describe_stamps
 from .plan import Plan
-from .predictions import FLAG_UNSEEN_ELEMENT, PredictionsWriter
+from .predictions import FLAG_UNSEEN_ELEMENT, NoSpaceError, PredictionsWriter
 
 __all__ = [
     "MergeResult",
@@ -86,27 +86,32 @@ def describe_missing(missing: Sequence[int], plan: Plan, limit: int = 20) -> str
 
 
 def output_bytes(n_structures: int, manifest: dict[str, Any]) -> int:
-    """Upper bound of a predictions file's size (uncompressed) for this run."""
+    """Upper bound of a predictions file's size (uncompressed) for this run, ids of up to 32
+    characters (what `PredictionsWriter` first reserves)."""
     t = len(manifest["targets"])
-    per = 8 + 2 + 24 + 4 * t * (2 if manifest.get("spread") else 1)  # index, flags, id, values
+    # index, status, flags, values, an id (reference, heap header, text)
+    per = 8 + 2 + 4 * t * (2 if manifest.get("spread") else 1) + 32 + 32
     if manifest.get("embeddings"):
         per += 4 * int(manifest.get("embedding_dim") or 0)
-    return n_structures * per + (1 << 20)
+    return n_structures * per + (2 << 20)
 
 
 def check_space(output: Path, needed: int, *, factor: float) -> None:
     """Refuse to start when the output's folder lacks ``factor`` × ``needed`` bytes (parts and
-    the merged file side by side), instead of failing on a full disk half way."""
+    the merged file side by side), instead of failing on a full disk half way.
+
+    Raises:
+        NoSpaceError: naming the folder, the MB needed and free.
+    """
     try:
         free = shutil.disk_usage(output.parent if str(output.parent) else ".").free
     except OSError:
         return
     want = int(needed * factor)
     if free < want:
-        raise DeepergatError(
+        raise NoSpaceError(
             f"no space left on the folder of {output}: this run needs ~{want / 1e6:.0f} MB "
-            f"(parts and the merged file), {free / 1e6:.0f} MB are free; free space or choose "
-            "another --output"
+            f"(parts and the merged file), {free / 1e6:.0f} MB are free", want, free
         )
 
 
@@ -125,7 +130,10 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
         The `MergeResult`.
 
     Raises:
-        MissingChunksError: some chunks have no part (names them; nothing is written).
+        MissingChunksError: some chunks have no part, or parts another run wrote (removed):
+            names them; nothing is written.
+        NoSpaceError: the output's disk cannot hold the file (the parts are kept; nothing
+            else is left).
         DeepergatError: a damaged part.
     """
     t0 = time.perf_counter()
@@ -136,6 +144,18 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
             f"{describe_missing(missing, plan)}; rerun the screen with the same settings to "
             "compute them (committed chunks are kept)",
             missing,
+        )
+    run_id = str(manifest.get("run") or parts.run_id())
+    foreign = parts.foreign(range(plan.n_chunks), run=run_id)
+    if foreign:  # never merged: removed, so the next run computes them
+        for k, _ in foreign:
+            parts.part_path(k).unlink(missing_ok=True)
+        ks = [k for k, _ in foreign]
+        raise MissingChunksError(
+            f"{parts.path}: cannot merge, {len(foreign)} part files were not written by this "
+            f"run (manifest run {run_id!r}): {describe_stamps(foreign)}; removed — rerun the "
+            f"screen with the same settings to compute {describe_missing(ks, plan)} again",
+            ks,
         )
     check_space(parts.output, output_bytes(plan.n_structures, manifest), factor=1.1)
     targets = manifest["targets"]
@@ -151,17 +171,22 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
         "screen_run": json.dumps(run or {}, sort_keys=True),
     }
     result = MergeResult(path=parts.output, n_structures=plan.n_structures)
-    with PredictionsWriter(
-        parts.output, n_structures=plan.n_structures, targets=targets, embedding_dim=emb_dim,
-        attrs=attrs, spread=spread,
-    ) as w:
-        for k in range(plan.n_chunks):
-            a, b = plan.bounds(k)
-            rows = parts.read(k, start=a, stop=b, targets=len(targets), embedding_dim=emb_dim,
-                              spread=spread)
-            w.write(a, rows)
-            result.status += np.bincount(rows.status, minlength=len(Status))[: len(Status)]
-            result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
+    try:
+        with PredictionsWriter(
+            parts.output, n_structures=plan.n_structures, targets=targets,
+            embedding_dim=emb_dim, attrs=attrs, spread=spread,
+        ) as w:
+            for k in range(plan.n_chunks):
+                a, b = plan.bounds(k)
+                rows = parts.read(k, start=a, stop=b, targets=len(targets),
+                                  embedding_dim=emb_dim, spread=spread, run=run_id)
+                w.write(a, rows)
+                result.status += np.bincount(rows.status, minlength=len(Status))[: len(Status)]
+                result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
+    except NoSpaceError as e:
+        raise NoSpaceError(e.detail, e.needed, e.free,
+                           f"the parts in {parts.path} are kept: free space and run the same "
+                           "command again (or choose another --output)") from None
     parts.remove()
     result.seconds = time.perf_counter() - t0
     log.info("merged %d chunks into %s in %.1f s", plan.n_chunks, parts.output, result.seconds)

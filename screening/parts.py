@@ -4,10 +4,16 @@ A chunk is done exactly when its part file ``chunk-<k>.h5`` exists: it is writte
 temporary name, fsynced and renamed into place, so a killed job leaves at most a temporary file,
 never a half-written part. ``manifest.json`` records what defines the run — input digest, model
 sha256, chunk size, ``--max-atoms``, ``--overlap-threshold`` and whether embeddings are kept (not
-the rank or shard count) — and a run with different values refuses to add to it. The array task
-that finds every chunk committed claims the merge with an ``O_CREAT | O_EXCL`` file (atomic on
-Lustre and NFS, where flock is not reliable). Per-rank logs live in ``logs/``, which the merge
-keeps.
+the rank or shard count) — and a run with different values refuses to add to it. It also holds
+``run``, an id drawn when the manifest is created: every part is stamped with it, and a part
+whose stamp is not the manifest's (left by another run) is removed and computed again, never
+merged. The array task that finds every chunk committed claims the merge with an
+``O_CREAT | O_EXCL`` file (atomic on Lustre and NFS, where flock is not reliable). Per-rank logs
+live in ``logs/``, which the merge keeps; a run that committed nothing leaves no directory.
+
+``input-verified.json`` remembers the input store's content digest as last confirmed by a full
+re-hash, with the store's fingerprint (`store_fingerprint`) at that time, so later tasks of the
+run need not re-hash an unchanged store (docs/design.md §11 says what this detects).
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,8 @@ from deepergat.errors import DeepergatError
 
 from .predictions import Rows
 
-__all__ = ["MANIFEST_FORMAT", "RUN_KEYS", "PartsDir", "settings_digest"]
+__all__ = ["INPUT_STAMP", "MANIFEST_FORMAT", "RUN_KEYS", "PartsDir", "describe_stamps",
+           "settings_digest", "store_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +49,53 @@ MANIFEST_FORMAT = "deepergat-screen-run"
 RUN_KEYS = (
     "input_digest", "model_sha256", "chunk_size", "max_atoms", "overlap_threshold", "embeddings",
 )
-#: Keys every manifest holds (the run keys and what the merge reads).
+#: Keys every manifest holds (the run keys, what the merge reads, and the run's id).
 _MANIFEST_KEYS = (*RUN_KEYS, "input", "n_structures", "n_chunks", "model", "model_metadata",
-                  "targets", "embedding_dim")
+                  "targets", "embedding_dim", "run")
 _PART = re.compile(r"^chunk-(\d+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
+#: The input store's last verified digest and fingerprint, in the parts directory.
+INPUT_STAMP = "input-verified.json"
+#: Rows per sampled block, and blocks per dataset, of a store's fingerprint.
+_SAMPLE_ROWS = 4096
+_SAMPLES = 8
+#: A store changed less than this many seconds ago is not stamped (coarse file system clocks).
+_SETTLE = 2.0
+
+
+def _whole(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _targets_ok(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) > 0 and all(
+        isinstance(t, dict) and _text(t.get("name")) and isinstance(t.get("units", ""), str)
+        for t in v))
+
+
+#: What each manifest value must be: (key, check, what is expected).
+_MANIFEST_VALUES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("input_digest", _text, "a digest"),
+    ("model_sha256", _text, "a sha256"),
+    ("chunk_size", _whole(1), "a whole number ≥ 1"),
+    ("max_atoms", _whole(1), "a whole number ≥ 1"),
+    ("overlap_threshold", lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+     and math.isfinite(v) and v >= 0, "a number ≥ 0"),
+    ("embeddings", lambda v: isinstance(v, bool), "true or false"),
+    ("input", _text, "a path"),
+    ("n_structures", _whole(0), "a whole number ≥ 0"),
+    ("n_chunks", _whole(0), "a whole number ≥ 0"),
+    ("model", _text, "a model name or path"),
+    ("model_metadata", lambda v: isinstance(v, dict), "an object"),
+    ("targets", _targets_ok, "a list of {name, units}"),
+    ("embedding_dim", lambda v: v is None or _whole(0)(v), "a whole number ≥ 0"),
+    ("spread", lambda v: isinstance(v, bool), "true or false"),
+    ("run", _text, "a run id"),
+)
 
 
 def rows_checksum(rows: Rows) -> str:
@@ -63,6 +114,20 @@ def rows_checksum(rows: Rows) -> str:
 
 def _attr_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _Foreign(Exception):
+    """A part stamped by another run."""
+
+    def __init__(self, stamp: str) -> None:
+        super().__init__(stamp)
+        self.stamp = stamp
+
+
+def describe_stamps(found: list[tuple[int, str]], limit: int = 5) -> str:
+    """``chunk-000003.h5 (stamped 'run-a'), …`` for (chunk, stamp) pairs."""
+    text = ", ".join(f"chunk-{k:06d}.h5 (stamped {stamp!r})" for k, stamp in found[:limit])
+    return text + (f", … ({len(found) - limit} more)" if len(found) > limit else "")
 
 
 def settings_digest(manifest: Mapping[str, Any]) -> str:
@@ -84,6 +149,67 @@ def _unique_suffix() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}"
 
 
+def _manifest_problem(data: Mapping[str, Any]) -> str | None:
+    """The first value of a manifest that is not what the merge can use, described."""
+    missing = [k for k in _MANIFEST_KEYS if k not in data]
+    if missing:
+        more = " (no run id: written by an older deepergat)" if missing == ["run"] else ""
+        return f"missing {', '.join(missing)}{more}"
+    for key, ok, expected in _MANIFEST_VALUES:
+        if key in data and not ok(data[key]):
+            return f"{key} is {json.dumps(data[key])[:40]}, expected {expected}"
+    chunks = math.ceil(data["n_structures"] / data["chunk_size"])
+    if data["n_chunks"] != chunks:
+        return (f"n_chunks is {data['n_chunks']}, but {data['n_structures']} structures in "
+                f"chunks of {data['chunk_size']} make {chunks}")
+    return None
+
+
+def store_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies a store file's content without reading all of it.
+
+    The file's device, inode, size, mtime and ctime (ns; read through an open descriptor, so an
+    NFS client revalidates them with the server), and the sha256 of the shapes, types and
+    sampled row blocks (first, last and `_SAMPLES` spread ones, of `_SAMPLE_ROWS` rows) of every
+    dataset. ctime cannot be set by a user: any write to the file moves it.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    p = Path(path)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    h = hashlib.sha256()
+    try:
+        with h5py.File(p, "r") as f:
+            names: list[str] = []
+            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            for name in sorted(names):
+                ds = f[name]
+                h.update(f"{name}|{ds.shape}|{ds.dtype}|".encode())
+                n = ds.shape[0] if ds.shape else 0
+                if not ds.shape:
+                    h.update(np.asarray(ds[()]).tobytes())
+                    continue
+                starts = {0, max(0, n - _SAMPLE_ROWS)}
+                starts.update(int(x) for x in np.linspace(0, max(0, n - _SAMPLE_ROWS), _SAMPLES))
+                for a in sorted(starts):
+                    block = ds[a : a + _SAMPLE_ROWS]
+                    if block.dtype.kind == "O":
+                        for v in block.ravel():
+                            b = v if isinstance(v, bytes) else str(v).encode()
+                            h.update(len(b).to_bytes(8, "little") + b)
+                    else:
+                        h.update(np.ascontiguousarray(block).tobytes())
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        h.update(f"unreadable: {e}".encode())
+    return {"path": str(p.resolve()), "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "sampled": h.hexdigest()}
+
+
 class PartsDir:
     """``<output>.parts/`` of one output file.
 
@@ -96,6 +222,7 @@ class PartsDir:
         self.path = self.output.with_name(self.output.name + ".parts")
         self.manifest_path = self.path / "manifest.json"
         self.logs = self.path / "logs"
+        self._run: str | None = None
 
     # ------------------------------------------------------------------ manifest
 
@@ -121,13 +248,26 @@ class PartsDir:
                 f"{self.manifest_path}: not a deepergat-screen run manifest; remove {self.path} "
                 "or choose another --output"
             )
-        missing = [k for k in _MANIFEST_KEYS if k not in data]
-        if missing:
+        problem = _manifest_problem(data)
+        if problem:
             raise DeepergatError(
-                f"{self.manifest_path}: damaged run manifest (missing {', '.join(missing)}); "
-                f"remove {self.path} or pass --no-resume"
+                f"{self.manifest_path}: damaged run manifest ({problem}); remove {self.path} "
+                "or pass --no-resume"
             )
         return data
+
+    def run_id(self) -> str:
+        """The id of the run the manifest belongs to (what parts are stamped with).
+
+        Raises:
+            DeepergatError: no manifest, or a damaged one.
+        """
+        if self._run is None:
+            manifest = self.read_manifest()
+            if manifest is None:
+                raise DeepergatError(f"{self.manifest_path}: no run manifest; rerun the screen")
+            self._run = str(manifest["run"])
+        return self._run
 
     def differences(
         self, manifest: Mapping[str, Any], keys: Iterable[str] = RUN_KEYS
@@ -173,6 +313,10 @@ class PartsDir:
                 not delete its siblings' fresh parts).
             owned: the chunks this process will compute (array shards), or None (all).
 
+        A new manifest gets a fresh ``run`` id. Parts of the ``owned`` chunks that are stamped
+        with another run's id (or cannot be read) are removed with a warning naming them, so
+        this run computes them again.
+
         Raises:
             DeepergatError: resuming into parts of another run.
         """
@@ -182,11 +326,13 @@ class PartsDir:
             else:
                 for k in owned:
                     self.part_path(k).unlink(missing_ok=True)
+        self._run = None
         self.path.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         if not self.manifest_path.exists():
             tmp = self.path / f".manifest.json.tmp-{_unique_suffix()}"
-            tmp.write_text(json.dumps(dict(manifest), indent=2, sort_keys=True) + "\n")
+            fresh = {**dict(manifest), "run": f"parts-{uuid.uuid4().hex}"}
+            tmp.write_text(json.dumps(fresh, indent=2, sort_keys=True) + "\n")
             try:
                 os.link(tmp, self.manifest_path)  # atomic create-if-absent, also on NFS
             except FileExistsError:
@@ -195,6 +341,50 @@ class PartsDir:
                 tmp.unlink(missing_ok=True)
             _fsync_dir(self.path)
         self.check(manifest)
+        self.sweep(self.committed() if owned is None else owned)
+
+    def sweep(self, chunks: Iterable[int]) -> list[int]:
+        """Remove the parts of ``chunks`` that another run wrote (their stamp is not this
+        manifest's run id) or that cannot be read, naming them in a warning.
+
+        Returns:
+            The chunks removed (they are missing now).
+        """
+        run = self.run_id()
+        done = self.committed()
+        removed: list[tuple[int, str]] = []
+        for k in sorted(set(chunks) & done):
+            stamp = self._stamp(k)
+            if stamp != run:
+                self.part_path(k).unlink(missing_ok=True)
+                removed.append((k, stamp or "no stamp"))
+        if removed:
+            log.warning("%s: removed %d part files not written by this run (%s); their chunks "
+                        "are computed again", self.path, len(removed), describe_stamps(removed))
+        return [k for k, _ in removed]
+
+    def foreign(self, chunks: Iterable[int], run: str | None = None) -> list[tuple[int, str]]:
+        """(chunk, its stamp) for each committed part of ``chunks`` whose stamp is not ``run``
+        (default: the manifest's run id); an unreadable part's stamp reads ``unreadable``."""
+        expected = self.run_id() if run is None else run
+        done = self.committed()
+        out = []
+        for k in sorted(set(chunks) & done):
+            stamp = self._stamp(k)
+            if stamp != expected:
+                out.append((k, stamp or "no stamp"))
+        return out
+
+    def _stamp(self, k: int) -> str:
+        """The run stamp of chunk k's part ("" when it has none, ``unreadable`` when it cannot be
+        opened)."""
+        try:
+            with h5py.File(self.part_path(k), "r") as f:
+                return _attr_text(f.attrs.get("run", ""))
+        except FileNotFoundError:
+            return ""
+        except (OSError, ValueError, TypeError):
+            return "unreadable"
 
     # ------------------------------------------------------------------ parts
 
@@ -217,19 +407,25 @@ class PartsDir:
 
     def commit(self, k: int, start: int, rows: Rows, *, run: str = "") -> Path:
         """Write chunk k's rows (structures [start, start + len(rows))) as its part, atomically,
-        stamped with the run that wrote it and a checksum of its arrays.
+        stamped with the manifest's run id (``attrs["run"]``) and a checksum of its arrays.
+
+        Args:
+            k, start, rows: the chunk, its first structure and its rows.
+            run: the writing process's lock token, kept as ``attrs["writer"]`` (diagnostics).
 
         Returns:
             The part's path.
         """
         final = self.part_path(k)
+        stamp = self.run_id()
         tmp = self.path / f".{final.name}.tmp-{_unique_suffix()}"
         try:
             with h5py.File(tmp, "w") as f:
                 f.attrs["chunk"] = int(k)
                 f.attrs["start"] = int(start)
                 f.attrs["stop"] = int(start + len(rows))
-                f.attrs["run"] = str(run)
+                f.attrs["run"] = stamp
+                f.attrs["writer"] = str(run)
                 f.attrs["checksum"] = rows_checksum(rows)
                 f.create_dataset("index", data=rows.index.astype(np.int64))
                 f.create_dataset("ids", data=rows.ids, dtype=_STR)
@@ -250,16 +446,24 @@ class PartsDir:
         return final
 
     def read(self, k: int, *, start: int, stop: int, targets: int,
-             embedding_dim: int | None, spread: bool = False) -> Rows:
-        """Chunk k's rows, checked against the plan.
+             embedding_dim: int | None, spread: bool = False, run: str | None = None) -> Rows:
+        """Chunk k's rows, checked against the run and the plan.
+
+        Args:
+            run: the run id the part must be stamped with (default: the manifest's).
 
         Raises:
-            DeepergatError: a part that does not hold structures [start, stop) with ``targets``
-                predictions (and embeddings, and the spread, when asked), naming the file.
+            DeepergatError: a part stamped by another run (removed, named), or one that does not
+                hold structures [start, stop) with ``targets`` predictions (and embeddings, and
+                the spread, when asked), naming the file.
         """
         path = self.part_path(k)
+        expected = self.run_id() if run is None else run
         try:
             with h5py.File(path, "r") as f:
+                stamp = _attr_text(f.attrs.get("run", ""))
+                if stamp != expected:
+                    raise _Foreign(stamp)
                 got = (int(f.attrs["chunk"]), int(f.attrs["start"]), int(f.attrs["stop"]))
                 if got != (k, start, stop):
                     raise DeepergatError(
@@ -279,6 +483,9 @@ class PartsDir:
                     std=std,
                 )
                 checksum = f.attrs.get("checksum")
+        except _Foreign as e:
+            self._discard(path, f"stamped {e.stamp or 'with no run'!r}, this run's manifest "
+                          f"says {expected!r}", what="part file of another run")
         except (OSError, KeyError, ValueError, TypeError) as e:
             self._discard(path, f"unreadable: {' '.join(str(e).split())}")
         m = stop - start
@@ -293,12 +500,12 @@ class PartsDir:
             self._discard(path, "its arrays do not match their checksum")
         return rows
 
-    def _discard(self, path: Path, why: str) -> None:
-        """A damaged part: removed (its chunk is then missing), and named in the error."""
+    def _discard(self, path: Path, why: str, *, what: str = "damaged part file") -> None:
+        """A damaged or foreign part: removed (its chunk is then missing), named in the error."""
         path.unlink(missing_ok=True)
         raise DeepergatError(
-            f"{path}: damaged part file ({why}); removed — rerun the same screen and that chunk "
-            "is computed again"
+            f"{path}: {what} ({why}); removed — rerun the same screen and that chunk is "
+            "computed again"
         )
 
     # ------------------------------------------------------------------ merge claim, cleanup
@@ -344,11 +551,12 @@ class PartsDir:
             if entry == "logs":
                 continue
             if (_PART.match(entry) or entry.startswith((".chunk-", ".manifest.json.tmp-",
-                                                        "merge-claim-"))
-                    or entry == "manifest.json"):
+                                                        "merge-claim-", f".{INPUT_STAMP}"))
+                    or entry in ("manifest.json", INPUT_STAMP)):
                 p.unlink(missing_ok=True)
             else:
                 log.warning("leaving unknown file %s in %s", entry, self.path)
+        self._run = None
 
     def remove(self) -> None:
         """After a merge: `clear`, then remove the directory itself if only empty logs remain."""
@@ -357,3 +565,67 @@ class PartsDir:
             if self.logs.is_dir() and not any(self.logs.iterdir()):
                 self.logs.rmdir()
             self.path.rmdir()
+
+    def discard_if_unused(self) -> bool:
+        """Remove the whole directory (manifest, logs) when no part was ever committed to it —
+        a run that failed before computing anything leaves nothing behind. Call it only while
+        owning the output (no other process writes here).
+
+        Returns:
+            True when the directory was removed.
+        """
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return False
+        if "manifest.json" not in names or any(
+                _PART.match(n) or n.startswith((".chunk-", "merge-claim-")) for n in names):
+            return False
+        for entry in names:
+            p = self.path / entry
+            if entry == "logs":
+                with contextlib.suppress(OSError):
+                    for f in p.iterdir():
+                        f.unlink(missing_ok=True)
+                    p.rmdir()
+            elif entry in ("manifest.json", INPUT_STAMP) or entry.startswith(
+                    (".manifest.json.tmp-", f".{INPUT_STAMP}")):
+                p.unlink(missing_ok=True)
+        self._run = None
+        try:
+            self.path.rmdir()
+        except OSError:
+            return False
+        log.info("removed %s: the run committed no part", self.path)
+        return True
+
+    # ------------------------------------------------------------------ input verification
+
+    def input_digest(self, store: str | os.PathLike[str], compute: Callable[[], str]) -> str:
+        """The content digest of the input ``store`` as it is now.
+
+        When this directory holds a stamp of the same store with the same `store_fingerprint`
+        (file identity, size, mtime, ctime, sampled blocks), the digest a full re-hash confirmed
+        then is returned without reading the store; otherwise ``compute()`` re-hashes it and,
+        when this directory exists and the store has settled, the result is stamped.
+        """
+        try:
+            before = store_fingerprint(store)
+        except OSError:
+            return compute()
+        stamp_path = self.path / INPUT_STAMP
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            stamp = json.loads(stamp_path.read_text())
+            if stamp.get("fingerprint") == before and _text(stamp.get("digest")):
+                log.info("%s: unchanged since its digest was verified (%s); not re-hashed",
+                         store, stamp.get("verified", "?"))
+                return str(stamp["digest"])
+        digest = compute()
+        if self.path.is_dir() and time.time() - before["ctime_ns"] / 1e9 > _SETTLE:
+            tmp = self.path / f".{INPUT_STAMP}.tmp-{_unique_suffix()}"
+            with contextlib.suppress(OSError):
+                tmp.write_text(json.dumps({"fingerprint": before, "digest": digest,
+                                           "verified": time.strftime("%Y-%m-%d %H:%M:%S")}))
+                os.replace(tmp, stamp_path)
+            tmp.unlink(missing_ok=True)
+        return digest

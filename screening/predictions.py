@@ -19,11 +19,15 @@ so a rerun can tell whether an existing file is its own. Datasets:
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import heapq
 import json
+import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,7 @@ __all__ = [
     "FLAG_UNSEEN_ELEMENT",
     "PREDICTIONS_FORMAT",
     "PREDICTIONS_VERSION",
+    "NoSpaceError",
     "PredictionsWriter",
     "Rows",
     "describe_predictions",
@@ -58,6 +63,8 @@ __all__ = [
     "top_rows",
     "write_top_csv",
 ]
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS_FORMAT = "deepergat-predictions"
 PREDICTIONS_VERSION = 1
@@ -97,9 +104,41 @@ def _attr(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class NoSpaceError(DeepergatError):
+    """The output's file system cannot hold the file (nothing of it is left behind).
+
+    Attributes:
+        needed: bytes the file needs (an upper bound). free: bytes free then (-1: unknown).
+        detail: the message without the advice (``no space left on … (needs ~N MB, …)``).
+    """
+
+    def __init__(self, detail: str, needed: int, free: int,
+                 advice: str = "free space or choose another --output") -> None:
+        super().__init__(f"{detail}; {advice}")
+        self.detail = detail
+        self.needed = needed
+        self.free = free
+
+
+#: Bytes of one id beyond its text: a 16-byte reference in ``ids`` and a 16-byte object header
+#: in HDF5's global heap (the text is padded to 8 bytes there).
+_ID_OVERHEAD = 32
+#: Id length assumed for the first reservation (longer ids reserve more as they come).
+_ID_GUESS = 32
+#: Chunk cache per dataset while writing: rows arrive in order, so every HDF5 chunk stays in
+#: memory until it is complete and is compressed and written once.
+_CHUNK_CACHE = 8 << 20
+
+
 class PredictionsWriter:
     """Write a predictions file of M rows in any order of row ranges; it appears under its name
     only on `close` (written as a temporary file in the same folder, then renamed).
+
+    The disk space is reserved before HDF5 writes anything (``posix_fallocate`` of an upper
+    bound of the file, grown as rows with longer ids arrive), so a full disk or quota is met as
+    `NoSpaceError` — one line, the temporary file removed — and never inside HDF5, which cannot
+    recover from a failed write. File systems that cannot reserve (``EOPNOTSUPP``) or do not
+    keep reservations (copy-on-write: ZFS, btrfs) only get the free-space check.
 
     Args:
         path: the output file.
@@ -109,6 +148,9 @@ class PredictionsWriter:
         attrs: root attributes (docs/design.md's list); ``format``, ``version``, ``status_codes``
             and ``created_by`` are added.
         spread: write the ``std`` group (an ensemble's calibrated spread).
+
+    Raises:
+        NoSpaceError: the file system cannot hold the file.
     """
 
     def __init__(
@@ -124,8 +166,15 @@ class PredictionsWriter:
         self.path = Path(path)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.targets = [str(t["name"]) for t in targets]
+        self._closed = True
+        self._f: h5py.File | None = None
         m = int(n_structures)
         rows = min(_ROW_CHUNK, m)
+        n_t = len(self.targets) * (2 if spread else 1)
+        #: bytes of a row in the file, its id's text aside (compressed data never grows by more
+        #: than zlib's bound, counted in `_grow`).
+        self._per_row = 8 + 1 + 1 + 4 * n_t + 4 * int(embedding_dim or 0) + _ID_OVERHEAD
+        self._chunk_bytes = 0  # one HDF5 chunk of every dataset
 
         def column(where: h5py.Group, name: str, dtype: Any, width: int | None = None,
                    *, compress: bool = True) -> h5py.Dataset:
@@ -133,6 +182,8 @@ class PredictionsWriter:
             if m == 0:  # an empty input: no chunks to lay out
                 return where.create_dataset(name, shape=shape, dtype=dtype)
             chunk = rows if width is None else max(1, min(rows, (1 << 20) // (4 * width)))
+            self._chunk_bytes += chunk * (16 if dtype is _STR else
+                                          np.dtype(dtype).itemsize * (width or 1))
             opts: dict[str, Any] = (
                 {"compression": "gzip", "compression_opts": 4, "shuffle": True}
                 if compress else {}
@@ -140,7 +191,9 @@ class PredictionsWriter:
             return where.create_dataset(name, shape=shape, dtype=dtype,
                                         chunks=(chunk, *shape[1:]), **opts)
 
-        self._f = f = h5py.File(self._tmp, "w")
+        # The empty file is laid out in memory; the disk sees it only once its space is held.
+        f = h5py.File(f"deepergat-predictions-{id(self)}", "w", driver="core",
+                      backing_store=False)
         try:
             column(f, "index", np.int64)
             column(f, "ids", _STR, compress=False)
@@ -163,14 +216,105 @@ class PredictionsWriter:
                 a[k] = v
             a["status_codes"] = json.dumps({str(k): v for k, v in STATUS_CODES.items()})
             a["created_by"] = f"deepergat {__version__}"
+            f.flush()
+            image = f.id.get_file_image()
+        finally:
+            f.close()
+        self._need = len(image) + self._chunk_bytes + (1 << 20)
+        #: the whole file's size as first estimated (ids of `_ID_GUESS` characters)
+        self.estimate = self._need + self._bound(m * (self._per_row + _ID_GUESS), m)
+        self._reserved = 0
+        self._can_reserve = True
+        try:
+            with open(self._tmp, "wb") as fh:
+                self._fallocate(fh.fileno(), self.estimate)
+                fh.write(image)
+            self._open()
         except BaseException:
             self.abort()
             raise
         self._closed = False
 
+    # ------------------------------------------------------------------ space
+
+    @staticmethod
+    def _bound(raw: int, rows: int) -> int:
+        """Bytes that ``raw`` bytes of ``rows`` rows can take in the file: zlib's worst case
+        (raw + raw/4096 + raw/16384 + 13 per chunk) and the global heap's unused collection
+        ends (within raw/64), chunk index entries and nodes, a margin."""
+        return raw + raw // 64 + 512 * (rows // 1024 + 1) + 4096
+
+    def _fallocate(self, fd: int, length: int) -> None:
+        """Hold the first ``length`` bytes of the temporary file on disk."""
+        if not self._can_reserve or length <= self._reserved:
+            return
+        try:
+            os.posix_fallocate(fd, 0, length)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._no_space(length, e) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS,
+                               errno.ENODEV):
+                raise
+            log.warning("%s: this file system cannot reserve space (%s); a disk that fills up "
+                        "while the file is written fails inside HDF5", self.path.parent,
+                        e.strerror)
+            self._can_reserve = False
+            return
+        self._reserved = length
+
+    def _no_space(self, length: int, e: OSError | None = None) -> NoSpaceError:
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        try:
+            free = shutil.disk_usage(folder).free
+            with contextlib.suppress(OSError):  # what our own file holds is free once it goes
+                free += os.stat(self._tmp).st_blocks * 512
+        except OSError:
+            free = -1
+        what = "quota exceeded" if e is not None and e.errno == errno.EDQUOT else "no space left"
+        need = max(length, self.estimate)
+        return NoSpaceError(
+            f"{what} on {folder} for {self.path.name} (needs ~{_mb(need)} MB"
+            + (f", {_mb(free)} MB free" if free >= 0 else "") + ")",
+            need, free)
+
+    def _open(self) -> None:
+        self._f = h5py.File(self._tmp, "r+", rdcc_nbytes=_CHUNK_CACHE, rdcc_w0=1.0)
+
+    def _grow(self, need: int) -> None:
+        """Reserve at least ``need`` bytes: HDF5 releases the reserved tail of the file when it
+        flushes, so the file is closed, grown and opened again."""
+        assert self._f is not None
+        self._f.close()
+        self._f = None
+        # Chunks flushed half full are written again later, elsewhere in the file.
+        self._need += self._chunk_bytes
+        want = max(need + self._chunk_bytes, self._reserved + self.estimate // 8)
+        self._reserved = 0  # the flush gave the tail back
+        fd = os.open(self._tmp, os.O_WRONLY)
+        try:
+            self._fallocate(fd, want)
+        finally:
+            os.close(fd)
+        self._open()
+
+    # ------------------------------------------------------------------ writing
+
     def write(self, start: int, rows: Rows) -> None:
-        """Write ``rows`` at rows [start, start + len(rows))."""
+        """Write ``rows`` at rows [start, start + len(rows)).
+
+        Raises:
+            NoSpaceError: the disk cannot hold them (checked before HDF5 writes any).
+        """
         f = self._f
+        assert f is not None
+        raw = len(rows) * self._per_row + sum((len(s.encode()) + 7) & ~7 for s in rows.ids)
+        need = self._need + self._bound(raw, len(rows))
+        if self._can_reserve and need > self._reserved:
+            self._grow(need)
+            f = self._f
+            assert f is not None
+        self._need = need
         b = start + len(rows)
         f["index"][start:b] = rows.index
         f["ids"][start:b] = rows.ids
@@ -189,11 +333,13 @@ class PredictionsWriter:
             f["embeddings"][start:b] = rows.embeddings
 
     def close(self) -> None:
-        """Flush, fsync and rename into place."""
+        """Flush (HDF5 gives back the reserved tail), fsync and rename into place."""
         if self._closed:
             return
+        assert self._f is not None
         self._f.flush()
         self._f.close()
+        self._f = None
         with open(self._tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(self._tmp, self.path)
@@ -201,12 +347,13 @@ class PredictionsWriter:
 
     def abort(self) -> None:
         """Close and delete the temporary file."""
-        if not getattr(self, "_closed", False):
-            try:
+        try:
+            if self._f is not None:
                 self._f.close()
-            finally:
-                self._tmp.unlink(missing_ok=True)
-                self._closed = True
+        finally:
+            self._f = None
+            self._tmp.unlink(missing_ok=True)
+            self._closed = True
 
     def __enter__(self) -> PredictionsWriter:
         return self
@@ -216,6 +363,10 @@ class PredictionsWriter:
             self.close()
         else:
             self.abort()
+
+
+def _mb(n: int) -> str:
+    return f"{max(n, 0) / 1e6:.0f}" if n >= 1e6 else f"{max(n, 0) / 1e6:.1f}"
 
 
 def read_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:

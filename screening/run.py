@@ -38,7 +38,7 @@ from deepergat.contract import (
     Status,
 )
 from deepergat.devices import DEFAULT_DEVICE, cpus_per_rank, pick_device, visible_gpus
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, environment_error, is_full_disk, is_write_failure
 from deepergat.files import file_sha256
 from deepergat.launch import claim_token, shard_from_env
 from deepergat.metadata import ModelMetadata, TargetInfo
@@ -324,11 +324,16 @@ def _clear_output_temporaries(output: Path) -> None:
                 log.info("removed %s, left by a killed run", output.parent / entry)
 
 
-def _refresh_digest(inp: _Input) -> bool:
-    """Recompute the input's content digest from its arrays; True when it differs from the one
-    its writer recorded (the store was edited in place), which then no longer identifies it."""
-    with Store(inp.path) as store:
-        actual = store.compute_digest()
+def _refresh_digest(inp: _Input, parts: PartsDir) -> bool:
+    """The input's content digest as its arrays are now (re-hashed unless ``parts`` holds a
+    verified digest of the same unchanged file, `PartsDir.input_digest`); True when it differs
+    from the one its writer recorded (the store was edited in place), which then no longer
+    identifies it."""
+    def rehash() -> str:
+        with Store(inp.path) as store:
+            return store.compute_digest()
+
+    actual = parts.input_digest(inp.path, rehash)
     if actual == inp.digest:
         return False
     log.warning("%s: its arrays changed since it was packed (content digest %s, recorded %s); "
@@ -393,6 +398,16 @@ def _check_options(opts: ScreenOptions) -> None:
 # ------------------------------------------------------------------------------ logging
 
 
+class _RankLogHandler(logging.FileHandler):
+    """The per-rank log file. A record it cannot write (the disk filled up) switches it off
+    quietly: the run's own one-line error says what happened, not logging's traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+        self.setLevel(logging.CRITICAL + 1)
+
+
 @contextlib.contextmanager
 def _rank_log(parts: PartsDir, name: str) -> Iterator[None]:
     """Log this rank's INFO records to ``<parts>/logs/<name>.log`` while screening; the other
@@ -403,7 +418,7 @@ def _rank_log(parts: PartsDir, name: str) -> Iterator[None]:
     changed: list[logging.Handler] = []
     try:
         parts.logs.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(parts.logs / f"{name}.log")
+        handler = _RankLogHandler(parts.logs / f"{name}.log")
     except OSError as e:
         log.warning("no per-rank log in %s: %s", parts.logs, e)
     if handler is not None:
@@ -444,7 +459,7 @@ def merge_only(opts: ScreenOptions) -> ScreenResult:
     inp = _open_input(Path(opts.input))
     output = Path(opts.output) if opts.output else default_output(opts.input)
     with OutputLock(output, run_token()):
-        _refresh_digest(inp)
+        _refresh_digest(inp, PartsDir(output))
         return _merge_only(opts, inp, output)
 
 
@@ -463,7 +478,11 @@ def _merge_only(opts: ScreenOptions, inp: _Input, output: Path) -> ScreenResult:
         else:
             plan = Plan(int(manifest["n_structures"]), int(manifest["chunk_size"]),
                         np.zeros(int(manifest["n_chunks"]), np.int64))
-            merged = merge_parts(parts, plan, manifest)
+            try:
+                merged = merge_parts(parts, plan, manifest)
+            except BaseException as e:
+                raise _failed(e, 0, output, lambda: output_bytes(plan.n_structures, manifest),
+                              "the committed parts are kept") from None
             result = ScreenResult("merged", output, parts.path, top_csv=top, merge=merged)
     elif identity is not None:
         if (identity["input_digest"], identity["model_sha256"]) != (inp.digest, sha):
@@ -638,7 +657,7 @@ def _root_setup(opts: ScreenOptions, inp: _Input, output: Path, parts: PartsDir,
     identity = read_identity(output)
     # earlier work may be reused: it must belong to the store as it is now
     reusable = identity is not None or parts.read_manifest() is not None
-    if reusable and _refresh_digest(inp):
+    if reusable and _refresh_digest(inp, parts):
         manifest = _manifest(opts, inp, model, plan)
     top = top_csv_path(output) if opts.top else None
     if identity is not None:
@@ -734,10 +753,13 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
     try:
         stats = pipeline.run(source, functools.partial(parts.commit, run=setup.run),
                              on_chunk=on_chunk)
-    except BaseException:
+    except BaseException as e:
         stop.set()
-        log.exception("rank %d failed", ranks.rank)
-        raise
+        sizes = _sizes(opts, model)
+        raise _failed(e, ranks.rank, parts.path,
+                      lambda: (output_bytes(_uncommitted(parts, plan), sizes)
+                               + output_bytes(plan.n_structures, sizes)),
+                      "the chunks committed so far are kept") from None
     all_stats = ranks.gather(stats.as_dict())
     seconds = time.perf_counter() - t0
     stop.set()
@@ -775,14 +797,69 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
     if shard is not None and not parts.claim_merge(claim_token()):
         result.outcome = "merge-claimed"
         return result
-    result.merge = merge_parts(parts, plan, manifest, run={
-        "structures": result.structures, "seconds": round(seconds, 3), "ranks": ranks.size,
-        "skipped": setup.skipped})
+    try:
+        result.merge = merge_parts(parts, plan, manifest, run={
+            "structures": result.structures, "seconds": round(seconds, 3), "ranks": ranks.size,
+            "skipped": setup.skipped})
+    except BaseException as e:
+        raise _failed(e, ranks.rank, parts.output,
+                      lambda: output_bytes(plan.n_structures, manifest),
+                      "the committed parts are kept") from None
     result.outcome = "merged"
     if opts.top:
         result.top_csv = top_csv_path(parts.output)
         _write_top(opts, parts.output, result.top_csv)
     return result
+
+
+def _sizes(opts: ScreenOptions, model: _Model) -> dict[str, Any]:
+    """What `output_bytes` reads of a run manifest, from the options and the model."""
+    return {"targets": [t.name for t in model.targets], "spread": model.spread,
+            "embeddings": bool(opts.embeddings), "embedding_dim": model.embedding_dim}
+
+
+def _uncommitted(parts: PartsDir, plan: Plan) -> int:
+    """Structures of the chunks without a committed part."""
+    try:
+        missing = parts.missing(range(plan.n_chunks))
+    except (OSError, DeepergatError):
+        return plan.n_structures
+    return int(sum(plan.bounds(k)[1] - plan.bounds(k)[0] for k in missing))
+
+
+def _failed(e: BaseException, rank: int, path: Path, needed: Callable[[], float], kept: str
+            ) -> BaseException:
+    """What a rank raises when its work stopped on ``e``, logged once.
+
+    A problem the user can fix — a `DeepergatError` (a damaged store block, a killed worker
+    process, ...) or a write the file system refused (a full disk or quota, also as h5py's
+    RuntimeError; a read-only folder) — becomes one line, the latter naming ``path``, the
+    free space there and ``needed`` bytes; its traceback is logged at DEBUG (``-vv``) only.
+    Anything else is an internal failure: logged with its traceback and raised as it is.
+
+    Args:
+        e: the exception.
+        rank: this rank, for the log.
+        path: the parts folder or the output being written.
+        needed: gives the bytes the rest of the run needs there (parts to come and the
+            merged file).
+        kept: what of the work survives, for the message.
+    """
+    if isinstance(e, KeyboardInterrupt | SystemExit):
+        return e
+    err: BaseException | None = None
+    if isinstance(e, OSError | RuntimeError) and is_write_failure(e):
+        fix = ("free space or choose another --output" if is_full_disk(e)
+               else "choose another --output")
+        err = environment_error(e, path=path, needed=needed(), fix=f"{fix} ({kept})")
+    elif isinstance(e, DeepergatError):
+        err = e
+    if err is None:
+        log.exception("rank %d failed", rank)
+        return e
+    log.info("rank %d stopped: %s", rank, err)  # the rank's log file (stderr with -v)
+    log.debug("rank %d: the error in full", rank, exc_info=e)
+    return err
 
 
 def summary_json(result: ScreenResult) -> str:

@@ -237,3 +237,141 @@ def test_environment_errors_name_the_file_and_the_fix() -> None:
     ro = environment_error(OSError(errno.EROFS, "Read-only file system", "/mnt/ro/p.h5"))
     assert ro is not None and "read-only" in str(ro)
     assert environment_error(OSError(errno.EPIPE, "Broken pipe")) is None
+
+
+# ------------------------------------------------ a full disk as h5py reports it (issue 10)
+
+
+def _h5py_full_disk(path: Path | str) -> RuntimeError:
+    """What h5py raises when HDF5 flushes or closes a file on a full disk: a RuntimeError
+    with the errno and the file only in its text."""
+    return RuntimeError(
+        "Can't decrement id ref count (file write failed: time = Mon Nov 30 17:52:52 2026\n"
+        f", filename = '{path}', file descriptor = 3, errno = 28, error message = 'No space "
+        "left on device', buf = 0x5557c9cf0ee0, total write size = 95240, bytes this "
+        "sub-write = 95240, offset = 49152)"
+    )
+
+
+def _error_lines(result: Result) -> list[str]:
+    """stderr without progress-bar frames (tqdm writes them with carriage returns)."""
+    frames = result.stderr.replace("\r", "\n").splitlines()
+    return [x for x in frames if x.strip() and not x.startswith("screening (")]
+
+
+def _assert_full_disk_line(result: Result, *needles: str) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "ERROR" not in result.output, result.output
+    lines = _error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "no space left on the device" in lines[0] and "MB free there" in lines[0], lines[0]
+    assert "run the same command again" in lines[0], lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def test_h5py_full_disk_errors_are_recognised() -> None:
+    import errno
+
+    from deepergat.errors import environment_error, is_full_disk, user_error
+
+    e = _h5py_full_disk("/tmp/out.h5.tmp")
+    assert is_full_disk(e)
+    err = environment_error(e, needed=42e6)
+    assert err is not None
+    # the file the user asked for, not the temporary one that is gone by now
+    assert str(err).startswith("cannot write /tmp/out.h5: no space left on the device (")
+    assert "MB free there; needs ~42 MB)" in str(err)
+    assert environment_error(RuntimeError("Can't synchronously read data")) is None
+    assert user_error(ValueError("x")) is None
+    # a one-line error raised from a full disk reads like the bare failure
+    full = OSError(errno.ENOSPC, "No space left on device", "/tmp/o.csv")
+    try:
+        raise DeepergatError("o.csv: writing failed") from full
+    except DeepergatError as wrapped:
+        assert "no space left on the device" in str(user_error(wrapped))
+    plain = DeepergatError("plain")
+    assert user_error(plain) is plain
+
+
+def test_pack_on_a_full_disk_is_one_line(tmp_path: Path, cif_dir: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """h5py reports a failed flush as RuntimeError: pack says "no space left" on one line,
+    exit 2, and leaves no store (it printed a 38-line traceback, exit 1)."""
+    from deepergat.store import StoreWriter
+
+    def close(self: StoreWriter) -> str:
+        raise _h5py_full_disk(self.path.with_name(self.path.name + ".tmp"))
+
+    monkeypatch.setattr(StoreWriter, "close", close)
+    out = tmp_path / "o.h5"
+    r = _run("pack", cif_dir, "-o", out, "--workers", "1")
+    _assert_full_disk_line(r, str(out))
+    assert not out.exists()
+
+
+def _cif(path: Path) -> Path:
+    from pymatgen.io.cif import CifWriter
+
+    path.write_text(str(CifWriter(nacl_structure())))
+    return path
+
+
+def test_predict_csv_on_a_full_disk_is_one_line_and_keeps_out(
+        small_model: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Structure files are packed into a temporary store first: a full temporary folder is
+    named with TMPDIR; a full disk under --csv names OUT. Either way OUT is untouched and no
+    temporary file stays beside it."""
+    from deepergat import cli
+    from deepergat.store import StoreWriter
+
+    cif = _cif(tmp_path / "nacl.cif")
+    out = tmp_path / "p.csv"
+    out.write_text("earlier results\n")
+    real_close = StoreWriter.close
+
+    def close(self: StoreWriter) -> str:
+        raise _h5py_full_disk(self.path.with_name(self.path.name + ".tmp"))
+
+    monkeypatch.setattr(StoreWriter, "close", close)
+    r = _run("predict", small_model["onnx"], cif, "--csv", out)
+    _assert_full_disk_line(r, "TMPDIR")
+    assert out.read_text() == "earlier results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nacl.cif", "p.csv"]
+
+    monkeypatch.setattr(StoreWriter, "close", real_close)
+
+    def commit(self: object) -> None:
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli._AtomicCsv, "commit", commit)
+    r = _run("predict", small_model["onnx"], cif, "--csv", out)
+    _assert_full_disk_line(r, str(out))
+    assert out.read_text() == "earlier results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nacl.cif", "p.csv"]
+
+
+def test_screen_on_a_full_disk_names_the_parts_free_and_needed_space(
+        small_model: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part that cannot be written (h5py: RuntimeError) is one line naming the parts
+    folder, the free space there and what the run still needs; no traceback."""
+    from deepergat.export.samples import parity_structures
+    from deepergat.screening.parts import PartsDir
+
+    store = tmp_path / "s.h5"
+    write_store(store, parity_structures(30))
+
+    def commit(self: PartsDir, k: int, *args: object, **kwargs: object) -> None:
+        raise _h5py_full_disk(self.path / f".chunk-{k:06d}.h5.tmp")
+
+    monkeypatch.setattr(PartsDir, "commit", commit)
+    out = tmp_path / "o.h5"
+    r = _run("screen", "--input", store, "--model", small_model["onnx"], "--output", out,
+             "--workers", "0", "--chunk-size", "10")
+    line = _assert_full_disk_line(r, str(tmp_path / "o.h5.parts"), "MB free there; needs ~",
+                                  "--output")
+    assert "chunks committed so far are kept" in line
+    assert not out.exists()

@@ -297,3 +297,133 @@ def test_import_needs_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------- hand-edited values out of range (issue 10)
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (_set("graph", "cutoff", float("nan")), "graph settings: cutoff must be a finite number"),
+    (_set("graph", "cutoff", float("inf")), "graph settings: cutoff must be a finite number"),
+    (_set("graph", "cutoff", -1.0), "graph settings: cutoff must be above 0 and at most 30"),
+    (_set("graph", "cutoff", 0), "graph settings: cutoff must be above 0"),
+    (_set("graph", "cutoff", 1e6), "graph settings: cutoff must be above 0 and at most 30"),
+    (_set("graph", "max_neighbors", -3), "graph settings: max_neighbors must be from 1 to 256"),
+    (_set("graph", "max_neighbors", 0), "graph settings: max_neighbors must be from 1 to 256"),
+    (_set("graph", "max_neighbors", 10**9), "max_neighbors must be from 1 to 256"),
+    (_set("graph", "max_neighbors", True), "max_neighbors must be an integer"),
+    (_set("targets", "mean", float("nan")), "targets[0].mean must be a finite number"),
+    (_set("targets", "std", 0.0), "targets[0].std must be above 0"),
+    (_set("targets", "std", -0.5), "targets[0].std must be above 0"),
+    (_set("targets", "name", " "), "targets[0].name must be a non-empty string"),
+    (_set(None, "targets", []), "targets is empty"),
+    (_set(None, "elements", [0, 8]), "elements must be atomic numbers from 1 to 100"),
+    (_set(None, "elements", [8, 101]), "elements must be atomic numbers from 1 to 100"),
+    (_set("model", "members", 0), "model.members must be at least 1"),
+    (_set("model", "dim", -16), "model.dim must be at least 1"),
+    (_set("model", "targets", 2), "model.targets is 2 but targets lists 1"),
+    (_set("model", "cutoff", float("nan")), "model.cutoff must be a finite number above 0"),
+    (_set("calibration", "std_scale", [-1.0]), "calibration.std_scale must be a list of finite"),
+    (_set("calibration", "std_scale", [1.5, 2.0]), "calibration.std_scale has 2 values for 1"),
+    (_set("calibration", "coverage", 1.5), "calibration.coverage must be above 0 and at most 1"),
+    (_set("calibration", "n", -1), "calibration.n must be at least 0"),
+    (_set("parity", "n_structures", -300), "parity.n_structures must be at least 0"),
+])
+def test_a_value_out_of_range_is_a_one_line_error_naming_it(
+        edit: Callable[[dict[str, Any]], None], named: str) -> None:
+    doc = _exported_doc()
+    edit(doc)
+    with pytest.raises(DeepergatError) as caught:
+        ModelMetadata.from_dict(doc, where="m.onnx")
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 300, message
+    assert message.startswith("m.onnx: damaged deepergat metadata: "), message
+    assert named in message and message.endswith("use an intact copy of the model file"), message
+
+
+def test_repeated_target_names_are_refused() -> None:
+    doc = _exported_doc()
+    doc["targets"].append(dict(doc["targets"][0]))
+    doc["model"]["targets"] = 2
+    doc["calibration"]["std_scale"] = [1.5, 1.5]
+    with pytest.raises(DeepergatError, match=r"targets\[1\]\.name 'heat_ref' repeats"):
+        ModelMetadata.from_dict(doc, where="m.onnx")
+
+
+def test_graph_settings_of_constructor_arguments_are_checked() -> None:
+    """`deepergat.graphs.graph_settings` reads a model's arguments or a ``graph`` document
+    with the same checks: NaN would hang the neighbor search, -3 would change it silently."""
+    import numpy as np
+
+    from deepergat.graphs import graph_settings
+
+    assert graph_settings({"cutoff": 8, "max_neighbors": np.int64(12), "graph": "periodic"}) == {
+        "cutoff": 8.0, "max_neighbors": 12, "construction": "periodic"}
+    for bad, named in (({"cutoff": float("nan")}, "cutoff must be a finite number"),
+                       ({"cutoff": -8.0}, "cutoff must be above 0"),
+                       ({"max_neighbors": -3}, "max_neighbors must be from 1 to 256"),
+                       ({"max_neighbors": 12.5}, "max_neighbors must be an integer"),
+                       ({"construction": "cube"}, "construction 'cube' is not one of")):
+        source = {"cutoff": 8.0, "max_neighbors": 12, **bad}
+        with pytest.raises(DeepergatError, match=named):
+            graph_settings(source, where="x.ckpt")
+    with pytest.raises(DeepergatError, match="graph settings missing"):
+        graph_settings({"cutoff": 8.0})
+
+
+def _edited_onnx(source: Path, path: Path, keys: str, value: Any) -> Path:
+    """A copy of an exported ONNX file whose metadata value at ``keys`` ("graph.cutoff",
+    "targets.0.mean") is replaced, as a hand edit would (NaN written as JSON's NaN)."""
+    import onnx
+
+    proto = onnx.load_model(str(source))
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            doc = json.loads(prop.value)
+            node: Any = doc
+            *parents, last = keys.split(".")
+            for k in parents:
+                node = node[int(k)] if k.isdigit() else node[k]
+            node[int(last) if last.isdigit() else last] = value
+            prop.value = json.dumps(doc)  # allow_nan: a hand edit can write NaN
+    onnx.save_model(proto, str(path))
+    return path
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("keys", "value", "named"), [
+    ("graph.cutoff", float("nan"), "cutoff must be a finite number, got nan"),
+    ("graph.cutoff", -1.0, "cutoff must be above 0"),
+    ("graph.cutoff", 1e6, "cutoff must be above 0 and at most 30"),
+    ("graph.max_neighbors", -3, "max_neighbors must be from 1 to 256"),
+    ("targets.0.mean", "abc", "targets[0].mean must be a finite number, got 'abc'"),
+    ("targets.0.std", 0, "targets[0].std must be above 0"),
+    ("elements", [0, 8], "elements must be atomic numbers from 1 to 100"),
+])
+def test_hand_edited_onnx_metadata_is_one_line_in_predict_info_and_screen(
+        small_model: dict[str, Any], tmp_path: Path, keys: str, value: Any, named: str) -> None:
+    """Each command refuses the edited file with one line and exit 2, before any work: a NaN
+    cutoff never reaches the neighbor search (it hung predict), max_neighbors -3 never
+    changes predictions silently."""
+    from click.testing import CliRunner
+
+    from deepergat.cli import main
+    from deepergat.export.samples import parity_structures
+    from deepergat.store import write_store
+
+    model = _edited_onnx(small_model["onnx"], tmp_path / "edited.onnx", keys, value)
+    store = tmp_path / "s.h5"
+    write_store(store, parity_structures(4))
+    out = tmp_path / "s.predictions.h5"
+    for args in (["info", str(model)],
+                 ["predict", str(model), str(store)],
+                 ["screen", "--input", str(store), "--model", str(model), "--output", str(out),
+                  "--workers", "0"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, r.stderr)
+        assert "edited.onnx: damaged deepergat metadata" in lines[0] and named in lines[0], (
+            args, lines[0])
+        assert r.stdout == "", (args, r.stdout)
+    assert not out.exists()

@@ -515,6 +515,72 @@ def test_pack_never_overwrites_a_file_that_is_not_a_store(tmp_path: Path) -> Non
     assert _load(store)[0].ids == ["good"]
 
 
+def test_skip_bad_never_overwrites_a_users_skipped_csv(tmp_path: Path) -> None:
+    """``<stem>.skipped.csv`` that pack did not write is refused (one line, nothing written);
+    pack's own list from an earlier run is replaced."""
+    src = tmp_path / "good.cif"
+    src.write_text(nacl_structure().to(fmt="cif"))
+    bad = tmp_path / "bad.cif"
+    bad.write_text("not a cif\n")
+    mine = tmp_path / "s.skipped.csv"
+    mine.write_text("id,notes\nmp-1,my own notes\n")
+    with pytest.raises(DeepergatError, match=r"s\.skipped\.csv: exists and is not a list of "
+                                             r"skipped inputs.*never overwrites other files"):
+        pack([src, bad], tmp_path / "s.h5", workers=1, skip_bad=True)
+    assert mine.read_text() == "id,notes\nmp-1,my own notes\n"
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.lock").exists()
+    mine.unlink()
+    first = pack([src, bad], tmp_path / "s.h5", workers=1, skip_bad=True)
+    assert first.n_skipped == 1
+    again = pack([src, bad], tmp_path / "s.h5", workers=1, skip_bad=True)  # its own: replaced
+    assert again.skipped_csv == mine and _skipped(mine)[0][0] == str(bad)
+    with pytest.raises(DeepergatError, match="is an input"):
+        pack([src, mine], tmp_path / "s.h5", workers=1, skip_bad=True)
+
+
+def test_a_killed_packs_temporaries_are_removed_by_the_next_pack(tmp_path: Path) -> None:
+    """kill -9 leaves ``<out>.tmp``, ``<stem>.skipped.csv.tmp`` and the lock; the next pack of
+    that output removes them (whatever it packs)."""
+    import subprocess
+    import sys
+
+    from deepergat.screening.lock import OutputLock
+
+    src = tmp_path / "good.cif"
+    src.write_text(nacl_structure().to(fmt="cif"))
+    out = tmp_path / "s.h5"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    corpse = OutputLock(out, "run-dead", screening=False)
+    corpse.holder = corpse.path / f"holder-{corpse.host}-{corpse.node}-{dead.pid}-0"
+    corpse.acquire()
+    corpse._stop.set()  # killed: no heartbeat, no release
+    left = [tmp_path / "s.h5.tmp", tmp_path / "s.skipped.csv.tmp"]
+    for f in left:
+        f.write_bytes(b"half written by a killed pack")
+    pack([src], out, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.cif", "s.h5"]
+
+
+def test_two_packs_of_one_output_never_mix(tmp_path: Path) -> None:
+    from deepergat.screening.lock import OutputLock, run_token
+
+    src = tmp_path / "good.cif"
+    src.write_text(nacl_structure().to(fmt="cif"))
+    out = tmp_path / "s.h5"
+    other = OutputLock(out, run_token(), screening=False)  # a pack writing it right now
+    other.acquire()
+    try:
+        with pytest.raises(DeepergatError, match=r"s\.h5: another run is writing it .*choose "
+                                                 r"another output file"):
+            pack([src], out, workers=1)
+        assert not out.exists()
+    finally:
+        other.release()
+    pack([src], out, workers=1)
+    assert _load(out)[0].ids == ["good"]
+
+
 # ---- generators' outputs: archives and CDVAE/DiffCSP sample files ---------------------------
 
 

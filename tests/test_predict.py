@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,3 +132,149 @@ def test_a_minimum_image_model_warns_that_its_prediction_depends_on_the_cell(
         with caplog.at_level("WARNING", logger="deepergat.predict"):
             predict_mod.load_predictor(path)
         assert ("depends on the cell chosen" in caplog.text) is warned
+
+
+# --------------------------------------------------- predict's output and messages (issue 10)
+
+
+def _store(path: Path, n: int = 20) -> Path:
+    from deepergat.export.samples import parity_structures
+
+    write_store(path, parity_structures(n))
+    return path
+
+
+def _damaged(store: Path, path: Path, dataset: str = "positions") -> Path:
+    """A copy of ``store`` with 16 bytes of ``dataset``'s first stored chunk overwritten."""
+    import h5py
+
+    path.write_bytes(store.read_bytes())
+    with h5py.File(path, "r") as f:
+        chunk = f[dataset].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + 8: chunk.byte_offset + 24] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _one_line(r: Any, *needles: str) -> str:
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_predict_csv_replaces_out_only_when_complete(small_model: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    """--csv OUT is written beside OUT and renamed at the end: an error leaves an existing
+    OUT as it was and no temporary file (it truncated OUT to its header); a killed run's
+    temporary file is removed by the next run."""
+    import socket
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "p.csv"
+    out.write_text("earlier results\n")
+    good = _store(tmp_path / "s.h5")
+    for dataset in ("positions", "lattice", "atomic_numbers", "ids"):
+        bad = _damaged(good, tmp_path / f"damaged-{dataset}.h5", dataset)
+        r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(bad), "--csv",
+                                      str(out)])
+        _one_line(r, bad.name, "damaged structure store", dataset)
+        assert out.read_text() == "earlier results\n"
+        assert [p.name for p in folder.iterdir()] == ["p.csv"]
+    host = socket.gethostname().replace("-", "_") or "host"
+    stale = folder / f".p.csv.tmp-{host}-{_dead_pid()}"
+    stale.write_text("id,heat_ref,status\n")
+    r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(good), "--csv",
+                                  str(out)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(io.StringIO(out.read_text())))
+    assert rows[0] == ["id", "heat_ref", "status"] and len(rows) == 21
+    assert [p.name for p in folder.iterdir()] == ["p.csv"]
+
+
+def test_predict_to_stdout_prints_nothing_before_an_early_error(
+        small_model: dict[str, Any], tmp_path: Path) -> None:
+    """Without --csv the model, the inputs and the first block are read before the header is
+    printed: a damaged store prints one line on stderr and nothing on stdout."""
+    bad = _damaged(_store(tmp_path / "s.h5"), tmp_path / "damaged.h5")
+    r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(bad)])
+    _one_line(r, "damaged.h5: damaged structure store")
+    assert r.stdout == ""
+
+
+def test_predict_names_what_it_skipped(small_model: dict[str, Any], tmp_path: Path) -> None:
+    """Each skipped file or CIF block is named with its reason (a few, then "and N more"),
+    not only counted."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    nacl = str(CifWriter(Structure(Lattice.cubic(4.0), ["Na", "Cl"],
+                                   [[0, 0, 0], [0.5, 0.5, 0.5]])))
+    blocks = [nacl.replace("data_NaCl", f"data_s{k}") for k in range(3)]
+    blocks[1] = blocks[1].replace("_cell_length_a   4.00000000", "_cell_length_a   0.0")
+    multi = tmp_path / "multi.cif"
+    multi.write_text("\n".join(blocks))
+    r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(multi)])
+    assert r.exit_code == 0, r.output
+    assert [row.split(",")[0] for row in r.stdout.splitlines()] == ["id", "multi_0", "multi_2"]
+    assert "skipped 1 input that could not be read: " in r.stderr
+    assert f"{multi}:block 1 (data_s1) (" in r.stderr
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "good.cif").write_text(nacl)
+    for k in range(7):
+        (folder / f"bad{k}.cif").write_text("not a CIF\n")
+    r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(folder)])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stderr.splitlines() if x.startswith("skipped"))
+    assert line.startswith("skipped 7 inputs that could not be read: 7 unreadable: "), line
+    assert all(f"bad{k}.cif (" in line for k in range(5)), line
+    assert "bad5.cif" not in line and line.endswith("; and 2 more"), line
+
+
+def test_predict_messages_name_the_users_files(small_model: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    """A truncated store, a file that holds no structure and files of the same name: one
+    line naming the user's file (never the temporary store predict packs files into) and
+    options predict has (--id-from path)."""
+    from pymatgen.core import Lattice, Structure
+
+    model = str(small_model["onnx"])
+    store = _store(tmp_path / "s.h5")
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(store.read_bytes()[:1000])
+    _one_line(CliRunner().invoke(main, ["predict", model, str(cut)]),
+              f"{cut}: not a readable HDF5 file (truncated")
+    bad = tmp_path / "bad.cif"
+    bad.write_text("not a CIF\n")
+    line = _one_line(CliRunner().invoke(main, ["predict", model, str(bad)]),
+                     "no structure could be read", f"{bad} (")
+    assert "deepergat-predict-" not in line and "inputs.h5" not in line
+
+    nacl = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for run in ("a", "b"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        nacl.to(filename=str(tmp_path / "runs" / run / "POSCAR"), fmt="poscar")
+    pattern = str(tmp_path / "runs" / "*" / "POSCAR")
+    line = _one_line(CliRunner().invoke(main, ["predict", model, pattern]),
+                     "duplicate id 'POSCAR'", "pass --id-from path")
+    assert "deepergat-predict-" not in line
+    r = CliRunner().invoke(main, ["predict", model, pattern, "--id-from", "path"])
+    assert r.exit_code == 0, r.output
+    ids = [row.split(",")[0] for row in r.stdout.splitlines()[1:]]
+    assert ids == [str(tmp_path / "runs" / run / "POSCAR") for run in ("a", "b")]

@@ -40,6 +40,10 @@ def test_metadata_and_kind(aoti_file, exported_tiny):
     assert meta["graph"] == read_metadata(exported_tiny["onnx"])["graph"]
     p = load(aoti_file, device="cpu", trust=True)
     assert p.backend == "aoti" and p.metadata.to_dict() == meta
+    import zipfile
+
+    with zipfile.ZipFile(aoti_file) as z:  # named after the file, not the staging name
+        assert {n.split("/", 1)[0] for n in z.namelist()} == {"model.aoti"}
 
 
 @pytest.mark.parametrize("case", ["one-crystal", "one-atom-crystal", "self-loop-only",

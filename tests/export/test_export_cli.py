@@ -43,6 +43,52 @@ def test_failed_parity_removes_files_and_exits_2(exported_tiny, tmp_path, monkey
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
+def test_a_killed_exports_staging_files_are_removed_by_the_next_export(exported_tiny, tmp_path):
+    """kill -9 leaves staging files, their metadata copies, a save folder and the folder's lock;
+    the next export into the folder removes them and leaves other files alone."""
+    import subprocess
+    import sys
+
+    from deepergat.screening.lock import OutputLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("not ours")
+    (out / ".deepergat-export-99999.model.onnx").write_bytes(b"half an onnx file")
+    (out / "..deepergat-export-99999.model.meta-tmp.pt2").write_bytes(b"half a copy")
+    (out / ".deepergat-save-k2j4h1").mkdir()
+    (out / ".deepergat-save-k2j4h1" / "model.pt2").write_bytes(b"half an archive")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    corpse = OutputLock(out / ".deepergat-export", "run-dead", screening=False)
+    corpse.holder = corpse.path / f"holder-{corpse.host}-{corpse.node}-{dead.pid}-0"
+    corpse.acquire()
+    corpse._stop.set()  # killed: no heartbeat, no release
+    result = CliRunner().invoke(main, ["export", str(exported_tiny["checkpoint"]),
+                                       "--format", "torchscript", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "model.pt"]
+
+
+def test_two_exports_into_one_folder_never_mix(exported_tiny, tmp_path):
+    from deepergat.screening.lock import OutputLock, run_token
+
+    out = tmp_path / "out"
+    out.mkdir()
+    other = OutputLock(out / ".deepergat-export", run_token(), screening=False)
+    other.acquire()  # an export writing here right now
+    try:
+        result = CliRunner().invoke(main, ["export", str(exported_tiny["checkpoint"]),
+                                           "--format", "torchscript", "-o", str(out)])
+        assert result.exit_code == 2
+        assert "another run is writing it" in result.output
+        assert "export into another folder" in result.output
+        assert sorted(p.name for p in out.iterdir()) == [".deepergat-export.lock"]
+    finally:
+        other.release()
+    assert list(out.iterdir()) == []
+
+
 def test_export_refuses_an_exported_file(exported_tiny, tmp_path):
     result = CliRunner().invoke(main, ["export", str(exported_tiny["onnx"]), "-o",
                                        str(tmp_path / "o")])

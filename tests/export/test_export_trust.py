@@ -5,6 +5,7 @@ in a .pt2 or a checkpoint is refused before it runs, TorchScript and AOTInductor
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import shutil
 import zipfile
@@ -165,3 +166,33 @@ def test_a_graph_cache_holding_a_pickle_is_never_unpickled(tmp_path: Path,
     again = load_graphs(tiny_store, cache_dir=tmp_path)  # rebuilt, the planted array ignored
     np.testing.assert_array_equal(again.neighbors, g.neighbors)
     assert not marker.exists()
+
+
+def test_aoti_packages_are_named_after_the_file(tmp_path: Path, monkeypatch) -> None:
+    """AOTInductor writes its package with torch's archive writer, which names the top folder
+    after the file: the exporter's staging name must not reach it (the compiler is faked)."""
+    import torch
+
+    from deepergat.export import aoti
+
+    def fake_compile(program, package_path):
+        w = torch._C.PyTorchFileWriter(package_path)
+        w.write_record("archive_format", b"pt2", 3)
+        w.write_record("data/aotinductor/model/model.so", b"\x7fELF", 4)
+        w.write_end_of_file()
+
+    class Loaded:
+        def get_metadata(self):
+            return {"AOTI_DEVICE_KEY": "cpu", "AOTI_CPU_ISA": "AVX2"}
+
+    monkeypatch.setattr(aoti, "export_program", lambda model, example: None)
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_compile)
+    monkeypatch.setattr(aoti, "load_aoti", lambda path: Loaded())
+    staged = tmp_path / f".deepergat-export-{os.getpid()}.model.aoti.pt2"
+    facts = aoti.write_aoti(None, (), staged, {"format": 1})
+    assert facts["compiled_for"]["cpu_isa"] == "AVX2"
+    with zipfile.ZipFile(staged) as z:
+        names = z.namelist()
+    assert {n.split("/", 1)[0] for n in names} == {"model.aoti"}, names
+    assert "model.aoti/extra/deepergat.json" in names
+    assert sorted(p.name for p in tmp_path.iterdir()) == [staged.name]  # nothing else left

@@ -179,3 +179,104 @@ def test_top_csv_formulas_come_from_the_input_store(tmp_path: Path) -> None:
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["id"], r["formula"]) for r in rows] == [("id1", "SrTiO3"), ("id0", "SrTiO3")]
+
+
+# ---------------------------------------------------------------------------- a full disk (GAP 1)
+
+
+def _rows(a: int, b: int, id_len: int = 8) -> Rows:
+    m = b - a
+    return Rows(index=np.arange(a, b), ids=[f"{k:0{id_len}d}" for k in range(a, b)],
+                status=np.zeros(m, np.uint8), flags=np.zeros(m, np.uint8),
+                predictions=np.ones((m, 1), np.float32),
+                embeddings=np.ones((m, 8), np.float32))
+
+
+def _writer(path: Path, m: int) -> PredictionsWriter:
+    return PredictionsWriter(path, n_structures=m, targets=[{"name": "t", "units": "eV"}],
+                             embedding_dim=8, attrs={"model": "m"})
+
+
+def _fallocate_fails(monkeypatch: pytest.MonkeyPatch, err: int, after: int = 0) -> list[int]:
+    """os.posix_fallocate succeeds ``after`` times, then fails with ``err``; returns the
+    lengths asked."""
+    import errno as errno_mod
+    import os
+
+    real = os.posix_fallocate
+    asked: list[int] = []
+
+    def fake(fd: int, offset: int, length: int) -> None:
+        asked.append(length)
+        if len(asked) > after:
+            raise OSError(err, os.strerror(err) if err != errno_mod.EDQUOT else "Disk quota "
+                          "exceeded")
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fake)
+    return asked
+
+
+def test_a_full_disk_is_met_before_hdf5_writes_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    asked = _fallocate_fails(monkeypatch, errno.ENOSPC)
+    from deepergat.screening.predictions import NoSpaceError
+
+    with pytest.raises(NoSpaceError, match=r"no space left on .* for p\.h5 \(needs ~[\d.]+ MB, "
+                                           r"[\d.]+ MB free\); free space") as err:
+        _writer(tmp_path / "p.h5", 100_000)
+    assert asked and err.value.needed >= 100_000 * (8 + 2 + 4 + 32 + 32)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_a_disk_that_fills_while_rows_arrive_is_one_error_and_nothing_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids far longer than first assumed make the writer reserve more; that reservation fails
+    cleanly, before HDF5 is asked to write past the space it holds."""
+    import errno
+
+    from deepergat.screening.predictions import NoSpaceError
+
+    _fallocate_fails(monkeypatch, errno.EDQUOT, after=1)
+    with (pytest.raises(NoSpaceError, match=r"quota exceeded on .* \(needs ~"),
+          _writer(tmp_path / "p.h5", 20_000) as w):
+        for a in range(0, 20_000, 1000):
+            w.write(a, _rows(a, a + 1000, id_len=400))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_reservation_is_given_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is written inside the space it reserved and ends at HDF5's own end."""
+    import os
+
+    real = os.posix_fallocate
+    asked: list[int] = []
+    monkeypatch.setattr(os, "posix_fallocate",
+                        lambda fd, o, n: (asked.append(n), real(fd, o, n))[1])
+    path = tmp_path / "p.h5"
+    with _writer(path, 50_000) as w:
+        for a in range(0, 50_000, 999):
+            w.write(a, _rows(a, min(a + 999, 50_000), id_len=60))  # longer than first assumed
+    assert len(asked) >= 2  # it grew
+    assert path.stat().st_size <= asked[-1]
+    with h5py.File(path, "r") as f:
+        assert f["index"][-1] == 49_999 and f["ids"][7].decode() == f"{7:060d}"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_file_system_that_cannot_reserve_still_gets_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    _fallocate_fails(monkeypatch, errno.EOPNOTSUPP)
+    path = tmp_path / "p.h5"
+    with _writer(path, 3000) as w:
+        w.write(0, _rows(0, 3000))
+    assert "cannot reserve space" in caplog.text
+    with h5py.File(path, "r") as f:
+        assert f["index"].shape == (3000,)

@@ -316,3 +316,100 @@ def test_empty_store(tmp_path: Path, small_model: dict[str, Any]) -> None:
     assert result.outcome == "merged" and result.merge.n_structures == 0
     p = read_predictions(out)
     assert p["ids"] == [] and p["embeddings"].shape == (0, 64)
+
+
+# ------------------------------------------- expected failures on the command line (issue 10)
+
+
+def _damaged_copy(store: Path, path: Path, dataset: str) -> Path:
+    """A copy of ``store`` with 16 bytes of the first stored chunk of ``dataset`` overwritten
+    (the damage a bad disk block does: HDF5 cannot decompress or resolve it)."""
+    shutil.copyfile(store, path)
+    with h5py.File(path, "r") as f:
+        chunk = f[dataset].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + 8: chunk.byte_offset + 24] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _cli_lines(stderr: str) -> list[str]:
+    """stderr without progress-bar frames (tqdm writes them with carriage returns)."""
+    frames = stderr.replace("\r", "\n").splitlines()
+    return [x for x in frames if x.strip() and not x.startswith("screening (")]
+
+
+@pytest.mark.parametrize("dataset", ["positions", "lattice", "atomic_numbers", "ids"])
+def test_a_damaged_store_block_is_one_line_without_a_traceback(
+        tmp_path: Path, screen_store: Path, small_model: dict[str, Any], dataset: str) -> None:
+    """An expected failure met while working (here a damaged block of the input store) is one
+    line naming the store and the dataset, exit 2 — not "ERROR: rank 0 failed" and a
+    traceback first. With -vv the traceback is there for whoever debugs."""
+    from click.testing import CliRunner
+
+    from deepergat.screening.cli import screen
+
+    store = _damaged_copy(screen_store, tmp_path / "damaged.h5", dataset)
+    args = ["--input", str(store), "--model", str(small_model["onnx"]), "--output",
+            str(tmp_path / "o.h5"), "--workers", "0"]
+    r = CliRunner().invoke(screen, args)
+    assert r.exit_code == 2, r.output
+    lines = _cli_lines(r.stderr)
+    assert "Traceback" not in r.stderr and "ERROR" not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "damaged.h5: damaged structure store" in lines[0] and dataset in lines[0], lines[0]
+    assert r.stdout == ""
+    if dataset == "positions":
+        r = CliRunner().invoke(screen, [*args, "-vv"])
+        assert r.exit_code == 2 and "Traceback" in r.stderr
+        assert _cli_lines(r.stderr)[-1] == lines[0]
+
+
+def test_an_unexpected_failure_keeps_its_traceback(
+        tmp_path: Path, screen_store: Path, small_model: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug is not the user's to fix: it is logged with its traceback and raised as it is."""
+    from click.testing import CliRunner
+
+    from deepergat.screening import pipeline
+    from deepergat.screening.cli import screen
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", run)
+    with caplog.at_level("ERROR", logger="deepergat"):
+        r = CliRunner().invoke(screen, ["--input", str(screen_store), "--model",
+                                        str(small_model["onnx"]), "--output",
+                                        str(tmp_path / "o.h5"), "--workers", "0"])
+    assert isinstance(r.exception, ZeroDivisionError)
+    assert "rank 0 failed" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
+def test_a_worker_death_is_one_line(tmp_path: Path, screen_store: Path,
+                                    small_model: dict[str, Any],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's error for a worker process killed by the OOM killer (see
+    test_pipeline.py for the real kill) reaches the user as its one line."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from click.testing import CliRunner
+
+    from deepergat.screening import pipeline
+    from deepergat.screening.cli import screen
+
+    real = pipeline.Pipeline.run
+
+    def run(self: Any, next_chunk: Any, commit: Any, **kwargs: Any) -> Any:
+        def broken() -> int | None:
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+        return real(self, broken, commit, **kwargs)
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", run)
+    r = CliRunner().invoke(screen, ["--input", str(screen_store), "--model",
+                                    str(small_model["onnx"]), "--output",
+                                    str(tmp_path / "o.h5"), "--workers", "0"])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.stderr and "ERROR" not in r.stderr, r.stderr
+    lines = _cli_lines(r.stderr)
+    assert len(lines) == 1 and "a worker process of this rank died" in lines[0], r.stderr

@@ -144,6 +144,36 @@ def test_sigkill_mid_run_then_rerun(tmp_path: Path, screen_store: Path,
     assert_same_predictions(reference_predictions, out, small_model["std"])
 
 
+@pytest.mark.slow
+def test_the_same_command_twice_at_once_never_mixes(tmp_path: Path, screen_store: Path,
+                                                     small_model: dict[str, Any],
+                                                     reference_predictions: Path) -> None:
+    """Two real processes, equal settings, one output: the second is refused with one line
+    while the first works; the first's file is the reference one."""
+    out = tmp_path / "p.h5"
+    parts = PartsDir(out)
+    cmd = screen_cmd(*args(screen_store, small_model["onnx"], out, "--chunk-size", "2"))
+    first = subprocess.Popen(cmd, env=screen_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not parts.committed():
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        second = subprocess.run(cmd, env=screen_env(), cwd=REPO, capture_output=True,
+                                text=True, timeout=240)
+        assert first.wait(timeout=240) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode == 2
+    lines = [x for x in second.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "another run is writing it" in lines[0], second.stderr
+    assert_same_predictions(reference_predictions, out, small_model["std"])
+    assert not out.with_name("p.h5.lock").exists()
+
+
 _BLOCK_TORCH = '''
 import importlib.abc, os, sys
 

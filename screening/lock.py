@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -188,6 +189,7 @@ class OutputLock:
         self.nonce = uuid.uuid4().hex
         self.holder = self.path / f"holder-{self.host}-{self.node}-{self.pid}-{self.nonce[:8]}"
         self.held = False
+        self._blocker: _Holder | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -278,6 +280,11 @@ class OutputLock:
                                      f"{e.strerror or e}") from None
         else:
             self.holder.unlink(missing_ok=True)
+            if self._blocker is not None:
+                h = self._blocker
+                raise DeepergatError(
+                    f"{self.label}: another run is writing it (host {h.host or '?'}, pid "
+                    f"{h.pid or '?'}); wait until it ends, or {self.way_out}")
             raise DeepergatError(f"{self.label}: could not take the lock {self.path} "
                                  "(other runs keep taking it); try again")
         self.held = True
@@ -298,9 +305,20 @@ class OutputLock:
                                  f"{e.strerror or e}") from None
         # The holder first: whoever sees our record afterwards also sees us alive.
         self.holder.write_text(f"{self.token}\n{self.start}\n")
-        end = self._end()
+        self._blocker = None
+        chain = self._chain()
+        end = chain[-1] if chain else None
         if end is not None and end.token == self.token:
-            return True  # our run (another task of it) owns the output: join it
+            return self._join(chain)  # our run (another task of it) owns the output
+        if end is None:
+            blocker = self._live_stranger()
+            if blocker is not None:
+                # A live process of another run holds the output without an owner record (it
+                # is acquiring it, or its run lost the record): step back and look again.
+                self._blocker = blocker
+                self.holder.unlink(missing_ok=True)
+                time.sleep(random.uniform(0.005, 0.05))
+                return False
         if end is not None:
             verdict = self._judge(end)
             if verdict == "alive":
@@ -319,6 +337,56 @@ class OutputLock:
         # Our record lost (the owner we replaced had left and a new chain began): withdraw it.
         (self.path / name).unlink(missing_ok=True)
         return False
+
+    def _join(self, chain: list[_Record]) -> bool:
+        """Join our run, which owns the output, unless its last task is cleaning up (then look
+        again, once the clean-up ended)."""
+        claim = self.path / f"cleanup-{chain[0].nonce}"
+        deadline = time.monotonic() + self.stale_after
+        while claim.exists():
+            rec = self._read(claim)
+            if rec is None:
+                break
+            d = rec.data
+            pid = d.get("pid")
+            here = d.get("host") == self.host and d.get("node") == self.node
+            if (here and isinstance(pid, int) and not _pid_alive(pid, str(d.get("start", ""))))\
+                    or time.monotonic() > deadline:
+                claim.unlink(missing_ok=True)  # its process died while cleaning up
+                break
+            time.sleep(min(_POLL, self.stale_after / 10, 0.05))
+        # Our holder is in place and no clean-up is under way: the owner record must still be
+        # there (a clean-up that had already looked for holders may have removed it).
+        again = self._chain()
+        return bool(again) and again[-1].token == self.token \
+            and again[0].nonce == chain[0].nonce
+
+    def _live_stranger(self) -> _Holder | None:
+        """A live holder of another run's token (dead ones are removed), or None."""
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return None
+        ours = _mtime(self.holder)
+        for n in names:
+            if not n.startswith("holder-") or n == self.holder.name:
+                continue
+            h = self._holder(self.path / n)
+            if h.token == self.token or not h.token:
+                continue
+            if self._here(h):
+                if _pid_alive(h.pid, h.start):
+                    return h
+                h.path.unlink(missing_ok=True)
+                continue
+            m = _mtime(h.path)
+            if m is None:
+                continue
+            if ours is not None and ours - m > self.stale_after * 1e9:
+                h.path.unlink(missing_ok=True)  # its heartbeat stopped long ago
+                continue
+            return h
+        return None
 
     def _record(self) -> dict[str, Any]:
         return {"token": self.token, "host": self.host, "node": self.node, "pid": self.pid,
@@ -462,7 +530,11 @@ class OutputLock:
         if not self._publish(claim):
             return
         again = self._chain()
-        if again and again[-1].token == self.token and again[0].nonce == chain[0].nonce:
+        # Look for holders again now that the claim is published: a task of the run that joined
+        # since the first look keeps the output (a task joining from now on waits for the claim
+        # to go, then checks that the owner record is still there).
+        if again and again[-1].token == self.token and again[0].nonce == chain[0].nonce \
+                and not self._holders(self.token):
             # Still the owner, and no process of the run is left: a parts directory to which
             # the run committed nothing (it failed first) goes too.
             if self.screening:

@@ -248,6 +248,11 @@ class PartsDir:
                 f"{self.manifest_path}: not a deepergat-screen run manifest; remove {self.path} "
                 "or choose another --output"
             )
+        if "run" not in data:
+            raise DeepergatError(
+                f"{self.path}: parts written by an older deepergat; pass --no-resume to discard "
+                "them"
+            )
         problem = _manifest_problem(data)
         if problem:
             raise DeepergatError(
@@ -255,6 +260,16 @@ class PartsDir:
                 "or pass --no-resume"
             )
         return data
+
+    def written_by_older(self) -> bool:
+        """Whether the manifest was written by an older deepergat (it has no ``run`` id): its
+        parts cannot be resumed, only discarded."""
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
+                and "run" not in data)
 
     def run_id(self) -> str:
         """The id of the run the manifest belongs to (what parts are stamped with).
@@ -321,7 +336,7 @@ class PartsDir:
             DeepergatError: resuming into parts of another run.
         """
         if not resume:
-            if owned is None or self.differences(manifest):
+            if owned is None or self.written_by_older() or self.differences(manifest):
                 self.clear()
             else:
                 for k in owned:

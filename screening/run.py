@@ -654,6 +654,8 @@ def _root_setup(opts: ScreenOptions, inp: _Input, output: Path, parts: PartsDir,
     lock.acquire()  # before anything here is read as ours or removed
     locks.append(lock)
     setup.run = lock.token
+    if not opts.resume and parts.written_by_older():
+        parts.clear()  # --no-resume: parts of an older deepergat go like any others
     identity = read_identity(output)
     # earlier work may be reused: it must belong to the store as it is now
     reusable = identity is not None or parts.read_manifest() is not None

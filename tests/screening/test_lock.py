@@ -451,3 +451,77 @@ def test_a_screen_failing_on_a_damaged_input_leaves_nothing_behind(
     with pytest.raises(DeepergatError, match="positions"):
         run_inprocess(store, small_model["onnx"], out, chunk_size=64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+
+
+def test_a_task_joining_while_the_last_one_leaves_keeps_the_output(tmp_path: Path) -> None:
+    """Task 2 of a sharded run joins right after task 1 (leaving) listed the holders: before
+    the fix task 1 removed the owner record anyway and another run took the output while task 2
+    still wrote it."""
+    out = tmp_path / "p.h5"
+    token = run_token(shard_count=2, settings_digest="ab" * 32)
+    t1, t2 = OutputLock(out, token), OutputLock(out, token)
+    t1.acquire()
+    listed = t1._holders
+
+    def join_after_listing(tok: str) -> Any:
+        found = listed(tok)
+        if not t2.held:
+            t2.acquire()  # task 2 starts right now and joins
+        return found
+
+    t1._holders = join_after_listing  # type: ignore[method-assign]
+    t1.release()
+    assert t2.held and (t1.path / "owner").exists()
+    with pytest.raises(DeepergatError, match="another run is writing it"):
+        OutputLock(out, run_token()).acquire()
+    t2.release()
+    assert not t1.path.exists()
+
+
+def test_a_task_joining_during_the_clean_up_waits_and_owns_the_output(tmp_path: Path) -> None:
+    """Task 2 joins after task 1 (leaving) checked the holders a second time: it waits for the
+    clean-up, sees the owner record gone and publishes its own."""
+    import threading
+
+    out = tmp_path / "p.h5"
+    token = run_token(shard_count=2, settings_digest="ab" * 32)
+    t1, t2 = OutputLock(out, token), OutputLock(out, token)
+    t1.acquire()
+    listed = t1._holders
+    calls: list[str] = []
+    joiner = threading.Thread(target=t2.acquire)
+
+    def join_after_second_listing(tok: str) -> Any:
+        found = listed(tok)
+        calls.append(tok)
+        if len(calls) == 2:
+            joiner.start()
+            time.sleep(0.3)  # task 2 has written its holder and waits for the claim
+            assert not t2.held
+        return found
+
+    t1._holders = join_after_second_listing  # type: ignore[method-assign]
+    t1.release()
+    joiner.join(10)
+    assert t2.held
+    assert t2._end() is not None and t2._end().token == token  # type: ignore[union-attr]
+    with pytest.raises(DeepergatError, match="another run is writing it"):
+        OutputLock(out, run_token()).acquire()
+    t2.release()
+    assert not t1.path.exists()
+
+
+def test_an_ownerless_live_holder_of_another_run_is_not_taken_over(tmp_path: Path) -> None:
+    """No owner record, but a live process of another run holds the output: refused (before
+    the fix an empty chain counted as a free output)."""
+    out = tmp_path / "p.h5"
+    other = OutputLock(out, run_token(shard_count=2, settings_digest="ab" * 32))
+    other.path.mkdir()
+    other.holder.write_text(f"{other.token}\n{other.start}\n")  # this (live) process
+    with pytest.raises(DeepergatError, match="another run is writing it"):
+        OutputLock(out, run_token()).acquire()
+    assert not (other.path / "owner").exists()
+    other.holder.unlink()
+    b = OutputLock(out, run_token())
+    b.acquire()  # gone: the output is free
+    b.release()

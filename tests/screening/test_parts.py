@@ -393,3 +393,31 @@ def test_the_merge_checks_free_space_first(tmp_path: Path,
         merge_parts(parts, Plan(50, 10, np.zeros(5, np.int64)), stored)
     assert parts.committed() == set(range(5)) and not parts.output.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5.parts"]
+
+
+def _older_parts(out: Path) -> PartsDir:
+    """A parts folder as an older deepergat left it: a part, and a manifest without a run id."""
+    parts = PartsDir(out)
+    parts.clear()
+    parts.prepare(manifest(), resume=True)
+    parts.commit(1, 10, rows(10, 10))
+    old = json.loads(parts.manifest_path.read_text())
+    del old["run"]
+    parts.manifest_path.write_text(json.dumps(old))
+    return PartsDir(out)
+
+
+def test_parts_of_an_older_deepergat_are_discarded_by_no_resume(tmp_path: Path) -> None:
+    """A manifest without a run id (an older deepergat's): resuming says so in one line, and
+    --no-resume discards the parts (before the fix it failed with 'damaged run manifest')."""
+    out = tmp_path / "out.h5"
+    parts = _older_parts(out)
+    assert parts.written_by_older()
+    with pytest.raises(DeepergatError, match="older deepergat; pass --no-resume") as e:
+        parts.prepare(manifest(), resume=True)
+    assert "\n" not in str(e.value)
+    for owned in (None, [0, 2]):  # a single run, an array task
+        parts = _older_parts(out)
+        parts.prepare(manifest(), resume=False, owned=owned)
+        assert not parts.written_by_older() and "run" in (parts.read_manifest() or {})
+        assert parts.committed() == set()  # the older parts went

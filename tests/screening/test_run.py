@@ -413,3 +413,23 @@ def test_a_worker_death_is_one_line(tmp_path: Path, screen_store: Path,
     assert "Traceback" not in r.stderr and "ERROR" not in r.stderr, r.stderr
     lines = _cli_lines(r.stderr)
     assert len(lines) == 1 and "a worker process of this rank died" in lines[0], r.stderr
+
+
+def test_no_resume_discards_parts_of_an_older_deepergat(tmp_path: Path, screen_store: Path,
+                                                        small_model: dict[str, Any]) -> None:
+    """Parts whose manifest has no run id (an older deepergat's) cannot be resumed (one line
+    says why) and --no-resume replaces them (before the fix it failed like resuming)."""
+    import json
+
+    out = tmp_path / "p.h5"
+    run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32, shard="0/2")
+    manifest_path = PartsDir(out).manifest_path
+    old = json.loads(manifest_path.read_text())
+    del old["run"]
+    manifest_path.write_text(json.dumps(old))
+    with pytest.raises(DeepergatError, match="older deepergat; pass --no-resume"):
+        run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32, shard="1/2")
+    result = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32, shard="0/2",
+                           resume=False)
+    assert result.outcome == "shard-done" and result.skipped == 0
+    assert "run" in json.loads(manifest_path.read_text())

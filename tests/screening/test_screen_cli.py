@@ -161,11 +161,18 @@ def test_the_same_command_twice_at_once_never_mixes(tmp_path: Path, screen_store
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        second = subprocess.run(cmd, env=screen_env(), cwd=REPO, capture_output=True,
-                                text=True, timeout=240)
+        # the first is paused while the second runs, so the second always meets it at work
+        # (however slowly the second starts on a loaded machine); same node: alive by its pid
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run(cmd, env=screen_env(), cwd=REPO, capture_output=True,
+                                    text=True, timeout=240)
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=240) == 0
     finally:
         if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
             first.kill()
     assert second.returncode == 2
     lines = [x for x in second.stderr.splitlines() if x.strip()]

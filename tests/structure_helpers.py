@@ -81,3 +81,17 @@ def random_structures(m: int, *, seed: int = 0, targets: tuple[str, ...] = ()) -
             }
         )
     return out
+
+
+def damaged_store(store: Path, path: Path, dataset: str = "positions") -> Path:
+    """A copy of ``store`` at ``path`` with 16 bytes of ``dataset``'s first stored chunk
+    overwritten (the damage a bad disk block does: HDF5 cannot decompress or resolve it)."""
+    import h5py
+
+    path.write_bytes(store.read_bytes())
+    with h5py.File(path, "r") as f:
+        chunk = f[dataset].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + 8: chunk.byte_offset + 24] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    return path

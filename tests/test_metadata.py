@@ -170,6 +170,17 @@ def _drop(section: str | None, key: str) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+
+def _refusal(edit: Callable[[dict[str, Any]], None]) -> str:
+    """The one-line error an exported file's metadata document edited by ``edit`` gives."""
+    doc = _exported_doc()
+    edit(doc)
+    with pytest.raises(DeepergatError) as caught:
+        ModelMetadata.from_dict(doc, where="m.onnx")
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 300, message
+    return message
+
 @pytest.mark.parametrize(("edit", "named"), [
     (_set("graph", "cutoff", "abc"), "graph settings: cutoff must be a finite number, got 'abc'"),
     (_set("graph", "max_neighbors", 12.5), "graph settings: max_neighbors must be an integer"),
@@ -194,12 +205,7 @@ def _drop(section: str | None, key: str) -> Callable[[dict[str, Any]], None]:
 ])
 def test_a_bad_field_is_a_one_line_error_naming_it(
         edit: Callable[[dict[str, Any]], None], named: str) -> None:
-    doc = _exported_doc()
-    edit(doc)
-    with pytest.raises(DeepergatError) as caught:
-        ModelMetadata.from_dict(doc, where="m.onnx")
-    message = str(caught.value)
-    assert "\n" not in message and len(message) < 300, message
+    message = _refusal(edit)
     assert message.startswith("m.onnx: ") and named in message, message
 
 
@@ -331,12 +337,7 @@ def test_import_needs_no_torch() -> None:
 ])
 def test_a_value_out_of_range_is_a_one_line_error_naming_it(
         edit: Callable[[dict[str, Any]], None], named: str) -> None:
-    doc = _exported_doc()
-    edit(doc)
-    with pytest.raises(DeepergatError) as caught:
-        ModelMetadata.from_dict(doc, where="m.onnx")
-    message = str(caught.value)
-    assert "\n" not in message and len(message) < 300, message
+    message = _refusal(edit)
     assert message.startswith("m.onnx: damaged deepergat metadata: "), message
     assert named in message and message.endswith("use an intact copy of the model file"), message
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from model_helpers import perov_structures
+from structure_helpers import damaged_store
 
 from deepergat import predict as predict_mod
 from deepergat.cli import main
@@ -144,19 +145,6 @@ def _store(path: Path, n: int = 20) -> Path:
     return path
 
 
-def _damaged(store: Path, path: Path, dataset: str = "positions") -> Path:
-    """A copy of ``store`` with 16 bytes of ``dataset``'s first stored chunk overwritten."""
-    import h5py
-
-    path.write_bytes(store.read_bytes())
-    with h5py.File(path, "r") as f:
-        chunk = f[dataset].id.get_chunk_info(0)
-    data = bytearray(path.read_bytes())
-    data[chunk.byte_offset + 8: chunk.byte_offset + 24] = b"\xff" * 16
-    path.write_bytes(bytes(data))
-    return path
-
-
 def _one_line(r: Any, *needles: str) -> str:
     assert r.exit_code == 2, r.output
     lines = r.stderr.strip().splitlines()
@@ -189,7 +177,7 @@ def test_predict_csv_replaces_out_only_when_complete(small_model: dict[str, Any]
     out.write_text("earlier results\n")
     good = _store(tmp_path / "s.h5")
     for dataset in ("positions", "lattice", "atomic_numbers", "ids"):
-        bad = _damaged(good, tmp_path / f"damaged-{dataset}.h5", dataset)
+        bad = damaged_store(good, tmp_path / f"damaged-{dataset}.h5", dataset)
         r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(bad), "--csv",
                                       str(out)])
         _one_line(r, bad.name, "damaged structure store", dataset)
@@ -210,7 +198,7 @@ def test_predict_to_stdout_prints_nothing_before_an_early_error(
         small_model: dict[str, Any], tmp_path: Path) -> None:
     """Without --csv the model, the inputs and the first block are read before the header is
     printed: a damaged store prints one line on stderr and nothing on stdout."""
-    bad = _damaged(_store(tmp_path / "s.h5"), tmp_path / "damaged.h5")
+    bad = damaged_store(_store(tmp_path / "s.h5"), tmp_path / "damaged.h5")
     r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(bad)])
     _one_line(r, "damaged.h5: damaged structure store")
     assert r.stdout == ""

@@ -19,6 +19,7 @@ from screen_helpers import (
     read_predictions,
     run_inprocess,
 )
+from structure_helpers import damaged_store
 
 from deepergat.contract import MAX_Z
 from deepergat.errors import DeepergatError
@@ -321,18 +322,6 @@ def test_empty_store(tmp_path: Path, small_model: dict[str, Any]) -> None:
 # ------------------------------------------- expected failures on the command line (issue 10)
 
 
-def _damaged_copy(store: Path, path: Path, dataset: str) -> Path:
-    """A copy of ``store`` with 16 bytes of the first stored chunk of ``dataset`` overwritten
-    (the damage a bad disk block does: HDF5 cannot decompress or resolve it)."""
-    shutil.copyfile(store, path)
-    with h5py.File(path, "r") as f:
-        chunk = f[dataset].id.get_chunk_info(0)
-    data = bytearray(path.read_bytes())
-    data[chunk.byte_offset + 8: chunk.byte_offset + 24] = b"\xff" * 16
-    path.write_bytes(bytes(data))
-    return path
-
-
 def _cli_lines(stderr: str) -> list[str]:
     """stderr without progress-bar frames (tqdm writes them with carriage returns)."""
     frames = stderr.replace("\r", "\n").splitlines()
@@ -349,7 +338,7 @@ def test_a_damaged_store_block_is_one_line_without_a_traceback(
 
     from deepergat.screening.cli import screen
 
-    store = _damaged_copy(screen_store, tmp_path / "damaged.h5", dataset)
+    store = damaged_store(screen_store, tmp_path / "damaged.h5", dataset)
     args = ["--input", str(store), "--model", str(small_model["onnx"]), "--output",
             str(tmp_path / "o.h5"), "--workers", "0"]
     r = CliRunner().invoke(screen, args)

@@ -159,6 +159,8 @@ def cache_key(digest: str, cutoff: float, max_neighbors: int,
     text = f"{digest}|cutoff={float(cutoff)!r}|max_neighbors={int(max_neighbors)}"
     if graph != DEFAULT_GRAPH:  # periodic caches written before the setting keep their key
         text += f"|graph={check_graph(graph)}"
+    if graph == "minimum-image":  # atoms related by a pure translation count once
+        text += "|translations=merged"
     return hashlib.sha256(f"{text}|v{CACHE_VERSION}".encode()).hexdigest()
 
 

@@ -7,7 +7,11 @@ Two constructions (the graph setting ``graph``, stored with every model like the
   supercell gives its cell's per-atom neighborhoods.
 * ``"minimum-image"`` — the reference implementation's graph: each other atom of the cell once,
   at its minimum-image distance (no atom's own images), then the same nearest-``max_neighbors``
-  rule. Depends on the cell chosen: a supercell gives a different graph.
+  rule. Atoms related by a pure translation of the crystal (a supercell's copies, found within
+  `TRANSLATION_TOLERANCE`) count as one atom, so a supercell gives its primitive cell's graph,
+  copied; on a primitive cell this is exactly the reference's graph. It still depends on the
+  primitive cell's size: a double perovskite is not a perovskite's supercell, and its atoms
+  see every atom of its 10-atom cell.
 
 Two entry points share one vectorized search:
 
@@ -51,6 +55,7 @@ __all__ = [
     "ORDER_SCALE",
     "OUTPUT_NAMES",
     "TIE_TOLERANCE",
+    "TRANSLATION_TOLERANCE",
     "GraphBatch",
     "GraphConstruction",
     "NeighborList",
@@ -60,6 +65,7 @@ __all__ = [
     "check_structures",
     "graph_settings",
     "neighbor_list",
+    "translation_classes",
 ]
 
 #: Neighbors within this distance (Å) of the last one kept are kept too.
@@ -68,6 +74,9 @@ TIE_TOLERANCE = 1e-6
 # rounding (symmetric neighbors; wrapped or unwrapped positions) order by Z, index and image
 # on every path, not by the last bit.
 ORDER_SCALE = 1e9
+#: Two atoms of the same element farther apart than this (Å) after a candidate translation
+#: break it: the translation is not a symmetry of the crystal (minimum-image graphs).
+TRANSLATION_TOLERANCE = 1e-2
 #: Candidates (atom pairs × lattice images) evaluated at once; bounds the search's memory.
 _CANDIDATE_BUDGET = 1 << 20
 #: Lattices whose normalized volume |det| / (|a| |b| |c|) falls below this are singular.
@@ -305,23 +314,7 @@ def _search_select(
     kernel when available, else the vectorized numpy search (the reference)."""
     rows = np.asarray(rows, dtype=np.int64)
     if check_graph(graph) == "minimum-image":
-        if _use_numba() and len(rows):
-            from . import _kernels
-
-            g = _gather(batch, rows)
-            c, nb, d, img, min_dist = _kernels.mic_select(
-                g.local_start, g.n_s, np.ascontiguousarray(g.lattice),
-                np.ascontiguousarray(g.pbc), np.ascontiguousarray(g.recip_len),
-                np.ascontiguousarray(g.pos_w), np.ascontiguousarray(g.frac_w),
-                batch.atomic_numbers[g.atom_index].astype(np.int64), float(cutoff),
-                int(max_neighbors), TIE_TOLERANCE,
-            )
-            edges = NeighborList(g.atom_index[c], g.atom_index[nb], d,
-                                 img - g.shift[nb] + g.shift[c])
-            return edges, min_dist
-        edges, min_dist = _search(batch, rows, radius=_min_image_radius(batch, rows, cutoff))
-        edges = _minimum_images(edges, cutoff)
-        return _select(edges, batch.atomic_numbers, max_neighbors=max_neighbors), min_dist
+        return _search_min_image(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
     if _use_numba() and len(rows):
         from . import _kernels
 
@@ -345,6 +338,129 @@ def _search_select(
         return edges, min_dist
     edges, min_dist = _search_exact(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
     return _select(edges, batch.atomic_numbers, max_neighbors=max_neighbors), min_dist
+
+
+def _search_min_image(
+    batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int
+) -> tuple[NeighborList, np.ndarray]:
+    """`_search_select` for ``graph="minimum-image"``: primitive cells through the compiled
+    kernel (or the numpy search), cells with pure translations through the numpy search with
+    their atoms grouped by `translation_classes`."""
+    classes = translation_classes(batch, rows)
+    reduced = np.array([r in classes for r in rows.tolist()], dtype=bool)
+    parts: list[NeighborList] = []
+    min_dist = np.full(len(rows), np.inf)
+    plain = rows[~reduced]
+    if len(plain):
+        if _use_numba():
+            from . import _kernels
+
+            g = _gather(batch, plain)
+            c, nb, d, img, md = _kernels.mic_select(
+                g.local_start, g.n_s, np.ascontiguousarray(g.lattice),
+                np.ascontiguousarray(g.pbc), np.ascontiguousarray(g.recip_len),
+                np.ascontiguousarray(g.pos_w), np.ascontiguousarray(g.frac_w),
+                batch.atomic_numbers[g.atom_index].astype(np.int64), float(cutoff),
+                int(max_neighbors), TIE_TOLERANCE,
+            )
+            parts.append(NeighborList(g.atom_index[c], g.atom_index[nb], d,
+                                      img - g.shift[nb] + g.shift[c]))
+        else:
+            edges, md = _search(batch, plain, radius=_min_image_radius(batch, plain, cutoff))
+            edges = _minimum_images(edges, cutoff)
+            parts.append(_select(edges, batch.atomic_numbers, max_neighbors=max_neighbors))
+        min_dist[~reduced] = md
+    if reduced.any():
+        sub = rows[reduced]
+        label = np.arange(len(batch.atomic_numbers), dtype=np.int64)
+        for r in sub.tolist():
+            o = int(batch.offset[r])
+            label[o : o + int(batch.n_atoms[r])] = o + classes[r]
+        edges, md = _search(batch, sub, radius=_min_image_radius(batch, sub, cutoff))
+        edges = _minimum_images(edges, cutoff, label=label)
+        parts.append(_select(edges, batch.atomic_numbers, max_neighbors=max_neighbors))
+        min_dist[reduced] = md
+    if len(parts) == 1:
+        return parts[0], min_dist
+    edges = NeighborList(*(np.concatenate(a) for a in zip(*parts, strict=True)))
+    order = np.argsort(edges.center, kind="stable")
+    return NeighborList(*(a[order] for a in edges)), min_dist
+
+
+def translation_classes(
+    batch: StructureBatch, rows: np.ndarray, *, tolerance: float = TRANSLATION_TOLERANCE
+) -> dict[int, np.ndarray]:
+    """Atoms related by a pure translation of the crystal, for the rows that have one.
+
+    A structure whose element counts have no common divisor above 1 is primitive and costs
+    one ``np.unique`` over the batch; the others are tested translation by translation: the
+    vectors from one atom of the rarest element to the others of that element, each kept when
+    it maps every atom onto an atom of the same element within ``tolerance`` Å (periodic axes
+    wrapped; a translation along a non-periodic axis never maps).
+
+    Args:
+        batch: the structures. rows: [S] rows to examine.
+        tolerance: Å.
+
+    Returns:
+        {row: [n] int64 class of each atom of the row (the lowest atom index of its orbit,
+        local to the structure)} for the rows with a translation; primitive rows are absent.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    n = batch.n_atoms[rows]
+    maybe = rows[n > 1]
+    if not len(maybe):
+        return {}
+    counts_n = batch.n_atoms[maybe]
+    starts = batch.offset[maybe]
+    atom = np.repeat(starts - np.cumsum(counts_n) + counts_n, counts_n) + np.arange(
+        int(counts_n.sum()))
+    owner = np.repeat(np.arange(len(maybe)), counts_n)
+    key = owner * 1024 + np.clip(batch.atomic_numbers[atom], 0, 1023)
+    uniq, per = np.unique(key, return_counts=True)
+    group = uniq // 1024
+    first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    common = np.gcd.reduceat(per, first)
+    out: dict[int, np.ndarray] = {}
+    for r in maybe[common > 1].tolist():
+        classes = _orbits(batch, r, tolerance)
+        if classes is not None:
+            out[r] = classes
+    return out
+
+
+def _orbits(batch: StructureBatch, row: int, tolerance: float) -> np.ndarray | None:
+    """[n] orbit label per atom of one structure under its pure translations, or None when
+    it has none but the identity."""
+    o, n = int(batch.offset[row]), int(batch.n_atoms[row])
+    pos = batch.positions[o : o + n]
+    z = batch.atomic_numbers[o : o + n]
+    pbc = batch.pbc[row]
+    lat = _effective_lattice(batch.lattice[row : row + 1], batch.pbc[row : row + 1])[0]
+    frac = pos @ np.linalg.inv(lat)
+    species, counts = np.unique(z, return_counts=True)
+    rare = np.flatnonzero(z == species[np.argmin(counts)])
+    same = z[:, None] == z[None, :]
+    label = np.arange(n, dtype=np.int64)
+    found = False
+    for j in rare[1:].tolist():
+        t = frac[j] - frac[rare[0]]
+        diff = frac[None, :, :] - (frac[:, None, :] + t)  # [i, k]: atom k minus (atom i + t)
+        diff = np.where(pbc, diff - np.round(diff), diff)
+        dist = np.linalg.norm(diff @ lat, axis=2)
+        dist = np.where(same, dist, np.inf)
+        image = np.argmin(dist, axis=1)
+        if not (dist[np.arange(n), image] <= tolerance).all():
+            continue
+        found = True
+        label = np.minimum(label, label[image])
+    if not found:
+        return None
+    while True:  # close the labels over chains of translations
+        new = label[label]
+        if (new == label).all():
+            return label
+        label = new
 
 
 _NUMBA: bool | None = None
@@ -537,15 +653,24 @@ def _min_image_radius(batch: StructureBatch, rows: np.ndarray, cutoff: float) ->
     return np.where(full, np.minimum(np.maximum(diag, 1.0) + 1e-6, cutoff), float(cutoff))
 
 
-def _minimum_images(edges: NeighborList, cutoff: float) -> NeighborList:
+def _minimum_images(edges: NeighborList, cutoff: float, *,
+                    label: np.ndarray | None = None) -> NeighborList:
     """One edge per (center, other atom): its shortest image within the cutoff (ties: the
-    smallest image), none to the center's own images."""
+    smallest image), none to the center's own images.
+
+    With ``label`` ([atoms] int64, `translation_classes` made global), atoms sharing a label
+    are one atom: one edge per (center, other label), to the nearest of its atoms (ties: the
+    lowest index, then the smallest image), none to the center's own label.
+    """
     c, nb, d, img = edges
-    keep = (c != nb) & (d <= cutoff)
-    c, nb, d, img = c[keep], nb[keep], d[keep], img[keep]
-    order = np.lexsort((img[:, 2], img[:, 1], img[:, 0], d, nb, c))
-    c, nb, d, img = c[order], nb[order], d[order], img[order]
-    first = np.r_[True, (c[1:] != c[:-1]) | (nb[1:] != nb[:-1])] if len(c) else np.zeros(0, bool)
+    cls = nb if label is None else label[nb]
+    own = c if label is None else label[c]
+    keep = (own != cls) & (d <= cutoff)
+    c, nb, d, img, cls = c[keep], nb[keep], d[keep], img[keep], cls[keep]
+    order = np.lexsort((img[:, 2], img[:, 1], img[:, 0], nb, d, cls, c))
+    c, nb, d, img, cls = c[order], nb[order], d[order], img[order], cls[order]
+    first = (np.r_[True, (c[1:] != c[:-1]) | (cls[1:] != cls[:-1])] if len(c)
+             else np.zeros(0, bool))
     return NeighborList(c[first], nb[first], d[first], img[first])
 
 

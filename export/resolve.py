@@ -1,8 +1,8 @@
 """MODEL arguments, one rule for every command: a file is itself; a run folder is its
 ``ensemble.ckpt`` (when it trained one) or its ``best.ckpt``; anything else is a bundled model.
 
-Bundled models live in ``deepergat/models/<name>/`` and ship ``best.ckpt`` (the checkpoint),
-``card.md`` and ``model.onnx``. A bundled name means its ``model.onnx`` for prediction —
+Bundled models live in ``deepergat/models/<name>/`` and ship their checkpoint (``ensemble.ckpt``
+for an ensemble, else ``best.ckpt``, the run folder's rule), ``card.md`` and ``model.onnx``. A bundled name means its ``model.onnx`` for prediction —
 `deepergat predict`, `evaluate`, `deepergat-screen` and `deepergat.export.load` alike (no torch
 needed) — and its checkpoint for `deepergat export`.
 """
@@ -15,12 +15,14 @@ from typing import Literal
 
 from deepergat.errors import DeepergatError
 
-__all__ = ["BUNDLED_CHECKPOINT", "BUNDLED_ONNX", "bundled_dir", "bundled_models", "resolve_model"]
+__all__ = ["BUNDLED_CHECKPOINT", "BUNDLED_ONNX", "bundled_checkpoint", "bundled_dir",
+           "bundled_models", "resolve_model"]
 
 BUNDLED_CHECKPOINT = "best.ckpt"
 BUNDLED_ONNX = "model.onnx"
-#: What a run folder means, in order: the ensemble it trained, else its kept model.
-RUN_FOLDER_MODELS = ("ensemble.ckpt", "best.ckpt")
+#: What a run folder (or a bundled model's folder) means, in order: the ensemble it trained,
+#: else its kept model.
+RUN_FOLDER_MODELS = ("ensemble.ckpt", BUNDLED_CHECKPOINT)
 
 
 def bundled_dir() -> Path:
@@ -30,6 +32,14 @@ def bundled_dir() -> Path:
     return Path(deepergat.__file__).resolve().parent / "models"
 
 
+def bundled_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint a bundled model's folder ships (`RUN_FOLDER_MODELS` order), or None."""
+    for name in RUN_FOLDER_MODELS:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def bundled_models() -> list[str]:
     """Names of the bundled models (folders holding a checkpoint or an ONNX file)."""
     root = bundled_dir()
@@ -37,7 +47,7 @@ def bundled_models() -> list[str]:
         return []
     return sorted(
         d.name for d in root.iterdir()
-        if d.is_dir() and ((d / BUNDLED_CHECKPOINT).is_file() or any(d.glob("*.onnx")))
+        if d.is_dir() and (bundled_checkpoint(d) is not None or any(d.glob("*.onnx")))
     )
 
 
@@ -70,7 +80,7 @@ def resolve_model(
         onnx_files = sorted(folder.glob("*.onnx"))
         onnx_file = folder / BUNDLED_ONNX if (folder / BUNDLED_ONNX).is_file() else (
             onnx_files[0] if onnx_files else None)
-        ckpt = folder / BUNDLED_CHECKPOINT if (folder / BUNDLED_CHECKPOINT).is_file() else None
+        ckpt = bundled_checkpoint(folder)
         order = [onnx_file, ckpt] if prefer == "onnx" else [ckpt, onnx_file]
         for candidate in order:
             if candidate is not None:

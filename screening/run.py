@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 #: Atoms per model batch on a GPU (the CPU default is `DEFAULT_BATCH_ATOMS`).
 GPU_BATCH_ATOMS = 16384
 #: The bundled model screened with when ``--model`` is not given (else the first bundled one).
-DEFAULT_MODEL = "perovskite-heat"
+DEFAULT_MODEL = "perovskite-heat-single"
 
 Outcome = Literal["merged", "already-merged", "shard-done", "merge-claimed"]
 

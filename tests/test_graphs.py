@@ -393,7 +393,7 @@ def test_minimum_image_perovskite_cells_are_fully_connected() -> None:
     assert len(one.center) == 0
 
 
-def test_minimum_image_is_invariant_to_wrapping_and_order_but_not_to_the_cell() -> None:
+def test_minimum_image_is_invariant_to_wrapping_and_order() -> None:
     [(_, s)] = _csv_structures("perov5_dev.csv", 1, ids={"9866"})
     lat, pos, z = s.lattice.matrix, s.cart_coords, np.array(s.atomic_numbers)
     base = _mic(lat, pos, atomic_numbers=z)
@@ -405,11 +405,57 @@ def test_minimum_image_is_invariant_to_wrapping_and_order_but_not_to_the_cell() 
     perm = np.random.default_rng(0).permutation(len(z))
     assert edge_set(_mic(lat, pos[perm], atomic_numbers=z[perm]), relabel=perm) == \
         edge_set(base)
-    # a supercell is a different graph (documented): each atom sees the others of the bigger
-    # cell once, 12 of its 39 (+ ties), where in the cell it saw 4
-    sc = s * (2, 2, 2)
-    big = _mic(sc.lattice.matrix, sc.cart_coords, atomic_numbers=sc.atomic_numbers)
-    assert np.bincount(big.center).min() >= 12 and np.bincount(base.center).max() == 4
+
+
+def _per_atom_edges(nl, z) -> list[list[tuple[int, float]]]:
+    """Each center's sorted (neighbor Z, distance rounded to 1e-6 Å)."""
+    return [sorted((int(z[j]), round(float(d), 6))
+                   for j, d in zip(nl.neighbor[nl.center == a], nl.distance[nl.center == a],
+                                   strict=True))
+            for a in range(len(z))]
+
+
+def test_minimum_image_supercell_gives_its_cells_graph() -> None:
+    """Copies of a cell count as one atom: every atom of a supercell (any shape, wrapped or
+    not, in any order) sees what its original atom sees in the cell, so a minimum-image model
+    predicts a supercell as its cell."""
+    [(_, s)] = _csv_structures("perov5_dev.csv", 1, ids={"9866"})
+    z = np.array(s.atomic_numbers)
+    cell = _per_atom_edges(_mic(s.lattice.matrix, s.cart_coords, atomic_numbers=z), z)
+    assert all(len(e) == 4 for e in cell)
+    rng = np.random.default_rng(1)
+    for scale in ([2, 2, 2], [3, 1, 1], [[1, 1, 0], [-1, 1, 0], [0, 0, 2]]):
+        sc = s * scale
+        zs = np.array(sc.atomic_numbers)
+        pos = sc.cart_coords + rng.integers(-2, 3, (len(sc), 3)) @ sc.lattice.matrix
+        perm = rng.permutation(len(sc))
+        got = _per_atom_edges(_mic(sc.lattice.matrix, pos[perm], atomic_numbers=zs[perm]),
+                              zs[perm])
+        origin = [int(np.argmin(np.linalg.norm(
+            (s.lattice.get_fractional_coords(p) - s.frac_coords + 0.5) % 1 - 0.5, axis=1)))
+            for p in pos[perm]]
+        assert got == [cell[o] for o in origin], scale
+    # within the tolerance (CIF rounding) still the cell's graph; beyond it a different crystal
+    sc = s * (2, 1, 1)
+    zs = np.array(sc.atomic_numbers)
+    noisy = sc.cart_coords + rng.uniform(-1, 1, (len(sc), 3)) * graphs.TRANSLATION_TOLERANCE / 4
+    near = _mic(sc.lattice.matrix, noisy, atomic_numbers=zs)
+    assert np.bincount(near.center).max() == 4
+    moved = sc.cart_coords.copy()
+    moved[0] += 0.05
+    far = _mic(sc.lattice.matrix, moved, atomic_numbers=zs)
+    assert np.bincount(far.center).min() == 9  # each atom sees the 9 others of its 10-atom cell
+    # another element on one of the two copies of a site (a double perovskite) is not a
+    # supercell: its own 10-atom graph
+    double = zs.copy()
+    double[int(np.flatnonzero(zs == zs[1])[0])] = 26 if zs[1] != 26 else 27
+    other = _mic(sc.lattice.matrix, sc.cart_coords, atomic_numbers=double)
+    assert np.bincount(other.center).min() == 9
+
+
+def test_translation_classes_cost_nothing_for_primitive_cells() -> None:
+    batch = _batch_of(_csv_structures("perov5_dev.csv", 50))
+    assert graphs.translation_classes(batch, np.arange(len(batch))) == {}
 
 
 def test_the_graph_construction_is_checked_everywhere() -> None:

@@ -38,7 +38,7 @@ from deepergat.metadata import (
     TargetInfo,
 )
 
-BUNDLED = Path(__file__).resolve().parents[1] / "deepergat" / "models" / "perovskite-heat"
+BUNDLED = Path(__file__).resolve().parents[1] / "deepergat" / "models" / "perovskite-heat-single"
 
 CALIBRATION = {
     "std_scale": [1.5], "coverage": 0.95, "n": 40, "source": "validation split",

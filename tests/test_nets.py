@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from model_helpers import model_inputs, perov_structures
+from model_helpers import model_inputs as _inputs
 
 from deepergat.architectures import (
     ARCH_DEFAULTS,
@@ -99,10 +100,16 @@ def _supercell(s: dict, n: int) -> dict:
             "positions": np.concatenate([s["positions"] + k * lat[0] for k in range(n)])}
 
 
-@pytest.mark.parametrize(("arch", "deeper"), [*NETS, ("gatgnn", False)])
-def test_batched_permuted_and_supercell_invariance(arch: str, deeper: bool) -> None:
+@pytest.mark.parametrize(("arch", "deeper", "graph"), [
+    *((a, d, "periodic") for a, d in [*NETS, ("gatgnn", False)]),
+    ("deepergatgnn", True, "minimum-image"), ("cgcnn", False, "minimum-image")])
+def test_batched_permuted_and_supercell_invariance(arch: str, deeper: bool, graph: str) -> None:
     model = _randomized(arch, deeper, layers=2)
     cells = perov_structures(4)
+
+    def model_inputs(structures: list[dict]) -> dict:
+        return _inputs(structures, graph=graph)
+
     # crystals of 5, 10, 5, 20, 5 and 15 atoms: padded crystal slots in the batch
     structures = [cells[0], _supercell(cells[1], 2), cells[2], _supercell(cells[3], 4),
                   cells[1], _supercell(cells[0], 3)]
@@ -117,8 +124,8 @@ def test_batched_permuted_and_supercell_invariance(arch: str, deeper: bool) -> N
                     "positions": s["positions"][perm]}
         np.testing.assert_allclose(model.forward_inputs(model_inputs([permuted]))[0].numpy(),
                                    single[1:2], rtol=1e-10, atol=1e-12)
-    # the periodic graph gives every atom of a supercell its cell neighborhood: the supercells
-    # predict what their cells predict
+    # both graphs give every atom of a supercell its cell neighborhood (the minimum-image one
+    # by counting a cell's copies as one atom): the supercells predict what their cells predict
     np.testing.assert_allclose(single[1], single[4], rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(single[5], single[0], rtol=1e-9, atol=1e-10)
     with torch.no_grad():

@@ -33,14 +33,14 @@ def _cuda_session_or_skip(path):
         pytest.skip(f"CUDA provider cannot start: {e}")
 
 
-@pytest.mark.parametrize("which", ["tiny", "bundled"])
+@pytest.mark.parametrize("which", ["tiny", "perovskite-heat", "perovskite-heat-single"])
 def test_onnx_nodes_run_on_cuda(exported_tiny, tmp_path, which):
     import onnxruntime as ort
 
-    if which == "bundled":
+    if which != "tiny":
         from deepergat.export.resolve import resolve_model
 
-        path = resolve_model("perovskite-heat")
+        path = resolve_model(which)
     else:
         path = exported_tiny["onnx"]
     _cuda_session_or_skip(path)

@@ -6,8 +6,13 @@ For the first ``n`` structures of a store, each model predicts the cell and its 
 2×2×2 supercells (the same crystal); the table gives the mean and largest |Δ| and, when the store
 has the model's target, the MAE of the cell and of the supercells against it. A periodic-graph
 model of a per-crystal target gives Δ = 0 (its atoms' neighborhoods are the cell's; a
-``per_atom`` model's sum grows with the atom count instead); a minimum-image model sees another
-graph for each cell choice (docs/design.md §4).
+``per_atom`` model's sum grows with the atom count instead); so does a minimum-image model, whose
+graphs count a cell's translated copies as one atom (docs/design.md §4).
+
+``--jitter A`` moves every atom of every cell and supercell by a random vector in [-A, A]³ Å
+(seed 0) first: above the 0.01 Å translation tolerance a supercell is no longer one, and a
+minimum-image model sees each atom's 9-39 cell neighbors where it was trained on 4. The 1×1×1
+row then shows what the jitter alone changes.
 """
 
 from __future__ import annotations
@@ -39,14 +44,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="+", help="model files or bundled names")
     p.add_argument("--data", required=True, help="structure store")
     p.add_argument("-n", type=int, default=400, help="structures (first n of the store)")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="random displacement of every atom, Å (default 0: exact supercells)")
     args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+
+    def jitter(s: dict) -> dict:
+        if args.jitter <= 0:
+            return s
+        moved = s["positions"] + rng.uniform(-args.jitter, args.jitter, s["positions"].shape)
+        return {**s, "positions": moved}
+
     with Store(args.data) as store:
         b = store.read(0, args.n)
     cells = [{"id": b.ids[i], "lattice": b.lattice[i],
               "atomic_numbers": b.atomic_numbers[b.offset[i]:b.offset[i] + b.n_atoms[i]],
               "positions": b.positions[b.offset[i]:b.offset[i] + b.n_atoms[i]]}
              for i in range(len(b))]
-    print(f"{len(cells)} structures of {args.data}\n")
+    print(f"{len(cells)} structures of {args.data}"
+          + (f", atoms moved by up to {args.jitter} Å" if args.jitter > 0 else "") + "\n")
     print("| model | graph | cell | mean abs Δ vs cell | max abs Δ | MAE | ")
     print("|---|---|---|---|---|---|")
     for name in args.models:
@@ -64,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         base = predict(cells)
         mae = f"{np.abs(base - y).mean():.4f}" if y is not None else "-"
         print(f"| {name} | {g['construction']} | 1×1×1 | 0 | 0 | {mae} |")
-        for reps in REPEATS:
-            d = predict([supercell(c, reps) for c in cells]) - base
+        rows = [((1, 1, 1), "1×1×1 jittered")] if args.jitter > 0 else []
+        rows += [(reps, "×".join(map(str, reps)) + (" jittered" if args.jitter > 0 else ""))
+                 for reps in REPEATS]
+        for reps, label in rows:
+            d = predict([jitter(supercell(c, reps)) for c in cells]) - base
             mae = f"{np.abs(base + d - y).mean():.4f}" if y is not None else "-"
-            print(f"| {name} | {g['construction']} | {'×'.join(map(str, reps))} | "
+            print(f"| {name} | {g['construction']} | {label} | "
                   f"{np.abs(d).mean():.4f} | {np.abs(d).max():.4f} | {mae} |")
     return 0
 

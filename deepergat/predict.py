@@ -55,12 +55,16 @@ def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu",
 
 
 def warn_cell_dependent(construction: str, name: str) -> None:
-    """Log a warning for a model whose graphs depend on the cell chosen (minimum-image): a
-    supercell of a crystal gets another prediction, far off (benchmarks/ACCURACY.md)."""
+    """Log a warning for a model whose graphs depend on the primitive cell's size
+    (minimum-image): an exact supercell predicts as its cell, but a crystal with a larger
+    primitive cell than the training cells (a double perovskite) is a graph the model never
+    saw (benchmarks/ACCURACY.md)."""
     if construction == "minimum-image":
-        log.warning("%s uses minimum-image graphs: its prediction depends on the cell chosen "
-                    "(a supercell of the same crystal gets another, usually much worse, one); "
-                    "give it cells as it was trained on, or use a periodic-graph model", name)
+        log.warning("%s uses minimum-image graphs: each atom sees every other atom of the "
+                    "primitive cell once, so a crystal whose primitive cell is larger than "
+                    "the cells it was trained on (e.g. a double perovskite) gets a graph it "
+                    "never saw; for such cells use a periodic-graph model "
+                    "(perovskite-heat-single)", name)
 
 
 @dataclass

@@ -435,14 +435,14 @@ def test_minimum_image_supercell_gives_its_cells_graph() -> None:
             (s.lattice.get_fractional_coords(p) - s.frac_coords + 0.5) % 1 - 0.5, axis=1)))
             for p in pos[perm]]
         assert got == [cell[o] for o in origin], scale
-    # within the tolerance (CIF rounding) still the cell's graph; beyond it a different crystal
+    # within the tolerance (rounding, noise) still the cell's graph; beyond it another crystal
     sc = s * (2, 1, 1)
     zs = np.array(sc.atomic_numbers)
     noisy = sc.cart_coords + rng.uniform(-1, 1, (len(sc), 3)) * graphs.TRANSLATION_TOLERANCE / 4
     near = _mic(sc.lattice.matrix, noisy, atomic_numbers=zs)
     assert np.bincount(near.center).max() == 4
     moved = sc.cart_coords.copy()
-    moved[0] += 0.05
+    moved[0, 0] += 1.6 * graphs.TRANSLATION_TOLERANCE
     far = _mic(sc.lattice.matrix, moved, atomic_numbers=zs)
     assert np.bincount(far.center).min() == 9  # each atom sees the 9 others of its 10-atom cell
     # another element on one of the two copies of a site (a double perovskite) is not a

@@ -120,7 +120,7 @@ def test_shipped_bundled_model_card() -> None:
         assert "test MAE" in card, name
 
 
-def test_a_minimum_image_model_warns_that_its_prediction_depends_on_the_cell(
+def test_a_minimum_image_model_warns_that_larger_primitive_cells_are_new_graphs(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from deepergat.checkpoint import save_checkpoint
     from deepergat.model import DeeperGATGNN
@@ -132,7 +132,7 @@ def test_a_minimum_image_model_warns_that_its_prediction_depends_on_the_cell(
         caplog.clear()
         with caplog.at_level("WARNING", logger="deepergat.predict"):
             predict_mod.load_predictor(path)
-        assert ("depends on the cell chosen" in caplog.text) is warned
+        assert ("primitive cell is larger" in caplog.text) is warned
 
 
 # --------------------------------------------------- predict's output and messages (issue 10)

@@ -1,11 +1,19 @@
-"""Two checkpoints on the same held-out structures: MAE, RMSE and the paired difference.
+"""Checkpoints on the same held-out structures: MAE, RMSE, the paired difference, and for an
+ensemble how well its spread describes its errors.
 
-    python benchmarks/compare_models.py --data perov.h5 --target heat_ref NEW.ckpt OLD.ckpt
+    python benchmarks/compare_models.py --data perov.h5 --target heat_ref NEW.ckpt OLD.ckpt ...
 
 The structures are the split a run with ``--val-fraction F --seed S`` (and no test split) holds
-out, which is the test split of a run with ``--val-fraction F --test-fraction F --seed S`` (the
-bundled model's). A model that kept its last epoch on a fixed schedule never looked at them;
-one that kept its best validation epoch did (its figure flatters it slightly).
+out, which is the test split of a run with ``--val-fraction F --test-fraction F --seed S``
+(``perovskite-heat-single``'s). A model that kept its last epoch on a fixed schedule never looked
+at them; one that kept its best validation epoch did (its figure flatters it slightly). With
+``--all`` every structure of ``--data`` is held out (a store no model trained on).
+
+Each model gets the graphs of its own settings (cutoff, neighbors, construction), read from its
+checkpoint. An ensemble (``ensemble.ckpt``) predicts the members' mean and its calibrated σ; its
+spread was calibrated on its validation split, so when those are the structures here the
+coverage is in-sample: the ``cross-fitted`` line calibrates on one random half and counts the
+other, 200 times, which is what unseen structures would see.
 """
 
 from __future__ import annotations
@@ -17,7 +25,27 @@ import numpy as np
 import torch
 
 from deepergat import train
+from deepergat.checkpoint import build_model, read_checkpoint
 from deepergat.config import TrainConfig
+from deepergat.data import load_graphs
+from deepergat.ensemble import member_predictions
+from deepergat.graphs import graph_settings
+from deepergat.model import DeeperGATGNNEnsemble
+from deepergat.uncertainty import calibration_scale, uncertainty_metrics
+
+
+def held_out(data: str, target: str, settings: dict, *, fraction: float, seed: int,
+             everything: bool) -> tuple[object, np.ndarray]:
+    """(graph set, rows) of the held-out structures, with these graph settings."""
+    if everything:
+        g = load_graphs(data, cutoff=settings["cutoff"],
+                        max_neighbors=settings["max_neighbors"], graph=settings["construction"])
+        rows = g.usable
+        return g, rows[np.isfinite(g.targets[target][rows])]
+    cfg = TrainConfig(data=data, target=target, out="unused", val_fraction=fraction, seed=seed,
+                      cutoff=settings["cutoff"], max_neighbors=settings["max_neighbors"],
+                      graph=settings["construction"])
+    return train.make_splits(cfg).val
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,27 +54,71 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", required=True)
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("models", nargs=2, help="NEW.ckpt OLD.ckpt")
+    p.add_argument("--all", action="store_true", help="hold out every structure of --data")
+    p.add_argument("models", nargs="+", help="checkpoints; the first is compared to the others")
     args = p.parse_args(argv)
-    cfg = TrainConfig(data=args.data, target=args.target, out="unused",
-                      val_fraction=args.fraction, seed=args.seed)
-    g, rows = train.make_splits(cfg).val
-    y = g.targets[args.target][rows]
-    errors = []
-    print(f"{len(rows)} held-out structures of {args.data}\n")
-    print("| model | MAE | RMSE |")
-    print("|---|---|---|")
+    errors: list[np.ndarray] = []
+    ids: list[str] | None = None
+    lines = ["| model | graph | MAE | RMSE | coverage 1σ / 2σ | Spearman(σ, abs err) |",
+             "|---|---|---|---|---|---|"]
+    notes: list[str] = []
     for path in args.models:
-        model = train._best_model(Path(path), torch.device("cpu"))
-        pred, _ = train.predict_rows(model, g, rows, batch_size=100)
-        err = pred[:, 0] - y
+        data = read_checkpoint(Path(path))
+        model = build_model(data).to(torch.device("cpu"))
+        settings = graph_settings(dict(data["model"]), where=path)
+        g, rows = held_out(args.data, args.target, settings, fraction=args.fraction,
+                           seed=args.seed, everything=args.all)
+        these = [g.ids[r] for r in rows]
+        if ids is None:
+            ids = these
+        elif these != ids:
+            raise SystemExit(f"{path}: its graphs hold out other structures than the first's")
+        y = g.targets[args.target][rows]
+        if isinstance(model, DeeperGATGNNEnsemble):
+            preds = member_predictions(model, g, rows)[:, :, 0]  # [K, n]
+            mean, raw = preds.mean(0), preds.std(0, ddof=1)
+            scale = float(model.std_scale[0])
+            m = uncertainty_metrics(y, mean, raw * scale)
+            cover = (f"{m['coverage_1sigma']:.3f} / {m['coverage_2sigma']:.3f}")
+            rho = f"{m['spearman_std_abs_error']:.3f}"
+            notes.append(cross_fitted(path, y, mean, raw))
+            member = np.abs(preds - y).mean(1)
+            notes.append(f"{path}: member MAEs {', '.join(f'{v:.4f}' for v in member)} "
+                         f"(mean {member.mean():.4f}); std scale {scale:.3f}")
+        else:
+            mean = train.predict_rows(model, g, rows, batch_size=100)[0][:, 0].astype(np.float64)
+            cover = rho = "-"
+        err = mean - y
         errors.append(np.abs(err))
-        print(f"| {path} | {np.abs(err).mean():.4f} | {np.sqrt((err**2).mean()):.4f} |")
-    d = errors[0] - errors[1]
-    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
-    print(f"\npaired MAE difference (first − second): {d.mean():+.4f} ± {half:.4f} (95 %); "
-          f"first better on {(d < 0).sum()} of {len(d)}")
+        lines.append(f"| {path} | {settings['construction']} | {np.abs(err).mean():.4f} | "
+                     f"{np.sqrt((err**2).mean()):.4f} | {cover} | {rho} |")
+    print(f"{len(errors[0])} held-out structures of {args.data}\n")
+    print("\n".join(lines))
+    for path, e in zip(args.models[1:], errors[1:], strict=True):
+        d = errors[0] - e
+        half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+        print(f"\npaired MAE difference ({args.models[0]} − {path}): {d.mean():+.4f} ± "
+              f"{half:.4f} (95 %); first better on {(d < 0).sum()} of {len(d)}")
+    for note in notes:
+        print(f"\n{note}")
     return 0
+
+
+def cross_fitted(path: str, y: np.ndarray, mean: np.ndarray, raw: np.ndarray, *,
+                 repeats: int = 200) -> str:
+    """Coverage on one half of the structures with the factor fitted on the other half."""
+    rng = np.random.default_rng(0)
+    c1, c2 = [], []
+    for _ in range(repeats):
+        order = rng.permutation(len(y))
+        fit, test = order[: len(y) // 2], order[len(y) // 2 :]
+        s = calibration_scale(y[fit, None], mean[fit, None], raw[fit, None])[0]
+        z = np.abs(y[test] - mean[test]) / np.maximum(raw[test] * s, 1e-12)
+        c1.append((z <= 1).mean())
+        c2.append((z <= 2).mean())
+    return (f"{path}: cross-fitted coverage (fit on half, count the other, {repeats} halvings): "
+            f"1σ {np.mean(c1):.3f}, 2σ {np.mean(c2):.3f} (5th–95th percentile "
+            f"{np.percentile(c2, 5):.3f}–{np.percentile(c2, 95):.3f})")
 
 
 if __name__ == "__main__":

@@ -274,7 +274,7 @@ _TRAIN_OPTIONS = (
     "layers",
     "epochs", "batch_size", "lr", "seed", "per_atom", "init_from", "early_stop", "max_time",
     "device", "cache_dir", "out", "resume", "cv", "graph", "distance_scale", "ensemble",
-    "members",
+    "members", "member",
 )
 
 
@@ -290,6 +290,7 @@ Examples:
   deepergat train --data perov.h5 --target heat_ref --test-fraction 0.1 --out runs/heat
   deepergat train --config run.yaml --epochs 300 --out runs/heat --resume
   deepergat train --data perov.h5 --target heat_ref --cv 5 --epochs 100 --out runs/cv
+  deepergat train --data perov.h5 --target heat_ref --ensemble 5 --member 2 --out runs/ens
 """
 )
 @click.option("--data", type=click.Path(dir_okay=False), help="Training store (.h5).")
@@ -332,6 +333,10 @@ Examples:
 @click.option("--members", type=click.Choice(MEMBER_KINDS), default=DEFAULTS.members,
               show_default=True,
               help="Ensemble members: the K folds of a cross-validation, or K seeds.")
+@click.option("--member", type=int, metavar="I",
+              help="With --ensemble K or --cv K: train only member I (0 … K-1), e.g. "
+                   "$SLURM_ARRAY_TASK_ID; then the same command without --member and with "
+                   "--resume assembles the K.")
 @click.option("--graph", type=click.Choice(GRAPH_CONSTRUCTIONS), default=DEFAULTS.graph,
               show_default=True, help="Graph construction (see the README).")
 @click.option("--distance-scale", default=DEFAULTS.distance_scale, show_default=True,
@@ -389,8 +394,17 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
                    f"{summary['mae_std']:.5g}{u} (out-of-fold over {summary['n']}: "
                    f"{summary['oof_mae']:.5g}); {cfg.out}/oof.csv, {cfg.out}/cv_metrics.json")
 
+    def show_member(summary: dict[str, Any]) -> None:
+        if rank0:
+            click.echo(f"member {summary['member']} of {summary['of']}: {summary['epochs']} "
+                       f"epochs in {summary['out']}; when all {summary['of']} are trained, the "
+                       "same command without --member and with --resume assembles them")
+
     if cfg.ensemble:
         summary = train_ensemble(cfg, progress=lambda i, r: show(r, i) if rank0 else None)
+        if "member" in summary:
+            show_member(summary)
+            return
         if "cv" in summary:
             show_cv(summary["cv"])
         for part in ("validation", "test"):
@@ -405,7 +419,8 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
         click.echo(f"{summary['members']}-member ensemble: {summary['checkpoint']}")
         return
     if cfg.cv:
-        show_cv(cross_validate(cfg, progress=lambda i, r: show(r, i) if rank0 else None))
+        summary = cross_validate(cfg, progress=lambda i, r: show(r, i) if rank0 else None)
+        (show_member if "member" in summary else show_cv)(summary)
         return
     result = run_train(cfg, progress=show if rank0 else None)
     if not rank0:

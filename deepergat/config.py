@@ -50,6 +50,8 @@ class TrainConfig:
         ensemble: train this many members into ``ensemble.ckpt`` (`train_ensemble`).
         members: how ensemble members differ: ``"folds"`` (the K folds of a cross-validation)
             or ``"seeds"`` (one split, K seeds).
+        member: with ``cv`` or ``ensemble``, train only this member (0-based; one task of a
+            SLURM array or one core each); the run without it assembles them.
         model: further model constructor arguments (dim, heads, gaussians, dgn, skip, …).
         cutoff, max_neighbors, graph: graph settings (Å, count, ``periodic`` or
             ``minimum-image``).
@@ -92,6 +94,7 @@ class TrainConfig:
     cv: int | None = None
     ensemble: int | None = None
     members: str = "folds"
+    member: int | None = None
     model: dict[str, Any] = field(default_factory=dict)
     cutoff: float = DEFAULT_CUTOFF
     max_neighbors: int = DEFAULT_MAX_NEIGHBORS
@@ -149,6 +152,15 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise DeepergatError(f"{name}: {getattr(self, name)!r} is not one of "
                                      f"{', '.join(allowed)}")
+        if self.member is not None:
+            k = self.ensemble or self.cv
+            if not k:
+                raise DeepergatError("--member trains one member of --ensemble K or one fold "
+                                     "of --cv K: give one of them")
+            if isinstance(self.member, bool) or not isinstance(self.member, int) or not (
+                    0 <= self.member < k):
+                raise DeepergatError(f"--member {self.member!r}: give 0 to {k - 1} "
+                                     f"(members of {k})")
         scale = self.distance_scale
         if isinstance(scale, str) and scale not in ("cutoff", "data"):
             try:

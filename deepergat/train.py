@@ -916,7 +916,7 @@ def plan_folds(cfg: TrainConfig, k: int, *,
 def _member_config(cfg: TrainConfig, out: Path, seed: int, scale: float | None) -> TrainConfig:
     return dataclasses.replace(
         cfg, out=str(out), seed=seed, distance_scale="cutoff" if scale is None else scale,
-        test_data=None, test_fraction=None, cv=None, ensemble=None,
+        test_data=None, test_fraction=None, cv=None, ensemble=None, member=None,
     )
 
 
@@ -946,7 +946,8 @@ def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], N
     ``out/cv_metrics.json``: per-fold MAE (``fold_mae``), their mean and sample std
     (``mae_mean``, ``mae_std``), the pooled out-of-fold MAE, RMSE and R², and, with a test
     split, each member's test MAE. With ``cfg.resume`` a finished fold is read back and an
-    interrupted one continues from its ``last.ckpt``.
+    interrupted one continues from its ``last.ckpt``. With ``cfg.member`` only that fold trains
+    and nothing is written but its folder.
 
     Returns:
         The ``cv_metrics.json`` document.
@@ -958,6 +959,14 @@ def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], N
     g_val, val_rows = full.val
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.member is not None:  # one fold only; the run without --member reads it back
+        i = cfg.member
+        train_rows = np.concatenate([f for j, f in enumerate(folds) if j != i])
+        fold_cfg = _member_config(cfg, out / f"fold-{i}", cfg.seed + i, scale)
+        cb = (lambda r: progress(i, r)) if progress is not None else None
+        res = _train_member(fold_cfg, RunSplits(train=(g, train_rows), val=(g_val, val_rows),
+                                                test=None), cb)
+        return {"member": i, "of": k, "out": fold_cfg.out, "epochs": res.epochs_done}
     y = g.targets[cfg.target]
     predicted = np.full(len(g), np.nan)
     results: list[TrainResult] = []
@@ -1013,7 +1022,9 @@ def train_ensemble(cfg: TrainConfig, *,
     split with seeds ``seed … seed + K − 1`` in ``out/member-k``. Either way the spread is
     calibrated on the validation split, which no member trained on (`deepergat.ensemble`), and
     ``ensemble_metrics.json`` reports the ensemble on the validation split (where it was
-    calibrated) and on the test split, if any (where it was not).
+    calibrated) and on the test split, if any (where it was not). With ``cfg.member`` only that
+    member trains (one task of a SLURM array, one core each) and nothing is assembled: the
+    same run without it and with ``resume`` reads the finished members back and assembles.
 
     Returns:
         The ``ensemble_metrics.json`` document.
@@ -1039,6 +1050,8 @@ def train_ensemble(cfg: TrainConfig, *,
                                  "which no member trains on: give --val-fraction > 0")
         summary["cv"] = cross_validate(dataclasses.replace(cfg, cv=k, ensemble=None),
                                        progress=progress, plan=plan)
+        if cfg.member is not None:
+            return summary["cv"]
         splits = plan.splits
         dirs = [out / f"fold-{i}" for i in range(k)]
     else:
@@ -1050,9 +1063,13 @@ def train_ensemble(cfg: TrainConfig, *,
         scale = resolve_distance_scale(cfg, g, train_rows)
         dirs = [out / f"member-{i}" for i in range(k)]
         member_splits = RunSplits(train=splits.train, val=splits.val, test=None)
-        for i in range(k):
+        for i in range(k) if cfg.member is None else [cfg.member]:
             cb = (lambda r, i=i: progress(i, r)) if progress is not None else None
-            _train_member(_member_config(cfg, dirs[i], cfg.seed + i, scale), member_splits, cb)
+            res = _train_member(_member_config(cfg, dirs[i], cfg.seed + i, scale),
+                                member_splits, cb)
+        if cfg.member is not None:
+            return {"member": cfg.member, "of": k, "out": str(dirs[cfg.member]),
+                    "epochs": res.epochs_done}
     paths = [d / "best.ckpt" for d in dirs]
     datas = [read_checkpoint(p) for p in paths]
     ensemble, elements = assemble(datas, names=[str(p) for p in paths],

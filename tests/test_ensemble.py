@@ -241,3 +241,26 @@ def test_ensemble_of_seeds_and_its_errors(tiny_store: Path, tmp_path: Path) -> N
                             lr_monitor="train", keep="last"))
     with pytest.raises(DeepergatError, match="at least 2 members"):
         train_ensemble(_cfg(tiny_store, tmp_path / "z", ensemble=1))
+
+
+@pytest.mark.parametrize("kind", ["seeds", "folds"])
+def test_members_trained_one_at_a_time_assemble_into_the_same_ensemble(
+        tiny_store: Path, tmp_path: Path, kind: str) -> None:
+    """--member I trains one member (a SLURM array task, one core each); the run without it and
+    with --resume reads them back: the ensemble equals one trained in one go."""
+    whole = tmp_path / "whole"
+    train_ensemble(_cfg(tiny_store, whole, ensemble=2, members=kind, epochs=1))
+    parts = tmp_path / "parts"
+    for i in (1, 0):
+        summary = train_ensemble(_cfg(tiny_store, parts, ensemble=2, members=kind, epochs=1,
+                                      member=i))
+        assert summary["member"] == i and summary["of"] == 2
+        assert not (parts / "ensemble.ckpt").exists() and not (parts / "oof.csv").exists()
+    train_ensemble(_cfg(tiny_store, parts, ensemble=2, members=kind, epochs=1, resume=True))
+    a, b = load_checkpoint(whole / "ensemble.ckpt"), load_checkpoint(parts / "ensemble.ckpt")
+    for name, value in a.model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[name], value), name
+    with pytest.raises(DeepergatError, match="--member 2: give 0 to 1"):
+        _cfg(tiny_store, parts, ensemble=2, member=2).validate()
+    with pytest.raises(DeepergatError, match="--member trains one member"):
+        _cfg(tiny_store, parts, member=0).validate()

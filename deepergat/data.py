@@ -31,7 +31,7 @@ from .contract import (
     GraphConstruction,
     Status,
 )
-from .graphs import build_inputs, check_graph
+from .graphs import MAX_TRANSLATION_ATOMS, TRANSLATION_TOLERANCE, build_inputs, check_graph
 from .store import Store
 
 __all__ = [
@@ -160,7 +160,7 @@ def cache_key(digest: str, cutoff: float, max_neighbors: int,
     if graph != DEFAULT_GRAPH:  # periodic caches written before the setting keep their key
         text += f"|graph={check_graph(graph)}"
     if graph == "minimum-image":  # atoms related by a pure translation count once
-        text += "|translations=merged"
+        text += (f"|translations={TRANSLATION_TOLERANCE!r}/{MAX_TRANSLATION_ATOMS}/group")
     return hashlib.sha256(f"{text}|v{CACHE_VERSION}".encode()).hexdigest()
 
 

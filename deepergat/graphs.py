@@ -9,9 +9,9 @@ Two constructions (the graph setting ``graph``, stored with every model like the
   at its minimum-image distance (no atom's own images), then the same nearest-``max_neighbors``
   rule. Atoms related by a pure translation of the crystal (a supercell's copies, found within
   `TRANSLATION_TOLERANCE`) count as one atom, so a supercell gives its primitive cell's graph,
-  copied; on a primitive cell this is exactly the reference's graph. It still depends on the
-  primitive cell's size: a double perovskite is not a perovskite's supercell, and its atoms
-  see every atom of its 10-atom cell.
+  copied; on a cell without such a translation this is exactly the reference's graph. It
+  still depends on the primitive cell's size: a double perovskite is not a perovskite's
+  supercell, and its atoms see every atom of its 10-atom cell.
 
 Two entry points share one vectorized search:
 
@@ -79,6 +79,10 @@ ORDER_SCALE = 1e9
 #: default for primitive cells; a supercell whose atoms moved a few hundredths of an Å
 #: (benchmarks/supercell_check.py --jitter 0.03) still predicts as its cell.
 TRANSLATION_TOLERANCE = 0.25
+#: Structures with more atoms are not tested for translations (their minimum-image graph is
+#: the plain one): the test costs O(n²) per translation, and minimum-image models are for small
+#: primitive cells.
+MAX_TRANSLATION_ATOMS = 256
 #: Candidates (atom pairs × lattice images) evaluated at once; bounds the search's memory.
 _CANDIDATE_BUDGET = 1 << 20
 #: Lattices whose normalized volume |det| / (|a| |b| |c|) falls below this are singular.
@@ -311,12 +315,15 @@ def _search_select(
     cutoff: float,
     max_neighbors: int,
     graph: GraphConstruction = DEFAULT_GRAPH,
+    merge_translations: bool = True,
 ) -> tuple[NeighborList, np.ndarray]:
     """Selected, sorted edges of the given rows and their shortest pair distance: the compiled
-    kernel when available, else the vectorized numpy search (the reference)."""
+    kernel when available, else the vectorized numpy search (the reference).
+    ``merge_translations=False`` builds minimum-image graphs without the translation rule."""
     rows = np.asarray(rows, dtype=np.int64)
     if check_graph(graph) == "minimum-image":
-        return _search_min_image(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
+        return _search_min_image(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors,
+                                 merge_translations=merge_translations)
     if _use_numba() and len(rows):
         from . import _kernels
 
@@ -343,12 +350,15 @@ def _search_select(
 
 
 def _search_min_image(
-    batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int
+    batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int,
+    merge_translations: bool = True,
 ) -> tuple[NeighborList, np.ndarray]:
     """`_search_select` for ``graph="minimum-image"``: primitive cells through the compiled
     kernel (or the numpy search), cells with pure translations through the numpy search with
     their atoms grouped by `translation_classes`."""
-    classes = translation_classes(batch, rows)
+    if not len(rows):
+        return _empty_edges(), np.zeros(0)
+    classes = translation_classes(batch, rows) if merge_translations else {}
     reduced = np.array([r in classes for r in rows.tolist()], dtype=bool)
     parts: list[NeighborList] = []
     min_dist = np.full(len(rows), np.inf)
@@ -432,9 +442,12 @@ def translation_classes(
 
 
 def _orbits(batch: StructureBatch, row: int, tolerance: float) -> np.ndarray | None:
-    """[n] orbit label per atom of one structure under its pure translations, or None when
-    it has none but the identity."""
+    """[n] orbit label per atom of one structure under its pure translations (the lowest atom
+    index of each orbit), or None when it has none but the identity, is larger than
+    `MAX_TRANSLATION_ATOMS`, or its translations within the tolerance do not form a group."""
     o, n = int(batch.offset[row]), int(batch.n_atoms[row])
+    if n > MAX_TRANSLATION_ATOMS:
+        return None
     pos = batch.positions[o : o + n]
     z = batch.atomic_numbers[o : o + n]
     pbc = batch.pbc[row]
@@ -443,37 +456,46 @@ def _orbits(batch: StructureBatch, row: int, tolerance: float) -> np.ndarray | N
     species, counts = np.unique(z, return_counts=True)
     rare = np.flatnonzero(z == species[np.argmin(counts)])
     same = z[:, None] == z[None, :]
-    label = np.arange(n, dtype=np.int64)
-    found = False
-    def nearest(atoms: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, bool]:
-        """For each of ``atoms`` moved by t, the atom of its element it lands on (and whether
-        all land within the tolerance)."""
-        diff = frac[None, :, :] - (frac[atoms, None, :] + t)  # [a, k]: atom k − (atom a + t)
-        diff = np.where(pbc, diff - np.round(diff), diff)
-        dist = np.where(same[atoms], np.linalg.norm(diff @ lat, axis=2), np.inf)
-        image = np.argmin(dist, axis=1)
-        return image, bool((dist[np.arange(len(atoms)), image] <= tolerance).all())
 
-    # most candidates fail on the first atoms: probe them all at once on 8 atoms, O(8 n) each
+    def landing(atoms: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[C, a] atom of its element each of ``atoms`` lands on when moved by each shift,
+        and [C, a] how far from it, Å."""
+        diff = frac[None, None, :, :] - (frac[None, atoms, None, :] + shifts[:, None, None, :])
+        diff = np.where(pbc, diff - np.round(diff), diff)
+        dist = np.where(same[atoms], np.linalg.norm(diff @ lat, axis=-1), np.inf)  # [C, a, n]
+        image = np.argmin(dist, axis=-1)
+        return image, np.take_along_axis(dist, image[..., None], axis=-1)[..., 0]
+
+    # most candidates fail on the first atoms: probe them on 8 atoms first (chunks bound the
+    # memory), then the survivors on every atom
     shifts = frac[rare[1:]] - frac[rare[0]]  # [C, 3]
     probe = np.arange(min(n, 8))
-    diff = frac[None, None, :, :] - (frac[None, probe, None, :] + shifts[:, None, None, :])
-    diff = np.where(pbc, diff - np.round(diff), diff)
-    dist = np.where(same[probe], np.linalg.norm(diff @ lat, axis=-1), np.inf)  # [C, 8, n]
-    passed = (dist.min(-1) <= tolerance).all(-1)
+    passed = np.concatenate([(landing(probe, shifts[a : a + 64])[1] <= tolerance).all(-1)
+                             for a in range(0, len(shifts), 64)] or [np.zeros(0, bool)])
+    images = []
     for t in shifts[passed]:
-        image, ok = nearest(np.arange(n), t)
-        if not ok:
-            continue
-        found = True
-        label = np.minimum(label, label[image])
-    if not found:
+        image, dist = landing(np.arange(n), t[None])
+        if (dist <= tolerance).all() and len(np.unique(image[0])) == n:  # a permutation
+            images.append(image[0])
+    if not images:
         return None
-    while True:  # close the labels over chains of translations
-        new = label[label]
+    # orbits: connected components of the atoms under the translations found
+    label = np.arange(n, dtype=np.int64)
+    while True:
+        new = label.copy()
+        for image in images:
+            np.minimum.at(new, image, label)
+            np.minimum(new, label[image], out=new)
         if (new == label).all():
-            return label
+            break
         label = new
+    # a group of m translations (the identity included) puts m atoms in every orbit; anything
+    # else (a translation that holds within the tolerance while its double does not) is not
+    # one crystal repeated: keep the structure as it is
+    sizes = np.bincount(label)[np.unique(label)]
+    if not (sizes == len(images) + 1).all():
+        return None
+    return label
 
 
 _NUMBA: bool | None = None
@@ -747,7 +769,9 @@ def neighbor_list(
         cutoff: neighbor search radius, Å.
         max_neighbors: neighbors kept per atom, plus ties with the last one kept.
         graph: ``"periodic"`` or ``"minimum-image"`` (module docstring).
-        atomic_numbers: [n] Z, used to order tied neighbors (defaults to zeros).
+        atomic_numbers: [n] Z, used to order tied neighbors and, for minimum-image graphs,
+            to find translated copies of atoms (without them the elements are unknown and no
+            copies are merged).
         overlap_threshold: two atoms (or an atom and an image) closer than this, Å, raise
             `GeometryError` status 6; None disables the check.
 
@@ -780,7 +804,8 @@ def neighbor_list(
         code = Status(int(status[0]))
         raise GeometryError(code, code.meaning)
     edges, min_dist = _search_select(
-        batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors, graph=graph
+        batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors, graph=graph,
+        merge_translations=atomic_numbers is not None,
     )
     if overlap_threshold is not None and min_dist[0] < overlap_threshold:
         raise GeometryError(Status.OVERLAP,

@@ -614,8 +614,10 @@ def _train(cfg: TrainConfig, *, splits: RunSplits | None,
     run = _open_run(cfg, splits=splits, graph_progress=graph_progress, info=info, device=device)
     t_start = time.monotonic()
     stopped: str | None = None
+    if cfg.early_stop is not None and run.state.since_best >= cfg.early_stop:
+        stopped = "early_stop"  # resumed after its early stop: it stays stopped
     with _Stopper() as stopper:
-        while run.state.epoch < cfg.epochs:
+        while run.state.epoch < cfg.epochs and stopped is None:
             t0 = time.monotonic()
             stopped = _train_epoch(run, stopper, t_start)
             if stopped:

@@ -1,10 +1,11 @@
 """MODEL arguments, one rule for every command: a file is itself; a run folder is its
 ``ensemble.ckpt`` (when it trained one) or its ``best.ckpt``; anything else is a bundled model.
 
-Bundled models live in ``deepergat/models/<name>/`` and ship their checkpoint (``ensemble.ckpt``
-for an ensemble, else ``best.ckpt``, the run folder's rule), ``card.md`` and ``model.onnx``. A bundled name means its ``model.onnx`` for prediction —
-`deepergat predict`, `evaluate`, `deepergat-screen` and `deepergat.export.load` alike (no torch
-needed) — and its checkpoint for `deepergat export`.
+Bundled models live in ``deepergat/models/<name>/`` and ship their checkpoint
+(``ensemble.ckpt`` for an ensemble, else ``best.ckpt``: the run folder's rule), ``card.md``
+and ``model.onnx``. A bundled name means its ``model.onnx`` for prediction — `deepergat
+predict`, `evaluate`, `deepergat-screen` and `deepergat.export.load` alike (no torch needed)
+— and its checkpoint for `deepergat export`.
 """
 
 from __future__ import annotations

@@ -465,3 +465,34 @@ def test_the_graph_construction_is_checked_everywhere() -> None:
         "cutoff": 8.0, "max_neighbors": 12, "construction": "periodic"}  # older files
     assert graphs.graph_settings({"cutoff": 6, "max_neighbors": 8, "graph": "minimum-image"})[
         "construction"] == "minimum-image"
+
+
+def test_translation_rule_edge_cases() -> None:
+    """A batch with no usable structure, a near-translation whose double fails (not a group:
+    no merge, whatever the atom order), atoms of unknown element, and large cells."""
+    bad = StructureBatch.from_structures([{"id": "z0", "lattice": np.eye(3) * 4,
+                                           "atomic_numbers": [0], "positions": np.zeros((1, 3))}])
+    g = build_inputs(bad, graph="minimum-image")
+    assert g.status.tolist() == [3] and len(g.rows) == 0
+    lat = np.diag([9.0, 3.0, 3.0])
+    x = np.array([0.0, 3.0, 6.15])
+    degrees = set()
+    for perm in itertools.permutations(range(3)):
+        pos = np.c_[x[list(perm)], np.zeros(3), np.zeros(3)]
+        nl = _mic(lat, pos, atomic_numbers=[14, 14, 14])
+        degrees.add(tuple(np.bincount(nl.center, minlength=3).tolist()))
+    assert degrees == {(2, 2, 2)}
+    # rock salt's conventional cell: 4 copies of a 2-atom cell with Z, none merged without Z
+    a = 5.64
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) * a
+    pos = np.r_[base, base + np.array([a / 2, 0, 0])]
+    z = [11] * 4 + [17] * 4
+    assert np.bincount(_mic(np.eye(3) * a, pos, atomic_numbers=z).center).max() == 1
+    assert np.bincount(_mic(np.eye(3) * a, pos).center).min() == 7
+    # above MAX_TRANSLATION_ATOMS a supercell keeps its plain minimum-image graph
+    one = StructureBatch.from_structures([{"id": "big", "lattice": np.eye(3) * 2.0 * 7,
+                                           "atomic_numbers": [6] * 7**3,
+                                           "positions": np.indices((7, 7, 7)).reshape(3, -1).T
+                                           * 2.0}])
+    assert len(one.atomic_numbers) > graphs.MAX_TRANSLATION_ATOMS
+    assert graphs.translation_classes(one, np.arange(1)) == {}

@@ -118,6 +118,10 @@ def test_shipped_bundled_model_card() -> None:
     for name in bundled_models():
         card = (bundled_dir() / name / "card.md").read_text()
         assert "test MAE" in card, name
+    listed = json.loads(CliRunner().invoke(main, ["models", "--json"]).output)
+    assert set(listed) == set(bundled_models())
+    for entry in listed.values():  # the checkpoint it names is the one it ships
+        assert Path(entry["path"]).is_file() and Path(entry["onnx"]).is_file()
 
 
 def test_a_minimum_image_model_warns_that_larger_primitive_cells_are_new_graphs(

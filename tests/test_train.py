@@ -193,6 +193,10 @@ def test_max_time_and_early_stop(tiny_store: Path, tmp_path: Path) -> None:
     result = train(_cfg(tiny_store, tmp_path / "e", epochs=30, early_stop=1, lr=0.5))
     assert result.stopped == "early_stop" and result.epochs_done < 30
     assert result.test_mae is not None
+    # resumed (an ensemble assembling members trained with --member), it stays stopped
+    again = train(_cfg(tiny_store, tmp_path / "e", epochs=30, early_stop=1, lr=0.5,
+                       resume=True))
+    assert again.stopped == "early_stop" and again.epochs_done == result.epochs_done
 
 
 def test_fixed_seed_gives_identical_runs(tiny_store: Path, tmp_path: Path) -> None:

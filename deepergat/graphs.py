@@ -446,7 +446,7 @@ def _orbits(batch: StructureBatch, row: int, tolerance: float) -> np.ndarray | N
     index of each orbit), or None when it has none but the identity, is larger than
     `MAX_TRANSLATION_ATOMS`, or its translations within the tolerance do not form a group."""
     o, n = int(batch.offset[row]), int(batch.n_atoms[row])
-    if n > MAX_TRANSLATION_ATOMS:
+    if n > MAX_TRANSLATION_ATOMS or not batch.pbc[row].any():  # a molecule has no translation
         return None
     pos = batch.positions[o : o + n]
     z = batch.atomic_numbers[o : o + n]

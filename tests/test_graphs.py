@@ -496,3 +496,9 @@ def test_translation_rule_edge_cases() -> None:
                                            * 2.0}])
     assert len(one.atomic_numbers) > graphs.MAX_TRANSLATION_ATOMS
     assert graphs.translation_classes(one, np.arange(1)) == {}
+    # a molecule has no translation, however repetitive (two copies of a dimer in a row)
+    mol = StructureBatch.from_structures([{"id": "m", "lattice": np.zeros((3, 3)),
+                                           "pbc": [False] * 3, "atomic_numbers": [8, 8, 8, 8],
+                                           "positions": [[0, 0, 0], [1.2, 0, 0], [3, 0, 0],
+                                                         [4.2, 0, 0]]}])
+    assert graphs.translation_classes(mol, np.arange(1)) == {}

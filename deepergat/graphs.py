@@ -359,39 +359,35 @@ def _search_min_image(
     if not len(rows):
         return _empty_edges(), np.zeros(0)
     classes = translation_classes(batch, rows) if merge_translations else {}
-    reduced = np.array([r in classes for r in rows.tolist()], dtype=bool)
+    # the compiled kernel takes the cells without translations; the numpy search the rest
+    numpy_rows = np.isin(rows, list(classes)) if _use_numba() else np.ones(len(rows), bool)
     parts: list[NeighborList] = []
     min_dist = np.full(len(rows), np.inf)
-    plain = rows[~reduced]
+    plain = rows[~numpy_rows]
     if len(plain):
-        if _use_numba():
-            from . import _kernels
+        from . import _kernels
 
-            g = _gather(batch, plain)
-            c, nb, d, img, md = _kernels.mic_select(
-                g.local_start, g.n_s, np.ascontiguousarray(g.lattice),
-                np.ascontiguousarray(g.pbc), np.ascontiguousarray(g.recip_len),
-                np.ascontiguousarray(g.pos_w), np.ascontiguousarray(g.frac_w),
-                batch.atomic_numbers[g.atom_index].astype(np.int64), float(cutoff),
-                int(max_neighbors), TIE_TOLERANCE,
-            )
-            parts.append(NeighborList(g.atom_index[c], g.atom_index[nb], d,
-                                      img - g.shift[nb] + g.shift[c]))
-        else:
-            edges, md = _search(batch, plain, radius=_min_image_radius(batch, plain, cutoff))
-            edges = _minimum_images(edges, cutoff)
-            parts.append(_select(edges, batch.atomic_numbers, max_neighbors=max_neighbors))
-        min_dist[~reduced] = md
-    if reduced.any():
-        sub = rows[reduced]
-        label = np.arange(len(batch.atomic_numbers), dtype=np.int64)
-        for r in sub.tolist():
+        g = _gather(batch, plain)
+        c, nb, d, img, md = _kernels.mic_select(
+            g.local_start, g.n_s, np.ascontiguousarray(g.lattice),
+            np.ascontiguousarray(g.pbc), np.ascontiguousarray(g.recip_len),
+            np.ascontiguousarray(g.pos_w), np.ascontiguousarray(g.frac_w),
+            batch.atomic_numbers[g.atom_index].astype(np.int64), float(cutoff),
+            int(max_neighbors), TIE_TOLERANCE,
+        )
+        parts.append(NeighborList(g.atom_index[c], g.atom_index[nb], d,
+                                  img - g.shift[nb] + g.shift[c]))
+        min_dist[~numpy_rows] = md
+    if numpy_rows.any():
+        sub = rows[numpy_rows]
+        label = np.arange(len(batch.atomic_numbers), dtype=np.int64)  # each atom its own
+        for r, local in classes.items():
             o = int(batch.offset[r])
-            label[o : o + int(batch.n_atoms[r])] = o + classes[r]
+            label[o : o + len(local)] = o + local
         edges, md = _search(batch, sub, radius=_min_image_radius(batch, sub, cutoff))
         edges = _minimum_images(edges, cutoff, label=label)
         parts.append(_select(edges, batch.atomic_numbers, max_neighbors=max_neighbors))
-        min_dist[reduced] = md
+        min_dist[numpy_rows] = md
     if len(parts) == 1:
         return parts[0], min_dist
     edges = NeighborList(*(np.concatenate(a) for a in zip(*parts, strict=True)))

@@ -961,24 +961,24 @@ def cross_validate(cfg: TrainConfig, *, progress: Callable[[int, EpochRecord], N
     g_val, val_rows = full.val
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.member is not None:  # one fold only; the run without --member reads it back
-        i = cfg.member
+
+    def train_fold(i: int) -> tuple[TrainConfig, TrainResult]:
         train_rows = np.concatenate([f for j, f in enumerate(folds) if j != i])
         fold_cfg = _member_config(cfg, out / f"fold-{i}", cfg.seed + i, scale)
+        splits = RunSplits(train=(g, train_rows), val=(g_val, val_rows), test=None)
         cb = (lambda r: progress(i, r)) if progress is not None else None
-        res = _train_member(fold_cfg, RunSplits(train=(g, train_rows), val=(g_val, val_rows),
-                                                test=None), cb)
-        return {"member": i, "of": k, "out": fold_cfg.out, "epochs": res.epochs_done}
+        return fold_cfg, _train_member(fold_cfg, splits, cb)
+
+    if cfg.member is not None:  # one fold only; the run without --member reads it back
+        fold_cfg, res = train_fold(cfg.member)
+        return {"member": cfg.member, "of": k, "out": fold_cfg.out, "epochs": res.epochs_done}
     y = g.targets[cfg.target]
     predicted = np.full(len(g), np.nan)
     results: list[TrainResult] = []
     test_mae: list[float] = []
     for i in range(k):
-        train_rows = np.concatenate([f for j, f in enumerate(folds) if j != i])
-        fold_cfg = _member_config(cfg, out / f"fold-{i}", cfg.seed + i, scale)
-        splits = RunSplits(train=(g, train_rows), val=(g_val, val_rows), test=None)
-        cb = (lambda r, i=i: progress(i, r)) if progress is not None else None
-        results.append(_train_member(fold_cfg, splits, cb))
+        fold_cfg, res = train_fold(i)
+        results.append(res)
         member = _best_model(Path(fold_cfg.out) / "best.ckpt", torch.device("cpu"))
         pred, _ = predict_rows(member, g, folds[i], batch_size=cfg.batch_size)
         predicted[folds[i]] = pred[:, 0]

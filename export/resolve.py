@@ -34,7 +34,8 @@ def bundled_dir() -> Path:
 
 
 def bundled_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint a bundled model's folder ships (`RUN_FOLDER_MODELS` order), or None."""
+    """The checkpoint a run folder or a bundled model's folder holds (`RUN_FOLDER_MODELS`
+    order), or None."""
     for name in RUN_FOLDER_MODELS:
         if (folder / name).is_file():
             return folder / name
@@ -69,9 +70,9 @@ def resolve_model(
     p = Path(path_or_name)
     if p.exists():
         if p.is_dir():
-            for name in RUN_FOLDER_MODELS:
-                if (p / name).is_file():
-                    return p / name
+            found = bundled_checkpoint(p)
+            if found is not None:
+                return found
             raise DeepergatError(f"{p}: is a folder without {' or '.join(RUN_FOLDER_MODELS)}; "
                                  "give a model file, a run folder or a bundled model name")
         return p

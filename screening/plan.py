@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,10 @@ class Plan:
             raise IndexError(f"chunk {k} outside 0..{self.n_chunks - 1}")
         a = k * self.chunk_size
         return a, min(a + self.chunk_size, self.n_structures)
+
+    def rows(self, chunks: Iterable[int]) -> int:
+        """Structures in the given chunks (each counted once per mention)."""
+        return sum(b - a for a, b in map(self.bounds, chunks))
 
 
 def make_plan(n_atoms: np.ndarray, chunk_size: int) -> Plan:

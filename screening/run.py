@@ -694,7 +694,7 @@ def _root_setup(opts: ScreenOptions, inp: _Input, output: Path, parts: PartsDir,
         parts.clear_temporaries()
     done = parts.committed()
     setup.todo = [k for k in owned if k not in done]
-    setup.skipped = int(sum(plan.bounds(k)[1] - plan.bounds(k)[0] for k in owned if k in done))
+    setup.skipped = plan.rows(k for k in owned if k in done)
     setup.plan = plan
     return setup
 
@@ -720,7 +720,7 @@ def _compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, parts: PartsDir, p
                  f" in shard {shard[0]}/{shard[1]}" if shard else "", setup.skipped)
     source = ranks.chunk_source(setup.todo)
     progress = ranks.progress()
-    total = int(sum(plan.bounds(k)[1] - plan.bounds(k)[0] for k in setup.todo))
+    total = plan.rows(setup.todo)
     pipeline = Pipeline(
         opts.input, plan, model.predictor, model.settings, n_targets=len(model.targets),
         embedding_dim=model.embedding_dim if opts.embeddings else None, spread=model.spread,
@@ -826,7 +826,7 @@ def _uncommitted(parts: PartsDir, plan: Plan) -> int:
         missing = parts.missing(range(plan.n_chunks))
     except (OSError, DeepergatError):
         return plan.n_structures
-    return int(sum(plan.bounds(k)[1] - plan.bounds(k)[0] for k in missing))
+    return plan.rows(missing)
 
 
 def _failed(e: BaseException, rank: int, path: Path, needed: Callable[[], float], kept: str

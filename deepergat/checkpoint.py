@@ -22,12 +22,12 @@ import torch
 
 from . import __version__
 from .architectures import architecture_name
-from .contract import CHECKPOINT_KIND
+from .contract import CHECKPOINT_KIND, translation_rule
 from .errors import DeepergatError
 from .files import file_sha256
 from .graphmodel import GraphModel
 from .graphs import graph_settings
-from .metadata import ModelMetadata
+from .metadata import GraphSettings, ModelMetadata
 from .model import DeeperGATGNNEnsemble, build_from_config
 
 __all__ = [
@@ -126,12 +126,13 @@ def make_checkpoint(
     if len(targets) != config["targets"] or len(units) != config["targets"]:
         raise ValueError("targets and units must have one entry per model output")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    graph = graph_settings(config)
     return {
         "kind": _KIND,
         "format": checkpoint_format(config),
         "created_by": f"deepergat {__version__}",
         "model": config,
-        "graph": graph_settings(config),
+        "graph": {**graph, **translation_rule(graph["construction"])},
         "targets": [str(t) for t in targets],
         "units": [str(u) for u in units],
         "target_mean": [float(v) for v in model.target_mean.tolist()],
@@ -170,7 +171,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint dict, validated.
 
     Raises:
-        DeepergatError: missing file, not a checkpoint, truncated, or an unknown format.
+        DeepergatError: missing file, not a checkpoint, truncated, an unknown format, or graph
+            settings this version would build differently (`GraphSettings.from_dict`).
     """
     path = Path(path)
     if not path.is_file():
@@ -197,6 +199,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in ("model", "graph", "targets", "units", "state_dict") if k not in data]
     if missing:
         raise DeepergatError(f"{path}: damaged checkpoint: missing {', '.join(missing)}")
+    GraphSettings.from_dict(data["graph"], where=str(path))  # e.g. another translation rule
     return data
 
 

@@ -36,17 +36,20 @@ __all__ = [
     "INPUT_DTYPES",
     "INPUT_NAMES",
     "INPUT_NDIM",
+    "MAX_TRANSLATION_ATOMS",
     "MAX_Z",
     "MODEL_FORMATS",
     "OUTPUT_NAMES",
     "RANK_BY",
     "RANK_ORDERS",
     "STATUS_CODES",
+    "TRANSLATION_TOLERANCE",
     "GraphConstruction",
     "ModelFormat",
     "RankBy",
     "RankOrder",
     "Status",
+    "translation_rule",
 ]
 
 #: The model's element table is Z = 1..MAX_Z; other elements are screened out (status 3).
@@ -62,6 +65,26 @@ DEFAULT_MAX_NEIGHBORS = 12
 GraphConstruction = Literal["periodic", "minimum-image"]
 GRAPH_CONSTRUCTIONS: tuple[str, ...] = get_args(GraphConstruction)
 DEFAULT_GRAPH: GraphConstruction = "periodic"
+#: Two atoms of the same element farther apart than this (Å) after a candidate translation
+#: break it: the translation is not a symmetry of the crystal (minimum-image graphs count
+#: atoms related by a pure translation once). pymatgen's default for primitive cells; a
+#: supercell whose atoms moved a few hundredths of an Å (benchmarks/supercell_check.py
+#: --jitter 0.03) still predicts as its cell.
+TRANSLATION_TOLERANCE = 0.25
+#: Structures with more atoms are not tested for translations (their minimum-image graph is
+#: the plain one): the test costs O(n²) per translation, and minimum-image models are for small
+#: primitive cells.
+MAX_TRANSLATION_ATOMS = 256
+
+
+def translation_rule(construction: str) -> dict[str, float | int]:
+    """The translation rule a graph construction's metadata records (docs/design.md §4):
+    ``translation_tolerance`` (Å) and ``translation_max_atoms`` for minimum-image graphs,
+    nothing for periodic ones (which merge no atoms)."""
+    if construction != "minimum-image":
+        return {}
+    return {"translation_tolerance": TRANSLATION_TOLERANCE,
+            "translation_max_atoms": MAX_TRANSLATION_ATOMS}
 
 # ---- screening checks (docs/design.md §9) --------------------------------------------------
 

@@ -23,6 +23,7 @@ import torch
 
 from .data import GraphSet, to_tensors
 from .errors import DeepergatError
+from .metadata import GraphSettings
 from .model import DeeperGATGNN, DeeperGATGNNEnsemble
 from .uncertainty import COVERAGE, calibration_scale, uncertainty_metrics
 
@@ -37,6 +38,12 @@ _FREE = ("agat_form",)
 def _describe(value: Any) -> str:
     return repr(value) if not isinstance(value, list) or len(value) <= 8 else (
         f"[{', '.join(map(repr, value[:8]))}, … {len(value)} in all]")
+
+
+def _graph(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A member's graph settings as the neighbor search uses them (files written before the
+    translation rule was recorded build the same graphs as files that record it)."""
+    return GraphSettings.from_dict(data["graph"], where=name).as_kwargs()
 
 
 def assemble(
@@ -73,7 +80,7 @@ def assemble(
         return {k: v for k, v in data["model"].items() if k not in _FREE}
 
     for name, data in zip(names[1:], members[1:], strict=True):
-        checks = [("graph settings", data["graph"], first["graph"]),
+        checks = [("graph settings", _graph(data, name), _graph(first, names[0])),
                   ("targets", list(data["targets"]), list(first["targets"])),
                   ("units", list(data["units"]), list(first["units"]))]
         if not allow_element_differences:

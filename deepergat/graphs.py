@@ -39,7 +39,9 @@ from .contract import (
     GRAPH_CONSTRUCTIONS,
     INPUT_DTYPES,
     INPUT_NAMES,
+    MAX_TRANSLATION_ATOMS,
     OUTPUT_NAMES,
+    TRANSLATION_TOLERANCE,
     GraphConstruction,
     Status,
 )
@@ -52,6 +54,7 @@ __all__ = [
     "DEFAULT_MAX_NEIGHBORS",
     "GRAPH_CONSTRUCTIONS",
     "INPUT_NAMES",
+    "MAX_TRANSLATION_ATOMS",
     "ORDER_SCALE",
     "OUTPUT_NAMES",
     "TIE_TOLERANCE",
@@ -74,15 +77,6 @@ TIE_TOLERANCE = 1e-6
 # rounding (symmetric neighbors; wrapped or unwrapped positions) order by Z, index and image
 # on every path, not by the last bit.
 ORDER_SCALE = 1e9
-#: Two atoms of the same element farther apart than this (Å) after a candidate translation
-#: break it: the translation is not a symmetry of the crystal (minimum-image graphs). pymatgen's
-#: default for primitive cells; a supercell whose atoms moved a few hundredths of an Å
-#: (benchmarks/supercell_check.py --jitter 0.03) still predicts as its cell.
-TRANSLATION_TOLERANCE = 0.25
-#: Structures with more atoms are not tested for translations (their minimum-image graph is
-#: the plain one): the test costs O(n²) per translation, and minimum-image models are for small
-#: primitive cells.
-MAX_TRANSLATION_ATOMS = 256
 #: Candidates (atom pairs × lattice images) evaluated at once; bounds the search's memory.
 _CANDIDATE_BUDGET = 1 << 20
 #: Lattices whose normalized volume |det| / (|a| |b| |c|) falls below this are singular.

@@ -32,6 +32,7 @@ from .contract import (
     MODEL_FORMATS,
     OUTPUT_NAMES,
     GraphConstruction,
+    translation_rule,
 )
 from .errors import DeepergatError
 
@@ -217,6 +218,32 @@ def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ sections
 
 
+_TRANSLATION_KEYS = ("translation_tolerance", "translation_max_atoms")
+
+
+def _read_translations(r: _Reader, construction: str) -> dict[str, Any]:
+    """The recorded translation rule of a graph document (see `GraphSettings`), checked
+    against this version's."""
+    if not any(k in r.data for k in _TRANSLATION_KEYS):
+        return {}
+    want = translation_rule(construction)
+    if not want:
+        r.fail(f"graph settings: a {construction} graph merges no atoms, but "
+               f"{', '.join(k for k in _TRANSLATION_KEYS if k in r.data)} is set")
+    r.require(_TRANSLATION_KEYS)
+    got = {"translation_tolerance": r.number("translation_tolerance", low=0.0),
+           "translation_max_atoms": r.integer("translation_max_atoms", low=0)}
+    if got != want:
+        raise DeepergatError(
+            f"{r.where}: made with another translation rule for minimum-image graphs "
+            f"({got['translation_tolerance']:g} Å, up to {got['translation_max_atoms']} atoms; "
+            f"this deepergat: {want['translation_tolerance']:g} Å, up to "
+            f"{want['translation_max_atoms']}): its graphs of non-primitive cells would differ "
+            "from the model's; use the deepergat version that wrote the file"
+        )
+    return got
+
+
 @dataclass(frozen=True)
 class GraphSettings:
     """How the model's graphs are built (docs/design.md §4).
@@ -227,6 +254,10 @@ class GraphSettings:
         construction: ``"periodic"`` or ``"minimum-image"``.
         construction_recorded: False for documents older than the ``construction`` setting
             (all periodic); `to_dict` then leaves the key out, as they did.
+        translations: the minimum-image translation rule the file records
+            (``translation_tolerance`` Å, ``translation_max_atoms``:
+            `deepergat.contract.translation_rule`); empty for periodic graphs and for files
+            written before the rule was recorded (read with this version's rule).
         extra: keys this version does not know.
     """
 
@@ -234,10 +265,12 @@ class GraphSettings:
     max_neighbors: int
     construction: GraphConstruction = DEFAULT_GRAPH
     construction_recorded: bool = field(default=True, repr=False)
+    translations: Mapping[str, Any] = field(default_factory=dict, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", _frozen(self.extra))
+        object.__setattr__(self, "translations", _frozen(self.translations))
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "model metadata") -> GraphSettings:
@@ -246,7 +279,9 @@ class GraphSettings:
         Raises:
             DeepergatError: missing settings, or a value of the wrong type or out of range
                 (a cutoff that is not a finite length in (0, `MAX_CUTOFF`] Å, a neighbor
-                count that is not an integer from 1 to `MAX_NEIGHBORS`).
+                count that is not an integer from 1 to `MAX_NEIGHBORS`); a translation rule
+                on a periodic graph, or one other than this version's (the model's graphs of
+                non-primitive cells would differ from the ones it was trained on).
         """
         if not isinstance(data, Mapping) or "cutoff" not in data or "max_neighbors" not in data:
             raise DeepergatError(f"{where}: damaged deepergat metadata: graph settings missing; "
@@ -261,7 +296,8 @@ class GraphSettings:
             max_neighbors=r.integer("max_neighbors", low=1, high=MAX_NEIGHBORS),
             construction=construction,
             construction_recorded="construction" in data,
-            extra=r.extra(("cutoff", "max_neighbors", "construction")),
+            translations=_read_translations(r, construction),
+            extra=r.extra(("cutoff", "max_neighbors", "construction", *_TRANSLATION_KEYS)),
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -273,7 +309,7 @@ class GraphSettings:
         out: dict[str, Any] = {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors}
         if self.construction_recorded:
             out["construction"] = self.construction
-        return {**out, **_plain(self.extra)}
+        return {**out, **_plain(self.translations), **_plain(self.extra)}
 
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `deepergat.graphs.build_inputs`: ``cutoff``,

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.architectures import architecture_name
-from deepergat.contract import ENSEMBLE_OUTPUT_NAMES, INPUT_NAMES, MODEL_FORMATS, OUTPUT_NAMES
+from deepergat.contract import (
+    ENSEMBLE_OUTPUT_NAMES,
+    INPUT_NAMES,
+    MODEL_FORMATS,
+    OUTPUT_NAMES,
+    translation_rule,
+)
 from deepergat.errors import DeepergatError
 from deepergat.metadata import EXPORT_FORMAT, GraphSettings, ModelMetadata, ParityFigures
 
@@ -74,7 +80,8 @@ def exported_model_metadata(
     Returns:
         `ModelMetadata` with ``kind``, ``format`` (`EXPORT_FORMAT`), ``checkpoint_format``,
         ``architecture`` (the paper's name of the model), ``model``, ``graph`` {cutoff Å,
-        max_neighbors, construction}, ``targets`` [{name, units, mean, std}], ``elements`` [Z],
+        max_neighbors, construction, and for minimum-image graphs the translation rule},
+        ``targets`` [{name, units, mean, std}], ``elements`` [Z],
         ``store_digest``, ``package_version``, ``source_sha256``, ``inputs``, ``outputs``,
         ``exporter``, ``parity``; an ensemble's adds ``calibration``.
     """
@@ -91,7 +98,10 @@ def exported_model_metadata(
         checkpoint_format=src.format,
         architecture=architecture_name(src.model),
         model=src.model,
-        graph=GraphSettings(graph.cutoff, graph.max_neighbors, graph.construction),
+        # the parity check ran this version's translation rule (a source checkpoint with
+        # another one was refused on load): the file records it
+        graph=GraphSettings(graph.cutoff, graph.max_neighbors, graph.construction,
+                            translations=translation_rule(graph.construction)),
         targets=src.targets,
         elements=src.elements,
         store_digest=src.store_digest or "",

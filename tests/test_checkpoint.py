@@ -85,6 +85,25 @@ def test_errors_name_the_file_and_problem(tmp_path: Path) -> None:
         load_checkpoint(future)
 
 
+def test_minimum_image_checkpoints_carry_the_translation_rule(tmp_path: Path) -> None:
+    model = DeeperGATGNN(dim=16, layers=2, graph="minimum-image").eval()
+    data = make_checkpoint(model, targets=["heat_ref"], units=["eV"], elements=[8, 22])
+    assert data["graph"] == {"cutoff": 8.0, "max_neighbors": 12, "construction": "minimum-image",
+                             "translation_tolerance": 0.25, "translation_max_atoms": 256}
+    path = tmp_path / "mic.ckpt"
+    torch.save(data, path)
+    assert metadata(path)["graph"] == data["graph"]
+    # written before the rule was recorded: read with this version's rule
+    del data["graph"]["translation_tolerance"], data["graph"]["translation_max_atoms"]
+    torch.save(data, path)
+    assert load_checkpoint(path).model.config["graph"] == "minimum-image"
+    # another rule: refused on load, not fed graphs it was not trained on
+    data["graph"].update(translation_tolerance=0.5, translation_max_atoms=256)
+    torch.save(data, path)
+    with pytest.raises(DeepergatError, match=r"mic\.ckpt: made with another translation rule"):
+        load_checkpoint(path)
+
+
 def test_make_checkpoint_checks_target_count() -> None:
     model = DeeperGATGNN(dim=8, layers=1, targets=2)
     with pytest.raises(ValueError):

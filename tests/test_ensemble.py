@@ -62,6 +62,13 @@ def test_ensemble_batched_equals_one_by_one() -> None:
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_members_from_before_the_translation_rule_was_recorded_join_newer_ones() -> None:
+    old, new = _members(2, graph="minimum-image")
+    del old["graph"]["translation_tolerance"], old["graph"]["translation_max_atoms"]
+    ens, _ = assemble([old, new], names=["old.ckpt", "new.ckpt"])
+    assert ens.config["graph"] == "minimum-image"
+
+
 def test_members_that_disagree_are_refused_with_one_line_naming_them() -> None:
     good = _members(2)
     cases = {
@@ -207,6 +214,7 @@ def test_ensemble_predict_evaluate_export(fold_ensemble: dict, tmp_path: Path) -
     p = export.load(onnx_file, device="cpu")
     assert p.has_std and p.members == 3 and p.graph == "minimum-image"
     meta = p.metadata
+    assert meta.graph.translations == {"translation_tolerance": 0.25, "translation_max_atoms": 256}
     assert meta.calibration is not None
     assert list(meta.calibration.std_scale) == load_checkpoint(ckpt).data["calibration"][
         "std_scale"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from deepergat.contract import CHECKPOINT_KIND
+from deepergat.contract import CHECKPOINT_KIND, translation_rule
 from deepergat.errors import DeepergatError
 from deepergat.export.files import read_metadata, read_onnx_metadata_props
 from deepergat.export.metadata import (
@@ -207,6 +207,29 @@ def test_a_bad_field_is_a_one_line_error_naming_it(
         edit: Callable[[dict[str, Any]], None], named: str) -> None:
     message = _refusal(edit)
     assert message.startswith("m.onnx: ") and named in message, message
+
+
+def test_minimum_image_files_record_the_translation_rule() -> None:
+    """A minimum-image model's graphs depend on which atoms count as translation images
+    (docs/design.md §4): the file records the rule, and a file made with another rule is
+    refused rather than fed graphs it was not trained on."""
+    doc = _exported_doc()
+    doc["graph"].update(translation_rule("minimum-image"))
+    assert _assert_round_trip(doc).graph.translations == {
+        "translation_tolerance": 0.25, "translation_max_atoms": 256}
+    # files written before the rule was recorded read as this version's rule
+    assert ModelMetadata.from_dict(_exported_doc()).graph.translations == {}
+    message = _refusal(lambda d: d["graph"].update(translation_tolerance=0.1,
+                                                   translation_max_atoms=256))
+    assert message.startswith("m.onnx: made with another translation rule") and "0.1 Å" in message
+    assert "use the deepergat version that wrote the file" in message
+    message = _refusal(lambda d: d["graph"].update(translation_tolerance=0.25))
+    assert "missing graph settings: translation_max_atoms" in message, message
+
+    def periodic(d: dict[str, Any]) -> None:
+        d["graph"].update(construction="periodic", **translation_rule("minimum-image"))
+    assert "a periodic graph merges no atoms" in _refusal(periodic)
+    assert translation_rule("periodic") == {}
 
 
 def test_not_an_object_is_refused() -> None:

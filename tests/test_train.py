@@ -211,8 +211,9 @@ def _subnormals_flushed() -> bool:
 
 def test_cpu_training_flushes_subnormals_and_restores_the_default(
         tiny_store: Path, tmp_path: Path) -> None:
-    """Deep stacks produce subnormal floats, ~100× slower on a CPU (docs/design.md §5, "Training recipe"): a CPU
-    run flushes them to zero while it trains and leaves the process as it found it."""
+    """Deep stacks produce subnormal floats, ~100× slower on a CPU (docs/design.md §5,
+    "Training recipe"): a CPU run flushes them to zero while it trains and leaves the process
+    as it found it."""
     seen: list[bool] = []
     assert not _subnormals_flushed()
     train(_cfg(tiny_store, tmp_path / "run", epochs=1),

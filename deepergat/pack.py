@@ -443,8 +443,7 @@ def pack(
         raise DeepergatError(f"{out}: is a folder; give a file name such as {out / 'store.h5'}")
     from .screening.lock import OutputLock, run_token
 
-    lock = OutputLock(out, run_token(), label=str(out), way_out="choose another output file",
-                      screening=False)
+    lock = OutputLock(out, run_token(), label=str(out), way_out="choose another output file")
     lock.acquire()
     try:
         return _pack(inputs, out, tspecs, nspecs, cif_column=cif_column, id_column=id_column,

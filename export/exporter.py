@@ -254,7 +254,7 @@ def export_model(
         raise DeepergatError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)  # before any work: an unwritable folder fails now
     lock = OutputLock(out / ".deepergat-export", run_token(), label=str(out),
-                      way_out="export into another folder", screening=False)
+                      way_out="export into another folder")
     lock.acquire()
     try:
         _remove_leftovers(out)  # we own the folder's exports: any staging file here is dead

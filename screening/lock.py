@@ -50,6 +50,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,20 +169,22 @@ class OutputLock:
             (and how long an owner without holders in sight counts as alive).
         label: what messages name (default: the output).
         way_out: the alternative a refusal offers (default: another ``--output``).
-        screening: the output is a screen's: the last process of the run to leave also removes
-            an ``<output>.parts/`` to which nothing was committed.
+        on_last_exit: called by the last process of the run to leave, while it still owns the
+            output (a screen removes an ``<output>.parts/`` to which nothing was committed);
+            its OSErrors are ignored.
     """
 
     def __init__(self, output: str | os.PathLike[str], token: str, *,
                  stale_after: float = STALE_AFTER, label: str | None = None,
-                 way_out: str = "choose another --output", screening: bool = True) -> None:
+                 way_out: str = "choose another --output",
+                 on_last_exit: Callable[[], None] | None = None) -> None:
         self.output = Path(output)
         self.path = self.output.with_name(self.output.name + ".lock")
         self.token = token
         self.stale_after = stale_after
         self.label = label if label is not None else str(self.output)
         self.way_out = way_out
-        self.screening = screening
+        self.on_last_exit = on_last_exit
         self.host = socket.gethostname().replace("/", "_")
         self.node = node_key()
         self.pid = os.getpid()
@@ -535,13 +538,10 @@ class OutputLock:
         # to go, then checks that the owner record is still there).
         if again and again[-1].token == self.token and again[0].nonce == chain[0].nonce \
                 and not self._holders(self.token):
-            # Still the owner, and no process of the run is left: a parts directory to which
-            # the run committed nothing (it failed first) goes too.
-            if self.screening:
-                from .parts import PartsDir
-
+            # Still the owner, and no process of the run is left.
+            if self.on_last_exit is not None:
                 with contextlib.suppress(OSError):
-                    PartsDir(self.output).discard_if_unused()
+                    self.on_last_exit()
             (self.path / "owner").unlink(missing_ok=True)  # first: a new chain may now begin
             for rec in again[1:]:
                 rec.path.unlink(missing_ok=True)

@@ -324,6 +324,12 @@ def _clear_output_temporaries(output: Path) -> None:
                 log.info("removed %s, left by a killed run", output.parent / entry)
 
 
+def _discard_unused_parts(output: Path) -> Callable[[], None]:
+    """The output lock's last-exit hook: a parts directory to which the run committed nothing
+    (it failed first) goes too."""
+    return lambda: PartsDir(output).discard_if_unused()
+
+
 def _refresh_digest(inp: _Input, parts: PartsDir) -> bool:
     """The input's content digest as its arrays are now (re-hashed unless ``parts`` holds a
     verified digest of the same unchanged file, `PartsDir.input_digest`); True when it differs
@@ -458,7 +464,7 @@ def merge_only(opts: ScreenOptions) -> ScreenResult:
     _check_options(opts)
     inp = _open_input(Path(opts.input))
     output = Path(opts.output) if opts.output else default_output(opts.input)
-    with OutputLock(output, run_token()):
+    with OutputLock(output, run_token(), on_last_exit=_discard_unused_parts(output)):
         _refresh_digest(inp, PartsDir(output))
         return _merge_only(opts, inp, output)
 
@@ -650,7 +656,8 @@ def _root_setup(opts: ScreenOptions, inp: _Input, output: Path, parts: PartsDir,
     plan = make_plan(inp.n_atoms, opts.chunk_size)
     manifest = _manifest(opts, inp, model, plan)
     lock = OutputLock(output, run_token(shard_count=shard[1] if shard else None,
-                                        settings_digest=settings_digest(manifest)))
+                                        settings_digest=settings_digest(manifest)),
+                      on_last_exit=_discard_unused_parts(output))
     lock.acquire()  # before anything here is read as ours or removed
     locks.append(lock)
     setup.run = lock.token

@@ -551,7 +551,7 @@ def test_a_killed_packs_temporaries_are_removed_by_the_next_pack(tmp_path: Path)
     out = tmp_path / "s.h5"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    corpse = OutputLock(out, "run-dead", screening=False)
+    corpse = OutputLock(out, "run-dead")
     corpse.holder = corpse.path / f"holder-{corpse.host}-{corpse.node}-{dead.pid}-0"
     corpse.acquire()
     corpse._stop.set()  # killed: no heartbeat, no release
@@ -568,7 +568,7 @@ def test_two_packs_of_one_output_never_mix(tmp_path: Path) -> None:
     src = tmp_path / "good.cif"
     src.write_text(nacl_structure().to(fmt="cif"))
     out = tmp_path / "s.h5"
-    other = OutputLock(out, run_token(), screening=False)  # a pack writing it right now
+    other = OutputLock(out, run_token())  # a pack writing it right now
     other.acquire()
     try:
         with pytest.raises(DeepergatError, match=r"s\.h5: another run is writing it .*choose "

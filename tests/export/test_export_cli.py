@@ -60,7 +60,7 @@ def test_a_killed_exports_staging_files_are_removed_by_the_next_export(exported_
     (out / ".deepergat-save-k2j4h1" / "model.pt2").write_bytes(b"half an archive")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    corpse = OutputLock(out / ".deepergat-export", "run-dead", screening=False)
+    corpse = OutputLock(out / ".deepergat-export", "run-dead")
     corpse.holder = corpse.path / f"holder-{corpse.host}-{corpse.node}-{dead.pid}-0"
     corpse.acquire()
     corpse._stop.set()  # killed: no heartbeat, no release
@@ -75,7 +75,7 @@ def test_two_exports_into_one_folder_never_mix(exported_tiny, tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    other = OutputLock(out / ".deepergat-export", run_token(), screening=False)
+    other = OutputLock(out / ".deepergat-export", run_token())
     other.acquire()  # an export writing here right now
     try:
         result = CliRunner().invoke(main, ["export", str(exported_tiny["checkpoint"]),

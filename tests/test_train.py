@@ -310,7 +310,8 @@ def test_recipe_settings_reach_the_model(tiny_store: Path, tmp_path: Path) -> No
     train_ids = set(json.loads((tmp_path / "a" / "splits.json").read_text())["train"])
     rows = np.array([i for i, s in enumerate(g.ids) if s in train_ids])
     assert data["model"]["graph"] == "minimum-image"
-    assert data["graph"] == {"cutoff": 8.0, "max_neighbors": 12, "construction": "minimum-image"}
+    assert data["graph"] == {"cutoff": 8.0, "max_neighbors": 12, "construction": "minimum-image",
+                             "translation_tolerance": 0.25, "translation_max_atoms": 256}
     assert data["model"]["distance_scale"] == pytest.approx(g.max_distance(rows), abs=1e-4)
     assert data["model"]["distance_scale"] >= g.max_distance(rows)
     assert data["target_mean"] == [0.0] and data["target_std"] == [1.0]

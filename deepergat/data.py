@@ -30,8 +30,9 @@ from .contract import (
     MAX_Z,
     GraphConstruction,
     Status,
+    translation_rule,
 )
-from .graphs import MAX_TRANSLATION_ATOMS, TRANSLATION_TOLERANCE, build_inputs, check_graph
+from .graphs import build_inputs, check_graph
 from .store import Store
 
 __all__ = [
@@ -159,8 +160,10 @@ def cache_key(digest: str, cutoff: float, max_neighbors: int,
     text = f"{digest}|cutoff={float(cutoff)!r}|max_neighbors={int(max_neighbors)}"
     if graph != DEFAULT_GRAPH:  # periodic caches written before the setting keep their key
         text += f"|graph={check_graph(graph)}"
-    if graph == "minimum-image":  # atoms related by a pure translation count once
-        text += (f"|translations={TRANSLATION_TOLERANCE!r}/{MAX_TRANSLATION_ATOMS}/group")
+    rule = translation_rule(graph)  # atoms related by a pure translation count once
+    if rule:
+        text += (f"|translations={rule['translation_tolerance']!r}/"
+                 f"{rule['translation_max_atoms']}/group")
     return hashlib.sha256(f"{text}|v{CACHE_VERSION}".encode()).hexdigest()
 
 

@@ -527,7 +527,7 @@ def train(cfg: TrainConfig, *, splits: RunSplits | None = None,
 
         created = not dist.is_initialized()
         setup_distributed(info, backend="nccl" if device.type == "cuda" else "gloo")
-    # Deep stacks produce subnormal floats, which the CPU computes with ~100× slower: flushed
+    # Deep stacks produce subnormal floats, which a CPU computes ~100× slower: flushed
     # to zero, a 30-layer DeeperGATGNN step on Pt clusters takes 3.0 s instead of 11.8 s (one
     # core); values below 1.2e-38 change nothing a float32 model can resolve. GPUs are
     # unaffected; torch's default (off) is restored afterwards.

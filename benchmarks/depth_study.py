@@ -8,7 +8,9 @@ each architecture, plain and Deeper.
     # the table (markdown) and the plot
     python benchmarks/depth_study.py table runs/depth --plot benchmarks/depth.png
 
-A model is ``<arch>`` or ``<arch>+deeper`` (`deepergat train --arch … --deeper`); every run uses
+A model is ``<arch>``, ``<arch>+deeper`` (`deepergat train --arch … --deeper`) or
+``<arch>+deeper+single`` (the Deeper variant counting the identity once: ``model: {identity:
+single}`` in the run's YAML, for cgcnn, schnet and megnet; docs/design.md §5); every run uses
 the same folds (same store, seed and validation fraction) and the architecture's own learning
 rate. A stopped run resumes with the same command (finished runs are skipped).
 """
@@ -24,11 +26,26 @@ import sys
 from pathlib import Path
 
 
-def _split(model: str) -> tuple[str, bool]:
-    arch, _, flag = model.partition("+")
-    if flag not in ("", "deeper"):
-        raise SystemExit(f"model {model!r}: write <arch> or <arch>+deeper")
-    return arch, flag == "deeper"
+def _split(model: str) -> tuple[str, bool, bool]:
+    """(arch, deeper, single identity) of a model name."""
+    arch, _, flags = model.partition("+")
+    if flags not in ("", "deeper", "deeper+single"):
+        raise SystemExit(f"model {model!r}: write <arch>, <arch>+deeper or <arch>+deeper+single")
+    return arch, flags.startswith("deeper"), flags.endswith("single")
+
+
+def _config(base: str | None, model: dict, path: Path) -> str | None:
+    """``base`` (a recipe YAML or None) with ``model`` merged into its ``model:`` settings,
+    written to ``path``; ``base`` itself when there is nothing to merge."""
+    if not model:
+        return base
+    import yaml
+
+    values = yaml.safe_load(Path(base).read_text()) if base else {}
+    values = values or {}
+    values["model"] = {**(values.get("model") or {}), **model}
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for depth in args.depths:
         for model in args.models:
-            arch, deeper = _split(model)
+            arch, deeper, single = _split(model)
             name = f"{model}-L{depth}"
             run_dir = out / name
             if (run_dir / "cv_metrics.json").is_file():
@@ -49,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
                    "--epochs", str(args.epochs), "--seed", str(args.seed), "--out", str(run_dir)]
             if deeper:
                 cmd.append("--deeper")
-            if args.config:
-                cmd += ["--config", args.config]
+            config = _config(args.config, {"identity": "single"} if single else {},
+                             out / f"{name}.yaml")
+            if config:
+                cmd += ["--config", config]
             if run_dir.exists():
                 cmd.append("--resume")
             print(f"{name}: {' '.join(cmd)}", flush=True)
@@ -118,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="train the models at each depth (K-fold CV)")
     r.add_argument("--data", required=True)
     r.add_argument("--target", required=True)
-    r.add_argument("--models", nargs="+", required=True, help="<arch> or <arch>+deeper")
+    r.add_argument("--models", nargs="+", required=True,
+                   help="<arch>, <arch>+deeper or <arch>+deeper+single")
     r.add_argument("--depths", nargs="+", type=int, default=[5, 15, 30])
     r.add_argument("--epochs", type=int, default=100)
     r.add_argument("--folds", type=int, default=5)

@@ -59,7 +59,8 @@ def architecture_name(config: Mapping[str, Any]) -> str:
         norm = "+DiffGroupNorm" if dgn else "+BatchNorm" if batch_norm else ""
         name = "GATGNN" + norm + ("+skip" if skip else "")
         return name if norm or skip else "GATGNN (no norm)"
-    return ("Deeper" if config.get("deeper") else "") + _DISPLAY[arch]
+    name = ("Deeper" if config.get("deeper") else "") + _DISPLAY[arch]
+    return name + (" (single identity)" if config.get("identity") == "single" else "")
 
 
 def embedding_width(config: Mapping[str, Any]) -> int:

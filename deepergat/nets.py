@@ -7,8 +7,10 @@ dense layer from the 114 atom features (100 one-hot Z, 14 degree classes) to ``d
 ``post_layers`` dense layers with ReLU and a linear head. ``deeper=True`` is the paper's
 "Deeper" variant: every BatchNorm becomes a DiffGroupNorm(dim, 10) and each layer's input is
 added to its output (h ← norm(conv(h)) + h). Where the base layer already ends in a residual
-(CGConv, SchNet's interaction, MEGNet's blocks) the identity path is then counted twice, as in
-the paper's code: the node states grow like 2^layers (docs/design.md §5).
+(CGConv, SchNet's interaction, MEGNet's state updates) the identity path is then counted twice,
+as in the paper's code: the node states grow like 2^layers (docs/design.md §5). ``identity=
+"single"`` counts it once: the base layer's own residual is the skip, which DiffGroupNorm (unlike
+BatchNorm) keeps, h ← DGN(h + a) (MEGNet: x ← x' + x).
 
 One deliberate difference from MatDeepLearn: every convolution aggregates over each atom's own
 neighbor list (the K slots of its row), never over the atoms that list it. MatDeepLearn's
@@ -27,7 +29,7 @@ crystal, D = ``dim``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +40,12 @@ from .graphmodel import GraphModel, Pool, check_pool, pool
 from .graphs import check_graph
 from .layers import BatchNorm, DiffGroupNorm
 
-__all__ = ["CGCNN", "MPNN", "NETS", "MEGNet", "SchNet"]
+__all__ = ["CGCNN", "IDENTITIES", "MPNN", "NETS", "Identity", "MEGNet", "SchNet"]
+
+#: How a Deeper variant whose base layer ends in a residual counts the identity: ``doubled``
+#: (the paper's code: its skip is added to that residual) or ``single`` (the residual is the skip).
+Identity = Literal["doubled", "single"]
+IDENTITIES: tuple[str, ...] = get_args(Identity)
 
 # PyG's shifted softplus subtracts ln 2 rounded to float32.
 _LN2_F32 = float(torch.log(torch.tensor(2.0, dtype=torch.float32)))
@@ -69,6 +76,8 @@ class _MatDeepLearnNet(GraphModel):
     """Shared frame: pre-FC with ReLU, the layers (subclass), pooling, post-FC with ReLU, head."""
 
     arch: str = ""
+    #: the base layer ends in a residual of its own (h + message)
+    own_residual: bool = False
 
     def __init__(
         self,
@@ -92,6 +101,7 @@ class _MatDeepLearnNet(GraphModel):
         target_std: list[float] | None,
         pooled_width: int | None = None,
         extra: dict[str, Any] | None = None,
+        identity: Identity = "doubled",
     ) -> None:
         super().__init__(
             gaussians=gaussians, gaussian_width=gaussian_width, cutoff=cutoff,
@@ -100,6 +110,16 @@ class _MatDeepLearnNet(GraphModel):
         )
         if int(layers) < 1:
             raise ValueError(f"layers must be at least 1, got {layers}")
+        if identity not in IDENTITIES:
+            raise ValueError(f"identity {identity!r} is not one of {', '.join(IDENTITIES)}")
+        if identity == "single" and not (deeper and self.own_residual):
+            raise ValueError(
+                "identity='single' applies to the Deeper variants of CGCNN, SchNet and MEGNet "
+                "(layers that end in a residual of their own)")
+        # written only when it differs from the paper's form, so that files written before
+        # the choice existed and new ones of the same model have equal settings (ensembles)
+        if identity != "doubled":
+            extra = {**(extra or {}), "identity": identity}
         self.config = {
             "arch": self.arch, "deeper": bool(deeper), "dim": dim, "hidden": hidden,
             "layers": layers, "post_layers": post_layers, "groups": groups,
@@ -110,6 +130,9 @@ class _MatDeepLearnNet(GraphModel):
             "targets": targets, "per_atom": per_atom,
         }
         self.deeper = bool(deeper)
+        #: add the layer's input to its normalized output (the Deeper skip) on top of the
+        #: base layer's own residual, if it has one
+        self.outer_skip = self.deeper and identity == "doubled"
         self.pool_kind: Pool = pool
         self.pre = nn.Linear(self.atom_feature_size, dim)
         width = pooled_width or dim
@@ -132,13 +155,15 @@ class CGCNN(_MatDeepLearnNet):
     """Crystal graph convolutional network (Xie & Grossman 2018), MatDeepLearn's form.
 
     Layer: z_ij = [h_i ‖ h_j ‖ e_ij], a_i = mean_j σ(z W_f + b_f) ⊙ softplus(z W_s + b_s)
-    (PyG ``CGConv(dim, 50, aggr="mean")``), then h ← BN(h + a); Deeper: h ← DGN(h + a) + h.
+    (PyG ``CGConv(dim, 50, aggr="mean")``), then h ← BN(h + a); Deeper: h ← DGN(h + a) + h
+    (``identity="single"``: h ← DGN(h + a)).
     Mean pooling. Defaults: the paper's CGCNN (dim 100, hidden 150, 4 layers, 3 post layers).
 
     Parameters: 72,101 + 50,400 per layer (Deeper: 53,200 per layer) at the defaults.
     """
 
     arch = "cgcnn"
+    own_residual = True
 
     def __init__(self, *, dim: int = 100, hidden: int = 150, layers: int = 4,
                  post_layers: int = 3, deeper: bool = False, groups: int = 10,
@@ -146,13 +171,14 @@ class CGCNN(_MatDeepLearnNet):
                  cutoff: float = DEFAULT_CUTOFF, max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
                  graph: GraphConstruction = DEFAULT_GRAPH, distance_scale: float | None = None,
                  targets: int = 1, per_atom: bool = False, target_mean: list[float] | None = None,
-                 target_std: list[float] | None = None) -> None:
+                 target_std: list[float] | None = None,
+                 identity: Identity = "doubled") -> None:
         super().__init__(dim=dim, hidden=hidden, layers=layers, post_layers=post_layers,
                          deeper=deeper, groups=groups, pool=pool, gaussians=gaussians,
                          gaussian_width=gaussian_width, cutoff=cutoff,
                          max_neighbors=max_neighbors, graph=graph,
                          distance_scale=distance_scale, targets=targets, per_atom=per_atom,
-                         target_mean=target_mean, target_std=target_std)
+                         identity=identity, target_mean=target_mean, target_std=target_std)
         width = 2 * dim + gaussians
         self.convs = nn.ModuleList(_CGConv(dim, width) for _ in range(layers))
         self.norms = nn.ModuleList(_norm(dim, deeper, groups) for _ in range(layers))
@@ -165,7 +191,7 @@ class CGCNN(_MatDeepLearnNet):
         e = self.expansion(distances)  # [N, K, G]
         for conv, norm in zip(self.convs, self.norms, strict=True):
             out = norm(h + conv(h, e, neighbors, neighbor_mask))
-            h = out + h if self.deeper else out
+            h = out + h if self.outer_skip else out
         return self.readout(pool(h, crystal_atoms, crystal_mask, self.pool_kind), crystal_mask)
 
 
@@ -198,13 +224,15 @@ class SchNet(_MatDeepLearnNet):
 
     Layer: W_ij = Lin(ssp(Lin(e_ij))) · ½(cos(π d_ij / cutoff) + 1),
     v_i = Lin₂(Σ_j (h_j W₁) ⊙ W_ij), v ← Lin(ssp(v)), then h ← BN(h + v);
-    Deeper: h ← DGN(h + v) + h. ssp(x) = softplus(x) − ln 2. Max pooling. Defaults: dim 100,
-    hidden 100, 150 filters, 4 layers, 3 post layers.
+    Deeper: h ← DGN(h + v) + h (``identity="single"``: h ← DGN(h + v)).
+    ssp(x) = softplus(x) − ln 2. Max pooling. Defaults: dim 100, hidden 100, 150 filters,
+    4 layers, 3 post layers.
 
     Parameters: 41,901 + 70,700 per layer (Deeper: 73,500) at the defaults.
     """
 
     arch = "schnet"
+    own_residual = True
 
     def __init__(self, *, dim: int = 100, hidden: int = 100, filters: int = 150,
                  layers: int = 4, post_layers: int = 3, deeper: bool = False, groups: int = 10,
@@ -212,13 +240,14 @@ class SchNet(_MatDeepLearnNet):
                  cutoff: float = DEFAULT_CUTOFF, max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
                  graph: GraphConstruction = DEFAULT_GRAPH, distance_scale: float | None = None,
                  targets: int = 1, per_atom: bool = False, target_mean: list[float] | None = None,
-                 target_std: list[float] | None = None) -> None:
+                 target_std: list[float] | None = None,
+                 identity: Identity = "doubled") -> None:
         super().__init__(dim=dim, hidden=hidden, layers=layers, post_layers=post_layers,
                          deeper=deeper, groups=groups, pool=pool, gaussians=gaussians,
                          gaussian_width=gaussian_width, cutoff=cutoff,
                          max_neighbors=max_neighbors, graph=graph,
                          distance_scale=distance_scale, targets=targets, per_atom=per_atom,
-                         target_mean=target_mean, target_std=target_std,
+                         identity=identity, target_mean=target_mean, target_std=target_std,
                          extra={"filters": filters})
         self.convs = nn.ModuleList(_Interaction(dim, gaussians, filters) for _ in range(layers))
         self.norms = nn.ModuleList(_norm(dim, deeper, groups) for _ in range(layers))
@@ -234,7 +263,7 @@ class SchNet(_MatDeepLearnNet):
         envelope = envelope * neighbor_mask.to(e.dtype)  # padded slots add nothing
         for conv, norm in zip(self.convs, self.norms, strict=True):
             out = norm(h + conv(h, e, envelope, neighbors))
-            h = out + h if self.deeper else out
+            h = out + h if self.outer_skip else out
         return self.readout(pool(h, crystal_atoms, crystal_mask, self.pool_kind), crystal_mask)
 
 
@@ -279,13 +308,14 @@ class MPNN(_MatDeepLearnNet):
                  cutoff: float = DEFAULT_CUTOFF, max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
                  graph: GraphConstruction = DEFAULT_GRAPH, distance_scale: float | None = None,
                  targets: int = 1, per_atom: bool = False, target_mean: list[float] | None = None,
-                 target_std: list[float] | None = None) -> None:
+                 target_std: list[float] | None = None,
+                 identity: Identity = "doubled") -> None:
         super().__init__(dim=dim, hidden=hidden, layers=layers, post_layers=post_layers,
                          deeper=deeper, groups=groups, pool=pool, gaussians=gaussians,
                          gaussian_width=gaussian_width, cutoff=cutoff,
                          max_neighbors=max_neighbors, graph=graph,
                          distance_scale=distance_scale, targets=targets, per_atom=per_atom,
-                         target_mean=target_mean, target_std=target_std,
+                         identity=identity, target_mean=target_mean, target_std=target_std,
                          extra={"edge_hidden": edge_hidden})
         self.convs = nn.ModuleList(_NNConv(dim, gaussians, edge_hidden) for _ in range(layers))
         self.norms = nn.ModuleList(_norm(dim, deeper, groups) for _ in range(layers))
@@ -357,13 +387,15 @@ class MEGNet(_MatDeepLearnNet):
     e' = φ_e([x̃_i ‖ x̃_j ‖ ẽ_ij ‖ ũ]), v_i = mean_j e'_ij, x' = φ_x([x̃_i ‖ v_i ‖ ũ]),
     u' = φ_u([mean_crystal v ‖ mean_crystal x' ‖ ũ]); φ = ``mlp_layers`` × (Linear, ReLU, BN).
     States: layer 0 x = x' + x̃ (e, u alike), later x = x' + x. Deeper: DGN for every BN,
-    residuals inside φ, and x = x' + 2x (the paper's code adds the skip to a block that already
-    ends in one). Readout: [mean x ‖ mean of the atoms' mean e ‖ u] → post layers.
+    residuals inside φ, and x = x' + 2x (the paper's code adds the skip to a state update that
+    already ends in one; ``identity="single"``: x = x' + x). Readout: [mean x ‖ mean of the
+    atoms' mean e ‖ u] → post layers.
 
     Parameters: 47,201 + 192,400 per layer (Deeper: 209,200) at the defaults.
     """
 
     arch = "megnet"
+    own_residual = True
 
     def __init__(self, *, dim: int = 100, hidden: int = 100, layers: int = 4,
                  post_layers: int = 3, mlp_layers: int = 2, global_dim: int = 3,
@@ -373,7 +405,8 @@ class MEGNet(_MatDeepLearnNet):
                  graph: GraphConstruction = DEFAULT_GRAPH,
                  distance_scale: float | None = None, targets: int = 1, per_atom: bool = False,
                  target_mean: list[float] | None = None,
-                 target_std: list[float] | None = None) -> None:
+                 target_std: list[float] | None = None,
+                 identity: Identity = "doubled") -> None:
         if pool != "mean":
             raise ValueError("MEGNet pools by the mean (its crystal state is a mean)")
         super().__init__(dim=dim, hidden=hidden, layers=layers, post_layers=post_layers,
@@ -381,7 +414,8 @@ class MEGNet(_MatDeepLearnNet):
                          gaussian_width=gaussian_width, cutoff=cutoff,
                          max_neighbors=max_neighbors, graph=graph,
                          distance_scale=distance_scale, targets=targets, per_atom=per_atom,
-                         target_mean=target_mean, target_std=target_std, pooled_width=3 * dim,
+                         identity=identity, target_mean=target_mean, target_std=target_std,
+                         pooled_width=3 * dim,
                          extra={"mlp_layers": mlp_layers, "global_dim": global_dim})
         self.global_dim = global_dim
 
@@ -422,7 +456,7 @@ class MEGNet(_MatDeepLearnNet):
             u_new = self.global_mlps[i](u_in, None)
             if i == 0:
                 x, e, u = x_new + xt, e_new + et, u_new + ut
-            elif self.deeper:
+            elif self.outer_skip:
                 x, e, u = x_new + 2 * x, e_new + 2 * e, u_new + 2 * u
             else:
                 x, e, u = x_new + x, e_new + e, u_new + u

@@ -218,6 +218,7 @@ class EdgeListNet(nn.Module):
         h = F.relu(self.pre(atom))
         e = self.expansion(g["distance"])  # [E, G]
         deeper = bool(cfg["deeper"])
+        outer_skip = deeper and cfg.get("identity", "doubled") == "doubled"
         src, dst = ei[0], ei[1]  # neighbor j -> center i
         if self.arch == "megnet":
             x, u = h, torch.zeros(c, int(cfg["global_dim"]), dtype=dtype)
@@ -232,7 +233,7 @@ class EdgeListNet(nn.Module):
                     scatter(x_new, batch, 0, dim_size=c, reduce="mean"), ut], 1))
                 if i == 0:
                     x, e, u = x_new + xt, e_new + et, u_new + ut
-                elif deeper:
+                elif outer_skip:
                     x, e, u = x_new + 2 * x, e_new + 2 * e, u_new + 2 * u
                 else:
                     x, e, u = x_new + x, e_new + e, u_new + u
@@ -251,7 +252,7 @@ class EdgeListNet(nn.Module):
                     m = F.relu(norm(conv(h, ei, e)))
                     out, hidden = self.grus[i](m.unsqueeze(0), hidden)
                     out = out.squeeze(0)
-                h = out + h if deeper else out
+                h = out + h if outer_skip else out
             reduce = {"add": "sum", "mean": "mean", "max": "max"}[str(cfg["pool"])]
             pooled = scatter(h, batch, 0, dim_size=c, reduce=reduce)
         p = pooled

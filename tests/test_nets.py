@@ -68,10 +68,13 @@ def test_parameter_counts_are_the_papers(name: str, arch: str, deeper: bool, lay
     assert count_parameters(model) == paper - fixed - per_layer * layers
 
 
-@pytest.mark.parametrize(("arch", "deeper"), [*NETS, ("gatgnn", False)])
+@pytest.mark.parametrize(("arch", "deeper", "identity"), [
+    *[(a, d, "doubled") for a, d in NETS], ("gatgnn", False, None),
+    *[(a, True, "single") for a in ("cgcnn", "schnet", "megnet")]])
 @pytest.mark.parametrize("training", [False, True])
-def test_padded_equals_pyg_edge_list_reference(arch: str, deeper: bool, training: bool) -> None:
-    model = _randomized(arch, deeper)
+def test_padded_equals_pyg_edge_list_reference(arch: str, deeper: bool, identity: str | None,
+                                               training: bool) -> None:
+    model = _randomized(arch, deeper, **({"identity": identity} if identity == "single" else {}))
     if arch == "gatgnn":
         ref = EdgeListDeeperGATGNN(**model.config).double()
         ref.load_state_dict(model.state_dict())
@@ -148,6 +151,38 @@ def test_names_defaults_and_refusals() -> None:
     assert architecture_name(make_model("mpnn", deeper=True, layers=1).config) == "DeeperMPNN"
     with pytest.raises(ValueError, match="MEGNet pools by the mean"):
         make_model("megnet", pool="max")
+
+
+@pytest.mark.parametrize("arch", ["cgcnn", "schnet", "megnet"])
+def test_single_identity_keeps_deep_states_bounded(arch: str) -> None:
+    # the paper's Deeper form adds its skip to a layer that ends in a residual already: the
+    # states double with every layer (~2^30 at 30 layers); counted once they stay O(1-100)
+    inputs = _inputs(perov_structures(4))
+    widths = {}
+    for identity in ("doubled", "single"):
+        torch.manual_seed(0)
+        model = make_model(arch, deeper=True, layers=30, identity=identity).double().eval()
+        with torch.no_grad():
+            widths[identity] = float(model.forward_inputs(inputs)[1].abs().max())
+    assert widths["doubled"] > 1e7 and widths["single"] < 1e3
+    assert architecture_name(model.config) == f"Deeper{_NAMES[arch]} (single identity)"
+    # the paper's form is the default and leaves no trace in the settings (older files equal)
+    assert "identity" not in make_model(arch, deeper=True, layers=1).config
+    assert build_from_config(model.config).config == model.config
+    with pytest.raises(ValueError, match="applies to the Deeper variants of CGCNN, SchNet"):
+        make_model(arch, layers=1, identity="single")
+    with pytest.raises(ValueError, match="identity 'twice' is not one of doubled, single"):
+        make_model(arch, deeper=True, layers=1, identity="twice")
+
+
+def test_single_identity_is_refused_where_no_residual_is_doubled() -> None:
+    with pytest.raises(ValueError, match="applies to the Deeper variants"):
+        make_model("mpnn", deeper=True, layers=1, identity="single")
+    with pytest.raises(TypeError, match="identity"):
+        make_model("deepergatgnn", layers=1, identity="single")
+
+
+_NAMES = {"cgcnn": "CGCNN", "schnet": "SchNet", "megnet": "MEGNet"}
 
 
 def test_checkpoints_name_their_architecture_and_format(tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ class TrainConfig:
             or ``"seeds"`` (one split, K seeds).
         member: with ``cv`` or ``ensemble``, train only this member (0-based; one task of a
             SLURM array or one core each); the run without it assembles them.
-        model: further model constructor arguments (dim, heads, gaussians, dgn, skip, …).
+        model: further model constructor arguments (dim, heads, gaussians, dgn, skip, identity,
+            …).
         cutoff, max_neighbors, graph: graph settings (Å, count, ``periodic`` or
             ``minimum-image``).
         distance_scale: the length mapped onto the last Gaussian: ``"cutoff"``, ``"data"``

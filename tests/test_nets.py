@@ -272,3 +272,26 @@ def test_train_cli_with_an_architecture(tiny_store: Path, tmp_path: Path) -> Non
     ck = load_checkpoint(out / "best.ckpt")
     assert type(ck.model).__name__ == "CGCNN" and ck.model.config["deeper"] is True
     assert len((out / "metrics.csv").read_text().strip().splitlines()) == 1 + 3
+
+
+@pytest.mark.slow
+def test_train_cli_single_identity_from_the_run_yaml(tiny_store: Path, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  identity: single\n")
+    args = ["train", "--data", str(tiny_store), "--target", "heat_ref", "--arch", "schnet",
+            "--deeper", "--layers", "2", "--epochs", "1", "--batch-size", "16", "--config",
+            str(config), "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
+            "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    ck = load_checkpoint(tmp_path / "run" / "best.ckpt")
+    assert ck.model.config["identity"] == "single" and not ck.model.outer_skip
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "run" / "best.ckpt"), "--json"])
+    assert json.loads(info.output)["metadata"]["architecture"] == \
+        "DeeperSchNet (single identity)"
+    # without --deeper the setting means nothing: one line, nothing trained
+    plain = [a for a in args if a != "--deeper"]
+    plain[plain.index(str(tmp_path / "run"))] = str(tmp_path / "plain")
+    refused = CliRunner().invoke(main, plain)
+    assert refused.exit_code != 0 and "applies to the Deeper variants" in refused.output
+    assert not (tmp_path / "plain" / "best.ckpt").exists()

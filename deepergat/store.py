@@ -39,7 +39,7 @@ _ATOM_CHUNK = 65536
 #: HDF5's chunk cache per open dataset when reading (its default, 1 MiB, is smaller than one
 #: compressed positions chunk, 65,536 × 3 float64 = 1.5 MiB: each read of part of a chunk then
 #: decompressed the whole chunk again — reading positions in 4,096-structure slices cost
-#: 3.97 µs per structure against 1.12 with this cache; docs/design.md §6)
+#: 3.97 µs per structure against 1.12 with this cache; docs/design.md §3)
 _READ_CACHE_BYTES = 8 << 20
 _STR = h5py.string_dtype("utf-8")
 

@@ -36,11 +36,11 @@ _PER_STRUCTURE = ("ids", "n_atoms", "atom_offset", "lattice", "pbc")
 _PER_ATOM = ("atomic_numbers", "positions")
 _STRUCTURE_CHUNK = 8192
 _ATOM_CHUNK = 65536
-#: HDF5's chunk cache per open dataset when reading (its default, 1 MiB, is smaller than one
-#: compressed positions chunk, 65,536 × 3 float64 = 1.5 MiB: each read of part of a chunk then
-#: decompressed the whole chunk again — reading positions in 4,096-structure slices cost
-#: 3.97 µs per structure against 1.12 with this cache; docs/design.md §3)
-_READ_CACHE_BYTES = 8 << 20
+#: HDF5's chunk cache per open dataset when reading: its default, 1 MiB, is smaller than one
+#: positions chunk (65,536 × 3 float64 = 1.5 MiB), so each slice ending inside a chunk
+#: decompressed the whole chunk again (docs/design.md §3). The cache lives as long as the
+#: dataset handle, so `Store` keeps its handles open.
+_READ_CACHE_BYTES = 4 << 20
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -386,6 +386,7 @@ class Store:
             raise DeepergatError(f"{self.path}: no such file")
         try:
             self._f = h5py.File(self.path, "r", rdcc_nbytes=_READ_CACHE_BYTES)
+            self._datasets: dict[str, h5py.Dataset] = {}
         except OSError as e:
             raise DeepergatError(
                 f"{self.path}: not a readable HDF5 file (truncated or another format): {e}"
@@ -497,7 +498,10 @@ class Store:
     def _slice(self, name: str, a: int, b: int) -> np.ndarray:
         """Rows [a, b) of a dataset; a damaged block is a `DeepergatError` naming it."""
         try:
-            return self._f[name][a:b]
+            ds = self._datasets.get(name)
+            if ds is None:  # kept open: its chunk cache lives with the handle
+                ds = self._datasets[name] = self._f[name]
+            return ds[a:b]
         except (OSError, ValueError, KeyError) as e:
             raise DeepergatError(
                 f"{self.path}: damaged structure store: cannot read {name} rows [{a}, {b}) "

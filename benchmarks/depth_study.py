@@ -31,6 +31,8 @@ def _split(model: str) -> tuple[str, bool, bool]:
     arch, _, flags = model.partition("+")
     if flags not in ("", "deeper", "deeper+single"):
         raise SystemExit(f"model {model!r}: write <arch>, <arch>+deeper or <arch>+deeper+single")
+    if flags.endswith("single") and arch not in ("cgcnn", "schnet", "megnet"):
+        raise SystemExit(f"model {model!r}: +single applies to cgcnn, schnet and megnet")
     return arch, flags.startswith("deeper"), flags.endswith("single")
 
 
@@ -41,14 +43,17 @@ def _config(base: str | None, model: dict, path: Path) -> str | None:
         return base
     import yaml
 
-    values = yaml.safe_load(Path(base).read_text()) if base else {}
-    values = values or {}
+    values = (yaml.safe_load(Path(base).read_text()) if base else None) or {}
+    if not isinstance(values, dict) or not isinstance(values.get("model") or {}, dict):
+        raise SystemExit(f"{base}: a recipe is a mapping of settings, its model: one too")
     values["model"] = {**(values.get("model") or {}), **model}
     path.write_text(yaml.safe_dump(values))
     return str(path)
 
 
 def run(args: argparse.Namespace) -> int:
+    for model in args.models:  # every name checked before the first run starts
+        _split(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0

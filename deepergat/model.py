@@ -329,6 +329,10 @@ def make_model(arch: str, *, deeper: bool = False, **kwargs: Any) -> GraphModel:
     from .nets import NETS
 
     arch = check_architecture(arch)
+    if arch in ("deepergatgnn", "gatgnn") and "identity" in kwargs:
+        raise ValueError(
+            "identity applies to the Deeper variants of CGCNN, SchNet and MEGNet (layers that "
+            "end in a residual of their own); GATGNN's layer has none")
     if arch == "deepergatgnn" or (arch == "gatgnn" and deeper):
         return DeeperGATGNN(**kwargs)
     if arch == "gatgnn":

@@ -178,8 +178,9 @@ def test_single_identity_keeps_deep_states_bounded(arch: str) -> None:
 def test_single_identity_is_refused_where_no_residual_is_doubled() -> None:
     with pytest.raises(ValueError, match="applies to the Deeper variants"):
         make_model("mpnn", deeper=True, layers=1, identity="single")
-    with pytest.raises(TypeError, match="identity"):
-        make_model("deepergatgnn", layers=1, identity="single")
+    for arch in ("deepergatgnn", "gatgnn"):
+        with pytest.raises(ValueError, match="GATGNN's layer has none"):
+            make_model(arch, layers=1, identity="single")
 
 
 _NAMES = {"cgcnn": "CGCNN", "schnet": "SchNet", "megnet": "MEGNet"}

@@ -7,6 +7,8 @@ each architecture, plain and Deeper.
         --folds 5 --out runs/depth
     # the table (markdown) and the plot
     python benchmarks/depth_study.py table runs/depth --plot benchmarks/depth.png
+    # a reproducible random subset of a CSV data set (then `deepergat pack` it)
+    python benchmarks/depth_study.py sample perov5_dev.csv -n 1000 --seed 0 -o perov1000.csv
 
 A model is ``<arch>``, ``<arch>+deeper`` (`deepergat train --arch … --deeper`) or
 ``<arch>+deeper+single`` (the Deeper variant counting the identity once: ``model: {identity:
@@ -85,6 +87,26 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def sample(args: argparse.Namespace) -> int:
+    """A reproducible random subset of a CSV's rows (multi-line CIF fields kept whole)."""
+    import csv
+    import random
+
+    csv.field_size_limit(1 << 30)
+    with open(args.csv, newline="") as f:
+        head, *body = list(csv.reader(f))
+    if args.n > len(body):
+        print(f"{args.csv}: {len(body)} rows, fewer than -n {args.n}", file=sys.stderr)
+        return 2
+    random.Random(args.seed).shuffle(body)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(head)
+        writer.writerows(body[: args.n])
+    print(f"{args.out}: {args.n} of {len(body)} rows (seed {args.seed})")
+    return 0
+
+
 def _results(root: Path) -> dict[str, dict[int, dict]]:
     found: dict[str, dict[int, dict]] = {}
     for metrics in root.glob("*-L*/cv_metrics.json"):
@@ -151,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--config", help="a recipe YAML for every run (graph, schedule, …)")
     r.add_argument("--out", required=True)
+    s = sub.add_parser("sample", help="a random subset of a CSV's rows (e.g. perov5_dev)")
+    s.add_argument("csv")
+    s.add_argument("-n", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--out", required=True)
     t = sub.add_parser("table", help="markdown table (and plot) of the finished runs")
     t.add_argument("root")
     t.add_argument("--plot", help="write the MAE-vs-depth plot here (.png)")
     args = p.parse_args(argv)
-    return run(args) if args.command == "run" else table(args)
+    return {"run": run, "sample": sample, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":

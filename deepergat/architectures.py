@@ -12,6 +12,7 @@ __all__ = [
     "ARCHITECTURES",
     "ARCH_DEFAULTS",
     "PAPER_UNUSED",
+    "UNWRITTEN",
     "Architecture",
     "architecture_name",
     "check_architecture",
@@ -32,6 +33,10 @@ PAPER_UNUSED: dict[str, tuple[int, int]] = {
     "CGCNN": (0, 200),
     "DeeperCGCNN": (0, 200),
 }
+
+#: Model settings written into a file's constructor arguments only when they differ from
+#: these values (files from before the setting existed stay equal): what an absent key means.
+UNWRITTEN: dict[str, Any] = {"identity": "doubled"}
 
 _DISPLAY = {"gatgnn": "GATGNN", "cgcnn": "CGCNN", "schnet": "SchNet", "megnet": "MEGNet",
             "mpnn": "MPNN"}

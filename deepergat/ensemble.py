@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .architectures import UNWRITTEN
 from .data import GraphSet, to_tensors
 from .errors import DeepergatError
 from .metadata import GraphSettings
@@ -86,7 +87,8 @@ def assemble(
         if not allow_element_differences:
             checks.append(("elements", list(data["elements"]), list(first["elements"])))
         mine, theirs = config(data), config(first)
-        checks += [(f"model setting {key}", mine.get(key), theirs.get(key))
+        checks += [(f"model setting {key}", mine.get(key, UNWRITTEN.get(key)),
+                    theirs.get(key, UNWRITTEN.get(key)))
                    for key in sorted(set(mine) | set(theirs))]
         for what, value, want in checks:
             if value != want:

@@ -48,6 +48,7 @@ import torch
 import yaml
 from torch import nn
 
+from .architectures import UNWRITTEN
 from .checkpoint import atomic_save, make_checkpoint, read_checkpoint
 from .config import DEFAULT_VAL_FRACTION, TrainConfig, parse_max_time
 from .contract import Status
@@ -449,8 +450,8 @@ def _build_model(cfg: TrainConfig, mean: float, std: float,
         saved = {k: v for k, v in data["model"].items() if k != "agat_form"}
         mine = {k: v for k, v in model.config.items() if k != "agat_form"}
         if saved != mine:
-            diff = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine)
-                    if saved.get(k) != mine.get(k)}
+            diff = {k: (saved.get(k, UNWRITTEN.get(k)), mine.get(k, UNWRITTEN.get(k)))
+                    for k in set(saved) | set(mine) if saved.get(k) != mine.get(k)}
             raise DeepergatError(
                 f"--init-from {cfg.init_from}: its model settings differ from this run's "
                 f"(setting: checkpoint, run): {diff}"

@@ -84,6 +84,14 @@ def test_members_that_disagree_are_refused_with_one_line_naming_them() -> None:
         msg = str(err.value)
         assert msg.startswith("odd.ckpt: cannot join an ensemble with a.ckpt") and what in msg
         assert "\n" not in msg
+    # a setting the paper's form leaves unwritten is named by what its absence means
+    from deepergat.model import make_model
+
+    deeper = [make_checkpoint(make_model("cgcnn", deeper=True, layers=1, dim=8, **kw),
+                              targets=["heat_ref"], units=["eV"], elements=[8, 22, 38])
+              for kw in ({}, {}, {"identity": "single"})]
+    with pytest.raises(DeepergatError, match="model setting identity 'single' vs 'doubled'"):
+        assemble(deeper, names=["a.ckpt", "b.ckpt", "odd.ckpt"])
     units = _members(1)[0]
     units["units"] = ["meV"]
     with pytest.raises(DeepergatError, match=r"odd.ckpt: .*units \['meV'\] vs \['eV'\]"):

@@ -48,12 +48,18 @@ def held_out(data: str, target: str, settings: dict, *, fraction: float, seed: i
     return train.make_splits(cfg).val
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def held_out_options(p: argparse.ArgumentParser) -> None:
+    """The options `held_out` takes: --data, --target, --fraction (the validation fraction
+    held out) and --seed (the split's)."""
     p.add_argument("--data", required=True)
     p.add_argument("--target", required=True)
-    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--fraction", type=float, default=0.1, help="the validation fraction")
     p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    held_out_options(p)
     p.add_argument("--all", action="store_true", help="hold out every structure of --data")
     p.add_argument("models", nargs="+", help="checkpoints; the first is compared to the others")
     args = p.parse_args(argv)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_models import held_out
+from compare_models import held_out, held_out_options
 
 from deepergat import train
 from deepergat.checkpoint import build_model, read_checkpoint
@@ -39,11 +39,8 @@ def _load(path: Path) -> tuple[object, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--target", required=True)
+    held_out_options(p)
     p.add_argument("--folds", required=True, help="folder of fold-k/best.ckpt, splits.json")
-    p.add_argument("--fraction", type=float, default=0.1, help="the validation fraction")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shrink", type=float, default=20.0)
     p.add_argument("members", nargs="+", help="the ensemble's member checkpoints")
     args = p.parse_args(argv)

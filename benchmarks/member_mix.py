@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_models import held_out
+from compare_models import held_out, held_out_options
 
 from deepergat import train
 from deepergat.checkpoint import build_model, read_checkpoint
@@ -58,10 +58,7 @@ def score(preds: np.ndarray, y: np.ndarray, *, repeats: int = 200) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    held_out_options(p)
     p.add_argument("mixes", nargs="+", help="NAME=CKPT,CKPT,...")
     args = p.parse_args(argv)
     mixes = {}

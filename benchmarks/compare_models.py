@@ -28,10 +28,15 @@ from deepergat import train
 from deepergat.checkpoint import build_model, read_checkpoint
 from deepergat.config import TrainConfig
 from deepergat.data import load_graphs
-from deepergat.ensemble import member_predictions
+from deepergat.ensemble import member_outputs
 from deepergat.graphs import graph_settings
 from deepergat.model import DeeperGATGNNEnsemble
-from deepergat.uncertainty import calibration_scale, uncertainty_metrics
+from deepergat.uncertainty import (
+    calibration_scale,
+    local_weight,
+    spearman,
+    uncertainty_metrics,
+)
 
 
 def held_out(data: str, target: str, settings: dict, *, fraction: float, seed: int,
@@ -81,16 +86,22 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{path}: its graphs hold out other structures than the first's")
         y = g.targets[args.target][rows]
         if isinstance(model, DeeperGATGNNEnsemble):
-            preds = member_predictions(model, g, rows)[:, :, 0]  # [K, n]
+            preds, embs = member_outputs(model, g, rows)
+            with torch.no_grad():
+                std = model.spread(torch.from_numpy(preds), torch.from_numpy(embs))
+                local = model.local_error(torch.from_numpy(embs)).double().numpy()[:, 0]
+            preds = preds[:, :, 0]  # [K, n]
             mean, raw = preds.mean(0), preds.std(0, ddof=1)
-            scale = float(model.std_scale[0])
-            m = uncertainty_metrics(y, mean, raw * scale)
+            m = uncertainty_metrics(y, mean, std.double().numpy()[:, 0])
             cover = (f"{m['coverage_1sigma']:.3f} / {m['coverage_2sigma']:.3f}")
             rho = f"{m['spearman_std_abs_error']:.3f}"
-            notes.append(cross_fitted(path, y, mean, raw))
+            notes.append(cross_fitted(path, y, mean, raw, local))
             member = np.abs(preds - y).mean(1)
+            term = (f", local error weight {float(model.local_weight[0]):.3f}"
+                    if model.neighbors else "")
             notes.append(f"{path}: member MAEs {', '.join(f'{v:.4f}' for v in member)} "
-                         f"(mean {member.mean():.4f}); std scale {scale:.3f}")
+                         f"(mean {member.mean():.4f}); std scale "
+                         f"{float(model.std_scale[0]):.3f}{term}")
         else:
             mean = train.predict_rows(model, g, rows, batch_size=100)[0][:, 0].astype(np.float64)
             cover = rho = "-"
@@ -110,21 +121,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cross_fitted(path: str, y: np.ndarray, mean: np.ndarray, raw: np.ndarray, *,
-                 repeats: int = 200) -> str:
-    """Coverage on one half of the structures with the factor fitted on the other half."""
+def cross_fitted(path: str, y: np.ndarray, mean: np.ndarray, raw: np.ndarray,
+                 local: np.ndarray, *, repeats: int = 200) -> str:
+    """Coverage and Spearman(σ, |error|) on one half of the structures with the spread's
+    calibration (the local error weight, if the ensemble has the term, and the factor)
+    fitted on the other half."""
     rng = np.random.default_rng(0)
-    c1, c2 = [], []
+    c1, c2, rho = [], [], []
+    has_local = bool(np.any(local))
     for _ in range(repeats):
         order = rng.permutation(len(y))
         fit, test = order[: len(y) // 2], order[len(y) // 2 :]
-        s = calibration_scale(y[fit, None], mean[fit, None], raw[fit, None])[0]
-        z = np.abs(y[test] - mean[test]) / np.maximum(raw[test] * s, 1e-12)
+        w = (local_weight(y[fit, None], mean[fit, None], raw[fit, None], local[fit, None])[0]
+             if has_local else 0.0)
+        total = np.sqrt(raw**2 + (w * local) ** 2)
+        s = calibration_scale(y[fit, None], mean[fit, None], total[fit, None])[0]
+        err = np.abs(y[test] - mean[test])
+        z = err / np.maximum(total[test] * s, 1e-12)
         c1.append((z <= 1).mean())
         c2.append((z <= 2).mean())
-    return (f"{path}: cross-fitted coverage (fit on half, count the other, {repeats} halvings): "
-            f"1σ {np.mean(c1):.3f}, 2σ {np.mean(c2):.3f} (5th–95th percentile "
-            f"{np.percentile(c2, 5):.3f}–{np.percentile(c2, 95):.3f})")
+        rho.append(spearman(total[test], err))
+    return (f"{path}: cross-fitted (fit on half, count the other, {repeats} halvings): "
+            f"coverage 1σ {np.mean(c1):.3f}, 2σ {np.mean(c2):.3f} (5th–95th percentile "
+            f"{np.percentile(c2, 5):.3f}–{np.percentile(c2, 95):.3f}); Spearman(σ, abs error) "
+            f"{np.mean(rho):.3f}")
 
 
 if __name__ == "__main__":

@@ -274,7 +274,7 @@ _TRAIN_OPTIONS = (
     "layers",
     "epochs", "batch_size", "lr", "seed", "per_atom", "init_from", "early_stop", "max_time",
     "device", "cache_dir", "out", "resume", "cv", "graph", "distance_scale", "ensemble",
-    "members", "member",
+    "members", "member", "oof", "local_neighbors",
 )
 
 
@@ -337,6 +337,13 @@ Examples:
               help="With --ensemble K or --cv K: train only member I (0 … K-1), e.g. "
                    "$SLURM_ARRAY_TASK_ID; then the same command without --member and with "
                    "--resume assembles the K.")
+@click.option("--oof", type=click.Path(dir_okay=False, exists=True), metavar="OOF_CSV",
+              help="With --ensemble: out-of-fold predictions (oof.csv of a --cv run on the "
+                   "same split and recipe) for the std's local error term [folds: their own].")
+@click.option("--local-neighbors", type=int, default=DEFAULTS.local_neighbors,
+              show_default=True, metavar="N",
+              help="With --ensemble: reference structures the local error term averages "
+                   "(0: the members' spread alone).")
 @click.option("--graph", type=click.Choice(GRAPH_CONSTRUCTIONS), default=DEFAULTS.graph,
               show_default=True, help="Graph construction (see the README).")
 @click.option("--distance-scale", default=DEFAULTS.distance_scale, show_default=True,

@@ -52,6 +52,11 @@ class TrainConfig:
             or ``"seeds"`` (one split, K seeds).
         member: with ``cv`` or ``ensemble``, train only this member (0-based; one task of a
             SLURM array or one core each); the run without it assembles them.
+        oof: with ``ensemble``, out-of-fold predictions (``oof.csv`` of a ``cv`` run on the
+            same data, split and recipe) that give the ensemble's local error term; a
+            ``folds`` ensemble uses its own by default.
+        local_neighbors: reference structures averaged by the local error term (0: no term,
+            the members' spread alone).
         model: further model constructor arguments (dim, heads, gaussians, dgn, skip, identity,
             …).
         cutoff, max_neighbors, graph: graph settings (Å, count, ``periodic`` or
@@ -96,6 +101,8 @@ class TrainConfig:
     ensemble: int | None = None
     members: str = "folds"
     member: int | None = None
+    oof: str | None = None
+    local_neighbors: int = 100
     model: dict[str, Any] = field(default_factory=dict)
     cutoff: float = DEFAULT_CUTOFF
     max_neighbors: int = DEFAULT_MAX_NEIGHBORS
@@ -162,6 +169,12 @@ class TrainConfig:
                     0 <= self.member < k):
                 raise DeepergatError(f"--member {self.member!r}: give 0 to {k - 1} "
                                      f"(members of {k})")
+        if isinstance(self.local_neighbors, bool) or not isinstance(self.local_neighbors, int) \
+                or self.local_neighbors < 0:
+            raise DeepergatError(f"--local-neighbors {self.local_neighbors!r}: give a count "
+                                 "(0: no local error term)")
+        if self.oof and not self.ensemble:
+            raise DeepergatError("--oof gives an ensemble its local error term: give --ensemble K")
         scale = self.distance_scale
         if isinstance(scale, str) and scale not in ("cutoff", "data"):
             try:

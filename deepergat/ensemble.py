@@ -26,9 +26,10 @@ from .data import GraphSet, to_tensors
 from .errors import DeepergatError
 from .metadata import GraphSettings
 from .model import DeeperGATGNN, DeeperGATGNNEnsemble
-from .uncertainty import COVERAGE, calibration_scale, uncertainty_metrics
+from .uncertainty import COVERAGE, calibration_scale, local_weight, uncertainty_metrics
 
-__all__ = ["assemble", "calibrate", "member_predictions"]
+__all__ = ["assemble", "calibrate", "ensemble_outputs", "member_outputs", "member_predictions",
+           "set_local_error"]
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +109,66 @@ def assemble(
     return ensemble.eval(), elements
 
 
+def member_outputs(
+    model: DeeperGATGNNEnsemble | DeeperGATGNN, g: GraphSet, rows: np.ndarray, *,
+    batch_size: int = 100, device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """([K, n, T] float64 predictions, [K, n, D] float32 embeddings) of each member for usable
+    rows of a graph set."""
+    members = list(model.members) if isinstance(model, DeeperGATGNNEnsemble) else [model]
+    preds, embs = [], []
+    with torch.no_grad():
+        for member in members:
+            member.eval()
+            parts = [member(*to_tensors(g.batch(rows[a : a + batch_size]), device).values())
+                     for a in range(0, len(rows), batch_size)]
+            preds.append(torch.cat([p for p, _ in parts]).double().cpu().numpy())
+            embs.append(torch.cat([e for _, e in parts]).float().cpu().numpy())
+    return np.stack(preds), np.stack(embs)
+
+
 def member_predictions(
     model: DeeperGATGNNEnsemble | DeeperGATGNN, g: GraphSet, rows: np.ndarray, *,
     batch_size: int = 100, device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """[K, n, T] float64 predictions of each member for usable rows of a graph set."""
-    members = list(model.members) if isinstance(model, DeeperGATGNNEnsemble) else [model]
-    out = []
+    return member_outputs(model, g, rows, batch_size=batch_size, device=device)[0]
+
+
+def ensemble_outputs(
+    ensemble: DeeperGATGNNEnsemble, g: GraphSet, rows: np.ndarray, *, batch_size: int = 100,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([n, T] mean, [n, T] raw member spread, [n, T] local error ê; zeros without the term)
+    of an ensemble on usable rows, float64."""
+    preds, embs = member_outputs(ensemble, g, rows, batch_size=batch_size)
     with torch.no_grad():
-        for member in members:
-            member.eval()
-            parts = [member(*to_tensors(g.batch(rows[a : a + batch_size]), device).values())[0]
-                     for a in range(0, len(rows), batch_size)]
-            out.append(torch.cat(parts).double().cpu().numpy())
-    return np.stack(out)
+        local = ensemble.local_error(torch.from_numpy(embs)).double().numpy()
+    return preds.mean(0), preds.std(0, ddof=1), local
+
+
+def set_local_error(
+    ensemble: DeeperGATGNNEnsemble, g: GraphSet, rows: np.ndarray, errors: np.ndarray, *,
+    neighbors: int, batch_size: int = 100,
+) -> None:
+    """Give an ensemble its local error term (`DeeperGATGNNEnsemble.set_local_error`).
+
+    Args:
+        ensemble: the assembled ensemble.
+        g, rows: the reference structures (usable rows): training structures whose errors
+            are out-of-fold, e.g. every training structure of a K-fold cross-validation.
+        errors: [n, T] their out-of-fold |errors|, in the targets' units.
+        neighbors: references averaged per structure (capped at n).
+
+    Raises:
+        DeepergatError: fewer than 2 references, or errors that are not finite.
+    """
+    errors = np.abs(np.asarray(errors, dtype=np.float64)).reshape(len(rows), -1)
+    if len(rows) < 2 or not np.isfinite(errors).all():
+        raise DeepergatError(f"the local error term needs at least 2 reference structures "
+                             f"with finite errors, got {len(rows)}")
+    _, embs = member_outputs(ensemble, g, rows, batch_size=batch_size)
+    ensemble.set_local_error(torch.from_numpy(embs), torch.from_numpy(errors),
+                             neighbors=min(int(neighbors), len(rows)))
 
 
 def calibrate(
@@ -151,16 +198,25 @@ def calibrate(
             f"{source}: {len(rows)} structures cannot calibrate an ensemble's spread; give a "
             "validation split of at least 20 structures"
         )
-    preds = member_predictions(ensemble, g, rows, batch_size=batch_size)  # [K, n, T]
-    mean = preds.mean(0)
-    raw = preds.std(0, ddof=1)
+    mean, raw, local = ensemble_outputs(ensemble, g, rows, batch_size=batch_size)
     y = np.asarray(y, dtype=np.float64).reshape(mean.shape)
+    doc: dict[str, Any] = {}
+    if ensemble.neighbors:
+        weight = local_weight(y, mean, raw, local)
+        ensemble.set_local_weight(torch.as_tensor(weight))
+        raw = np.sqrt(raw**2 + (weight * local) ** 2)
+        doc["local_weight"] = [float(w) for w in weight]
+        doc["local_neighbors"] = ensemble.neighbors
+        doc["local_references"] = int(ensemble.reference_errors.shape[0])
     scale = calibration_scale(y, mean, raw)
     ensemble.set_std_scale(torch.as_tensor(scale))
     per_target = {}
     for j, name in enumerate(target_names):
         m = uncertainty_metrics(y[:, j], mean[:, j], raw[:, j] * scale[j])
         per_target[str(name)] = {"mae": float(np.abs(y[:, j] - mean[:, j]).mean()), **m}
+    method = "quantile of |y - mean| / (2 std_raw)"
+    if ensemble.neighbors:
+        method = ("local_weight by Gaussian likelihood, then the quantile of |y - mean| / "
+                  "(2 sqrt(std_raw^2 + (local_weight * local_error)^2))")
     return {"std_scale": [float(s) for s in scale], "coverage": COVERAGE, "n": len(rows),
-            "source": source, "method": "quantile of |y - mean| / (2 std_raw)",
-            "metrics": per_target}
+            "source": source, "method": method, **doc, "metrics": per_target}

@@ -63,6 +63,9 @@ _REQUIRED = ("format", "model", "graph", "targets", "elements")
 MAX_CUTOFF = 30.0
 #: Largest neighbor count a model's metadata may hold (models use 12-64).
 MAX_NEIGHBORS = 256
+#: Most reference values (structures × embedding width) an ensemble's local error term may
+#: hold (1 GiB of float32; the bundled one holds 3,408 × 320).
+MAX_LOCAL_VALUES = 2**28
 #: What to do about a damaged document (the end of every message about one).
 _FIX = "use an intact copy of the model file"
 #: Integer constructor arguments that count something (at least 1 where present).
@@ -628,6 +631,13 @@ class ModelMetadata:
                 r.bad(f"model.{key}", "an integer", model[key])
             if key in model and model[key] < 1:
                 r.bad(f"model.{key}", "at least 1", model[key])
+        if "local_error" in model:
+            le = _Reader(model["local_error"], where, "model.local_error.")
+            le.require(("neighbors", "bandwidth", "references", "features"))
+            refs = le.integer("references", low=1, high=MAX_LOCAL_VALUES)
+            le.integer("neighbors", low=1, high=refs)
+            le.integer("features", low=1, high=MAX_LOCAL_VALUES // refs)
+            le.number("bandwidth", positive=True)
         if "cutoff" in model and not (_is_number(model["cutoff"]) and model["cutoff"] > 0):
             r.bad("model.cutoff", "a finite number above 0", model["cutoff"])
         targets = r.items("targets", lambda v: True, "objects")

@@ -926,7 +926,7 @@ def plan_folds(cfg: TrainConfig, k: int, *,
 def _member_config(cfg: TrainConfig, out: Path, seed: int, scale: float | None) -> TrainConfig:
     return dataclasses.replace(
         cfg, out=str(out), seed=seed, distance_scale="cutoff" if scale is None else scale,
-        test_data=None, test_fraction=None, cv=None, ensemble=None, member=None,
+        test_data=None, test_fraction=None, cv=None, ensemble=None, member=None, oof=None,
     )
 
 
@@ -1043,7 +1043,7 @@ def train_ensemble(cfg: TrainConfig, *,
         DeepergatError: fewer than 2 members, ``--cv`` different from ``--ensemble``, no
             validation split to calibrate on, or a member that stopped early on a signal.
     """
-    from .ensemble import assemble, calibrate, member_predictions
+    from .ensemble import assemble, calibrate, member_outputs, set_local_error
     from .uncertainty import uncertainty_metrics
 
     k = int(cfg.ensemble or 0)
@@ -1084,6 +1084,13 @@ def train_ensemble(cfg: TrainConfig, *,
     datas = [read_checkpoint(p) for p in paths]
     ensemble, elements = assemble(datas, names=[str(p) for p in paths],
                                   allow_element_differences=True)
+    oof = Path(cfg.oof) if cfg.oof else out / "oof.csv" if cfg.members == "folds" else None
+    if oof is not None and cfg.local_neighbors:
+        g_ref, ref_rows, errors = _oof_references(oof, splits)
+        set_local_error(ensemble, g_ref, ref_rows, errors[:, None],
+                        neighbors=cfg.local_neighbors, batch_size=cfg.batch_size)
+        summary["local_error"] = {"oof": str(oof), "references": len(ref_rows),
+                                  "neighbors": ensemble.neighbors}
     g_val, val_rows = splits.val
     y_val = g_val.targets[cfg.target][val_rows][:, None]
     calibration = calibrate(ensemble, g_val, val_rows, y_val, target_names=[cfg.target],
@@ -1093,9 +1100,11 @@ def train_ensemble(cfg: TrainConfig, *,
                              "note": "the spread was calibrated on these structures"}
     if splits.test is not None and len(splits.test[1]):
         g_test, test_rows = splits.test
-        preds = member_predictions(ensemble, g_test, test_rows, batch_size=cfg.batch_size)
+        preds, embs = member_outputs(ensemble, g_test, test_rows, batch_size=cfg.batch_size)
         mean = preds.mean(0)[:, 0]
-        std = preds.std(0, ddof=1)[:, 0] * float(calibration["std_scale"][0])
+        with torch.no_grad():
+            std = ensemble.spread(torch.from_numpy(preds), torch.from_numpy(embs))
+        std = std.double().numpy()[:, 0]
         y = g_test.targets[cfg.target][test_rows]
         summary["test"] = {"n": len(test_rows), "mae": float(np.abs(y - mean).mean()),
                            "member_mae": [float(np.abs(y - p[:, 0]).mean()) for p in preds],
@@ -1113,6 +1122,59 @@ def train_ensemble(cfg: TrainConfig, *,
     with open(out / "ensemble_metrics.json", "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _oof_references(path: Path, splits: RunSplits) -> tuple[GraphSet, np.ndarray, np.ndarray]:
+    """(graph set, rows, [n] |true − predicted|) of an ``oof.csv``'s structures, every one a
+    training structure of ``splits``.
+
+    Raises:
+        DeepergatError: not an ``id,true,predicted`` file, a value that is not a finite number,
+            or a structure that is not in the training split (one in the validation or test
+            split would leak its error into the calibration there).
+    """
+    g, train_rows = splits.train
+    row_of = {g.ids[r]: int(r) for r in train_rows}
+    held = {}
+    for part, pair in (("validation", splits.val), ("test", splits.test)):
+        if pair is not None:
+            held.update({pair[0].ids[r]: part for r in pair[1]})
+    rows, errors = [], []
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != ["id", "true", "predicted"]:
+                raise DeepergatError(f"{path}: not an out-of-fold file: the header must be "
+                                     f"id,true,predicted (oof.csv of `deepergat train --cv K`), "
+                                     f"got {','.join(header or [])!r}")
+            for line, rec in enumerate(reader, start=2):
+                if len(rec) != 3:
+                    raise DeepergatError(f"{path}:{line}: expected id,true,predicted")
+                sid = rec[0]
+                if sid not in row_of:
+                    where = (f"in this run's {held[sid]} split, which no member may have seen "
+                             "(its error would leak into the calibration there)"
+                             if sid in held else "not a training structure of this run")
+                    raise DeepergatError(
+                        f"{path}:{line}: structure {sid!r} is {where}; give the oof.csv of a "
+                        "`--cv K` run with the same data, --val-fraction/--test-fraction and "
+                        "--seed")
+                try:
+                    err = abs(float(rec[1]) - float(rec[2]))
+                except ValueError:
+                    err = math.nan
+                if not math.isfinite(err):
+                    raise DeepergatError(f"{path}:{line}: true and predicted must be finite "
+                                         f"numbers, got {rec[1]!r}, {rec[2]!r}")
+                rows.append(row_of[sid])
+                errors.append(err)
+    except OSError as e:
+        raise DeepergatError(f"{path}: cannot read out-of-fold predictions: "
+                             f"{e.strerror or e}") from None
+    if len(set(rows)) != len(rows):
+        raise DeepergatError(f"{path}: a structure appears more than once")
+    return g, np.asarray(rows, dtype=np.int64), np.asarray(errors)
 
 
 def _write_oof(path: Path, ids: list[str], true: np.ndarray, predicted: np.ndarray) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COVERAGE", "calibration_scale", "spearman", "uncertainty_metrics"]
+__all__ = ["COVERAGE", "calibration_scale", "local_weight", "spearman", "uncertainty_metrics"]
 
 #: Share of unseen structures whose |error| the calibrated 2σ should cover.
 COVERAGE = 0.95
@@ -42,6 +42,40 @@ def calibration_scale(y: np.ndarray, mean: np.ndarray, std_raw: np.ndarray, *,
         raise ValueError("calibration values must be finite")
     z = np.abs(y - mean) / (2.0 * np.maximum(std_raw, _TINY))
     return np.quantile(z, coverage, axis=0, method="higher")
+
+
+def local_weight(y: np.ndarray, mean: np.ndarray, std_raw: np.ndarray,
+                 local: np.ndarray) -> np.ndarray:
+    """Per-target weight w of a local error term in σ ∝ sqrt(σ_raw² + (w ê)²).
+
+    The weight that makes the errors most likely under a Gaussian of that width (with its
+    best scale), searched over 0 and 161 values log-spaced over 10⁻⁴…10⁴ × mean σ_raw / mean ê.
+    Only the ratio of the two parts matters here; `calibration_scale` sets the overall scale.
+
+    Args:
+        y, mean, std_raw, local: [n, T] true values, ensemble means, raw member spreads and
+            local errors ê (same units), over structures no member trained on.
+
+    Returns:
+        [T] float64 weights (0 where ê does not help or is constant 0).
+    """
+    y, mean, std_raw, local = (np.asarray(a, dtype=np.float64) for a in (y, mean, std_raw, local))
+    if y.ndim != 2 or not y.shape == mean.shape == std_raw.shape == local.shape or len(y) < 2:
+        raise ValueError("local_weight needs [n, T] arrays of equal shape with n >= 2")
+    out = np.zeros(y.shape[1])
+    for j in range(y.shape[1]):
+        e2 = (y[:, j] - mean[:, j]) ** 2
+        s2, l2 = np.maximum(std_raw[:, j], _TINY) ** 2, local[:, j] ** 2
+        if not l2.mean() > 0:
+            continue
+        unit = np.sqrt(s2.mean() / l2.mean())
+        best, out[j] = np.inf, 0.0
+        for w in np.concatenate([[0.0], unit * np.logspace(-4, 4, 161)]):
+            v = s2 + w * w * l2
+            nll = 0.5 * np.log(np.mean(e2 / v)) + 0.5 * np.mean(np.log(v))
+            if nll < best - 1e-12:
+                best, out[j] = nll, w
+    return out
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

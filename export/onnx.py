@@ -53,6 +53,8 @@ MIN_OPSET = 18
 #: execution provider at opset 18 (onnxruntime/core/providers/cuda/cuda_execution_provider.cc).
 #: Scatter ops with a reduction (ScatterElements/ScatterND ``reduction=add``) are deliberately
 #: absent: their CUDA kernels use atomics (non-deterministic) and the padded layout needs none.
+#: TopK (opset 11 on, onnxruntime/core/providers/cuda/math/topk.cc) serves an ensemble's
+#: local error term.
 CUDA_OP_TYPES = frozenset({
     "Abs", "Add", "And", "ArgMax", "BatchNormalization", "Cast", "CastLike", "Clip", "Concat",
     "Constant", "ConstantOfShape", "Cos", "Div", "Equal", "Erf", "Exp", "Expand", "Flatten",
@@ -60,7 +62,7 @@ CUDA_OP_TYPES = frozenset({
     "LeakyRelu", "Less", "LessOrEqual", "Log", "MatMul", "Max", "Min", "Mul", "Neg", "Not", "Or",
     "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu",
     "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze",
-    "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
+    "Sub", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
 })
 #: Never allowed, whatever their attributes: a reduction scatter uses atomics.
 _SCATTER_OPS = frozenset({"ScatterElements", "ScatterND", "Scatter"})

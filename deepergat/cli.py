@@ -342,8 +342,8 @@ Examples:
                    "same split and recipe) for the std's local error term [folds: their own].")
 @click.option("--local-neighbors", type=int, default=DEFAULTS.local_neighbors,
               show_default=True, metavar="N",
-              help="With --ensemble: reference structures the local error term averages "
-                   "(0: the members' spread alone).")
+              help="With --ensemble: the k-th nearest reference structure sets the width "
+                   "of the local error term's kernel (0: the members' spread alone).")
 @click.option("--graph", type=click.Choice(GRAPH_CONSTRUCTIONS), default=DEFAULTS.graph,
               show_default=True, help="Graph construction (see the README).")
 @click.option("--distance-scale", default=DEFAULTS.distance_scale, show_default=True,

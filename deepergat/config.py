@@ -55,8 +55,9 @@ class TrainConfig:
         oof: with ``ensemble``, out-of-fold predictions (``oof.csv`` of a ``cv`` run on the
             same data, split and recipe) that give the ensemble's local error term; a
             ``folds`` ensemble uses its own by default.
-        local_neighbors: reference structures averaged by the local error term (0: no term,
-            the members' spread alone).
+        local_neighbors: k of the local error term: the k-th nearest reference structure's
+            distance sets its kernel width (0: no term, the members' spread alone; 30 was
+            chosen on perov5's out-of-fold errors, benchmarks/ACCURACY.md).
         model: further model constructor arguments (dim, heads, gaussians, dgn, skip, identity,
             …).
         cutoff, max_neighbors, graph: graph settings (Å, count, ``periodic`` or
@@ -102,7 +103,7 @@ class TrainConfig:
     members: str = "folds"
     member: int | None = None
     oof: str | None = None
-    local_neighbors: int = 100
+    local_neighbors: int = 30
     model: dict[str, Any] = field(default_factory=dict)
     cutoff: float = DEFAULT_CUTOFF
     max_neighbors: int = DEFAULT_MAX_NEIGHBORS

@@ -213,8 +213,6 @@ class DeeperGATGNN(GraphModel):
 #: An ensemble's local error kernel width, in units of the squared distance of the k-th
 #: nearest reference (chosen on 3,408 out-of-fold errors: benchmarks/ACCURACY.md).
 LOCAL_BANDWIDTH = 0.3
-#: References whose distance sets it.
-LOCAL_NEIGHBORS = 100
 
 
 class DeeperGATGNNEnsemble(nn.Module):

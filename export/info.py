@@ -78,6 +78,12 @@ def format_model(info: dict[str, Any], path: str) -> list[str]:
         n = calibration.n if calibration.n is not None else "?"
         lines.append(f"  ensemble         {model.get('members', '?')} members; std calibrated "
                      f"×{scales} on {n} structures ({calibration.source or '?'})")
+        local = model.get("local_error")
+        weights = calibration.extra.get("local_weight")
+        if isinstance(local, dict) and isinstance(weights, list):
+            lines.append(f"                   local error term: out-of-fold errors of "
+                         f"{local.get('references', '?')} reference structures, weight "
+                         f"{', '.join(f'{w:.4g}' for w in weights)} (docs/design.md §6)")
         for name, m in (calibration.metrics or {}).items():
             lines.append(f"                   {name}: |error| ≤ 2σ for "
                          f"{m.get('coverage_2sigma', float('nan')):.3f}, ≤ σ for "

@@ -62,6 +62,74 @@ def test_ensemble_batched_equals_one_by_one() -> None:
                                    rtol=1e-5, atol=1e-6)
 
 
+def _with_local_term(ens: DeeperGATGNNEnsemble, n: int = 40, *, neighbors: int = 10,
+                     errors: torch.Tensor | None = None) -> torch.Tensor:
+    """Give ``ens`` a local error term over the first ``n`` fixture structures; their
+    errors (default: random in [0, 1))."""
+    refs = model_inputs(perov_structures(n))
+    with torch.no_grad():
+        embs = torch.stack([m(*refs.values())[1] for m in ens.members])
+    if errors is None:
+        errors = torch.rand(n, 1, generator=torch.Generator().manual_seed(0))
+    ens.set_local_error(embs, errors, neighbors=neighbors)
+    return embs
+
+
+def test_local_error_term_is_the_kernel_mean_of_nearby_reference_errors() -> None:
+    ens, _ = assemble(_members(3), names=["a", "b", "c"])
+    refs = _with_local_term(ens)
+    errors = ens.reference_errors.double()
+    ens.set_local_weight([2.0])
+    ens.set_std_scale([1.5])
+    inputs = model_inputs(perov_structures(7))
+    with torch.no_grad():
+        _, _, std = ens(*inputs.values())
+        each = [m(*inputs.values()) for m in ens.members]
+    preds = torch.stack([p for p, _ in each]).double()
+    query = torch.stack([e for _, e in each]).double()
+    # written out independently: standardize over the references, squared distances, the
+    # 10th nearest sets the kernel width (0.3 of it), weights sum to 1
+    flat = refs.permute(1, 0, 2).reshape(40, -1).double()
+    center, scale = flat.mean(0), flat.std(0, unbiased=False).clamp_min(1e-6)
+    z = (flat - center) / scale
+    q = (query.permute(1, 0, 2).reshape(len(preds[0]), -1) - center) / scale
+    d2 = torch.cdist(q, z) ** 2
+    kth = d2.sort(1).values[:, 9:10]
+    w = torch.exp(-d2 / (0.3 * kth))
+    local = (w / w.sum(1, keepdim=True)) @ errors
+    expected = 1.5 * torch.sqrt(preds.var(0) + (2.0 * local) ** 2)
+    torch.testing.assert_close(std.double(), expected, rtol=1e-4, atol=1e-6)
+    assert ens.config["local_error"] == {"neighbors": 10, "bandwidth": 0.3, "references": 40,
+                                         "features": 3 * 16}
+
+
+def test_local_error_is_large_where_the_references_were_wrong() -> None:
+    """A reference structure predicted again gets mostly its own error back: ê is high for the
+    structures whose out-of-fold errors were high, low for the others."""
+    ens, _ = assemble(_members(2), names=["a", "b"])
+    wrong = torch.zeros(40, 1)
+    wrong[::2] = 1.0
+    _with_local_term(ens, errors=wrong)
+    with torch.no_grad():
+        embs = torch.stack([m(*model_inputs(perov_structures(40)).values())[1]
+                            for m in ens.members])
+        local = ens.local_error(embs)[:, 0]
+    assert local[::2].min() > local[1::2].max()
+    assert ((local >= 0) & (local <= 1)).all()
+
+
+def test_ensemble_with_a_local_term_batched_equals_one_by_one() -> None:
+    ens, _ = assemble(_members(2), names=["a", "b"])
+    _with_local_term(ens)
+    ens.set_local_weight([1.0])
+    structures = perov_structures(6)
+    with torch.no_grad():
+        batched = ens(*model_inputs(structures).values())
+        single = [ens(*model_inputs([s]).values()) for s in structures]
+    np.testing.assert_allclose(batched[2].numpy(), torch.cat([o[2] for o in single]).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_members_from_before_the_translation_rule_was_recorded_join_newer_ones() -> None:
     old, new = _members(2, graph="minimum-image")
     del old["graph"]["translation_tolerance"], old["graph"]["translation_max_atoms"]
@@ -119,6 +187,32 @@ def test_ensemble_checkpoint_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         for a, b in zip(ck.model(*inputs.values()), ens(*inputs.values()), strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_ensemble_with_a_local_term_round_trips_and_bad_terms_are_refused(
+        tmp_path: Path) -> None:
+    from deepergat.checkpoint import model_metadata
+
+    ens, elements = assemble(_members(3), names=["a", "b", "c"])
+    _with_local_term(ens, neighbors=5)
+    ens.set_local_weight([0.8])
+    path = tmp_path / "e.ckpt"
+    doc = make_checkpoint(ens, targets=["heat_ref"], units=["eV"], elements=elements,
+                          calibration={"std_scale": [1.0], "local_weight": [0.8]})
+    torch.save(doc, path)
+    ck = load_checkpoint(path)
+    assert ck.model.neighbors == 5 and float(ck.model.local_weight[0]) == pytest.approx(0.8)
+    inputs = model_inputs(perov_structures(4))
+    with torch.no_grad():
+        for a, b in zip(ck.model(*inputs.values()), ens(*inputs.values()), strict=True):
+            torch.testing.assert_close(a, b)
+    for key, value, what in (("neighbors", 41, "neighbors must be"),
+                             ("bandwidth", -1.0, "bandwidth must be"),
+                             ("features", 2**28, "features must be")):
+        bad = {**doc, "model": {**doc["model"],
+                                "local_error": {**doc["model"]["local_error"], key: value}}}
+        with pytest.raises(DeepergatError, match=f"model.local_error.{what}"):
+            model_metadata(bad, where="bad.ckpt")
 
 
 # ------------------------------------------------------------------ calibration
@@ -191,6 +285,9 @@ def test_train_ensemble_of_folds(fold_ensemble: dict) -> None:
         assert set(split["val"]) == val and not (set(split["train"]) & val)
     assert summary["test"]["n"] == 18 and 0 <= summary["test"]["coverage_2sigma"] <= 1
     assert (out / "oof.csv").is_file() and summary["cv"]["folds"] == 3
+    # a fold ensemble's std has its local error term from its own out-of-fold errors
+    assert summary["local_error"]["references"] == summary["cv"]["n"] == ck.model.neighbors
+    assert cal["local_weight"][0] >= 0 and cal["local_references"] == summary["cv"]["n"]
 
 
 def test_ensemble_predict_evaluate_export(fold_ensemble: dict, tmp_path: Path) -> None:
@@ -223,7 +320,7 @@ def test_ensemble_predict_evaluate_export(fold_ensemble: dict, tmp_path: Path) -
     assert p.has_std and p.members == 3 and p.graph == "minimum-image"
     meta = p.metadata
     assert meta.graph.translations == {"translation_tolerance": 0.25, "translation_max_atoms": 256}
-    assert meta.calibration is not None
+    assert meta.calibration is not None and "local_error" in meta.model
     assert list(meta.calibration.std_scale) == load_checkpoint(ckpt).data["calibration"][
         "std_scale"]
     with pytest.raises(DeepergatError, match="graph 'periodic' given, the model was trained"):
@@ -280,3 +377,58 @@ def test_members_trained_one_at_a_time_assemble_into_the_same_ensemble(
         _cfg(tiny_store, parts, ensemble=2, member=2).validate()
     with pytest.raises(DeepergatError, match="--member trains one member"):
         _cfg(tiny_store, parts, member=0).validate()
+
+
+def test_a_seed_ensemble_takes_its_local_term_from_a_cross_validation(
+        tiny_store: Path, tmp_path: Path) -> None:
+    """``--oof`` gives a seed ensemble the out-of-fold errors of a --cv run on the same split;
+    a file naming a validation structure, or not an oof.csv, is refused with one line."""
+    from deepergat.train import cross_validate
+
+    cross_validate(_cfg(tiny_store, tmp_path / "cv", cv=2, epochs=1, test_fraction=None))
+    oof = tmp_path / "cv" / "oof.csv"
+    n = len(oof.read_text().splitlines()) - 1
+    r = CliRunner().invoke(main, [
+        "train", "--data", str(tiny_store), "--target", "heat_ref", "--out",
+        str(tmp_path / "s"), "--layers", "2", "--epochs", "1", "--batch-size", "16",
+        "--val-fraction", "0.35", "--ensemble", "2", "--members", "seeds", "--device", "cpu",
+        "--cache-dir", str(tmp_path / "cache"), "--oof", str(oof), "--local-neighbors", "5"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s" / "ensemble_metrics.json").read_text())
+    assert summary["local_error"] == {"oof": str(oof), "references": n, "neighbors": 5}
+    ck = load_checkpoint(tmp_path / "s" / "ensemble.ckpt")
+    assert ck.data["model"]["local_error"]["references"] == n
+    assert "local_weight" in ck.data["calibration"]
+    base = dict(test_fraction=None, ensemble=2, members="seeds", epochs=1, resume=True)
+    none = train_ensemble(_cfg(tiny_store, tmp_path / "s", **base, oof=str(oof),
+                               local_neighbors=0))
+    assert "local_error" not in none and load_checkpoint(
+        tmp_path / "s" / "ensemble.ckpt").model.neighbors == 0
+    val = json.loads((tmp_path / "s" / "member-0" / "splits.json").read_text())["val"][0]
+    leaky = tmp_path / "leaky.csv"
+    leaky.write_text(oof.read_text() + f"{val},1.0,1.5\n")
+    with pytest.raises(DeepergatError, match=f"structure '{val}' is in this run's validation "
+                                             "split") as err:
+        train_ensemble(_cfg(tiny_store, tmp_path / "s", **base, oof=str(leaky)))
+    assert "\n" not in str(err.value)
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("id,heat_ref,status\n")
+    with pytest.raises(DeepergatError, match="header must be id,true,predicted"):
+        train_ensemble(_cfg(tiny_store, tmp_path / "s", **base, oof=str(wrong)))
+    with pytest.raises(DeepergatError, match="--oof gives an ensemble"):
+        _cfg(tiny_store, tmp_path / "s", oof=str(oof)).validate()
+
+
+def test_local_weight_finds_the_share_of_the_error_the_term_explains() -> None:
+    from deepergat.uncertainty import local_weight
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    raw = rng.uniform(0.5, 1.5, (n, 1))
+    local = rng.uniform(0.5, 3.0, (n, 1))
+    y = np.zeros((n, 1))
+    with_term = rng.normal(0.0, np.sqrt(raw**2 + (2.0 * local) ** 2))
+    assert local_weight(y, with_term, raw, local)[0] == pytest.approx(2.0, rel=0.15)
+    without = rng.normal(0.0, raw)
+    assert local_weight(y, without, raw, local)[0] < 0.15
+    assert local_weight(y, without, raw, np.zeros_like(local))[0] == 0.0

@@ -16,7 +16,6 @@ k-nearest mean is the row without a bandwidth. Spearman figures carry a bootstra
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_models import held_out_options
+from compare_models import cross_fitted, held_out_options
 
 from deepergat import train
 from deepergat.checkpoint import build_model, read_checkpoint
@@ -33,10 +32,11 @@ from deepergat.config import TrainConfig
 from deepergat.ensemble import member_outputs
 from deepergat.graphs import graph_settings
 from deepergat.model import DeeperGATGNNEnsemble
-from deepergat.uncertainty import calibration_scale, local_weight, spearman
+from deepergat.uncertainty import spearman
 
 #: (k, bandwidth) settings compared; None: the hard mean of the k nearest.
-SETTINGS = [(10, 0.3), (30, 0.2), (30, 0.3), (30, 0.5), (100, 0.3), (300, 0.3), (30, None), (100, None)]
+SETTINGS = [(10, 0.3), (30, 0.2), (30, 0.3), (30, 0.5), (100, 0.3), (300, 0.3), (30, None),
+            (100, None)]
 
 
 def _boot(a: np.ndarray, b: np.ndarray, repeats: int = 200) -> float:
@@ -76,22 +76,14 @@ def main(argv: list[str] | None = None) -> int:
                       val_fraction=args.fraction, seed=args.seed, cutoff=settings["cutoff"],
                       max_neighbors=settings["max_neighbors"], graph=settings["construction"])
     splits = train.make_splits(cfg)
-    g, train_rows = splits.train
     g_val, val_rows = splits.val
     folds = Path(args.folds)
-    row_of = {g.ids[r]: int(r) for r in train_rows}
-    with open(folds / "oof.csv", newline="") as f:
-        recs = list(csv.DictReader(f))
-    missing = [r["id"] for r in recs if r["id"] not in row_of]
-    if missing:
-        raise SystemExit(f"{folds}/oof.csv: {len(missing)} structures (first {missing[0]!r}) "
-                         "are not training structures of this split")
-    rows = np.array([row_of[r["id"]] for r in recs])
-    oof_err = np.array([abs(float(r["true"]) - float(r["predicted"])) for r in recs])
-    fold = np.full(len(recs), -1)
+    g, rows, oof_err = train.oof_references(folds / "oof.csv", splits)
+    ids = [g.ids[r] for r in rows]
+    fold = np.full(len(rows), -1)
     for i in range(len(list(folds.glob("fold-*/splits.json")))):
         trained = set(json.loads((folds / f"fold-{i}" / "splits.json").read_text())["train"])
-        fold[[j for j, r in enumerate(recs) if r["id"] not in trained]] = i
+        fold[[j for j, sid in enumerate(ids) if sid not in trained]] = i
     if (fold < 0).any():
         raise SystemExit(f"{folds}: {int((fold < 0).sum())} structures in no fold")
     _, ref_embs = member_outputs(ens, g, rows)
@@ -99,31 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     y = g_val.targets[args.target][val_rows]
     mean, raw = preds.mean(0)[:, 0], preds.std(0, ddof=1)[:, 0]
     err = np.abs(mean - y)
-    print(f"{len(recs)} out-of-fold errors ({fold.max() + 1} folds, MAE {oof_err.mean():.4f}); "
+    print(f"{len(rows)} out-of-fold errors ({fold.max() + 1} folds, MAE {oof_err.mean():.4f}); "
           f"{len(y)} held-out structures, ensemble MAE {err.mean():.4f}, Spearman(σ_members, "
           f"|error|) {spearman(raw, err):.3f} ± {_boot(raw, err):.3f}\n")
     print("| k | bandwidth | out-of-fold: Spearman(ê, abs error) | held out: ê alone | "
           "held out: σ with the term, cross-fitted | 2σ coverage, cross-fitted |")
     print("|---|---|---|---|---|---|")
-    rng = np.random.default_rng(0)
     for k, b in SETTINGS:
-        cv = np.zeros(len(recs))
+        cv = np.zeros(len(rows))
         for i in range(fold.max() + 1):
             q = fold == i
             cv[q] = _estimate(ens, ref_embs[:, ~q], oof_err[~q], ref_embs[:, q], k, b)
         local = _estimate(ens, ref_embs, oof_err, val_embs, k, b)
-        rho, cover = [], []
-        for _ in range(200):
-            order = rng.permutation(len(y))
-            fit, test = order[: len(y) // 2], order[len(y) // 2:]
-            w = local_weight(y[fit, None], mean[fit, None], raw[fit, None], local[fit, None])[0]
-            total = np.sqrt(raw**2 + (w * local) ** 2)
-            s = calibration_scale(y[fit, None], mean[fit, None], total[fit, None])[0]
-            rho.append(spearman(total[test], err[test]))
-            cover.append(np.mean(err[test] <= 2 * s * total[test]))
+        c = cross_fitted(y, mean, raw, local)
         print(f"| {k} | {'hard mean' if b is None else b} | {spearman(cv, oof_err):.3f} ± "
               f"{_boot(cv, oof_err):.3f} | {spearman(local, err):.3f} ± {_boot(local, err):.3f} "
-              f"| {np.mean(rho):.3f} | {np.mean(cover):.3f} |")
+              f"| {c['spearman']:.3f} | {c['coverage_2sigma']:.3f} |")
     return 0
 
 

@@ -337,7 +337,7 @@ Examples:
               help="With --ensemble K or --cv K: train only member I (0 … K-1), e.g. "
                    "$SLURM_ARRAY_TASK_ID; then the same command without --member and with "
                    "--resume assembles the K.")
-@click.option("--oof", type=click.Path(dir_okay=False, exists=True), metavar="OOF_CSV",
+@click.option("--oof", type=click.Path(dir_okay=False), metavar="OOF_CSV",
               help="With --ensemble: out-of-fold predictions (oof.csv of a --cv run on the "
                    "same split and recipe) for the std's local error term [folds: their own].")
 @click.option("--local-neighbors", type=int, default=DEFAULTS.local_neighbors,

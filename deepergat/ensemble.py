@@ -26,7 +26,13 @@ from .data import GraphSet, to_tensors
 from .errors import DeepergatError
 from .metadata import GraphSettings
 from .model import DeeperGATGNN, DeeperGATGNNEnsemble
-from .uncertainty import COVERAGE, calibration_scale, local_weight, uncertainty_metrics
+from .uncertainty import (
+    COVERAGE,
+    calibration_scale,
+    combined_spread,
+    local_weight,
+    uncertainty_metrics,
+)
 
 __all__ = ["assemble", "calibrate", "ensemble_outputs", "member_outputs", "member_predictions",
            "set_local_error"]
@@ -204,7 +210,7 @@ def calibrate(
     if ensemble.neighbors:
         weight = local_weight(y, mean, raw, local)
         ensemble.set_local_weight(torch.as_tensor(weight))
-        raw = np.sqrt(raw**2 + (weight * local) ** 2)
+        raw = combined_spread(raw, local, weight)
         doc["local_weight"] = [float(w) for w in weight]
         doc["local_neighbors"] = ensemble.neighbors
         doc["local_references"] = int(ensemble.reference_errors.shape[0])

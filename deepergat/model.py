@@ -211,7 +211,7 @@ class DeeperGATGNN(GraphModel):
 
 
 #: An ensemble's local error kernel width, in units of the squared distance of the k-th
-#: nearest reference (chosen on 3,408 out-of-fold errors: benchmarks/ACCURACY.md).
+#: nearest reference (from the best plateau on 3,408 out-of-fold errors: benchmarks/ACCURACY.md).
 LOCAL_BANDWIDTH = 0.3
 
 
@@ -225,7 +225,7 @@ class DeeperGATGNNEnsemble(nn.Module):
     deviation (unbiased, over K) times ``std_scale`` (one factor per target, fitted on
     structures no member trained on: `deepergat.uncertainty.calibration_scale`).
 
-    With a local error term (``local_error``, docs/design.md §5) the spread has a second
+    With a local error term (``local_error``, docs/design.md §6) the spread has a second
     part: ê, a kernel-weighted mean of reference structures' out-of-fold |errors| by their
     distance d in the members' embedding space (their K pooled vectors side by side, each
     coordinate standardized over the references), with weights ∝ exp(−d² / (b · d_k²)), d_k
@@ -273,11 +273,10 @@ class DeeperGATGNNEnsemble(nn.Module):
 
     def _local_buffers(self, refs: Tensor, center: Tensor, scale: Tensor, errors: Tensor,
                        weight: Tensor, *, neighbors: int, bandwidth: float) -> None:
-        dtype = torch.get_default_dtype()
         for name, value in (("reference_embeddings", refs), ("embedding_center", center),
                             ("embedding_scale", scale), ("reference_errors", errors),
                             ("local_weight", weight)):
-            self.register_buffer(name, value.detach().to(dtype).clone())
+            self.register_buffer(name, value.detach().to(self.std_scale).clone())
         self.neighbors = int(neighbors)
         self.bandwidth = float(bandwidth)
         self.config["local_error"] = {"neighbors": self.neighbors, "bandwidth": self.bandwidth,
@@ -295,8 +294,9 @@ class DeeperGATGNNEnsemble(nn.Module):
             neighbors: k, whose distance sets the kernel's width (at most R).
             bandwidth: b, the kernel's width in units of the k-th nearest distance squared.
 
-        The weight of the term starts at 0 (`set_local_weight` sets it, `deepergat.ensemble.
-        calibrate` fits it).
+        The ensemble is uncalibrated afterwards: the term's weight starts at 0 and the
+        spread's factors at 1 (`deepergat.ensemble.calibrate` fits both). A coordinate that is
+        constant over the references cannot tell them apart and is left out of the distances.
         """
         k_members, r, _ = embeddings.shape
         if k_members != len(self.members) or errors.shape != (r, self.std_scale.shape[0]):
@@ -306,12 +306,14 @@ class DeeperGATGNNEnsemble(nn.Module):
         if not 1 <= neighbors <= r:
             raise ValueError(f"local error: neighbors must be 1 to {r} (the references), "
                              f"got {neighbors}")
-        flat = embeddings.permute(1, 0, 2).reshape(r, -1).double()
+        flat = embeddings.transpose(0, 1).flatten(1).double()
         center = flat.mean(0)
-        scale = flat.std(0, unbiased=False).clamp_min(1e-6)
+        scale = flat.std(0, unbiased=False)
+        scale = torch.where(scale > 1e-6 * scale.max(), scale, torch.inf)
         self._local_buffers((flat - center) / scale, center, scale, errors.double(),
                             torch.zeros_like(self.std_scale), neighbors=neighbors,
                             bandwidth=bandwidth)
+        self.set_std_scale(torch.ones_like(self.std_scale))
 
     def set_local_weight(self, weight: Tensor | list[float]) -> None:
         """Set the [T] weights of the local error term."""
@@ -324,13 +326,14 @@ class DeeperGATGNNEnsemble(nn.Module):
         c = embeddings.shape[1]
         if not self.neighbors:
             return embeddings.new_zeros(c, self.std_scale.shape[0])
-        q = embeddings.permute(1, 0, 2).reshape(c, -1)
-        q = (q - self.embedding_center) / self.embedding_scale
+        q = (embeddings.transpose(0, 1).flatten(1) - self.embedding_center) / self.embedding_scale
         refs = self.reference_embeddings
         d2 = ((q * q).sum(1, keepdim=True) - 2.0 * q @ refs.T
               + (refs * refs).sum(1)).clamp_min(0.0)  # [C, R] squared distances
         kth = -torch.topk(-d2, self.neighbors, dim=1).values[:, -1:]  # [C, 1]
-        weights = torch.softmax(-d2 / (self.bandwidth * kth).clamp_min(1e-12), dim=1)
+        # the floor (in squared standardized units, far above float32 rounding of d2) keeps
+        # the kernel finite where k or more references coincide with the crystal
+        weights = torch.softmax(-d2 / (self.bandwidth * kth).clamp_min(1e-3), dim=1)
         return weights @ self.reference_errors
 
     def spread(self, preds: Tensor, embeddings: Tensor) -> Tensor:

@@ -1053,11 +1053,22 @@ def train_ensemble(cfg: TrainConfig, *,
         raise DeepergatError(f"--cv {cfg.cv} and --ensemble {k} differ; give one of them")
     out = Path(cfg.out)
     summary: dict[str, Any] = {"members": k, "member_kind": cfg.members}
+    assembling = cfg.member is None
+    if cfg.oof and not cfg.local_neighbors:
+        log.warning("--oof %s is not used: --local-neighbors 0 leaves the local error term "
+                    "out", cfg.oof)
+    elif assembling and cfg.local_neighbors and not cfg.oof and cfg.members == "seeds":
+        log.warning("a seed ensemble without --oof has no local error term: its σ is the "
+                    "members' spread alone (give --oof RUN/oof.csv of a --cv run on the same "
+                    "split and recipe)")
+    oof_given = Path(cfg.oof) if cfg.oof and cfg.local_neighbors else None
     if cfg.members == "folds":
         plan = plan_folds(cfg, k, graph_progress=graph_progress)
         if not len(plan.splits.val[1]):
             raise DeepergatError("--ensemble calibrates its spread on the validation split, "
                                  "which no member trains on: give --val-fraction > 0")
+        if oof_given is not None and assembling:  # a wrong file fails now, not after training
+            oof_references(oof_given, plan.splits)
         summary["cv"] = cross_validate(dataclasses.replace(cfg, cv=k, ensemble=None),
                                        progress=progress, plan=plan)
         if cfg.member is not None:
@@ -1069,6 +1080,8 @@ def train_ensemble(cfg: TrainConfig, *,
         if not len(splits.val[1]):
             raise DeepergatError("--ensemble calibrates its spread on the validation split, "
                                  "which no member trains on: give --val-fraction > 0")
+        if oof_given is not None and assembling:  # a wrong file fails now, not after training
+            oof_references(oof_given, splits)
         g, train_rows = splits.train
         scale = resolve_distance_scale(cfg, g, train_rows)
         dirs = [out / f"member-{i}" for i in range(k)]
@@ -1084,9 +1097,9 @@ def train_ensemble(cfg: TrainConfig, *,
     datas = [read_checkpoint(p) for p in paths]
     ensemble, elements = assemble(datas, names=[str(p) for p in paths],
                                   allow_element_differences=True)
-    oof = Path(cfg.oof) if cfg.oof else out / "oof.csv" if cfg.members == "folds" else None
+    oof = oof_given or (out / "oof.csv" if cfg.members == "folds" else None)
     if oof is not None and cfg.local_neighbors:
-        g_ref, ref_rows, errors = _oof_references(oof, splits)
+        g_ref, ref_rows, errors = oof_references(oof, splits)
         set_local_error(ensemble, g_ref, ref_rows, errors[:, None],
                         neighbors=cfg.local_neighbors, batch_size=cfg.batch_size)
         summary["local_error"] = {"oof": str(oof), "references": len(ref_rows),
@@ -1124,14 +1137,15 @@ def train_ensemble(cfg: TrainConfig, *,
     return summary
 
 
-def _oof_references(path: Path, splits: RunSplits) -> tuple[GraphSet, np.ndarray, np.ndarray]:
+def oof_references(path: Path, splits: RunSplits) -> tuple[GraphSet, np.ndarray, np.ndarray]:
     """(graph set, rows, [n] |true − predicted|) of an ``oof.csv``'s structures, every one a
     training structure of ``splits``.
 
     Raises:
         DeepergatError: not an ``id,true,predicted`` file, a value that is not a finite number,
-            or a structure that is not in the training split (one in the validation or test
-            split would leak its error into the calibration there).
+            a structure twice, fewer than 2 rows, or a structure that is not in the training
+            split (one in the validation or test split would leak its error into the
+            calibration there).
     """
     g, train_rows = splits.train
     row_of = {g.ids[r]: int(r) for r in train_rows}
@@ -1173,7 +1187,12 @@ def _oof_references(path: Path, splits: RunSplits) -> tuple[GraphSet, np.ndarray
         raise DeepergatError(f"{path}: cannot read out-of-fold predictions: "
                              f"{e.strerror or e}") from None
     if len(set(rows)) != len(rows):
-        raise DeepergatError(f"{path}: a structure appears more than once")
+        seen: set[int] = set()
+        again = next(r for r in rows if r in seen or seen.add(r))
+        raise DeepergatError(f"{path}: structure {g.ids[again]!r} appears more than once")
+    if len(rows) < 2:
+        raise DeepergatError(f"{path}: {len(rows)} out-of-fold predictions; the local error "
+                             "term needs at least 2")
     return g, np.asarray(rows, dtype=np.int64), np.asarray(errors)
 
 

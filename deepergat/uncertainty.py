@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COVERAGE", "calibration_scale", "local_weight", "spearman", "uncertainty_metrics"]
+__all__ = ["COVERAGE", "calibration_scale", "combined_spread", "local_weight", "spearman",
+           "uncertainty_metrics"]
 
 #: Share of unseen structures whose |error| the calibrated 2σ should cover.
 COVERAGE = 0.95
@@ -49,7 +50,7 @@ def local_weight(y: np.ndarray, mean: np.ndarray, std_raw: np.ndarray,
     """Per-target weight w of a local error term in σ ∝ sqrt(σ_raw² + (w ê)²).
 
     The weight that makes the errors most likely under a Gaussian of that width (with its
-    best scale), searched over 0 and 161 values log-spaced over 10⁻⁴…10⁴ × mean σ_raw / mean ê.
+    best scale), searched over 0 and 161 values log-spaced over 10⁻⁴…10⁴ × rms σ_raw / rms ê.
     Only the ratio of the two parts matters here; `calibration_scale` sets the overall scale.
 
     Args:
@@ -76,6 +77,14 @@ def local_weight(y: np.ndarray, mean: np.ndarray, std_raw: np.ndarray,
             if nll < best - 1e-12:
                 best, out[j] = nll, w
     return out
+
+
+def combined_spread(std_raw: np.ndarray, local: np.ndarray, weight: np.ndarray | float
+                    ) -> np.ndarray:
+    """sqrt(σ_raw² + (w ê)²): the members' spread and a weighted local error term, before the
+    calibration factor (`deepergat.model.DeeperGATGNNEnsemble.spread` in numpy)."""
+    return np.sqrt(np.asarray(std_raw, dtype=np.float64) ** 2
+                   + (np.asarray(weight, dtype=np.float64) * np.asarray(local)) ** 2)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ predict, evaluate)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from model_helpers import model_inputs, perov_structures
 
+from deepergat import train
 from deepergat.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, make_checkpoint
 from deepergat.cli import main
 from deepergat.ensemble import assemble
@@ -101,6 +103,18 @@ def test_local_error_term_is_the_kernel_mean_of_nearby_reference_errors() -> Non
     torch.testing.assert_close(std.double(), expected, rtol=1e-4, atol=1e-6)
     assert ens.config["local_error"] == {"neighbors": 10, "bandwidth": 0.3, "references": 40,
                                          "features": 3 * 16}
+
+
+def test_new_references_leave_the_ensemble_uncalibrated() -> None:
+    """Replacing the references resets the term's weight and the factor (fitted for the old
+    ones) instead of keeping a calibration that no longer holds."""
+    ens, _ = assemble(_members(2), names=["a", "b"])
+    _with_local_term(ens)
+    ens.set_local_weight([1.5])
+    ens.set_std_scale([0.7])
+    _with_local_term(ens, n=30)
+    assert float(ens.local_weight[0]) == 0.0 and float(ens.std_scale[0]) == 1.0
+    assert ens.config["local_error"]["references"] == 30
 
 
 def test_local_error_is_large_where_the_references_were_wrong() -> None:
@@ -286,8 +300,10 @@ def test_train_ensemble_of_folds(fold_ensemble: dict) -> None:
     assert summary["test"]["n"] == 18 and 0 <= summary["test"]["coverage_2sigma"] <= 1
     assert (out / "oof.csv").is_file() and summary["cv"]["folds"] == 3
     # a fold ensemble's std has its local error term from its own out-of-fold errors
-    assert summary["local_error"]["references"] == summary["cv"]["n"] == ck.model.neighbors
-    assert cal["local_weight"][0] >= 0 and cal["local_references"] == summary["cv"]["n"]
+    assert summary["local_error"]["references"] == summary["cv"]["n"]
+    assert ck.model.neighbors == min(30, summary["cv"]["n"]) == cal["local_neighbors"]
+    assert cal["local_weight"][0] == pytest.approx(float(ck.model.local_weight[0]))
+    assert cal["local_references"] == len(ck.model.reference_errors) == summary["cv"]["n"]
 
 
 def test_ensemble_predict_evaluate_export(fold_ensemble: dict, tmp_path: Path) -> None:
@@ -309,8 +325,12 @@ def test_ensemble_predict_evaluate_export(fold_ensemble: dict, tmp_path: Path) -
     assert "spread:" in r.output
     from deepergat import export
 
-    result = export.export_model(ckpt, tmp_path / "exp", formats="onnx",
+    r = runner.invoke(main, ["info", ckpt])
+    assert r.exit_code == 0 and "local error term: out-of-fold errors of" in r.output
+    # every format carries the local error term and passes its parity check
+    result = export.export_model(ckpt, tmp_path / "exp", formats=["onnx", "torchscript", "pt2"],
                                  n_check=export.exporter.MIN_CHECK)
+    assert [f.path.suffix for f in result.files] == [".onnx", ".pt", ".pt2"]
     onnx_file = result.files[0].path
     import onnx
 
@@ -411,10 +431,31 @@ def test_a_seed_ensemble_takes_its_local_term_from_a_cross_validation(
                                              "split") as err:
         train_ensemble(_cfg(tiny_store, tmp_path / "s", **base, oof=str(leaky)))
     assert "\n" not in str(err.value)
-    wrong = tmp_path / "wrong.csv"
-    wrong.write_text("id,heat_ref,status\n")
-    with pytest.raises(DeepergatError, match="header must be id,true,predicted"):
-        train_ensemble(_cfg(tiny_store, tmp_path / "s", **base, oof=str(wrong)))
+    header, *lines = oof.read_text().splitlines()
+    first_id = lines[0].split(",")[0]
+    for name, text, match in (
+            ("wrong", "id,heat_ref,status\n", "header must be id,true,predicted"),
+            ("empty", header + "\n", "0 out-of-fold predictions"),
+            ("twice", "\n".join([header, *lines, lines[0]]) + "\n",
+             f"structure '{first_id}' appears more than once"),
+            ("nan", "\n".join([header, f"{first_id},nan,1.0", *lines[1:]]) + "\n",
+             "must be finite numbers")):
+        bad = tmp_path / f"{name}.csv"
+        bad.write_text(text)
+        with pytest.raises(DeepergatError, match=match):
+            train_ensemble(_cfg(tiny_store, tmp_path / "s", **base, oof=str(bad)))
+    # a structure of the test split is refused before any member trains
+    tested = _cfg(tiny_store, tmp_path / "t", **{**base, "test_fraction": 0.15})
+    test_id = train.make_splits(dataclasses.replace(tested, ensemble=None)).test
+    leak = tmp_path / "test-leak.csv"
+    leak.write_text(f"{header}\n{test_id[0].ids[test_id[1][0]]},1.0,1.5\n{lines[0]}\n")
+    with pytest.raises(DeepergatError, match="in this run's test split"):
+        train_ensemble(dataclasses.replace(tested, oof=str(leak)))
+    assert not (tmp_path / "t").exists()
+    # a member run never reads the file (a SLURM array may start before the CV has finished)
+    member = train_ensemble(_cfg(tiny_store, tmp_path / "m", **{**base, "resume": False},
+                                 oof=str(tmp_path / "not-yet.csv"), member=0))
+    assert member["member"] == 0
     with pytest.raises(DeepergatError, match="--oof gives an ensemble"):
         _cfg(tiny_store, tmp_path / "s", oof=str(oof)).validate()
 

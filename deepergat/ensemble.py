@@ -206,23 +206,21 @@ def calibrate(
         )
     mean, raw, local = ensemble_outputs(ensemble, g, rows, batch_size=batch_size)
     y = np.asarray(y, dtype=np.float64).reshape(mean.shape)
-    doc: dict[str, Any] = {}
+    doc: dict[str, Any] = {"method": "quantile of |y - mean| / (2 std_raw)"}
     if ensemble.neighbors:
         weight = local_weight(y, mean, raw, local)
         ensemble.set_local_weight(torch.as_tensor(weight))
         raw = combined_spread(raw, local, weight)
-        doc["local_weight"] = [float(w) for w in weight]
-        doc["local_neighbors"] = ensemble.neighbors
-        doc["local_references"] = int(ensemble.reference_errors.shape[0])
+        doc = {"method": "local_weight by Gaussian likelihood, then the quantile of |y - mean| / "
+                         "(2 sqrt(std_raw^2 + (local_weight * local_error)^2))",
+               "local_weight": [float(w) for w in weight],
+               "local_neighbors": ensemble.neighbors,
+               "local_references": int(ensemble.reference_errors.shape[0])}
     scale = calibration_scale(y, mean, raw)
     ensemble.set_std_scale(torch.as_tensor(scale))
     per_target = {}
     for j, name in enumerate(target_names):
         m = uncertainty_metrics(y[:, j], mean[:, j], raw[:, j] * scale[j])
         per_target[str(name)] = {"mae": float(np.abs(y[:, j] - mean[:, j]).mean()), **m}
-    method = "quantile of |y - mean| / (2 std_raw)"
-    if ensemble.neighbors:
-        method = ("local_weight by Gaussian likelihood, then the quantile of |y - mean| / "
-                  "(2 sqrt(std_raw^2 + (local_weight * local_error)^2))")
     return {"std_scale": [float(s) for s in scale], "coverage": COVERAGE, "n": len(rows),
-            "source": source, "method": method, **doc, "metrics": per_target}
+            "source": source, **doc, "metrics": per_target}

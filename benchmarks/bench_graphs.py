@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from deepergat import graphs
-from deepergat.store import StructureBatch
+from deepergat.io.store import StructureBatch
 
 #: The public data sets: $DEEPERGAT_DATA, else ../shared/data beside the repository.
 DATA = Path(os.environ.get("DEEPERGAT_DATA")

@@ -66,7 +66,7 @@ import numpy as np  # noqa: E402
 
 from deepergat.contract import MAX_Z  # noqa: E402
 from deepergat.graphs import build_inputs  # noqa: E402
-from deepergat.store import StructureBatch  # noqa: E402
+from deepergat.io.store import StructureBatch  # noqa: E402
 
 #: perov5_dev.csv in $DEEPERGAT_DATA, else in ../shared/data beside the repository.
 DATA = Path(os.environ.get("DEEPERGAT_DATA")
@@ -77,8 +77,8 @@ SIZES = (1, 64, 256, 1024, 4096)
 def perovskites(n: int, workdir: Path) -> tuple[StructureBatch, str]:
     """n perovskite structures: the perov5 data (packed once, repeated) or generated cells."""
     if DATA.exists():
-        from deepergat.pack import pack
-        from deepergat.store import Store
+        from deepergat.io.pack import pack
+        from deepergat.io.store import Store
 
         store = workdir / "perov5.h5"
         pack([str(DATA)], store, workers=min(_THREADS, 2))
@@ -106,8 +106,8 @@ def model_checkpoint(workdir: Path) -> tuple[Path, str]:
             return ckpt, f"bundled model {name!r}"
     import torch
 
-    from deepergat.checkpoint import save_checkpoint
-    from deepergat.model import DeeperGATGNN
+    from deepergat.nn.checkpoint import save_checkpoint
+    from deepergat.nn.model import DeeperGATGNN
 
     torch.manual_seed(0)
     model = DeeperGATGNN(layers=10, target_mean=[-1.0], target_std=[1.0])
@@ -173,9 +173,9 @@ def main() -> None:
 
     import torch
 
-    from deepergat.checkpoint import load_checkpoint
     from deepergat.export import export_model, load
     from deepergat.export.predictor import TorchPredictor
+    from deepergat.nn.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
     if "cuda" in (args.devices or []) and not torch.cuda.is_available():
@@ -284,9 +284,9 @@ def architectures_table(args: argparse.Namespace) -> None:
     import torch
 
     from deepergat.architectures import ARCH_DEFAULTS, architecture_name
-    from deepergat.checkpoint import save_checkpoint
     from deepergat.export import export_model, load
-    from deepergat.model import count_parameters, make_model
+    from deepergat.nn.checkpoint import save_checkpoint
+    from deepergat.nn.model import count_parameters, make_model
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     variants = [("deepergatgnn", False), ("gatgnn", False)] + [

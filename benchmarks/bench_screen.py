@@ -75,14 +75,14 @@ def _rate(count: int, seconds: float) -> float:
 def stage_rates(store_path: Path, model: str | None, n_predict: int, chunk: int,
                 workdir: Path) -> dict[str, float]:
     """Structures/s of each stage alone."""
-    from deepergat import store as store_mod
+    from deepergat.io import store as store_mod
+    from deepergat.io.store import Store
     from deepergat.screening.merge import merge_parts
     from deepergat.screening.parts import MANIFEST_FORMAT, PartsDir
     from deepergat.screening.pipeline import featurize, split_batches
     from deepergat.screening.plan import make_plan
     from deepergat.screening.predictions import Rows
     from deepergat.screening.run import _load_model
-    from deepergat.store import Store
 
     out: dict[str, float] = {}
     with Store(store_path) as store:
@@ -190,7 +190,7 @@ class NullPredictor:
 def null_model_proxy(store: Path, model: str | None, workdir: Path, max_workers: int
                      ) -> list[tuple[str, str, str, str]]:
     """Table rows of the CPU proxy (module docstring): each worker count, in this process."""
-    from deepergat import store as store_mod
+    from deepergat.io import store as store_mod
     from deepergat.screening import pipeline as pipeline_mod
     from deepergat.screening import run as run_mod
     from deepergat.screening.mpi import connect
@@ -273,7 +273,7 @@ def _is_rank(pid: int) -> bool:
     except OSError:
         return False
     return ("python" in os.path.basename(cmd[0]).decode(errors="replace")
-            and any(c.endswith(b"deepergat.screening.cli") for c in cmd))
+            and any(c.endswith(b"deepergat.cli.screen") for c in cmd))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -358,7 +358,7 @@ def _fmt_rss(rss: list[tuple[float, float]]) -> str:
 
 def screen_cmd(store: Path, out: Path, model: str | None, *extra: str,
                ranks: int | None = None, bind: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "deepergat.screening.cli", "--input", str(store),
+    cmd = [sys.executable, "-m", "deepergat.cli.screen", "--input", str(store),
            "--output", str(out), "--no-resume", *extra]
     if model:
         cmd += ["--model", model]

@@ -60,9 +60,9 @@ def _data_share(data: str, target: str, layers: int, batch_size: int, workdir: P
     """(seconds building batches, seconds in the model) over one epoch, in this process."""
     import torch
 
-    from deepergat.data import load_graphs, to_tensors
-    from deepergat.model import DeeperGATGNN
-    from deepergat.train import epoch_batches
+    from deepergat.nn.model import DeeperGATGNN
+    from deepergat.training.data import load_graphs, to_tensors
+    from deepergat.training.train import epoch_batches
 
     torch.set_num_threads(1)
     g = load_graphs(data, cache_dir=workdir)

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepergat import train
-from deepergat.checkpoint import build_model, read_checkpoint
-from deepergat.config import TrainConfig
-from deepergat.data import load_graphs
-from deepergat.ensemble import member_outputs
 from deepergat.graphs import graph_settings
-from deepergat.model import DeeperGATGNNEnsemble
-from deepergat.uncertainty import (
+from deepergat.nn.checkpoint import build_model, read_checkpoint
+from deepergat.nn.model import DeeperGATGNNEnsemble
+from deepergat.training import train
+from deepergat.training.config import TrainConfig
+from deepergat.training.data import load_graphs
+from deepergat.training.ensemble import member_outputs
+from deepergat.training.uncertainty import (
     calibration_scale,
     combined_spread,
     local_weight,

@@ -26,10 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_models import held_out, held_out_options
 
-from deepergat import train
-from deepergat.checkpoint import build_model, read_checkpoint
 from deepergat.graphs import graph_settings
-from deepergat.uncertainty import spearman
+from deepergat.nn.checkpoint import build_model, read_checkpoint
+from deepergat.training import train
+from deepergat.training.uncertainty import spearman
 
 
 def _load(path: Path) -> tuple[object, dict]:

@@ -26,13 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_models import cross_fitted, held_out_options
 
-from deepergat import train
-from deepergat.checkpoint import build_model, read_checkpoint
-from deepergat.config import TrainConfig
-from deepergat.ensemble import member_outputs
 from deepergat.graphs import graph_settings
-from deepergat.model import DeeperGATGNNEnsemble
-from deepergat.uncertainty import spearman
+from deepergat.nn.checkpoint import build_model, read_checkpoint
+from deepergat.nn.model import DeeperGATGNNEnsemble
+from deepergat.training import train
+from deepergat.training.config import TrainConfig
+from deepergat.training.ensemble import member_outputs
+from deepergat.training.uncertainty import spearman
 
 #: (k, bandwidth) settings compared; None: the hard mean of the k nearest.
 SETTINGS = [(10, 0.3), (30, 0.2), (30, 0.3), (30, 0.5), (100, 0.3), (300, 0.3), (30, None),

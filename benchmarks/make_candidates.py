@@ -158,7 +158,7 @@ def candidate_ids(start: int, stop: int, width: int = 7) -> list[str]:
 
 def write_candidates(path: str | Path, n: int, *, seed: int = 0) -> str:
     """Write n candidates to a structure store; returns its content digest."""
-    from deepergat.store import StoreWriter
+    from deepergat.io.store import StoreWriter
 
     width = max(7, len(str(n)))
     with StoreWriter(path) as w:

@@ -24,7 +24,7 @@ import numpy as np
 from deepergat import export
 from deepergat.contract import MAX_Z
 from deepergat.graphs import build_inputs, graph_settings
-from deepergat.store import Store, StructureBatch
+from deepergat.io.store import Store, StructureBatch
 
 REPEATS = ((2, 1, 1), (2, 2, 1), (2, 2, 2))
 

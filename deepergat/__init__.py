@@ -1,17 +1,13 @@
 """DeeperGATGNN for crystal property prediction: train, export and screen on clusters.
 
-The top-level package stays light (numpy and h5py only); torch-based parts are imported
-where they are used so that ONNX screening never pays for torch at start-up.
+The public Python names are these (`__all__`) and `deepergat.export.load`; everything else may
+move between releases. The top-level package stays light (no torch): the names below import
+what they need when called.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("deepergat")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 __all__ = ["__version__", "read_predictions"]
 

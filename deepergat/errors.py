@@ -19,6 +19,7 @@ __all__ = [
     "STATUS_CODES",
     "DeepergatError",
     "GeometryError",
+    "SettingError",
     "environment_error",
     "is_full_disk",
     "is_write_failure",
@@ -28,6 +29,37 @@ __all__ = [
 
 class DeepergatError(Exception):
     """A problem the user can fix; the message names the file, the item and the fix."""
+
+
+class SettingError(DeepergatError):
+    """A setting's value is the problem: the message names settings, and each front end names
+    them in its own words.
+
+    The message is a template whose ``{name}`` fields are settings (a lower-case identifier in
+    braces; anything else in braces is text). ``str()`` writes the settings' own names — the
+    Python API's keyword arguments and the YAML keys — and the command line writes its flags
+    instead (`render` with the command's names: ``val_fraction`` → ``--val-fraction``).
+
+    Example:
+        ``SettingError("{val_fraction} 1.5: must lie in [0, 1)")`` reads "val_fraction 1.5:
+        must lie in [0, 1)" in Python and "--val-fraction 1.5: must lie in [0, 1)" in
+        ``deepergat train``.
+    """
+
+    _FIELD = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.render({}))
+
+    @property
+    def settings(self) -> list[str]:
+        """The settings the message names, in order."""
+        return list(dict.fromkeys(self._FIELD.findall(self.template)))
+
+    def render(self, names: dict[str, str]) -> str:
+        """The message with each setting written as ``names[setting]`` (else its own name)."""
+        return self._FIELD.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
 
 
 class GeometryError(DeepergatError):

@@ -619,7 +619,7 @@ class ModelMetadata:
         fmt = r.integer("format")
         kind = r.optional("kind", r.string)
         if kind in EXPORTED_KINDS and fmt != EXPORT_FORMAT:
-            from . import __version__
+            from ._version import __version__
 
             raise DeepergatError(
                 f"{where}: exported-file format {fmt!r} is not supported (deepergat "

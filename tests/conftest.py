@@ -21,7 +21,7 @@ def tiny_store(tmp_path: Path) -> Path:
     """A 60-structure perovskite store with target heat_ref (eV), from the fixture."""
     from model_helpers import perov_structures
 
-    from deepergat.store import StructureBatch, write_store
+    from deepergat.io.store import StructureBatch, write_store
 
     path = tmp_path / "tiny.h5"
     write_store(
@@ -49,8 +49,8 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         from deepergat import export
     except ImportError:
         pytest.skip("deepergat.export is not available")
-    from deepergat.checkpoint import save_checkpoint
-    from deepergat.model import DeeperGATGNN
+    from deepergat.nn.checkpoint import save_checkpoint
+    from deepergat.nn.model import DeeperGATGNN
 
     out = tmp_path_factory.mktemp("small-model")
     torch.manual_seed(1234)
@@ -78,8 +78,8 @@ def small_ensemble(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     a checkpoint and its ONNX export: ``{"checkpoint", "onnx", "std": 0.5}``."""
     torch = pytest.importorskip("torch")
     from deepergat import export
-    from deepergat.checkpoint import make_checkpoint
-    from deepergat.model import DeeperGATGNNEnsemble
+    from deepergat.nn.checkpoint import make_checkpoint
+    from deepergat.nn.model import DeeperGATGNNEnsemble
 
     out = tmp_path_factory.mktemp("small-ensemble")
     torch.manual_seed(99)
@@ -107,8 +107,8 @@ def exported_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         from deepergat import export
     except ImportError:
         pytest.skip("deepergat.export is not available")
-    from deepergat.checkpoint import save_checkpoint
-    from deepergat.model import DeeperGATGNN
+    from deepergat.nn.checkpoint import save_checkpoint
+    from deepergat.nn.model import DeeperGATGNN
 
     out = tmp_path_factory.mktemp("exported-tiny")
     torch.manual_seed(7)
@@ -126,3 +126,27 @@ def exported_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     files = {f.format: Path(f.path) for f in result.files}
     return {"checkpoint": ckpt, "dir": out / "exported", **files, "result": result, "std": 0.8}
+
+
+# ---- screening: the candidate store and a reference run (helpers: screen_helpers.py) ------
+
+
+@pytest.fixture(scope="session")
+def screen_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 structures: 291 candidates and the 9 `SPECIAL` ones (session-wide, read-only)."""
+    from screen_helpers import write_screen_store
+
+    return write_screen_store(tmp_path_factory.mktemp("screen-store") / "cands.h5")
+
+
+@pytest.fixture(scope="session")
+def reference_predictions(
+    tmp_path_factory: pytest.TempPathFactory, screen_store: Path, small_model: dict[str, Any]
+) -> Path:
+    """One uninterrupted single-process screen of `screen_store` (chunk size 64, the default
+    worker processes: the model runs in them on a multi-core CPU)."""
+    from screen_helpers import run_inprocess
+
+    out = tmp_path_factory.mktemp("reference") / "ref.h5"
+    run_inprocess(screen_store, small_model["onnx"], out, chunk_size=64, workers=None)
+    return out

@@ -54,7 +54,7 @@ def model_inputs(structures: list[dict], **graph_settings: Any) -> dict[str, Any
     import torch
 
     from deepergat.graphs import build_inputs
-    from deepergat.store import StructureBatch
+    from deepergat.io.store import StructureBatch
 
     g = build_inputs(StructureBatch.from_structures(structures), **graph_settings)
     assert (g.status == 0).all(), g.status

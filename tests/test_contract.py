@@ -19,7 +19,7 @@ from structure_helpers import random_structures
 
 from deepergat import contract
 from deepergat.cli import main
-from deepergat.config import DEFAULT_VAL_FRACTION, DEFAULTS, MEMBER_KINDS, TrainConfig
+from deepergat.cli.screen import screen
 from deepergat.contract import (
     INPUT_DTYPES,
     INPUT_NAMES,
@@ -29,8 +29,8 @@ from deepergat.contract import (
     STATUS_CODES,
     Status,
 )
-from deepergat.devices import DEFAULT_DEVICE, DEVICE_CHOICES
-from deepergat.screening.cli import screen
+from deepergat.system.devices import DEFAULT_DEVICE, DEVICE_CHOICES
+from deepergat.training.config import DEFAULT_VAL_FRACTION, DEFAULTS, MEMBER_KINDS, TrainConfig
 
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 
@@ -60,8 +60,9 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def test_contract_imports_no_torch() -> None:
-    code = ("import sys, deepergat.contract, deepergat.config, deepergat.devices, "
-            "deepergat.cli_options; print('torch' in sys.modules)")
+    code = ("import sys, deepergat.contract, deepergat.training.config, "
+            "deepergat.system.devices, "
+            "deepergat.cli.options; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -92,8 +93,8 @@ def test_model_help_lists_every_format() -> None:
 
 
 def test_file_kinds_follow_the_registry() -> None:
+    from deepergat.api.info import DESCRIBERS, FORMATTERS
     from deepergat.export.files import CODE_KINDS, SUFFIX_KINDS
-    from deepergat.info import DESCRIBERS, FORMATTERS
 
     kinds = {f.kind for f in MODEL_FORMATS.values()} | {contract.CHECKPOINT_KIND}
     assert {k for ks in SUFFIX_KINDS.values() for k in ks} == kinds
@@ -155,8 +156,8 @@ def test_every_device_option_is_the_same() -> None:
 
 
 def test_device_names_are_checked_once() -> None:
-    from deepergat.devices import check_device, parse_device, pick_device
     from deepergat.errors import DeepergatError
+    from deepergat.system.devices import check_device, parse_device, pick_device
 
     for name in DEVICE_CHOICES:
         assert check_device(name) == name
@@ -219,7 +220,7 @@ def test_design_status_table_is_the_enum() -> None:
 
 def test_build_inputs_produces_the_contract() -> None:
     from deepergat.graphs import build_inputs
-    from deepergat.store import StructureBatch
+    from deepergat.io.store import StructureBatch
 
     batch = StructureBatch.from_structures(random_structures(4, seed=1))
     g = build_inputs(batch, max_z=contract.MAX_Z)

@@ -103,8 +103,8 @@ def test_bundled_files_round_trip(name: str) -> None:
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from deepergat.checkpoint import metadata, model_metadata, save_checkpoint
-    from deepergat.model import DeeperGATGNN
+    from deepergat.nn.checkpoint import metadata, model_metadata, save_checkpoint
+    from deepergat.nn.model import DeeperGATGNN
 
     torch.manual_seed(0)
     model = DeeperGATGNN(dim=16, layers=2, cutoff=7.0, max_neighbors=10, target_mean=[1.0],
@@ -433,7 +433,7 @@ def test_hand_edited_onnx_metadata_is_one_line_in_predict_info_and_screen(
 
     from deepergat.cli import main
     from deepergat.export.samples import parity_structures
-    from deepergat.store import write_store
+    from deepergat.io.store import write_store
 
     model = _edited_onnx(small_model["onnx"], tmp_path / "edited.onnx", keys, value)
     store = tmp_path / "s.h5"

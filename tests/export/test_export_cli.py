@@ -49,7 +49,7 @@ def test_a_killed_exports_staging_files_are_removed_by_the_next_export(exported_
     import subprocess
     import sys
 
-    from deepergat.screening.lock import OutputLock
+    from deepergat.system.lock import OutputLock
 
     out = tmp_path / "out"
     out.mkdir()
@@ -71,7 +71,7 @@ def test_a_killed_exports_staging_files_are_removed_by_the_next_export(exported_
 
 
 def test_two_exports_into_one_folder_never_mix(exported_tiny, tmp_path):
-    from deepergat.screening.lock import OutputLock, run_token
+    from deepergat.system.lock import OutputLock, run_token
 
     out = tmp_path / "out"
     out.mkdir()
@@ -105,7 +105,7 @@ def test_export_unknown_model(tmp_path):
 def test_export_with_check_data_store(exported_tiny, tmp_path):
     from deepergat.export import export_model
     from deepergat.export.samples import parity_structures
-    from deepergat.store import write_store
+    from deepergat.io.store import write_store
 
     store = tmp_path / "check.h5"
     write_store(store, parity_structures(300, seed=11))
@@ -124,10 +124,10 @@ def _cli_rows(model, store):
 
 
 def test_predict_same_numbers_for_checkpoint_and_exported_files(exported_tiny, tmp_path):
+    from deepergat.api.predict import predict_inputs
     from deepergat.export import agree
     from deepergat.export.samples import parity_structures
-    from deepergat.predict import predict_inputs
-    from deepergat.store import write_store
+    from deepergat.io.store import write_store
 
     structures = parity_structures(40, seed=21)
     structures.atomic_numbers[:2] = 110  # one structure outside the element table: status 3
@@ -157,9 +157,9 @@ def test_predict_same_numbers_for_checkpoint_and_exported_files(exported_tiny, t
 
 
 def test_evaluate_accepts_exported_files(exported_tiny, tmp_path):
+    from deepergat.api.predict import evaluate
     from deepergat.export.samples import parity_structures
-    from deepergat.predict import evaluate
-    from deepergat.store import write_store
+    from deepergat.io.store import write_store
 
     structures = parity_structures(30, seed=4)
     structures.targets["heat_ref"] = np.linspace(-2, 0, 30)

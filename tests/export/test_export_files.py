@@ -87,7 +87,7 @@ def test_content_contradicts_suffix(exported_tiny, tmp_path, src, dst_name, mess
 
 def test_store_named_like_a_model(tmp_path):
     from deepergat.export.samples import parity_structures
-    from deepergat.store import write_store
+    from deepergat.io.store import write_store
 
     store = tmp_path / "model.onnx"
     write_store(store, parity_structures(3))

@@ -82,7 +82,7 @@ def test_torchscript_needs_trust(exported_tiny, tmp_path: Path) -> None:
     assert load(exported_tiny["torchscript"], device="cpu", trust=True).backend == "torchscript"
     runner = CliRunner()
     from deepergat.export.samples import parity_structures
-    from deepergat.store import write_store
+    from deepergat.io.store import write_store
 
     store = tmp_path / "s.h5"
     write_store(store, parity_structures(3))
@@ -153,7 +153,7 @@ def test_a_graph_cache_holding_a_pickle_is_never_unpickled(tmp_path: Path,
                                                            tiny_store: Path) -> None:
     import numpy as np
 
-    from deepergat.data import cache_path, load_graphs
+    from deepergat.training.data import cache_path, load_graphs
 
     g = load_graphs(tiny_store, cache_dir=tmp_path)
     cfile = cache_path(tiny_store, g.digest, 8.0, 12, tmp_path)

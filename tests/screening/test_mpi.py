@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from deepergat.devices import cpus_per_rank, pick_device, visible_gpus
 from deepergat.errors import DeepergatError
 from deepergat.screening.mpi import ChunkSource, Progress, SingleProcess, connect
+from deepergat.system.devices import cpus_per_rank, pick_device, visible_gpus
 
 
 @pytest.mark.parametrize("env", [

@@ -230,8 +230,8 @@ def test_a_shard_recomputes_a_part_planted_by_another_run(
 
     from screen_helpers import assert_same_predictions, run_inprocess
 
+    from deepergat.io.store import Store
     from deepergat.screening.plan import make_plan, shard_chunks
-    from deepergat.store import Store
 
     out, other = tmp_path / "p.h5", tmp_path / "o.h5"
     run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32, shard="0/2")
@@ -280,7 +280,7 @@ def test_merge_only_with_a_bad_manifest_value_is_one_line(
     from click.testing import CliRunner
     from screen_helpers import run_inprocess
 
-    from deepergat.screening.cli import screen
+    from deepergat.cli.screen import screen
 
     out = tmp_path / "p.h5"
     run_inprocess(screen_store, small_model["onnx"], out, chunk_size=100, shard="0/3")
@@ -308,8 +308,8 @@ def test_the_input_is_rehashed_only_when_it_may_have_changed(
 
     import h5py
 
+    from deepergat.io.store import Store
     from deepergat.screening import parts as parts_mod
-    from deepergat.store import Store
 
     monkeypatch.setattr(parts_mod, "_SETTLE", 0.0)
     store = tmp_path / "s.h5"

@@ -12,16 +12,11 @@ from screen_helpers import SPECIAL, write_screen_store
 
 from deepergat.contract import MAX_Z
 from deepergat.graphs import build_inputs
+from deepergat.io.store import Store, StructureBatch
 from deepergat.screening.mpi import ChunkSource
-from deepergat.screening.pipeline import (
-    FeaturizeSettings,
-    Pipeline,
-    split_batches,
-    unseen_flags,
-)
+from deepergat.screening.pipeline import FeaturizeSettings, Pipeline, split_batches, unseen_flags
 from deepergat.screening.plan import make_plan
 from deepergat.screening.predictions import Rows
-from deepergat.store import Store, StructureBatch
 
 SETTINGS = FeaturizeSettings(cutoff=6.0, max_neighbors=12, max_atoms=1000, max_z=MAX_Z,
                              overlap_threshold=0.1, seen_elements=tuple(range(1, 84)))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from deepergat.errors import DeepergatError
-from deepergat.launch import claim_token, shard_from_env
 from deepergat.screening.plan import make_plan, parse_shard, shard_chunks
+from deepergat.system.launch import claim_token, shard_from_env
 
 
 def test_plan_cuts_runs_of_chunk_size() -> None:

@@ -163,7 +163,7 @@ def test_std_group_and_ranking_by_a_confidence_bound(tmp_path: Path) -> None:
 
 
 def test_top_csv_formulas_come_from_the_input_store(tmp_path: Path) -> None:
-    from deepergat.store import StructureBatch, write_store
+    from deepergat.io.store import StructureBatch, write_store
 
     store = tmp_path / "in.h5"
     cells = [{"id": f"s{k}", "lattice": np.eye(3) * 4.0, "pbc": (True, True, True),

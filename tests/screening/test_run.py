@@ -86,7 +86,7 @@ def test_embeddings_and_top(tmp_path: Path, screen_store: Path, small_model: dic
     assert list(rows[0]) == ["rank", "index", "id", "formula", "heat_ref", "flags"]
     np.testing.assert_allclose([float(r["heat_ref"]) for r in rows], best)
     from deepergat.elements import formula
-    from deepergat.store import Store
+    from deepergat.io.store import Store
 
     with Store(screen_store) as store:
         for r in rows:
@@ -121,7 +121,7 @@ def test_an_ensemble_screens_with_its_spread(tmp_path: Path, screen_store: Path,
     assert agree(q["std"]["heat_ref"][ok], std[ok], small_ensemble["std"])
     # the checkpoint, in eager torch, gives the same numbers for a few structures
     from deepergat.graphs import build_inputs
-    from deepergat.store import Store
+    from deepergat.io.store import Store
 
     with Store(screen_store) as s:
         batch = s.read(0, 40)
@@ -282,7 +282,7 @@ def test_default_output_and_top_paths() -> None:
 
 def test_same_numbers_as_deepergat_predict(screen_store: Path, small_model: dict[str, Any],
                                            reference_predictions: Path) -> None:
-    from deepergat.predict import predict_inputs
+    from deepergat.api.predict import predict_inputs
 
     _, rows = predict_inputs(small_model["checkpoint"], [screen_store])
     rows = list(rows)
@@ -307,7 +307,7 @@ def test_everything_screened_out(tmp_path: Path, screen_store: Path,
 
 
 def test_empty_store(tmp_path: Path, small_model: dict[str, Any]) -> None:
-    from deepergat.store import StoreWriter
+    from deepergat.io.store import StoreWriter
 
     store = tmp_path / "empty.h5"
     with StoreWriter(store):
@@ -336,7 +336,7 @@ def test_a_damaged_store_block_is_one_line_without_a_traceback(
     traceback first. With -vv the traceback is there for whoever debugs."""
     from click.testing import CliRunner
 
-    from deepergat.screening.cli import screen
+    from deepergat.cli.screen import screen
 
     store = damaged_store(screen_store, tmp_path / "damaged.h5", dataset)
     args = ["--input", str(store), "--model", str(small_model["onnx"]), "--output",
@@ -360,8 +360,8 @@ def test_an_unexpected_failure_keeps_its_traceback(
     """A bug is not the user's to fix: it is logged with its traceback and raised as it is."""
     from click.testing import CliRunner
 
+    from deepergat.cli.screen import screen
     from deepergat.screening import pipeline
-    from deepergat.screening.cli import screen
 
     def run(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("a bug")
@@ -384,8 +384,8 @@ def test_a_worker_death_is_one_line(tmp_path: Path, screen_store: Path,
 
     from click.testing import CliRunner
 
+    from deepergat.cli.screen import screen
     from deepergat.screening import pipeline
-    from deepergat.screening.cli import screen
 
     real = pipeline.Pipeline.run
 

@@ -63,7 +63,7 @@ def test_where_rows_match_numpy(screened: dict[str, Path]) -> None:
 def test_extract_writes_files_ready_for_dft(screened: dict[str, Path], tmp_path: Path) -> None:
     from ase.io import read as ase_read
 
-    from deepergat.store import Store
+    from deepergat.io.store import Store
 
     out = tmp_path / "short"
     r = CliRunner().invoke(main, ["extract", str(screened["predictions"]), "--top", "5",

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from screen_helpers import REPO, assert_same_predictions, load_make_candidates
 
-from deepergat.store import StoreWriter
+from deepergat.io.store import StoreWriter
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -54,7 +54,7 @@ def slurm() -> None:
 def job_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "SBATCH_", "PMI_", "OMPI_"))}
-    env["DEEPERGAT_SCREEN"] = f"{sys.executable} -m deepergat.screening.cli"
+    env["DEEPERGAT_SCREEN"] = f"{sys.executable} -m deepergat.cli.screen"
     env["DEEPERGAT"] = f"{sys.executable} -m deepergat.cli"
     env.update(LOCAL)
     env.update(extra)

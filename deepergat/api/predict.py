@@ -1,0 +1,358 @@
+"""Prediction and evaluation with any model file, and the bundled models.
+
+MODEL arguments follow `deepergat.export.resolve`'s one rule (a file; a run folder: its
+ensemble.ckpt or best.ckpt; else a bundled model, whose ``model.onnx`` predicts): every
+model runs through `deepergat.export.load`, one `Predictor` whatever the file kind.
+Structures go through the same graphs as training (the model's graph settings) and get the
+status codes of docs/design.md §9; a bad structure is a row with its status and no value,
+never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepergat.contract import DEFAULT_MAX_ATOMS, DEFAULT_OVERLAP_THRESHOLD, MAX_Z, Status
+from deepergat.errors import DeepergatError
+
+__all__ = [
+    "EvaluationResult",
+    "PredictionRow",
+    "evaluate",
+    "load_predictor",
+    "parity_plot",
+    "predict_inputs",
+]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1024
+
+
+def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu",
+                   trust: bool = False) -> Any:
+    """The `deepergat.export.Predictor` of a MODEL argument: a checkpoint (eager PyTorch), an
+    exported file (``.onnx`` on ONNX Runtime, ``.pt``, ``.pt2``) or a bundled name (its
+    ONNX file). ``trust`` allows files whose loading runs code (`deepergat.export.load`).
+
+    Raises:
+        DeepergatError: see `deepergat.export.load`.
+    """
+    from deepergat.export import load
+    from deepergat.export.predictor import warn_cell_dependent
+
+    predictor = load(model, device=device, trust=trust)  # type: ignore[arg-type]
+    warn_cell_dependent(predictor.graph, str(model))
+    return predictor
+
+
+@dataclass
+class PredictionRow:
+    """One structure's result: id, [T] values (NaN unless status is 0), status code, and for
+    an ensemble the [T] calibrated spread (else None)."""
+
+    id: str
+    values: np.ndarray
+    status: int
+    std: np.ndarray | None = None
+
+
+def _is_store(path: Path) -> bool:
+    if path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError:
+        return False
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    return fmt == "deepergat-structures"
+
+
+def _predict_store(model: Any, path: Path, *, max_atoms: int, overlap_threshold: float,
+                   batch_size: int) -> Iterator[PredictionRow]:
+    from deepergat.graphs import build_inputs
+    from deepergat.io.store import Store
+
+    n_targets = len(model.targets)
+    with Store(path) as store:
+        for chunk in store.iter_chunks(_CHUNK):
+            for a in range(0, len(chunk), batch_size):
+                part = chunk.select(np.arange(a, min(a + batch_size, len(chunk))))
+                g = build_inputs(part, **model.graph_settings, max_atoms=max_atoms,
+                                 max_z=MAX_Z, overlap_threshold=overlap_threshold)
+                values = np.full((len(part), n_targets), np.nan, dtype=np.float32)
+                std = values.copy() if model.has_std else None
+                status = g.status.astype(np.int64)
+                if len(g.rows):
+                    out = model.predict(g.inputs)
+                    values[g.rows] = out.prediction
+                    bad = ~np.isfinite(out.prediction).all(1)
+                    if std is not None and out.std is not None:
+                        std[g.rows] = out.std
+                        bad |= ~np.isfinite(out.std).all(1)
+                        std[g.rows[bad]] = np.nan
+                    status[g.rows[bad]] = Status.NONFINITE_PREDICTION
+                    values[g.rows[bad]] = np.nan
+                for k in range(len(part)):
+                    yield PredictionRow(part.ids[k], values[k], int(status[k]),
+                                        None if std is None else std[k])
+
+
+def predict_inputs(
+    model_path: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    batch_size: int = 100,
+    max_atoms: int = DEFAULT_MAX_ATOMS,
+    overlap_threshold: float = DEFAULT_OVERLAP_THRESHOLD,
+    device: str = "cpu",
+    on_skipped: Callable[[int, str], None] | None = None,
+    trust: bool = False,
+    id_from: str = "stem",
+) -> tuple[Any, Iterator[PredictionRow]]:
+    """Predict structure files (any format `deepergat pack` reads) and stores.
+
+    Structure files are packed into a temporary store first (unreadable ones are skipped and
+    reported through ``on_skipped(count, description)``, the description naming the first
+    few with their reasons (``a.cif (unreadable: …); b.cif:block 1 (data_x) (…); and N
+    more``); ids as ``deepergat pack --id-from`` makes them); stores are read as they are.
+
+    Returns:
+        (the loaded `deepergat.export.Predictor`, an iterator of `PredictionRow` in input
+        order).
+    """
+    ck = load_predictor(model_path, device=device, trust=trust)
+    model = ck
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise DeepergatError("no inputs given")
+    for p in paths:
+        if not p.exists() and not any(ch in str(p) for ch in "*?["):
+            raise DeepergatError(f"{p}: no such file or folder")
+        if p.suffix.lower() in (".h5", ".hdf5") and p.is_file() and not _is_store(p):
+            from deepergat.io.store import Store
+
+            Store(p).close()  # raises the store's own message (truncated, another kind, ...)
+            raise DeepergatError(f"{p}: not a deepergat structure store")
+
+    def rows() -> Iterator[PredictionRow]:
+        files: list[Path] = []
+        settings = dict(max_atoms=max_atoms, overlap_threshold=overlap_threshold,
+                        batch_size=batch_size)
+
+        def flush() -> Iterator[PredictionRow]:
+            if not files:
+                return
+            from deepergat.io.pack import NothingPacked, describe_skipped, pack
+
+            try:
+                tmp_dir = tempfile.TemporaryDirectory(prefix="deepergat-predict-")
+            except OSError as e:
+                raise _temporary_space_error(e) or e from None
+            with tmp_dir as tmp:
+                store = Path(tmp) / "inputs.h5"
+                try:
+                    result = pack([str(f) for f in files], store, workers=1, skip_bad=True,
+                                  id_from=id_from)  # type: ignore[arg-type]
+                except NothingPacked as e:
+                    listed = _skipped_items(store)
+                    if listed:
+                        raise DeepergatError(
+                            f"no structure could be read from the inputs: {listed}"
+                        ) from None
+                    names = ", ".join(str(f) for f in files[:_NAMED])
+                    more = f" and {len(files) - _NAMED} more" if len(files) > _NAMED else ""
+                    raise DeepergatError(
+                        f"no structure could be read from {names}{more} "
+                        f"({describe_skipped(e.skipped) or 'nothing found'})"
+                    ) from None
+                except (DeepergatError, OSError, RuntimeError) as e:
+                    space = _temporary_space_error(e)
+                    if space is not None:  # the temporary store's disk, not the user's files
+                        raise space from None
+                    if not isinstance(e, DeepergatError):
+                        raise
+                    # name the user's files, not the temporary store
+                    raise DeepergatError(str(e).replace(f"{store}: ", "")) from None
+                if result.n_skipped and on_skipped is not None:
+                    listed = _skipped_items(store)
+                    what = describe_skipped(result.skipped)  # "2 unreadable, 1 disordered"
+                    if listed:  # each named with its reason; counts too when some are not
+                        what = f"{what}: {listed}" if result.n_skipped > _NAMED else listed
+                    on_skipped(result.n_skipped, what)
+                yield from _predict_store(model, store, **settings)
+            files.clear()
+
+        for p in paths:
+            if _is_store(p):
+                yield from flush()
+                yield from _predict_store(model, p, **settings)
+            else:
+                files.append(p)
+        yield from flush()
+
+    return ck, rows()
+
+
+#: Skipped inputs named in a message; the rest are counted ("and N more").
+_NAMED = 5
+
+
+def _skipped_items(store: Path) -> str:
+    """The inputs `deepergat.pack.pack` skipped while packing ``store`` (from its
+    ``<stem>.skipped.csv``), for a message: the first `_NAMED` as ``source (reason)`` — the
+    file, ``file:block k (data_name)``, ``file:frame k``, ``file:row k`` — then "and N more";
+    ``""`` when the list cannot be read."""
+    import csv
+
+    listed = store.with_name(store.stem + ".skipped.csv")
+    try:
+        with open(listed, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh)][1:]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return ""
+    items = []
+    for row in rows[:_NAMED]:
+        source = row[0] if row else "?"
+        reason = " ".join((row[1] if len(row) > 1 else "").split())
+        if len(reason) > 80:
+            reason = reason[:77] + "..."
+        items.append(f"{source} ({reason})" if reason else source)
+    more = f"; and {len(rows) - _NAMED} more" if len(rows) > _NAMED else ""
+    return "; ".join(items) + more
+
+
+def _temporary_space_error(e: BaseException) -> DeepergatError | None:
+    """The one-line error for a file-system failure (a full disk, a quota, a read-only
+    folder) while packing structure files into the temporary store, naming the temporary
+    folder and ``TMPDIR``; None for other errors."""
+    from deepergat.errors import environment_error, is_write_failure
+
+    cause = e.__cause__ if isinstance(e, DeepergatError) else e
+    if cause is None or not is_write_failure(cause):  # e.g. an input that cannot be read
+        return None
+    return environment_error(
+        cause, path=tempfile.gettempdir(),
+        fix="predict packs structure files into a temporary store there: free space or set "
+            "TMPDIR to another folder",
+    )
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of a model on a labelled store.
+
+    Attributes:
+        target, units: the evaluated target. n: structures evaluated.
+        mae, rmse, r2: in the target's units (R² unitless).
+        y_true, y_pred: [n] float64 values. ids: [n]. skipped: structures left out (status ≠ 0).
+        y_std: [n] float64 calibrated spread of an ensemble, else None.
+        uncertainty: for an ensemble, `deepergat.uncertainty.uncertainty_metrics` of the
+            spread (``coverage_1sigma``, ``coverage_2sigma``, ``spearman_std_abs_error``,
+            ``mean_std``), else None.
+    """
+
+    target: str
+    units: str
+    n: int
+    mae: float
+    rmse: float
+    r2: float
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    ids: list[str]
+    skipped: int = 0
+    y_std: np.ndarray | None = None
+    uncertainty: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"target": self.target, "units": self.units, "n": self.n, "mae": self.mae,
+                "rmse": self.rmse, "r2": self.r2, **(self.uncertainty or {})}
+
+
+def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], target: str, *,
+             batch_size: int = 100, device: str = "cpu",
+             cache_dir: str | os.PathLike[str] | None = None,
+             trust: bool = False) -> EvaluationResult:
+    """MAE, RMSE and R² of a model on a labelled store (and, for an ensemble, how well its
+    spread describes the errors).
+
+    Raises:
+        DeepergatError: the model lacks the target, the store lacks it (lists the available
+            ones) or has no usable labelled structure.
+    """
+    from deepergat.training.data import load_graphs
+
+    ck = load_predictor(model_path, device=device, trust=trust)
+    if target not in ck.targets:
+        raise DeepergatError(
+            f"{ck.path}: the model predicts {', '.join(ck.targets)}, not {target!r}"
+        )
+    column = ck.targets.index(target)
+    g = load_graphs(data, **ck.graph_settings, cache_dir=cache_dir)
+    if not g.targets:
+        raise DeepergatError(f"{data}: the store has no targets; pack it with --target")
+    if target not in g.targets:
+        raise DeepergatError(
+            f"{data}: no target {target!r}; available: {', '.join(sorted(g.targets))}"
+        )
+    y_all = g.targets[target]
+    rows = g.usable
+    rows = rows[np.isfinite(y_all[rows])]
+    skipped = len(g) - len(rows)
+    if len(rows) == 0:
+        raise DeepergatError(f"{data}: no structure with a finite {target!r} passes the checks")
+    outs = [ck.predict(g.batch(rows[a : a + batch_size])) for a in range(0, len(rows), batch_size)]
+    y_pred = np.concatenate([o.prediction for o in outs])[:, column].astype(np.float64)
+    y_true = y_all[rows]
+    err = y_pred - y_true
+    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
+    r2 = 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else math.nan
+    y_std = uncertainty = None
+    if ck.has_std:
+        from deepergat.training.uncertainty import uncertainty_metrics
+
+        y_std = np.concatenate([o.std for o in outs])[:, column].astype(np.float64)
+        uncertainty = uncertainty_metrics(y_true, y_pred, y_std)
+    return EvaluationResult(
+        target=target, units=ck.units[column], n=len(rows), mae=float(np.abs(err).mean()),
+        rmse=float(np.sqrt((err**2).mean())), r2=r2, y_true=y_true, y_pred=y_pred,
+        ids=[g.ids[r] for r in rows], skipped=skipped, y_std=y_std, uncertainty=uncertainty,
+    )
+
+
+def parity_plot(result: EvaluationResult, path: str | os.PathLike[str], *,
+                title: str = "") -> None:
+    """Predicted vs true values, with the MAE in the title (PNG, matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    u = f" ({result.units})" if result.units else ""
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.scatter(result.y_true, result.y_pred, s=6, alpha=0.5)
+    lo = float(min(result.y_true.min(), result.y_pred.min()))
+    hi = float(max(result.y_true.max(), result.y_pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
+    ax.set_xlabel(f"true {result.target}{u}")
+    ax.set_ylabel(f"predicted {result.target}{u}")
+    unit = f" {result.units}" if result.units else ""
+    ax.set_title(f"{title + ': ' if title else ''}MAE {result.mae:.4g}{unit} "
+                 f"(R² {result.r2:.3f}, n = {result.n})")
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

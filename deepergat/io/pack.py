@@ -1,0 +1,654 @@
+"""`deepergat pack`: read structure files in parallel and stream them into a structure store.
+
+The main process expands the inputs (directories, globs, MatDeepLearn folders), cuts them into
+small tasks (`deepergat.readers`), hands chunks of tasks to worker processes (spawn/forkserver,
+bounded in flight, results taken in input order) and appends the parsed structures to a
+`StoreWriter` in batches, so memory stays bounded whatever the number of structures.
+
+Nothing is dropped silently: the first file, row or frame that cannot be read stops the pack with
+a `DeepergatError` naming it (and no output file is left); with ``skip_bad`` it is skipped, counted
+by reason and listed in ``<OUT stem>.skipped.csv`` (columns ``source,reason``) next to the output.
+Duplicate ids are always an error.
+
+Nothing else is overwritten: an existing output that is not a structure store, or an existing
+``<OUT stem>.skipped.csv`` that is not such a list (its first line is not ``source,reason``),
+makes the pack refuse with one line. One pack writes an output at a time: it holds
+``<OUT>.lock/`` (`deepergat.screening.lock.OutputLock`, as screening does), and removes what a
+killed pack left (``<OUT>.tmp``, ``<OUT stem>.skipped.csv.tmp``).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import math
+import multiprocessing as mp
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from deepergat.errors import DeepergatError
+from deepergat.system.lifeline import watch_parent
+
+from . import readers
+from .readers import Failure, Outcome, Record, Task
+from .store import StoreWriter
+
+__all__ = [
+    "IdFrom",
+    "NothingPacked",
+    "PackResult",
+    "TargetSpec",
+    "default_workers",
+    "describe_skipped",
+    "pack",
+    "parse_target_spec",
+]
+
+log = logging.getLogger(__name__)
+
+IdFrom = Literal["stem", "path"]
+
+#: Structures appended to the store at a time.
+BATCH_SIZE = 4096
+#: Parse cost units (about one CIF each) per chunk sent to a worker.
+_CHUNK_WEIGHT = 32
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A target name and its units (``""`` when not given)."""
+
+    name: str
+    units: str = ""
+
+
+def parse_target_spec(text: str) -> TargetSpec:
+    """Parse ``NAME[:UNIT]`` (split at the first colon).
+
+    Raises:
+        DeepergatError: empty name, or a name with ``/`` (it would nest HDF5 groups).
+    """
+    name, _, units = text.partition(":")
+    name, units = name.strip(), units.strip()
+    if not name or "/" in name:
+        raise DeepergatError(
+            f"target {text!r}: expected NAME or NAME:UNIT with a non-empty name without '/'"
+        )
+    return TargetSpec(name, units)
+
+
+@dataclass
+class PackResult:
+    """What a pack wrote.
+
+    Attributes:
+        path: the store.
+        n_structures: structures written.
+        n_atoms: atoms written.
+        targets: name -> (units, number of non-NaN values).
+        content_digest: the store's content digest.
+        n_inputs: files and folders read.
+        skipped: category -> number of skipped files, rows or frames.
+        skipped_csv: the list of skipped items (``skip_bad`` only).
+    """
+
+    path: Path
+    n_structures: int
+    n_atoms: int
+    targets: dict[str, tuple[str, int]]
+    content_digest: str
+    n_inputs: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_csv: Path | None = None
+
+    @property
+    def n_skipped(self) -> int:
+        """Files, rows or frames skipped."""
+        return sum(self.skipped.values())
+
+
+def default_workers() -> int:
+    """min(CPUs this process may use, 8)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Input:
+    path: Path
+    kind: str  # a readers format, "matdeeplearn" or "unknown"
+
+
+def _expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[_Input]:
+    """Files and folders to read, in order: globs and plain folders expand sorted."""
+    out: list[_Input] = []
+    for raw in inputs:
+        text = os.fspath(raw)
+        if not os.path.exists(text) and glob.has_magic(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise DeepergatError(f"{text}: no files match the pattern")
+        else:
+            matches = [text]
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                out.extend(_expand_dir(p))
+            elif p.is_file():
+                out.append(_Input(p, readers.structure_format(p) or "unknown"))
+            else:
+                raise DeepergatError(f"{p}: no such file or directory")
+    if not out:
+        raise DeepergatError("no inputs given")
+    return out
+
+
+def _expand_dir(d: Path) -> list[_Input]:
+    if (d / "targets.csv").is_file():
+        return [_Input(d, "matdeeplearn")]
+    found: list[_Input] = []
+    ignored: list[str] = []
+    for p in sorted(d.iterdir()):
+        fmt = readers.structure_format(p) if p.is_file() else None
+        if fmt in readers.STRUCTURE_FORMATS or fmt in ("archive", "generator"):
+            found.append(_Input(p, str(fmt)))
+        else:
+            ignored.append(p.name + ("/" if p.is_dir() else ""))
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+        log.warning(
+            "%s: ignored %d entries that are not structure files (%s)", d, len(ignored), shown
+        )
+    if not found:
+        raise DeepergatError(
+            f"{d}: no structure files (CIF, POSCAR, extxyz, ASE db, JSON, archives, generator "
+            "sample .pt files) and no targets.csv"
+        )
+    return found
+
+
+def _store_targets(
+    inputs: Sequence[_Input],
+    targets: Sequence[TargetSpec],
+    target_names: Sequence[TargetSpec],
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """(store target name -> units, CSV/ASE target names, MatDeepLearn column names)."""
+    has_mdl = any(i.kind == "matdeeplearn" for i in inputs)
+    if target_names and not has_mdl:
+        raise DeepergatError(
+            "--target-name names the value columns of a MatDeepLearn folder's targets.csv, "
+            "and no input is such a folder; name CSV columns with --target"
+        )
+    mdl = list(target_names) if target_names else ([TargetSpec("target")] if has_mdl else [])
+    units: dict[str, str] = {}
+    for spec in [*targets, *mdl]:
+        if spec.name in units and units[spec.name] != spec.units:
+            raise DeepergatError(
+                f"target {spec.name!r} is given with units {units[spec.name]!r} and "
+                f"{spec.units!r}; give it one unit"
+            )
+        units[spec.name] = spec.units
+    for names, flag in ((targets, "--target"), (mdl, "--target-name")):
+        seen = [s.name for s in names]
+        dup = {n for n in seen if seen.count(n) > 1}
+        if dup:
+            raise DeepergatError(f"{flag} {sorted(dup)[0]!r} is given more than once")
+    return units, [s.name for s in targets], [s.name for s in mdl]
+
+
+def _tasks(
+    inputs: Sequence[_Input],
+    *,
+    csv_targets: Sequence[str],
+    mdl_targets: Sequence[str],
+    cif_column: str,
+    id_column: str | None,
+    id_from: IdFrom,
+) -> Iterator[tuple[int, Task, int]]:
+    """(input index, task, weight) for every task, lazily, in input order."""
+    path_ids = id_from == "path"
+    for idx, inp in enumerate(inputs):
+        p = inp.path
+        prefix = p.as_posix() if path_ids else p.stem
+        kind = inp.kind
+        sub: Iterable[Task]
+        if kind == "csv":
+            sub = readers.csv_tasks(
+                p,
+                cif_column=cif_column,
+                id_column=id_column,
+                target_columns=csv_targets,
+                id_prefix=prefix,
+                path_ids=path_ids,
+            )
+        elif kind == "matdeeplearn":
+            sub = readers.matdeeplearn_tasks(p, target_names=mdl_targets, path_ids=path_ids)
+        elif kind == "extxyz":
+            sub = readers.extxyz_tasks(p, id_prefix=prefix)
+        elif kind == "archive":
+            sub = readers.archive_tasks(p, path_ids=path_ids)
+        elif kind == "ase-db":
+            sub = readers.db_row_tasks(p, id_prefix=prefix)
+        elif kind in (*readers.STRUCTURE_FORMATS, "generator"):
+            sub = [readers.FileTask(path=str(p), fmt=kind, id=prefix)]
+        else:
+            detail = ("not a format deepergat reads (CIF, POSCAR, extxyz, ASE db, JSON, CSV, "
+                      ".zip/.tar.gz archives of them)")
+            sub = [readers.FailTask(Failure(str(p), "unknown format", detail))]
+        for t in sub:
+            if isinstance(t, readers.FramesTask):
+                weight = len(t.texts)
+            elif isinstance(t, readers.DbRowsTask):
+                weight = max(1, t.limit // 8)
+            else:
+                weight = 1
+            yield idx, t, weight
+
+
+def _chunks(items: Iterator[tuple[int, Task, int]]) -> Iterator[tuple[list[int], list[Task]]]:
+    idxs: list[int] = []
+    tasks: list[Task] = []
+    weight = 0
+    for idx, task, w in items:
+        idxs.append(idx)
+        tasks.append(task)
+        weight += w
+        if weight >= _CHUNK_WEIGHT:
+            yield idxs, tasks
+            idxs, tasks, weight = [], [], 0
+    if tasks:
+        yield idxs, tasks
+
+
+def _mp_context() -> mp.context.BaseContext:
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        # Workers fork from a server that has already imported the parsers.
+        ctx.set_forkserver_preload(["deepergat.io.readers", "pymatgen.core", "pymatgen.io.cif"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _execute(
+    chunks: Iterator[tuple[list[int], list[Task]]],
+    *,
+    workers: int,
+    target_names: Sequence[str],
+) -> Iterator[tuple[list[int], list[Outcome]]]:
+    """Run chunks of tasks, in worker processes when there is more than one chunk.
+
+    At most ``2 * workers + 2`` chunks are in flight; results come back in input order.
+    """
+    names = tuple(target_names)
+    first = next(chunks, None)
+    if first is None:
+        return
+    second = next(chunks, None)
+    head = [first] if second is None else [first, second]
+
+    def rest() -> Iterator[tuple[list[int], list[Task]]]:
+        yield from head
+        if second is not None:
+            yield from chunks
+
+    if workers <= 1 or second is None:
+        for idxs, tasks in rest():
+            yield idxs, readers.run_chunk(tasks, names)
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(),
+                               initializer=watch_parent, initargs=(os.getpid(),))
+    pending: deque[tuple[list[int], Future[list[Outcome]]]] = deque()
+    try:
+        for idxs, tasks in rest():
+            pending.append((idxs, pool.submit(readers.run_chunk, tasks, names)))
+            while len(pending) > 2 * workers + 1:
+                i, fut = pending.popleft()
+                yield i, fut.result()
+        while pending:
+            i, fut = pending.popleft()
+            yield i, fut.result()
+    except BrokenProcessPool:
+        raise DeepergatError(
+            "a parser process died (out of memory?); try fewer --workers"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+class _Buffer:
+    """Records waiting to be appended to the store, and running totals."""
+
+    def __init__(self, writer: StoreWriter, target_names: Sequence[str], batch_size: int) -> None:
+        self.writer = writer
+        self.names = list(target_names)
+        self.batch_size = batch_size
+        self.records: list[Record] = []
+        self.n_structures = 0
+        self.n_atoms = 0
+        self.counts = dict.fromkeys(self.names, 0)
+
+    def add(self, r: Record) -> None:
+        self.records.append(r)
+        if len(self.records) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        recs = self.records
+        if not recs:
+            return
+        n_atoms = np.array([len(r.atomic_numbers) for r in recs], dtype=np.int64)
+        targets = {
+            name: np.array([r.targets.get(name, math.nan) for r in recs], dtype=np.float64)
+            for name in self.names
+        }
+        self.writer.append(
+            ids=[r.id for r in recs],
+            n_atoms=n_atoms,
+            lattice=np.stack([r.lattice for r in recs]),
+            pbc=np.stack([r.pbc for r in recs]),
+            atomic_numbers=np.concatenate([r.atomic_numbers for r in recs]),
+            positions=np.concatenate([r.positions for r in recs]).reshape(-1, 3),
+            targets=targets,
+        )
+        self.n_structures += len(recs)
+        self.n_atoms += int(n_atoms.sum())
+        for name, v in targets.items():
+            self.counts[name] += int(np.count_nonzero(~np.isnan(v)))
+        self.records = []
+
+
+def _check_ranges(r: Record) -> Failure | None:
+    z = r.atomic_numbers
+    if len(z) and (z.min() < 0 or z.max() > 255):
+        return Failure(r.source, "unreadable", "atomic numbers outside 0..255")
+    return None
+
+
+def pack(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    targets: Sequence[TargetSpec | str] = (),
+    target_names: Sequence[TargetSpec | str] = (),
+    cif_column: str = "cif",
+    id_column: str | None = None,
+    id_from: IdFrom = "stem",
+    workers: int | None = None,
+    skip_bad: bool = False,
+    batch_size: int = BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> PackResult:
+    """Read structure files and write them as one structure store.
+
+    Args:
+        inputs: files, folders (a MatDeepLearn folder when it holds ``targets.csv``, else its
+            structure files, sorted) and glob patterns, read in the order given.
+        output: the store path; written as ``<output>.tmp`` and renamed when complete.
+        targets: CSV columns to store as targets (``NAME[:UNIT]``); ASE inputs look the names up
+            in key-value pairs, ``atoms.info`` and calculator results. Missing values are NaN.
+        target_names: names of a MatDeepLearn ``targets.csv``'s value columns, in order
+            (default one column named ``target``).
+        cif_column: CSV column holding CIF text.
+        id_column: CSV column of ids (default ``material_id`` or ``id`` when present, else
+            ``<csv stem>_<row>``).
+        id_from: ``"stem"`` (file name without suffix) or ``"path"`` (the path as given).
+        workers: parser processes (default `default_workers`); 1 parses in this process.
+        skip_bad: skip unreadable files, rows and frames instead of stopping, and list them in
+            ``<output stem>.skipped.csv``.
+        batch_size: structures per append to the store.
+        progress: called with the number of structures (read or skipped) after each chunk.
+
+    Returns:
+        What was written.
+
+    Raises:
+        DeepergatError: an unreadable item (without ``skip_bad``), a duplicate id, a missing
+            column or input, or an unwritable output. No output file is left behind.
+    """
+    out = Path(output)
+    if id_from not in ("stem", "path"):
+        raise DeepergatError(f"--id-from must be 'stem' or 'path', got {id_from!r}")
+    if workers is None:
+        workers = default_workers()
+    if workers < 1:
+        raise DeepergatError(f"--workers must be at least 1, got {workers}")
+    if batch_size < 1:
+        raise DeepergatError(f"batch size must be at least 1, got {batch_size}")
+    tspecs = [t if isinstance(t, TargetSpec) else parse_target_spec(t) for t in targets]
+    nspecs = [t if isinstance(t, TargetSpec) else parse_target_spec(t) for t in target_names]
+    if not out.parent.is_dir():
+        raise DeepergatError(f"{out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise DeepergatError(f"{out}: is a folder; give a file name such as {out / 'store.h5'}")
+    from deepergat.system.lock import OutputLock, run_token
+
+    lock = OutputLock(out, run_token(), label=str(out), way_out="choose another output file")
+    lock.acquire()
+    try:
+        return _pack(inputs, out, tspecs, nspecs, cif_column=cif_column, id_column=id_column,
+                     id_from=id_from, workers=workers, skip_bad=skip_bad,
+                     batch_size=batch_size, progress=progress)
+    finally:
+        lock.release()
+
+
+def _pack(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    tspecs: Sequence[TargetSpec],
+    nspecs: Sequence[TargetSpec],
+    *,
+    cif_column: str,
+    id_column: str | None,
+    id_from: IdFrom,
+    workers: int,
+    skip_bad: bool,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> PackResult:
+    """`pack` once the output is ours."""
+    _check_replaceable(out)
+    skipped_path = out.with_name(out.stem + ".skipped.csv") if skip_bad else None
+    if skipped_path is not None:
+        _check_skipped_list(skipped_path)
+    _remove_leftovers(out)
+
+    inputs_ = _expand_inputs(inputs)
+    units, csv_targets, mdl_targets = _store_targets(inputs_, tspecs, nspecs)
+    for inp in inputs_:  # fail fast on a CSV that lacks a named column
+        if inp.path.resolve() == out.resolve():
+            raise DeepergatError(f"{out}: is also an input; choose another output name")
+        if skipped_path is not None and inp.path.resolve() == skipped_path.resolve():
+            raise DeepergatError(f"{skipped_path}: is an input, and --skip-bad would write its "
+                                 "list of skipped inputs there; choose another output name")
+        if inp.kind == "csv":
+            readers.check_csv_columns(
+                inp.path, cif_column=cif_column, id_column=id_column, target_columns=csv_targets
+            )
+
+    log.info("packing %d input(s) into %s with %d worker process(es)", len(inputs_), out, workers)
+    skipped_tmp = skipped_path.with_name(skipped_path.name + ".tmp") if skipped_path else None
+    writer = StoreWriter(out, targets=units)
+    skipped: Counter[str] = Counter()
+    skipped_fh = None
+    try:
+        if skipped_tmp is not None:
+            skipped_fh = open(skipped_tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            skipped_rows = csv.writer(skipped_fh)
+            skipped_rows.writerow(["source", "reason"])
+        buf = _Buffer(writer, list(units), batch_size)
+        seen: dict[str, int] = {}
+        items = _tasks(
+            inputs_,
+            csv_targets=csv_targets,
+            mdl_targets=mdl_targets,
+            cif_column=cif_column,
+            id_column=id_column,
+            id_from=id_from,
+        )
+        for idxs, outcomes in _execute(_chunks(items), workers=workers, target_names=list(units)):
+            done = 0
+            for idx, oc in zip(idxs, outcomes, strict=True):
+                for note in oc.notes:
+                    log.debug("%s", note)
+                for message in oc.warnings:
+                    log.warning("%s", message)
+                failures = list(oc.failures)
+                for r in oc.records:
+                    bad = _check_ranges(r)
+                    if bad is not None:
+                        failures.append(bad)
+                        continue
+                    prev = seen.get(r.id)
+                    if prev is not None:
+                        _duplicate(r, inputs_[prev].path, inputs_[idx].path, id_from)
+                    seen[r.id] = idx
+                    buf.add(r)
+                for f in failures:
+                    if skipped_fh is None:
+                        raise DeepergatError(
+                            f"{f.source}: {f.reason}; pass --skip-bad to skip what cannot be "
+                            "read and list it"
+                        )
+                    skipped_rows.writerow([f.source, f.reason])
+                    skipped[f.category] += 1
+                done += len(oc.records) + len(oc.failures)
+            if progress is not None:
+                progress(done)
+        buf.flush()
+        if skipped_fh is not None and skipped_tmp is not None and skipped_path is not None:
+            skipped_fh.close()
+            os.replace(skipped_tmp, skipped_path)
+        if buf.n_structures == 0:
+            why = (
+                f" ({describe_skipped(skipped)} skipped, listed in {skipped_path})"
+                if skipped
+                else ""
+            )
+            raise NothingPacked(f"{out}: no structures were read from the inputs{why}",
+                                dict(skipped))
+        digest = writer.close()
+    except BaseException as e:
+        writer.abort()
+        if skipped_fh is not None:
+            skipped_fh.close()
+        if skipped_tmp is not None:
+            skipped_tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # reading inputs is guarded; this is the output side
+            raise DeepergatError(f"{out}: writing failed: {e}") from e
+        raise
+    for name, count in buf.counts.items():
+        if count == 0:
+            log.warning(
+                "target %r has no values in any input (for a MatDeepLearn folder's targets.csv "
+                "name the columns with --target-name)",
+                name,
+            )
+    return PackResult(
+        path=out,
+        n_structures=buf.n_structures,
+        n_atoms=buf.n_atoms,
+        targets={name: (units[name], buf.counts[name]) for name in units},
+        content_digest=digest,
+        n_inputs=len(inputs_),
+        skipped=dict(skipped),
+        skipped_csv=skipped_path,
+    )
+
+
+class NothingPacked(DeepergatError):
+    """Not one structure could be read from the inputs.
+
+    Attributes:
+        skipped: category -> number of inputs skipped.
+    """
+
+    def __init__(self, message: str, skipped: dict[str, int]) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse an output path that holds anything but a deepergat structure store."""
+    if not out.exists():
+        return
+    from .store import Store
+
+    try:
+        Store(out).close()
+    except DeepergatError:
+        raise DeepergatError(
+            f"{out}: exists and is not a deepergat structure store; pack never overwrites "
+            "other files — choose another output name (e.g. "
+            f"{out.with_suffix('.h5').name if out.suffix != '.h5' else 'store.h5'})"
+        ) from None
+
+
+#: The header of a list of skipped inputs (what `_check_skipped_list` recognizes as pack's own).
+_SKIPPED_HEADER = "source,reason"
+
+
+def _check_skipped_list(path: Path) -> None:
+    """Refuse to replace an existing ``<stem>.skipped.csv`` that pack did not write."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            first = fh.readline(200).rstrip("\r\n")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError):
+        first = None
+    if first != _SKIPPED_HEADER or not path.is_file():
+        raise DeepergatError(
+            f"{path}: exists and is not a list of skipped inputs (its first line is not "
+            f"'{_SKIPPED_HEADER}'); pack --skip-bad writes its list there and never overwrites "
+            "other files — move it away or choose another output name"
+        )
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the temporary files a killed pack of ``out`` left (the caller holds its lock)."""
+    for p in (out.with_name(out.name + ".tmp"),
+              out.with_name(out.stem + ".skipped.csv.tmp")):
+        try:
+            if p.is_file():
+                p.unlink()
+                log.info("removed %s, left by a killed pack", p)
+        except OSError as e:
+            log.warning("cannot remove %s, left by a killed pack: %s", p, e)
+
+
+def _duplicate(r: Record, first: Path, second: Path, id_from: IdFrom) -> None:
+    if first != second and id_from == "stem":
+        hint = "; pass --id-from path to tell files with the same name apart"
+        where = f"already taken by a structure from {first}"
+    else:
+        hint = "; ids must be unique (check the id column or the input list)"
+        where = f"already taken by another structure from {first}"
+    raise DeepergatError(f"{r.source}: duplicate id {r.id!r}, {where}{hint}")
+
+
+def describe_skipped(skipped: Counter[str] | dict[str, int]) -> str:
+    """``3 disordered, 1 unreadable``, most common first."""
+    return ", ".join(f"{n} {cat}" for cat, n in Counter(skipped).most_common())

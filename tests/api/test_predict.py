@@ -1,0 +1,272 @@
+"""`deepergat evaluate`, `predict` and `models` with a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from model_helpers import perov_structures
+from structure_helpers import damaged_store
+
+from deepergat.api import predict as predict_mod
+from deepergat.cli import main
+from deepergat.io.store import StructureBatch, write_store
+from deepergat.training.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a 30-structure labelled store, a checkpoint trained on it for one epoch)."""
+    root = tmp_path_factory.mktemp("predict")
+    store = root / "s.h5"
+    write_store(store, StructureBatch.from_structures(perov_structures(30)),
+                units={"heat_ref": "eV"})
+    train(TrainConfig(data=str(store), target="heat_ref", out=str(root / "run"), layers=2,
+                      epochs=1, batch_size=10, model={"dim": 16}, device="cpu",
+                      cache_dir=str(root)))
+    return store, root / "run" / "best.ckpt"
+
+
+def test_evaluate_prints_and_writes_metrics(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    store, ckpt = trained
+    plot, js = tmp_path / "parity.png", tmp_path / "m.json"
+    r = CliRunner().invoke(main, ["evaluate", str(ckpt), "--data", str(store), "--target",
+                                  "heat_ref", "--plot", str(plot), "--json", str(js)])
+    assert r.exit_code == 0, r.output
+    assert "MAE" in r.output and "RMSE" in r.output and "R²" in r.output
+    metrics = json.loads(js.read_text())
+    assert set(metrics) == {"target", "units", "n", "mae", "rmse", "r2"}
+    assert metrics["n"] == 30 and metrics["units"] == "eV"
+    assert plot.stat().st_size > 1000
+    res = predict_mod.evaluate(ckpt, store, "heat_ref")
+    assert res.mae == pytest.approx(np.abs(res.y_pred - res.y_true).mean())
+    assert res.rmse >= res.mae
+    r = CliRunner().invoke(main, ["evaluate", str(ckpt), "--data", str(store), "--target", "x"])
+    assert r.exit_code == 2 and "predicts heat_ref, not 'x'" in r.output
+
+
+def test_predict_files_and_stores_with_status_rows(trained: tuple[Path, Path],
+                                                   tmp_path: Path) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    store, ckpt = trained
+    cif = tmp_path / "a.cif"
+    s = perov_structures(1)[0]
+    Structure(Lattice(s["lattice"]), s["atomic_numbers"].tolist(), s["positions"],
+              coords_are_cartesian=True).to(filename=str(cif))
+    bad = tmp_path / "overlap.cif"
+    Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.001, 0, 0]]).to(filename=str(bad))
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(cif), str(bad), str(store),
+                                  "--csv", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(io.StringIO(out.read_text())))
+    assert rows[0] == ["id", "heat_ref", "status"]
+    assert rows[1][0] == "a" and rows[1][2] == "0" and float(rows[1][1])
+    assert rows[2] == ["overlap", "", "6"]
+    assert len(rows) == 3 + 30
+    # the file and the same structure from the store agree
+    from_store = {row[0]: row for row in rows[3:]}
+    assert float(from_store[s["id"]][1]) == pytest.approx(float(rows[1][1]), abs=1e-5)
+    assert "status 6" in r.output  # reported on stderr (mixed into the runner's output)
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(tmp_path / "missing.cif")])
+    assert r.exit_code == 2 and "no such file" in r.output
+
+
+def test_bundled_models_by_name(trained: tuple[Path, Path], tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store, ckpt = trained
+    folder = tmp_path / "models" / "tiny-heat"
+    folder.mkdir(parents=True)
+    (folder / "best.ckpt").write_bytes(ckpt.read_bytes())
+    (folder / "card.md").write_text("# tiny-heat\nA test model.\n")
+    from deepergat.export import resolve
+
+    monkeypatch.setattr(resolve, "bundled_dir", lambda: tmp_path / "models")
+    # without its ONNX file a bundled name predicts with its checkpoint; export uses it anyway
+    assert resolve.resolve_model("tiny-heat") == folder / "best.ckpt"
+    assert resolve.resolve_model("tiny-heat", prefer="checkpoint") == folder / "best.ckpt"
+    (folder / "model.onnx").write_bytes(b"an ONNX file")
+    assert resolve.resolve_model("tiny-heat") == folder / "model.onnx"  # one rule everywhere
+    (folder / "model.onnx").unlink()
+    with pytest.raises(Exception, match="bundled: tiny-heat"):
+        resolve.resolve_model("nope")
+    # a run folder is its ensemble, else its kept model
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.ckpt").write_bytes(ckpt.read_bytes())
+    assert resolve.resolve_model(run) == run / "best.ckpt"
+    (run / "ensemble.ckpt").write_bytes(ckpt.read_bytes())
+    assert resolve.resolve_model(run) == run / "ensemble.ckpt"
+    r = CliRunner().invoke(main, ["models"])
+    assert r.exit_code == 0 and "== tiny-heat" in r.output and "A test model." in r.output
+    r = CliRunner().invoke(main, ["predict", "tiny-heat", str(store)])
+    assert r.exit_code == 0 and r.output.splitlines()[0] == "id,heat_ref,status"
+    assert torch.load(folder / "best.ckpt", weights_only=True)["targets"] == ["heat_ref"]
+
+
+def test_shipped_bundled_model_card() -> None:
+    from deepergat.export.resolve import bundled_dir, bundled_models
+
+    for name in bundled_models():
+        card = (bundled_dir() / name / "card.md").read_text()
+        assert "test MAE" in card, name
+    listed = json.loads(CliRunner().invoke(main, ["models", "--json"]).output)
+    assert set(listed) == set(bundled_models())
+    for entry in listed.values():  # the checkpoint it names is the one it ships
+        assert Path(entry["path"]).is_file() and Path(entry["onnx"]).is_file()
+
+
+def test_a_minimum_image_model_warns_that_larger_primitive_cells_are_new_graphs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from deepergat.nn.checkpoint import save_checkpoint
+    from deepergat.nn.model import DeeperGATGNN
+
+    for graph, warned in (("minimum-image", True), ("periodic", False)):
+        path = tmp_path / f"{graph}.ckpt"
+        save_checkpoint(path, DeeperGATGNN(dim=8, layers=1, graph=graph), targets=["heat_ref"],
+                        units=["eV"], elements=[8, 22])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="deepergat.api.predict"):
+            predict_mod.load_predictor(path)
+        assert ("primitive cell is larger" in caplog.text) is warned
+
+
+# --------------------------------------------------- predict's output and messages (issue 10)
+
+
+def _store(path: Path, n: int = 20) -> Path:
+    from deepergat.export.samples import parity_structures
+
+    write_store(path, parity_structures(n))
+    return path
+
+
+def _one_line(r: Any, *needles: str) -> str:
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_predict_csv_replaces_out_only_when_complete(small_model: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    """--csv OUT is written beside OUT and renamed at the end: an error leaves an existing
+    OUT as it was and no temporary file (it truncated OUT to its header); a killed run's
+    temporary file is removed by the next run."""
+    import socket
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "p.csv"
+    out.write_text("earlier results\n")
+    good = _store(tmp_path / "s.h5")
+    for dataset in ("positions", "lattice", "atomic_numbers", "ids"):
+        bad = damaged_store(good, tmp_path / f"damaged-{dataset}.h5", dataset)
+        r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(bad), "--csv",
+                                      str(out)])
+        _one_line(r, bad.name, "damaged structure store", dataset)
+        assert out.read_text() == "earlier results\n"
+        assert [p.name for p in folder.iterdir()] == ["p.csv"]
+    host = socket.gethostname().replace("-", "_") or "host"
+    stale = folder / f".p.csv.tmp-{host}-{_dead_pid()}"
+    stale.write_text("id,heat_ref,status\n")
+    r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(good), "--csv",
+                                  str(out)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(io.StringIO(out.read_text())))
+    assert rows[0] == ["id", "heat_ref", "status"] and len(rows) == 21
+    assert [p.name for p in folder.iterdir()] == ["p.csv"]
+
+
+def test_predict_to_stdout_prints_nothing_before_an_early_error(
+        small_model: dict[str, Any], tmp_path: Path) -> None:
+    """Without --csv the model, the inputs and the first block are read before the header is
+    printed: a damaged store prints one line on stderr and nothing on stdout."""
+    bad = damaged_store(_store(tmp_path / "s.h5"), tmp_path / "damaged.h5")
+    r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(bad)])
+    _one_line(r, "damaged.h5: damaged structure store")
+    assert r.stdout == ""
+
+
+def test_predict_names_what_it_skipped(small_model: dict[str, Any], tmp_path: Path) -> None:
+    """Each skipped file or CIF block is named with its reason (a few, then "and N more"),
+    not only counted."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    nacl = str(CifWriter(Structure(Lattice.cubic(4.0), ["Na", "Cl"],
+                                   [[0, 0, 0], [0.5, 0.5, 0.5]])))
+    blocks = [nacl.replace("data_NaCl", f"data_s{k}") for k in range(3)]
+    blocks[1] = blocks[1].replace("_cell_length_a   4.00000000", "_cell_length_a   0.0")
+    multi = tmp_path / "multi.cif"
+    multi.write_text("\n".join(blocks))
+    r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(multi)])
+    assert r.exit_code == 0, r.output
+    assert [row.split(",")[0] for row in r.stdout.splitlines()] == ["id", "multi_0", "multi_2"]
+    assert "skipped 1 input that could not be read: " in r.stderr
+    assert f"{multi}:block 1 (data_s1) (" in r.stderr
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "good.cif").write_text(nacl)
+    for k in range(7):
+        (folder / f"bad{k}.cif").write_text("not a CIF\n")
+    r = CliRunner().invoke(main, ["predict", str(small_model["onnx"]), str(folder)])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stderr.splitlines() if x.startswith("skipped"))
+    assert line.startswith("skipped 7 inputs that could not be read: 7 unreadable: "), line
+    assert all(f"bad{k}.cif (" in line for k in range(5)), line
+    assert "bad5.cif" not in line and line.endswith("; and 2 more"), line
+
+
+def test_predict_messages_name_the_users_files(small_model: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    """A truncated store, a file that holds no structure and files of the same name: one
+    line naming the user's file (never the temporary store predict packs files into) and
+    options predict has (--id-from path)."""
+    from pymatgen.core import Lattice, Structure
+
+    model = str(small_model["onnx"])
+    store = _store(tmp_path / "s.h5")
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(store.read_bytes()[:1000])
+    _one_line(CliRunner().invoke(main, ["predict", model, str(cut)]),
+              f"{cut}: not a readable HDF5 file (truncated")
+    bad = tmp_path / "bad.cif"
+    bad.write_text("not a CIF\n")
+    line = _one_line(CliRunner().invoke(main, ["predict", model, str(bad)]),
+                     "no structure could be read", f"{bad} (")
+    assert "deepergat-predict-" not in line and "inputs.h5" not in line
+
+    nacl = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for run in ("a", "b"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        nacl.to(filename=str(tmp_path / "runs" / run / "POSCAR"), fmt="poscar")
+    pattern = str(tmp_path / "runs" / "*" / "POSCAR")
+    line = _one_line(CliRunner().invoke(main, ["predict", model, pattern]),
+                     "duplicate id 'POSCAR'", "pass --id-from path")
+    assert "deepergat-predict-" not in line
+    r = CliRunner().invoke(main, ["predict", model, pattern, "--id-from", "path"])
+    assert r.exit_code == 0, r.output
+    ids = [row.split(",")[0] for row in r.stdout.splitlines()[1:]]
+    assert ids == [str(tmp_path / "runs" / run / "POSCAR") for run in ("a", "b")]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
+import csv
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,11 +54,11 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
       deepergat predict runs/heat/best.ckpt candidates.h5 cifs/ --csv predictions.csv
       deepergat predict perovskite-heat 'runs/*/CONTCAR' --id-from path
     """
-    import csv
     import math
 
     from deepergat.api.predict import predict_inputs
     from deepergat.errors import environment_error, is_full_disk
+    from deepergat.system.files import private_temporary, write_csv
 
     def skipped(count: int, what: str) -> None:
         click.echo(f"skipped {count} input{'s' if count != 1 else ''} that could not be read: "
@@ -65,36 +67,43 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
     ck, rows = predict_inputs(model, inputs, batch_size=batch_size, max_atoms=max_atoms,
                               overlap_threshold=overlap_threshold, device=device,
                               on_skipped=skipped, trust=trust, id_from=id_from)
-    out = _AtomicCsv(csv_path) if csv_path else None  # fails now on an unwritable folder
-    try:
-        # the model, the inputs and the first block are read before anything is written
-        first = next(rows, None)
-        handle = out.handle if out is not None else sys.stdout
-        writer = csv.writer(handle, lineterminator="\n")
-        header = [c for t in ck.targets for c in ((t, f"{t}_std") if ck.has_std else (t,))]
-        writer.writerow(["id", *header, "status"])
-        counts: dict[int, int] = {}
+    header = ["id", *(c for t in ck.targets for c in ((t, f"{t}_std") if ck.has_std else (t,))),
+              "status"]
+    counts: dict[int, int] = {}
 
-        def text(v: float) -> str:
-            return "" if math.isnan(v) else f"{v:.6g}"
+    def text(v: float) -> str:
+        return "" if math.isnan(v) else f"{v:.6g}"
 
-        for row in itertools.chain([first] if first is not None else [], rows):
+    def lines() -> Iterator[list[Any]]:
+        for row in rows:
             if row.std is None:
                 values = [text(v) for v in row.values.tolist()]
             else:
                 values = [text(x) for v, s in zip(row.values.tolist(), row.std.tolist(),
                                                    strict=True) for x in (v, s)]
-            writer.writerow([row.id, *values, row.status])
             counts[row.status] = counts.get(row.status, 0) + 1
-        if out is not None:
-            out.commit()
-    except OSError as e:
-        if out is not None and is_full_disk(e):  # writing the rows: name the user's file
-            raise environment_error(e, path=out.path) or e from None
-        raise
-    finally:
-        if out is not None:
-            out.discard()  # after an error: the temporary file goes, OUT is untouched
+            yield [row.id, *values, row.status]
+
+    if csv_path is None:  # rows stream to standard output as they are computed
+        body = lines()
+        first = next(body, None)  # the model, the inputs and the first block read first
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([first] if first is not None else [])
+        writer.writerows(body)
+    else:  # a temporary file beside OUT replaces it only when every row is written
+        out = Path(csv_path)
+        tmp = private_temporary(out)
+        try:
+            write_csv(out, header, lines(), tmp=tmp)
+        except OSError as e:
+            if not (is_full_disk(e) or e.filename in (str(tmp), str(out))):
+                raise  # not the rows' file (an input, say)
+            err = environment_error(e, path=out)
+            if err is not None:
+                raise err from None
+            raise DeepergatError(f"--csv {out}: cannot write it ({e.strerror or e}); choose a "
+                                 "file in a folder that exists") from None
     bad = {k: v for k, v in counts.items() if k != Status.OK}
     if bad:
         from deepergat.errors import STATUS_CODES
@@ -102,73 +111,3 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
         summary = ", ".join(f"{v} × status {k} ({STATUS_CODES.get(k, '?')})"
                             for k, v in sorted(bad.items()))
         click.echo(f"not predicted: {summary}", err=True)
-
-
-class _AtomicCsv:
-    """A CSV file written as ``.<name>.tmp-<host>-<pid>`` beside it and renamed into place by
-    `commit`: readers never see half a file, and an error or a kill never truncates an
-    existing one. Temporary files of killed runs on this host are removed when one starts.
-
-    Raises:
-        DeepergatError: the folder cannot be written (named with the user's path).
-    """
-
-    def __init__(self, path: str) -> None:
-        import os
-        import socket
-
-        from deepergat.errors import environment_error
-
-        self.path = Path(path)
-        host = socket.gethostname().replace("-", "_") or "host"
-        self._prefix = f".{self.path.name}.tmp-{host}-"
-        self.tmp = self.path.with_name(f"{self._prefix}{os.getpid()}")
-        self._clear_stale()
-        try:
-            self.handle = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        except OSError as e:
-            err = environment_error(e, path=self.path)
-            if err is not None:
-                raise err from None
-            raise DeepergatError(f"--csv {self.path}: cannot write it ({e.strerror or e}); "
-                                 "choose a file in a folder that exists") from None
-
-    def _clear_stale(self) -> None:
-        import contextlib
-        import os
-
-        folder = self.path.parent
-        with contextlib.suppress(OSError):
-            for entry in os.listdir(folder):
-                pid = entry[len(self._prefix):]
-                if not (entry.startswith(self._prefix) and pid.isdigit()):
-                    continue
-                try:
-                    os.kill(int(pid), 0)
-                except ProcessLookupError:  # its writer was killed
-                    (folder / entry).unlink(missing_ok=True)
-                except OSError:  # alive (another user's)
-                    pass
-
-    def commit(self) -> None:
-        """Close the temporary file and rename it to the final name."""
-        import os
-
-        from deepergat.errors import environment_error
-
-        try:
-            self.handle.close()
-            os.replace(self.tmp, self.path)
-        except OSError as e:
-            err = environment_error(e, path=self.path)
-            if err is not None:
-                raise err from None
-            raise
-
-    def discard(self) -> None:
-        """Close and remove the temporary file (nothing after `commit`)."""
-        import contextlib
-
-        with contextlib.suppress(OSError):
-            self.handle.close()
-        self.tmp.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.errors import DeepergatError
+from deepergat.system.files import atomic_path
 
 from .metadata import EXTRA_FILE, encode_metadata, meta_tmp_path, save_named, with_exporter
 from .pt2 import export_program
@@ -107,8 +108,7 @@ def set_aoti_metadata(path: str | os.PathLike[str], meta: dict[str, Any]) -> Non
     """Put the metadata document into the package as ``<archive>/extra/deepergat.json``
     (replacing an earlier one; the compiled entries are copied unchanged)."""
     path = Path(path)
-    tmp = meta_tmp_path(path)
-    with zipfile.ZipFile(path) as zin:
+    with atomic_path(path, tmp=meta_tmp_path(path)) as tmp, zipfile.ZipFile(path) as zin:
         names = zin.namelist()
         prefix = names[0].split("/", 1)[0] if names and "/" in names[0] else "archive"
         entry = f"{prefix}/extra/{EXTRA_FILE}"
@@ -117,4 +117,3 @@ def set_aoti_metadata(path: str | os.PathLike[str], meta: dict[str, Any]) -> Non
                 if info.filename != entry:
                     zout.writestr(info, zin.read(info.filename))
             zout.writestr(entry, encode_metadata(meta))
-    os.replace(tmp, path)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.errors import DeepergatError
+from deepergat.system.files import atomic_path
 
 from .metadata import METADATA_KEY, encode_metadata, with_exporter
 from .metadata import meta_tmp_path as _meta_tmp
@@ -231,6 +232,5 @@ def set_onnx_metadata(path: str | os.PathLike[str], meta: dict[str, Any]) -> Non
 
     proto = onnx.load_model(os.fspath(path))
     _set_props(proto, meta)
-    tmp = _meta_tmp(Path(path))
-    onnx.save_model(proto, os.fspath(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path, tmp=_meta_tmp(Path(path))) as tmp:
+        onnx.save_model(proto, os.fspath(tmp))

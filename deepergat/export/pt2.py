@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.errors import DeepergatError
+from deepergat.system.files import atomic_path
 
 from .metadata import EXTRA_FILE, encode_metadata, save_named, with_exporter
 from .metadata import meta_tmp_path as _meta_tmp
@@ -91,12 +92,8 @@ def _save(program: Any, path: Path, meta: dict[str, Any]) -> None:
 def set_pt2_metadata(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
     """Replace the metadata document of a ``.pt2`` file (the program is re-saved unchanged)."""
     program = load_program(path)
-    tmp = _meta_tmp(Path(path))
-    try:
+    with atomic_path(path, tmp=_meta_tmp(Path(path))) as tmp:
         _save(program, tmp, meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _UNPICKLE_LOCK = threading.Lock()

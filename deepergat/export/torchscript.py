@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deepergat.errors import DeepergatError
+from deepergat.system.files import atomic_path
 
 from .metadata import EXTRA_FILE, encode_metadata, save_named, with_exporter
 from .metadata import meta_tmp_path as _meta_tmp
@@ -75,12 +76,8 @@ def set_torchscript_metadata(path: str | os.PathLike[str], meta: dict[str, Any])
     unchanged)."""
     import torch
 
-    tmp = _meta_tmp(Path(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(os.fspath(path), map_location="cpu")  # the file just written
-    try:
+    with atomic_path(path, tmp=_meta_tmp(Path(path))) as tmp:
         _save(module, tmp, meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

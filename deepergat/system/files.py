@@ -15,13 +15,22 @@ import contextlib
 import csv
 import hashlib
 import os
+import socket
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from deepergat.errors import DeepergatError
 
-__all__ = ["atomic_open", "atomic_path", "file_sha256", "read_head", "temporary_name", "write_csv"]
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "file_sha256",
+    "private_temporary",
+    "read_head",
+    "temporary_name",
+    "write_csv",
+]
 
 
 def read_head(path: str | os.PathLike[str], n: int = 8, *, what: str = "file") -> bytes:
@@ -77,11 +86,11 @@ def atomic_path(path: str | os.PathLike[str], *,
     staged = Path(tmp) if tmp is not None else temporary_name(final)
     try:
         yield staged
+        os.replace(staged, final)
     except BaseException:
         with contextlib.suppress(OSError):
             staged.unlink()
         raise
-    os.replace(staged, final)
 
 
 @contextlib.contextmanager
@@ -96,10 +105,33 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", *,
         yield fh
 
 
+def private_temporary(path: str | os.PathLike[str]) -> Path:
+    """A temporary name for ``path`` that only this process writes, ``.<name>.tmp-<host>-<pid>``
+    beside it (for a file that may be written by several processes at once, e.g. a user's
+    ``--csv``); leftovers of killed processes on this host are removed first."""
+    p = Path(path)
+    host = socket.gethostname().replace("-", "_") or "host"
+    prefix = f".{p.name}.tmp-{host}-"
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(p.parent):
+            pid = entry[len(prefix):]
+            if not (entry.startswith(prefix) and pid.isdigit()):
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:  # its writer was killed
+                (p.parent / entry).unlink(missing_ok=True)
+            except OSError:  # alive (another user's)
+                pass
+    return p.with_name(f"{prefix}{os.getpid()}")
+
+
 def write_csv(path: str | os.PathLike[str], header: Sequence[str],
-              rows: Iterable[Sequence[Any]]) -> None:
-    """A CSV file (``\\n`` line ends, UTF-8) written whole: ``header``, then ``rows``."""
-    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+              rows: Iterable[Sequence[Any]], *,
+              tmp: str | os.PathLike[str] | None = None) -> None:
+    """A CSV file (``\\n`` line ends, UTF-8) written whole: ``header``, then ``rows`` (an
+    iterable, consumed while writing: rows may be computed as they are written)."""
+    with atomic_open(path, "w", tmp=tmp, newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)

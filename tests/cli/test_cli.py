@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -324,7 +325,6 @@ def test_predict_csv_on_a_full_disk_is_one_line_and_keeps_out(
     """Structure files are packed into a temporary store first: a full temporary folder is
     named with TMPDIR; a full disk under --csv names OUT. Either way OUT is untouched and no
     temporary file stays beside it."""
-    from deepergat.cli import predict as cli
     from deepergat.io.store import StoreWriter
 
     cif = _cif(tmp_path / "nacl.cif")
@@ -343,12 +343,15 @@ def test_predict_csv_on_a_full_disk_is_one_line_and_keeps_out(
 
     monkeypatch.setattr(StoreWriter, "close", real_close)
 
-    def commit(self: object) -> None:
+    def replace(src: object, dst: object) -> None:
         import errno
 
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if Path(dst) == out:  # the rows' file fails as it is put into place
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        real_replace(src, dst)
 
-    monkeypatch.setattr(cli._AtomicCsv, "commit", commit)
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", replace)
     r = _run("predict", small_model["onnx"], cif, "--csv", out)
     _assert_full_disk_line(r, str(out))
     assert out.read_text() == "earlier results\n"

@@ -88,6 +88,29 @@ def test_models_predict_what_the_starting_commit_predicted(name: str, structures
     np.testing.assert_allclose(out.embedding, _array(want["embedding"]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ensemble.ckpt", "exported/model.onnx", "exported/model.pt2"])
+def test_on_a_gpu_the_legacy_ensemble_predicts_what_it_did_on_the_cpu(
+    name: str, structures: Any
+) -> None:
+    """Across devices the kernels differ: 10 times docs/design.md §10's allowance, as
+    tests/export/test_export_gpu.py allows."""
+    torch = pytest.importorskip("torch")
+    from deepergat.export.runtime import cuda_available
+
+    if not (cuda_available() if name.endswith(".onnx") else torch.cuda.is_available()):
+        pytest.skip("no CUDA device")
+    want = EXPECTED["models"][name]
+    predictor = load(LEGACY / name, device="cuda")
+    assert predictor.device.startswith("cuda")
+    g = build_inputs(structures, **predictor.metadata.graph.as_kwargs(), max_z=MAX_Z,
+                     max_atoms=DEFAULT_MAX_ATOMS, overlap_threshold=DEFAULT_OVERLAP_THRESHOLD)
+    out = predictor.predict(g.inputs)
+    std = [10 * s for s in want["target_std"]]
+    _assert_agree(out.prediction, _array(want["prediction"]), std, f"{name} prediction")
+    _assert_agree(out.std, _array(want["std"]), std, f"{name} std")
+
+
 def _plain_values(value: Any, where: str) -> None:
     """Everything but the weights is plain data: no class, module or function by name."""
     import torch

@@ -38,6 +38,7 @@ def test_the_formats_and_their_file_names() -> None:
     assert exporter_module.ALL_FORMATS == ("onnx", "torchscript", "pt2")  # aoti: on request
 
 
+@pytest.mark.slow
 def test_a_file_gets_its_name_only_after_its_check_passed(tmp_path: Path) -> None:
     out = tmp_path / "out"
     final = out / "model.pt"
@@ -62,6 +63,7 @@ def test_a_file_gets_its_name_only_after_its_check_passed(tmp_path: Path) -> Non
     assert meta["exporter"]["example_sizes"] == result.example_sizes
 
 
+@pytest.mark.slow
 def test_one_failed_format_writes_none_and_leaves_the_folder_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,18 +137,31 @@ def test_cuda_without_a_visible_gpu_is_a_one_line_error() -> None:
 def test_commands_refuse_cuda_without_a_visible_gpu(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Exit status 2, one line, nothing written (the same line the starting commit printed)."""
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    """Exit status 2, one line, nothing written (the same line the starting commit printed).
+
+    ``train`` runs in its own process: torch fixes its device count the first time it looks,
+    and an empty ``CUDA_VISIBLE_DEVICES`` in this process would hide a real GPU from the tests
+    that follow."""
     out = tmp_path / "out"
-    if command == "screen":
-        args = ["screen", "--input", str(LEGACY / "store.h5"), "--model",
-                str(LEGACY / "exported" / "model.onnx"), "--output", str(out / "p.h5")]
+    if command == "screen":  # an ONNX screen never imports torch
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        r = CliRunner().invoke(main, [
+            "screen", "--input", str(LEGACY / "store.h5"), "--model",
+            str(LEGACY / "exported" / "model.onnx"), "--output", str(out / "p.h5"),
+            "--device", "cuda"])
+        status, stderr = r.exit_code, r.stderr
     else:
-        args = ["train", "--data", str(LEGACY / "store.h5"), "--target", "heat_ref",
-                "--epochs", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
-    r = CliRunner().invoke(main, [*args, "--device", "cuda"])
-    assert r.exit_code == 2, r.output
-    assert r.stderr.splitlines() == [NO_GPU_LINE]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SLURM_", "PMI_", "OMPI_", "RANK", "WORLD_SIZE"))}
+        done = subprocess.run(
+            [sys.executable, "-m", "deepergat.cli", "train", "--data", str(LEGACY / "store.h5"),
+             "--target", "heat_ref", "--epochs", "1", "--out", str(out), "--cache-dir",
+             str(tmp_path / "cache"), "--device", "cuda"],
+            env={**env, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+            timeout=120)
+        status, stderr = done.returncode, done.stderr
+    assert status == 2, stderr
+    assert stderr.splitlines() == [NO_GPU_LINE]
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
@@ -162,3 +177,15 @@ def test_cpus_per_rank(monkeypatch: pytest.MonkeyPatch, mine: int, total: int, l
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(mine)), raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: total)
     assert cpus_per_rank(local_size) == expected
+
+
+@pytest.mark.gpu
+def test_the_real_driver_counts_what_torch_sees() -> None:
+    """On a GPU machine: the count without torch equals torch's, and the list narrows it."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    n = torch.cuda.device_count()
+    assert visible_gpus() == n
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0"}) == 1
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == 0

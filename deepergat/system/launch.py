@@ -61,14 +61,25 @@ class LaunchInfo:
         return self.local_rank % visible_devices if visible_devices > 0 else 0
 
 
-def _int(env: Mapping[str, str], name: str) -> int | None:
+def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int | None:
+    """The launcher variable ``name`` as a whole number (``default`` when unset); a value that
+    is not one is a one-line error naming the variable."""
     value = env.get(name)
     if value is None:
-        return None
+        return default
     try:
         return int(value)
     except ValueError:
         raise DeepergatError(f"the launcher variable {name}={value!r} is not a number") from None
+
+
+def _need(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    """`_int`, and a one-line error when the variable is unset and has no default."""
+    value = _int(env, name, default)
+    if value is None:
+        raise DeepergatError(f"the launcher variable {name} is not set (a launcher set its "
+                             "siblings); check the job's environment")
+    return value
 
 
 def first_host(nodelist: str) -> str:
@@ -100,12 +111,12 @@ def launch_info(env: Mapping[str, str] | None = None) -> LaunchInfo:
     job = env.get("SLURM_JOB_ID")
 
     def port(default: int) -> int:
-        return int(env.get("MASTER_PORT", default))
+        return _need(env, "MASTER_PORT", default)
 
     if "RANK" in env and "WORLD_SIZE" in env:
         return LaunchInfo(
-            rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", 0)),
-            world_size=int(env["WORLD_SIZE"]),
+            rank=_need(env, "RANK"), local_rank=_need(env, "LOCAL_RANK", 0),
+            world_size=_need(env, "WORLD_SIZE"),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port(_DEFAULT_PORT),
             launcher="torchrun", slurm_job_id=job,
         )
@@ -114,24 +125,24 @@ def launch_info(env: Mapping[str, str] | None = None) -> LaunchInfo:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "127.0.0.1")
         default_port = _DEFAULT_PORT + (int(job) % 1000 if job and job.isdigit() else 0)
         return LaunchInfo(
-            rank=int(env["SLURM_PROCID"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
+            rank=_need(env, "SLURM_PROCID"), local_rank=_need(env, "SLURM_LOCALID", 0),
             world_size=step_tasks,
             master_addr=env.get("MASTER_ADDR") or first_host(nodelist),
             master_port=port(default_port), launcher="slurm", slurm_job_id=job,
         )
     if "OMPI_COMM_WORLD_RANK" in env:
         return LaunchInfo(
-            rank=int(env["OMPI_COMM_WORLD_RANK"]),
-            local_rank=int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)),
-            world_size=int(env["OMPI_COMM_WORLD_SIZE"]),
+            rank=_need(env, "OMPI_COMM_WORLD_RANK"),
+            local_rank=_need(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0),
+            world_size=_need(env, "OMPI_COMM_WORLD_SIZE"),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port(_DEFAULT_PORT),
             launcher="mpi", slurm_job_id=job,
         )
     if "PMI_RANK" in env and "PMI_SIZE" in env:
         return LaunchInfo(
-            rank=int(env["PMI_RANK"]),
-            local_rank=int(env.get("MPI_LOCALRANKID", env.get("PMI_LOCAL_RANK", 0))),
-            world_size=int(env["PMI_SIZE"]),
+            rank=_need(env, "PMI_RANK"),
+            local_rank=_need(env, "MPI_LOCALRANKID", _need(env, "PMI_LOCAL_RANK", 0)),
+            world_size=_need(env, "PMI_SIZE"),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port(_DEFAULT_PORT),
             launcher="mpi", slurm_job_id=job,
         )
@@ -248,14 +259,15 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | No
     Raises:
         DeepergatError: I outside [0, N) or not a whole number (an uneven ``--array`` list such
             as ``1,5,7``): the message suggests ``--shard``.
+        DeepergatError: a variable that is not a whole number.
     """
     env = os.environ if env is None else env
     if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
         return None
-    task = int(env["SLURM_ARRAY_TASK_ID"])
-    low = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-    step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or "1")
-    count = int(env["SLURM_ARRAY_TASK_COUNT"])
+    task = _need(env, "SLURM_ARRAY_TASK_ID")
+    low = _need(env, "SLURM_ARRAY_TASK_MIN", 0)
+    step = _need(env, "SLURM_ARRAY_TASK_STEP", 1) if env.get("SLURM_ARRAY_TASK_STEP") else 1
+    count = _need(env, "SLURM_ARRAY_TASK_COUNT")
     i, rest = divmod(task - low, step) if step > 0 else (task - low, 0)
     if rest or not 0 <= i < count:
         raise DeepergatError(

@@ -47,7 +47,10 @@ from deepergat.contract import (
     RankBy,
     RankOrder,
 )
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
+from deepergat.system.files import atomic_open
+
+from .failures import literal
 
 __all__ = [
     "FLAG_UNSEEN_ELEMENT",
@@ -104,17 +107,20 @@ def _attr(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class NoSpaceError(DeepergatError):
+class NoSpaceError(SettingError):
     """The output's file system cannot hold the file (nothing of it is left behind).
 
     Attributes:
         needed: bytes the file needs (an upper bound). free: bytes free then (-1: unknown).
         detail: the message without the advice (``no space left on … (needs ~N MB, …)``).
+
+    Args:
+        advice: what to do, a `SettingError` template (it names the ``{output}`` setting).
     """
 
     def __init__(self, detail: str, needed: int, free: int,
-                 advice: str = "free space or choose another --output") -> None:
-        super().__init__(f"{detail}; {advice}")
+                 advice: str = "free space or choose another {output}") -> None:
+        super().__init__(f"{literal(detail)}; {advice}")
         self.detail = detail
         self.needed = needed
         self.free = free
@@ -164,6 +170,9 @@ class PredictionsWriter:
         spread: bool = False,
     ) -> None:
         self.path = Path(path)
+        # Its own staged file, not `atomic_path`: it lives across many calls (rows in any
+        # order, the file closed and reopened to reserve more space) and is fsynced before
+        # the rename. The next owner of the output removes a killed writer's (by this name).
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.targets = [str(t["name"]) for t in targets]
         self._closed = True
@@ -390,9 +399,10 @@ def read_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         with h5py.File(p, "r") as f:
             fmt = _attr(f.attrs.get("format", ""))
             if fmt != PREDICTIONS_FORMAT:
-                raise DeepergatError(
-                    f"{p}: exists and is not a deepergat predictions file (format {fmt!r}); "
-                    "choose another --output (screening never overwrites other files)"
+                raise SettingError(
+                    f"{literal(p)}: exists and is not a deepergat predictions file (format "
+                    f"{literal(repr(fmt))}); choose another {{output}} (screening never "
+                    "overwrites other files)"
                 )
             settings = json.loads(_attr(f.attrs.get("screen_settings", "{}")) or "{}")
             return {
@@ -402,9 +412,9 @@ def read_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:
                 "screen_settings": settings,
             }
     except OSError as e:
-        raise DeepergatError(
-            f"{p}: exists and is not a readable HDF5 file ({' '.join(str(e).split())}); "
-            "remove it or choose another --output"
+        raise SettingError(
+            f"{literal(p)}: exists and is not a readable HDF5 file "
+            f"({literal(' '.join(str(e).split()))}); remove it or choose another {{output}}"
         ) from None
 
 
@@ -548,25 +558,24 @@ def top_rows(
         [≤ K] int64 rows of the predictions file (fewer when fewer predictions are finite).
 
     Raises:
-        DeepergatError: K < 1, an unknown ``rank_by``, a negative ``rank_k``, or a bound asked
-            of a file without an ensemble's spread.
+        SettingError: K < 1 (the ``top`` setting), an unknown ``rank_by``, a negative
+            ``rank_k``, or a bound asked of a file without an ensemble's spread.
     """
     if k < 1:
-        raise DeepergatError(f"--top must be at least 1, got {k}")
+        raise SettingError(f"{{top}} must be at least 1, got {k}")
     if rank_by not in RANK_BY:
-        raise DeepergatError(
-            f"--rank-by {rank_by!r}: choose {', '.join(RANK_BY[:-1])} or {RANK_BY[-1]}"
-        )
+        raise SettingError(f"{{rank_by}} {literal(repr(rank_by))}: choose "
+                           f"{', '.join(RANK_BY[:-1])} or {RANK_BY[-1]}")
     if not (rank_k >= 0 and math.isfinite(rank_k)):
-        raise DeepergatError(f"--rank-k must be a finite number ≥ 0, got {rank_k}")
+        raise SettingError(f"{{rank_k}} must be a finite number ≥ 0, got {rank_k}")
     sign = 1.0 if order == "asc" else -1.0
     bound = {"mean": 0.0, "lower": -float(rank_k), "upper": float(rank_k)}[rank_by]
     with h5py.File(path, "r") as f:
         first = next(iter(f["predictions"]))
         if rank_by != "mean" and "std" not in f:
-            raise DeepergatError(
-                f"--rank-by {rank_by} ranks by mean ∓ k·std, but {path} has no std (the model is "
-                "not an ensemble); use --rank-by mean"
+            raise SettingError(
+                f"{{rank_by}} {rank_by} ranks by mean ∓ k·std, but {literal(path)} has no std "
+                "(the model is not an ensemble); use {rank_by} mean"
             )
         m = int(f["status"].shape[0])
         best: list[tuple[float, int]] = []  # max-heap of (-key, -row) for the K smallest keys
@@ -653,8 +662,10 @@ def write_top_csv(
     spread = bool(got["std"])
     columns = [c for n in names for c in ((n, f"{n}_std") if spread else (n,))]
     out = Path(csv_path)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    # `csv.writer`'s own line ends (\r\n) as ever; a killed writer's temporary file is
+    # removed by the next screen of the output (it knows this name)
+    with atomic_open(out, "w", newline="", tmp=out.with_name(f".{out.name}.tmp-{os.getpid()}")
+                     ) as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "index", "id", "formula", *columns, "flags"])
         for j in range(len(rows)):
@@ -663,5 +674,4 @@ def write_top_csv(
                                  else (got["predictions"],))]
             w.writerow([j + 1, int(got["index"][j]), got["ids"][j], got["formula"][j], *cells,
                         int(got["flags"][j])])
-    os.replace(tmp, out)
     return len(rows)

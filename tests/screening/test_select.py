@@ -99,7 +99,7 @@ def test_extract_writes_files_ready_for_dft(screened: dict[str, Path], tmp_path:
     assert files["bad-zero-atoms"] == ""  # nothing to write
     assert sorted(f.name for f in (tmp_path / "picked").iterdir()) == sorted(
         [files[picked[0]], files["cluster-nonperiodic"], "selection.csv"])
-    with pytest.raises(DeepergatError, match="exactly one of --top, --ids, --where"):
+    with pytest.raises(DeepergatError, match="exactly one of top, ids, where"):
         extract(screened["predictions"], tmp_path / "x", top=3, where="status == 0")
     with pytest.raises(DeepergatError, match="no structure with id nope"):
         extract(screened["predictions"], tmp_path / "y", ids=["nope"])

@@ -178,57 +178,12 @@ class PredictionsWriter:
         self._closed = True
         self._f: h5py.File | None = None
         m = int(n_structures)
-        rows = min(_ROW_CHUNK, m)
         n_t = len(self.targets) * (2 if spread else 1)
         #: bytes of a row in the file, its id's text aside (compressed data never grows by more
         #: than zlib's bound, counted in `_grow`).
         self._per_row = 8 + 1 + 1 + 4 * n_t + 4 * int(embedding_dim or 0) + _ID_OVERHEAD
         self._chunk_bytes = 0  # one HDF5 chunk of every dataset
-
-        def column(where: h5py.Group, name: str, dtype: Any, width: int | None = None,
-                   *, compress: bool = True) -> h5py.Dataset:
-            shape: tuple[int, ...] = (m,) if width is None else (m, width)
-            if m == 0:  # an empty input: no chunks to lay out
-                return where.create_dataset(name, shape=shape, dtype=dtype)
-            chunk = rows if width is None else max(1, min(rows, (1 << 20) // (4 * width)))
-            self._chunk_bytes += chunk * (16 if dtype is _STR else
-                                          np.dtype(dtype).itemsize * (width or 1))
-            opts: dict[str, Any] = (
-                {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-                if compress else {}
-            )
-            return where.create_dataset(name, shape=shape, dtype=dtype,
-                                        chunks=(chunk, *shape[1:]), **opts)
-
-        # The empty file is laid out in memory; the disk sees it only once its space is held.
-        f = h5py.File(f"deepergat-predictions-{id(self)}", "w", driver="core",
-                      backing_store=False)
-        try:
-            column(f, "index", np.int64)
-            column(f, "ids", _STR, compress=False)
-            column(f, "status", np.uint8)
-            column(f, "flags", np.uint8)
-            group = f.create_group("predictions", track_order=True)  # the model's target order
-            for t in targets:
-                column(group, str(t["name"]), np.float32).attrs["units"] = str(t.get("units", ""))
-            if spread:
-                std = f.create_group("std", track_order=True)
-                for t in targets:
-                    column(std, str(t["name"]), np.float32).attrs["units"] = str(
-                        t.get("units", ""))
-            if embedding_dim is not None:
-                column(f, "embeddings", np.float32, int(embedding_dim))
-            a = f.attrs
-            a["format"] = PREDICTIONS_FORMAT
-            a["version"] = PREDICTIONS_VERSION
-            for k, v in attrs.items():
-                a[k] = v
-            a["status_codes"] = json.dumps({str(k): v for k, v in STATUS_CODES.items()})
-            a["created_by"] = f"deepergat {__version__}"
-            f.flush()
-            image = f.id.get_file_image()
-        finally:
-            f.close()
+        image = self._layout(m, targets, embedding_dim, attrs, spread)
         self._need = len(image) + self._chunk_bytes + (1 << 20)
         #: the whole file's size as first estimated (ids of `_ID_GUESS` characters)
         self.estimate = self._need + self._bound(m * (self._per_row + _ID_GUESS), m)
@@ -243,6 +198,57 @@ class PredictionsWriter:
             self.abort()
             raise
         self._closed = False
+
+    # ------------------------------------------------------------------ layout
+
+    def _layout(self, m: int, targets: Sequence[Mapping[str, Any]], embedding_dim: int | None,
+                attrs: Mapping[str, Any], spread: bool) -> bytes:
+        """The empty file of M rows, laid out in memory (the disk sees it only once its space
+        is held): its bytes."""
+        f = h5py.File(f"deepergat-predictions-{id(self)}", "w", driver="core",
+                      backing_store=False)
+        try:
+            self._column(f, "index", np.int64, m)
+            self._column(f, "ids", _STR, m, compress=False)
+            self._column(f, "status", np.uint8, m)
+            self._column(f, "flags", np.uint8, m)
+            groups = ["predictions", "std"] if spread else ["predictions"]
+            for name in groups:
+                group = f.create_group(name, track_order=True)  # the model's target order
+                for t in targets:
+                    ds = self._column(group, str(t["name"]), np.float32, m)
+                    ds.attrs["units"] = str(t.get("units", ""))
+            if embedding_dim is not None:
+                self._column(f, "embeddings", np.float32, m, int(embedding_dim))
+            a = f.attrs
+            a["format"] = PREDICTIONS_FORMAT
+            a["version"] = PREDICTIONS_VERSION
+            for k, v in attrs.items():
+                a[k] = v
+            a["status_codes"] = json.dumps({str(k): v for k, v in STATUS_CODES.items()})
+            a["created_by"] = f"deepergat {__version__}"
+            f.flush()
+            return f.id.get_file_image()
+        finally:
+            f.close()
+
+    def _column(self, where: h5py.Group, name: str, dtype: Any, m: int,
+                width: int | None = None, *, compress: bool = True) -> h5py.Dataset:
+        """An [M] (or [M, width]) dataset in chunks of up to `_ROW_CHUNK` rows (1 MiB wide),
+        counted in ``_chunk_bytes``."""
+        shape: tuple[int, ...] = (m,) if width is None else (m, width)
+        if m == 0:  # an empty input: no chunks to lay out
+            return where.create_dataset(name, shape=shape, dtype=dtype)
+        rows = min(_ROW_CHUNK, m)
+        chunk = rows if width is None else max(1, min(rows, (1 << 20) // (4 * width)))
+        self._chunk_bytes += chunk * (16 if dtype is _STR else
+                                      np.dtype(dtype).itemsize * (width or 1))
+        opts: dict[str, Any] = (
+            {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+            if compress else {}
+        )
+        return where.create_dataset(name, shape=shape, dtype=dtype,
+                                    chunks=(chunk, *shape[1:]), **opts)
 
     # ------------------------------------------------------------------ space
 

@@ -17,7 +17,7 @@ def test_plan_cuts_runs_of_chunk_size() -> None:
     assert [plan.bounds(k) for k in range(3)] == [(0, 4), (4, 8), (8, 10)]
     np.testing.assert_array_equal(plan.atoms, [1 + 2 + 3 + 4, 5 + 6 + 7 + 8, 9 + 10])
     assert make_plan(np.zeros(0, np.int64), 4).n_chunks == 0
-    with pytest.raises(SettingError, match="^chunk_size must be at least 1"):
+    with pytest.raises(SettingError, match=r"^chunk_size must be at least 1"):
         make_plan(n_atoms, 0)
     with pytest.raises(IndexError):
         plan.bounds(3)
@@ -44,7 +44,7 @@ def test_parse_shard() -> None:
     assert parse_shard("0/4") == (0, 4)
     assert parse_shard(" 3 / 4 ") == (3, 4)
     for bad in ("4/4", "1", "-1/2", "a/b", "0/0"):
-        with pytest.raises(SettingError, match="^shard ") as e:
+        with pytest.raises(SettingError, match=r"^shard ") as e:
             parse_shard(bad)
         assert e.value.render({"shard": "--shard"}).startswith("--shard ")
     # a user's text in the message stays as it is (it names no setting)

@@ -253,7 +253,7 @@ def test_file_level_errors_before_any_work(tmp_path: Path, screen_store: Path,
         with pytest.raises(DeepergatError, match=match):
             run_inprocess(store, model, out)
         assert not PartsDir(out).path.exists()
-    with pytest.raises(DeepergatError, match="^top must be at least 1"):
+    with pytest.raises(DeepergatError, match=r"^top must be at least 1"):
         run_inprocess(screen_store, onnx, tmp_path / "o5.h5", top=0)
 
 

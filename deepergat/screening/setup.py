@@ -344,7 +344,7 @@ def prepare(opts: ScreenOptions, ranks: Ranks, locks: list[OutputLock]
     resources = rank_resources(opts.control.workers, device, cpus_per_rank(ranks.local_size))
 
     model: LoadedModel | None = None
-    found: RunPlan | ScreenResult | Refusal
+    found: RunPlan | ScreenResult | Refusal | None = None  # rank 0's finding, for every rank
     if ranks.is_root:
         try:
             opts.check()
@@ -354,13 +354,15 @@ def prepare(opts: ScreenOptions, ranks: Ranks, locks: list[OutputLock]
             found = _root_plan(opts, inp, parts, shard, model, locks)
         except DeepergatError as e:
             found = Refusal.of(e)
-    found = ranks.bcast(found if ranks.is_root else None) if ranks.size > 1 else found
+    if ranks.size > 1:
+        found = ranks.bcast(found)
     if isinstance(found, Refusal):
         raise found.error()
     if isinstance(found, ScreenResult):
         if found.top_csv is not None and ranks.is_root and opts.ranking.top:
             write_top(opts, parts.output, found.top_csv)
         return found
+    assert isinstance(found, RunPlan)
     model = _load_everywhere(opts, ranks, resources, model)
     return Prepared(parts=parts, run=found, model=model, resources=resources, shard=shard)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -78,11 +79,12 @@ def stage_rates(store_path: Path, model: str | None, n_predict: int, chunk: int,
     from deepergat.io import store as store_mod
     from deepergat.io.store import Store
     from deepergat.screening.merge import merge_parts
+    from deepergat.screening.model import load_model
+    from deepergat.screening.options import StructureChecks
     from deepergat.screening.parts import MANIFEST_FORMAT, PartsDir
     from deepergat.screening.pipeline import featurize, split_batches
     from deepergat.screening.plan import make_plan
     from deepergat.screening.predictions import Rows
-    from deepergat.screening.run import _load_model
 
     out: dict[str, float] = {}
     with Store(store_path) as store:
@@ -105,7 +107,8 @@ def stage_rates(store_path: Path, model: str | None, n_predict: int, chunk: int,
     batches = [store.read(*plan.bounds(k)) for k in range(plan.n_chunks)]
     out["read"] = _rate(n, time.perf_counter() - t0)
 
-    m = _load_model(model, ("cpu", 0), 1, 1000, 0.1)
+    m = load_model(model, device=("cpu", 0), threads=1,
+                   checks=StructureChecks(max_atoms=1000, overlap_threshold=0.1))
     settings = m.settings
     model_batches = []
     t_feat = 0.0
@@ -193,18 +196,20 @@ def null_model_proxy(store: Path, model: str | None, workdir: Path, max_workers:
     from deepergat.io import store as store_mod
     from deepergat.screening import pipeline as pipeline_mod
     from deepergat.screening import run as run_mod
+    from deepergat.screening import setup as setup_mod
     from deepergat.screening.mpi import connect
     from deepergat.screening.pipeline import start_forkserver
 
-    real_load = run_mod._load_model
+    real_load = setup_mod.load_model
+    real_pick = setup_mod.pick_device
     real_run = pipeline_mod.Pipeline.run
     measured: dict[str, float] = {}
 
-    def load(model: str | None, device: tuple[str, int], *args: Any, **kw: Any) -> Any:
-        m = real_load(model, ("cpu", 0), 1, *args[1:], **kw)
-        m.predictor = NullPredictor(m.predictor, targets=len(m.targets), dim=m.embedding_dim,
-                                    spread=m.spread)
-        return m
+    def load(model: str | None, *, device: tuple[str, int], threads: int | None,
+             **kw: Any) -> Any:
+        m = real_load(model, device=("cpu", 0), threads=1, **kw)
+        return dataclasses.replace(m, predictor=NullPredictor(
+            m.predictor, targets=len(m.targets), dim=m.embedding_dim, spread=m.spread))
 
     def timed_run(self: Any, *args: Any, **kw: Any) -> Any:
         cpu0 = time.process_time()
@@ -215,8 +220,8 @@ def null_model_proxy(store: Path, model: str | None, workdir: Path, max_workers:
         measured["structures"] = stats.structures
         return stats
 
-    run_mod._load_model = load  # type: ignore[assignment]
-    run_mod.pick_device = lambda *a, **k: ("cuda", 0)  # type: ignore[assignment]
+    setup_mod.load_model = load  # type: ignore[assignment]
+    setup_mod.pick_device = lambda *a, **k: ("cuda", 0)  # type: ignore[assignment]
     pipeline_mod.Pipeline.run = timed_run  # type: ignore[method-assign]
     start_forkserver()
     ranks = connect({})
@@ -225,9 +230,9 @@ def null_model_proxy(store: Path, model: str | None, workdir: Path, max_workers:
     plan = [(1, True)] + [(w, False) for w in range(1, max_workers + 1)]
     try:
         for workers, baseline in plan:
-            opts = run_mod.ScreenOptions(input=store, model=model,
-                                         output=workdir / "proxy.predictions.h5",
-                                         workers=workers, resume=False)
+            opts = run_mod.ScreenOptions.create(store, model=model,
+                                                output=workdir / "proxy.predictions.h5",
+                                                workers=workers, resume=False)
             cache = 1 << 20 if baseline else store_mod._READ_CACHE_BYTES
             with mock.patch.object(store_mod, "_READ_CACHE_BYTES", cache):
                 run_mod.screen(opts, ranks)
@@ -247,7 +252,8 @@ def null_model_proxy(store: Path, model: str | None, workdir: Path, max_workers:
                   f"{main_us:.1f} µs/structure, {per_worker:,.0f}/s per featurizing worker",
                   file=sys.stderr)
     finally:
-        run_mod._load_model = real_load  # type: ignore[assignment]
+        setup_mod.load_model = real_load  # type: ignore[assignment]
+        setup_mod.pick_device = real_pick  # type: ignore[assignment]
         pipeline_mod.Pipeline.run = real_run  # type: ignore[method-assign]
     return rows
 

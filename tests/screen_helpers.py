@@ -95,7 +95,7 @@ def run_inprocess(store: Path, model: Path, output: Path, **options: Any) -> Any
     from deepergat.screening.run import ScreenOptions, screen
 
     options.setdefault("workers", 0)
-    opts = ScreenOptions(input=store, model=str(model), output=output, **options)
+    opts = ScreenOptions.create(store, model=str(model), output=output, **options)
     return screen(opts, SingleProcess())
 
 

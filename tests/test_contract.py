@@ -111,7 +111,7 @@ def test_file_kinds_follow_the_registry() -> None:
 def test_screen_cli_defaults_are_screen_options() -> None:
     from deepergat.screening.run import ScreenOptions
 
-    options = _defaults(ScreenOptions)
+    options = ScreenOptions.create("x.h5").settings()
     params = _params(screen)
     received = _received(screen)
     shared = set(received) & set(options)

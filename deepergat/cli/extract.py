@@ -53,3 +53,7 @@ def extract(predictions: str, top: int | None, ids_file: str | None, where: str 
                          fmt=fmt, order=order, rank_by=rank_by,  # type: ignore[arg-type]
                          rank_k=rank_k, store=store)
     click.echo(f"wrote {len(result.files)} {fmt} files and {result.selection}")
+
+
+# Settings whose flag is not --<name> (`deepergat.cli.base.flag_names`).
+extract.setting_flags = {"ids": "--ids"}  # type: ignore[attr-defined]

@@ -145,20 +145,22 @@ def screen(
     Runs as one process, or under mpiexec/srun with ranks sharing chunks dynamically, or as a
     SLURM array task taking a static share.
     """
-    from deepergat.errors import DeepergatError, user_error
+    from deepergat.errors import DeepergatError, SettingError, user_error
 
-    from .base import fail, setup_logging
+    from .base import fail, flag_names, setup_logging
 
     setup_logging(verbose)
     from deepergat.screening.run import AllRanksError, ScreenOptions
 
-    opts = ScreenOptions(
-        input=Path(input_), model=model, output=Path(output) if output else None,
-        chunk_size=chunk_size, device=device, workers=workers, shard=shard,
-        max_atoms=max_atoms, overlap_threshold=overlap_threshold, embeddings=embeddings,
-        top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k, trust=trust,
-        resume=not no_resume, merge_only=merge_only,
+    opts = ScreenOptions.create(
+        Path(input_), output=Path(output) if output else None, embeddings=embeddings,
+        model=model, device=device, trust=trust,
+        max_atoms=max_atoms, overlap_threshold=overlap_threshold,
+        top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k,
+        chunk_size=chunk_size, workers=workers, shard=shard, resume=not no_resume,
+        merge_only=merge_only,
     )
+    flags = flag_names(screen)
     ranks = None
     try:
         ranks = _connect(opts)
@@ -172,12 +174,15 @@ def screen(
             raise err from None
     except DeepergatError as e:
         shown = user_error(e) or e  # raised from a full disk: say how much space is free
+        if isinstance(shown, AllRanksError):
+            shown = shown.error
         if ranks is None or ranks.size == 1 or isinstance(e, AllRanksError):
             if ranks is None or ranks.is_root:  # every rank has it: rank 0 says it once
-                fail(shown)
+                fail(shown, flags)
             raise SystemExit(2) from None
         # One rank's problem while the others work: say it and stop them all.
-        click.echo(f"error: rank {ranks.rank}: {' '.join(str(shown).split())}", err=True)
+        text = shown.render(flags) if isinstance(shown, SettingError) else str(shown)
+        click.echo(f"error: rank {ranks.rank}: {' '.join(text.split())}", err=True)
         sys.stderr.flush()
         ranks.abort(2)
         raise SystemExit(2) from None
@@ -195,13 +200,17 @@ def screen(
             click.echo(line)
 
 
+# Settings whose flag is not --<name> (`deepergat.cli.base.flag_names`).
+screen.setting_flags = {"input": "--input", "resume": "--no-resume"}  # type: ignore[attr-defined]
+
+
 def _connect(opts: ScreenOptions) -> Any:
     """Start the forkserver (when worker processes may be used), then connect the ranks: no
     process is ever forked from one that has initialized MPI."""
     from deepergat.screening.mpi import connect
     from deepergat.screening.pipeline import start_forkserver
 
-    if opts.workers != 0 and not opts.merge_only:
+    if opts.control.workers != 0 and not opts.control.merge_only:
         start_forkserver()
     return connect()
 

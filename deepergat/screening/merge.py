@@ -22,6 +22,7 @@ import numpy as np
 from deepergat.contract import Status
 from deepergat.errors import DeepergatError
 
+from .failures import literal
 from .parts import PartsDir, describe_stamps
 from .plan import Plan
 from .predictions import FLAG_UNSEEN_ELEMENT, NoSpaceError, PredictionsWriter
@@ -185,8 +186,8 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
                 result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
     except NoSpaceError as e:
         raise NoSpaceError(e.detail, e.needed, e.free,
-                           f"the parts in {parts.path} are kept: free space and run the same "
-                           "command again (or choose another --output)") from None
+                           f"the parts in {literal(parts.path)} are kept: free space and run the "
+                           "same command again (or choose another {output})") from None
     parts.remove()
     result.seconds = time.perf_counter() - t0
     log.info("merged %d chunks into %s in %.1f s", plan.n_chunks, parts.output, result.seconds)

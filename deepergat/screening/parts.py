@@ -3,7 +3,7 @@
 A chunk is done exactly when its part file ``chunk-<k>.h5`` exists: it is written under a
 temporary name, fsynced and renamed into place, so a killed job leaves at most a temporary file,
 never a half-written part. ``manifest.json`` records what defines the run — input digest, model
-sha256, chunk size, ``--max-atoms``, ``--overlap-threshold`` and whether embeddings are kept (not
+sha256, chunk size, ``max_atoms``, ``overlap_threshold`` and whether embeddings are kept (not
 the rank or shard count) — and a run with different values refuses to add to it. It also holds
 ``run``, an id drawn when the manifest is created: every part is stamped with it, and a part
 whose stamp is not the manifest's (left by another run) is removed and computed again, never
@@ -35,8 +35,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
+from deepergat.system.files import atomic_open, atomic_path
 
+from .failures import literal
 from .predictions import Rows
 
 __all__ = ["INPUT_STAMP", "MANIFEST_FORMAT", "RUN_KEYS", "PartsDir", "describe_stamps",
@@ -239,25 +241,25 @@ class PartsDir:
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
-            raise DeepergatError(
-                f"{self.manifest_path}: damaged run manifest; remove {self.path} or pass "
-                "--no-resume"
+            raise SettingError(
+                f"{literal(self.manifest_path)}: damaged run manifest; remove "
+                f"{literal(self.path)} or pass {{resume}}"
             ) from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-            raise DeepergatError(
-                f"{self.manifest_path}: not a deepergat-screen run manifest; remove {self.path} "
-                "or choose another --output"
+            raise SettingError(
+                f"{literal(self.manifest_path)}: not a deepergat-screen run manifest; remove "
+                f"{literal(self.path)} or choose another {{output}}"
             )
         if "run" not in data:
-            raise DeepergatError(
-                f"{self.path}: parts written by an older deepergat; pass --no-resume to discard "
-                "them"
+            raise SettingError(
+                f"{literal(self.path)}: parts written by an older deepergat; pass {{resume}} "
+                "to discard them"
             )
         problem = _manifest_problem(data)
         if problem:
-            raise DeepergatError(
-                f"{self.manifest_path}: damaged run manifest ({problem}); remove {self.path} "
-                "or pass --no-resume"
+            raise SettingError(
+                f"{literal(self.manifest_path)}: damaged run manifest ({literal(problem)}); "
+                f"remove {literal(self.path)} or pass {{resume}}"
             )
         return data
 
@@ -301,14 +303,14 @@ class PartsDir:
         """Raise when the stored manifest belongs to another run.
 
         Raises:
-            DeepergatError: naming each differing setting and the ways out.
+            SettingError: naming each differing setting and the ways out.
         """
         diffs = self.differences(manifest, keys)
         if diffs:
-            raise DeepergatError(
-                f"{self.path}: holds parts of another run ({'; '.join(diffs)}); rerun with the "
-                "same input, model and settings, pass --no-resume to discard them, or choose "
-                "another --output"
+            raise SettingError(
+                f"{literal(self.path)}: holds parts of another run ({literal('; '.join(diffs))}); "
+                "rerun with the same input, model and settings, pass {resume} to discard them, "
+                "or choose another {output}"
             )
 
     def prepare(
@@ -349,7 +351,9 @@ class PartsDir:
             fresh = {**dict(manifest), "run": f"parts-{uuid.uuid4().hex}"}
             tmp.write_text(json.dumps(fresh, indent=2, sort_keys=True) + "\n")
             try:
-                os.link(tmp, self.manifest_path)  # atomic create-if-absent, also on NFS
+                # create-if-absent (atomic, also on NFS), not a rename: array tasks starting
+                # together must not replace each other's run id
+                os.link(tmp, self.manifest_path)
             except FileExistsError:
                 pass
             finally:
@@ -433,8 +437,9 @@ class PartsDir:
         """
         final = self.part_path(k)
         stamp = self.run_id()
-        tmp = self.path / f".{final.name}.tmp-{_unique_suffix()}"
-        try:
+        # a temporary name of its own: ranks and array tasks commit side by side, and
+        # `clear_temporaries` knows its prefix
+        with atomic_path(final, tmp=self.path / f".{final.name}.tmp-{_unique_suffix()}") as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["chunk"] = int(k)
                 f.attrs["start"] = int(start)
@@ -453,10 +458,6 @@ class PartsDir:
                     f.create_dataset("std", data=rows.std.astype(np.float32))
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         _fsync_dir(self.path)
         return final
 
@@ -481,9 +482,10 @@ class PartsDir:
                     raise _Foreign(stamp)
                 got = (int(f.attrs["chunk"]), int(f.attrs["start"]), int(f.attrs["stop"]))
                 if got != (k, start, stop):
-                    raise DeepergatError(
-                        f"{path}: holds chunk {got[0]} [{got[1]}, {got[2]}) but the plan says "
-                        f"chunk {k} [{start}, {stop}); remove {self.path} or pass --no-resume"
+                    raise SettingError(
+                        f"{literal(path)}: holds chunk {got[0]} [{got[1]}, {got[2]}) but the "
+                        f"plan says chunk {k} [{start}, {stop}); remove {literal(self.path)} or "
+                        "pass {resume}"
                     )
                 preds = f["predictions"][:]
                 emb = f["embeddings"][:] if "embeddings" in f else None
@@ -637,10 +639,10 @@ class PartsDir:
                 return str(stamp["digest"])
         digest = compute()
         if self.path.is_dir() and time.time() - before["ctime_ns"] / 1e9 > _SETTLE:
+            # a stamp that cannot be written costs only a re-hash next time; a temporary file
+            # left by a failed rename goes with `clear`
             tmp = self.path / f".{INPUT_STAMP}.tmp-{_unique_suffix()}"
-            with contextlib.suppress(OSError):
-                tmp.write_text(json.dumps({"fingerprint": before, "digest": digest,
-                                           "verified": time.strftime("%Y-%m-%d %H:%M:%S")}))
-                os.replace(tmp, stamp_path)
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError), atomic_open(stamp_path, "w", tmp=tmp) as fh:
+                fh.write(json.dumps({"fingerprint": before, "digest": digest,
+                                     "verified": time.strftime("%Y-%m-%d %H:%M:%S")}))
         return digest

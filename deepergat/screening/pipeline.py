@@ -17,8 +17,11 @@ At most ``max_batches`` model batches (each within the atom/edge budget) are han
 workers and not yet consumed by the predictor, at most ``prefetch`` chunks are read ahead and
 ``write_queue`` chunks wait for the writer, so memory is bounded by the chunk and batch sizes,
 not by the input. The batch cap defaults to twice the workers: with a GPU, where one chunk is
-one large batch, every worker then has a chunk to featurize (a one-chunk read-ahead kept 2 of
-15 workers busy on an H200 node and left the GPU waiting).
+one large batch, every worker then has a chunk to featurize (docs/design.md §11).
+
+`Pipeline` holds the settings; each `Pipeline.run` is a `_Flow`, whose methods are the stages
+and whose attributes are what they share: the queues, the read-ahead slots, the count of
+batches in flight, the stop event and the error slot.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from deepergat.contract import Status
-from deepergat.errors import DeepergatError
+from deepergat.errors import SettingError
 from deepergat.graphs import GraphBatch, build_inputs
 from deepergat.io.store import Store, StructureBatch
 from deepergat.system.lifeline import watch_parent
@@ -69,7 +72,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Atoms per model batch on the CPU (≈ 120 perovskite-family crystals: CPU inference is
-#: memory-bound, and 30-250 crystals per batch ran fastest here).
+#: memory-bound, so mid-sized batches run fastest; docs/design.md §11).
 DEFAULT_BATCH_ATOMS = 1024
 #: Padded edge slots (atoms × (max_neighbors + 1)) per model batch.
 DEFAULT_BATCH_EDGES = DEFAULT_BATCH_ATOMS * 16
@@ -414,124 +417,36 @@ class Pipeline:
         Raises:
             Whatever a stage raised; the other stages stop first.
         """
-        stats = PipelineStats()
         t_start = time.perf_counter()
-        chunks: queue.Queue[Any] = queue.Queue()
-        done: queue.Queue[Any] = queue.Queue(maxsize=self.write_queue)
-        slots = threading.Semaphore(self.prefetch)
-        out = threading.Condition()  # guards in_flight: batches handed over, not yet predicted
-        in_flight = 0
-        stop = threading.Event()
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-
-        executor = self._executor()
-        settings = self.settings
-
-        def reader() -> None:
-            nonlocal in_flight
-            try:
-                with Store(self.store_path) as store:
-                    while True:
-                        while not slots.acquire(timeout=0.2):
-                            if stop.is_set():
-                                return
-                        if stop.is_set():
-                            return
-                        k = next_chunk()
-                        if k is None:
-                            return
-                        t0 = time.perf_counter()
-                        a, b = self.plan.bounds(k)
-                        batch = store.read(a, b)
-                        spans = split_batches(
-                            batch.n_atoms, max_atoms=settings.max_atoms,
-                            max_neighbors=settings.max_neighbors,
-                            batch_atoms=self.batch_atoms, batch_edges=self.batch_edges,
-                        )
-                        subs = [batch.select(np.arange(s, e)) for s, e in spans]
-                        with lock:
-                            stats.read += time.perf_counter() - t0
-                        with out:
-                            while in_flight >= self.max_batches and not stop.is_set():
-                                out.wait(timeout=0.2)
-                            if stop.is_set():
-                                return
-                            in_flight += len(subs)
-                            stats.max_in_flight = max(stats.max_in_flight, in_flight)
-                        task = featurize_predict if self.worker_model else featurize
-                        futures = [executor.submit(task, sub, settings) for sub in subs]
-                        chunks.put(_Chunk(k, a, batch.ids, spans, futures))
-            except BaseException as e:  # handed to the main thread
-                errors.append(e)
-                stop.set()
-            finally:
-                chunks.put(_STOP)
-
-        def writer() -> None:
-            try:
-                while True:
-                    item = done.get()
-                    if item is _STOP:
-                        return
-                    k, start, rows = item
-                    t0 = time.perf_counter()
-                    commit(k, start, rows)
-                    with lock:
-                        stats.write += time.perf_counter() - t0
-                        stats.chunks += 1
-                        stats.structures += len(rows)
-                        counts = np.bincount(rows.status, minlength=len(Status))
-                        stats.status += counts[: len(Status)]
-                        stats.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
-                    if on_chunk is not None:
-                        on_chunk(rows)
-            except BaseException as e:  # handed to the main thread
-                errors.append(e)
-                stop.set()
-                while done.get() is not _STOP:  # unblock the predictor
-                    pass
-
+        flow = _Flow(self, self._executor())
         threads = [
-            threading.Thread(target=reader, name="screen-reader", daemon=True),
-            threading.Thread(target=writer, name="screen-writer", daemon=True),
+            threading.Thread(target=flow.read, args=(next_chunk,), name="screen-reader",
+                             daemon=True),
+            threading.Thread(target=flow.write, args=(commit, on_chunk), name="screen-writer",
+                             daemon=True),
         ]
         for t in threads:
             t.start()
         try:
-            while True:
-                item = chunks.get()
-                if item is _STOP:
-                    break
-                slots.release()
-                if stop.is_set():
-                    continue
-                jobs = []
-                for f in item.futures:
-                    jobs.append(self._predict_batch(f))
-                    with out:
-                        in_flight -= 1
-                        out.notify()
-                done.put(self._finish_chunk(item, jobs, stats))
+            flow.predict()
         except BaseException as e:
-            errors.append(e)
-            stop.set()
+            flow.fail(e)
         finally:
-            done.put(_STOP)
-            stop_reader = stop.is_set()
+            flow.finished.put(_STOP)
+            stopped = flow.stop.is_set()
             for t in threads:
                 t.join()
-            executor.shutdown(wait=True, cancel_futures=stop_reader)
-        stats.seconds = time.perf_counter() - t_start
-        if errors:
-            if isinstance(errors[0], BrokenExecutor):
-                raise DeepergatError(
+            flow.executor.shutdown(wait=True, cancel_futures=stopped)
+        flow.stats.seconds = time.perf_counter() - t_start
+        if flow.errors:
+            if isinstance(flow.errors[0], BrokenExecutor):
+                raise SettingError(
                     "a worker process of this rank died (killed — by the out-of-memory killer? — "
                     "or crashed); the chunks committed so far are kept: run the same command "
-                    "again to compute the rest (with fewer --workers if memory is short)"
+                    "again to compute the rest (with fewer {workers} if memory is short)"
                 ) from None
-            raise errors[0]
-        return stats
+            raise flow.errors[0]
+        return flow.stats
 
     def _predict_batch(self, fut: Future[Featurized]) -> _Predicted:
         """Wait for a batch's inputs and predict its status-0 structures."""
@@ -594,3 +509,156 @@ class Pipeline:
             std=spread,
         )
         return item.k, item.start, rows_out
+
+
+class _Flow:
+    """One `Pipeline.run`: its three stages and what they share.
+
+    The reader thread (`read`) fills ``chunks``, the calling thread (`predict`) empties it into
+    ``finished``, the writer thread (`write`) commits from there. The first error of any stage
+    goes into ``errors`` and sets ``stop``; every stage then winds down.
+
+    Attributes:
+        pipeline: the settings. executor: the workers (threads or processes).
+        chunks: read chunks whose batches are with the workers, then `_STOP` (unbounded: the
+            ``slots`` bound it).
+        finished: assembled chunks for the writer, then `_STOP` (``write_queue`` deep).
+        slots: chunks the reader may read ahead of the predictor (``prefetch``).
+        handed: guards ``in_flight``; notified when a batch is predicted.
+        in_flight: model batches handed to the workers and not yet predicted
+            (≤ ``max_batches``, plus one chunk's batches).
+        stop: set on the first error.
+        errors: the exceptions the stages raised, first first.
+        lock: guards the reader's and writer's updates of ``stats``.
+        stats: this run's counts and stage times.
+    """
+
+    def __init__(self, pipeline: Pipeline, executor: Executor) -> None:
+        self.pipeline = pipeline
+        self.executor = executor
+        self.chunks: queue.Queue[Any] = queue.Queue()  # `_Chunk`s, then `_STOP`
+        # (k, start, rows) of finished chunks, then `_STOP`
+        self.finished: queue.Queue[Any] = queue.Queue(maxsize=pipeline.write_queue)
+        self.slots = threading.Semaphore(pipeline.prefetch)
+        self.handed = threading.Condition()
+        self.in_flight = 0
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+        self.stats = PipelineStats()
+
+    def fail(self, e: BaseException) -> None:
+        """Record a stage's error (for `Pipeline.run` to raise) and stop every stage."""
+        self.errors.append(e)
+        self.stop.set()
+
+    # ------------------------------------------------------------------ reader thread
+
+    def read(self, next_chunk: Callable[[], int | None]) -> None:
+        """Read chunks, cut them into model batches and hand those to the workers, as long as
+        a read-ahead slot is free and fewer than ``max_batches`` batches are out."""
+        try:
+            with Store(self.pipeline.store_path) as store:
+                while self._free_slot():
+                    k = next_chunk()
+                    if k is None:
+                        return
+                    chunk, subs = self._read_chunk(store, k)
+                    if not self._hand_out(len(subs)):
+                        return
+                    task = featurize_predict if self.pipeline.worker_model else featurize
+                    settings = self.pipeline.settings
+                    chunk.futures.extend(self.executor.submit(task, sub, settings)
+                                         for sub in subs)
+                    self.chunks.put(chunk)
+        except BaseException as e:  # handed to the main thread
+            self.fail(e)
+        finally:
+            self.chunks.put(_STOP)
+
+    def _free_slot(self) -> bool:
+        """Wait for a read-ahead slot; False once the run stops."""
+        while not self.slots.acquire(timeout=0.2):
+            if self.stop.is_set():
+                return False
+        return not self.stop.is_set()
+
+    def _read_chunk(self, store: Store, k: int) -> tuple[_Chunk, list[StructureBatch]]:
+        """Chunk k (no batch handed out yet) and its model batches."""
+        p = self.pipeline
+        t0 = time.perf_counter()
+        a, b = p.plan.bounds(k)
+        batch = store.read(a, b)
+        spans = split_batches(
+            batch.n_atoms, max_atoms=p.settings.max_atoms,
+            max_neighbors=p.settings.max_neighbors,
+            batch_atoms=p.batch_atoms, batch_edges=p.batch_edges,
+        )
+        subs = [batch.select(np.arange(s, e)) for s, e in spans]
+        with self.lock:
+            self.stats.read += time.perf_counter() - t0
+        return _Chunk(k, a, batch.ids, spans, []), subs
+
+    def _hand_out(self, n: int) -> bool:
+        """Count ``n`` batches in flight once fewer than ``max_batches`` are (a chunk goes to
+        the workers whole); False once the run stops."""
+        with self.handed:
+            while self.in_flight >= self.pipeline.max_batches and not self.stop.is_set():
+                self.handed.wait(timeout=0.2)
+            if self.stop.is_set():
+                return False
+            self.in_flight += n
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.in_flight)
+        return True
+
+    # ------------------------------------------------------------------ calling thread
+
+    def predict(self) -> None:
+        """Predict each chunk's batches as the workers finish them, in chunk order, and hand
+        the assembled rows to the writer; after an error only drain the reader's chunks."""
+        p = self.pipeline
+        while True:
+            item = self.chunks.get()
+            if item is _STOP:
+                return
+            self.slots.release()
+            if self.stop.is_set():
+                continue
+            jobs = []
+            for f in item.futures:
+                jobs.append(p._predict_batch(f))
+                with self.handed:
+                    self.in_flight -= 1
+                    self.handed.notify()
+            self.finished.put(p._finish_chunk(item, jobs, self.stats))
+
+    # ------------------------------------------------------------------ writer thread
+
+    def write(self, commit: Callable[[int, int, Rows], None],
+              on_chunk: Callable[[Rows], None] | None) -> None:
+        """Commit each finished chunk and count it; after an error only drain the queue (so
+        the predictor never blocks on it)."""
+        try:
+            while True:
+                item = self.finished.get()
+                if item is _STOP:
+                    return
+                k, start, rows = item
+                t0 = time.perf_counter()
+                commit(k, start, rows)
+                self._count(rows, time.perf_counter() - t0)
+                if on_chunk is not None:
+                    on_chunk(rows)
+        except BaseException as e:  # handed to the main thread
+            self.fail(e)
+            while self.finished.get() is not _STOP:
+                pass
+
+    def _count(self, rows: Rows, seconds: float) -> None:
+        s = self.stats
+        with self.lock:
+            s.write += seconds
+            s.chunks += 1
+            s.structures += len(rows)
+            s.status += np.bincount(rows.status, minlength=len(Status))[: len(Status)]
+            s.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))

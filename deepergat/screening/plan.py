@@ -1,10 +1,10 @@
-"""Chunk planning: runs of ``--chunk-size`` structures, and static shards balanced by atom count.
+"""Chunk planning: runs of ``chunk_size`` structures, and static shards balanced by atom count.
 
 A chunk is the unit of work, of commit and of resume: chunk k is structures
 [k · chunk_size, min((k + 1) · chunk_size, M)). The plan depends only on M and the chunk size,
 so a rerun with the same chunk size finds the same chunks whatever the rank or shard count.
 
-Array shards (``--shard I/N`` or a SLURM array task) take a static share of the chunks: the
+Array shards (``shard="I/N"`` or a SLURM array task) take a static share of the chunks: the
 chunks are dealt largest first (by atom count) to the shard with the fewest atoms so far, ties
 to the lowest shard, which for equal chunks is plain interleaving (chunk k → shard k mod N).
 """
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
+
+from .failures import literal
 
 __all__ = ["Plan", "make_plan", "parse_shard", "shard_chunks"]
 
@@ -64,10 +66,10 @@ def make_plan(n_atoms: np.ndarray, chunk_size: int) -> Plan:
         The `Plan`.
 
     Raises:
-        DeepergatError: chunk size below 1.
+        SettingError: chunk size below 1.
     """
     if chunk_size < 1:
-        raise DeepergatError(f"--chunk-size must be at least 1, got {chunk_size}")
+        raise SettingError(f"{{chunk_size}} must be at least 1, got {chunk_size}")
     n_atoms = np.asarray(n_atoms, dtype=np.int64)
     m = len(n_atoms)
     starts = np.arange(0, m, chunk_size)
@@ -111,16 +113,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` → (I, N), zero-based I.
 
     Raises:
-        DeepergatError: not of the form I/N, N < 1 or I outside [0, N).
+        SettingError: not of the form I/N, N < 1 or I outside [0, N).
     """
     m = _SHARD.match(text)
     if not m:
-        raise DeepergatError(f"--shard {text!r}: expected I/N with a zero-based I, e.g. 0/4")
+        raise SettingError(f"{{shard}} {literal(repr(text))}: expected I/N with a zero-based I, "
+                           "e.g. 0/4")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= i < n:
-        raise DeepergatError(
-            f"--shard {text}: I must lie in 0..N-1 and N must be at least 1 (zero-based: the "
-            f"shards of 4 are 0/4 .. 3/4)"
+        raise SettingError(
+            f"{{shard}} {literal(text)}: I must lie in 0..N-1 and N must be at least 1 "
+            "(zero-based: the shards of 4 are 0/4 .. 3/4)"
         )
     return i, n
 

@@ -47,7 +47,10 @@ from deepergat.contract import (
     RankBy,
     RankOrder,
 )
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
+from deepergat.system.files import atomic_open
+
+from .failures import literal
 
 __all__ = [
     "FLAG_UNSEEN_ELEMENT",
@@ -104,17 +107,20 @@ def _attr(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class NoSpaceError(DeepergatError):
+class NoSpaceError(SettingError):
     """The output's file system cannot hold the file (nothing of it is left behind).
 
     Attributes:
         needed: bytes the file needs (an upper bound). free: bytes free then (-1: unknown).
         detail: the message without the advice (``no space left on … (needs ~N MB, …)``).
+
+    Args:
+        advice: what to do, a `SettingError` template (it names the ``{output}`` setting).
     """
 
     def __init__(self, detail: str, needed: int, free: int,
-                 advice: str = "free space or choose another --output") -> None:
-        super().__init__(f"{detail}; {advice}")
+                 advice: str = "free space or choose another {output}") -> None:
+        super().__init__(f"{literal(detail)}; {advice}")
         self.detail = detail
         self.needed = needed
         self.free = free
@@ -164,62 +170,20 @@ class PredictionsWriter:
         spread: bool = False,
     ) -> None:
         self.path = Path(path)
+        # Its own staged file, not `atomic_path`: it lives across many calls (rows in any
+        # order, the file closed and reopened to reserve more space) and is fsynced before
+        # the rename. The next owner of the output removes a killed writer's (by this name).
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.targets = [str(t["name"]) for t in targets]
         self._closed = True
         self._f: h5py.File | None = None
         m = int(n_structures)
-        rows = min(_ROW_CHUNK, m)
         n_t = len(self.targets) * (2 if spread else 1)
         #: bytes of a row in the file, its id's text aside (compressed data never grows by more
         #: than zlib's bound, counted in `_grow`).
         self._per_row = 8 + 1 + 1 + 4 * n_t + 4 * int(embedding_dim or 0) + _ID_OVERHEAD
         self._chunk_bytes = 0  # one HDF5 chunk of every dataset
-
-        def column(where: h5py.Group, name: str, dtype: Any, width: int | None = None,
-                   *, compress: bool = True) -> h5py.Dataset:
-            shape: tuple[int, ...] = (m,) if width is None else (m, width)
-            if m == 0:  # an empty input: no chunks to lay out
-                return where.create_dataset(name, shape=shape, dtype=dtype)
-            chunk = rows if width is None else max(1, min(rows, (1 << 20) // (4 * width)))
-            self._chunk_bytes += chunk * (16 if dtype is _STR else
-                                          np.dtype(dtype).itemsize * (width or 1))
-            opts: dict[str, Any] = (
-                {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-                if compress else {}
-            )
-            return where.create_dataset(name, shape=shape, dtype=dtype,
-                                        chunks=(chunk, *shape[1:]), **opts)
-
-        # The empty file is laid out in memory; the disk sees it only once its space is held.
-        f = h5py.File(f"deepergat-predictions-{id(self)}", "w", driver="core",
-                      backing_store=False)
-        try:
-            column(f, "index", np.int64)
-            column(f, "ids", _STR, compress=False)
-            column(f, "status", np.uint8)
-            column(f, "flags", np.uint8)
-            group = f.create_group("predictions", track_order=True)  # the model's target order
-            for t in targets:
-                column(group, str(t["name"]), np.float32).attrs["units"] = str(t.get("units", ""))
-            if spread:
-                std = f.create_group("std", track_order=True)
-                for t in targets:
-                    column(std, str(t["name"]), np.float32).attrs["units"] = str(
-                        t.get("units", ""))
-            if embedding_dim is not None:
-                column(f, "embeddings", np.float32, int(embedding_dim))
-            a = f.attrs
-            a["format"] = PREDICTIONS_FORMAT
-            a["version"] = PREDICTIONS_VERSION
-            for k, v in attrs.items():
-                a[k] = v
-            a["status_codes"] = json.dumps({str(k): v for k, v in STATUS_CODES.items()})
-            a["created_by"] = f"deepergat {__version__}"
-            f.flush()
-            image = f.id.get_file_image()
-        finally:
-            f.close()
+        image = self._layout(m, targets, embedding_dim, attrs, spread)
         self._need = len(image) + self._chunk_bytes + (1 << 20)
         #: the whole file's size as first estimated (ids of `_ID_GUESS` characters)
         self.estimate = self._need + self._bound(m * (self._per_row + _ID_GUESS), m)
@@ -234,6 +198,57 @@ class PredictionsWriter:
             self.abort()
             raise
         self._closed = False
+
+    # ------------------------------------------------------------------ layout
+
+    def _layout(self, m: int, targets: Sequence[Mapping[str, Any]], embedding_dim: int | None,
+                attrs: Mapping[str, Any], spread: bool) -> bytes:
+        """The empty file of M rows, laid out in memory (the disk sees it only once its space
+        is held): its bytes."""
+        f = h5py.File(f"deepergat-predictions-{id(self)}", "w", driver="core",
+                      backing_store=False)
+        try:
+            self._column(f, "index", np.int64, m)
+            self._column(f, "ids", _STR, m, compress=False)
+            self._column(f, "status", np.uint8, m)
+            self._column(f, "flags", np.uint8, m)
+            groups = ["predictions", "std"] if spread else ["predictions"]
+            for name in groups:
+                group = f.create_group(name, track_order=True)  # the model's target order
+                for t in targets:
+                    ds = self._column(group, str(t["name"]), np.float32, m)
+                    ds.attrs["units"] = str(t.get("units", ""))
+            if embedding_dim is not None:
+                self._column(f, "embeddings", np.float32, m, int(embedding_dim))
+            a = f.attrs
+            a["format"] = PREDICTIONS_FORMAT
+            a["version"] = PREDICTIONS_VERSION
+            for k, v in attrs.items():
+                a[k] = v
+            a["status_codes"] = json.dumps({str(k): v for k, v in STATUS_CODES.items()})
+            a["created_by"] = f"deepergat {__version__}"
+            f.flush()
+            return f.id.get_file_image()
+        finally:
+            f.close()
+
+    def _column(self, where: h5py.Group, name: str, dtype: Any, m: int,
+                width: int | None = None, *, compress: bool = True) -> h5py.Dataset:
+        """An [M] (or [M, width]) dataset in chunks of up to `_ROW_CHUNK` rows (1 MiB wide),
+        counted in ``_chunk_bytes``."""
+        shape: tuple[int, ...] = (m,) if width is None else (m, width)
+        if m == 0:  # an empty input: no chunks to lay out
+            return where.create_dataset(name, shape=shape, dtype=dtype)
+        rows = min(_ROW_CHUNK, m)
+        chunk = rows if width is None else max(1, min(rows, (1 << 20) // (4 * width)))
+        self._chunk_bytes += chunk * (16 if dtype is _STR else
+                                      np.dtype(dtype).itemsize * (width or 1))
+        opts: dict[str, Any] = (
+            {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+            if compress else {}
+        )
+        return where.create_dataset(name, shape=shape, dtype=dtype,
+                                    chunks=(chunk, *shape[1:]), **opts)
 
     # ------------------------------------------------------------------ space
 
@@ -390,9 +405,10 @@ def read_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         with h5py.File(p, "r") as f:
             fmt = _attr(f.attrs.get("format", ""))
             if fmt != PREDICTIONS_FORMAT:
-                raise DeepergatError(
-                    f"{p}: exists and is not a deepergat predictions file (format {fmt!r}); "
-                    "choose another --output (screening never overwrites other files)"
+                raise SettingError(
+                    f"{literal(p)}: exists and is not a deepergat predictions file (format "
+                    f"{literal(repr(fmt))}); choose another {{output}} (screening never "
+                    "overwrites other files)"
                 )
             settings = json.loads(_attr(f.attrs.get("screen_settings", "{}")) or "{}")
             return {
@@ -402,9 +418,9 @@ def read_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:
                 "screen_settings": settings,
             }
     except OSError as e:
-        raise DeepergatError(
-            f"{p}: exists and is not a readable HDF5 file ({' '.join(str(e).split())}); "
-            "remove it or choose another --output"
+        raise SettingError(
+            f"{literal(p)}: exists and is not a readable HDF5 file "
+            f"({literal(' '.join(str(e).split()))}); remove it or choose another {{output}}"
         ) from None
 
 
@@ -548,25 +564,24 @@ def top_rows(
         [≤ K] int64 rows of the predictions file (fewer when fewer predictions are finite).
 
     Raises:
-        DeepergatError: K < 1, an unknown ``rank_by``, a negative ``rank_k``, or a bound asked
-            of a file without an ensemble's spread.
+        SettingError: K < 1 (the ``top`` setting), an unknown ``rank_by``, a negative
+            ``rank_k``, or a bound asked of a file without an ensemble's spread.
     """
     if k < 1:
-        raise DeepergatError(f"--top must be at least 1, got {k}")
+        raise SettingError(f"{{top}} must be at least 1, got {k}")
     if rank_by not in RANK_BY:
-        raise DeepergatError(
-            f"--rank-by {rank_by!r}: choose {', '.join(RANK_BY[:-1])} or {RANK_BY[-1]}"
-        )
+        raise SettingError(f"{{rank_by}} {literal(repr(rank_by))}: choose "
+                           f"{', '.join(RANK_BY[:-1])} or {RANK_BY[-1]}")
     if not (rank_k >= 0 and math.isfinite(rank_k)):
-        raise DeepergatError(f"--rank-k must be a finite number ≥ 0, got {rank_k}")
+        raise SettingError(f"{{rank_k}} must be a finite number ≥ 0, got {rank_k}")
     sign = 1.0 if order == "asc" else -1.0
     bound = {"mean": 0.0, "lower": -float(rank_k), "upper": float(rank_k)}[rank_by]
     with h5py.File(path, "r") as f:
         first = next(iter(f["predictions"]))
         if rank_by != "mean" and "std" not in f:
-            raise DeepergatError(
-                f"--rank-by {rank_by} ranks by mean ∓ k·std, but {path} has no std (the model is "
-                "not an ensemble); use --rank-by mean"
+            raise SettingError(
+                f"{{rank_by}} {rank_by} ranks by mean ∓ k·std, but {literal(path)} has no std "
+                "(the model is not an ensemble); use {rank_by} mean"
             )
         m = int(f["status"].shape[0])
         best: list[tuple[float, int]] = []  # max-heap of (-key, -row) for the K smallest keys
@@ -653,8 +668,10 @@ def write_top_csv(
     spread = bool(got["std"])
     columns = [c for n in names for c in ((n, f"{n}_std") if spread else (n,))]
     out = Path(csv_path)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    # `csv.writer`'s own line ends (\r\n) as ever; a killed writer's temporary file is
+    # removed by the next screen of the output (it knows this name)
+    with atomic_open(out, "w", newline="", tmp=out.with_name(f".{out.name}.tmp-{os.getpid()}")
+                     ) as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "index", "id", "formula", *columns, "flags"])
         for j in range(len(rows)):
@@ -663,5 +680,4 @@ def write_top_csv(
                                  else (got["predictions"],))]
             w.writerow([j + 1, int(got["index"][j]), got["ids"][j], got["formula"][j], *cells,
                         int(got["flags"][j])])
-    os.replace(tmp, out)
     return len(rows)

@@ -20,6 +20,7 @@ import html
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 from deepergat.contract import DEFAULT_RANK_ORDER, FLAG_UNSEEN_ELEMENT, STATUS_CODES, RankOrder
 from deepergat.errors import DeepergatError
 from deepergat.metadata import ModelMetadata
+from deepergat.system.files import atomic_open
 
 from .predictions import PREDICTIONS_FORMAT, take_rows, top_rows
 
@@ -180,6 +182,31 @@ text-align:left;font-size:.9em}th{background:#f4f4f4}td.num{text-align:right;fon
 tabular-nums}code{font-size:.9em}img{max-width:100%}"""
 
 
+@dataclass
+class _Page:
+    """What the page shows, read from the predictions file.
+
+    Attributes:
+        name: the file's name. info: (label, value) rows of the run table.
+        names: targets. units: of each target. spread: the file has an ensemble's std.
+        hists: (target, finite values, PNG data URI) per target.
+        statuses: `_status_table`'s rows. top: `take_rows` of the top-K rows (best first).
+        n_top: rows in the top-K table. order: the ranking's order. emap: the embedding map.
+    """
+
+    name: str
+    info: list[tuple[str, str]]
+    names: list[str]
+    units: dict[str, str]
+    spread: bool
+    hists: list[tuple[str, int, str]]
+    statuses: list[tuple[int, int, list[str]]]
+    top: dict[str, Any]
+    n_top: int
+    order: RankOrder
+    emap: str | None
+
+
 def write_report(
     predictions: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -203,6 +230,15 @@ def write_report(
     """
     path = Path(predictions)
     out = Path(output) if output else path.with_name(path.stem + ".report.html")
+    page = _read_page(path, top=top, order=order, bins=bins)
+    with atomic_open(out, "w", encoding="utf-8",
+                     tmp=out.with_name(f".{out.name}.tmp-{os.getpid()}")) as fh:
+        fh.write(_html(page))
+    return out
+
+
+def _read_page(path: Path, *, top: int, order: RankOrder, bins: int) -> _Page:
+    """Everything the page shows, read in blocks."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -214,10 +250,6 @@ def write_report(
         names = list(f["predictions"])
         units = {n: _attr(f["predictions"][n], "units") for n in names}
         m = int(f["status"].shape[0])
-        spread = "std" in f
-        run = json.loads(_attr(f, "screen_run") or "{}")
-        meta = _model_metadata(_attr(f, "model_metadata"), f"{path} model_metadata")
-        statuses = _status_table(f)
         rows = top_rows(path, top, order=order) if m else np.zeros(0, np.int64)
         best = take_rows(path, rows)
         hists = []
@@ -226,55 +258,68 @@ def write_report(
             threshold = float(best["predictions"][n][-1]) if len(rows) and n == names[0] else None
             hists.append((n, finite, _plot_histogram(counts, edges, n, units[n], threshold,
                                                      len(rows))))
-        emap = _embedding_map(f, names[0]) if names else None
-        info = [("model", _attr(f, "model")), ("model sha256", _attr(f, "model_sha256")),
-                ("input", _attr(f, "input")), ("input digest", _attr(f, "input_digest")),
-                ("structures", f"{m:,}"), ("written by", _attr(f, "created_by"))]
+        return _Page(
+            name=path.name, info=_run_info(f, path, m), names=names, units=units,
+            spread="std" in f, hists=hists, statuses=_status_table(f), top=best,
+            n_top=len(rows), order=order, emap=_embedding_map(f, names[0]) if names else None,
+        )
+
+
+def _run_info(f: h5py.File, path: Path, m: int) -> list[tuple[str, str]]:
+    """The run table's rows: model, input, structures, writer, ensemble, the screen's rate."""
+    run = json.loads(_attr(f, "screen_run") or "{}")
+    meta = _model_metadata(_attr(f, "model_metadata"), f"{path} model_metadata")
+    info = [("model", _attr(f, "model")), ("model sha256", _attr(f, "model_sha256")),
+            ("input", _attr(f, "input")), ("input digest", _attr(f, "input_digest")),
+            ("structures", f"{m:,}"), ("written by", _attr(f, "created_by"))]
     if meta is not None and meta.is_ensemble:
         info.append(("ensemble", f"{meta.members} members, calibrated std"))
     if run.get("seconds"):
         rate = run["structures"] / run["seconds"] if run["seconds"] else 0
         info.append(("screen", f"{run['structures']:,} structures in {run['seconds']:.1f} s "
                                f"({rate:,.0f}/s) on {run.get('ranks', 1)} rank(s)"))
+    return info
+
+
+def _html(page: _Page) -> str:
+    """The page: run table, histograms, statuses, the top-K table, the embedding map."""
     e = html.escape
+    names, units, best = page.names, page.units, page.top
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>deepergat report: "
-             f"{e(path.name)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>Screening report: {e(path.name)}</h1>",
+             f"{e(page.name)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Screening report: {e(page.name)}</h1>",
              "<h2>The run</h2><table>" + "".join(
-                 f"<tr><th>{e(k)}</th><td><code>{e(v)}</code></td></tr>" for k, v in info)
+                 f"<tr><th>{e(k)}</th><td><code>{e(v)}</code></td></tr>" for k, v in page.info)
              + "</table>"]
     parts.append("<h2>Predictions</h2>")
-    for n, finite, img in hists:
+    for n, finite, img in page.hists:
         parts.append(f"<h3>{e(n)}{' (' + e(units[n]) + ')' if units[n] else ''}: {finite:,} "
                      f"values</h3><img alt='histogram of {e(n)}' src='{img}'>")
     parts.append("<h2>Status and flags</h2><table><tr><th>code</th><th>meaning</th>"
                  "<th>structures</th><th>examples</th></tr>")
-    for code, count, ex in statuses:
+    for code, count, ex in page.statuses:
         meaning = (STATUS_CODES.get(code, "unknown") if code >= 0
                    else "flag: an element the model never saw in training")
         label = str(code) if code >= 0 else "flag 1"
         parts.append(f"<tr><td>{label}</td><td>{e(meaning)}</td><td class='num'>{count:,}</td>"
                      f"<td>{e(', '.join(ex))}</td></tr>")
     parts.append("</table>")
-    head = "".join(f"<th>{e(n)}</th>" + (f"<th>{e(n)} std</th>" if spread else "")
+    head = "".join(f"<th>{e(n)}</th>" + (f"<th>{e(n)} std</th>" if page.spread else "")
                    for n in names)
-    parts.append(f"<h2 id='top'>Top {len(rows)} by {e(names[0])} "
-                 f"({'lowest' if order == 'asc' else 'highest'} first)</h2>"
+    parts.append(f"<h2 id='top'>Top {page.n_top} by {e(names[0])} "
+                 f"({'lowest' if page.order == 'asc' else 'highest'} first)</h2>"
                  f"<table id='top-table'><tr><th>rank</th><th>id</th><th>formula</th>{head}"
                  "<th>flags</th></tr>")
-    for j in range(len(rows)):
+    for j in range(page.n_top):
         cells = "".join(
             f"<td class='num'>{best['predictions'][n][j]:.6g}</td>"
-            + (f"<td class='num'>{best['std'][n][j]:.3g}</td>" if spread else "")
+            + (f"<td class='num'>{best['std'][n][j]:.3g}</td>" if page.spread else "")
             for n in names)
         parts.append(f"<tr><td class='num'>{j + 1}</td><td>{e(best['ids'][j])}</td>"
                      f"<td>{e(best['formula'][j])}</td>{cells}"
                      f"<td class='num'>{int(best['flags'][j])}</td></tr>")
     parts.append("</table>")
-    if emap is not None:
-        parts.append(f"<h2>Embeddings</h2><img alt='embedding map' src='{emap}'>")
+    if page.emap is not None:
+        parts.append(f"<h2>Embeddings</h2><img alt='embedding map' src='{page.emap}'>")
     parts.append("</body></html>")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return "\n".join(parts)

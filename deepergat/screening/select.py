@@ -1,8 +1,8 @@
-"""Choosing structures from a predictions file and handing them on: ``--where`` expressions,
+"""Choosing structures from a predictions file and handing them on: ``where`` expressions,
 `extract` (structure files ready for DFT and ``selection.csv``), `read_predictions` (a pandas
 DataFrame for notebooks).
 
-``--where`` takes comparisons of a column with a number — ``heat_ref < 0.2``,
+``where`` takes comparisons of a column with a number — ``heat_ref < 0.2``,
 ``heat_ref_std <= 0.05``, ``status == 0``, ``flags != 1`` — joined by ``and`` / ``or`` and
 grouped with parentheses; ``and`` binds tighter. Columns are the targets, ``<target>_std`` (an
 ensemble's spread), ``status`` and ``flags``. The text is tokenized and parsed here; nothing is
@@ -29,8 +29,10 @@ from deepergat.contract import (
     RankBy,
     RankOrder,
 )
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
+from deepergat.system.files import atomic_open, atomic_path
 
+from .failures import literal
 from .predictions import PREDICTIONS_FORMAT, take_rows, top_rows
 
 __all__ = ["ExtractResult", "extract", "parse_where", "read_predictions", "where_rows"]
@@ -48,14 +50,19 @@ _MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 Node = tuple[Any, ...]
 
 
+def _where_error(text: str, problem: str) -> SettingError:
+    """``where '<text>': <problem>`` (``problem`` is plain text)."""
+    return SettingError(f"{{where}} {literal(repr(text))}: {literal(problem)}")
+
+
 def _tokens(text: str) -> list[tuple[str, str]]:
     out, pos = [], 0
     text = text.strip()
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise DeepergatError(f"--where {text!r}: cannot read {text[pos:pos + 20]!r} "
-                                 "(columns, numbers, < <= > >= == !=, and, or, parentheses)")
+            raise _where_error(text, f"cannot read {text[pos:pos + 20]!r} (columns, numbers, "
+                                     "< <= > >= == !=, and, or, parentheses)")
         kind = m.lastgroup or ""
         value = m.group(kind).strip()
         if kind == "name" and value.lower() in ("and", "or"):
@@ -67,70 +74,76 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def parse_where(text: str, columns: list[str]) -> Node:
-    """The expression tree of a ``--where`` text, its columns checked against ``columns``.
+class _Parser:
+    """Recursive descent over the tokens of a ``where`` text: ``or`` of ``and`` of
+    comparisons or parenthesised expressions."""
 
-    Raises:
-        DeepergatError: a syntax error, an unknown column (the known ones listed).
-    """
-    tokens = _tokens(text)
-    pos = 0
+    def __init__(self, text: str, columns: list[str]) -> None:
+        self.text = text
+        self.columns = columns
+        self.tokens = _tokens(text)
+        self.pos = 0
 
-    def peek() -> tuple[str, str] | None:
-        return tokens[pos] if pos < len(tokens) else None
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
 
-    def take(kind: str) -> str:
-        nonlocal pos
-        tok = peek()
+    def take(self, kind: str) -> str:
+        tok = self.peek()
         if tok is None or tok[0] != kind:
             got = "the end" if tok is None else repr(tok[1])
-            raise DeepergatError(f"--where {text!r}: expected a {_WHAT[kind]}, got {got}")
-        pos += 1
+            raise _where_error(self.text, f"expected a {_WHAT[kind]}, got {got}")
+        self.pos += 1
         return tok[1]
 
-    def column(name: str) -> str:
-        if name not in columns:
-            raise DeepergatError(f"--where {text!r}: no column {name!r}; columns: "
-                                 f"{', '.join(columns)}")
+    def column(self, name: str) -> str:
+        if name not in self.columns:
+            raise _where_error(self.text, f"no column {name!r}; columns: "
+                                          f"{', '.join(self.columns)}")
         return name
 
-    def comparison() -> Node:
-        tok = peek()
+    def comparison(self) -> Node:
+        tok = self.peek()
         if tok is not None and tok[0] == "paren" and tok[1] == "(":
-            take("paren")
-            node = disjunction()
-            if take("paren") != ")":
-                raise DeepergatError(f"--where {text!r}: unbalanced parentheses")
+            self.take("paren")
+            node = self.disjunction()
+            if self.take("paren") != ")":
+                raise _where_error(self.text, "unbalanced parentheses")
             return node
         if tok is not None and tok[0] == "num":
-            number = float(take("num"))
-            op = take("op")
-            return ("cmp", column(take("name")), _MIRROR[op], number)
-        name = column(take("name"))
-        op = take("op")
-        return ("cmp", name, op, float(take("num")))
+            number = float(self.take("num"))
+            op = self.take("op")
+            return ("cmp", self.column(self.take("name")), _MIRROR[op], number)
+        name = self.column(self.take("name"))
+        op = self.take("op")
+        return ("cmp", name, op, float(self.take("num")))
 
-    def conjunction() -> Node:
-        nonlocal pos
-        node = comparison()
-        while peek() == ("bool", "and"):
-            pos += 1
-            node = ("and", node, comparison())
+    def conjunction(self) -> Node:
+        node = self.comparison()
+        while self.peek() == ("bool", "and"):
+            self.pos += 1
+            node = ("and", node, self.comparison())
         return node
 
-    def disjunction() -> Node:
-        nonlocal pos
-        node = conjunction()
-        while peek() == ("bool", "or"):
-            pos += 1
-            node = ("or", node, conjunction())
+    def disjunction(self) -> Node:
+        node = self.conjunction()
+        while self.peek() == ("bool", "or"):
+            self.pos += 1
+            node = ("or", node, self.conjunction())
         return node
 
-    if not tokens:
-        raise DeepergatError("--where: empty expression")
-    tree = disjunction()
-    if pos != len(tokens):
-        raise DeepergatError(f"--where {text!r}: unexpected {tokens[pos][1]!r}")
+
+def parse_where(text: str, columns: list[str]) -> Node:
+    """The expression tree of a ``where`` text, its columns checked against ``columns``.
+
+    Raises:
+        SettingError: a syntax error, an unknown column (the known ones listed).
+    """
+    parser = _Parser(text, columns)
+    if not parser.tokens:
+        raise SettingError("{where}: empty expression")
+    tree = parser.disjunction()
+    if parser.pos != len(parser.tokens):
+        raise _where_error(text, f"unexpected {parser.tokens[parser.pos][1]!r}")
     return tree
 
 
@@ -163,7 +176,7 @@ def _evaluate(node: Node, read: Callable[[str], np.ndarray]) -> np.ndarray:
 
 
 def where_rows(path: str | os.PathLike[str], text: str) -> np.ndarray:
-    """Rows (ascending) of a predictions file where the ``--where`` expression holds, read in
+    """Rows (ascending) of a predictions file where the ``where`` expression holds, read in
     blocks of a million rows."""
     with h5py.File(path, "r") as f:
         tree = parse_where(text, _columns(f))
@@ -238,9 +251,9 @@ def extract(
     attrs = _open_predictions(path)
     chosen = [c for c in (top is not None, ids is not None, where is not None) if c]
     if len(chosen) != 1:
-        raise DeepergatError("choose the structures with exactly one of --top, --ids, --where")
+        raise SettingError("choose the structures with exactly one of {top}, {ids}, {where}")
     if fmt not in _SUFFIX:
-        raise DeepergatError(f"--format {fmt!r}: choose cif, poscar or extxyz")
+        raise SettingError(f"{{fmt}} {literal(repr(fmt))}: choose cif, poscar or extxyz")
     if top is not None:
         rows = top_rows(path, top, order=order, rank_by=rank_by, rank_k=rank_k)
     elif where is not None:
@@ -249,8 +262,8 @@ def extract(
         rows = _rows_of_ids(path, ids or [])
     store_path = Path(store) if store is not None else Path(attrs.get("input", ""))
     if not store_path.is_file():
-        raise DeepergatError(f"{path}: its input store {store_path} is gone; pass --store with "
-                             "the store that was screened")
+        raise SettingError(f"{literal(path)}: its input store {literal(store_path)} is gone; "
+                           "pass {store} with the store that was screened")
     out = Path(out_dir)
     earlier = _earlier_extraction(out)
     with Store(store_path) as s:
@@ -327,9 +340,9 @@ def _write_structure(structure: dict[str, Any], file: Path, fmt: str) -> None:
 
     atoms = Atoms(numbers=structure["atomic_numbers"], positions=structure["positions"],
                   cell=structure["lattice"], pbc=structure["pbc"])
-    tmp = file.with_name(f".{file.name}.tmp")
-    write(tmp, atoms, format={"cif": "cif", "poscar": "vasp", "extxyz": "extxyz"}[fmt])
-    os.replace(tmp, file)
+    # a hidden temporary name: an earlier extraction's folder is refused when it holds others
+    with atomic_path(file, tmp=file.with_name(f".{file.name}.tmp")) as tmp:
+        write(tmp, atoms, format={"cif": "cif", "poscar": "vasp", "extxyz": "extxyz"}[fmt])
 
 
 def _write_selection(path: Path, got: dict[str, Any], files: list[Path | None]) -> None:
@@ -337,8 +350,8 @@ def _write_selection(path: Path, got: dict[str, Any], files: list[Path | None]) 
     spread = bool(got["std"])
     header = ["id", "formula", *[c for n in names for c in ((n, f"{n}_std") if spread else (n,))],
               "status", "flags", "file"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    # `csv.writer`'s own line ends (\r\n), as ever
+    with atomic_open(path, "w", newline="", tmp=path.with_name(f".{path.name}.tmp")) as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for j, sid in enumerate(got["ids"]):
@@ -348,7 +361,6 @@ def _write_selection(path: Path, got: dict[str, Any], files: list[Path | None]) 
             file = files[j]
             w.writerow([sid, got["formula"][j], *values, int(got["status"][j]),
                         int(got["flags"][j]), file.name if file is not None else ""])
-    os.replace(tmp, path)
 
 
 def read_predictions(path: str | os.PathLike[str], *, embeddings: bool = False) -> Any:

@@ -56,6 +56,34 @@ def test_errors_are_one_line_exit_2(tmp_path: Path, screen_store: Path,
     assert r.exit_code == 2 and "--shard" in r.stderr
 
 
+def test_errors_name_the_flags(tmp_path: Path, screen_store: Path,
+                               small_model: dict[str, Any], reference_predictions: Path) -> None:
+    """The library's messages name settings (``max_atoms``); the command writes its flags."""
+    onnx = small_model["onnx"]
+    out = tmp_path / "o.h5"
+    for more, line in [
+        (("--max-atoms", "0"), "error: --max-atoms must be at least 1, got 0"),
+        (("--overlap-threshold", "-1"), "error: --overlap-threshold must be ≥ 0 Å, got -1.0"),
+        (("--top", "0"), "error: --top must be at least 1, got 0"),
+        (("--rank-k", "-1"), "error: --rank-k must be a finite number ≥ 0, got -1.0"),
+        (("--workers", "-1"), "error: --workers must be ≥ 0, got -1"),
+        (("--chunk-size", "0"), "error: --chunk-size must be at least 1, got 0"),
+        (("--shard", "x"), "error: --shard 'x': expected I/N with a zero-based I, e.g. 0/4"),
+    ]:
+        r = CliRunner().invoke(screen, args(screen_store, onnx, out, *more))
+        assert r.exit_code == 2 and r.stderr.strip() == line, r.stderr
+    r = CliRunner().invoke(screen, args(screen_store, onnx, screen_store))
+    assert r.stderr.strip() == (f"error: --output {screen_store} is the input store; choose "
+                                "another file"), r.stderr
+    other = tmp_path / "other.h5"
+    other.write_bytes(reference_predictions.read_bytes())
+    r = CliRunner().invoke(screen, args(screen_store, onnx, other, "--max-atoms", "30"))
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr.strip().endswith("; pass --no-resume to replace it or choose another "
+                                     "--output"), r.stderr
+    assert not out.exists() and not PartsDir(out).path.exists()
+
+
 def test_merge_only_exit_codes_and_info(tmp_path: Path, screen_store: Path,
                                         small_model: dict[str, Any]) -> None:
     from deepergat.cli import main

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
 from deepergat.screening.parts import MANIFEST_FORMAT, PartsDir
 from deepergat.screening.predictions import Rows
 
@@ -270,7 +270,7 @@ def test_manifest_values_are_checked(tmp_path: Path, key: str, value: Any,
     parts.path.mkdir()
     parts.manifest_path.write_text(json.dumps(manifest(**{"run": "parts-1", key: value})))
     with pytest.raises(DeepergatError, match=r"manifest\.json: damaged run manifest \("
-                                             + expected + r".*\); remove .* or pass --no-resume"):
+                                             + expected + r".*\); remove .* or pass resume$"):
         parts.read_manifest()
 
 
@@ -413,9 +413,11 @@ def test_parts_of_an_older_deepergat_are_discarded_by_no_resume(tmp_path: Path) 
     out = tmp_path / "out.h5"
     parts = _older_parts(out)
     assert parts.written_by_older()
-    with pytest.raises(DeepergatError, match="older deepergat; pass --no-resume") as e:
+    with pytest.raises(SettingError, match="older deepergat; pass resume") as e:
         parts.prepare(manifest(), resume=True)
     assert "\n" not in str(e.value)
+    assert e.value.render({"resume": "--no-resume"}).endswith(
+        "older deepergat; pass --no-resume to discard them")
     for owned in (None, [0, 2]):  # a single run, an array task
         parts = _older_parts(out)
         parts.prepare(manifest(), resume=False, owned=owned)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
 from deepergat.screening.plan import make_plan, parse_shard, shard_chunks
 from deepergat.system.launch import claim_token, shard_from_env
 
@@ -17,7 +17,7 @@ def test_plan_cuts_runs_of_chunk_size() -> None:
     assert [plan.bounds(k) for k in range(3)] == [(0, 4), (4, 8), (8, 10)]
     np.testing.assert_array_equal(plan.atoms, [1 + 2 + 3 + 4, 5 + 6 + 7 + 8, 9 + 10])
     assert make_plan(np.zeros(0, np.int64), 4).n_chunks == 0
-    with pytest.raises(DeepergatError, match="chunk-size"):
+    with pytest.raises(SettingError, match=r"^chunk_size must be at least 1"):
         make_plan(n_atoms, 0)
     with pytest.raises(IndexError):
         plan.bounds(3)
@@ -44,8 +44,13 @@ def test_parse_shard() -> None:
     assert parse_shard("0/4") == (0, 4)
     assert parse_shard(" 3 / 4 ") == (3, 4)
     for bad in ("4/4", "1", "-1/2", "a/b", "0/0"):
-        with pytest.raises(DeepergatError, match="--shard"):
+        with pytest.raises(SettingError, match=r"^shard ") as e:
             parse_shard(bad)
+        assert e.value.render({"shard": "--shard"}).startswith("--shard ")
+    # a user's text in the message stays as it is (it names no setting)
+    with pytest.raises(SettingError) as e:
+        parse_shard("{shard}")
+    assert str(e.value).startswith("shard '{shard}': expected I/N")
 
 
 def test_shard_from_slurm_array_environment() -> None:

@@ -151,7 +151,7 @@ def test_std_group_and_ranking_by_a_confidence_bound(tmp_path: Path) -> None:
     assert ranked(rank_by="upper", rank_k=2.0) == ["id0", "id2", "id3", "id4"]
     # mean - 2σ, highest first: 2.8, 1.18, 0.9, 0.3
     assert ranked(rank_by="lower", rank_k=2.0, order="desc") == ["id4", "id2", "id0", "id3"]
-    with pytest.raises(DeepergatError, match="--rank-k must be"):
+    with pytest.raises(DeepergatError, match=r"^rank_k must be"):
         write_top_csv(path, out, 2, rank_by="upper", rank_k=-1.0)
     plain = tmp_path / "plain.h5"
     write(plain, values)

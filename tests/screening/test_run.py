@@ -208,8 +208,8 @@ def test_shards_and_last_task_merge(tmp_path: Path, screen_store: Path,
 def test_merge_only(tmp_path: Path, screen_store: Path, small_model: dict[str, Any],
                     reference_predictions: Path) -> None:
     out = tmp_path / "p.h5"
-    opts = ScreenOptions(input=screen_store, model=str(small_model["onnx"]), output=out,
-                         merge_only=True, top=3)
+    opts = ScreenOptions.create(screen_store, model=str(small_model["onnx"]), output=out,
+                                merge_only=True, top=3)
     with pytest.raises(DeepergatError, match="nothing to merge"):
         merge_only(opts)
     run_inprocess(screen_store, small_model["onnx"], out, chunk_size=40, shard="0/2")
@@ -229,8 +229,8 @@ def test_merge_only(tmp_path: Path, screen_store: Path, small_model: dict[str, A
     assert_same_predictions(reference_predictions, out, small_model["std"])
     assert merge_only(opts).outcome == "already-merged"
     # Another model's output: not "already merged".
-    wrong = ScreenOptions(input=screen_store, model=str(small_model["checkpoint"]), output=out,
-                          merge_only=True)
+    wrong = ScreenOptions.create(screen_store, model=str(small_model["checkpoint"]), output=out,
+                                 merge_only=True)
     with pytest.raises(DeepergatError, match="another run"):
         merge_only(wrong)
 
@@ -253,7 +253,7 @@ def test_file_level_errors_before_any_work(tmp_path: Path, screen_store: Path,
         with pytest.raises(DeepergatError, match=match):
             run_inprocess(store, model, out)
         assert not PartsDir(out).path.exists()
-    with pytest.raises(DeepergatError, match="--top"):
+    with pytest.raises(DeepergatError, match=r"^top must be at least 1"):
         run_inprocess(screen_store, onnx, tmp_path / "o5.h5", top=0)
 
 
@@ -416,7 +416,7 @@ def test_no_resume_discards_parts_of_an_older_deepergat(tmp_path: Path, screen_s
     old = json.loads(manifest_path.read_text())
     del old["run"]
     manifest_path.write_text(json.dumps(old))
-    with pytest.raises(DeepergatError, match="older deepergat; pass --no-resume"):
+    with pytest.raises(DeepergatError, match="older deepergat; pass resume"):
         run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32, shard="1/2")
     result = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=32, shard="0/2",
                            resume=False)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from screen_helpers import read_predictions, run_inprocess
 
 from deepergat.cli import main
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
 from deepergat.screening.select import extract, parse_where, where_rows
 
 
@@ -99,10 +99,33 @@ def test_extract_writes_files_ready_for_dft(screened: dict[str, Path], tmp_path:
     assert files["bad-zero-atoms"] == ""  # nothing to write
     assert sorted(f.name for f in (tmp_path / "picked").iterdir()) == sorted(
         [files[picked[0]], files["cluster-nonperiodic"], "selection.csv"])
-    with pytest.raises(DeepergatError, match="exactly one of --top, --ids, --where"):
+    with pytest.raises(DeepergatError, match="exactly one of top, ids, where"):
         extract(screened["predictions"], tmp_path / "x", top=3, where="status == 0")
     with pytest.raises(DeepergatError, match="no structure with id nope"):
         extract(screened["predictions"], tmp_path / "y", ids=["nope"])
+
+
+def test_extract_and_report_errors_name_their_flags(screened: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """The library names settings (``ids``, ``fmt``); the commands write their flags."""
+    pred = str(screened["predictions"])
+    ids = tmp_path / "ids.txt"
+    ids.write_text("x\n")
+    for argv, line in [
+        (["extract", pred, "--top", "3", "--ids", str(ids), "-o", str(tmp_path / "a")],
+         "error: choose the structures with exactly one of --top, --ids, --where"),
+        (["extract", pred, "--where", "gap < 1", "-o", str(tmp_path / "b")],
+         "error: --where 'gap < 1': no column 'gap'; columns: heat_ref, heat_ref_std, status, "
+         "flags"),
+        (["extract", pred, "--top", "2", "--rank-k", "-1", "-o", str(tmp_path / "c")],
+         "error: --rank-k must be a finite number ≥ 0, got -1.0"),
+    ]:
+        r = CliRunner().invoke(main, argv)
+        assert r.exit_code == 2 and r.stderr.strip() == line, r.stderr
+    with pytest.raises(SettingError) as e:
+        extract(pred, tmp_path / "d", top=1, fmt="xyz")  # type: ignore[arg-type]
+    assert str(e.value) == "fmt 'xyz': choose cif, poscar or extxyz"
+    assert e.value.render({"fmt": "--format"}).startswith("--format 'xyz'")
 
 
 def test_extract_again_into_a_folder_leaves_only_the_new_selection(

@@ -23,6 +23,7 @@ __all__ = [
     "environment_error",
     "is_full_disk",
     "is_write_failure",
+    "literal",
     "user_error",
 ]
 
@@ -36,9 +37,11 @@ class SettingError(DeepergatError):
     them in its own words.
 
     The message is a template whose ``{name}`` fields are settings (a lower-case identifier in
-    braces; anything else in braces is text). ``str()`` writes the settings' own names — the
-    Python API's keyword arguments and the YAML keys — and the command line writes its flags
-    instead (`render` with the command's names: ``val_fraction`` → ``--val-fraction``).
+    braces; anything else in braces is text, and ``{{``/``}}`` are literal braces, so that user
+    text passed through `literal` is never read as a setting). ``str()`` writes the settings'
+    own names — the Python API's keyword arguments and the YAML keys — and the command line
+    writes its flags instead (`render` with the command's names: ``val_fraction`` →
+    ``--val-fraction``).
 
     Example:
         ``SettingError("{val_fraction} 1.5: must lie in [0, 1)")`` reads "val_fraction 1.5:
@@ -46,7 +49,7 @@ class SettingError(DeepergatError):
         ``deepergat train``.
     """
 
-    _FIELD = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+    _FIELD = re.compile(r"\{\{|\}\}|\{([a-z][a-z0-9_]*)\}")
 
     def __init__(self, template: str) -> None:
         self.template = template
@@ -55,11 +58,21 @@ class SettingError(DeepergatError):
     @property
     def settings(self) -> list[str]:
         """The settings the message names, in order."""
-        return list(dict.fromkeys(self._FIELD.findall(self.template)))
+        return list(dict.fromkeys(n for n in self._FIELD.findall(self.template) if n))
 
     def render(self, names: dict[str, str]) -> str:
         """The message with each setting written as ``names[setting]`` (else its own name)."""
-        return self._FIELD.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
+        def word(m: re.Match[str]) -> str:
+            name = m.group(1)
+            return m.group(0)[0] if name is None else names.get(name, name)
+
+        return self._FIELD.sub(word, self.template)
+
+
+def literal(text: object) -> str:
+    """``text`` (a path, a value, another message) for a `SettingError` template, where it reads
+    as itself: its braces are doubled, so nothing in it is taken for a setting."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 class GeometryError(DeepergatError):

@@ -2,16 +2,15 @@
 rank that stopped.
 
 Library messages name settings as `deepergat.errors.SettingError` fields (``{max_atoms}``);
-the screen command writes its flags instead (``--max-atoms``). `literal` keeps a path or a
-user's text in such a message as it is. A problem rank 0 finds before any work is broadcast as
-a `Refusal` and raised on every rank as `AllRanksError`, so rank 0 alone reports it and no rank
-waits for another.
+the screen command writes its flags instead (``--max-atoms``). `literal` (re-exported from
+`deepergat.errors`) keeps a path or a user's text in such a message as it is. A problem rank 0
+finds before any work is broadcast as a `Refusal` and raised on every rank as `AllRanksError`,
+so rank 0 alone reports it and no rank waits for another.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +21,12 @@ from deepergat.errors import (
     environment_error,
     is_full_disk,
     is_write_failure,
+    literal,
 )
 
 __all__ = ["AllRanksError", "Refusal", "literal", "work_failure"]
 
 log = logging.getLogger(__name__)
-
-#: What `SettingError` reads as a setting: ``{name}``.
-_FIELD = re.compile(r"\{([a-z][a-z0-9_]*)\}")
-
-
-def literal(text: object) -> str:
-    """``text`` for a `SettingError` template, where it reads as itself: a ``{name}`` in it (a
-    path with braces) becomes ``{{name}}``, which renders back as ``{name}`` (unless a front end
-    has a flag for a setting of that very name)."""
-    return _FIELD.sub(r"{{\1}}", str(text))
-
 
 class AllRanksError(DeepergatError):
     """A file-level problem found before any work, raised alike on every rank (so rank 0 alone

@@ -18,7 +18,11 @@ def test_literal_text_reads_as_itself() -> None:
     assert str(e) == "/runs/{run}/x.h5 is the input; choose another output"
     assert e.render({"output": "--output"}) == (
         "/runs/{run}/x.h5 is the input; choose another --output")
-    assert literal("no braces {'a': 1} {A}") == "no braces {'a': 1} {A}"
+    assert str(SettingError(literal("no braces {'a': 1} {A} {{x}}"))) == (
+        "no braces {'a': 1} {A} {{x}}")
+    # a user's text that spells a flag's setting stays text on the command line too
+    e = SettingError(f"--shard {literal('a{model}')}: bad {{shard}}")
+    assert e.render({"model": "--model", "shard": "--shard"}) == "--shard a{model}: bad --shard"
 
 
 @pytest.mark.parametrize("error", [

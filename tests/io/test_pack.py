@@ -221,7 +221,7 @@ def test_csv_targets_ids_and_nan(tmp_path: Path) -> None:
         ({"targets": ["gap"]}, r"t\.csv: no target column 'gap'.*--target"),
         ({"cif_column": "CIF"}, r"t\.csv: no CIF column 'CIF'.*--cif-column"),
         ({"id_column": "name"}, r"t\.csv: no id column 'name'.*--id-column"),
-        ({"targets": ["y"], "target_names": ["e"]}, "--target-name"),
+        ({"targets": ["y"], "target_names": ["e"]}, "^target_names names the value columns"),
         ({"targets": ["a/b"]}, "without '/'"),
     ]:
         with pytest.raises(DeepergatError, match=message):

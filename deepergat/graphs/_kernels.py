@@ -7,9 +7,9 @@ atom of the structure, only the lattice images that can reach the search sphere,
 radius likely to hold ``max_neighbors`` atoms and falling back to the cutoff when it does not;
 sort by (distance, neighbor Z, neighbor, image); keep the nearest ``max_neighbors`` plus ties.
 
-The two kernels are long on purpose: their loops over atom pairs and images stay inline in one
-compiled function, where numba keeps every scalar in registers; the steps done once per center
-(ordering, the tie rule, appending the edges) are shared helpers.
+`search_select` and `mic_select` are long on purpose: each is one compiled loop nest with every
+per-center step (collect, order, keep ties, append) inline; helper functions for the steps the
+two share were measurably slower (docs/design.md §4), so the steps stay written out in both.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["mic_select", "search_select"]
 
 @njit(cache=True, nogil=True)
 def _less(d: np.ndarray, z: np.ndarray, nb: np.ndarray, img: np.ndarray, a: int, b: int) -> bool:
-    qa = math.floor(d[a] * 1e9)  # graphs.ORDER_SCALE: distances equal to 1e-9 Å are ties
+    qa = math.floor(d[a] * 1e9)  # periodic.ORDER_SCALE: distances equal to 1e-9 Å are ties
     qb = math.floor(d[b] * 1e9)
     if qa != qb:
         return qa < qb
@@ -36,106 +36,6 @@ def _less(d: np.ndarray, z: np.ndarray, nb: np.ndarray, img: np.ndarray, a: int,
         if img[a, k] != img[b, k]:
             return img[a, k] < img[b, k]
     return False
-
-
-@njit(cache=True, nogil=True)
-def _buffers(cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate buffers of ``cap`` entries: neighbor, distance, image, neighbor Z."""
-    return (np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty((cap, 3), np.int64),
-            np.empty(cap, np.int64))
-
-
-@njit(cache=True, nogil=True)
-def _order(buf_j: np.ndarray, buf_d: np.ndarray, buf_img: np.ndarray, buf_z: np.ndarray,
-           z: np.ndarray, n: int) -> np.ndarray:
-    """The order of the first ``n`` candidates by (distance in 1e-9 Å steps, neighbor Z,
-    neighbor, image); fills ``buf_z``."""
-    for q in range(n):
-        buf_z[q] = z[buf_j[q]]
-    order = np.argsort(buf_d[:n])
-    # Insertion pass: fixes the order of exact distance ties by (Z, neighbor, image).
-    for a in range(1, n):
-        cur = order[a]
-        b = a - 1
-        while b >= 0 and _less(buf_d, buf_z, buf_j, buf_img, cur, order[b]):
-            order[b + 1] = order[b]
-            b -= 1
-        order[b + 1] = cur
-    return order
-
-
-@njit(cache=True, nogil=True)
-def _n_kept(buf_d: np.ndarray, order: np.ndarray, n: int, max_neighbors: int,
-            tie_tol: float) -> int:
-    """How many of the ordered candidates are kept: the nearest ``max_neighbors`` and every
-    one within ``tie_tol`` Å of the last of them."""
-    last = buf_d[order[min(n, max_neighbors) - 1]] + tie_tol
-    keep = 0
-    for q in range(n):
-        if q < max_neighbors or buf_d[order[q]] <= last:
-            keep += 1
-        else:
-            break
-    return keep
-
-
-@njit(cache=True, nogil=True)
-def _emit(
-    out_c: np.ndarray,
-    out_n: np.ndarray,
-    out_d: np.ndarray,
-    out_img: np.ndarray,
-    e: int,
-    i: int,
-    order: np.ndarray,
-    keep: int,
-    buf_j: np.ndarray,
-    buf_d: np.ndarray,
-    buf_img: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Append center i's first ``keep`` ordered candidates to the edges [0, e), growing the
-    edge arrays when full; returns the arrays and the new edge count."""
-    if e + keep > out_c.shape[0]:
-        new_cap = max(out_c.shape[0] * 2, e + keep)
-        tc = np.empty(new_cap, np.int64)
-        tn = np.empty(new_cap, np.int64)
-        td = np.empty(new_cap, np.float64)
-        ti = np.empty((new_cap, 3), np.int64)
-        tc[:e] = out_c[:e]
-        tn[:e] = out_n[:e]
-        td[:e] = out_d[:e]
-        ti[:e] = out_img[:e]
-        out_c, out_n, out_d, out_img = tc, tn, td, ti
-    for q in range(keep):
-        o = order[q]
-        out_c[e] = i
-        out_n[e] = buf_j[o]
-        out_d[e] = buf_d[o]
-        out_img[e, 0] = buf_img[o, 0]
-        out_img[e, 1] = buf_img[o, 1]
-        out_img[e, 2] = buf_img[o, 2]
-        e += 1
-    return out_c, out_n, out_d, out_img, e
-
-
-@njit(cache=True, nogil=True)
-def _shortest_self_image(lat: np.ndarray, pbc: np.ndarray) -> float:
-    """The shortest of the ±1 lattice combinations along periodic axes, Å (an atom and its
-    own image); inf without a periodic axis."""
-    best = math.inf
-    for a in range(-1, 2):
-        for b in range(-1, 2):
-            for c in range(-1, 2):
-                if (a == 0 and b == 0 and c == 0) or (a != 0 and not pbc[0]) or (
-                        b != 0 and not pbc[1]) or (c != 0 and not pbc[2]):
-                    continue
-                vx = a * lat[0, 0] + b * lat[1, 0] + c * lat[2, 0]
-                vy = a * lat[0, 1] + b * lat[1, 1] + c * lat[2, 1]
-                vz = a * lat[0, 2] + b * lat[1, 2] + c * lat[2, 2]
-                d = math.sqrt(vx * vx + vy * vy + vz * vz)
-                if d < best:
-                    best = d
-    return best
 
 
 @njit(cache=True, nogil=True)
@@ -193,6 +93,7 @@ def _collect(
     return n
 
 
+# Long on purpose (module docstring): helpers for its per-center steps cost speed.
 @njit(cache=True, nogil=True)
 def search_select(
     rows_first: np.ndarray,
@@ -229,7 +130,11 @@ def search_select(
     out_d = np.empty(cap_out, np.float64)
     out_img = np.empty((cap_out, 3), np.int64)
     min_dist = np.full(s_count, np.inf)
-    buf_j, buf_d, buf_img, buf_z = _buffers(256)
+    buf_cap = 256
+    buf_j = np.empty(buf_cap, np.int64)
+    buf_d = np.empty(buf_cap, np.float64)
+    buf_img = np.empty((buf_cap, 3), np.int64)
+    buf_z = np.empty(buf_cap, np.int64)
     reach = np.zeros(3)
     e = 0
     for s in range(s_count):
@@ -241,10 +146,26 @@ def search_select(
             while True:
                 for k in range(3):
                     reach[k] = radius * recip_len[s, k]
-                n = _collect(i, first, count, pos_w, frac_w, lat, reach, pbc[s], radius,
-                             buf_j, buf_d, buf_img)
-                if n < 0:  # the buffers were too small: grow them and collect again
-                    buf_j, buf_d, buf_img, buf_z = _buffers(-n * 2)
+                n = _collect(
+                    i,
+                    first,
+                    count,
+                    pos_w,
+                    frac_w,
+                    lat,
+                    reach,
+                    pbc[s],
+                    radius,
+                    buf_j,
+                    buf_d,
+                    buf_img,
+                )
+                if n < 0:
+                    buf_cap = -n * 2
+                    buf_j = np.empty(buf_cap, np.int64)
+                    buf_d = np.empty(buf_cap, np.float64)
+                    buf_img = np.empty((buf_cap, 3), np.int64)
+                    buf_z = np.empty(buf_cap, np.int64)
                     continue
                 if radius >= cutoff:
                     break
@@ -255,17 +176,51 @@ def search_select(
                 radius = cutoff
             if n == 0:
                 continue
-            order = _order(buf_j, buf_d, buf_img, buf_z, z, n)
+            for q in range(n):
+                buf_z[q] = z[buf_j[q]]
+            order = np.argsort(buf_d[:n])
+            # Insertion pass: fixes the order of exact distance ties by (Z, neighbor, image).
+            for a in range(1, n):
+                cur = order[a]
+                b = a - 1
+                while b >= 0 and _less(buf_d, buf_z, buf_j, buf_img, cur, order[b]):
+                    order[b + 1] = order[b]
+                    b -= 1
+                order[b + 1] = cur
             if buf_d[order[0]] < min_dist[s]:
                 min_dist[s] = buf_d[order[0]]
-            keep = _n_kept(buf_d, order, n, max_neighbors, tie_tol)
-            out_c, out_n, out_d, out_img, e = _emit(out_c, out_n, out_d, out_img, e, i, order,
-                                                    keep, buf_j, buf_d, buf_img)
+            last = buf_d[order[min(n, max_neighbors) - 1]] + tie_tol
+            keep = 0
+            for q in range(n):
+                if q < max_neighbors or buf_d[order[q]] <= last:
+                    keep += 1
+                else:
+                    break
+            if e + keep > cap_out:
+                new_cap = max(cap_out * 2, e + keep)
+                tc = np.empty(new_cap, np.int64)
+                tn = np.empty(new_cap, np.int64)
+                td = np.empty(new_cap, np.float64)
+                ti = np.empty((new_cap, 3), np.int64)
+                tc[:e] = out_c[:e]
+                tn[:e] = out_n[:e]
+                td[:e] = out_d[:e]
+                ti[:e] = out_img[:e]
+                out_c, out_n, out_d, out_img = tc, tn, td, ti
+                cap_out = new_cap
+            for q in range(keep):
+                o = order[q]
+                out_c[e] = i
+                out_n[e] = buf_j[o]
+                out_d[e] = buf_d[o]
+                out_img[e, 0] = buf_img[o, 0]
+                out_img[e, 1] = buf_img[o, 1]
+                out_img[e, 2] = buf_img[o, 2]
+                e += 1
     return out_c[:e], out_n[:e], out_d[:e], out_img[:e], min_dist
 
 
-# Long on purpose (module docstring): the pair and image loops run n² times per structure and
-# stay inline; the per-center steps are the shared helpers above.
+# Long on purpose (module docstring): helpers for its per-center steps cost speed.
 @njit(cache=True, nogil=True)
 def mic_select(
     rows_first: np.ndarray,
@@ -300,7 +255,11 @@ def mic_select(
     out_d = np.empty(cap_out, np.float64)
     out_img = np.empty((cap_out, 3), np.int64)
     min_dist = np.full(s_count, np.inf)
-    buf_j, buf_d, buf_img, buf_z = _buffers(64)
+    buf_cap = 64
+    buf_j = np.empty(buf_cap, np.int64)
+    buf_d = np.empty(buf_cap, np.float64)
+    buf_img = np.empty((buf_cap, 3), np.int64)
+    buf_z = np.empty(buf_cap, np.int64)
     df = np.zeros(3)
     shift = np.zeros(3, np.int64)
     lo = np.zeros(3, np.int64)
@@ -310,9 +269,25 @@ def mic_select(
         first = rows_first[s]
         count = rows_count[s]
         lat = lattice[s]
-        min_dist[s] = _shortest_self_image(lat, pbc[s])
-        if count > buf_j.shape[0]:
-            buf_j, buf_d, buf_img, buf_z = _buffers(count * 2)
+        # an atom and its own images: the shortest of the ±1 lattice combinations
+        for a in range(-1, 2):
+            for b in range(-1, 2):
+                for c in range(-1, 2):
+                    if (a == 0 and b == 0 and c == 0) or (a != 0 and not pbc[s, 0]) or (
+                            b != 0 and not pbc[s, 1]) or (c != 0 and not pbc[s, 2]):
+                        continue
+                    vx = a * lat[0, 0] + b * lat[1, 0] + c * lat[2, 0]
+                    vy = a * lat[0, 1] + b * lat[1, 1] + c * lat[2, 1]
+                    vz = a * lat[0, 2] + b * lat[1, 2] + c * lat[2, 2]
+                    d = math.sqrt(vx * vx + vy * vy + vz * vz)
+                    if d < min_dist[s]:
+                        min_dist[s] = d
+        if count > buf_cap:
+            buf_cap = count * 2
+            buf_j = np.empty(buf_cap, np.int64)
+            buf_d = np.empty(buf_cap, np.float64)
+            buf_img = np.empty((buf_cap, 3), np.int64)
+            buf_z = np.empty(buf_cap, np.int64)
         for i in range(first, first + count):
             n = 0
             for j in range(first, first + count):
@@ -370,8 +345,42 @@ def mic_select(
                     n += 1
             if n == 0:
                 continue
-            order = _order(buf_j, buf_d, buf_img, buf_z, z, n)
-            keep = _n_kept(buf_d, order, n, max_neighbors, tie_tol)
-            out_c, out_n, out_d, out_img, e = _emit(out_c, out_n, out_d, out_img, e, i, order,
-                                                    keep, buf_j, buf_d, buf_img)
+            for q in range(n):
+                buf_z[q] = z[buf_j[q]]
+            order = np.argsort(buf_d[:n])
+            for a in range(1, n):
+                cur = order[a]
+                b = a - 1
+                while b >= 0 and _less(buf_d, buf_z, buf_j, buf_img, cur, order[b]):
+                    order[b + 1] = order[b]
+                    b -= 1
+                order[b + 1] = cur
+            last = buf_d[order[min(n, max_neighbors) - 1]] + tie_tol
+            keep = 0
+            for q in range(n):
+                if q < max_neighbors or buf_d[order[q]] <= last:
+                    keep += 1
+                else:
+                    break
+            if e + keep > cap_out:
+                new_cap = max(cap_out * 2, e + keep)
+                tc = np.empty(new_cap, np.int64)
+                tn = np.empty(new_cap, np.int64)
+                td = np.empty(new_cap, np.float64)
+                ti = np.empty((new_cap, 3), np.int64)
+                tc[:e] = out_c[:e]
+                tn[:e] = out_n[:e]
+                td[:e] = out_d[:e]
+                ti[:e] = out_img[:e]
+                out_c, out_n, out_d, out_img = tc, tn, td, ti
+                cap_out = new_cap
+            for q in range(keep):
+                o = order[q]
+                out_c[e] = i
+                out_n[e] = buf_j[o]
+                out_d[e] = buf_d[o]
+                out_img[e, 0] = buf_img[o, 0]
+                out_img[e, 1] = buf_img[o, 1]
+                out_img[e, 2] = buf_img[o, 2]
+                e += 1
     return out_c[:e], out_n[:e], out_d[:e], out_img[:e], min_dist

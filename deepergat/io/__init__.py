@@ -2,7 +2,7 @@
 
 ==================  ==========================================================================
 ``store``           the HDF5 structure store (docs/design.md §3): writer, reader, digest
-``readers``         file formats → structure records (CIF, POSCAR, extxyz, ASE, pymatgen, CSV)
+``readers/``        file formats → structure records, one module per format family
 ``generators``      CDVAE/DiffCSP ``.pt`` sample files, read by a restricted unpickler
 ``pack``            ``deepergat pack``: inputs → one store, in parallel, nothing lost silently
 ==================  ==========================================================================

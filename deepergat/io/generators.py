@@ -123,7 +123,7 @@ class _RestrictedPickle:
 
     Unpickler = _Unpickler
     load = staticmethod(lambda f, **kw: _Unpickler(f, **kw).load())
-    __name__ = "deepergat.generators._RestrictedPickle"
+    __name__ = "deepergat.io.generators._RestrictedPickle"
 
 
 def load_sample_file(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """`deepergat pack`: read structure files in parallel and stream them into a structure store.
 
 The main process expands the inputs (directories, globs, MatDeepLearn folders), cuts them into
-small tasks (`deepergat.readers`), hands chunks of tasks to worker processes (spawn/forkserver,
+small tasks (`deepergat.io.readers`), hands chunks of tasks to worker processes (spawn/forkserver,
 bounded in flight, results taken in input order) and appends the parsed structures to a
 `StoreWriter` in batches, so memory stays bounded whatever the number of structures.
 
@@ -13,12 +13,13 @@ Duplicate ids are always an error.
 Nothing else is overwritten: an existing output that is not a structure store, or an existing
 ``<OUT stem>.skipped.csv`` that is not such a list (its first line is not ``source,reason``),
 makes the pack refuse with one line. One pack writes an output at a time: it holds
-``<OUT>.lock/`` (`deepergat.screening.lock.OutputLock`, as screening does), and removes what a
+``<OUT>.lock/`` (`deepergat.system.lock.OutputLock`, as screening does), and removes what a
 killed pack left (``<OUT>.tmp``, ``<OUT stem>.skipped.csv.tmp``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import logging
@@ -31,12 +32,14 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError
+from deepergat.system.files import atomic_open
 from deepergat.system.lifeline import watch_parent
+from deepergat.system.lock import OutputLock, run_token
 
 from . import readers
 from .readers import Failure, Outcome, Record, Task
@@ -192,9 +195,9 @@ def _store_targets(
     """(store target name -> units, CSV/ASE target names, MatDeepLearn column names)."""
     has_mdl = any(i.kind == "matdeeplearn" for i in inputs)
     if target_names and not has_mdl:
-        raise DeepergatError(
-            "--target-name names the value columns of a MatDeepLearn folder's targets.csv, "
-            "and no input is such a folder; name CSV columns with --target"
+        raise SettingError(
+            "{target_names} names the value columns of a MatDeepLearn folder's targets.csv, "
+            "and no input is such a folder; name CSV columns with {targets}"
         )
     mdl = list(target_names) if target_names else ([TargetSpec("target")] if has_mdl else [])
     units: dict[str, str] = {}
@@ -205,11 +208,11 @@ def _store_targets(
                 f"{spec.units!r}; give it one unit"
             )
         units[spec.name] = spec.units
-    for names, flag in ((targets, "--target"), (mdl, "--target-name")):
+    for names, setting in ((targets, "targets"), (mdl, "target_names")):
         seen = [s.name for s in names]
         dup = {n for n in seen if seen.count(n) > 1}
         if dup:
-            raise DeepergatError(f"{flag} {sorted(dup)[0]!r} is given more than once")
+            raise SettingError(f"{{{setting}}} {sorted(dup)[0]!r} is given more than once")
     return units, [s.name for s in targets], [s.name for s in mdl]
 
 
@@ -280,8 +283,10 @@ def _chunks(items: Iterator[tuple[int, Task, int]]) -> Iterator[tuple[list[int],
 def _mp_context() -> mp.context.BaseContext:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        # Workers fork from a server that has already imported the parsers.
-        ctx.set_forkserver_preload(["deepergat.io.readers", "pymatgen.core", "pymatgen.io.cif"])
+        # Workers fork from a server that has already imported the parsers (the dispatch
+        # module imports every format's module).
+        ctx.set_forkserver_preload(["deepergat.io.readers.dispatch", "pymatgen.core",
+                                    "pymatgen.io.cif"])
         return ctx
     return mp.get_context("spawn")
 
@@ -325,8 +330,8 @@ def _execute(
             i, fut = pending.popleft()
             yield i, fut.result()
     except BrokenProcessPool:
-        raise DeepergatError(
-            "a parser process died (out of memory?); try fewer --workers"
+        raise SettingError(
+            "a parser process died (out of memory?); try fewer {workers}"
         ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -428,12 +433,12 @@ def pack(
             column or input, or an unwritable output. No output file is left behind.
     """
     out = Path(output)
-    if id_from not in ("stem", "path"):
-        raise DeepergatError(f"--id-from must be 'stem' or 'path', got {id_from!r}")
+    if id_from not in get_args(IdFrom):
+        raise SettingError(f"{{id_from}} must be 'stem' or 'path', got {id_from!r}")
     if workers is None:
         workers = default_workers()
     if workers < 1:
-        raise DeepergatError(f"--workers must be at least 1, got {workers}")
+        raise SettingError(f"{{workers}} must be at least 1, got {workers}")
     if batch_size < 1:
         raise DeepergatError(f"batch size must be at least 1, got {batch_size}")
     tspecs = [t if isinstance(t, TargetSpec) else parse_target_spec(t) for t in targets]
@@ -442,8 +447,6 @@ def pack(
         raise DeepergatError(f"{out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise DeepergatError(f"{out}: is a folder; give a file name such as {out / 'store.h5'}")
-    from deepergat.system.lock import OutputLock, run_token
-
     lock = OutputLock(out, run_token(), label=str(out), way_out="choose another output file")
     lock.acquire()
     try:
@@ -469,6 +472,96 @@ def _pack(
     progress: Callable[[int], None] | None,
 ) -> PackResult:
     """`pack` once the output is ours."""
+    plan = _plan(inputs, out, tspecs, nspecs, cif_column=cif_column, id_column=id_column,
+                 skip_bad=skip_bad)
+    log.info("packing %d input(s) into %s with %d worker process(es)", len(plan.inputs), out,
+             workers)
+    writer = StoreWriter(out, targets=plan.units)
+    buf = _Buffer(writer, list(plan.units), batch_size)
+    try:
+        with _skipped_list(plan.skipped_path) as skipped_rows:
+            intake = _Intake(buf, plan.inputs, id_from, skipped_rows)
+            items = _tasks(
+                plan.inputs,
+                csv_targets=plan.csv_targets,
+                mdl_targets=plan.mdl_targets,
+                cif_column=cif_column,
+                id_column=id_column,
+                id_from=id_from,
+            )
+            for idxs, outcomes in _execute(_chunks(items), workers=workers,
+                                           target_names=list(plan.units)):
+                done = 0
+                for idx, oc in zip(idxs, outcomes, strict=True):
+                    done += intake.take(idx, oc)
+                if progress is not None:
+                    progress(done)
+            buf.flush()
+        # the list of skipped inputs stays in place when nothing could be read: it says why
+        if buf.n_structures == 0:
+            why = (
+                f" ({describe_skipped(intake.skipped)} skipped, listed in {plan.skipped_path})"
+                if intake.skipped
+                else ""
+            )
+            raise NothingPacked(f"{out}: no structures were read from the inputs{why}",
+                                dict(intake.skipped))
+        digest = writer.close()
+    except BaseException as e:
+        writer.abort()
+        if isinstance(e, OSError):  # reading inputs is guarded; this is the output side
+            raise DeepergatError(f"{out}: writing failed: {e}") from e
+        raise
+    for name, count in buf.counts.items():
+        if count == 0:
+            log.warning(
+                "target %r has no values in any input (for a MatDeepLearn folder's targets.csv "
+                "name the columns with --target-name)",
+                name,
+            )
+    return PackResult(
+        path=out,
+        n_structures=buf.n_structures,
+        n_atoms=buf.n_atoms,
+        targets={name: (plan.units[name], buf.counts[name]) for name in plan.units},
+        content_digest=digest,
+        n_inputs=len(plan.inputs),
+        skipped=dict(intake.skipped),
+        skipped_csv=plan.skipped_path,
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a pack reads and where it lists what it skips.
+
+    Attributes:
+        inputs: the files and folders, expanded, in order.
+        units: store target name -> units.
+        csv_targets: targets looked up in CSV columns and ASE inputs.
+        mdl_targets: the names of a MatDeepLearn ``targets.csv``'s value columns.
+        skipped_path: ``<out stem>.skipped.csv`` (``skip_bad`` only).
+    """
+
+    inputs: list[_Input]
+    units: dict[str, str]
+    csv_targets: list[str]
+    mdl_targets: list[str]
+    skipped_path: Path | None
+
+
+def _plan(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    tspecs: Sequence[TargetSpec],
+    nspecs: Sequence[TargetSpec],
+    *,
+    cif_column: str,
+    id_column: str | None,
+    skip_bad: bool,
+) -> _Plan:
+    """Check the output side, remove a killed pack's leftovers, expand the inputs and check
+    them; nothing is parsed yet."""
     _check_replaceable(out)
     skipped_path = out.with_name(out.stem + ".skipped.csv") if skip_bad else None
     if skipped_path is not None:
@@ -487,95 +580,75 @@ def _pack(
             readers.check_csv_columns(
                 inp.path, cif_column=cif_column, id_column=id_column, target_columns=csv_targets
             )
+    return _Plan(inputs_, units, csv_targets, mdl_targets, skipped_path)
 
-    log.info("packing %d input(s) into %s with %d worker process(es)", len(inputs_), out, workers)
-    skipped_tmp = skipped_path.with_name(skipped_path.name + ".tmp") if skipped_path else None
-    writer = StoreWriter(out, targets=units)
-    skipped: Counter[str] = Counter()
-    skipped_fh = None
-    try:
-        if skipped_tmp is not None:
-            skipped_fh = open(skipped_tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
-            skipped_rows = csv.writer(skipped_fh)
-            skipped_rows.writerow(["source", "reason"])
-        buf = _Buffer(writer, list(units), batch_size)
-        seen: dict[str, int] = {}
-        items = _tasks(
-            inputs_,
-            csv_targets=csv_targets,
-            mdl_targets=mdl_targets,
-            cif_column=cif_column,
-            id_column=id_column,
-            id_from=id_from,
-        )
-        for idxs, outcomes in _execute(_chunks(items), workers=workers, target_names=list(units)):
-            done = 0
-            for idx, oc in zip(idxs, outcomes, strict=True):
-                for note in oc.notes:
-                    log.debug("%s", note)
-                for message in oc.warnings:
-                    log.warning("%s", message)
-                failures = list(oc.failures)
-                for r in oc.records:
-                    bad = _check_ranges(r)
-                    if bad is not None:
-                        failures.append(bad)
-                        continue
-                    prev = seen.get(r.id)
-                    if prev is not None:
-                        _duplicate(r, inputs_[prev].path, inputs_[idx].path, id_from)
-                    seen[r.id] = idx
-                    buf.add(r)
-                for f in failures:
-                    if skipped_fh is None:
-                        raise DeepergatError(
-                            f"{f.source}: {f.reason}; pass --skip-bad to skip what cannot be "
-                            "read and list it"
-                        )
-                    skipped_rows.writerow([f.source, f.reason])
-                    skipped[f.category] += 1
-                done += len(oc.records) + len(oc.failures)
-            if progress is not None:
-                progress(done)
-        buf.flush()
-        if skipped_fh is not None and skipped_tmp is not None and skipped_path is not None:
-            skipped_fh.close()
-            os.replace(skipped_tmp, skipped_path)
-        if buf.n_structures == 0:
-            why = (
-                f" ({describe_skipped(skipped)} skipped, listed in {skipped_path})"
-                if skipped
-                else ""
-            )
-            raise NothingPacked(f"{out}: no structures were read from the inputs{why}",
-                                dict(skipped))
-        digest = writer.close()
-    except BaseException as e:
-        writer.abort()
-        if skipped_fh is not None:
-            skipped_fh.close()
-        if skipped_tmp is not None:
-            skipped_tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):  # reading inputs is guarded; this is the output side
-            raise DeepergatError(f"{out}: writing failed: {e}") from e
-        raise
-    for name, count in buf.counts.items():
-        if count == 0:
-            log.warning(
-                "target %r has no values in any input (for a MatDeepLearn folder's targets.csv "
-                "name the columns with --target-name)",
-                name,
-            )
-    return PackResult(
-        path=out,
-        n_structures=buf.n_structures,
-        n_atoms=buf.n_atoms,
-        targets={name: (units[name], buf.counts[name]) for name in units},
-        content_digest=digest,
-        n_inputs=len(inputs_),
-        skipped=dict(skipped),
-        skipped_csv=skipped_path,
-    )
+
+@contextlib.contextmanager
+def _skipped_list(path: Path | None) -> Iterator[Any]:
+    """A `csv.writer` of the list of skipped inputs, its header written, or None without a
+    list. The list is staged as ``<path>.tmp`` (the name `_remove_leftovers` cleans up) and
+    put in place when the block ends normally."""
+    if path is None:
+        yield None
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with atomic_open(path, "w", tmp=tmp, newline="", encoding="utf-8") as fh:
+        rows = csv.writer(fh)
+        rows.writerow(["source", "reason"])
+        yield rows
+
+
+class _Intake:
+    """The outcomes of parsed tasks, in input order, into the store and the skipped list.
+
+    Args:
+        buf: the records waiting for the store.
+        inputs: the expanded inputs (duplicate ids name them).
+        id_from: how file ids were made (the duplicate-id hint).
+        skipped_rows: the list of skipped inputs (`_skipped_list`); None stops at the first
+            failure.
+    """
+
+    def __init__(self, buf: _Buffer, inputs: Sequence[_Input], id_from: IdFrom,
+                 skipped_rows: Any) -> None:
+        self.buf = buf
+        self.inputs = inputs
+        self.id_from = id_from
+        self.skipped_rows = skipped_rows
+        self.seen: dict[str, int] = {}  # id -> index of the input it came from
+        self.skipped: Counter[str] = Counter()
+
+    def take(self, idx: int, oc: Outcome) -> int:
+        """Take one task's outcome (from input ``idx``); returns how many structures it read
+        or skipped.
+
+        Raises:
+            DeepergatError: a duplicate id, or a failure when there is no skipped list.
+        """
+        for note in oc.notes:
+            log.debug("%s", note)
+        for message in oc.warnings:
+            log.warning("%s", message)
+        failures = list(oc.failures)
+        for r in oc.records:
+            bad = _check_ranges(r)
+            if bad is not None:
+                failures.append(bad)
+                continue
+            prev = self.seen.get(r.id)
+            if prev is not None:
+                _duplicate(r, self.inputs[prev].path, self.inputs[idx].path, self.id_from)
+            self.seen[r.id] = idx
+            self.buf.add(r)
+        for f in failures:
+            if self.skipped_rows is None:
+                raise DeepergatError(
+                    f"{f.source}: {f.reason}; pass --skip-bad to skip what cannot be "
+                    "read and list it"
+                )
+            self.skipped_rows.writerow([f.source, f.reason])
+            self.skipped[f.category] += 1
+        return len(oc.records) + len(oc.failures)
 
 
 class NothingPacked(DeepergatError):

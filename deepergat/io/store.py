@@ -192,6 +192,9 @@ class StoreWriter:
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
+        # Its own staged file, not `deepergat.system.files.atomic_path`: the file stays open
+        # across `append` calls (an object, not one ``with`` block), and pack's cleanup of a
+        # killed pack relies on this exact name.
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self.targets = dict(targets or {})
         self._extra_attrs = dict(attrs or {})
@@ -401,6 +404,34 @@ class Store:
             raise DeepergatError(f"{self.path}: damaged structure store: {e}") from None
 
     def _validate(self) -> None:
+        """Check the file and read what addresses its atoms.
+
+        Raises:
+            DeepergatError: another format or version, a missing or mistyped dataset, rows
+                that disagree with the root attributes, or counts and offsets that disagree.
+        """
+        f = self._f
+        self._check_format()
+        self._check_layout()
+        m = int(f.attrs.get("n_structures", -1))
+        n = int(f.attrs.get("n_atoms_total", -1))
+        self._check_lengths(m, n)
+        self._targets = self._read_targets(m)
+        self.n_structures = m
+        self.n_atoms_total = n
+        # Per-structure counts and offsets are small (12 bytes a structure) and needed to
+        # address atoms: read them once.
+        self.n_atoms = f["n_atoms"][:].astype(np.int64)
+        self.atom_offset = f["atom_offset"][:].astype(np.int64)
+        if m:
+            self._check_offsets(n)
+        digest = f.attrs.get("content_digest", "")
+        self.content_digest = digest.decode() if isinstance(digest, bytes) else str(digest)
+        created = f.attrs.get("created_by", "")
+        self.created_by = created.decode() if isinstance(created, bytes) else str(created)
+
+    def _check_format(self) -> None:
+        """The root ``format`` and ``version`` attributes."""
         f, p = self._f, self.path
         fmt = f.attrs.get("format")
         if isinstance(fmt, bytes):
@@ -421,6 +452,10 @@ class Store:
                 f"{p}: structure store version {version} is not supported (this deepergat reads "
                 f"version {STORE_VERSION}); re-pack the inputs"
             )
+
+    def _check_layout(self) -> None:
+        """Every dataset is there and is a dataset; ``targets`` is a group."""
+        f, p = self._f, self.path
         for name in _PER_STRUCTURE + _PER_ATOM:
             if name not in f:
                 raise DeepergatError(f"{p}: damaged structure store: dataset {name!r} is missing")
@@ -430,8 +465,10 @@ class Store:
         if "targets" in f and not isinstance(f["targets"], h5py.Group):
             raise DeepergatError(f"{p}: damaged structure store: 'targets' is a "
                                  f"{type(f['targets']).__name__.lower()}, not a group")
-        m = int(f.attrs.get("n_structures", -1))
-        n = int(f.attrs.get("n_atoms_total", -1))
+
+    def _check_lengths(self, m: int, n: int) -> None:
+        """Per-structure datasets have ``m`` rows, per-atom ones ``n``, shapes as written."""
+        f, p = self._f, self.path
         for name in _PER_STRUCTURE:
             if f[name].shape[0] != m:
                 raise DeepergatError(
@@ -446,7 +483,11 @@ class Store:
                 )
         if f["lattice"].shape[1:] != (3, 3) or f["positions"].shape[1:] != (3,):
             raise DeepergatError(f"{p}: damaged structure store: lattice or positions shape")
-        self._targets: dict[str, str] = {}
+
+    def _read_targets(self, m: int) -> dict[str, str]:
+        """Target name -> units, each target checked to be an [m] dataset."""
+        f, p = self._f, self.path
+        targets: dict[str, str] = {}
         if "targets" in f:
             for name, ds in f["targets"].items():
                 if not isinstance(ds, h5py.Dataset):
@@ -458,34 +499,28 @@ class Store:
                         f"expected ({m},)"
                     )
                 u = ds.attrs.get("units", "")
-                self._targets[name] = u.decode() if isinstance(u, bytes) else str(u)
-        self.n_structures = m
-        self.n_atoms_total = n
-        # Per-structure counts and offsets are small (12 bytes a structure) and needed to
-        # address atoms: read them once.
-        self.n_atoms = f["n_atoms"][:].astype(np.int64)
-        self.atom_offset = f["atom_offset"][:].astype(np.int64)
-        if m:
-            if (self.n_atoms < 0).any():
-                k = int(np.flatnonzero(self.n_atoms < 0)[0])
-                raise DeepergatError(
-                    f"{p}: damaged structure store: n_atoms is negative (row {k}: "
-                    f"{int(self.n_atoms[k])})"
-                )
-            if int(self.n_atoms.sum()) != n:
-                raise DeepergatError(
-                    f"{p}: damaged structure store: n_atoms sums to {int(self.n_atoms.sum())} "
-                    f"but n_atoms_total is {n}"
-                )
-            expected = np.concatenate([[0], np.cumsum(self.n_atoms)[:-1]])
-            if not np.array_equal(expected, self.atom_offset):
-                raise DeepergatError(
-                    f"{p}: damaged structure store: atom_offset is not the running sum of n_atoms"
-                )
-        digest = f.attrs.get("content_digest", "")
-        self.content_digest = digest.decode() if isinstance(digest, bytes) else str(digest)
-        created = f.attrs.get("created_by", "")
-        self.created_by = created.decode() if isinstance(created, bytes) else str(created)
+                targets[name] = u.decode() if isinstance(u, bytes) else str(u)
+        return targets
+
+    def _check_offsets(self, n: int) -> None:
+        """Atom counts are non-negative and sum to ``n``; offsets are their running sum."""
+        p = self.path
+        if (self.n_atoms < 0).any():
+            k = int(np.flatnonzero(self.n_atoms < 0)[0])
+            raise DeepergatError(
+                f"{p}: damaged structure store: n_atoms is negative (row {k}: "
+                f"{int(self.n_atoms[k])})"
+            )
+        if int(self.n_atoms.sum()) != n:
+            raise DeepergatError(
+                f"{p}: damaged structure store: n_atoms sums to {int(self.n_atoms.sum())} "
+                f"but n_atoms_total is {n}"
+            )
+        expected = np.concatenate([[0], np.cumsum(self.n_atoms)[:-1]])
+        if not np.array_equal(expected, self.atom_offset):
+            raise DeepergatError(
+                f"{p}: damaged structure store: atom_offset is not the running sum of n_atoms"
+            )
 
     @property
     def targets(self) -> dict[str, str]:

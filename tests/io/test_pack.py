@@ -221,7 +221,7 @@ def test_csv_targets_ids_and_nan(tmp_path: Path) -> None:
         ({"targets": ["gap"]}, r"t\.csv: no target column 'gap'.*--target"),
         ({"cif_column": "CIF"}, r"t\.csv: no CIF column 'CIF'.*--cif-column"),
         ({"id_column": "name"}, r"t\.csv: no id column 'name'.*--id-column"),
-        ({"targets": ["y"], "target_names": ["e"]}, "--target-name"),
+        ({"targets": ["y"], "target_names": ["e"]}, "^target_names names the value columns"),
         ({"targets": ["a/b"]}, "without '/'"),
     ]:
         with pytest.raises(DeepergatError, match=message):
@@ -343,6 +343,29 @@ def test_missing_inputs_and_unknown_format(tmp_path: Path) -> None:
     (tmp_path / "foreign.json").write_text('{"a": 1}')
     with pytest.raises(DeepergatError, match="neither a pymatgen Structure"):
         pack([tmp_path / "foreign.json"], tmp_path / "o.h5", workers=1)
+
+
+def test_settings_errors_name_settings_and_the_command_line_names_flags(tmp_path: Path) -> None:
+    """A bad setting's message names the setting (``workers``); ``deepergat pack`` shows the
+    flag it came from (``--workers``)."""
+    from deepergat.cli.base import flag_names
+    from deepergat.cli.pack import pack as pack_command
+    from deepergat.errors import SettingError
+
+    (tmp_path / "a.cif").write_text(_cif(nacl_structure()))
+    cases = [
+        ({"workers": 0}, "workers must be at least 1, got 0", "--workers must be"),
+        ({"id_from": "name"}, "id_from must be 'stem' or 'path', got 'name'", "--id-from must"),
+        ({"targets": ["y", "y"]}, "targets 'y' is given more than once", "--target 'y'"),
+        ({"target_names": ["e"]}, "target_names names the value columns", "--target-name names"),
+    ]
+    flags = flag_names(pack_command)
+    for kwargs, message, flagged in cases:
+        with pytest.raises(SettingError) as e:
+            pack([tmp_path / "a.cif"], tmp_path / "o.h5", **{"workers": 1, **kwargs})
+        assert str(e.value).startswith(message)
+        assert e.value.render(flags).startswith(flagged)
+    assert not (tmp_path / "o.h5").exists()
 
 
 def test_progress_and_batches(tmp_path: Path) -> None:

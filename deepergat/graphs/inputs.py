@@ -1,0 +1,129 @@
+"""A batch of structures straight to the padded model inputs (docs/design.md §5): the batch's
+neighbor lists plus one self loop per atom in slot 0, with a status code per structure for
+screening."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepergat.contract import (
+    DEFAULT_CUTOFF,
+    DEFAULT_GRAPH,
+    DEFAULT_MAX_NEIGHBORS,
+    DEFAULT_OVERLAP_THRESHOLD,
+    INPUT_DTYPES,
+    INPUT_NAMES,
+    GraphConstruction,
+    Status,
+)
+from deepergat.io.store import StructureBatch
+
+from .periodic import NeighborList
+from .search import batch_neighbor_lists
+from .structures import atom_rows
+
+__all__ = ["GraphBatch", "build_inputs"]
+
+
+@dataclass
+class GraphBatch:
+    """Padded model inputs for the good structures of a batch (docs/design.md §5).
+
+    Attributes:
+        inputs: name -> array, exactly the model's inputs: ``atomic_numbers`` [N] int64,
+            ``neighbors`` [N, K] int64, ``distances`` [N, K] float32 Å, ``neighbor_mask``
+            [N, K] bool, ``crystal_atoms`` [C, A] int64, ``crystal_mask`` [C, A] bool,
+            ``batch`` [N] int64.
+        rows: [C] int64 rows (within the given batch) of the structures in ``inputs``.
+        status: [M] uint8 status per structure of the given batch (0 = in ``inputs``).
+        n_edges: number of real edges, self loops included.
+    """
+
+    inputs: dict[str, np.ndarray]
+    rows: np.ndarray
+    status: np.ndarray
+    n_edges: int
+
+
+def build_inputs(
+    batch: StructureBatch,
+    *,
+    cutoff: float = DEFAULT_CUTOFF,
+    max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+    graph: GraphConstruction = DEFAULT_GRAPH,
+    max_atoms: int | None = None,
+    max_z: int | None = None,
+    overlap_threshold: float | None = DEFAULT_OVERLAP_THRESHOLD,
+) -> GraphBatch:
+    """Padded model inputs for a batch: `neighbor_list` of every good structure plus one self
+    loop per atom, in docs/design.md's layout. Structures failing a check are left out and get their
+    status code.
+
+    Args:
+        batch: M structures (e.g. one chunk of a store).
+        cutoff, max_neighbors, graph: graph settings (Å, count, construction).
+        max_atoms: status 2 above this many atoms. max_z: status 3 outside Z = 1..max_z.
+        overlap_threshold: status 6 below this pair distance, Å.
+
+    Returns:
+        `GraphBatch` with C ≤ M crystals (the status-0 rows, in order).
+    """
+    edges, status = batch_neighbor_lists(
+        batch,
+        cutoff=cutoff,
+        max_neighbors=max_neighbors,
+        graph=graph,
+        max_atoms=max_atoms,
+        max_z=max_z,
+        overlap_threshold=overlap_threshold,
+    )
+    rows = np.flatnonzero(status == Status.OK)
+    return _pad(batch, rows, edges, status)
+
+
+def _pad(
+    batch: StructureBatch, rows: np.ndarray, edges: NeighborList, status: np.ndarray
+) -> GraphBatch:
+    """The padded inputs of ``rows`` from their edges (sorted by center)."""
+    n_s = batch.n_atoms[rows]
+    c = len(rows)
+    # Global (batch) atom index -> index in the model batch.
+    atom_global = atom_rows(batch, rows)
+    n = len(atom_global)
+    remap = np.full(len(batch.atomic_numbers), -1, dtype=np.int64)
+    remap[atom_global] = np.arange(n)
+    center = remap[edges.center]
+    neighbor = remap[edges.neighbor]
+    degree = np.bincount(center, minlength=n) + 1 if n else np.zeros(0, np.int64)
+    k = int(degree.max()) if n else 1
+    self_idx = np.arange(n)
+    neighbors = np.repeat(self_idx[:, None], k, axis=1)
+    distances = np.zeros((n, k), dtype=INPUT_DTYPES["distances"])
+    mask = np.zeros((n, k), dtype=INPUT_DTYPES["neighbor_mask"])
+    mask[:, 0] = True
+    if len(center):
+        # Edges are sorted by center: slot = 1 + rank within the center's run.
+        starts = np.concatenate([[0], np.cumsum(degree - 1)[:-1]])
+        slot = 1 + np.arange(len(center)) - starts[center]
+        neighbors[center, slot] = neighbor
+        distances[center, slot] = edges.distance
+        mask[center, slot] = True
+    a = int(n_s.max()) if c else 1
+    first = np.concatenate([[0], np.cumsum(n_s)[:-1]]).astype(np.int64) if c else n_s
+    pos = np.arange(a)[None, :]
+    crystal_mask = pos < n_s[:, None]
+    crystal_atoms = np.where(crystal_mask, first[:, None] + pos, first[:, None])
+    arrays = {
+        "atomic_numbers": batch.atomic_numbers[atom_global],
+        "neighbors": neighbors,
+        "distances": distances,
+        "neighbor_mask": mask,
+        "crystal_atoms": crystal_atoms,
+        "crystal_mask": crystal_mask,
+        "batch": np.repeat(np.arange(c), n_s),
+    }
+    # Every array is new here, so a cast without a copy aliases nothing.
+    inputs = {name: arrays[name].astype(INPUT_DTYPES[name], copy=False) for name in INPUT_NAMES}
+    return GraphBatch(inputs=inputs, rows=rows, status=status, n_edges=int(mask.sum()))

@@ -49,8 +49,10 @@ def minimum_image_edges(
         from . import _kernels
 
         g = gather(batch, plain)
+        # the frame the fractional coordinates are in: a non-periodic row may be any vector
+        frame = effective_lattice(g.lattice, g.pbc)
         c, nb, d, img, md = _kernels.mic_select(
-            g.local_start, g.n_s, np.ascontiguousarray(g.lattice),
+            g.local_start, g.n_s, np.ascontiguousarray(frame),
             np.ascontiguousarray(g.pbc), np.ascontiguousarray(g.recip_len),
             np.ascontiguousarray(g.pos_w), np.ascontiguousarray(g.frac_w),
             batch.atomic_numbers[g.atom_index].astype(np.int64), float(cutoff),

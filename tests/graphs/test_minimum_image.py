@@ -151,3 +151,37 @@ def test_translation_rule_edge_cases() -> None:
                                                          [4.2, 0, 0]]}])
     assert graphs.translation_classes(mol, np.arange(1)) == {}
 
+
+
+def test_partly_periodic_cells_with_skewed_free_rows_match_brute_force() -> None:
+    """A cell periodic along some axes only: the rows of its free axes may point anywhere (a
+    slab's vacuum row tilted, a wire's rows of any length); each pair's minimum-image
+    distance is the shortest over translations along the periodic rows alone."""
+    rng = np.random.default_rng(11)
+    checked = 0
+    for pbc in [(True, True, False), (True, False, True), (False, True, True),
+                (True, False, False), (False, False, False)]:
+        for _ in range(6):
+            lat = np.eye(3) * rng.uniform(3.0, 6.0) + rng.normal(0.0, 1.2, (3, 3))
+            for k in range(3):  # free rows: long and tilted, as written by generators
+                if not pbc[k]:
+                    lat[k] = rng.normal(0.0, 1.0, 3) + rng.uniform(8.0, 25.0) * lat[k] / \
+                        np.linalg.norm(lat[k])
+            if abs(np.linalg.det(lat)) < 3.0:
+                continue
+            n = int(rng.integers(2, 7))
+            pos = rng.uniform(0, 1, (n, 3)) @ lat
+            nl = mic(lat, pos, pbc=np.array(pbc), cutoff=20.0, max_neighbors=n,
+                     overlap_threshold=None)
+            periodic = [lat[k] for k in range(3) if pbc[k]]
+            shifts = (np.array(list(itertools.product(range(-8, 9), repeat=len(periodic))))
+                      @ np.array(periodic) if periodic else np.zeros((1, 3)))
+            for i in range(n):
+                want = sorted(
+                    float(np.linalg.norm(pos[j] + shifts - pos[i], axis=1).min())
+                    for j in range(n) if j != i)
+                want = [d for d in want if d <= 20.0]
+                got = sorted(nl.distance[nl.center == i].tolist())
+                assert np.allclose(got, want, atol=1e-9), (pbc, i, got, want)
+            checked += 1
+    assert checked >= 20

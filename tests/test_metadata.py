@@ -104,7 +104,7 @@ def test_bundled_files_round_trip(name: str) -> None:
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from deepergat.nn.checkpoint import metadata, model_metadata, save_checkpoint
-    from deepergat.nn.model import DeeperGATGNN
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
 
     torch.manual_seed(0)
     model = DeeperGATGNN(dim=16, layers=2, cutoff=7.0, max_neighbors=10, target_mean=[1.0],

@@ -1,14 +1,15 @@
 """Write tests/data/model_arguments.json from the starting commit of issue 23 (4a91ba8).
 
-Run it ONLY against that commit, whose module names it uses (``deepergat.model``,
-``deepergat.nets``, ``deepergat.checkpoint``), from a checkout of it:
+Run it against that commit, whose module names `main` imports (``deepergat.model``,
+``deepergat.checkpoint``, ``deepergat.store``), from a checkout of it:
 
     PYTHONPATH=/work/base python tests/data/make_model_arguments.py tests/data/model_arguments.json
 
 The file records what that release wrote, so that tests/nn/test_arguments.py can prove that
 today's models write the same constructor-argument dicts (keys, values and their order) for
 every architecture and option, name the same architectures and checkpoint formats, refuse bad
-settings with the same messages, and that the bundled models load and predict as before.
+settings with the same messages, and that the bundled models load and predict as before. The
+test builds the same cases (`model_cases`, `error_cases`) with today's functions (an `Api`).
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from deepergat.architectures import architecture_name
-from deepergat.checkpoint import checkpoint_format, load_checkpoint
-from deepergat.contract import INPUT_NAMES
-from deepergat.graphs import build_inputs
-from deepergat.model import DeeperGATGNN, DeeperGATGNNEnsemble, build_from_config, make_model
-from deepergat.store import StructureBatch
+
+class Api(NamedTuple):
+    """The functions the cases call, from whichever release builds them."""
+
+    make_model: Callable[..., Any]
+    DeeperGATGNN: Callable[..., Any]
+    DeeperGATGNNEnsemble: Callable[..., Any]
+    build_from_config: Callable[..., Any]
+
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Graph settings of a training run (`deepergat.train._build_model` always passes them).
@@ -48,9 +53,11 @@ SHARED = {"gaussians": 20, "gaussian_width": 0.3, "cutoff": 6.5, "max_neighbors"
           "graph": "minimum-image", "distance_scale": 7, "targets": 2, "per_atom": True}
 
 
-def singles() -> dict[str, Any]:
-    """name -> (model, how it was built) for single models."""
-    cases: dict[str, Any] = {}
+def singles(api: Api) -> dict[str, Callable[[], Any]]:
+    """name -> a call that builds a single model."""
+    make_model, DeeperGATGNN, build_from_config = (
+        api.make_model, api.DeeperGATGNN, api.build_from_config)
+    cases: dict[str, Callable[[], Any]] = {}
     for arch in ARCHS:
         for deeper in (False, True):
             tag = f"{arch}{'-deeper' if deeper else ''}"
@@ -93,8 +100,10 @@ def singles() -> dict[str, Any]:
     return cases
 
 
-def ensembles() -> dict[str, Any]:
-    cases: dict[str, Any] = {}
+def ensembles(api: Api) -> dict[str, Callable[[], Any]]:
+    """name -> a call that builds an ensemble."""
+    make_model, DeeperGATGNNEnsemble = api.make_model, api.DeeperGATGNNEnsemble
+    cases: dict[str, Callable[[], Any]] = {}
     members = {
         "deepergatgnn": make_model("deepergatgnn", **RUN),
         "gatgnn": make_model("gatgnn", **RUN),
@@ -127,15 +136,25 @@ def ensembles() -> dict[str, Any]:
     return cases
 
 
-def record(model: Any) -> dict[str, Any]:
+def model_cases(api: Api) -> dict[str, Callable[[], Any]]:
+    """name -> a call that builds a model, single or ensemble (in a fixed order: the random
+    tensors of ``ensemble/set_local_error`` do not reach the recorded arguments)."""
+    return {**singles(api), **ensembles(api)}
+
+
+def record(model: Any, checkpoint_format: Callable[[Any], int],
+           architecture_name: Callable[[Any], str]) -> dict[str, Any]:
+    """What the fixture holds of a model: its arguments as [key, value] pairs (in order), the
+    checkpoint format they need and the architecture's paper name."""
     config = model.config
     return {"model": list(map(list, config.items())), "format": checkpoint_format(config),
             "architecture": architecture_name(config)}
 
 
-def errors() -> dict[str, str]:
-    """name -> str(exception) of a call the starting commit refused."""
-    calls = {
+def error_cases(api: Api) -> dict[str, Callable[[], Any]]:
+    """name -> a call the starting commit refused."""
+    make_model, DeeperGATGNN, DeeperGATGNNEnsemble, build_from_config = api
+    return {
         "unknown-setting-deepergatgnn": lambda: make_model("deepergatgnn", foo=1),
         "unknown-setting-gatgnn": lambda: make_model("gatgnn", foo=1),
         "unknown-setting-cgcnn": lambda: make_model("cgcnn", deeper=True, foo=1),
@@ -162,15 +181,15 @@ def errors() -> dict[str, str]:
             members=2, local_error={"neighbors": 5, "bandwidth": 0.3, "references": 4,
                                     "features": 8}),
     }
-    out = {}
-    for name, call in calls.items():
-        try:
-            call()
-        except Exception as e:
-            out[name] = f"{type(e).__name__}: {e}"
-        else:
-            raise AssertionError(f"{name}: the starting commit accepted it")
-    return out
+
+
+def refusal(call: Callable[[], Any]) -> str:
+    """``"<exception type>: <message>"`` of a call that must fail."""
+    try:
+        call()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    raise AssertionError("accepted")
 
 
 def perovskites(n: int) -> list[dict[str, Any]]:
@@ -193,6 +212,11 @@ def perovskites(n: int) -> list[dict[str, Any]]:
 def bundled() -> dict[str, Any]:
     """Each bundled checkpoint's saved and rebuilt arguments, and its outputs on the first 6
     perovskites of tests/data/perov5_sample.csv."""
+    from deepergat.checkpoint import load_checkpoint
+    from deepergat.contract import INPUT_NAMES
+    from deepergat.graphs import build_inputs
+    from deepergat.store import StructureBatch
+
     structures = perovskites(6)
     out = {}
     for path in sorted((ROOT / "deepergat" / "models").glob("*/*.ckpt")):
@@ -214,10 +238,17 @@ def bundled() -> dict[str, Any]:
 
 
 def main() -> None:
+    from deepergat.architectures import architecture_name
+    from deepergat.checkpoint import checkpoint_format
+    from deepergat.model import DeeperGATGNN, DeeperGATGNNEnsemble, build_from_config, make_model
+
+    api = Api(make_model, DeeperGATGNN, DeeperGATGNNEnsemble, build_from_config)
     torch.manual_seed(0)
-    models = {name: record(build()) for name, build in {**singles(), **ensembles()}.items()}
+    models = {name: record(build(), checkpoint_format, architecture_name)
+              for name, build in model_cases(api).items()}
+    errors = {name: refusal(call) for name, call in error_cases(api).items()}
     doc = {"made_by": "tests/data/make_model_arguments.py on commit 4a91ba8",
-           "models": models, "errors": errors(), "bundled": bundled()}
+           "models": models, "errors": errors, "bundled": bundled()}
     Path(sys.argv[1]).write_text(json.dumps(doc, indent=1) + "\n")
 
 

@@ -145,7 +145,7 @@ def test_exported_files_round_trip(exported_tiny: dict[str, Any], fmt: str) -> N
     assert predictor.metadata == meta and predictor.metadata.to_dict() == doc
     assert predictor.targets == meta.target_names and predictor.units == meta.units
     assert predictor.graph_settings == {"cutoff": 8.0, "max_neighbors": 12, "graph": "periodic"}
-    assert predictor.elements == list(meta.elements) and predictor.dim == 16
+    assert predictor.elements == list(meta.elements) and meta.embedding_dim == 16
     if fmt != "checkpoint":
         assert meta.is_exported and meta.parity is not None and meta.parity.passed
         assert meta.inputs is not None and meta.inputs[0] == "atomic_numbers"

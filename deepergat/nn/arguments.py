@@ -39,6 +39,16 @@ def optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+class _ClassSignature:
+    """``cls.__signature__``: `full_signature` on the class; absent on an instance, whose
+    signature (its ``forward``'s) tracers and exporters read."""
+
+    def __get__(self, obj: object, owner: type[RecordsArguments]) -> inspect.Signature:
+        if obj is not None:
+            raise AttributeError("__signature__")
+        return full_signature(owner)
+
+
 class RecordsArguments:
     """Mixin of every model class: records its constructor arguments in ``config``.
 
@@ -51,9 +61,12 @@ class RecordsArguments:
     arch: ClassVar[str | None] = None
     buffer_arguments: ClassVar[tuple[str, ...]] = ()
     written_as: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
-    #: (the class's settings, the shared settings after them, whether ``**`` holds others')
-    _parts: ClassVar[tuple[tuple[Parameter, ...], tuple[Parameter, ...], bool]] = ((), (), False)
+    #: (the class's settings, the shared settings after them, the ``**`` that holds another
+    #: model's settings or None)
+    _parts: ClassVar[tuple[tuple[Parameter, ...], tuple[Parameter, ...], Parameter | None]] = (
+        (), (), None)
     config: dict[str, Any]
+    __signature__ = _ClassSignature()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,18 +74,17 @@ class RecordsArguments:
             return
         init = vars(cls)["__init__"]
         cls._parts = _parts(cls, init)
-        cls.__signature__ = full_signature(cls)  # type: ignore[attr-defined]
         cls.__init__ = _recording(cls, init)  # type: ignore[method-assign]
 
 
-def _declared(cls: type, init: Callable[..., None]) -> tuple[list[Parameter], bool]:
-    """(the keyword-only parameters ``init`` declares, whether it takes ``**``)."""
+def _declared(cls: type, init: Callable[..., None]) -> tuple[list[Parameter], Parameter | None]:
+    """(the keyword-only parameters ``init`` declares, its ``**`` parameter or None)."""
     params = list(inspect.signature(init).parameters.values())[1:]
     odd = [p.name for p in params if p.kind not in (Parameter.KEYWORD_ONLY, Parameter.VAR_KEYWORD)]
     if odd:
         raise TypeError(f"{cls.__name__}.__init__: settings are keyword-only, not {odd}")
     return ([p for p in params if p.kind is Parameter.KEYWORD_ONLY],
-            any(p.kind is Parameter.VAR_KEYWORD for p in params))
+            next((p for p in params if p.kind is Parameter.VAR_KEYWORD), None))
 
 
 def _recording_classes(cls: type) -> list[type[RecordsArguments]]:
@@ -82,39 +94,39 @@ def _recording_classes(cls: type) -> list[type[RecordsArguments]]:
 
 
 def _parts(cls: type, init: Callable[..., None]
-           ) -> tuple[tuple[Parameter, ...], tuple[Parameter, ...], bool]:
-    own, passes_on = _declared(cls, init)
+           ) -> tuple[tuple[Parameter, ...], tuple[Parameter, ...], Parameter | None]:
+    """(``cls``'s settings in the order they are written, the shared settings it passes on,
+    the ``**`` that holds another model's settings (the ensemble's members') or None)."""
+    own, var_keyword = _declared(cls, init)
     bases = _recording_classes(cls)[1:]
     if not bases:  # the root: its ``**`` (if any) holds another model's settings
-        return tuple(own), (), passes_on
+        return tuple(own), (), var_keyword
     shared = bases[-1]._parts[0]
     for p in own:  # a shared setting declared again keeps its default: one place says it
         q = next((q for q in shared if q.name == p.name), None)
         if q is not None and not (q.default is p.default or q.default == p.default):
             raise TypeError(f"{cls.__name__}.__init__: {p.name} defaults to {p.default!r}, "
                             f"the shared setting to {q.default!r}")
-    if not passes_on:
-        return tuple(own), (), False
+    if var_keyword is None:  # declares every setting itself (DeeperGATGNN)
+        return tuple(own), (), None
     head, tail, _ = bases[0]._parts
     if len(bases) == 1:  # the base is the root
         head, tail = (), head
     mine = {p.name: p for p in own}
     merged = [mine.pop(p.name, p) for p in head]  # declared again: the base's place
     declared = {p.name for p in own}
-    return (*merged, *mine.values()), tuple(p for p in tail if p.name not in declared), False
+    return (*merged, *mine.values()), tuple(p for p in tail if p.name not in declared), None
 
 
 def full_signature(cls: type[RecordsArguments]) -> inspect.Signature:
     """The keyword-only signature a model class is called with: its settings, then the shared
     ones it passes on (and ``**`` where it holds another model's settings)."""
     head, tail, nested = cls._parts
-    params = [*head, *tail]
-    if nested:
-        params.append(Parameter("member_settings", Parameter.VAR_KEYWORD, annotation=Any))
-    return inspect.Signature(params)
+    return inspect.Signature([*head, *tail, *([nested] if nested is not None else [])])
 
 
 def _merged(cls: type, name: str) -> dict[str, Any]:
+    """A class attribute (a mapping, or a tuple of names) merged over the MRO, base first."""
     out: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
         value = vars(klass).get(name)
@@ -155,7 +167,6 @@ def _recording(cls: type[RecordsArguments], init: Callable[..., None]) -> Callab
     built (a base's ``__init__``, reached through ``super()``, records nothing)."""
     head, tail, nested = cls._parts
     names = {p.name for p in (*head, *tail)}
-
     required = {p.name for p in (*head, *tail) if p.default is Parameter.empty}
 
     @functools.wraps(init)
@@ -164,7 +175,7 @@ def _recording(cls: type[RecordsArguments], init: Callable[..., None]) -> Callab
         built = next(c for c in type(self).__mro__ if "__init__" in vars(c))
         if built is cls and not args and required <= kwargs.keys():
             unknown = [k for k in kwargs if k not in names]
-            if unknown and not nested:  # the message Python gives for the class's own init
+            if unknown and nested is None:  # the message Python gives for the class's own init
                 raise TypeError(f"{cls.__name__}.__init__() got an unexpected keyword "
                                 f"argument {unknown[0]!r}")
             self.config = recorded_arguments(cls, {k: v for k, v in kwargs.items()

@@ -119,6 +119,8 @@ def test_a_class_declares_its_own_settings_and_shows_all() -> None:
     assert cgcnn["hidden"].default == 150 and schnet["pool"].default == "max"
     assert list(schnet)[:9] == ["deeper", "dim", "hidden", "layers", "post_layers", "groups",
                                 "pool", "identity", "filters"]
+    # an instance's signature stays its call's (tracers and exporters read it)
+    assert not hasattr(_Toy(), "__signature__")
 
 
 def test_the_record_rule() -> None:

@@ -107,7 +107,7 @@ def model_checkpoint(workdir: Path) -> tuple[Path, str]:
     import torch
 
     from deepergat.nn.checkpoint import save_checkpoint
-    from deepergat.nn.model import DeeperGATGNN
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
 
     torch.manual_seed(0)
     model = DeeperGATGNN(layers=10, target_mean=[-1.0], target_std=[1.0])
@@ -286,7 +286,7 @@ def architectures_table(args: argparse.Namespace) -> None:
     from deepergat.architectures import ARCH_DEFAULTS, architecture_name
     from deepergat.export import export_model, load
     from deepergat.nn.checkpoint import save_checkpoint
-    from deepergat.nn.model import count_parameters, make_model
+    from deepergat.nn.registry import count_parameters, make_model
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     variants = [("deepergatgnn", False), ("gatgnn", False)] + [

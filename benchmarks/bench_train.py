@@ -60,7 +60,7 @@ def _data_share(data: str, target: str, layers: int, batch_size: int, workdir: P
     """(seconds building batches, seconds in the model) over one epoch, in this process."""
     import torch
 
-    from deepergat.nn.model import DeeperGATGNN
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
     from deepergat.training.data import load_graphs, to_tensors
     from deepergat.training.train import epoch_batches
 

@@ -26,7 +26,7 @@ import torch
 
 from deepergat.graphs import graph_settings
 from deepergat.nn.checkpoint import build_model, read_checkpoint
-from deepergat.nn.model import DeeperGATGNNEnsemble
+from deepergat.nn.ensemble import DeeperGATGNNEnsemble
 from deepergat.training import train
 from deepergat.training.config import TrainConfig
 from deepergat.training.data import load_graphs

@@ -28,7 +28,7 @@ from compare_models import cross_fitted, held_out_options
 
 from deepergat.graphs import graph_settings
 from deepergat.nn.checkpoint import build_model, read_checkpoint
-from deepergat.nn.model import DeeperGATGNNEnsemble
+from deepergat.nn.ensemble import DeeperGATGNNEnsemble
 from deepergat.training import train
 from deepergat.training.config import TrainConfig
 from deepergat.training.ensemble import member_outputs

@@ -1,6 +1,7 @@
 """The architectures ``deepergat train --arch`` builds, by name: the choices, their paper names,
-training defaults and parameter-count facts. Torch-free (metadata readers use it); the models
-are `deepergat.model` (DeeperGATGNN, GATGNN) and `deepergat.nets` (CGCNN, SchNet, MPNN, MEGNet).
+training defaults, parameter-count facts and the settings written only when set. Torch-free
+(metadata readers use it); the models are in `deepergat.nn` (`deepergat.nn.registry` maps
+these names to their classes).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ PAPER_UNUSED: dict[str, tuple[int, int]] = {
 }
 
 #: Model settings written into a file's constructor arguments only when they differ from
-#: these values (files from before the setting existed stay equal): what an absent key means.
-UNWRITTEN: dict[str, Any] = {"identity": "doubled"}
+#: these values, which is what an absent key means: files from before the setting existed and
+#: new ones of the same model have equal settings (`deepergat.nn.arguments`).
+UNWRITTEN: dict[str, Any] = {"batch_norm": False, "identity": "doubled", "local_error": None}
 
 _DISPLAY = {"gatgnn": "GATGNN", "cgcnn": "CGCNN", "schnet": "SchNet", "megnet": "MEGNet",
             "mpnn": "MPNN"}

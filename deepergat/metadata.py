@@ -1,7 +1,7 @@
 """`ModelMetadata`: the metadata document of checkpoints and exported model files, typed
 (docs/design.md §7, §8).
 
-Checkpoints produce it (`deepergat.checkpoint.model_metadata`), every exported file carries it
+Checkpoints produce it (`deepergat.nn.checkpoint.model_metadata`), every exported file carries it
 as JSON (`deepergat.export.metadata.exported_model_metadata`), and the loader, ``predict``,
 ``deepergat-screen`` and ``info`` read its attributes. `ModelMetadata.from_dict` checks a
 document's types and raises one `DeepergatError` naming the bad key; `ModelMetadata.to_dict`
@@ -372,7 +372,7 @@ class TargetInfo:
 
 @dataclass(frozen=True)
 class Calibration:
-    """An ensemble's spread calibration (docs/design.md §6; `deepergat.ensemble`).
+    """An ensemble's spread calibration (docs/design.md §6; `deepergat.training.ensemble`).
 
     Attributes:
         std_scale: [T] factor applied to the members' raw spread, per target.

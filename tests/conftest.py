@@ -50,7 +50,7 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     except ImportError:
         pytest.skip("deepergat.export is not available")
     from deepergat.nn.checkpoint import save_checkpoint
-    from deepergat.nn.model import DeeperGATGNN
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
 
     out = tmp_path_factory.mktemp("small-model")
     torch.manual_seed(1234)
@@ -79,7 +79,7 @@ def small_ensemble(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     torch = pytest.importorskip("torch")
     from deepergat import export
     from deepergat.nn.checkpoint import make_checkpoint
-    from deepergat.nn.model import DeeperGATGNNEnsemble
+    from deepergat.nn.ensemble import DeeperGATGNNEnsemble
 
     out = tmp_path_factory.mktemp("small-ensemble")
     torch.manual_seed(99)
@@ -108,7 +108,7 @@ def exported_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     except ImportError:
         pytest.skip("deepergat.export is not available")
     from deepergat.nn.checkpoint import save_checkpoint
-    from deepergat.nn.model import DeeperGATGNN
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
 
     out = tmp_path_factory.mktemp("exported-tiny")
     torch.manual_seed(7)

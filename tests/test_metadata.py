@@ -104,7 +104,7 @@ def test_bundled_files_round_trip(name: str) -> None:
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from deepergat.nn.checkpoint import metadata, model_metadata, save_checkpoint
-    from deepergat.nn.model import DeeperGATGNN
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
 
     torch.manual_seed(0)
     model = DeeperGATGNN(dim=16, layers=2, cutoff=7.0, max_neighbors=10, target_mean=[1.0],
@@ -145,7 +145,7 @@ def test_exported_files_round_trip(exported_tiny: dict[str, Any], fmt: str) -> N
     assert predictor.metadata == meta and predictor.metadata.to_dict() == doc
     assert predictor.targets == meta.target_names and predictor.units == meta.units
     assert predictor.graph_settings == {"cutoff": 8.0, "max_neighbors": 12, "graph": "periodic"}
-    assert predictor.elements == list(meta.elements) and predictor.dim == 16
+    assert predictor.elements == list(meta.elements) and meta.embedding_dim == 16
     if fmt != "checkpoint":
         assert meta.is_exported and meta.parity is not None and meta.parity.passed
         assert meta.inputs is not None and meta.inputs[0] == "atomic_numbers"

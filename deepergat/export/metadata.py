@@ -2,7 +2,7 @@
 
 One JSON document, a `deepergat.metadata.ModelMetadata`: in ONNX the ``metadata_props`` key
 ``deepergat``; in TorchScript and ``.pt2`` the extra file ``deepergat.json``. It is built from
-the source checkpoint's metadata (`deepergat.checkpoint.model_metadata`) plus what the export
+the source checkpoint's metadata (`deepergat.nn.checkpoint.model_metadata`) plus what the export
 adds: the exported file's kind and format integer, the exporter's versions, and the figures of
 the file's own parity check.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from deepergat.contract import (
 )
 from deepergat.errors import DeepergatError
 from deepergat.metadata import EXPORT_FORMAT, GraphSettings, ModelMetadata, ParityFigures
+from deepergat.system.files import atomic_path
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -69,7 +69,7 @@ def exported_model_metadata(
     """The metadata of an exported file.
 
     Args:
-        source: the checkpoint's metadata (`deepergat.checkpoint.model_metadata`, or its
+        source: the checkpoint's metadata (`deepergat.nn.checkpoint.model_metadata`, or its
             document): ``format`` (checkpoint format), ``model`` (constructor arguments),
             ``graph``, ``targets``, ``elements``, ``store_digest``, ``source_sha256``, ...
         kind: ``"onnx"``, ``"torchscript"``, ``"pt2"`` or ``"aoti"``.
@@ -154,10 +154,9 @@ def save_named(path: Path, save: Callable[[Path], None]) -> None:
     """Call ``save(p)`` with ``p`` named as the final file (`archive_name`) in a private folder
     beside ``path``, then move the result to ``path``: the archive's top folder is the plain
     final name, never a staging name."""
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".deepergat-save-") as tmp:
-        staged = Path(tmp) / archive_name(path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".deepergat-save-") as tmp, \
+            atomic_path(path, tmp=Path(tmp) / archive_name(path)) as staged:
         save(staged)
-        os.replace(staged, path)
 
 
 def meta_tmp_path(path: Path) -> Path:

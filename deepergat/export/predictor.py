@@ -92,62 +92,55 @@ class Predictor:
                f"device={self.device!r})"
 
     # ------------------------------------------------------------------ metadata views
+    # `metadata` answers everything about the model; these few views stay because the
+    # screening driver, ``predict``/``evaluate`` and their tests read them by these names.
 
     @property
     def targets(self) -> list[str]:
-        """[T] target names, in output order."""
+        """[T] target names, in output order (`ModelMetadata.target_names`)."""
         return self.metadata.target_names
 
     @property
     def units(self) -> list[str]:
-        """[T] target units."""
+        """[T] target units (`ModelMetadata.units`)."""
         return self.metadata.units
 
     @property
-    def target_std(self) -> np.ndarray:
-        """[T] float64 training standard deviations (for the agreement rule)."""
-        return np.array(self.metadata.target_std, dtype=np.float64)
-
-    @property
     def cutoff(self) -> float:
-        """Graph cutoff, Å."""
+        """Graph cutoff, Å (``metadata.graph.cutoff``)."""
         return self.metadata.graph.cutoff
 
     @property
     def max_neighbors(self) -> int:
-        """Graph neighbor count."""
+        """Graph neighbor count (``metadata.graph.max_neighbors``)."""
         return self.metadata.graph.max_neighbors
 
     @property
     def graph(self) -> str:
-        """Graph construction: ``"periodic"`` or ``"minimum-image"``."""
+        """Graph construction, ``"periodic"`` or ``"minimum-image"``
+        (``metadata.graph.construction``)."""
         return self.metadata.graph.construction
 
     @property
     def graph_settings(self) -> dict[str, Any]:
-        """Keyword arguments of `deepergat.graphs.build_inputs` for this model's graphs:
-        ``cutoff``, ``max_neighbors``, ``graph``."""
+        """Keyword arguments of `deepergat.graphs.build_inputs` for this model's graphs
+        (`GraphSettings.as_kwargs`)."""
         return self.metadata.graph.as_kwargs()
 
     @property
     def members(self) -> int:
-        """Ensemble members (1 for a single model)."""
+        """Ensemble members, 1 for a single model (`ModelMetadata.members`)."""
         return self.metadata.members
 
     @property
     def has_std(self) -> bool:
-        """Whether `predict` returns a calibrated spread (an ensemble)."""
-        return "std" in self.metadata.output_names
+        """Whether `predict` returns a calibrated spread (`ModelMetadata.is_ensemble`)."""
+        return self.metadata.is_ensemble
 
     @property
     def elements(self) -> list[int]:
-        """Atomic numbers seen in training."""
+        """Atomic numbers seen in training (``metadata.elements``)."""
         return list(self.metadata.elements)
-
-    @property
-    def dim(self) -> int:
-        """Embedding width D (MEGNet's: 3 × its dim)."""
-        return self.metadata.embedding_dim
 
     def check_settings(
         self, *, cutoff: float | None = None, max_neighbors: int | None = None,
@@ -181,7 +174,7 @@ class Predictor:
         if c == 0:
             t = len(self.metadata.targets)
             empty = np.zeros((0, t), np.float32)
-            return Prediction(empty, np.zeros((0, self.dim), np.float32),
+            return Prediction(empty, np.zeros((0, self.metadata.embedding_dim), np.float32),
                               empty.copy() if self.has_std else None)
         outputs = self._run(arrays)
         std = np.asarray(outputs[2], dtype=np.float32) if len(outputs) > 2 else None
@@ -413,13 +406,14 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _torch_device(device, device_id, path)
-    sha = file_sha256(path)
     if kind == CHECKPOINT_KIND:
-        from deepergat.nn.checkpoint import load_checkpoint, model_metadata
+        from deepergat.nn.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
-        meta = model_metadata(ckpt.data, where=str(path)).replace(source_sha256=sha)
-        return TorchPredictor(path, ckpt.model.to(dev).eval(), meta, sha, dev, "eager")
+        meta = ckpt.metadata
+        return TorchPredictor(path, ckpt.model.to(dev).eval(), meta, meta.source_sha256 or "",
+                              dev, "eager")
+    sha = file_sha256(path)
     extra = {EXTRA_FILE: ""}
     try:
         with warnings.catch_warnings(), _quiet_torch():

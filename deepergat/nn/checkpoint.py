@@ -5,12 +5,14 @@ The dict carries a checkpoint-format integer (`CHECKPOINT_FORMAT`, not the packa
 release must not orphan old checkpoints), the model's constructor arguments, the graph settings,
 target names, units and scaling, the elements seen in training, the training store's content
 digest and the weights; a training checkpoint adds optimizer, scheduler, epoch and RNG states
-(tensors and plain types only). `load_checkpoint` rebuilds the model from the saved arguments;
-`model_metadata` gives its `deepergat.metadata.ModelMetadata`, which exported files carry on.
+(tensors and plain types only). `load_checkpoint` rebuilds the model from the saved arguments
+(`deepergat.nn.build`); `model_metadata` gives the file's `deepergat.metadata.ModelMetadata`
+(also `Checkpoint.metadata`), which exported files carry on.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -26,10 +28,11 @@ from deepergat.contract import CHECKPOINT_KIND, translation_rule
 from deepergat.errors import DeepergatError
 from deepergat.graphs import graph_settings
 from deepergat.metadata import GraphSettings, ModelMetadata
-from deepergat.system.files import file_sha256
+from deepergat.system.files import atomic_path, file_sha256
 
+from .build import build_from_config
+from .ensemble import DeeperGATGNNEnsemble
 from .graphmodel import GraphModel
-from .model import DeeperGATGNNEnsemble, build_from_config
 
 __all__ = [
     "ARCH_FORMAT",
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 #: Bumped only when the dict's layout changes incompatibly: DeeperGATGNN single models are
 #: written as format 1, their ensembles (``members`` in the constructor arguments, which older
 #: readers cannot rebuild) as `ENSEMBLE_FORMAT`, and every other architecture (an ``arch`` or
-#: ``batch_norm`` argument: `deepergat.nets`, the paper's GATGNN), single or ensemble, as
+#: ``batch_norm`` argument: the MatDeepLearn baselines, the paper's GATGNN), single or ensemble, as
 #: `ARCH_FORMAT`.
 CHECKPOINT_FORMAT = 1
 ENSEMBLE_FORMAT = 2
@@ -65,7 +68,7 @@ class Checkpoint:
     """A loaded checkpoint: the rebuilt model (eval mode, CPU) and its metadata.
 
     Attributes:
-        model: the model (`DeeperGATGNN`, a `deepergat.nets` architecture, or an ensemble of
+        model: the model (`deepergat.nn.registry` names the architectures, or an ensemble of
             one) with its weights.
         path: where it was read from.
         data: the whole checkpoint dict (training state included, if any).
@@ -75,29 +78,16 @@ class Checkpoint:
     path: Path
     data: dict[str, Any] = field(repr=False)
 
-    @property
-    def targets(self) -> list[str]:
-        return list(self.data["targets"])
+    @functools.cached_property
+    def metadata(self) -> ModelMetadata:
+        """The checkpoint's `ModelMetadata` (targets, graph settings, elements, …;
+        ``source_sha256`` this file's digest), as `model_metadata` gives it.
 
-    @property
-    def units(self) -> list[str]:
-        return list(self.data["units"])
-
-    @property
-    def cutoff(self) -> float:
-        return float(self.data["graph"]["cutoff"])
-
-    @property
-    def max_neighbors(self) -> int:
-        return int(self.data["graph"]["max_neighbors"])
-
-    @property
-    def elements(self) -> list[int]:
-        return list(self.data["elements"])
-
-    @property
-    def target_std(self) -> list[float]:
-        return [float(v) for v in self.data["target_std"]]
+        Raises:
+            DeepergatError: metadata of the wrong types.
+        """
+        return model_metadata(self.data, where=str(self.path)).replace(
+            source_sha256=file_sha256(self.path))
 
 
 def make_checkpoint(
@@ -121,7 +111,7 @@ def make_checkpoint(
         training: optimizer/scheduler state, epoch, RNG states (tensors and plain types).
         extra: more plain metadata (e.g. the run's config).
         calibration: an ensemble's spread calibration (``std_scale`` per target and how it
-            was fitted: `deepergat.ensemble`); it travels into exported files' metadata.
+            was fitted: `deepergat.training.ensemble`); it travels into exported files' metadata.
     """
     config = dict(model.config)
     if len(targets) != config["targets"] or len(units) != config["targets"]:
@@ -155,11 +145,10 @@ def checkpoint_format(config: Mapping[str, Any]) -> int:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to ``<path>.tmp`` then rename into place: readers never see half a file."""
+    """``torch.save`` through ``<path>.tmp`` (`atomic_path`): readers never see half a file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, tmp=path.with_name(path.name + ".tmp")) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: GraphModel | DeeperGATGNNEnsemble,

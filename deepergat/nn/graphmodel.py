@@ -1,22 +1,34 @@
 """What every architecture shares: the model contract of docs/design.md §5 around its layers.
 
-`GraphModel` holds the featurization computed from registered buffers — one-hot Z and degree
-atom features, the Gaussian distance expansion, the composition vector — the target scaling,
-and the readout helpers (masked pooling over a crystal's atoms, the head). An architecture
-(`deepergat.model.DeeperGATGNN`, the baselines of `deepergat.nets`) adds its layers between
-them, so every one takes the bare padded graph and returns (prediction [C, T], embedding [C, D]):
-checkpoints, export, prediction, ensembles and screening work for all of them unchanged.
+`GraphModel` holds the settings every model shares (the graph it was trained on, the distance
+expansion, the targets) and what they build: the featurization computed from registered
+buffers — one-hot Z and degree atom features, the Gaussian distance expansion, the composition
+vector — the target scaling, and the readout helpers (masked pooling over a crystal's atoms).
+An architecture (`deepergat.nn.deepergatgnn.DeeperGATGNN`, the MatDeepLearn baselines of
+`deepergat.nn.matdeeplearn`) adds its layers between them, so every one takes the bare padded
+graph and returns (prediction [C, T], embedding [C, D]): checkpoints, export, prediction,
+ensembles and screening work for all of them unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from deepergat.contract import COMPOSITION_SIZE, INPUT_NAMES, MAX_Z
+from deepergat.contract import (
+    COMPOSITION_SIZE,
+    DEFAULT_CUTOFF,
+    DEFAULT_GRAPH,
+    DEFAULT_MAX_NEIGHBORS,
+    INPUT_NAMES,
+    MAX_Z,
+    GraphConstruction,
+)
+from deepergat.graphs import check_graph
 
+from .arguments import RecordsArguments, optional_float
 from .layers import GaussianExpansion
 
 __all__ = ["GraphModel", "Pool", "check_pool", "pool"]
@@ -49,41 +61,51 @@ def pool(x: Tensor, crystal_atoms: Tensor, crystal_mask: Tensor, kind: Pool) -> 
     return total / mf.sum(1) if kind == "mean" else total
 
 
-class GraphModel(nn.Module):
-    """Base of every architecture: contract buffers, featurization and target scaling.
+class GraphModel(RecordsArguments, nn.Module):
+    """Base of every architecture: the shared settings, contract buffers, featurization and
+    target scaling.
 
-    Args:
+    Args (the settings every architecture shares; each passes them on as ``**settings``):
         gaussians: Gaussians of the distance expansion over [0, 1] (distance / distance_scale).
         gaussian_width: their width, in units of the [0, 1] range.
         cutoff: graph cutoff, Å (graph setting).
         max_neighbors: graph setting; degree classes are 0..max_neighbors + 1 (self loop
             included), a larger degree from ties takes the top class.
-        distance_scale: Å mapped onto the last Gaussian (None: the cutoff), fixed in the model.
+        graph: graph construction, ``"periodic"`` or ``"minimum-image"`` (graph setting,
+            `deepergat.graphs`); the model only records it so that loaders can check it.
+        distance_scale: Å mapped onto the last Gaussian (None: the cutoff). Training may set
+            it from the training graphs' longest edge; it is fixed in the model thereafter, so
+            a structure gets the same features at training and prediction time.
         targets: number of targets T.
         per_atom: predict per atom and multiply by the atom count (extensive targets).
-        target_mean, target_std: [T] scaling; prediction = raw · std + mean.
+        target_mean, target_std: [T] starting target scaling (buffers: the weights hold the
+            trained one); prediction = raw · std + mean (`set_target_scaling`).
 
-    Subclasses set ``self.config`` (their constructor arguments) and implement ``forward``.
+    ``config`` holds the constructor arguments (`deepergat.nn.arguments`); subclasses add
+    their layers and implement ``forward``.
     """
 
-    config: dict[str, Any]
+    buffer_arguments = ("target_mean", "target_std")
+    written_as: ClassVar = {"distance_scale": optional_float}
 
     def __init__(
         self,
         *,
-        gaussians: int,
-        gaussian_width: float,
-        cutoff: float,
-        max_neighbors: int,
-        distance_scale: float | None,
-        targets: int,
-        per_atom: bool,
-        target_mean: list[float] | None,
-        target_std: list[float] | None,
+        gaussians: int = 50,
+        gaussian_width: float = 0.2,
+        cutoff: float = DEFAULT_CUTOFF,
+        max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+        graph: GraphConstruction = DEFAULT_GRAPH,
+        distance_scale: float | None = None,
+        targets: int = 1,
+        per_atom: bool = False,
+        target_mean: list[float] | None = None,
+        target_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         if distance_scale is not None and not float(distance_scale) > 0:
             raise ValueError(f"distance_scale must be a positive length in Å, got {distance_scale}")
+        check_graph(graph)
         self.per_atom = per_atom
         degree_classes = max_neighbors + 2
         # Constants as buffers: a saved or exported model carries them.
@@ -98,6 +120,11 @@ class GraphModel(nn.Module):
         self.register_buffer("target_std", std.to(torch.get_default_dtype()).reshape(targets))
         scale = cutoff if distance_scale is None else float(distance_scale)
         self.expansion = GaussianExpansion(gaussians, cutoff=scale, width=gaussian_width)
+
+    @property
+    def gaussians(self) -> int:
+        """Width G of the distance expansion."""
+        return int(self.expansion.centers.shape[0])
 
     @property
     def atom_feature_size(self) -> int:

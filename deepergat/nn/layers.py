@@ -247,7 +247,7 @@ class AGATConv(nn.Module):
         else:
             node = x @ self.W[: self.dim]  # [N, H·D], once per atom
             pair = edge @ self.W[self.dim :]  # [N, K, H·D], once per edge
-            # rows gathered with index_select (~3x faster than advanced indexing on the CPU);
+            # rows gathered with index_select (faster than advanced indexing on the CPU);
             # sums in place where autograd allows (neither the gather's nor the product's output
             # is saved for backward): two fewer [N, K, H·D] allocations per layer
             node_j = node.index_select(0, neighbors.reshape(-1)).unflatten(0, neighbors.shape)
@@ -259,7 +259,7 @@ class AGATConv(nn.Module):
     def forward(self, x: Tensor, edge: Tensor, neighbors: Tensor, neighbor_mask: Tensor) -> Tensor:
         h_i, h_j = self.project(x, edge, neighbors)  # [N, K, H, D] each
         att = self.att.squeeze(0)  # [H, 2D]
-        # contiguous halves: a strided [H, D] operand takes the CPU's slow broadcast path (~15x)
+        # contiguous halves: a strided [H, D] operand takes the CPU's slow broadcast path
         att_i, att_j = att[:, : self.dim].contiguous(), att[:, self.dim :].contiguous()
         alpha = (h_i * att_i).sum(-1) + (h_j * att_j).sum(-1)
         alpha = F.softplus(alpha)

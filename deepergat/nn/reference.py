@@ -5,8 +5,9 @@ PyG's ``CGConv``, SchNet ``InteractionBlock``, ``NNConv``, ``torch.nn.GRU`` and 
 
 It follows the paper's reference implementation (AGATConv as a ``MessagePassing`` over an edge
 list, PyG's ``DiffGroupNorm``, ``softmax`` by index and ``global_add_pool``), and has the same
-parameter names as `deepergat.model.DeeperGATGNN`, so ``load_state_dict`` moves weights between
-the two. Used by tests and benchmarks only; it scatters with atomics and is not exportable.
+parameter names as `deepergat.nn.deepergatgnn.DeeperGATGNN`, so ``load_state_dict`` moves
+weights between the two. Used by tests and benchmarks only; it scatters with atomics and is not
+exportable.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from torch_geometric.nn import MessagePassing, global_add_pool
 from torch_geometric.nn.norm import DiffGroupNorm
 from torch_geometric.utils import softmax
 
-from .model import COMPOSITION_SIZE, MAX_Z, DeeperGATGNN
+from deepergat.contract import COMPOSITION_SIZE, MAX_Z
+
+from .deepergatgnn import DeeperGATGNN
+from .registry import build_single
 
 __all__ = ["EdgeListAGATConv", "EdgeListDeeperGATGNN", "EdgeListNet", "to_edge_list"]
 
@@ -141,8 +145,8 @@ class EdgeListDeeperGATGNN(nn.Module):
 
 
 class EdgeListNet(nn.Module):
-    """CGCNN, SchNet, MPNN or MEGNet (`deepergat.nets`) over an edge list, with PyG's layers;
-    same constructor-argument dict and parameter names as the padded model.
+    """CGCNN, SchNet, MPNN or MEGNet (`deepergat.nn.registry.NETS`) over an edge list, with
+    PyG's layers; same constructor-argument dict and parameter names as the padded model.
 
     ``forward(inputs)`` takes the padded inputs dict and returns (prediction [C, T],
     embedding [C, D']). SchNet's ``InteractionBlock`` also lists its filter network under
@@ -153,10 +157,8 @@ class EdgeListNet(nn.Module):
         from torch_geometric.nn import CGConv, NNConv
         from torch_geometric.nn.models.schnet import InteractionBlock
 
-        from .model import build_from_config
-
         super().__init__()
-        padded = build_from_config(dict(config))
+        padded = build_single(config)
         cfg = padded.config
         self.config = cfg
         self.arch = str(cfg["arch"])

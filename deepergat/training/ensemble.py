@@ -24,7 +24,8 @@ import torch
 from deepergat.architectures import UNWRITTEN
 from deepergat.errors import DeepergatError
 from deepergat.metadata import GraphSettings
-from deepergat.nn.model import DeeperGATGNN, DeeperGATGNNEnsemble
+from deepergat.nn.deepergatgnn import DeeperGATGNN
+from deepergat.nn.ensemble import DeeperGATGNNEnsemble
 
 from .data import GraphSet, to_tensors
 from .uncertainty import (

@@ -53,7 +53,7 @@ from deepergat.contract import Status
 from deepergat.errors import DeepergatError
 from deepergat.nn.checkpoint import atomic_save, make_checkpoint, read_checkpoint
 from deepergat.nn.graphmodel import GraphModel
-from deepergat.nn.model import make_model
+from deepergat.nn.registry import make_model
 from deepergat.system.devices import pick_device, visible_gpus
 from deepergat.system.launch import (
     LaunchInfo,

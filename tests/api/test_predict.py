@@ -127,7 +127,7 @@ def test_shipped_bundled_model_card() -> None:
 def test_a_minimum_image_model_warns_that_larger_primitive_cells_are_new_graphs(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from deepergat.nn.checkpoint import save_checkpoint
-    from deepergat.nn.model import DeeperGATGNN
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
 
     for graph, warned in (("minimum-image", True), ("periodic", False)):
         path = tmp_path / f"{graph}.ckpt"

@@ -7,17 +7,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from arch_helpers import randomized
 from model_helpers import model_inputs, perov_structures
 
 from deepergat.errors import DeepergatError
+from deepergat.metadata import ModelMetadata
 from deepergat.nn.checkpoint import (
+    ARCH_FORMAT,
     CHECKPOINT_FORMAT,
+    atomic_save,
     load_checkpoint,
     make_checkpoint,
     metadata,
+    model_metadata,
     save_checkpoint,
 )
-from deepergat.nn.model import DeeperGATGNN
+from deepergat.nn.deepergatgnn import DeeperGATGNN
+from deepergat.nn.registry import make_model
 
 
 def _saved(tmp_path: Path) -> tuple[Path, DeeperGATGNN]:
@@ -40,8 +46,8 @@ def test_round_trip_rebuilds_the_model(tmp_path: Path) -> None:
     assert raw["elements"] == [1, 8, 22]
     ck = load_checkpoint(path)
     assert not ck.model.training
-    assert ck.targets == ["heat_ref"] and ck.units == ["eV"]
-    assert ck.cutoff == 7.0 and ck.max_neighbors == 10
+    assert ck.metadata.target_names == ["heat_ref"] and ck.metadata.units == ["eV"]
+    assert (ck.metadata.graph.cutoff, ck.metadata.graph.max_neighbors) == (7.0, 10)
     inputs = model_inputs(perov_structures(3), cutoff=7.0, max_neighbors=10)
     with torch.no_grad():
         torch.testing.assert_close(ck.model.forward_inputs(inputs)[0],
@@ -59,6 +65,30 @@ def test_metadata_document(tmp_path: Path) -> None:
     assert meta["elements"] == [1, 8, 22]
     assert len(meta["source_sha256"]) == 64
     assert meta["model"]["layers"] == 2 and "package_version" in meta
+
+
+def test_a_checkpoint_exposes_the_one_metadata_object(tmp_path: Path) -> None:
+    # the metadata a loaded checkpoint, `model_metadata` and an eager predictor expose is one
+    # ModelMetadata, the file's digest included
+    from deepergat.export import load
+
+    path, _ = _saved(tmp_path)
+    ck = load_checkpoint(path)
+    assert isinstance(ck.metadata, ModelMetadata)
+    assert ck.metadata == model_metadata(path)
+    assert ck.metadata.to_dict() == metadata(path)
+    predictor = load(path, device="cpu")
+    assert predictor.metadata == ck.metadata
+    assert predictor.sha256 == ck.metadata.source_sha256 == metadata(path)["source_sha256"]
+
+
+def test_a_failed_save_leaves_the_earlier_file(tmp_path: Path) -> None:
+    path, _ = _saved(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="pickle"):
+        atomic_save({"not a tensor": lambda: None}, path)
+    assert path.read_bytes() == before
+    assert not (tmp_path / "m.ckpt.tmp").exists()
 
 
 def test_errors_name_the_file_and_problem(tmp_path: Path) -> None:
@@ -108,3 +138,18 @@ def test_make_checkpoint_checks_target_count() -> None:
     model = DeeperGATGNN(dim=8, layers=1, targets=2)
     with pytest.raises(ValueError):
         make_checkpoint(model, targets=["a"], units=["eV"], elements=[1])
+
+
+def test_checkpoints_name_their_architecture_and_format(tmp_path: Path) -> None:
+    model = randomized("schnet", True, layers=2).float()
+    path = tmp_path / "s.ckpt"
+    save_checkpoint(path, model, targets=["heat_ref"], units=["eV"], elements=[8, 22])
+    ck = load_checkpoint(path)
+    assert ck.data["format"] == ARCH_FORMAT and type(ck.model).__name__ == "SchNet"
+    inputs = model_inputs(perov_structures(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ck.model.forward_inputs(inputs)[0],
+                                   model.eval().forward_inputs(inputs)[0])
+    plain = make_model("deepergatgnn", layers=1)
+    save_checkpoint(tmp_path / "d.ckpt", plain, targets=["t"], units=[""], elements=[8])
+    assert load_checkpoint(tmp_path / "d.ckpt").data["format"] == CHECKPOINT_FORMAT

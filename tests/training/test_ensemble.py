@@ -18,7 +18,8 @@ from model_helpers import model_inputs, perov_structures
 from deepergat.cli import main
 from deepergat.errors import DeepergatError
 from deepergat.nn.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, make_checkpoint
-from deepergat.nn.model import DeeperGATGNN, DeeperGATGNNEnsemble
+from deepergat.nn.deepergatgnn import DeeperGATGNN
+from deepergat.nn.ensemble import DeeperGATGNNEnsemble
 from deepergat.training import train
 from deepergat.training.ensemble import assemble
 from deepergat.training.train import TrainConfig, train_ensemble
@@ -167,7 +168,7 @@ def test_members_that_disagree_are_refused_with_one_line_naming_them() -> None:
         assert msg.startswith("odd.ckpt: cannot join an ensemble with a.ckpt") and what in msg
         assert "\n" not in msg
     # a setting the paper's form leaves unwritten is named by what its absence means
-    from deepergat.nn.model import make_model
+    from deepergat.nn.registry import make_model
 
     deeper = [make_checkpoint(make_model("cgcnn", deeper=True, layers=1, dim=8, **kw),
                               targets=["heat_ref"], units=["eV"], elements=[8, 22, 38])

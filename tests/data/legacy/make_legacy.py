@@ -7,6 +7,7 @@ it writes prove that what that release wrote keeps loading (tests/test_legacy_fi
 tests never run it.
 
     git worktree add /tmp/deepergat-4a91ba8 4a91ba8
+    ln -s ../export ../screening /tmp/deepergat-4a91ba8/deepergat/   # its package-dir mapping
     PYTHONPATH=/tmp/deepergat-4a91ba8 python tests/data/legacy/make_legacy.py
 
 It trains three tiny models (dim 16, 2 layers, 10 epochs on the first 120 rows of

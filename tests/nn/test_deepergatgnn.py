@@ -1,5 +1,6 @@
-"""The padded DeeperGATGNN: its contract (shapes, batching, permutations, supercells, precision),
-its parameter count, and equality with the PyG edge-list reference on real perovskite batches."""
+"""The padded DeeperGATGNN (deepergat.nn.deepergatgnn): its contract (shapes, batching,
+permutations, supercells, precision), its parameter count, and equality with the PyG edge-list
+reference on real perovskite batches."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 from model_helpers import agree, model_inputs, perov_structures
 
-from deepergat.nn.model import INPUT_NAMES, DeeperGATGNN, count_parameters
+from deepergat.contract import INPUT_NAMES
+from deepergat.nn.deepergatgnn import DeeperGATGNN
+from deepergat.nn.registry import count_parameters
 
 STD = 0.68  # about heat_ref's standard deviation, eV: the agreement rule's scale
 
@@ -39,7 +42,7 @@ def _predict(model: DeeperGATGNN, structures: list[dict]) -> np.ndarray:
 
 @pytest.mark.parametrize("layers", [0, 1, 5, 10, 30])
 def test_parameter_count(layers: int) -> None:
-    # 25,986 fixed + 35,272 per layer; see deepergat/model.py for the breakdown and the
+    # 25,986 fixed + 35,272 per layer; see deepergat/nn/deepergatgnn.py for the breakdown and the
     # reconciliation with the reference port's 384,466 / 1,089,906 (5,760 unused DGN params).
     assert count_parameters(DeeperGATGNN(layers=layers)) == 25_986 + 35_272 * layers
 

@@ -73,7 +73,7 @@ def test_each_file_kind_loads_as_its_backend(kind: str, ensembles: dict[str, Pre
     assert isinstance(p.metadata, ModelMetadata)
     assert p.metadata.source_sha256 == _sha256(ENSEMBLE["checkpoint"])  # the same model
     assert p.targets == ["heat_ref"] and p.units == ["eV"]
-    assert p.members == 2 and p.has_std and p.dim == 16
+    assert p.members == 2 and p.has_std and p.metadata.embedding_dim == 16
     assert p.graph_settings == {"cutoff": 8.0, "max_neighbors": 12, "graph": "periodic"}
     assert backend in repr(p) and "cpu" in repr(p)
 
@@ -146,7 +146,7 @@ def test_a_single_model_predicts_values_and_embeddings(inputs: dict[str, np.ndar
     out = p.predict(inputs)
     assert out._fields == ("prediction", "embedding", "std")
     assert out.prediction.shape == (18, 1) and out.prediction.dtype == np.float32
-    assert out.embedding.shape == (18, p.dim) and out.embedding.dtype == np.float32
+    assert out.embedding.shape == (18, p.metadata.embedding_dim) and out.embedding.dtype == np.float32
     assert out.std is None
     assert np.isfinite(out.prediction).all() and np.isfinite(out.embedding).all()
 

@@ -26,7 +26,7 @@ from deepergat.training.splits import make_splits
 
 def _cfg(store: Path, out: Path, **kw: object) -> TrainConfig:
     """An ensemble run: 2 epochs, a 35 % validation split to calibrate on, 15 % test."""
-    return run_config(store, out, val_fraction=0.35, test_fraction=0.15, **kw)
+    return run_config(store, out, **{"val_fraction": 0.35, "test_fraction": 0.15, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,9 @@ def test_run_writes_its_folder(tiny_store: Path, tmp_path: Path) -> None:
     best = saved(out / "best.ckpt")
     assert best["training"] is None and best["units"] == ["eV"]
     assert best["elements"] == sorted(best["elements"]) and 8 in best["elements"]
-    assert yaml.safe_load((out / "config.yaml").read_text())["layers"] == 2
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["layers"] == 2 and list(config) == list(run_config(tiny_store, out).to_dict())
+    assert best["extra"]["config"] == saved(out / "last.ckpt")["extra"]["config"] == config
     with pytest.raises(SettingError, match="already holds a run") as err:
         train(run_config(tiny_store, out))
     assert err.value.settings == ["resume", "out"]
@@ -211,7 +213,7 @@ def test_init_from_checks_model_settings(tiny_store: Path, tmp_path: Path) -> No
 
 def test_settings_a_run_refuses(tiny_store: Path, tmp_path: Path) -> None:
     with pytest.raises(SettingError, match="out RUN_DIR is required"):
-        train(run_config(tiny_store, tmp_path / "x", out=""))
+        train(run_config(tiny_store, tmp_path / "x").replace(out=""))
     with pytest.raises(SettingError, match="epochs, batch size and learning rate must be"):
         train(run_config(tiny_store, tmp_path / "x", epochs=0))
     assert not (tmp_path / "x").exists()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from deepergat.architectures import ARCH_DEFAULTS, ARCHITECTURES
 from deepergat.contract import GRAPH_CONSTRUCTIONS
 from deepergat.errors import DeepergatError
-from deepergat.training.config import DEFAULT_VAL_FRACTION, DEFAULTS, MEMBER_KINDS
+from deepergat.training.config import DEFAULT_VAL_FRACTION, DEFAULTS, MEMBER_KINDS, TrainConfig
 
 from .options import (
     device_option,
 )
+
+if TYPE_CHECKING:
+    from deepergat.training.outputs import EpochRecord
+    from deepergat.training.trainer import TrainResult
 
 _TRAIN_OPTIONS = (
     "data", "target", "val_data", "val_fraction", "test_data", "test_fraction", "arch", "deeper",
@@ -98,11 +102,40 @@ Examples:
 @click.pass_context
 def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
     """Train a model (DeeperGATGNN by default) on a structure store."""
-    from deepergat.training.config import TrainConfig
+    from deepergat.system.launch import launch_info
     from deepergat.training.cv import cross_validate
     from deepergat.training.ensembles import train_ensemble
     from deepergat.training.trainer import train as run_train
 
+    cfg = _config(ctx, config_file, options)
+    rank0 = launch_info().rank == 0
+    epochs = cfg.trainer.epochs
+
+    def show(record: EpochRecord, fold: int | None = None) -> None:
+        if rank0:
+            _show_epoch(record, epochs, fold)
+
+    if cfg.ensembles.ensemble:
+        summary = train_ensemble(cfg, progress=lambda i, r: show(r, i))
+        if "member" in summary:
+            _show_member(summary, rank0)
+        else:
+            _show_ensemble(summary, cfg.run.out)
+    elif cfg.ensembles.cv:
+        summary = cross_validate(cfg, progress=lambda i, r: show(r, i))
+        if "member" in summary:
+            _show_member(summary, rank0)
+        else:
+            _show_cv(summary, cfg.run.out)
+    else:
+        result = run_train(cfg, progress=show if rank0 else None)
+        if rank0:
+            _show_run(result)
+
+
+def _config(ctx: click.Context, config_file: str | None,
+            options: dict[str, Any]) -> TrainConfig:
+    """The run's `TrainConfig`: the ``--config`` file's settings under the options given."""
     values = _read_config(config_file) if config_file else {}
     for name in _TRAIN_OPTIONS:  # an option given, or one the file leaves out, wins
         source = ctx.get_parameter_source(name)
@@ -114,58 +147,50 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
                         ("out", cfg.run.out)):
         if not value:
             raise DeepergatError(f"--{name} is required (on the command line or in --config)")
-    from deepergat.system.launch import launch_info
+    return cfg
 
-    rank0 = launch_info().rank == 0
 
-    def show(record: Any, fold: int | None = None) -> None:
-        prefix = f"fold {fold} " if fold is not None else ""
-        click.echo(
-            f"{prefix}epoch {record.epoch:>4}/{cfg.trainer.epochs}  lr {record.lr:.3g}  "
-            f"train_mae {record.train_mae:.5g}  val_mae {record.val_mae:.5g}  "
-            f"{record.seconds:.1f} s"
-        )
+def _show_epoch(record: EpochRecord, epochs: int, fold: int | None) -> None:
+    prefix = f"fold {fold} " if fold is not None else ""
+    click.echo(
+        f"{prefix}epoch {record.epoch:>4}/{epochs}  lr {record.lr:.3g}  "
+        f"train_mae {record.train_mae:.5g}  val_mae {record.val_mae:.5g}  "
+        f"{record.seconds:.1f} s"
+    )
 
-    def show_cv(summary: dict[str, Any]) -> None:
-        u = f" {summary['units']}" if summary["units"] else ""
-        for i, (v, n) in enumerate(zip(summary["fold_mae"], summary["fold_n"], strict=True)):
-            click.echo(f"fold {i}: held-out MAE {v:.5g}{u} over {n} structures")
-        click.echo(f"{summary['folds']}-fold CV MAE {summary['mae_mean']:.5g} ± "
-                   f"{summary['mae_std']:.5g}{u} (out-of-fold over {summary['n']}: "
-                   f"{summary['oof_mae']:.5g}); {cfg.run.out}/oof.csv, "
-                   f"{cfg.run.out}/cv_metrics.json")
 
-    def show_member(summary: dict[str, Any]) -> None:
-        if rank0:
-            click.echo(f"member {summary['member']} of {summary['of']}: {summary['epochs']} "
-                       f"epochs in {summary['out']}; when all {summary['of']} are trained, the "
-                       "same command without --member and with --resume assembles them")
+def _show_cv(summary: dict[str, Any], out: str) -> None:
+    u = f" {summary['units']}" if summary["units"] else ""
+    for i, (v, n) in enumerate(zip(summary["fold_mae"], summary["fold_n"], strict=True)):
+        click.echo(f"fold {i}: held-out MAE {v:.5g}{u} over {n} structures")
+    click.echo(f"{summary['folds']}-fold CV MAE {summary['mae_mean']:.5g} ± "
+               f"{summary['mae_std']:.5g}{u} (out-of-fold over {summary['n']}: "
+               f"{summary['oof_mae']:.5g}); {out}/oof.csv, {out}/cv_metrics.json")
 
-    if cfg.ensembles.ensemble:
-        summary = train_ensemble(cfg, progress=lambda i, r: show(r, i) if rank0 else None)
-        if "member" in summary:
-            show_member(summary)
-            return
-        if "cv" in summary:
-            show_cv(summary["cv"])
-        for part in ("validation", "test"):
-            if part in summary:
-                m = summary[part]
-                click.echo(
-                    f"ensemble on the {part} split ({m['n']}): MAE {m['mae']:.5g}, "
-                    f"|error| ≤ 2σ for {m['coverage_2sigma']:.3f}, ≤ σ for "
-                    f"{m['coverage_1sigma']:.3f}, Spearman(σ, |error|) "
-                    f"{m['spearman_std_abs_error']}"
-                )
-        click.echo(f"{summary['members']}-member ensemble: {summary['checkpoint']}")
-        return
-    if cfg.ensembles.cv:
-        summary = cross_validate(cfg, progress=lambda i, r: show(r, i) if rank0 else None)
-        (show_member if "member" in summary else show_cv)(summary)
-        return
-    result = run_train(cfg, progress=show if rank0 else None)
-    if not rank0:
-        return
+
+def _show_member(summary: dict[str, Any], rank0: bool) -> None:
+    if rank0:
+        click.echo(f"member {summary['member']} of {summary['of']}: {summary['epochs']} "
+                   f"epochs in {summary['out']}; when all {summary['of']} are trained, the "
+                   "same command without --member and with --resume assembles them")
+
+
+def _show_ensemble(summary: dict[str, Any], out: str) -> None:
+    if "cv" in summary:
+        _show_cv(summary["cv"], out)
+    for part in ("validation", "test"):
+        if part in summary:
+            m = summary[part]
+            click.echo(
+                f"ensemble on the {part} split ({m['n']}): MAE {m['mae']:.5g}, "
+                f"|error| ≤ 2σ for {m['coverage_2sigma']:.3f}, ≤ σ for "
+                f"{m['coverage_1sigma']:.3f}, Spearman(σ, |error|) "
+                f"{m['spearman_std_abs_error']}"
+            )
+    click.echo(f"{summary['members']}-member ensemble: {summary['checkpoint']}")
+
+
+def _show_run(result: TrainResult) -> None:
     u = f" {result.units}" if result.units else ""
     if result.stopped in ("signal", "max_time"):
         why = "on a signal" if result.stopped == "signal" else "at --max-time"

@@ -14,6 +14,6 @@ cross-validation, ensembles and their calibration.
 ``uncertainty``    calibration maths and metrics of a spread (numpy)
 =================  ===========================================================================
 
-The modules above depend downwards in this table's reverse order: ``ensembles`` → ``cv`` →
-``trainer`` → ``outputs`` → ``splits`` → ``data``/``config``.
+Imports point one way: ``ensembles`` → ``cv`` → ``trainer`` → ``outputs`` → ``splits`` →
+``data`` and ``config``; ``ensembles`` also uses ``assemble`` → ``uncertainty``.
 """

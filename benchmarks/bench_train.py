@@ -62,7 +62,7 @@ def _data_share(data: str, target: str, layers: int, batch_size: int, workdir: P
 
     from deepergat.nn.deepergatgnn import DeeperGATGNN
     from deepergat.training.data import load_graphs, to_tensors
-    from deepergat.training.train import epoch_batches
+    from deepergat.training.trainer import epoch_batches
 
     torch.set_num_threads(1)
     g = load_graphs(data, cache_dir=workdir)

@@ -27,10 +27,11 @@ import torch
 from deepergat.graphs import graph_settings
 from deepergat.nn.checkpoint import build_model, read_checkpoint
 from deepergat.nn.ensemble import DeeperGATGNNEnsemble
-from deepergat.training import train
+from deepergat.training.assemble import member_outputs
 from deepergat.training.config import TrainConfig
 from deepergat.training.data import load_graphs
-from deepergat.training.ensemble import member_outputs
+from deepergat.training.splits import make_splits
+from deepergat.training.trainer import predict_rows
 from deepergat.training.uncertainty import (
     calibration_scale,
     combined_spread,
@@ -48,10 +49,11 @@ def held_out(data: str, target: str, settings: dict, *, fraction: float, seed: i
                         max_neighbors=settings["max_neighbors"], graph=settings["construction"])
         rows = g.usable
         return g, rows[np.isfinite(g.targets[target][rows])]
-    cfg = TrainConfig(data=data, target=target, out="unused", val_fraction=fraction, seed=seed,
-                      cutoff=settings["cutoff"], max_neighbors=settings["max_neighbors"],
-                      graph=settings["construction"])
-    return train.make_splits(cfg).val
+    cfg = TrainConfig.from_dict(dict(
+        data=data, target=target, out="unused", val_fraction=fraction, seed=seed,
+        cutoff=settings["cutoff"], max_neighbors=settings["max_neighbors"],
+        graph=settings["construction"]))
+    return make_splits(cfg).val
 
 
 def held_out_options(p: argparse.ArgumentParser) -> None:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"(mean {member.mean():.4f}); std scale "
                          f"{float(model.std_scale[0]):.3f}{term}")
         else:
-            mean = train.predict_rows(model, g, rows, batch_size=100)[0][:, 0].astype(np.float64)
+            mean = predict_rows(model, g, rows, batch_size=100)[0][:, 0].astype(np.float64)
             cover = rho = "-"
         err = mean - y
         errors.append(np.abs(err))

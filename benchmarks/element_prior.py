@@ -28,7 +28,7 @@ from compare_models import held_out, held_out_options
 
 from deepergat.graphs import graph_settings
 from deepergat.nn.checkpoint import build_model, read_checkpoint
-from deepergat.training import train
+from deepergat.training.trainer import predict_rows
 from deepergat.training.uncertainty import spearman
 
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{ckpt}: its validation split is not --fraction/--seed's")
         skip = set(split["train"]) | val_ids
         own = np.array([r for r in every if g.ids[r] not in skip])
-        pred = train.predict_rows(model, g, own, batch_size=100)[0][:, 0]
+        pred = predict_rows(model, g, own, batch_size=100)[0][:, 0]
         rows.append(own)
         errors.append(np.abs(pred.astype(np.float64) - y[own]))
     oof_rows, oof_err = np.concatenate(rows), np.concatenate(errors)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         model, mine = _load(Path(ckpt))
         if mine != settings:
             raise SystemExit(f"{ckpt}: other graph settings than {folds[0]}")
-        preds.append(train.predict_rows(model, gv, val, batch_size=100)[0][:, 0])
+        preds.append(predict_rows(model, gv, val, batch_size=100)[0][:, 0])
     stack = np.array(preds, np.float64)
     err = np.abs(stack.mean(0) - gv.targets[args.target][val])
     sigma = stack.std(0, ddof=1)

@@ -29,9 +29,10 @@ from compare_models import cross_fitted, held_out_options
 from deepergat.graphs import graph_settings
 from deepergat.nn.checkpoint import build_model, read_checkpoint
 from deepergat.nn.ensemble import DeeperGATGNNEnsemble
-from deepergat.training import train
+from deepergat.training.assemble import member_outputs
 from deepergat.training.config import TrainConfig
-from deepergat.training.ensemble import member_outputs
+from deepergat.training.ensembles import oof_references
+from deepergat.training.splits import make_splits
 from deepergat.training.uncertainty import spearman
 
 #: (k, bandwidth) settings compared; None: the hard mean of the k nearest.
@@ -72,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(ens, DeeperGATGNNEnsemble):
         raise SystemExit(f"{args.ensemble}: not an ensemble")
     settings = graph_settings(dict(data["model"]), where=args.ensemble)
-    cfg = TrainConfig(data=args.data, target=args.target, out="unused",
-                      val_fraction=args.fraction, seed=args.seed, cutoff=settings["cutoff"],
-                      max_neighbors=settings["max_neighbors"], graph=settings["construction"])
-    splits = train.make_splits(cfg)
+    cfg = TrainConfig.from_dict(dict(
+        data=args.data, target=args.target, out="unused", val_fraction=args.fraction,
+        seed=args.seed, cutoff=settings["cutoff"], max_neighbors=settings["max_neighbors"],
+        graph=settings["construction"]))
+    splits = make_splits(cfg)
     g_val, val_rows = splits.val
     folds = Path(args.folds)
-    g, rows, oof_err = train.oof_references(folds / "oof.csv", splits)
+    g, rows, oof_err = oof_references(folds / "oof.csv", splits)
     ids = [g.ids[r] for r in rows]
     fold = np.full(len(rows), -1)
     for i in range(len(list(folds.glob("fold-*/splits.json")))):

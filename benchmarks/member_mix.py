@@ -25,7 +25,7 @@ from compare_models import held_out, held_out_options
 
 from deepergat.graphs import graph_settings
 from deepergat.nn.checkpoint import build_model, read_checkpoint
-from deepergat.training import train
+from deepergat.training.trainer import predict_rows
 from deepergat.training.uncertainty import calibration_scale, spearman
 
 
@@ -35,7 +35,7 @@ def predictions(path: str, args: argparse.Namespace) -> tuple[list[str], np.ndar
     settings = graph_settings(dict(data["model"]), where=path)
     g, rows = held_out(args.data, args.target, settings, fraction=args.fraction,
                        seed=args.seed, everything=False)
-    pred = train.predict_rows(build_model(data), g, rows, batch_size=100)[0][:, 0]
+    pred = predict_rows(build_model(data), g, rows, batch_size=100)[0][:, 0]
     return [g.ids[r] for r in rows], g.targets[args.target][rows], pred.astype(np.float64)
 
 

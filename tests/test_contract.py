@@ -30,7 +30,7 @@ from deepergat.contract import (
     Status,
 )
 from deepergat.system.devices import DEFAULT_DEVICE, DEVICE_CHOICES
-from deepergat.training.config import DEFAULT_VAL_FRACTION, DEFAULTS, MEMBER_KINDS, TrainConfig
+from deepergat.training.config import DEFAULT_VAL_FRACTION, DEFAULTS, MEMBER_KINDS
 
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 
@@ -152,7 +152,7 @@ def test_every_device_option_is_the_same() -> None:
     for command in commands:
         assert _choices(_params(command)["device"]) == DEVICE_CHOICES, command.name
         assert _received(command)["device"] == DEFAULT_DEVICE, command.name
-    assert DEFAULTS.device == DEFAULT_DEVICE
+    assert DEFAULTS.run.device == DEFAULT_DEVICE
 
 
 def test_device_names_are_checked_once() -> None:
@@ -173,20 +173,20 @@ def test_device_names_are_checked_once() -> None:
 def test_train_cli_defaults_are_train_config() -> None:
     train = _command("train")
     params = _params(train)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = DEFAULTS.to_dict()
     compared = []
     for name, value in _received(train).items():
-        if name not in fields or value is None:
+        if name not in settings or value is None:
             continue
-        assert value == getattr(DEFAULTS, name), name
+        assert value == settings[name], name
         compared.append(name)
     assert {"arch", "epochs", "batch_size", "seed", "device", "members", "graph",
             "distance_scale"} <= set(compared)
     assert _choices(params["members"]) == MEMBER_KINDS
     assert _choices(params["graph"]) == contract.GRAPH_CONSTRUCTIONS
     assert f"[{DEFAULT_VAL_FRACTION:g}]" in (params["val_fraction"].help or "")
-    assert DEFAULTS.cutoff == contract.DEFAULT_CUTOFF
-    assert DEFAULTS.max_neighbors == contract.DEFAULT_MAX_NEIGHBORS
+    assert DEFAULTS.dataset.cutoff == contract.DEFAULT_CUTOFF
+    assert DEFAULTS.dataset.max_neighbors == contract.DEFAULT_MAX_NEIGHBORS
 
 
 # ---- statuses ------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from deepergat.contract import (
 )
 from deepergat.graphs import build_inputs, check_graph
 from deepergat.io.store import Store
+from deepergat.system.files import atomic_open
 
 __all__ = [
     "CACHE_VERSION",
@@ -57,7 +58,7 @@ class GraphSet:
 
     Attributes:
         ids: [M] structure ids.
-        status: [M] uint8 docs/design.md status (0 = usable).
+        status: [M] uint8 `deepergat.contract.Status` (0 = usable).
         n_atoms: [M] int64 atoms of each usable structure (0 where status ≠ 0).
         atom_offset: [M] int64 first row of each structure in the atom arrays.
         atomic_numbers: [N] int64.
@@ -115,7 +116,7 @@ class GraphSet:
         return float(self.distances[atoms].max())
 
     def batch(self, rows: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """Padded model inputs (docs/design.md) of the given usable rows, in the given order.
+        """Padded model inputs of the given usable rows, in the given order.
 
         Returns:
             name -> numpy array: atomic_numbers [N] int64, neighbors [N, K] int64, distances
@@ -290,12 +291,14 @@ def load_graphs(
 
 
 def _write_cache(cfile: Path, arrays: dict[str, np.ndarray], key: str) -> None:
+    """Write the cache whole; a folder that refuses it only costs the next run a rebuild."""
     try:
         cfile.parent.mkdir(parents=True, exist_ok=True)
+        # A temporary name of its own: ranks or array tasks may build one cache at once.
         fd, tmp = tempfile.mkstemp(dir=cfile.parent, prefix=cfile.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        with atomic_open(cfile, "wb", tmp=tmp) as f:
             np.savez(f, key=np.array(key), **arrays)
-        os.replace(tmp, cfile)
         log.info("cached graphs in %s", cfile)
     except OSError as e:
         log.warning("could not write graph cache %s: %s", cfile, e)

@@ -82,7 +82,7 @@ def local_weight(y: np.ndarray, mean: np.ndarray, std_raw: np.ndarray,
 def combined_spread(std_raw: np.ndarray, local: np.ndarray, weight: np.ndarray | float
                     ) -> np.ndarray:
     """sqrt(σ_raw² + (w ê)²): the members' spread and a weighted local error term, before the
-    calibration factor (`deepergat.model.DeeperGATGNNEnsemble.spread` in numpy)."""
+    calibration factor (`deepergat.nn.ensemble.DeeperGATGNNEnsemble.spread` in numpy)."""
     return np.sqrt(np.asarray(std_raw, dtype=np.float64) ** 2
                    + (np.asarray(weight, dtype=np.float64) * np.asarray(local)) ** 2)
 

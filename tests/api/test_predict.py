@@ -18,7 +18,8 @@ from structure_helpers import damaged_store
 from deepergat.api import predict as predict_mod
 from deepergat.cli import main
 from deepergat.io.store import StructureBatch, write_store
-from deepergat.training.train import TrainConfig, train
+from deepergat.training.config import TrainConfig
+from deepergat.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     store = root / "s.h5"
     write_store(store, StructureBatch.from_structures(perov_structures(30)),
                 units={"heat_ref": "eV"})
-    train(TrainConfig(data=str(store), target="heat_ref", out=str(root / "run"), layers=2,
-                      epochs=1, batch_size=10, model={"dim": 16}, device="cpu",
-                      cache_dir=str(root)))
+    train(TrainConfig.from_dict(dict(data=str(store), target="heat_ref", out=str(root / "run"),
+                                     layers=2, epochs=1, batch_size=10, model={"dim": 16},
+                                     device="cpu", cache_dir=str(root))))
     return store, root / "run" / "best.ckpt"
 
 

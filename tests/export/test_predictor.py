@@ -146,7 +146,8 @@ def test_a_single_model_predicts_values_and_embeddings(inputs: dict[str, np.ndar
     out = p.predict(inputs)
     assert out._fields == ("prediction", "embedding", "std")
     assert out.prediction.shape == (18, 1) and out.prediction.dtype == np.float32
-    assert out.embedding.shape == (18, p.metadata.embedding_dim) and out.embedding.dtype == np.float32
+    assert out.embedding.shape == (18, p.metadata.embedding_dim)
+    assert out.embedding.dtype == np.float32
     assert out.std is None
     assert np.isfinite(out.prediction).all() and np.isfinite(out.embedding).all()
 

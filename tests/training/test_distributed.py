@@ -15,14 +15,10 @@ import pytest
 import torch
 import yaml
 
+from deepergat.training.config import TrainConfig
 from deepergat.training.data import load_graphs
-from deepergat.training.train import (
-    TrainConfig,
-    _batch_loss,
-    _build_model,
-    epoch_batches,
-    make_splits,
-)
+from deepergat.training.splits import make_splits
+from deepergat.training.trainer import batch_loss, epoch_batches, new_model
 
 
 def _free_port() -> int:
@@ -66,7 +62,7 @@ def test_two_gloo_ranks_equal_gradient_accumulation(tiny_store: Path, tmp_path: 
 
     # The reference: one process, same initial weights, each step sums loss_r / 2 over the
     # micro-batches rank r would have taken, then one optimizer step.
-    cfg = TrainConfig(out=str(tmp_path / "ref"), **settings)
+    cfg = TrainConfig.from_dict({**settings, "out": str(tmp_path / "ref")})
     splits = make_splits(cfg)
     g, rows = splits.train
     y = g.targets["heat_ref"]
@@ -76,18 +72,19 @@ def test_two_gloo_ranks_equal_gradient_accumulation(tiny_store: Path, tmp_path: 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(cfg.seed)
-        model = _build_model(cfg, mean, std, None)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        torch.manual_seed(cfg.run.seed)
+        model = new_model(cfg, mean, std, None)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr,
+                                weight_decay=cfg.trainer.weight_decay)
         model.train()
-        for epoch in range(cfg.epochs):
-            per_rank = [epoch_batches(len(rows), epoch=epoch, seed=cfg.seed,
-                                      batch_size=cfg.batch_size, world_size=2, rank=r)
+        for epoch in range(cfg.trainer.epochs):
+            per_rank = [epoch_batches(len(rows), epoch=epoch, seed=cfg.run.seed,
+                                      batch_size=cfg.trainer.batch_size, world_size=2, rank=r)
                         for r in range(2)]
             for step in range(len(per_rank[0])):
                 opt.zero_grad()
                 for r in range(2):
-                    loss, _, _ = _batch_loss(model, g, rows[per_rank[r][step]], y,
+                    loss, _, _ = batch_loss(model, g, rows[per_rank[r][step]], y,
                                              torch.device("cpu"), std, False)
                     (loss / 2).backward()
                 opt.step()

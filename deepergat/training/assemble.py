@@ -1,9 +1,10 @@
-"""Ensembles: K trained members assembled into one `DeeperGATGNNEnsemble`, its spread calibrated.
+"""K trained members assembled into one `DeeperGATGNNEnsemble`, its spread calibrated.
 
 `assemble` checks that the members can form one model (same architecture, graph settings,
-targets and units) and stacks their weights. `calibrate` fits the spread's factor per target on
-structures no member trained on (`deepergat.uncertainty`) and reports how well the calibrated
-spread describes the errors there. Training (`deepergat.train.train_ensemble`) uses both.
+targets and units) and stacks their weights. `set_local_error` gives it the local error term
+from out-of-fold errors. `calibrate` fits the spread's factors per target on structures no
+member trained on (`deepergat.training.uncertainty`) and reports how well the calibrated spread
+describes the errors there. `deepergat.training.ensembles.train_ensemble` uses all three.
 
 Why calibrate on structures no member saw, and not on out-of-fold predictions: in a K-fold
 ensemble every training structure was seen by K − 1 of the members, so the members' spread
@@ -65,7 +66,7 @@ def assemble(
     """One ensemble from K member checkpoint dicts.
 
     Args:
-        members: K ≥ 2 checkpoint dicts (`deepergat.checkpoint.read_checkpoint`), single models.
+        members: K ≥ 2 checkpoint dicts (`deepergat.nn.checkpoint.read_checkpoint`), single models.
         names: K labels for messages (their paths).
         allow_element_differences: members trained on different splits may have seen
             different elements; then the ensemble's elements are those every member saw.

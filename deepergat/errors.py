@@ -55,6 +55,10 @@ class SettingError(DeepergatError):
         self.template = template
         super().__init__(self.render({}))
 
+    def __reduce__(self) -> tuple[type[SettingError], tuple[str]]:
+        # from a worker process or another rank with its settings intact
+        return (type(self), (self.template,))
+
     @property
     def settings(self) -> list[str]:
         """The settings the message names, in order."""

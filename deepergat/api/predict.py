@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from deepergat.contract import DEFAULT_MAX_ATOMS, DEFAULT_OVERLAP_THRESHOLD, MAX_Z, Status
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError, literal
 
 __all__ = [
     "EvaluationResult",
@@ -133,9 +133,30 @@ def predict_inputs(
         (the loaded `deepergat.export.Predictor`, an iterator of `PredictionRow` in input
         order).
     """
-    ck = load_predictor(model_path, device=device, trust=trust)
-    model = ck
+    model = load_predictor(model_path, device=device, trust=trust)
     paths = [Path(p) for p in inputs]
+    _check_inputs(paths)
+    settings = dict(max_atoms=max_atoms, overlap_threshold=overlap_threshold,
+                    batch_size=batch_size)
+
+    def rows() -> Iterator[PredictionRow]:
+        files: list[Path] = []  # consecutive structure files are packed together
+        for p in paths:
+            if _is_store(p):
+                yield from _predict_files(model, files, settings, id_from=id_from,
+                                          on_skipped=on_skipped)
+                files.clear()
+                yield from _predict_store(model, p, **settings)
+            else:
+                files.append(p)
+        yield from _predict_files(model, files, settings, id_from=id_from,
+                                  on_skipped=on_skipped)
+
+    return model, rows()
+
+
+def _check_inputs(paths: list[Path]) -> None:
+    """Every input exists (or is a glob), and an ``.h5`` file is a structure store."""
     if not paths:
         raise DeepergatError("no inputs given")
     for p in paths:
@@ -147,63 +168,56 @@ def predict_inputs(
             Store(p).close()  # raises the store's own message (truncated, another kind, ...)
             raise DeepergatError(f"{p}: not a deepergat structure store")
 
-    def rows() -> Iterator[PredictionRow]:
-        files: list[Path] = []
-        settings = dict(max_atoms=max_atoms, overlap_threshold=overlap_threshold,
-                        batch_size=batch_size)
 
-        def flush() -> Iterator[PredictionRow]:
-            if not files:
-                return
-            from deepergat.io.pack import NothingPacked, describe_skipped, pack
+def _predict_files(model: Any, files: list[Path], settings: dict[str, Any], *, id_from: str,
+                   on_skipped: Callable[[int, str], None] | None) -> Iterator[PredictionRow]:
+    """Rows of structure files, packed into a temporary store first (skipped files reported
+    through ``on_skipped``)."""
+    if not files:
+        return
+    from deepergat.io.pack import describe_skipped
 
-            try:
-                tmp_dir = tempfile.TemporaryDirectory(prefix="deepergat-predict-")
-            except OSError as e:
-                raise _temporary_space_error(e) or e from None
-            with tmp_dir as tmp:
-                store = Path(tmp) / "inputs.h5"
-                try:
-                    result = pack([str(f) for f in files], store, workers=1, skip_bad=True,
-                                  id_from=id_from)  # type: ignore[arg-type]
-                except NothingPacked as e:
-                    listed = _skipped_items(store)
-                    if listed:
-                        raise DeepergatError(
-                            f"no structure could be read from the inputs: {listed}"
-                        ) from None
-                    names = ", ".join(str(f) for f in files[:_NAMED])
-                    more = f" and {len(files) - _NAMED} more" if len(files) > _NAMED else ""
-                    raise DeepergatError(
-                        f"no structure could be read from {names}{more} "
-                        f"({describe_skipped(e.skipped) or 'nothing found'})"
-                    ) from None
-                except (DeepergatError, OSError, RuntimeError) as e:
-                    space = _temporary_space_error(e)
-                    if space is not None:  # the temporary store's disk, not the user's files
-                        raise space from None
-                    if not isinstance(e, DeepergatError):
-                        raise
-                    # name the user's files, not the temporary store
-                    raise DeepergatError(str(e).replace(f"{store}: ", "")) from None
-                if result.n_skipped and on_skipped is not None:
-                    listed = _skipped_items(store)
-                    what = describe_skipped(result.skipped)  # "2 unreadable, 1 disordered"
-                    if listed:  # each named with its reason; counts too when some are not
-                        what = f"{what}: {listed}" if result.n_skipped > _NAMED else listed
-                    on_skipped(result.n_skipped, what)
-                yield from _predict_store(model, store, **settings)
-            files.clear()
+    try:
+        tmp_dir = tempfile.TemporaryDirectory(prefix="deepergat-predict-")
+    except OSError as e:
+        raise _temporary_space_error(e) or e from None
+    with tmp_dir as tmp:
+        store = Path(tmp) / "inputs.h5"
+        result = _pack_files(files, store, id_from=id_from)
+        if result.n_skipped and on_skipped is not None:
+            listed = _skipped_items(store)
+            what = describe_skipped(result.skipped)  # "2 unreadable, 1 disordered"
+            if listed:  # each named with its reason; counts too when some are not
+                what = f"{what}: {listed}" if result.n_skipped > _NAMED else listed
+            on_skipped(result.n_skipped, what)
+        yield from _predict_store(model, store, **settings)
 
-        for p in paths:
-            if _is_store(p):
-                yield from flush()
-                yield from _predict_store(model, p, **settings)
-            else:
-                files.append(p)
-        yield from flush()
 
-    return ck, rows()
+def _pack_files(files: list[Path], store: Path, *, id_from: str) -> Any:
+    """`deepergat.io.pack.pack` of ``files`` into the temporary ``store``; its errors name the
+    user's files (and settings), never the temporary store."""
+    from deepergat.io.pack import NothingPacked, describe_skipped, pack
+
+    try:
+        return pack([str(f) for f in files], store, workers=1, skip_bad=True,
+                    id_from=id_from)  # type: ignore[arg-type]
+    except NothingPacked as e:
+        listed = _skipped_items(store)
+        if listed:
+            raise DeepergatError(f"no structure could be read from the inputs: {listed}") from None
+        names = ", ".join(str(f) for f in files[:_NAMED])
+        more = f" and {len(files) - _NAMED} more" if len(files) > _NAMED else ""
+        raise DeepergatError(f"no structure could be read from {names}{more} "
+                             f"({describe_skipped(e.skipped) or 'nothing found'})") from None
+    except (DeepergatError, OSError, RuntimeError) as e:
+        space = _temporary_space_error(e)
+        if space is not None:  # the temporary store's disk, not the user's files
+            raise space from None
+        if isinstance(e, SettingError):
+            raise SettingError(e.template.replace(literal(f"{store}: "), "")) from None
+        if isinstance(e, DeepergatError):
+            raise DeepergatError(str(e).replace(f"{store}: ", "")) from None
+        raise
 
 
 #: Skipped inputs named in a message; the rest are counted ("and N more").

@@ -199,6 +199,72 @@ def _spread(outputs: Sequence[Any]) -> np.ndarray | None:
     return None
 
 
+class _Tally:
+    """What `compare` gathers over the cases: the largest differences, the worst case relative
+    to its tolerance, the first failures."""
+
+    def __init__(self, std: np.ndarray, names: list[str]) -> None:
+        self.std, self.names = std, names
+        t = len(std)
+        self.max_diff = np.zeros(t)
+        self.allowed_at_worst = np.full(t, np.nan)
+        self.ratio_t = np.zeros(t)
+        self.worst: dict[str, Any] = {}
+        self.worst_ratio = 0.0
+        self.emb_diff = 0.0
+        self.failures: list[dict[str, Any]] = []
+        self.passed = True
+
+    def wrong_shapes(self, case: ParityCase, got: tuple[Any, ...], want: tuple[Any, ...]) -> None:
+        self.passed = False
+        self.failures.append({"case": case.label, "id": None, "target": None,
+                              "error": f"output shapes {got[0]}, {got[1]}; expected "
+                                       f"{want[0]}, {want[1]}"})
+        self.worst_ratio = float("inf")
+
+    def add(self, case: ParityCase, y1: np.ndarray, e1: np.ndarray, y2: np.ndarray,
+            e2: np.ndarray) -> None:
+        """One case's [C, T] predictions and [C, D] embeddings, reference and candidate."""
+        diff = np.abs(y1.astype(np.float64) - y2.astype(np.float64))
+        tol = tolerance(y1, self.std)
+        ratio = np.where(np.isfinite(diff), diff / tol, np.inf)
+        if e1.size:
+            ed = np.abs(e1.astype(np.float64) - e2.astype(np.float64))
+            self.emb_diff = max(self.emb_diff,
+                                float(np.nanmax(np.where(np.isfinite(ed), ed, np.inf))))
+        if diff.size:
+            self._track_worst(case, diff, tol, ratio)
+        bad = ~agree(y1, y2, self.std)
+        if bad.any():
+            self.passed = False
+            for c, j in zip(*np.nonzero(bad), strict=True):
+                if len(self.failures) >= 5:
+                    break
+                self.failures.append({
+                    "case": case.label, "id": case.ids[int(c)], "target": self.names[int(j)],
+                    "reference": float(y1[c, j]), "candidate": float(y2[c, j]),
+                    "allowed": float(tol[c, j]),
+                })
+
+    def _track_worst(self, case: ParityCase, diff: np.ndarray, tol: np.ndarray,
+                     ratio: np.ndarray) -> None:
+        t = len(self.std)
+        self.max_diff = np.maximum(self.max_diff,
+                                   np.where(np.isfinite(diff), diff, np.inf).max(0))
+        arg = ratio.argmax(0)
+        for j in range(t):
+            r = float(ratio[arg[j], j])
+            if r >= self.ratio_t[j]:
+                self.ratio_t[j] = r
+                self.allowed_at_worst[j] = float(tol[arg[j], j])
+        flat = int(ratio.argmax())
+        r = float(ratio.flat[flat])
+        if r > self.worst_ratio or not self.worst:
+            self.worst_ratio = max(self.worst_ratio, r)
+            c, j = divmod(flat, t)
+            self.worst = {"case": case.label, "id": case.ids[c], "target": self.names[j]}
+
+
 def compare(
     cases: Sequence[ParityCase],
     reference: Sequence[Outputs],
@@ -231,15 +297,7 @@ def compare(
     if spread:
         std_arr = np.concatenate([std_arr, std_arr])
         names = [*names, *(f"{n}_std" for n in names)]
-    t = len(std_arr)
-    max_diff = np.zeros(t)
-    allowed_at_worst = np.full(t, np.nan)
-    ratio_t = np.zeros(t)
-    worst: dict[str, Any] = {}
-    worst_ratio = 0.0
-    emb_diff = 0.0
-    failures: list[dict[str, Any]] = []
-    passed = True
+    tally = _Tally(std_arr, names)
     ids_seen: set[str] = set()
     n_pred = 0
     for k, case in enumerate(cases):
@@ -256,53 +314,19 @@ def compare(
         ids_seen.update(case.ids)
         n_pred += len(case.ids)
         if y2.shape != y1.shape or e2.shape != e1.shape:
-            passed = False
-            failures.append({"case": case.label, "id": None, "target": None,
-                             "error": f"output shapes {y2.shape}, {e2.shape}; expected "
-                                      f"{y1.shape}, {e1.shape}"})
-            worst_ratio = float("inf")
+            tally.wrong_shapes(case, (y2.shape, e2.shape), (y1.shape, e1.shape))
             continue
-        diff = np.abs(y1.astype(np.float64) - y2.astype(np.float64))
-        tol = tolerance(y1, std_arr)
-        ratio = np.where(np.isfinite(diff), diff / tol, np.inf)
-        bad = ~agree(y1, y2, std_arr)
-        if e1.size:
-            ed = np.abs(e1.astype(np.float64) - e2.astype(np.float64))
-            emb_diff = max(emb_diff, float(np.nanmax(np.where(np.isfinite(ed), ed, np.inf))))
-        if diff.size:
-            max_diff = np.maximum(max_diff, np.where(np.isfinite(diff), diff, np.inf).max(0))
-            arg = ratio.argmax(0)
-            for j in range(t):
-                r = float(ratio[arg[j], j])
-                if r >= ratio_t[j]:
-                    ratio_t[j] = r
-                    allowed_at_worst[j] = float(tol[arg[j], j])
-            flat = int(ratio.argmax())
-            r = float(ratio.flat[flat])
-            if r > worst_ratio or not worst:
-                worst_ratio = max(worst_ratio, r)
-                c, j = divmod(flat, t)
-                worst = {"case": case.label, "id": case.ids[c], "target": names[j]}
-        if bad.any():
-            passed = False
-            for c, j in zip(*np.nonzero(bad), strict=True):
-                if len(failures) >= 5:
-                    break
-                failures.append({
-                    "case": case.label, "id": case.ids[int(c)], "target": names[int(j)],
-                    "reference": float(y1[c, j]), "candidate": float(y2[c, j]),
-                    "allowed": float(tol[c, j]),
-                })
+        tally.add(case, y1, e1, y2, e2)
     return ParityResult(
-        passed=passed,
+        passed=tally.passed,
         n_structures=len(ids_seen),
         n_predictions=n_pred,
         batches=len(cases),
-        max_abs_diff=[float(v) for v in max_diff],
-        max_allowed=[float(v) for v in allowed_at_worst],
-        worst_ratio=float(worst_ratio),
-        worst=worst,
-        embedding_max_abs_diff=float(emb_diff),
-        failures=failures,
+        max_abs_diff=[float(v) for v in tally.max_diff],
+        max_allowed=[float(v) for v in tally.allowed_at_worst],
+        worst_ratio=float(tally.worst_ratio),
+        worst=tally.worst,
+        embedding_max_abs_diff=float(tally.emb_diff),
+        failures=tally.failures,
         backend=backend,
     )

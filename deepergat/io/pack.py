@@ -36,7 +36,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from deepergat.errors import DeepergatError, SettingError
+from deepergat.errors import DeepergatError, SettingError, literal
 from deepergat.system.files import atomic_open
 from deepergat.system.lifeline import watch_parent
 from deepergat.system.lock import OutputLock, run_token
@@ -516,7 +516,7 @@ def _pack(
         if count == 0:
             log.warning(
                 "target %r has no values in any input (for a MatDeepLearn folder's targets.csv "
-                "name the columns with --target-name)",
+                "name its value columns with the target names)",
                 name,
             )
     return PackResult(
@@ -574,8 +574,9 @@ def _plan(
         if inp.path.resolve() == out.resolve():
             raise DeepergatError(f"{out}: is also an input; choose another output name")
         if skipped_path is not None and inp.path.resolve() == skipped_path.resolve():
-            raise DeepergatError(f"{skipped_path}: is an input, and --skip-bad would write its "
-                                 "list of skipped inputs there; choose another output name")
+            raise SettingError(f"{literal(skipped_path)}: is an input, and {{skip_bad}} would "
+                               "write its list of skipped inputs there; choose another output "
+                               "name")
         if inp.kind == "csv":
             readers.check_csv_columns(
                 inp.path, cif_column=cif_column, id_column=id_column, target_columns=csv_targets
@@ -642,9 +643,9 @@ class _Intake:
             self.buf.add(r)
         for f in failures:
             if self.skipped_rows is None:
-                raise DeepergatError(
-                    f"{f.source}: {f.reason}; pass --skip-bad to skip what cannot be "
-                    "read and list it"
+                raise SettingError(
+                    f"{literal(f.source)}: {literal(f.reason)}; pass {{skip_bad}} to skip what "
+                    "cannot be read and list it"
                 )
             self.skipped_rows.writerow([f.source, f.reason])
             self.skipped[f.category] += 1
@@ -693,10 +694,10 @@ def _check_skipped_list(path: Path) -> None:
     except (OSError, UnicodeDecodeError):
         first = None
     if first != _SKIPPED_HEADER or not path.is_file():
-        raise DeepergatError(
-            f"{path}: exists and is not a list of skipped inputs (its first line is not "
-            f"'{_SKIPPED_HEADER}'); pack --skip-bad writes its list there and never overwrites "
-            "other files — move it away or choose another output name"
+        raise SettingError(
+            f"{literal(path)}: exists and is not a list of skipped inputs (its first line is not "
+            f"'{_SKIPPED_HEADER}'); with {{skip_bad}} pack writes its list there and never "
+            "overwrites other files — move it away or choose another output name"
         )
 
 
@@ -714,12 +715,13 @@ def _remove_leftovers(out: Path) -> None:
 
 def _duplicate(r: Record, first: Path, second: Path, id_from: IdFrom) -> None:
     if first != second and id_from == "stem":
-        hint = "; pass --id-from path to tell files with the same name apart"
+        hint = "; pass {id_from} path to tell files with the same name apart"
         where = f"already taken by a structure from {first}"
     else:
         hint = "; ids must be unique (check the id column or the input list)"
         where = f"already taken by another structure from {first}"
-    raise DeepergatError(f"{r.source}: duplicate id {r.id!r}, {where}{hint}")
+    raise SettingError(f"{literal(r.source)}: duplicate id {literal(repr(r.id))}, "
+                       f"{literal(where)}{hint}")
 
 
 def describe_skipped(skipped: Counter[str] | dict[str, int]) -> str:

@@ -218,9 +218,9 @@ def test_csv_targets_ids_and_nan(tmp_path: Path) -> None:
     assert _load(tmp_path / "r.h5")[0].ids == ["noid_0", "noid_1", "noid_2"]
 
     for kwargs, message in [
-        ({"targets": ["gap"]}, r"t\.csv: no target column 'gap'.*--target"),
-        ({"cif_column": "CIF"}, r"t\.csv: no CIF column 'CIF'.*--cif-column"),
-        ({"id_column": "name"}, r"t\.csv: no id column 'name'.*--id-column"),
+        ({"targets": ["gap"]}, r"t\.csv: no target column 'gap'.*with targets$"),
+        ({"cif_column": "CIF"}, r"t\.csv: no CIF column 'CIF'.*with cif_column$"),
+        ({"id_column": "name"}, r"t\.csv: no id column 'name'.*with id_column$"),
         ({"targets": ["y"], "target_names": ["e"]}, "^target_names names the value columns"),
         ({"targets": ["a/b"]}, "without '/'"),
     ]:
@@ -274,7 +274,7 @@ def test_duplicate_ids_suggest_id_from_path(tmp_path: Path) -> None:
         (tmp_path / run).mkdir()
         (tmp_path / run / "CONTCAR").write_text(nacl_structure().to(fmt="poscar"))
     pattern = str(tmp_path / "run*" / "CONTCAR")
-    with pytest.raises(DeepergatError, match=r"duplicate id 'CONTCAR'.*--id-from path") as e:
+    with pytest.raises(DeepergatError, match=r"duplicate id 'CONTCAR'.*pass id_from path") as e:
         pack([pattern], tmp_path / "o.h5", workers=1)
     assert "run1" in str(e.value) and "run2" in str(e.value)
     assert not (tmp_path / "o.h5").exists()
@@ -298,7 +298,7 @@ def test_skip_bad(tmp_path: Path) -> None:
     f = _write_csv(tmp_path / "t.csv", ["material_id", "cif"], rows)
     (tmp_path / "junk.cif").write_text("this is not a CIF")
     inputs = [f, tmp_path / "junk.cif"]
-    with pytest.raises(DeepergatError, match=r"t\.csv:row 2 \(id broken\): unreadable.*--skip-bad"):
+    with pytest.raises(DeepergatError, match=r"t\.csv:row 2 \(id broken\): unreadable.*pass skip_bad"):
         pack(inputs, tmp_path / "out.h5", workers=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.cif", "t.csv"]
 

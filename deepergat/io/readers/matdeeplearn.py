@@ -7,7 +7,7 @@ import csv
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError, literal
 
 from .records import STRUCTURE_FORMATS, FailTask, Failure, FileTask, Task, structure_format
 from .table import open_csv
@@ -62,9 +62,10 @@ def matdeeplearn_tasks(
         source = f"{table}:row {row_no} (id {sid})"
         values = fields[1:]
         if len(values) != len(target_names):
-            raise DeepergatError(
-                f"{source}: {len(values)} value column(s) but {len(target_names)} target "
-                f"name(s) {list(target_names)}; give one --target-name per value column"
+            raise SettingError(
+                f"{literal(source)}: {len(values)} value column(s) but {len(target_names)} "
+                f"target name(s) {literal(list(target_names))}; give one {{target_names}} per "
+                "value column"
             )
         candidates = [c for c in by_stem.get(sid, []) if structure_format(c) in STRUCTURE_FORMATS]
         if not candidates:

@@ -12,7 +12,7 @@ import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, SettingError, literal
 
 from .records import CifTextTask, FailTask, Failure, Task
 
@@ -57,9 +57,9 @@ def resolve_id_column(path: str | Path, header: Sequence[str], id_column: str | 
     """
     if id_column is not None:
         if id_column not in header:
-            raise DeepergatError(
-                f"{path}: no id column {id_column!r}; columns are {_columns(header)}; "
-                "name one with --id-column"
+            raise SettingError(
+                f"{literal(path)}: no id column {literal(repr(id_column))}; columns are "
+                f"{literal(_columns(header))}; name one with {{id_column}}"
             )
         return id_column
     for name in ("material_id", "id"):
@@ -85,13 +85,13 @@ def check_csv_columns(
         DeepergatError: the file is unreadable or a named column is missing.
     """
     header = read_csv_header(path)
-    for column, what, flag in [(cif_column, "CIF column", "--cif-column")] + [
-        (c, "target column", "--target") for c in target_columns
+    for column, what, setting in [(cif_column, "CIF column", "cif_column")] + [
+        (c, "target column", "targets") for c in target_columns
     ]:
         if column not in header:
-            raise DeepergatError(
-                f"{path}: no {what} {column!r}; columns are {_columns(header)}; "
-                f"name the right one with {flag}"
+            raise SettingError(
+                f"{literal(path)}: no {what} {literal(repr(column))}; columns are "
+                f"{literal(_columns(header))}; name the right one with {{{setting}}}"
             )
     return resolve_id_column(path, header, id_column)
 

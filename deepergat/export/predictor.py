@@ -247,8 +247,7 @@ class TorchPredictor(Predictor):
         dev = torch.device(self.device)
         tensors = [torch.from_numpy(a).to(dev, non_blocking=True) for a in arrays]
         # TorchScript's profiling executor on CUDA compiles fused kernels per input shape, and
-        # every screening batch has another shape: seconds per call until it gives up (seen on
-        # an H200: 0.5 crystals/s at batch 1). Plain execution has no such warm-up.
+        # every screening batch has another shape (docs/design.md §8); plain execution does not.
         plain = self.backend == "torchscript" and dev.type == "cuda"
         with torch.inference_mode(), (
             torch.jit.optimized_execution(False) if plain else contextlib.nullcontext()

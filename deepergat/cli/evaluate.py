@@ -34,8 +34,8 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
     """
     import json
 
-    from deepergat.api.predict import evaluate as run_evaluate
-    from deepergat.api.predict import parity_plot
+    from deepergat.api.evaluate import evaluate as run_evaluate
+    from deepergat.api.evaluate import parity_plot
 
     result = run_evaluate(model, data, target, batch_size=batch_size, device=device, trust=trust)
     u = f" {result.units}" if result.units else ""

@@ -46,7 +46,9 @@ def test_evaluate_prints_and_writes_metrics(trained: tuple[Path, Path], tmp_path
     assert set(metrics) == {"target", "units", "n", "mae", "rmse", "r2"}
     assert metrics["n"] == 30 and metrics["units"] == "eV"
     assert plot.stat().st_size > 1000
-    res = predict_mod.evaluate(ckpt, store, "heat_ref")
+    from deepergat.api.evaluate import evaluate
+
+    res = evaluate(ckpt, store, "heat_ref")
     assert res.mae == pytest.approx(np.abs(res.y_pred - res.y_true).mean())
     assert res.rmse >= res.mae
     r = CliRunner().invoke(main, ["evaluate", str(ckpt), "--data", str(store), "--target", "x"])

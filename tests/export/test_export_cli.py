@@ -157,7 +157,7 @@ def test_predict_same_numbers_for_checkpoint_and_exported_files(exported_tiny, t
 
 
 def test_evaluate_accepts_exported_files(exported_tiny, tmp_path):
-    from deepergat.api.predict import evaluate
+    from deepergat.api.evaluate import evaluate
     from deepergat.export.samples import parity_structures
     from deepergat.io.store import write_store
 

@@ -298,7 +298,8 @@ def test_skip_bad(tmp_path: Path) -> None:
     f = _write_csv(tmp_path / "t.csv", ["material_id", "cif"], rows)
     (tmp_path / "junk.cif").write_text("this is not a CIF")
     inputs = [f, tmp_path / "junk.cif"]
-    with pytest.raises(DeepergatError, match=r"t\.csv:row 2 \(id broken\): unreadable.*pass skip_bad"):
+    with pytest.raises(DeepergatError,
+                       match=r"t\.csv:row 2 \(id broken\): unreadable.*pass skip_bad"):
         pack(inputs, tmp_path / "out.h5", workers=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.cif", "t.csv"]
 

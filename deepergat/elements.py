@@ -1,5 +1,6 @@
 """The periodic table as this package needs it, without torch or pymatgen: element symbols and
-Pauling electronegativities (for writing formulas as pymatgen does).
+Pauling electronegativities (for writing formulas as pymatgen does), and the compositions of many
+structures at once.
 """
 
 from __future__ import annotations
@@ -7,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from math import gcd
 
-__all__ = ["SYMBOLS", "formula", "symbol"]
+import numpy as np
+
+__all__ = ["SYMBOLS", "atomic_number", "compositions", "formula", "symbol"]
 
 #: (symbol, Pauling electronegativity or None) of Z = 1..118 (pymatgen's values).
 _TABLE: tuple[tuple[str, float | None], ...] = (
@@ -47,17 +50,67 @@ def formula(atomic_numbers: Iterable[int]) -> str:
     counts: dict[int, int] = {}
     for z in atomic_numbers:
         counts[int(z)] = counts.get(int(z), 0) + 1
+    return _written(counts)
+
+
+def _written(counts: dict[int, int]) -> str:
+    """`formula` of element counts {Z: n} (reduced here)."""
     if not counts:
         return ""
     div = 0
     for n in counts.values():
         div = gcd(div, n)
-
-    def key(z: int) -> tuple[float, str]:
-        x = _TABLE[z - 1][1] if 0 < z <= len(_TABLE) else None
-        return (float("inf") if x is None else x, symbol(z))
-
     return "".join(
         symbol(z) + (str(counts[z] // div) if counts[z] // div != 1 else "")
-        for z in sorted(counts, key=key)
+        for z in sorted(counts, key=_order)
     )
+
+
+def _order(z: int) -> tuple[float, str]:
+    x = _TABLE[z - 1][1] if 0 < z <= len(_TABLE) else None
+    return (float("inf") if x is None else x, symbol(z))
+
+
+def atomic_number(sym: str) -> int:
+    """Z of an element symbol (``"Fe"`` → 26), 0 when it names none."""
+    return _NUMBER.get(sym, 0)
+
+
+_NUMBER = {s: z for z, s in enumerate(SYMBOLS) if z}
+
+
+def compositions(atomic_numbers: np.ndarray, n_atoms: np.ndarray
+                 ) -> tuple[list[str], np.ndarray]:
+    """The reduced formula and the number of distinct elements of each of M structures.
+
+    Args:
+        atomic_numbers: [N] Z of every atom, structure after structure (0–255).
+        n_atoms: [M] atoms per structure, summing to N.
+
+    Returns:
+        (M reduced formulas as `formula` writes them, "" for a structure without atoms;
+        [M] uint8 distinct elements). Each distinct composition is written once, so the cost is
+        a few array operations per structure.
+    """
+    m = len(n_atoms)
+    z = np.asarray(atomic_numbers, dtype=np.int64)
+    which = np.repeat(np.arange(m, dtype=np.int64), np.asarray(n_atoms, dtype=np.int64))
+    counts = np.bincount(which * 256 + z, minlength=m * 256).reshape(m, 256)
+    present = counts > 0
+    n_elements = present.sum(1).astype(np.uint8)
+    if not m:
+        return [], n_elements
+    divisor = np.gcd.reduce(counts, axis=1)
+    reduced = (counts // np.maximum(divisor, 1)[:, None]).astype(np.uint64)
+    # two 64-bit hashes of each reduced composition stand for it (a collision of both for two
+    # different compositions among millions has probability ~1e-26); each is written once
+    keys = np.stack([reduced @ _HASH[0], reduced @ _HASH[1]], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    names = []
+    for i in first:
+        nz = np.flatnonzero(reduced[i])
+        names.append(_written(dict(zip(nz.tolist(), reduced[i, nz].tolist(), strict=True))))
+    return [names[i] for i in inverse.reshape(-1)], n_elements
+
+
+_HASH = np.random.default_rng(20261206).integers(1, 2**63, size=(2, 256), dtype=np.uint64) | 1

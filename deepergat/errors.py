@@ -12,6 +12,7 @@ import errno as errno_module
 import os
 import re
 import shutil
+from typing import Any
 
 from .contract import STATUS_CODES  # re-exported: where callers always found it
 
@@ -55,9 +56,10 @@ class SettingError(DeepergatError):
         self.template = template
         super().__init__(self.render({}))
 
-    def __reduce__(self) -> tuple[type[SettingError], tuple[str]]:
-        # from a worker process or another rank with its settings intact
-        return (type(self), (self.template,))
+    def __reduce__(self) -> tuple[Any, ...]:
+        # from a worker process or another rank with its settings (and a subclass's
+        # attributes) intact, whatever the subclass's constructor takes
+        return (_restore_setting_error, (type(self), self.template, dict(self.__dict__)))
 
     @property
     def settings(self) -> list[str]:
@@ -71,6 +73,14 @@ class SettingError(DeepergatError):
             return m.group(0)[0] if name is None else names.get(name, name)
 
         return self._FIELD.sub(word, self.template)
+
+
+def _restore_setting_error(cls: type[SettingError], template: str,
+                           state: dict[str, Any]) -> SettingError:
+    err = cls.__new__(cls)
+    SettingError.__init__(err, template)
+    err.__dict__.update(state)
+    return err
 
 
 def literal(text: object) -> str:

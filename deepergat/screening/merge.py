@@ -1,9 +1,11 @@
 """Parts → the final predictions file, in input order, then the parts are removed.
 
 The manifest holds everything the final file's attributes need (model, its sha256 and metadata,
-input, digest, targets, embedding width), so a merge needs neither the model nor the structures.
-The file is written under a temporary name and renamed, so a merge killed half-way leaves the
-parts intact and no output; the parts are removed only after the rename.
+input, digest, targets, embedding width), so a merge needs no model. Of the structures it reads
+only their elements, for each row's reduced formula and element count, after checking that the
+input store is still the one screened. The file is written under a temporary name and renamed,
+so a merge killed half-way leaves the parts intact and no output; the parts are removed only
+after the rename.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from typing import Any
 import numpy as np
 
 from deepergat.contract import Status
-from deepergat.errors import DeepergatError
+from deepergat.elements import compositions
+from deepergat.errors import DeepergatError, SettingError
+from deepergat.io.store import Store
 
 from .failures import literal
-from .parts import PartsDir, describe_stamps
+from .parts import PartsDir, describe_stamps, store_fingerprint
 from .plan import Plan
 from .predictions import FLAG_UNSEEN_ELEMENT, NoSpaceError, PredictionsWriter
 
 __all__ = [
     "MergeResult",
     "MissingChunksError",
+    "check_input_unchanged",
     "check_space",
     "describe_missing",
     "merge_parts",
@@ -159,6 +164,7 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
             ks,
         )
     check_space(parts.output, output_bytes(plan.n_structures, manifest), factor=1.1)
+    check_input_unchanged(parts, manifest)
     targets = manifest["targets"]
     emb_dim = int(manifest["embedding_dim"]) if manifest.get("embeddings") else None
     spread = bool(manifest.get("spread", False))
@@ -176,11 +182,13 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
         with PredictionsWriter(
             parts.output, n_structures=plan.n_structures, targets=targets,
             embedding_dim=emb_dim, attrs=attrs, spread=spread,
-        ) as w:
+        ) as w, Store(manifest["input"]) as store:
             for k in range(plan.n_chunks):
                 a, b = plan.bounds(k)
                 rows = parts.read(k, start=a, stop=b, targets=len(targets),
                                   embedding_dim=emb_dim, spread=spread, run=run_id)
+                rows.formula, rows.n_elements = compositions(store.atomic_numbers(a, b),
+                                                             store.n_atoms[a:b])
                 w.write(a, rows)
                 result.status += np.bincount(rows.status, minlength=len(Status))[: len(Status)]
                 result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
@@ -192,6 +200,37 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
     result.seconds = time.perf_counter() - t0
     log.info("merged %d chunks into %s in %.1f s", plan.n_chunks, parts.output, result.seconds)
     return result
+
+
+def check_input_unchanged(parts: PartsDir, manifest: dict[str, Any]) -> None:
+    """The input store is the one the run screened: its fingerprint is the one recorded when the
+    run began, or else its arrays still hash to the run's content digest.
+
+    Raises:
+        SettingError: the store is gone, unreadable or changed (its parts describe other
+            structures than the file now holds); the parts are kept.
+    """
+    store = str(manifest["input"])
+    try:
+        if store_fingerprint(store) == manifest.get("input_fingerprint"):
+            return
+
+        def rehash() -> str:
+            with Store(store) as s:
+                return s.compute_digest()
+
+        digest = parts.input_digest(store, rehash)
+    except (OSError, DeepergatError) as e:
+        raise SettingError(
+            f"{literal(store)}: cannot read the input store to finish the screen "
+            f"({literal(' '.join(str(e).split()))}); put it back and run the same command again "
+            "(the parts are kept)") from None
+    if digest != manifest["input_digest"]:
+        raise SettingError(
+            f"{literal(store)}: the input store changed while it was screened (content digest "
+            f"{digest[:12]}, the screen began with {str(manifest['input_digest'])[:12]}): the "
+            f"parts in {literal(parts.path)} describe other structures; screen it again with "
+            "{resume}")
 
 
 def screen_settings(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The predictions file (docs/design.md §9): its rows, writer, identity, description, top-K.
 
-HDF5, root attributes ``format = "deepergat-predictions"``, ``version = 1``, ``model``,
+HDF5, root attributes ``format = "deepergat-predictions"``, ``version = 2``, ``model``,
 ``model_sha256``, ``model_metadata`` (JSON), ``input``, ``input_digest``, ``status_codes``
 (JSON), ``created_by``; and ``screen_settings`` (JSON: max_atoms, overlap_threshold, embeddings)
 so a rerun can tell whether an existing file is its own. Datasets:
@@ -13,8 +13,13 @@ so a rerun can tell whether an existing file is its own. Datasets:
                                            where the prediction is NaN
 ``status``             [M] uint8           docs/design.md codes 0-7
 ``flags``              [M] uint8           bit 0: an element the model never saw in training
+``formula``            [M] utf-8 string    reduced formula of the structure screened (v2)
+``n_elements``         [M] uint8           distinct elements of the structure screened (v2)
 ``embeddings``         [M, D] float32      optional
 =====================  ==================  ===============================================
+
+Version 1 files (written before ``formula`` and ``n_elements``) still read: their formulas come
+from the input store only while its content digest is the one the file records.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ __all__ = [
     "NoSpaceError",
     "PredictionsWriter",
     "Rows",
+    "compositions_of",
     "describe_predictions",
     "format_predictions",
     "read_identity",
@@ -70,7 +76,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FORMAT = "deepergat-predictions"
-PREDICTIONS_VERSION = 1
+PREDICTIONS_VERSION = 2
 _STR = h5py.string_dtype("utf-8")
 _ROW_CHUNK = 65536
 #: Rows read at a time when describing or ranking a file.
@@ -89,6 +95,8 @@ class Rows:
         predictions: [m, T] float32 in the targets' units, NaN where status ≠ 0.
         embeddings: [m, D] float32 pooled crystal vectors (NaN where status ≠ 0), or None.
         std: [m, T] float32 calibrated spread of an ensemble (NaN where status ≠ 0), or None.
+        formula: [m] reduced formulas (`deepergat.elements.compositions`), or None.
+        n_elements: [m] uint8 distinct elements, or None.
     """
 
     index: np.ndarray
@@ -98,6 +106,8 @@ class Rows:
     predictions: np.ndarray
     embeddings: np.ndarray | None = None
     std: np.ndarray | None = None
+    formula: list[str] | None = None
+    n_elements: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -179,9 +189,10 @@ class PredictionsWriter:
         self._f: h5py.File | None = None
         m = int(n_structures)
         n_t = len(self.targets) * (2 if spread else 1)
-        #: bytes of a row in the file, its id's text aside (compressed data never grows by more
-        #: than zlib's bound, counted in `_grow`).
-        self._per_row = 8 + 1 + 1 + 4 * n_t + 4 * int(embedding_dim or 0) + _ID_OVERHEAD
+        #: bytes of a row in the file, its id's and formula's text aside (compressed data never
+        #: grows by more than zlib's bound, counted in `_grow`).
+        self._per_row = (8 + 1 + 1 + 1 + 4 * n_t + 4 * int(embedding_dim or 0)
+                         + 2 * _ID_OVERHEAD)
         self._chunk_bytes = 0  # one HDF5 chunk of every dataset
         image = self._layout(m, targets, embedding_dim, attrs, spread)
         self._need = len(image) + self._chunk_bytes + (1 << 20)
@@ -212,6 +223,8 @@ class PredictionsWriter:
             self._column(f, "ids", _STR, m, compress=False)
             self._column(f, "status", np.uint8, m)
             self._column(f, "flags", np.uint8, m)
+            self._column(f, "formula", _STR, m, compress=False)
+            self._column(f, "n_elements", np.uint8, m)
             groups = ["predictions", "std"] if spread else ["predictions"]
             for name in groups:
                 group = f.create_group(name, track_order=True)  # the model's target order
@@ -323,7 +336,10 @@ class PredictionsWriter:
         """
         f = self._f
         assert f is not None
-        raw = len(rows) * self._per_row + sum((len(s.encode()) + 7) & ~7 for s in rows.ids)
+        if rows.formula is None or rows.n_elements is None:
+            raise ValueError("rows without formulas for a predictions file")
+        raw = len(rows) * self._per_row + sum(
+            (len(s.encode()) + 7) & ~7 for s in (*rows.ids, *rows.formula))
         need = self._need + self._bound(raw, len(rows))
         if self._can_reserve and need > self._reserved:
             self._grow(need)
@@ -335,6 +351,8 @@ class PredictionsWriter:
         f["ids"][start:b] = rows.ids
         f["status"][start:b] = rows.status
         f["flags"][start:b] = rows.flags
+        f["formula"][start:b] = rows.formula
+        f["n_elements"][start:b] = rows.n_elements
         for j, name in enumerate(self.targets):
             f[f"predictions/{name}"][start:b] = rows.predictions[:, j]
         if "std" in f:
@@ -527,22 +545,45 @@ def _take(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _formulas(store_path: str | os.PathLike[str] | None, index: np.ndarray) -> list[str]:
-    """Reduced formulas of rows of the input store ("" when the store cannot be read: the
-    ranking does not depend on it)."""
-    if store_path is None or not len(index):
-        return [""] * len(index)
-    from deepergat.elements import formula
+def compositions_of(f: h5py.File, rows: np.ndarray, *,
+                    store: str | os.PathLike[str] | None = None
+                    ) -> tuple[list[str], np.ndarray]:
+    """The reduced formulas and element counts of some rows of an open predictions file.
+
+    A version-2 file holds them. For a version-1 file they are read from the input store (the
+    file's own, or ``store``) only while its arrays still hash to the file's ``input_digest``;
+    otherwise they are unavailable: "" and 0, with a warning saying why (a store re-packed or
+    replaced since holds other structures under the same rows).
+
+    Returns:
+        ([n] formulas, [n] uint8 distinct elements).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if "formula" in f:
+        return ([_attr(s) for s in _take(f["formula"], rows)],
+                _take(f["n_elements"], rows).astype(np.uint8))
+    none = ([""] * len(rows), np.zeros(len(rows), np.uint8))
+    path = store if store is not None else (_attr(f.attrs.get("input", "")) or None)
+    if path is None or not len(rows):
+        return none
+    from deepergat.elements import compositions
     from deepergat.io.store import Store
 
     try:
-        with Store(store_path) as store:
-            return [formula(store.atomic_numbers(int(r), int(r) + 1)) for r in index]
+        with Store(path) as s:
+            if s.compute_digest() != _attr(f.attrs.get("input_digest", "")):
+                log.warning("%s: formulas unavailable: the input store %s is not the one "
+                            "screened (its content digest differs)", f.filename, path)
+                return none
+            index = _take(f["index"], rows)
+            if len(index) == s.n_structures and (index == np.arange(len(index))).all():
+                return compositions(s.atomic_numbers(), s.n_atoms)  # every row, in order
+            z = [s.atomic_numbers(int(r), int(r) + 1) for r in index]
+            n = np.array([len(a) for a in z], dtype=np.int64)
+            return compositions(np.concatenate(z), n)
     except (DeepergatError, OSError, KeyError) as e:
-        import logging
-
-        logging.getLogger(__name__).warning("no formulas in the top-K list: %s", e)
-        return [""] * len(index)
+        log.warning("%s: formulas unavailable: %s", f.filename, " ".join(str(e).split()))
+        return none
 
 
 def top_rows(
@@ -612,11 +653,11 @@ def take_rows(path: str | os.PathLike[str], rows: np.ndarray, *,
 
     Args:
         path: a predictions file. rows: [n] rows of it.
-        store: the input structure store, for the formulas (default: the one the file records;
-            formulas are empty when it cannot be read).
+        store: the input structure store, for the formulas of a version-1 file (default: the
+            one the file records; see `compositions_of`).
 
     Returns:
-        ``{"index", "ids", "formula", "status", "flags", "predictions": {target: [n]},
+        ``{"index", "ids", "formula", "n_elements", "status", "flags", "predictions": {target: [n]},
         "std": {target: [n]} (empty without a spread), "units": {target: units}}``.
     """
     rows = np.asarray(rows, dtype=np.int64)
@@ -631,9 +672,7 @@ def take_rows(path: str | os.PathLike[str], rows: np.ndarray, *,
             "std": {n: _take(f[f"std/{n}"], rows) for n in names} if "std" in f else {},
             "units": {n: _attr(f[f"predictions/{n}"].attrs.get("units", "")) for n in names},
         }
-        if store is None:
-            store = _attr(f.attrs.get("input", "")) or None
-    out["formula"] = _formulas(store, out["index"])
+        out["formula"], out["n_elements"] = compositions_of(f, rows, store=store)
     return out
 
 

@@ -33,7 +33,7 @@ from deepergat.errors import DeepergatError, SettingError
 from deepergat.system.files import atomic_open, atomic_path
 
 from .failures import literal
-from .predictions import PREDICTIONS_FORMAT, take_rows, top_rows
+from .predictions import PREDICTIONS_FORMAT, compositions_of, take_rows, top_rows
 
 __all__ = ["ExtractResult", "extract", "parse_where", "read_predictions", "where_rows"]
 
@@ -367,7 +367,9 @@ def read_predictions(path: str | os.PathLike[str], *, embeddings: bool = False) 
     """A predictions file as a pandas DataFrame (``pip install "deepergat[pandas]"``).
 
     Columns: ``index``, ``id``, each target, ``<target>_std`` (an ensemble's spread),
-    ``status``, ``flags``; with ``embeddings`` also ``embedding`` (one array per row).
+    ``status``, ``flags``, ``formula`` (reduced), ``n_elements``; with ``embeddings`` also
+    ``embedding`` (one array per row). A file written before formulas were stored gets them
+    from its input store while that is unchanged (else "" and 0, with a warning).
 
     Raises:
         DeepergatError: pandas missing, or not a predictions file.
@@ -389,6 +391,8 @@ def read_predictions(path: str | os.PathLike[str], *, embeddings: bool = False) 
                 data[f"{name}_std"] = f[f"std/{name}"][:]
         data["status"] = f["status"][:]
         data["flags"] = f["flags"][:]
+        data["formula"], data["n_elements"] = compositions_of(
+            f, np.arange(f["index"].shape[0]))
         if embeddings and "embeddings" in f:
             data["embedding"] = list(f["embeddings"][:])
     return pd.DataFrame(data)

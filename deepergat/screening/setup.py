@@ -32,7 +32,7 @@ from .merge import check_space, output_bytes, screen_settings
 from .model import LoadedModel, load_model, model_path
 from .mpi import Ranks
 from .options import ScreenOptions, top_csv_path
-from .parts import MANIFEST_FORMAT, PartsDir, settings_digest
+from .parts import MANIFEST_FORMAT, PartsDir, settings_digest, store_fingerprint
 from .plan import Plan, make_plan, parse_shard, shard_chunks
 from .predictions import read_identity, write_top_csv
 from .result import ScreenResult
@@ -208,7 +208,17 @@ def run_manifest(opts: ScreenOptions, inp: InputStore, model: LoadedModel, plan:
         "spread": model.spread,
         "targets": [{"name": t.name, "units": t.units} for t in model.targets],
         "created_by": f"deepergat {__version__}",
+        # what the merge compares the store with, so that the formulas it reads back are
+        # those of the structures screened (not part of what defines the run: `RUN_KEYS`)
+        "input_fingerprint": _fingerprint(inp.path),
     }
+
+
+def _fingerprint(path: Path) -> dict[str, Any] | None:
+    try:
+        return store_fingerprint(path)
+    except OSError:
+        return None
 
 
 def same_output(identity: dict[str, Any], manifest: dict[str, Any]) -> bool:

@@ -17,6 +17,7 @@ from deepergat.screening.predictions import (
     describe_predictions,
     format_predictions,
     read_identity,
+    take_rows,
     write_top_csv,
 )
 
@@ -43,14 +44,17 @@ def write(path: Path, values: list[float], *, embeddings: bool = False,
                             status=status[a:b], flags=flags[a:b],
                             predictions=np.stack([v[a:b], -v[a:b]], 1),
                             embeddings=np.ones((b - a, 4), np.float32) if embeddings else None,
-                            std=None if sd is None else np.stack([sd[a:b], 2 * sd[a:b]], 1)))
+                            std=None if sd is None else np.stack([sd[a:b], 2 * sd[a:b]], 1),
+                            formula=[["SrTiO3", "NaCl", "", "C"][k % 4] for k in range(a, b)],
+                            n_elements=np.array([[3, 2, 0, 1][k % 4] for k in range(a, b)],
+                                                np.uint8)))
 
 
 def test_schema(tmp_path: Path) -> None:
     path = tmp_path / "p.h5"
     write(path, [1.0, np.nan, 3.0, 0.5], embeddings=True)
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "deepergat-predictions" and f.attrs["version"] == 1
+        assert f.attrs["format"] == "deepergat-predictions" and f.attrs["version"] == 2
         for key in ("model", "model_sha256", "model_metadata", "input", "input_digest",
                     "status_codes", "created_by"):
             assert key in f.attrs, key
@@ -60,6 +64,8 @@ def test_schema(tmp_path: Path) -> None:
         assert f["predictions/gap"].dtype == np.float32
         assert f["predictions/gap"].attrs["units"] == "eV"
         assert f["status"].dtype == np.uint8 and f["flags"].dtype == np.uint8
+        assert [s.decode() for s in f["formula"][:]] == ["SrTiO3", "NaCl", "", "C"]
+        assert f["n_elements"].dtype == np.uint8 and f["n_elements"][:].tolist() == [3, 2, 0, 1]
         assert f["embeddings"].shape == (4, 4) and f["embeddings"].dtype == np.float32
     assert not list(tmp_path.glob(".*tmp*"))
 
@@ -162,23 +168,61 @@ def test_std_group_and_ranking_by_a_confidence_bound(tmp_path: Path) -> None:
     assert "ensemble spread" in "\n".join(format_predictions(d, str(path)))
 
 
-def test_top_csv_formulas_come_from_the_input_store(tmp_path: Path) -> None:
-    from deepergat.io.store import StructureBatch, write_store
+def test_top_csv_formulas_come_from_the_file_itself(tmp_path: Path) -> None:
+    """A version-2 file holds each row's formula: the top CSV never reads them from a store
+    that may have been re-packed since (here: none at the recorded path)."""
+    path = tmp_path / "p.h5"
+    write(path, [2.0, 1.0, 0.5, 3.0])
+    out = tmp_path / "t.csv"
+    write_top_csv(path, out, 3, order="desc")
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["id"], r["formula"]) for r in rows] == [
+        ("id3", "C"), ("id0", "SrTiO3"), ("id1", "NaCl")]
 
-    store = tmp_path / "in.h5"
+
+def _store(path: Path, compositions: list[list[int]]) -> str:
+    from deepergat.io.store import Store, StructureBatch, write_store
+
     cells = [{"id": f"s{k}", "lattice": np.eye(3) * 4.0, "pbc": (True, True, True),
               "atomic_numbers": z, "positions": np.random.default_rng(k).random((len(z), 3)) * 4}
-             for k, z in enumerate([[38, 22, 8, 8, 8], [8, 8, 22, 22, 8, 8, 38, 38, 8, 8]])]
-    write_store(store, StructureBatch.from_structures(cells))
+             for k, z in enumerate(compositions)]
+    write_store(path, StructureBatch.from_structures(cells))
+    with Store(path) as s:
+        return s.content_digest
+
+
+def test_version_1_files_read_formulas_only_from_the_store_they_screened(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before formulas were stored, they came from the input store; now only while its content
+    digest is the one the file records — a store re-packed with other structures under the
+    same path gives no formula (and says so), never another compound's."""
+    store = tmp_path / "in.h5"
+    digest = _store(store, [[38, 22, 8, 8, 8], [8, 8, 22, 22, 8, 8, 38, 38, 8, 8]])
     path = tmp_path / "p.h5"
     write(path, [2.0, 1.0])
-    with h5py.File(path, "a") as f:
+    with h5py.File(path, "a") as f:  # what version 1 wrote
+        del f["formula"], f["n_elements"]
+        f.attrs["version"] = 1
         f["index"][:] = [0, 1]
+        f.attrs["input"] = str(store)
+        f.attrs["input_digest"] = digest
     out = tmp_path / "t.csv"
-    write_top_csv(path, out, 2, store=store)
+    write_top_csv(path, out, 2)
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["id"], r["formula"]) for r in rows] == [("id1", "SrTiO3"), ("id0", "SrTiO3")]
+    got = take_rows(path, np.array([0, 1]))
+    assert got["formula"] == ["SrTiO3", "SrTiO3"] and got["n_elements"].tolist() == [3, 3]
+
+    store.unlink()
+    _store(store, [[11, 17], [6]])  # re-packed: same path and rows, other structures
+    with caplog.at_level("WARNING"):
+        write_top_csv(path, out, 2)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["id"], r["formula"]) for r in rows] == [("id1", ""), ("id0", "")]
+    assert "formulas unavailable" in caplog.text and "not the one screened" in caplog.text
 
 
 # ---------------------------------------------------------------------------- a full disk (GAP 1)
@@ -189,7 +233,8 @@ def _rows(a: int, b: int, id_len: int = 8) -> Rows:
     return Rows(index=np.arange(a, b), ids=[f"{k:0{id_len}d}" for k in range(a, b)],
                 status=np.zeros(m, np.uint8), flags=np.zeros(m, np.uint8),
                 predictions=np.ones((m, 1), np.float32),
-                embeddings=np.ones((m, 8), np.float32))
+                embeddings=np.ones((m, 8), np.float32), formula=["SrTiO3"] * m,
+                n_elements=np.full(m, 3, np.uint8))
 
 
 def _writer(path: Path, m: int) -> PredictionsWriter:

@@ -161,9 +161,17 @@ def test_read_predictions_is_a_dataframe(screened: dict[str, Path]) -> None:
     df = deepergat.read_predictions(str(screened["predictions"]), embeddings=True)
     p = read_predictions(screened["predictions"])
     assert list(df.columns) == ["index", "id", "heat_ref", "heat_ref_std", "status", "flags",
-                                "embedding"]
+                                "formula", "n_elements", "embedding"]
     assert len(df) == 300 and df["id"].tolist() == p["ids"]
     np.testing.assert_array_equal(df["status"].to_numpy(), p["status"])
+    # each row's formula and element count, as written by the screen, are its structure's
+    from deepergat.elements import formula
+    from deepergat.io.store import Store
+
+    with Store(screened["store"]) as s:
+        want = [s.atomic_numbers(int(r), int(r) + 1) for r in df["index"]]
+    assert df["formula"].tolist() == [formula(z) for z in want]
+    assert df["n_elements"].tolist() == [len(set(z.tolist())) for z in want]
 
 
 def test_report_renders_in_a_browser(screened: dict[str, Path], tmp_path: Path) -> None:

@@ -23,6 +23,26 @@ def manifest(**over: Any) -> dict[str, Any]:
     return m
 
 
+def real_input(path: Path, *, seed: int = 0) -> dict[str, Any]:
+    """The manifest values of a real 50-structure input store written at ``path`` (what the
+    merge reads the rows' formulas from)."""
+    from deepergat.io.store import Store, StructureBatch, write_store
+    from deepergat.screening.parts import store_fingerprint
+
+    rng = np.random.default_rng(seed)
+    cells = [{"id": f"s{k}", "lattice": np.eye(3) * 4.0,
+              "atomic_numbers": rng.choice([8, 22, 38, 56], size=int(rng.integers(1, 6))),
+              "positions": None}
+             for k in range(50)]
+    for c in cells:
+        c["positions"] = rng.random((len(c["atomic_numbers"]), 3)) * 4.0
+    write_store(path, StructureBatch.from_structures(cells))
+    with Store(path) as s:
+        digest = s.content_digest
+    return {"input": str(path), "input_digest": digest,
+            "input_fingerprint": store_fingerprint(path)}
+
+
 def rows(start: int, m: int, t: int = 1) -> Rows:
     return Rows(index=np.arange(start, start + m), ids=[f"s{k}" for k in range(start, start + m)],
                 status=np.zeros(m, np.uint8), flags=np.zeros(m, np.uint8),
@@ -203,7 +223,7 @@ def test_the_merge_refuses_parts_of_another_run(tmp_path: Path) -> None:
     from deepergat.screening.plan import Plan
 
     parts = PartsDir(tmp_path / "out.h5")
-    parts.prepare(manifest(), resume=True)
+    parts.prepare(manifest(**real_input(tmp_path / "in.h5")), resume=True)
     for k in range(5):
         parts.commit(k, 10 * k, rows(10 * k, 10))
     shutil.copy(foreign_part(tmp_path, 3), parts.part_path(3))
@@ -423,3 +443,46 @@ def test_parts_of_an_older_deepergat_are_discarded_by_no_resume(tmp_path: Path) 
         parts.prepare(manifest(), resume=False, owned=owned)
         assert not parts.written_by_older() and "run" in (parts.read_manifest() or {})
         assert parts.committed() == set()  # the older parts went
+
+
+def test_the_merge_reads_formulas_only_from_the_store_it_screened(tmp_path: Path) -> None:
+    """The merge writes each row's formula from the input store, after checking that the store
+    is the one the run began with: touched but equal, it merges; re-packed with other
+    structures under the same name (or gone), it refuses in one line, writes nothing and keeps
+    the parts, so that no row is given another structure's formula."""
+    import os
+
+    import h5py
+
+    from deepergat.elements import formula
+    from deepergat.io.store import Store
+    from deepergat.screening.merge import merge_parts
+    from deepergat.screening.plan import Plan
+
+    store = tmp_path / "in.h5"
+    plan = Plan(50, 10, np.zeros(5, np.int64))
+    parts = PartsDir(tmp_path / "out.h5")
+    parts.prepare(manifest(**real_input(store)), resume=True)
+    for k in range(5):
+        parts.commit(k, 10 * k, rows(10 * k, 10))
+    stored = parts.read_manifest()
+    assert stored is not None
+
+    real_input(store, seed=1)  # other structures, same path and count
+    with pytest.raises(SettingError, match=r"in\.h5: the input store changed while it was "
+                                           r"screened .*screen it again with resume"):
+        merge_parts(parts, plan, stored)
+    assert not parts.output.exists() and parts.committed() == {0, 1, 2, 3, 4}
+    store.unlink()
+    with pytest.raises(SettingError, match=r"cannot read the input store"):
+        merge_parts(parts, plan, stored)
+    assert parts.committed() == {0, 1, 2, 3, 4}
+
+    real_input(store)  # the screened structures again, written anew (new inode, times)
+    os.utime(store)
+    merged = merge_parts(parts, plan, stored)
+    assert merged.n_structures == 50
+    with Store(store) as s, h5py.File(parts.output, "r") as f:
+        want = [s.atomic_numbers(k, k + 1) for k in range(50)]
+        assert [x.decode() for x in f["formula"][:]] == [formula(z) for z in want]
+        assert f["n_elements"][:].tolist() == [len(set(z.tolist())) for z in want]

@@ -53,7 +53,7 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
     """MAE, RMSE and R² of MODEL on a labelled store. MODEL: {model}.
 
     With --goal, also how good the short list is: for the top K by prediction (and, for an
-    ensemble, by the confidence bound), the share of real hits (precision), the share of all
+    ensemble, by its confident bound), the share of real hits (precision), the share of all
     hits found (recall) and the DAF (precision / share of hits in the set).
 
     \b
@@ -63,7 +63,7 @@ def evaluate(model: str, *, data: str, target: str, plot: str | None, json_path:
       deepergat evaluate perovskite-heat --data test.h5 --target heat_ref --json metrics.json
       deepergat evaluate perovskite-heat --data test.h5 --target heat_ref --goal min
       deepergat evaluate perovskite-heat --data test.h5 --target heat_ref --goal min \\
-          --top-fraction 0.02 --hit-threshold -1.0
+          --top-fraction 0.02 --hit-threshold 0.5
     """
     import json
 

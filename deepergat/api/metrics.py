@@ -215,12 +215,7 @@ def screening_metrics(
     """
     check_screening_settings(goal=goal, top_fractions=top_fractions,
                              hit_threshold=hit_threshold, rank_k=rank_k, rank_by=rank_by)
-    y_true = np.asarray(y_true, dtype=np.float64).reshape(-1)
-    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(-1)
-    std = None if y_std is None else np.asarray(y_std, dtype=np.float64).reshape(-1)
-    if y_pred.shape != y_true.shape or (std is not None and std.shape != y_true.shape):
-        raise ValueError(f"y_true, y_pred and y_std differ in length: {len(y_true)}, "
-                         f"{len(y_pred)}, {'-' if std is None else len(std)}")
+    y_true, y_pred, std = _arrays(y_true, y_pred, y_std)
     if rank_by is None:
         rank_by = ["mean"] if std is None else ["mean", confident_bound(goal)]
     if std is None and any(r != "mean" for r in rank_by):
@@ -273,6 +268,18 @@ def percentile_interval(values: np.ndarray, confidence: float = BOOTSTRAP_CONFID
 # ---- the steps ------------------------------------------------------------------------------
 
 
+def _arrays(y_true: np.ndarray, y_pred: np.ndarray, y_std: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The inputs as [n] float64 arrays of one length."""
+    true = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    pred = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    std = None if y_std is None else np.asarray(y_std, dtype=np.float64).reshape(-1)
+    if len(pred) != len(true) or (std is not None and len(std) != len(true)):
+        raise ValueError(f"y_true, y_pred and y_std differ in length: {len(true)}, "
+                         f"{len(pred)}, {'-' if std is None else len(std)}")
+    return true, pred, std
+
+
 def _ranking_key(y_pred: np.ndarray, std: np.ndarray | None, rank_by: str,
                  rank_k: float) -> np.ndarray:
     """[n] the key a ranking sorts by: the prediction, or mean ∓ k·σ (NaN where either is)."""
@@ -284,10 +291,10 @@ def _ranking_key(y_pred: np.ndarray, std: np.ndarray | None, rank_by: str,
     return key
 
 
-def _selected(key: np.ndarray, goal: Goal, k: int) -> np.ndarray:
-    """Rows of the K best finite keys (ties to the earlier row; NaN last, never taken)."""
+def _ranked(key: np.ndarray, goal: Goal) -> np.ndarray:
+    """Rows of the finite keys, best first (ties to the earlier row; NaN never ranked)."""
     order = np.argsort(key if goal == "min" else -key, kind="stable")
-    return order[: min(k, int(np.isfinite(key).sum()))]
+    return order[: int(np.isfinite(key).sum())]
 
 
 def _hit_mask(y_true: np.ndarray, goal: Goal, k: int, hit_threshold: float | None
@@ -305,11 +312,12 @@ def _hit_mask(y_true: np.ndarray, goal: Goal, k: int, hit_threshold: float | Non
 def _score(y_true: np.ndarray, key: np.ndarray, goal: Goal, fractions: list[float],
            hit_threshold: float | None) -> list[TopK]:
     n = len(y_true)
+    ranked = _ranked(key, goal)
     rows = []
     for f in fractions:
         k = top_k_size(f, n)
         hit = _hit_mask(y_true, goal, k, hit_threshold)
-        chosen = _selected(key, goal, k)
+        chosen = ranked[:k]
         tp, true_hits, sel = int(hit[chosen].sum()), int(hit.sum()), len(chosen)
         precision = tp / sel if sel else None
         prevalence = true_hits / n

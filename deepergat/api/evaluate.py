@@ -1,17 +1,26 @@
 """A model's errors on a labelled store: MAE, RMSE, R², the spread's metrics for an ensemble,
-and the parity plot."""
+the screening metrics of its top-K lists, and the parity plot."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from deepergat.errors import DeepergatError
+from deepergat.contract import DEFAULT_RANK_K
+from deepergat.errors import DeepergatError, SettingError
 
+from .metrics import (
+    DEFAULT_TOP_FRACTIONS,
+    Goal,
+    ScreeningMetrics,
+    check_screening_settings,
+    screening_metrics,
+)
 from .predict import load_predictor
 
 __all__ = ["EvaluationResult", "evaluate", "parity_plot"]
@@ -29,6 +38,8 @@ class EvaluationResult:
         uncertainty: for an ensemble, `deepergat.uncertainty.uncertainty_metrics` of the
             spread (``coverage_1sigma``, ``coverage_2sigma``, ``spearman_std_abs_error``,
             ``mean_std``), else None.
+        screening: with a ``goal``, precision, recall and DAF of the top-K lists
+            (`deepergat.api.metrics.screening_metrics`), else None.
     """
 
     target: str
@@ -43,24 +54,47 @@ class EvaluationResult:
     skipped: int = 0
     y_std: np.ndarray | None = None
     uncertainty: dict[str, Any] | None = None
+    screening: ScreeningMetrics | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"target": self.target, "units": self.units, "n": self.n, "mae": self.mae,
-                "rmse": self.rmse, "r2": self.r2, **(self.uncertainty or {})}
+        """The ``--json`` document (docs/design.md §6): ``screening`` only with a goal."""
+        out = {"target": self.target, "units": self.units, "n": self.n, "mae": self.mae,
+               "rmse": self.rmse, "r2": self.r2, **(self.uncertainty or {})}
+        if self.screening is not None:
+            out["screening"] = self.screening.as_json()
+        return out
 
 
 def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], target: str, *,
              batch_size: int = 100, device: str = "cpu",
              cache_dir: str | os.PathLike[str] | None = None,
-             trust: bool = False) -> EvaluationResult:
+             trust: bool = False, goal: Goal | None = None,
+             top_fractions: Sequence[float] = DEFAULT_TOP_FRACTIONS,
+             hit_threshold: float | None = None,
+             rank_k: float = DEFAULT_RANK_K) -> EvaluationResult:
     """MAE, RMSE and R² of a model on a labelled store (and, for an ensemble, how well its
     spread describes the errors).
 
+    Args:
+        goal: ``min`` or ``max``: also score the top-K lists a screen for that end of the
+            target would send on (None: no screening metrics).
+        top_fractions: K of each list as a share of the evaluated structures.
+        hit_threshold: a hit's true value passes it (≤ for ``min``, ≥ for ``max``); None: a
+            hit is in the true top K.
+        rank_k: k of the confidence bound mean ± k·σ an ensemble's lists are also ranked by.
+
     Raises:
+        SettingError: a bad screening setting (before the model runs).
         DeepergatError: the model lacks the target, the store lacks it (lists the available
             ones) or has no usable labelled structure.
     """
     from deepergat.training.data import load_graphs
+
+    if goal is None and hit_threshold is not None:
+        raise SettingError("{hit_threshold} needs {goal} min or max")
+    if goal is not None:
+        check_screening_settings(goal=goal, top_fractions=top_fractions,
+                                 hit_threshold=hit_threshold, rank_k=rank_k)
 
     ck = load_predictor(model_path, device=device, trust=trust)
     if target not in ck.targets:
@@ -93,10 +127,16 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str], t
 
         y_std = np.concatenate([o.std for o in outs])[:, column].astype(np.float64)
         uncertainty = uncertainty_metrics(y_true, y_pred, y_std)
+    screening = None
+    if goal is not None:
+        screening = screening_metrics(y_true, y_pred, goal=goal, y_std=y_std,
+                                      top_fractions=top_fractions,
+                                      hit_threshold=hit_threshold, rank_k=rank_k)
     return EvaluationResult(
         target=target, units=ck.units[column], n=len(rows), mae=float(np.abs(err).mean()),
         rmse=float(np.sqrt((err**2).mean())), r2=r2, y_true=y_true, y_pred=y_pred,
         ids=[g.ids[r] for r in rows], skipped=skipped, y_std=y_std, uncertainty=uncertainty,
+        screening=screening,
     )
 
 

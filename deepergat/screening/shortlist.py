@@ -13,10 +13,11 @@ it stay on the list one by one, marked ungrouped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,8 +296,6 @@ class _Walk:
             return []
         if not need_structures:
             return self._plain()
-        from deepergat.io.store import Store
-
         path = self.store_path or Path(_attr(self.f, "input"))
         with _open_store(path, _attr(self.f, "input_digest"), self.verified) as store:
             known = KnownStructures(s.known, s.tolerance) if s.known else None
@@ -309,7 +308,6 @@ class _Walk:
                 if known is not None:
                     self.fits += known.matcher.fits
                     known.close()
-            del Store
         return entries
 
     def _keep(self, entries: list[Entry]) -> list[Entry]:
@@ -400,28 +398,21 @@ def _attr(f: h5py.File, key: str) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-class _open_store:  # noqa: N801 - a context manager read as a function
+@contextlib.contextmanager
+def _open_store(path: Path, digest: str, verified: bool) -> Iterator[Any]:
     """The input store, refused when it is gone or is not the one screened."""
+    from deepergat.io.store import Store
 
-    def __init__(self, path: Path, digest: str, verified: bool) -> None:
-        from deepergat.io.store import Store
-
-        if not path.is_file():
-            raise SettingError(f"{literal(path)}: the input store is gone; grouping and "
-                               "novelty read the structures: pass {store} with the store that "
-                               "was screened, or {no_group}")
-        self.store = Store(path)
-        if not verified and self.store.compute_digest() != digest:
-            self.store.close()
+    if not path.is_file():
+        raise SettingError(f"{literal(path)}: the input store is gone; grouping and novelty "
+                           "read the structures: pass {store} with the store that was "
+                           "screened, or {no_group}")
+    with Store(path) as store:
+        if not verified and store.compute_digest() != digest:
             raise DeepergatError(
-                f"{path}: is not the store that was screened (its content changed since, or it "
-                "is another store); give the store that was screened")
-
-    def __enter__(self) -> Any:
-        return self.store
-
-    def __exit__(self, *exc: object) -> None:
-        self.store.close()
+                f"{path}: is not the store that was screened (its content changed since, or "
+                "it is another store); give the store that was screened")
+        yield store
 
 
 def entries_table(entries: Sequence[Entry]) -> dict[str, list[Any]]:

@@ -23,6 +23,8 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_CUTOFF",
     "DEFAULT_GRAPH",
+    "DEFAULT_GROUP_SECONDS",
+    "DEFAULT_MATCH_TOL",
     "DEFAULT_MAX_ATOMS",
     "DEFAULT_MAX_NEIGHBORS",
     "DEFAULT_OVERLAP_THRESHOLD",
@@ -106,6 +108,11 @@ RANK_BY: tuple[str, ...] = get_args(RankBy)
 DEFAULT_RANK_BY: RankBy = "mean"
 #: k of the ``lower``/``upper`` bound, in calibrated standard deviations.
 DEFAULT_RANK_K = 1.0
+#: pymatgen StructureMatcher's own tolerances (ltol, stol, angle_tol in degrees): two
+#: candidates within them are one crystal on a short list.
+DEFAULT_MATCH_TOL = (0.2, 0.3, 5.0)
+#: Seconds a short list may spend grouping rows before the rest stay ungrouped.
+DEFAULT_GROUP_SECONDS = 600.0
 
 # ---- the model's inputs and outputs (docs/design.md §5) ------------------------------------
 

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import click
 
 from deepergat.contract import (
+    DEFAULT_GROUP_SECONDS,
+    DEFAULT_MATCH_TOL,
     DEFAULT_MAX_ATOMS,
     DEFAULT_OVERLAP_THRESHOLD,
     DEFAULT_RANK_BY,
@@ -33,6 +35,7 @@ __all__ = [
     "check_options",
     "describe_model_argument",
     "device_option",
+    "list_options",
     "rank_by_option",
     "rank_k_option",
     "rank_order_option",
@@ -100,3 +103,38 @@ def rank_k_option(help_text: str) -> Callable[[F], F]:
     """``--rank-k k``: k of the ``--rank-by`` bound."""
     return click.option("--rank-k", type=float, default=DEFAULT_RANK_K, show_default=True,
                         metavar="k", help=help_text)
+
+
+def list_options(*, where: bool = True) -> Callable[[F], F]:
+    """The short list's options (screen ``--top``, report, extract): ``--where``, grouping by
+    structure (``--group/--no-group``, ``--match-tol``, ``--group-seconds``) and novelty
+    (``--known``, ``--novel-only``)."""
+    tol = ",".join(f"{v:g}" for v in DEFAULT_MATCH_TOL)
+
+    def apply(fn: F) -> F:
+        fn = click.option(
+            "--group-seconds", type=float, default=DEFAULT_GROUP_SECONDS, show_default=True,
+            metavar="S", help="Time budget for grouping; rows past it stay ungrouped.")(fn)
+        fn = click.option(
+            "--novel-only", is_flag=True,
+            help="Leave out structures that match a --known one.")(fn)
+        fn = click.option(
+            "--known", multiple=True, type=click.Path(dir_okay=False), metavar="STORE",
+            help="Structure store of known crystals (training data, a database; deepergat "
+                 "pack makes one): list rows that match one are marked with its id; "
+                 "repeatable.")(fn)
+        fn = click.option(
+            "--match-tol", default=tol, show_default=True, metavar="LTOL,STOL,ANGLE",
+            help="pymatgen StructureMatcher tolerances for grouping and --known.")(fn)
+        fn = click.option(
+            "--group/--no-group", default=True, show_default=True,
+            help="One row per distinct crystal (pymatgen's StructureMatcher, the best-ranked "
+                 "first, with its group size), or the raw ranking.")(fn)
+        if where:
+            fn = click.option(
+                "--where", metavar="EXPR",
+                help='Only rows where EXPR holds, e.g. "has(Fe) and not has(Pb) and '
+                     'n_elements <= 3 and novel" (see deepergat extract --help).')(fn)
+        return fn
+
+    return apply

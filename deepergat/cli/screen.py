@@ -22,6 +22,7 @@ from .options import (
     TRUST_HELP,
     check_options,
     device_option,
+    list_options,
     rank_by_option,
     rank_k_option,
     rank_order_option,
@@ -81,7 +82,8 @@ def _summary(result: Any) -> list[str]:
         lines.append(f"every chunk is committed; another task claimed the merge (if it failed, "
                      f"run with --merge-only) — parts in {result.parts}")
     if result.top_csv is not None:
-        lines.append(f"wrote {result.top_csv}")
+        lines.append(f"wrote {result.top_csv}: {result.short_list}" if result.short_list
+                     else f"wrote {result.top_csv}")
     return lines
 
 
@@ -110,11 +112,13 @@ def _summary(result: Any) -> list[str]:
 @check_options
 @click.option("--embeddings", is_flag=True, help="Also store the [M, dim] crystal embeddings.")
 @click.option("--top", default=None, type=int, metavar="K",
-              help="Write the K best structures to <output stem>.top.csv.")
+              help="Write the K best distinct structures to <output stem>.top.csv "
+                   "(rank,index,id,formula,<target>...,flags,group_size,known).")
 @rank_order_option("--top-order", help_text="asc: lowest first; desc: highest first.")
 @rank_by_option("Rank the top K by the prediction, or (an ensemble) by the bound mean - k*std "
                 "(lower) or mean + k*std (upper).")
 @rank_k_option("k of the --rank-by bound, in calibrated standard deviations.")
+@list_options()
 @click.option("--trust", is_flag=True, help=TRUST_HELP)
 @click.option("--no-resume", is_flag=True, help="Discard committed parts and start clean.")
 @click.option("--merge-only", is_flag=True,
@@ -135,6 +139,12 @@ def screen(
     top_order: RankOrder,
     rank_by: RankBy,
     rank_k: float,
+    where: str | None,
+    group: bool,
+    match_tol: str,
+    known: tuple[str, ...],
+    novel_only: bool,
+    group_seconds: float,
     trust: bool,
     no_resume: bool,
     merge_only: bool,
@@ -156,9 +166,10 @@ def screen(
         Path(input_), output=Path(output) if output else None, embeddings=embeddings,
         model=model, device=device, trust=trust,
         max_atoms=max_atoms, overlap_threshold=overlap_threshold,
-        top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k,
-        chunk_size=chunk_size, workers=workers, shard=shard, resume=not no_resume,
-        merge_only=merge_only,
+        top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k, where=where,
+        group=group, match_tol=match_tol, known=known, novel_only=novel_only,
+        group_seconds=group_seconds, chunk_size=chunk_size, workers=workers, shard=shard,
+        resume=not no_resume, merge_only=merge_only,
     )
     flags = flag_names(screen)
     ranks = None
@@ -201,7 +212,9 @@ def screen(
 
 
 # Settings whose flag is not --<name> (`deepergat.cli.base.flag_names`).
-screen.setting_flags = {"input": "--input", "resume": "--no-resume"}  # type: ignore[attr-defined]
+screen.setting_flags = {  # type: ignore[attr-defined]
+    "input": "--input", "resume": "--no-resume", "no_group": "--no-group",
+    "group": "--group", "store": "--input"}
 
 
 def _connect(opts: ScreenOptions) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from deepergat.contract import DEFAULT_MATCH_TOL
 from deepergat.elements import SYMBOLS, compositions
 from deepergat.errors import DeepergatError, SettingError, literal
 
@@ -38,9 +39,9 @@ class MatchTolerance:
     units of (V/n)^(1/3)), ``angle_tol`` (degrees). The defaults are pymatgen's; CDVAE's and
     DiffCSP's metric code uses 0.3, 0.5, 10."""
 
-    ltol: float = 0.2
-    stol: float = 0.3
-    angle_tol: float = 5.0
+    ltol: float = DEFAULT_MATCH_TOL[0]
+    stol: float = DEFAULT_MATCH_TOL[1]
+    angle_tol: float = DEFAULT_MATCH_TOL[2]
 
     def __post_init__(self) -> None:
         for name in ("ltol", "stol", "angle_tol"):
@@ -123,7 +124,12 @@ class StructureRows:
 
 class Matcher:
     """`StructureMatcher` with `MatchTolerance` (primitive cells, scaled volumes), counting its
-    fits; a fit that raises (a degenerate cell) counts as no match."""
+    fits; a fit that raises (a degenerate cell) counts as no match.
+
+    Each structure's primitive cell is found once and kept (the matcher would find it again for
+    every comparison); fitting the primitive cells is what `StructureMatcher` does with
+    ``primitive_cell=True``.
+    """
 
     def __init__(self, tolerance: MatchTolerance | None = None) -> None:
         from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -131,9 +137,22 @@ class Matcher:
         self.tolerance = tolerance or MatchTolerance()
         t = self.tolerance
         self._matcher = StructureMatcher(ltol=t.ltol, stol=t.stol, angle_tol=t.angle_tol,
-                                         primitive_cell=True, scale=True,
+                                         primitive_cell=False, scale=True,
                                          attempt_supercell=False)
+        self._primitive: dict[int, tuple[Any, Any]] = {}
         self.fits = 0
+
+    def primitive(self, structure: Any) -> Any:
+        """``structure``'s primitive cell (pymatgen's default tolerance, as the matcher's)."""
+        key = id(structure)
+        got = self._primitive.get(key)
+        if got is None or got[0] is not structure:
+            try:
+                prim = structure.get_primitive_structure()
+            except Exception:  # a degenerate cell: compared as it is
+                prim = structure
+            got = self._primitive[key] = (structure, prim)
+        return got[1]
 
     def same(self, a: Any, b: Any) -> bool:
         """Whether structures ``a`` and ``b`` (of one reduced formula) are the same crystal."""
@@ -143,7 +162,7 @@ class Matcher:
         if not hasattr(a, "lattice"):  # molecules: the same species at the same distances
             return _same_molecule(a, b)
         try:
-            return bool(self._matcher.fit(a, b))
+            return bool(self._matcher.fit(self.primitive(a), self.primitive(b)))
         except Exception:  # pymatgen on a degenerate cell: not provably the same
             return False
 

@@ -203,9 +203,10 @@ def _finish(opts: ScreenOptions, prep: Prepared, result: ScreenResult,
         result.outcome = "merge-claimed"
         return result
     try:
+        listing = opts.ranking.list_settings().describe() if opts.ranking.top else None
         result.merge = merge_parts(parts, plan, manifest, run={
             "structures": result.structures, "seconds": round(result.seconds, 3),
-            "ranks": result.ranks, "skipped": result.skipped})
+            "ranks": result.ranks, "skipped": result.skipped, "short_list": listing})
     except BaseException as e:
         raise work_failure(e, 0, parts.output,
                            lambda: output_bytes(plan.n_structures, manifest),
@@ -213,5 +214,7 @@ def _finish(opts: ScreenOptions, prep: Prepared, result: ScreenResult,
     result.outcome = "merged"
     if opts.ranking.top:
         result.top_csv = top_csv_path(parts.output)
-        write_top(opts, parts.output, result.top_csv)
+        # the merge has just checked that the input store is the one screened
+        result.short_list = write_top(opts, parts.output, result.top_csv,
+                                      store_verified=True).summary()
     return result

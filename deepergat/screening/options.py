@@ -27,9 +27,11 @@ from deepergat.contract import (
     RankOrder,
 )
 from deepergat.errors import SettingError
+from deepergat.io.matching import MatchTolerance
 from deepergat.system.devices import DEFAULT_DEVICE
 
 from .failures import literal
+from .shortlist import DEFAULT_GROUP_SECONDS, ListSettings
 
 __all__ = [
     "Files",
@@ -113,7 +115,7 @@ class StructureChecks:
 
 @dataclass(frozen=True)
 class Ranking:
-    """The top-K list written beside the output.
+    """The top-K list written beside the output (`deepergat.screening.shortlist`).
 
     Attributes:
         top: K, or None for no list.
@@ -121,12 +123,32 @@ class Ranking:
         rank_by: ``mean`` (the first target's prediction), or an ensemble's bound ``lower``
             (mean − k·std) or ``upper`` (mean + k·std).
         rank_k: k of the bound, in calibrated standard deviations.
+        where: a ``where`` expression the listed rows satisfy.
+        group: one row per distinct crystal (False: the raw ranking).
+        match_tol: ``LTOL,STOL,ANGLE`` of the structure matcher.
+        known: structure stores of known crystals to mark (and with ``novel_only`` leave out).
+        novel_only: leave out crystals that match a known one.
+        group_seconds: the grouping's time budget (rows past it stay ungrouped).
     """
 
     top: int | None = None
     top_order: RankOrder = DEFAULT_RANK_ORDER
     rank_by: RankBy = DEFAULT_RANK_BY
     rank_k: float = DEFAULT_RANK_K
+    where: str | None = None
+    group: bool = True
+    match_tol: str = str(MatchTolerance())
+    known: tuple[str, ...] = ()
+    novel_only: bool = False
+    group_seconds: float | None = DEFAULT_GROUP_SECONDS
+
+    def list_settings(self) -> ListSettings:
+        """The short list these settings ask for."""
+        return ListSettings(top=self.top, order=self.top_order, rank_by=self.rank_by,
+                            rank_k=self.rank_k, where=self.where, group=self.group,
+                            tolerance=MatchTolerance.parse(self.match_tol),
+                            known=tuple(str(k) for k in self.known),
+                            novel_only=self.novel_only, seconds=self.group_seconds)
 
     def check(self) -> None:
         """Raises `SettingError` for a value no ranking can use."""
@@ -140,6 +162,8 @@ class Ranking:
                                f"{', '.join(RANK_BY[:-1])} or {RANK_BY[-1]}")
         if not (self.rank_k >= 0 and math.isfinite(self.rank_k)):
             raise SettingError(f"{{rank_k}} must be a finite number ≥ 0, got {self.rank_k}")
+        if self.top is not None:
+            self.list_settings().check()
 
 
 @dataclass(frozen=True)
@@ -209,6 +233,12 @@ class ScreenOptions:
         top_order: RankOrder = DEFAULT_RANK_ORDER,
         rank_by: RankBy = DEFAULT_RANK_BY,
         rank_k: float = DEFAULT_RANK_K,
+        where: str | None = None,
+        group: bool = True,
+        match_tol: str = str(MatchTolerance()),
+        known: tuple[str, ...] = (),
+        novel_only: bool = False,
+        group_seconds: float | None = DEFAULT_GROUP_SECONDS,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         workers: int | None = None,
         shard: str | None = None,
@@ -224,7 +254,10 @@ class ScreenOptions:
                         embeddings=embeddings),
             predictor=PredictorSettings(model=model, device=device, trust=trust),
             checks=StructureChecks(max_atoms=max_atoms, overlap_threshold=overlap_threshold),
-            ranking=Ranking(top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k),
+            ranking=Ranking(top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k,
+                            where=where, group=group, match_tol=match_tol,
+                            known=tuple(str(k) for k in known), novel_only=novel_only,
+                            group_seconds=group_seconds),
             control=RunControl(chunk_size=chunk_size, workers=workers, shard=shard,
                                resume=resume, merge_only=merge_only, batch_atoms=batch_atoms,
                                batch_edges=batch_edges),

@@ -676,47 +676,40 @@ def take_rows(path: str | os.PathLike[str], rows: np.ndarray, *,
     return out
 
 
-def write_top_csv(
-    path: str | os.PathLike[str],
-    csv_path: str | os.PathLike[str],
-    k: int,
-    *,
-    order: RankOrder = DEFAULT_RANK_ORDER,
-    rank_by: RankBy = DEFAULT_RANK_BY,
-    rank_k: float = DEFAULT_RANK_K,
-    store: str | os.PathLike[str] | None = None,
-) -> int:
-    """The K best structures (`top_rows`) as CSV
-    ``rank,index,id,formula,<target>[,<target>_std]...,flags``.
+def write_top_csv(path: str | os.PathLike[str], csv_path: str | os.PathLike[str],
+                  rows: np.ndarray, *, group_size: Sequence[Any] | None = None,
+                  known: Sequence[str] | None = None) -> int:
+    """Rows of a predictions file, best first, as the top-K CSV
+    ``rank,index,id,formula,<target>[,<target>_std]...,flags,group_size,known``.
 
     Args:
         path: a predictions file.
         csv_path: where to write (via a temporary file and rename).
-        k, order, rank_by, rank_k: see `top_rows`.
-        store: the input structure store, for the formula column (empty without it).
+        rows: [n] rows of the file, in list order (`deepergat.screening.shortlist`).
+        group_size: per row, its group's size ("" ungrouped); known: per row, the matched
+            known structure's id ("" none). Both empty when not given.
 
     Returns:
-        The number of rows written (≤ K: fewer when fewer predictions are finite).
-
-    Raises:
-        DeepergatError: see `top_rows`.
+        The number of rows written.
     """
-    rows = top_rows(path, k, order=order, rank_by=rank_by, rank_k=rank_k)
-    got = take_rows(path, rows, store=store)
+    rows = np.asarray(rows, dtype=np.int64)
+    got = take_rows(path, rows)
     names = list(got["predictions"])
     spread = bool(got["std"])
     columns = [c for n in names for c in ((n, f"{n}_std") if spread else (n,))]
+    sizes = list(group_size) if group_size is not None else [""] * len(rows)
+    marks = list(known) if known is not None else [""] * len(rows)
     out = Path(csv_path)
     # `csv.writer`'s own line ends (\r\n) as ever; a killed writer's temporary file is
     # removed by the next screen of the output (it knows this name)
     with atomic_open(out, "w", newline="", tmp=out.with_name(f".{out.name}.tmp-{os.getpid()}")
                      ) as fh:
         w = csv.writer(fh)
-        w.writerow(["rank", "index", "id", "formula", *columns, "flags"])
+        w.writerow(["rank", "index", "id", "formula", *columns, "flags", "group_size", "known"])
         for j in range(len(rows)):
             cells = [str(np.float32(src[n][j])) for n in names
                      for src in ((got["predictions"], got["std"]) if spread
                                  else (got["predictions"],))]
             w.writerow([j + 1, int(got["index"][j]), got["ids"][j], got["formula"][j], *cells,
-                        int(got["flags"][j])])
+                        int(got["flags"][j]), sizes[j], marks[j]])
     return len(rows)

@@ -43,6 +43,7 @@ class ScreenResult:
             others are not yet), ``merge-claimed`` (every chunk is committed and another task
             claimed the merge).
         output, parts, top_csv: paths (``top_csv`` None without a top-K list).
+        short_list: how the top-K list was made (`ShortList.summary`), "" without one.
         ranks: processes in this run. shard: (I, N) or None.
         structures, seconds: structures computed in this run and the wall time it took.
         status: [8] counts by status of the structures computed in this run; flagged likewise.
@@ -56,6 +57,7 @@ class ScreenResult:
     output: Path
     parts: Path
     top_csv: Path | None = None
+    short_list: str = ""
     ranks: int = 1
     shard: tuple[int, int] | None = None
     structures: int = 0

@@ -168,7 +168,7 @@ def merge_only(opts: ScreenOptions) -> ScreenResult:
         result = _merge_or_confirm(inp, output, opts.predictor.model,
                                    top=opts.ranking.top is not None)
         if result.top_csv is not None:
-            write_top(opts, output, result.top_csv)
+            result.short_list = write_top(opts, output, result.top_csv).summary()
         return result
 
 

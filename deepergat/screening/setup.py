@@ -36,6 +36,7 @@ from .parts import MANIFEST_FORMAT, PartsDir, settings_digest, store_fingerprint
 from .plan import Plan, make_plan, parse_shard, shard_chunks
 from .predictions import read_identity, write_top_csv
 from .result import ScreenResult
+from .shortlist import ShortList, entries_table, short_list
 
 __all__ = [
     "InputStore",
@@ -231,12 +232,20 @@ def same_output(identity: dict[str, Any], manifest: dict[str, Any]) -> bool:
     )
 
 
-def write_top(opts: ScreenOptions, output: Path, csv_path: Path) -> None:
-    """The top-K list of ``output`` (``opts.ranking.top`` rows) as ``csv_path``."""
-    r = opts.ranking
-    assert r.top is not None
-    write_top_csv(output, csv_path, r.top, order=r.top_order, rank_by=r.rank_by,
-                  rank_k=r.rank_k, store=opts.files.input)
+def write_top(opts: ScreenOptions, output: Path, csv_path: Path, *,
+              store_verified: bool = False) -> ShortList:
+    """The short list of ``output`` (``opts.ranking``: ``top`` groups) as ``csv_path``.
+
+    Args:
+        store_verified: the input store was checked to be the one screened (a merge just
+            did); else its digest is recomputed before structures are matched.
+    """
+    listed = short_list(output, opts.ranking.list_settings(), store=opts.files.input,
+                        store_verified=store_verified)
+    table = entries_table(listed.entries)
+    write_top_csv(output, csv_path, listed.rows, group_size=table["group_size"],
+                  known=table["known"])
+    return listed
 
 
 def discard_unused_parts(output: Path) -> Callable[[], None]:
@@ -370,7 +379,7 @@ def prepare(opts: ScreenOptions, ranks: Ranks, locks: list[OutputLock]
         raise found.error()
     if isinstance(found, ScreenResult):
         if found.top_csv is not None and ranks.is_root and opts.ranking.top:
-            write_top(opts, parts.output, found.top_csv)
+            found.short_list = write_top(opts, parts.output, found.top_csv).summary()
         return found
     assert isinstance(found, RunPlan)
     model = _load_everywhere(opts, ranks, resources, model)

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from deepergat.contract import (
+    DEFAULT_GROUP_SECONDS,
     DEFAULT_RANK_BY,
     DEFAULT_RANK_K,
     DEFAULT_RANK_ORDER,
@@ -45,8 +46,6 @@ __all__ = ["DEFAULT_GROUP_SECONDS", "Entry", "ListSettings", "ShortList", "short
 
 log = logging.getLogger(__name__)
 
-#: Seconds a short list may spend grouping rows before the rest stay ungrouped.
-DEFAULT_GROUP_SECONDS = 600.0
 _READ_ROWS = 1 << 20
 #: Rows of the ranking whose formulas are read at once during the walk.
 _WALK_BLOCK = 4096
@@ -253,9 +252,10 @@ class _Columns:
     def __call__(self, name: str) -> Any:
         if name in self.extra:
             return self.extra[name]
-        if name == "formula":
+        if name in ("formula", "n_elements"):  # from the file (version 1: its store)
             rows = self.rows if self.rows is not None else np.arange(self.a, self.b)
-            return compositions_of(self.f, rows)[0]
+            self.extra["formula"], self.extra["n_elements"] = compositions_of(self.f, rows)
+            return self.extra[name]
         if name in GROUP_COLUMNS:
             raise DeepergatError(f"where: {name} is not known for single rows")
         ds = self._dataset(name)
@@ -266,11 +266,6 @@ class _Columns:
         f = self.f
         if name in ("status", "flags"):
             return f[name]
-        if name == "n_elements":
-            if "n_elements" not in f:
-                raise SettingError("{where}: n_elements needs a predictions file written since "
-                                   "formulas are stored (screen it again)")
-            return f["n_elements"]
         if name.endswith("_std") and "std" in f and name[:-4] in f["std"]:
             return f[f"std/{name[:-4]}"]
         return f[f"predictions/{name}"]

@@ -1,11 +1,13 @@
 """`deepergat report`: one self-contained HTML page about a predictions file.
 
 The run (model, its sha256, the input and its digest, structures, how long the screen took),
-each target's histogram (the first target's, which ranks the top K, with the top-K threshold
-marked), the status and flag table with example
-ids, the top-K table (id, formula, prediction, std), and with embeddings a 2-D map (principal
-components) coloured by the prediction. Images are PNGs embedded as data URIs, so the page can
-be mailed or archived alone.
+each target's histogram (the first target's, which ranks the short list, with the list's
+threshold marked), the status and flag table with example ids, the short list (the screen's own
+``--top``, ranking and filters unless the report is told otherwise: one row per distinct crystal
+with its group size and known/novel mark, `deepergat.screening.shortlist`), an element map of the
+list against all candidates (where the hits' chemistry lies), and with embeddings a 2-D map
+(principal components) coloured by the prediction. Images are PNGs embedded as data URIs, so
+the page can be mailed or archived alone.
 
 Everything is read in blocks of a million rows: histograms from streamed bin counts (a first
 pass for the range), the principal components from a streamed covariance (blocks of ~64 MB
@@ -20,21 +22,26 @@ import html
 import io
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from deepergat.contract import DEFAULT_RANK_ORDER, FLAG_UNSEEN_ELEMENT, STATUS_CODES, RankOrder
+from deepergat.contract import FLAG_UNSEEN_ELEMENT, STATUS_CODES, RankOrder
 from deepergat.errors import DeepergatError
 from deepergat.metadata import ModelMetadata
 from deepergat.system.files import atomic_open
 
-from .predictions import PREDICTIONS_FORMAT, take_rows, top_rows
+from .predictions import PREDICTIONS_FORMAT, take_rows
+from .shortlist import ListSettings, ShortList, entries_table, short_list
 
-__all__ = ["MAP_POINTS", "write_report"]
+__all__ = ["DEFAULT_REPORT_TOP", "MAP_POINTS", "report_settings", "write_report"]
+
+#: Rows of the report's short list when neither the report nor the screen says.
+DEFAULT_REPORT_TOP = 25
 
 _READ_ROWS = 1 << 20
 #: Most points drawn in the embedding map.
@@ -192,6 +199,8 @@ class _Page:
         hists: (target, finite values, PNG data URI) per target.
         statuses: `_status_table`'s rows. top: `take_rows` of the top-K rows (best first).
         n_top: rows in the top-K table. order: the ranking's order. emap: the embedding map.
+        listed: the short list. elements: the element map (PNG data URI) or None.
+        notes: what the page could not do, said plainly.
     """
 
     name: str
@@ -205,39 +214,85 @@ class _Page:
     n_top: int
     order: RankOrder
     emap: str | None
+    listed: ShortList | None = None
+    elements: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def report_settings(path: str | os.PathLike[str], **given: Any) -> ListSettings:
+    """The short list a report shows: each setting as ``given`` (None: not given), else as the
+    screen that wrote the file recorded it, else the default (`DEFAULT_REPORT_TOP` rows).
+
+    Args:
+        given: `ListSettings` fields (``top``, ``order``, ``rank_by``, ``rank_k``, ``where``,
+            ``group``, ``tolerance``, ``known``, ``novel_only``, ``seconds``).
+    """
+    from deepergat.io.matching import MatchTolerance
+
+    try:
+        with h5py.File(path, "r") as f:
+            recorded = json.loads(_attr(f, "screen_run") or "{}").get("short_list") or {}
+    except (OSError, ValueError):
+        recorded = {}
+    values: dict[str, Any] = {"top": DEFAULT_REPORT_TOP}
+    for key in ("top", "order", "rank_by", "rank_k", "where", "group", "novel_only"):
+        if recorded.get(key) is not None:
+            values[key] = recorded[key]
+    if recorded.get("match_tol"):
+        values["tolerance"] = MatchTolerance.parse(recorded["match_tol"])
+    if recorded.get("known"):
+        values["known"] = tuple(str(k) for k in recorded["known"])
+    values.update({k: v for k, v in given.items() if v is not None})
+    return ListSettings(**values)
 
 
 def write_report(
     predictions: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
     *,
-    top: int = 25,
-    order: RankOrder = DEFAULT_RANK_ORDER,
+    settings: ListSettings | None = None,
     bins: int = 60,
 ) -> Path:
     """Write the HTML report of a predictions file.
 
     Args:
         predictions: the file. output: the page (default ``<predictions stem>.report.html``).
-        top: rows of the top-K table (ranked by the first target, ``order``).
+        settings: the short list shown (default `report_settings`: the screen's own).
         bins: histogram bins.
 
     Returns:
         The page's path.
 
     Raises:
-        DeepergatError: not a readable predictions file.
+        DeepergatError: not a readable predictions file; bad list settings.
     """
     path = Path(predictions)
     out = Path(output) if output else path.with_name(path.stem + ".report.html")
-    page = _read_page(path, top=top, order=order, bins=bins)
+    page = _read_page(path, settings=settings or report_settings(path), bins=bins)
     with atomic_open(out, "w", encoding="utf-8",
                      tmp=out.with_name(f".{out.name}.tmp-{os.getpid()}")) as fh:
         fh.write(_html(page))
     return out
 
 
-def _read_page(path: Path, *, top: int, order: RankOrder, bins: int) -> _Page:
+def _listed(path: Path, settings: ListSettings, notes: list[str]) -> ShortList | None:
+    """The short list, or None where the structures it needs are unavailable (said in
+    ``notes``: the page then shows the ranking ungrouped)."""
+    missing = [k for k in settings.known if not Path(k).is_file()]
+    if missing:
+        notes.append(f"known stores not found, novelty not checked: {', '.join(missing)}")
+        settings = replace(settings, known=tuple(k for k in settings.known
+                                                 if Path(k).is_file()), novel_only=False)
+    try:
+        return short_list(path, settings)
+    except DeepergatError as e:
+        if not settings.group and not settings.known:
+            raise
+        notes.append(f"not grouped ({' '.join(str(e).split())})")
+        return short_list(path, replace(settings, group=False, known=(), novel_only=False))
+
+
+def _read_page(path: Path, *, settings: ListSettings, bins: int) -> _Page:
     """Everything the page shows, read in blocks."""
     try:
         f = h5py.File(path, "r")
@@ -250,8 +305,12 @@ def _read_page(path: Path, *, top: int, order: RankOrder, bins: int) -> _Page:
         names = list(f["predictions"])
         units = {n: _attr(f["predictions"][n], "units") for n in names}
         m = int(f["status"].shape[0])
-        rows = top_rows(path, top, order=order) if m else np.zeros(0, np.int64)
+        notes: list[str] = []
+        listed = _listed(path, settings, notes) if m else None
+        rows = listed.rows if listed is not None else np.zeros(0, np.int64)
         best = take_rows(path, rows)
+        if listed is not None:
+            best.update(entries_table(listed.entries))
         hists = []
         for n in names:
             counts, edges, finite = _histogram(f[f"predictions/{n}"], bins)
@@ -261,7 +320,9 @@ def _read_page(path: Path, *, top: int, order: RankOrder, bins: int) -> _Page:
         return _Page(
             name=path.name, info=_run_info(f, path, m), names=names, units=units,
             spread="std" in f, hists=hists, statuses=_status_table(f), top=best,
-            n_top=len(rows), order=order, emap=_embedding_map(f, names[0]) if names else None,
+            n_top=len(rows), order=settings.order,
+            emap=_embedding_map(f, names[0]) if names else None, listed=listed,
+            elements=_element_map(f, best["formula"]) if len(rows) else None, notes=notes,
         )
 
 
@@ -306,20 +367,107 @@ def _html(page: _Page) -> str:
     parts.append("</table>")
     head = "".join(f"<th>{e(n)}</th>" + (f"<th>{e(n)} std</th>" if page.spread else "")
                    for n in names)
-    parts.append(f"<h2 id='top'>Top {page.n_top} by {e(names[0])} "
-                 f"({'lowest' if page.order == 'asc' else 'highest'} first)</h2>"
-                 f"<table id='top-table'><tr><th>rank</th><th>id</th><th>formula</th>{head}"
-                 "<th>flags</th></tr>")
+    what = "distinct structures" if page.listed is not None and page.listed.grouped else "rows"
+    parts.append(f"<h2 id='top'>Top {page.n_top} {what} by {e(names[0])} "
+                 f"({'lowest' if page.order == 'asc' else 'highest'} first)</h2>")
+    if page.listed is not None:
+        parts.append(f"<p class='note'>{e(page.listed.summary())}"
+                     + (f"; where {e(page.listed.settings.where)}"
+                        if page.listed.settings.where else "") + "</p>")
+    parts.extend(f"<p class='note'>{e(n)}</p>" for n in page.notes)
+    parts.append("<table id='top-table'><tr><th>rank</th><th>id</th><th>formula</th>"
+                 f"{head}<th>flags</th><th>group size</th><th>known as</th></tr>")
     for j in range(page.n_top):
         cells = "".join(
             f"<td class='num'>{best['predictions'][n][j]:.6g}</td>"
             + (f"<td class='num'>{best['std'][n][j]:.3g}</td>" if page.spread else "")
             for n in names)
+        size = best.get("group_size", [""] * page.n_top)[j]
+        known = best.get("known", [""] * page.n_top)[j]
         parts.append(f"<tr><td class='num'>{j + 1}</td><td>{e(best['ids'][j])}</td>"
                      f"<td>{e(best['formula'][j])}</td>{cells}"
-                     f"<td class='num'>{int(best['flags'][j])}</td></tr>")
+                     f"<td class='num'>{int(best['flags'][j])}</td>"
+                     f"<td class='num'>{e(str(size))}</td><td>{e(str(known))}</td></tr>")
     parts.append("</table>")
+    if page.elements is not None:
+        parts.append("<h2>Elements</h2><p class='note'>The share of the list that contains each "
+                     "element, beside its share among all ranked candidates.</p>"
+                     f"<img alt='element map' src='{page.elements}'>")
     if page.emap is not None:
         parts.append(f"<h2>Embeddings</h2><img alt='embedding map' src='{page.emap}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _table_position(z: int) -> tuple[int, int]:
+    """(row, column) of element ``z`` in the periodic table's usual 18-column layout, the
+    lanthanides and actinides in two rows below (rows 8 and 9)."""
+    if z <= 2:
+        return 0, 0 if z == 1 else 17
+    starts = [(3, 1), (11, 2), (19, 3), (37, 4), (55, 5), (87, 6)]
+    row, first = max((r, s) for s, r in starts if z >= s)
+    offset = z - first
+    if row <= 2:  # 8 elements: groups 1-2 and 13-18
+        return row, offset if offset < 2 else offset + 10
+    if (row >= 5 and 57 <= z <= 71) or 89 <= z <= 103:  # f-block rows
+        return (8 if z <= 71 else 9), 3 + (z - (57 if z <= 71 else 89))
+    if row >= 5 and offset >= 2:  # after the f-block: hafnium / rutherfordium on
+        offset -= 14
+    return row, offset
+
+
+def _element_shares(formulas: Sequence[str]) -> np.ndarray:
+    """[119] share of the formulas that contain each element (index Z)."""
+    from .where import _elements
+
+    names, counts = np.unique(np.asarray(formulas, dtype=object), return_counts=True)
+    share = np.zeros(119)
+    for name, count in zip(names.tolist(), counts.tolist(), strict=True):
+        for z in _elements(str(name)):
+            if 0 < z < 119:
+                share[z] += count
+    return share / max(len(formulas), 1)
+
+
+def _element_map(f: h5py.File, listed: Sequence[str]) -> str | None:
+    """Two periodic tables: the share of the short list containing each element, and its share
+    among all ranked candidates (status 0), read in blocks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deepergat.elements import SYMBOLS
+
+    from .predictions import compositions_of
+
+    m = int(f["status"].shape[0])
+    total = np.zeros(119)
+    n = 0
+    for a in range(0, m, _READ_ROWS):
+        rows = np.arange(a, min(m, a + _READ_ROWS))
+        ok = f["status"][a : a + len(rows)] == 0
+        if not ok.any():
+            continue
+        names = compositions_of(f, rows[ok])[0]
+        total += _element_shares(names) * len(names)
+        n += len(names)
+    if not n:
+        return None
+    shares = {"the short list": _element_shares(list(listed)), "all ranked candidates": total / n}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.6))
+    for ax, (title, share) in zip(axes, shares.items(), strict=True):
+        grid = np.full((10, 18), np.nan)
+        for z in range(1, 119):
+            r, c = _table_position(z)
+            grid[r, c] = share[z]
+        ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=max(share.max(), 1e-9))
+        for z in range(1, 119):
+            r, c = _table_position(z)
+            ax.text(c, r, SYMBOLS[z], ha="center", va="center", fontsize=6,
+                    color="white" if share[z] < 0.5 * share.max() else "black")
+        ax.set_title(f"share of {title} containing the element")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _png(fig)

@@ -15,7 +15,7 @@ import csv
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from deepergat.contract import (
+    DEFAULT_GROUP_SECONDS,
     DEFAULT_RANK_BY,
     DEFAULT_RANK_K,
     DEFAULT_RANK_ORDER,
@@ -30,10 +31,12 @@ from deepergat.contract import (
     RankOrder,
 )
 from deepergat.errors import DeepergatError, SettingError
+from deepergat.io.matching import MatchTolerance
 from deepergat.system.files import atomic_open, atomic_path
 
 from .failures import literal
-from .predictions import PREDICTIONS_FORMAT, compositions_of, take_rows, top_rows
+from .predictions import PREDICTIONS_FORMAT, compositions_of, take_rows
+from .shortlist import Entry, ListSettings, entries_table, short_list
 
 __all__ = ["ExtractResult", "extract", "parse_where", "read_predictions", "where_rows"]
 
@@ -228,38 +231,47 @@ def extract(
     rank_by: RankBy = DEFAULT_RANK_BY,
     rank_k: float = DEFAULT_RANK_K,
     store: str | os.PathLike[str] | None = None,
+    group: bool = True,
+    match_tol: str = str(MatchTolerance()),
+    known: tuple[str, ...] = (),
+    novel_only: bool = False,
+    group_seconds: float | None = DEFAULT_GROUP_SECONDS,
 ) -> ExtractResult:
     """Write the chosen structures as files ready for DFT, and ``out_dir/selection.csv``.
 
-    Exactly one of ``top`` (the K best, as the top-K CSV ranks them), ``ids`` or ``where``
-    chooses. Structures are read from the input store the predictions file records (or
+    ``top`` and ``where`` choose a short list (`deepergat.screening.shortlist`: ranked as the
+    top-K CSV ranks, filtered by ``where``, one structure per distinct crystal unless ``group``
+    is off, marked or left out by ``known``/``novel_only``); ``ids`` chooses exactly those
+    structures. Structures are read from the input store the predictions file records (or
     ``store``), which must still hold what was screened: its content digest is recomputed.
 
-    Files are ``<n>_<id>.<cif|vasp|extxyz>`` (n: the position in the selection, from 1); a
-    structure that is not periodic on all three axes is written as extxyz whatever ``fmt`` (CIF
-    and POSCAR need a cell), one without atoms not at all. ``selection.csv`` has
-    ``id,formula,<target>[,<target>_std]...,status,flags,file`` (``file`` empty when none).
+    Files are ``<n>_<id>.<cif|vasp|extxyz>`` (n: the position in the selection, from 1,
+    zero-padded so that names sort in list order); a structure that is not periodic on all
+    three axes is written as extxyz whatever ``fmt`` (CIF and POSCAR need a cell), one without
+    atoms not at all. ``selection.csv`` has ``id,formula,<target>[,<target>_std]...,status,
+    flags,file,group_size,members,known`` (``file`` empty when none; ``members`` the ids of
+    the structure's group, best first, ``;``-separated).
 
     Raises:
-        DeepergatError: no or several choices, unknown ids, an unreadable predictions file, a
-            store that is gone or changed since the screen, an existing non-empty folder that is
-            no earlier extraction.
+        DeepergatError: no choice or ``ids`` with another, unknown ids, an unreadable
+            predictions file, a store that is gone or changed since the screen, an existing
+            non-empty folder that is no earlier extraction.
     """
     from deepergat.io.store import Store
 
     path = Path(predictions)
     attrs = _open_predictions(path)
-    chosen = [c for c in (top is not None, ids is not None, where is not None) if c]
-    if len(chosen) != 1:
-        raise SettingError("choose the structures with exactly one of {top}, {ids}, {where}")
+    if ids is not None and (top is not None or where is not None):
+        raise SettingError("choose the structures with {ids}, or with {top} and/or {where}")
+    if ids is None and top is None and where is None:
+        raise SettingError("choose the structures with {top}, {where} or {ids}")
     if fmt not in _SUFFIX:
         raise SettingError(f"{{fmt}} {literal(repr(fmt))}: choose cif, poscar or extxyz")
-    if top is not None:
-        rows = top_rows(path, top, order=order, rank_by=rank_by, rank_k=rank_k)
-    elif where is not None:
-        rows = where_rows(path, where)
-    else:
-        rows = _rows_of_ids(path, ids or [])
+    settings = ListSettings(top=top, order=order, rank_by=rank_by, rank_k=rank_k, where=where,
+                            group=group, tolerance=MatchTolerance.parse(match_tol),
+                            known=tuple(str(k) for k in known), novel_only=novel_only,
+                            seconds=group_seconds)
+    settings.check()
     store_path = Path(store) if store is not None else Path(attrs.get("input", ""))
     if not store_path.is_file():
         raise SettingError(f"{literal(path)}: its input store {literal(store_path)} is gone; "
@@ -272,10 +284,17 @@ def extract(
                 f"{store_path}: is not the store {path} was screened on (its content changed "
                 "since, or it is another store); extract from the store that was screened"
             )
+        if ids is not None:
+            entries = _entries_of_ids(path, ids, settings, store_path)
+        else:
+            entries = short_list(path, settings, store=store_path,
+                                 store_verified=True).entries
+        rows = np.array([e.row for e in entries], dtype=np.int64)
         got = take_rows(path, rows, store=store_path)
         out.mkdir(parents=True, exist_ok=True)
         for stale in earlier:  # an earlier extraction's files go: the folder is one selection
             stale.unlink(missing_ok=True)
+        width = len(str(len(rows)))
         files: list[Path | None] = []
         for n, (sid, index) in enumerate(zip(got["ids"], got["index"].tolist(), strict=True)):
             structure = s.read(index, index + 1).structure(0)
@@ -283,12 +302,35 @@ def extract(
             if not len(structure["atomic_numbers"]):
                 files.append(None)
                 continue
-            file = out / f"{n + 1}_{_SAFE.sub('_', sid)[:80]}.{_SUFFIX[own]}"
+            file = out / f"{n + 1:0{width}d}_{_SAFE.sub('_', sid)[:80]}.{_SUFFIX[own]}"
             _write_structure(structure, file, own)
             files.append(file)
     selection = out / "selection.csv"
-    _write_selection(selection, got, files)
+    _write_selection(selection, got, files, entries, _ids_of(path, entries))
     return ExtractResult(folder=out, files=files, selection=selection)
+
+
+def _entries_of_ids(path: Path, ids: list[str], settings: ListSettings,
+                    store: Path) -> list[Entry]:
+    """One entry per id (in the order given), marked against the known stores if any."""
+    rows = _rows_of_ids(path, ids)
+    entries = [Entry(int(r), None, [int(r)], None) for r in rows]
+    if settings.known:
+        marked = short_list(path, replace(settings, top=None, where=None, group=False),
+                            store=store, store_verified=True, rows=rows)
+        known = {e.row: e.known for e in marked.entries}
+        for e in entries:
+            e.known = known.get(e.row)
+    return entries
+
+
+def _ids_of(path: Path, entries: list[Entry]) -> dict[int, str]:
+    """The ids of every row the entries name (members included)."""
+    rows = np.array(sorted({r for e in entries for r in e.members}), dtype=np.int64)
+    if not len(rows):
+        return {}
+    got = take_rows(path, rows)
+    return dict(zip(rows.tolist(), got["ids"], strict=True))
 
 
 def _earlier_extraction(out: Path) -> list[Path]:
@@ -345,11 +387,13 @@ def _write_structure(structure: dict[str, Any], file: Path, fmt: str) -> None:
         write(tmp, atoms, format={"cif": "cif", "poscar": "vasp", "extxyz": "extxyz"}[fmt])
 
 
-def _write_selection(path: Path, got: dict[str, Any], files: list[Path | None]) -> None:
+def _write_selection(path: Path, got: dict[str, Any], files: list[Path | None],
+                     entries: list[Entry], ids: dict[int, str]) -> None:
     names = list(got["predictions"])
     spread = bool(got["std"])
     header = ["id", "formula", *[c for n in names for c in ((n, f"{n}_std") if spread else (n,))],
-              "status", "flags", "file"]
+              "status", "flags", "file", "group_size", "members", "known"]
+    table = entries_table(entries)
     # `csv.writer`'s own line ends (\r\n), as ever
     with atomic_open(path, "w", newline="", tmp=path.with_name(f".{path.name}.tmp")) as fh:
         w = csv.writer(fh)
@@ -359,8 +403,10 @@ def _write_selection(path: Path, got: dict[str, Any], files: list[Path | None]) 
                       for src in ((got["predictions"], got["std"]) if spread
                                   else (got["predictions"],))]
             file = files[j]
+            members = ";".join(ids[r] for r in entries[j].members)
             w.writerow([sid, got["formula"][j], *values, int(got["status"][j]),
-                        int(got["flags"][j]), file.name if file is not None else ""])
+                        int(got["flags"][j]), file.name if file is not None else "",
+                        table["group_size"][j], members, table["known"][j]])
 
 
 def read_predictions(path: str | os.PathLike[str], *, embeddings: bool = False) -> Any:

@@ -56,7 +56,9 @@ class ListSettings:
     """How a short list is made.
 
     Attributes:
-        top: groups on the list (rows, without grouping); None: every row kept.
+        top: groups on the list (rows, without grouping); None: every row ``where`` allows
+            (the ranked ones first, then those without a rank — status other than 0 — in
+            file order).
         order: ``asc`` (lowest key first) or ``desc``.
         rank_by: ``mean`` (the first target's prediction), or an ensemble's bound ``lower``
             (mean − k·std) or ``upper`` (mean + k·std). rank_k: that k.
@@ -172,7 +174,7 @@ class ShortList:
 
 def short_list(path: str | os.PathLike[str], settings: ListSettings, *,
                store: str | os.PathLike[str] | None = None,
-               store_verified: bool = False) -> ShortList:
+               store_verified: bool = False, rows: np.ndarray | None = None) -> ShortList:
     """The short list of a predictions file (see the module docstring).
 
     Args:
@@ -182,6 +184,8 @@ def short_list(path: str | os.PathLike[str], settings: ListSettings, *,
             structures to match.
         store_verified: the caller has checked that ``store`` is the one screened (else its
             content digest is recomputed before any structure is read).
+        rows: rows of the file to list in this order instead of the ranking (``where`` and
+            ranking are not applied; grouping and known stores are).
 
     Raises:
         SettingError: bad settings, a ``where`` that does not parse, a term on groups without
@@ -208,13 +212,30 @@ def short_list(path: str | os.PathLike[str], settings: ListSettings, *,
             raise SettingError(
                 f"{{rank_by}} {settings.rank_by} ranks by mean ∓ k·std, but {literal(path)} "
                 "has no std (the model is not an ensemble); use {rank_by} mean")
-        order = _ranking(f, targets[0], settings, where.row_terms() if where else None)
+        order = (np.asarray(rows, dtype=np.int64) if rows is not None else
+                 _ranking(f, targets[0], settings, where.row_terms() if where else None))
         walk = _Walk(f, order, settings, where, Path(store) if store else None, store_verified)
         entries = walk.run()
+        if settings.top is None and where is not None and not where.on_groups and rows is None:
+            entries += _unranked(f, where, exclude=order)
     return ShortList(entries=entries, ranked=len(order), examined=walk.examined,
                      ungrouped=walk.ungrouped, grouped=settings.group,
                      fits=walk.fits, seconds=time.perf_counter() - t0,
                      known_structures=walk.known_structures, settings=settings)
+
+
+def _unranked(f: h5py.File, where: Where, *, exclude: np.ndarray) -> list[Entry]:
+    """Rows without a rank (status other than 0, or no finite key) that ``where`` allows, in
+    file order: a list without a ``top`` holds every row its expression chooses."""
+    m = int(f["status"].shape[0])
+    ranked = np.zeros(m, bool)
+    ranked[exclude] = True
+    out: list[Entry] = []
+    for a in range(0, m, _READ_ROWS):
+        b = min(m, a + _READ_ROWS)
+        keep = where.evaluate(_Columns(f, a, b)) & ~ranked[a:b]
+        out.extend(Entry(int(r) + a, None, [int(r) + a], None) for r in np.flatnonzero(keep))
+    return out
 
 
 def _ranking(f: h5py.File, first: str, settings: ListSettings,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import heapq
 import json
 import logging
 import math
@@ -43,14 +42,8 @@ import numpy as np
 
 from deepergat._version import __version__
 from deepergat.contract import (
-    DEFAULT_RANK_BY,
-    DEFAULT_RANK_K,
-    DEFAULT_RANK_ORDER,
     FLAG_UNSEEN_ELEMENT,
-    RANK_BY,
     STATUS_CODES,
-    RankBy,
-    RankOrder,
 )
 from deepergat.errors import DeepergatError, SettingError
 from deepergat.system.files import atomic_open
@@ -69,7 +62,6 @@ __all__ = [
     "format_predictions",
     "read_identity",
     "take_rows",
-    "top_rows",
     "write_top_csv",
 ]
 
@@ -584,67 +576,6 @@ def compositions_of(f: h5py.File, rows: np.ndarray, *,
     except (DeepergatError, OSError, KeyError) as e:
         log.warning("%s: formulas unavailable: %s", f.filename, " ".join(str(e).split()))
         return none
-
-
-def top_rows(
-    path: str | os.PathLike[str],
-    k: int,
-    *,
-    order: RankOrder = DEFAULT_RANK_ORDER,
-    rank_by: RankBy = DEFAULT_RANK_BY,
-    rank_k: float = DEFAULT_RANK_K,
-) -> np.ndarray:
-    """Rows of the K best structures by the first target, best first.
-
-    The key is the prediction (``rank_by="mean"``) or, for an ensemble, a confidence bound:
-    ``lower`` = mean − k·std, ``upper`` = mean + k·std; ``order`` says whether the lowest or
-    the highest key comes first. NaN is never ranked; ties go to the lower row. Reads the
-    predictions in blocks and keeps K candidates, so memory is O(K + block).
-
-    Returns:
-        [≤ K] int64 rows of the predictions file (fewer when fewer predictions are finite).
-
-    Raises:
-        SettingError: K < 1 (the ``top`` setting), an unknown ``rank_by``, a negative
-            ``rank_k``, or a bound asked of a file without an ensemble's spread.
-    """
-    if k < 1:
-        raise SettingError(f"{{top}} must be at least 1, got {k}")
-    if rank_by not in RANK_BY:
-        raise SettingError(f"{{rank_by}} {literal(repr(rank_by))}: choose "
-                           f"{', '.join(RANK_BY[:-1])} or {RANK_BY[-1]}")
-    if not (rank_k >= 0 and math.isfinite(rank_k)):
-        raise SettingError(f"{{rank_k}} must be a finite number ≥ 0, got {rank_k}")
-    sign = 1.0 if order == "asc" else -1.0
-    bound = {"mean": 0.0, "lower": -float(rank_k), "upper": float(rank_k)}[rank_by]
-    with h5py.File(path, "r") as f:
-        first = next(iter(f["predictions"]))
-        if rank_by != "mean" and "std" not in f:
-            raise SettingError(
-                f"{{rank_by}} {rank_by} ranks by mean ∓ k·std, but {literal(path)} has no std "
-                "(the model is not an ensemble); use {rank_by} mean"
-            )
-        m = int(f["status"].shape[0])
-        best: list[tuple[float, int]] = []  # max-heap of (-key, -row) for the K smallest keys
-        for a in range(0, m, _READ_ROWS):
-            b = min(m, a + _READ_ROWS)
-            v = f[f"predictions/{first}"][a:b].astype(np.float64)
-            if bound:
-                v = v + bound * f[f"std/{first}"][a:b].astype(np.float64)
-            rows = np.flatnonzero(np.isfinite(v))
-            if not len(rows):
-                continue
-            key = sign * v[rows]
-            if len(rows) > k:  # keep this block's K best (ties: lower row) before the heap
-                pick = np.lexsort((rows, key))[:k]
-                rows, key = rows[pick], key[pick]
-            for kv, r in zip(key.tolist(), (rows + a).tolist(), strict=True):
-                item = (-kv, -r)
-                if len(best) < k:
-                    heapq.heappush(best, item)
-                elif item > best[0]:
-                    heapq.heapreplace(best, item)
-    return np.array([r for _, r in sorted((-kv, -nr) for kv, nr in best)], dtype=np.int64)
 
 
 def take_rows(path: str | os.PathLike[str], rows: np.ndarray, *,

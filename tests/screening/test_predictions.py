@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -48,6 +49,15 @@ def write(path: Path, values: list[float], *, embeddings: bool = False,
                             formula=[["SrTiO3", "NaCl", "", "C"][k % 4] for k in range(a, b)],
                             n_elements=np.array([[3, 2, 0, 1][k % 4] for k in range(a, b)],
                                                 np.uint8)))
+
+
+def top_csv(path: Path, out: Path, k: int, **ranking: Any) -> int:
+    """The screen's top-K CSV of the raw ranking (`short_list` without grouping)."""
+    from deepergat.screening.shortlist import ListSettings, short_list
+
+    order = ranking.pop("order", "asc")
+    listed = short_list(path, ListSettings(top=k, order=order, group=False, **ranking))
+    return write_top_csv(path, out, listed.rows)
 
 
 def test_schema(tmp_path: Path) -> None:
@@ -107,11 +117,12 @@ def test_top_csv_never_ranks_nan(tmp_path: Path, order: str) -> None:
     values = [3.0, np.nan, 1.0, 2.0, np.nan, 1.0, 5.0]
     write(path, values)
     out = tmp_path / "p.top.csv"
-    n = write_top_csv(path, out, 10, order=order)  # type: ignore[arg-type]
+    n = top_csv(path, out, 10, order=order)  # type: ignore[arg-type]
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert n == 5 and len(rows) == 5
-    assert list(rows[0]) == ["rank", "index", "id", "formula", "gap", "e", "flags"]
+    assert list(rows[0]) == ["rank", "index", "id", "formula", "gap", "e", "flags",
+                             "group_size", "known"]
     flags = {r["id"]: r["flags"] for r in rows}
     assert flags["id3"] == flags["id6"] == "1" and flags["id2"] == "0"
     got = [float(r["gap"]) for r in rows]
@@ -120,7 +131,7 @@ def test_top_csv_never_ranks_nan(tmp_path: Path, order: str) -> None:
     if order == "asc":  # ties: the lower index first
         assert [r["id"] for r in rows[:2]] == ["id2", "id5"]
         assert rows[0]["index"] == "102"
-    k2 = write_top_csv(path, out, 2, order=order)  # type: ignore[arg-type]
+    k2 = top_csv(path, out, 2, order=order)  # type: ignore[arg-type]
     assert k2 == 2
 
 
@@ -128,8 +139,8 @@ def test_top_csv_all_nan(tmp_path: Path) -> None:
     path = tmp_path / "p.h5"
     write(path, [np.nan, np.nan])
     out = tmp_path / "t.csv"
-    assert write_top_csv(path, out, 3) == 0
-    assert out.read_text().strip() == "rank,index,id,formula,gap,e,flags"
+    assert top_csv(path, out, 3) == 0
+    assert out.read_text().strip() == "rank,index,id,formula,gap,e,flags,group_size,known"
 
 
 def test_std_group_and_ranking_by_a_confidence_bound(tmp_path: Path) -> None:
@@ -145,11 +156,11 @@ def test_std_group_and_ranking_by_a_confidence_bound(tmp_path: Path) -> None:
     out = tmp_path / "t.csv"
 
     def ranked(**kw: object) -> list[str]:
-        write_top_csv(path, out, 4, **kw)  # type: ignore[arg-type]
+        top_csv(path, out, 4, **kw)  # type: ignore[arg-type]
         with open(out, newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert list(rows[0]) == ["rank", "index", "id", "formula", "gap", "gap_std", "e",
-                                 "e_std", "flags"]
+                                 "e_std", "flags", "group_size", "known"]
         return [r["id"] for r in rows]
 
     assert ranked() == ["id3", "id0", "id2", "id4"]  # by the mean
@@ -158,11 +169,11 @@ def test_std_group_and_ranking_by_a_confidence_bound(tmp_path: Path) -> None:
     # mean - 2σ, highest first: 2.8, 1.18, 0.9, 0.3
     assert ranked(rank_by="lower", rank_k=2.0, order="desc") == ["id4", "id2", "id0", "id3"]
     with pytest.raises(DeepergatError, match=r"^rank_k must be"):
-        write_top_csv(path, out, 2, rank_by="upper", rank_k=-1.0)
+        top_csv(path, out, 2, rank_by="upper", rank_k=-1.0)
     plain = tmp_path / "plain.h5"
     write(plain, values)
     with pytest.raises(DeepergatError, match=r"has no std .*not an ensemble"):
-        write_top_csv(plain, out, 2, rank_by="lower")
+        top_csv(plain, out, 2, rank_by="lower")
     d = describe_predictions(path)
     assert d["targets"]["gap"]["std_stats"]["max"] == pytest.approx(0.3)
     assert "ensemble spread" in "\n".join(format_predictions(d, str(path)))
@@ -174,7 +185,7 @@ def test_top_csv_formulas_come_from_the_file_itself(tmp_path: Path) -> None:
     path = tmp_path / "p.h5"
     write(path, [2.0, 1.0, 0.5, 3.0])
     out = tmp_path / "t.csv"
-    write_top_csv(path, out, 3, order="desc")
+    top_csv(path, out, 3, order="desc")
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["id"], r["formula"]) for r in rows] == [
@@ -208,7 +219,7 @@ def test_version_1_files_read_formulas_only_from_the_store_they_screened(
         f.attrs["input"] = str(store)
         f.attrs["input_digest"] = digest
     out = tmp_path / "t.csv"
-    write_top_csv(path, out, 2)
+    top_csv(path, out, 2)
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["id"], r["formula"]) for r in rows] == [("id1", "SrTiO3"), ("id0", "SrTiO3")]
@@ -218,7 +229,7 @@ def test_version_1_files_read_formulas_only_from_the_store_they_screened(
     store.unlink()
     _store(store, [[11, 17], [6]])  # re-packed: same path and rows, other structures
     with caplog.at_level("WARNING"):
-        write_top_csv(path, out, 2)
+        top_csv(path, out, 2)
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["id"], r["formula"]) for r in rows] == [("id1", ""), ("id0", "")]

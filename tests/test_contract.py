@@ -137,8 +137,13 @@ def test_predict_and_extract_share_the_screening_defaults() -> None:
     assert received["max_atoms"] == contract.DEFAULT_MAX_ATOMS
     assert received["overlap_threshold"] == contract.DEFAULT_OVERLAP_THRESHOLD
     for name in ("extract", "report"):
-        assert _received(_command(name))["order"] == contract.DEFAULT_RANK_ORDER
         assert _choices(_params(_command(name))["order"]) == RANK_ORDERS
+    assert _received(_command("extract"))["order"] == contract.DEFAULT_RANK_ORDER
+    # the report takes the screen's own ranking, else the short list's default
+    from deepergat.screening.shortlist import ListSettings
+
+    assert _received(_command("report"))["order"] is None
+    assert ListSettings().order == contract.DEFAULT_RANK_ORDER
     extract = _received(_command("extract"))
     assert extract["rank_by"] == contract.DEFAULT_RANK_BY
     assert _choices(_params(_command("extract"))["rank_by"]) == RANK_BY

@@ -178,8 +178,11 @@ def test_the_predictions_file_reads_with_read_predictions() -> None:
     pytest.importorskip("pandas")
     want = EXPECTED["read_predictions"]
     frame = deepergat.read_predictions(str(LEGACY / "predictions.h5"))
-    assert [str(c) for c in frame.columns] == want["columns"]
-    assert [str(t) for t in frame.dtypes] == want["dtypes"]
+    # the columns it had, then the two formulas gave it (from the input store, only while
+    # that is the one screened: not here, where the recorded path is gone)
+    assert [str(c) for c in frame.columns] == [*want["columns"], "formula", "n_elements"]
+    assert [str(t) for t in frame.dtypes][: len(want["dtypes"])] == want["dtypes"]
+    assert frame["formula"].tolist() == [""] * 20 and frame["n_elements"].tolist() == [0] * 20
     for column in want["columns"]:
         got = frame[column].to_numpy()
         if got.dtype.kind == "f":
@@ -216,7 +219,7 @@ def test_screening_the_legacy_store_gives_the_legacy_predictions(tmp_path: Path)
         "screen", "--input", str(LEGACY / "store.h5"), "--model",
         str(LEGACY / "exported" / "model.onnx"), "--output", str(out), "--embeddings",
         "--top", "5", "--rank-by", "upper", "--chunk-size", "8", "--workers", "0",
-        "--device", "cpu"])
+        "--device", "cpu", "--no-group"])  # the starting commit's list was not grouped
     assert r.exit_code == 0, r.output
     new, old = _read(out), _read(LEGACY / "predictions.h5")
     for key in ("index", "ids", "status", "flags"):
@@ -229,12 +232,12 @@ def test_screening_the_legacy_store_gives_the_legacy_predictions(tmp_path: Path)
                       std, f"{name} std")
     assert new["units"] == old["units"]
     np.testing.assert_allclose(new["embeddings"], old["embeddings"], rtol=1e-4, atol=1e-5)
-    for key in ("format", "version", "model_sha256", "input_digest", "status_codes",
-                "screen_settings"):
+    for key in ("format", "model_sha256", "input_digest", "status_codes", "screen_settings"):
         assert new["attrs"][key] == old["attrs"][key], key
+    assert (new["attrs"]["version"], old["attrs"]["version"]) == (2, 1)  # formulas stored
     assert json.loads(new["attrs"]["model_metadata"]) == json.loads(old["attrs"]["model_metadata"])
     top_new, top_old = _top(tmp_path / "predictions.top.csv"), _top(LEGACY / "predictions.top.csv")
-    assert list(top_new[0]) == list(top_old[0])
+    assert list(top_new[0]) == [*top_old[0], "group_size", "known"]
     assert [(r["rank"], r["index"], r["id"], r["formula"], r["flags"]) for r in top_new] == [
         (r["rank"], r["index"], r["id"], r["formula"], r["flags"]) for r in top_old]
     for column in ("heat_ref", "heat_ref_std"):

@@ -72,7 +72,7 @@ def test_embeddings_and_top(tmp_path: Path, screen_store: Path, small_model: dic
                             reference_predictions: Path) -> None:
     out = tmp_path / "p.h5"
     result = run_inprocess(screen_store, small_model["onnx"], out, embeddings=True, top=5,
-                           top_order="desc")
+                           top_order="desc", group=False)
     assert result.top_csv == top_csv_path(out) == tmp_path / "p.top.csv"
     p = read_predictions(out)
     ok = p["status"] == 0
@@ -83,7 +83,8 @@ def test_embeddings_and_top(tmp_path: Path, screen_store: Path, small_model: dic
     values = p["predictions"]["heat_ref"]
     best = np.sort(values[ok])[::-1][:5]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
-    assert list(rows[0]) == ["rank", "index", "id", "formula", "heat_ref", "flags"]
+    assert list(rows[0]) == ["rank", "index", "id", "formula", "heat_ref", "flags",
+                             "group_size", "known"]
     np.testing.assert_allclose([float(r["heat_ref"]) for r in rows], best)
     from deepergat.elements import formula
     from deepergat.io.store import Store
@@ -106,7 +107,7 @@ def test_an_ensemble_screens_with_its_spread(tmp_path: Path, screen_store: Path,
 
     out = tmp_path / "e.h5"
     result = run_inprocess(screen_store, small_ensemble["onnx"], out, chunk_size=64, top=5,
-                           rank_by="upper", rank_k=2.0)
+                           rank_by="upper", rank_k=2.0, group=False)
     p = read_predictions(out)
     ok = p["status"] == 0
     pred, std = p["predictions"]["heat_ref"], p["std"]["heat_ref"]
@@ -133,7 +134,7 @@ def test_an_ensemble_screens_with_its_spread(tmp_path: Path, screen_store: Path,
     with open(result.top_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["rank", "index", "id", "formula", "heat_ref", "heat_ref_std",
-                             "flags"]
+                             "flags", "group_size", "known"]
     bound = np.where(ok, pred.astype(np.float64) + 2.0 * std, np.inf)
     assert [int(r["index"]) for r in rows] == np.argsort(bound, kind="stable")[:5].tolist()
 
@@ -303,7 +304,8 @@ def test_everything_screened_out(tmp_path: Path, screen_store: Path,
     p = read_predictions(out)
     assert set(np.unique(p["status"]).tolist()) <= {1, 2, 3, 4, 5}
     assert np.isnan(p["predictions"]["heat_ref"]).all()
-    assert top_csv_path(out).read_text().strip() == "rank,index,id,formula,heat_ref,flags"
+    assert top_csv_path(out).read_text().strip() == (
+        "rank,index,id,formula,heat_ref,flags,group_size,known")
 
 
 def test_empty_store(tmp_path: Path, small_model: dict[str, Any]) -> None:

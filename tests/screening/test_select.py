@@ -18,7 +18,7 @@ from screen_helpers import read_predictions, run_inprocess
 
 from deepergat.cli import main
 from deepergat.errors import DeepergatError, SettingError
-from deepergat.screening.select import extract, parse_where, where_rows
+from deepergat.screening.select import extract
 
 
 @pytest.fixture(scope="module")
@@ -33,31 +33,19 @@ def screened(tmp_path_factory: pytest.TempPathFactory, screen_store: Path,
     return {"store": store, "predictions": out}
 
 
-def test_where_is_parsed_not_evaluated() -> None:
-    cols = ["heat_ref", "heat_ref_std", "status", "flags"]
-    assert parse_where("heat_ref < 0.2", cols) == ("cmp", "heat_ref", "<", 0.2)
-    assert parse_where("0.2 > heat_ref", cols) == ("cmp", "heat_ref", "<", 0.2)
-    tree = parse_where("heat_ref < 0.2 or status == 0 and heat_ref_std <= 5e-2", cols)
-    assert tree == ("or", ("cmp", "heat_ref", "<", 0.2),
-                    ("and", ("cmp", "status", "==", 0.0), ("cmp", "heat_ref_std", "<=", 0.05)))
-    assert parse_where("(heat_ref < 1 or flags == 1) and status == 0", cols)[0] == "and"
-    for bad, message in [("__import__('os').system('x')", "cannot read"),
-                         ("gap < 1", "no column 'gap'"), ("heat_ref <", "expected a number"),
-                         ("heat_ref < 1 and", "expected a column"), ("(status == 0", "parenth"),
-                         ("", "empty")]:
-        with pytest.raises(DeepergatError, match=message):
-            parse_where(bad, cols)
-
-
 def test_where_rows_match_numpy(screened: dict[str, Path]) -> None:
+    """A ``where`` without ``top``: every row it allows (ranked ones first, then the rest in
+    file order), none other; the same rows numpy's comparisons give."""
+    from deepergat.screening.shortlist import ListSettings, short_list
+
     p = read_predictions(screened["predictions"])
     y, s = p["predictions"]["heat_ref"], p["std"]["heat_ref"]
     cut = float(np.nanmedian(y))
-    rows = where_rows(screened["predictions"], f"heat_ref < {cut} and heat_ref_std > 0 "
-                                               "or flags == 1")
+    listed = short_list(screened["predictions"], ListSettings(
+        where=f"heat_ref < {cut} and heat_ref_std > 0 or flags == 1", group=False))
     with np.errstate(invalid="ignore"):
         want = np.flatnonzero(((y < cut) & (s > 0)) | (p["flags"] == 1))
-    np.testing.assert_array_equal(rows, want)
+    np.testing.assert_array_equal(np.sort(listed.rows), want)
 
 
 def test_extract_writes_files_ready_for_dft(screened: dict[str, Path], tmp_path: Path) -> None:
@@ -72,7 +60,8 @@ def test_extract_writes_files_ready_for_dft(screened: dict[str, Path], tmp_path:
     with open(out / "selection.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["id", "formula", "heat_ref", "heat_ref_std", "status", "flags",
-                             "file"]
+                             "file", "group_size", "members", "known"]
+    assert all(int(r["group_size"]) >= 1 and r["members"].split(";")[0] == r["id"] for r in rows)
     p = read_predictions(screened["predictions"])
     by_id = {sid: k for k, sid in enumerate(p["ids"])}
     values = [float(r["heat_ref"]) for r in rows]
@@ -99,8 +88,8 @@ def test_extract_writes_files_ready_for_dft(screened: dict[str, Path], tmp_path:
     assert files["bad-zero-atoms"] == ""  # nothing to write
     assert sorted(f.name for f in (tmp_path / "picked").iterdir()) == sorted(
         [files[picked[0]], files["cluster-nonperiodic"], "selection.csv"])
-    with pytest.raises(DeepergatError, match="exactly one of top, ids, where"):
-        extract(screened["predictions"], tmp_path / "x", top=3, where="status == 0")
+    with pytest.raises(DeepergatError, match="with ids, or with top and/or where"):
+        extract(screened["predictions"], tmp_path / "x", top=3, ids=["a"])
     with pytest.raises(DeepergatError, match="no structure with id nope"):
         extract(screened["predictions"], tmp_path / "y", ids=["nope"])
 
@@ -113,10 +102,10 @@ def test_extract_and_report_errors_name_their_flags(screened: dict[str, Path],
     ids.write_text("x\n")
     for argv, line in [
         (["extract", pred, "--top", "3", "--ids", str(ids), "-o", str(tmp_path / "a")],
-         "error: choose the structures with exactly one of --top, --ids, --where"),
+         "error: choose the structures with --ids, or with --top and/or --where"),
         (["extract", pred, "--where", "gap < 1", "-o", str(tmp_path / "b")],
          "error: --where 'gap < 1': no column 'gap'; columns: heat_ref, heat_ref_std, status, "
-         "flags"),
+         "flags, n_elements, group_size, and has(El), formula, novel, known"),
         (["extract", pred, "--top", "2", "--rank-k", "-1", "-o", str(tmp_path / "c")],
          "error: --rank-k must be a finite number ≥ 0, got -1.0"),
     ]:
@@ -180,7 +169,8 @@ def test_report_renders_in_a_browser(screened: dict[str, Path], tmp_path: Path) 
                                   "--top", "7"])
     assert r.exit_code == 0, r.output
     text = page.read_text()
-    assert text.count("data:image/png;base64,") == 2  # the histogram and the embedding map
+    # the histogram, the element map and the embedding map
+    assert text.count("data:image/png;base64,") == 3
     assert "<script" not in text and "http" not in text.split("<body>")[1]  # self-contained
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

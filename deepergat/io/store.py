@@ -493,8 +493,8 @@ class Store:
             self._f.close()
             raise DeepergatError(
                 f"{self.path}: the counts and offsets of its {self._declared_rows} structures "
-                f"({_size(16 * self._declared_rows)}) do not fit in this process's memory; split the "
-                "inputs into smaller stores"
+                f"({_size(16 * self._declared_rows)}) do not fit in this process's memory; "
+                "split the inputs into smaller stores"
             ) from None
         except (OSError, KeyError, ValueError, TypeError) as e:
             self._f.close()

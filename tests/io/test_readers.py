@@ -328,6 +328,160 @@ def test_pymatgen_json_structures_molecules_and_other_json(tmp_path: Path) -> No
                                   "sites) nor an ASE database")
 
 
+def _marker_module(tmp_path: Path) -> tuple[str, Path]:
+    """A module on ``tmp_path`` whose import writes a marker file: (its name, the marker)."""
+    name = f"deepergat_marker_{tmp_path.name.replace('-', '_')}"
+    marker = tmp_path / "imported.txt"
+    (tmp_path / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\n"
+        "class Payload:\n    def __init__(self, **kw):\n        pass\n"
+        "    @classmethod\n    def from_dict(cls, d):\n        return cls()\n")
+    return name, marker
+
+
+def _with_payload(doc: dict[str, Any], where: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A pymatgen structure dict with ``payload`` (an object naming a module) at ``where``."""
+    doc = json.loads(json.dumps(doc))
+    if where == "site property":
+        doc["sites"][0]["properties"]["x"] = payload
+    elif where == "nested property":
+        doc["sites"][1]["properties"]["x"] = {"list": [1, [2, payload]]}
+    elif where == "species":
+        doc["sites"][0]["species"][0].update(payload)
+    elif where == "lattice":
+        doc["lattice"].update(payload)
+    elif where == "structure":
+        doc.update(payload)
+    elif where == "structure property":
+        doc["properties"] = {"y": payload}
+    return doc
+
+
+@pytest.mark.parametrize("where", ["site property", "nested property", "species", "lattice",
+                                   "structure", "structure property"])
+def test_pymatgen_json_naming_a_module_is_refused_and_imports_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """monty's decoder imported any ``@module`` a site property named (``antigravity`` opened a
+    browser): wherever a document names a class outside the allow-list it is refused with one
+    line, and the module is never imported."""
+    name, marker = _marker_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = Structure(triclinic_structure().lattice, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]],
+                  site_properties={"magmom": [1.0, -1.0]})
+    doc = _with_payload(s.as_dict(), where, {"@module": name, "@class": "Payload"})
+    (tmp_path / "evil.json").write_text(json.dumps([s.as_dict(), doc]))
+    records, failures = _run([FileTask(path=str(tmp_path / "evil.json"), fmt="json",
+                                       id="evil")])
+    assert not marker.exists()
+    assert records == []
+    [f] = failures
+    assert f.category == "refused" and f"names @module {name!r} @class 'Payload'" in f.detail
+    assert "\n" not in f.reason
+
+
+def test_pymatgen_json_builds_what_from_dict_builds(tmp_path: Path) -> None:
+    """The reference path: pymatgen's own ``from_dict`` on benign documents (oxidation states,
+    dummy species, numpy-array site properties, a lattice given by its parameters, partial
+    periodicity, a charged molecule) gives the same records."""
+    from pymatgen.core import Lattice, Molecule
+    from pymatgen.core.periodic_table import DummySpecies, Species
+
+    lat = Lattice.from_parameters(3.1, 4.2, 5.3, 80, 95, 101, pbc=(True, True, False))
+    ox = Structure(lat, [Species("Fe", 2), DummySpecies("X")], [[0.1, 0.2, 0.3], [0.5, 0.6, 0.7]],
+                   site_properties={"magmom": [np.array([0.0, 0.0, 1.0]), np.zeros(3)]})
+    by_parameters = triclinic_structure().as_dict()
+    del by_parameters["lattice"]["matrix"]
+    mol = Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0.76, 0.59], [0, -0.76, 0.59]], charge=1,
+                   spin_multiplicity=2)
+    from monty.json import MontyEncoder
+
+    docs = [json.loads(json.dumps(d, cls=MontyEncoder))
+            for d in (ox.as_dict(), by_parameters, mol.as_dict())]
+    (tmp_path / "ok.json").write_text(json.dumps(docs))
+    records, failures = _run([FileTask(path=str(tmp_path / "ok.json"), fmt="json", id="ok")])
+    assert not failures and len(records) == 3
+    for r, d in zip(records, docs, strict=True):
+        want = (Structure if "lattice" in d else Molecule).from_dict(json.loads(json.dumps(d)))
+        np.testing.assert_array_equal(r.positions, want.cart_coords)
+        np.testing.assert_array_equal(r.atomic_numbers, [site.specie.Z for site in want])
+        if "lattice" in d:
+            np.testing.assert_array_equal(r.lattice, want.lattice.matrix)
+            np.testing.assert_array_equal(r.pbc, want.lattice.pbc)
+    assert records[0].pbc.tolist() == [True, True, False]
+    assert records[0].atomic_numbers[0] == 26  # a dummy species has no Z: pack refuses it
+
+
+def _ase_json_rows(tmp_path: Path) -> dict[str, Any]:
+    ase_write(tmp_path / "rows.json", [pt_cluster(2, seed=k) for k in range(2)], format="json")
+    return json.loads((tmp_path / "rows.json").read_text())
+
+
+@pytest.mark.parametrize(("edit", "detail"), [
+    ("bomb", "declares shape [1099511627776] (1099511627776 values) but holds 1"),
+    ("object array", "is not [shape, numeric dtype, values]"),
+    ("band structure", "asks ASE to build a 'bandstructure' object"),
+    ("atoms", "asks ASE to build a 'atoms' object"),
+    ("nested parameters", "asks ASE to build a 'bandpath' object"),
+])
+def test_ase_json_objects_and_array_bombs_are_refused(tmp_path: Path, edit: str,
+                                                      detail: str) -> None:
+    """ASE's JSON decoder allocates the shape an ``__ndarray__`` declares (filled from one
+    number: 8 TiB here) and builds objects a file names; such files are refused before ASE
+    reads them."""
+    doc = _ase_json_rows(tmp_path)
+    row = doc["2"]
+    if edit == "bomb":
+        row["data"] = {"big": {"__ndarray__": [[2**40], "float64", [0.0]]}}
+    elif edit == "object array":
+        row["data"] = {"o": {"__ndarray__": [[1], "object", [{"a": 1}]]}}
+    elif edit == "band structure":
+        row["data"] = {"bs": {"__ase_objtype__": "bandstructure", "energies": []}}
+    elif edit == "atoms":
+        row["data"] = {"a": {"__ase_objtype__": "atoms", "numbers": [1]}}
+    elif edit == "nested parameters":
+        row["calculator_parameters"] = json.dumps(json.dumps(
+            {"kpts": {"__ase_objtype__": "bandpath", "labelseq": "G"}}))
+    (tmp_path / "evil.json").write_text(json.dumps(doc))
+    records, failures = _run([FileTask(path=str(tmp_path / "evil.json"), fmt="json", id="e")])
+    assert records == []
+    [f] = failures
+    assert f.category == "refused" and detail in f.detail, f.reason
+
+
+def test_ase_db_json_values_are_checked_before_ase_decodes_them(tmp_path: Path) -> None:
+    """A SQLite row's key-value pairs and calculator parameters are JSON that ASE decodes when
+    it reads the row: an array bomb or an object there refuses that row range; constraints are
+    never built (a row keeps none)."""
+    import sqlite3
+
+    import ase.db
+    from ase.constraints import FixAtoms
+
+    good = pt_cluster(3)
+    good.set_constraint(FixAtoms(indices=[0]))
+    for name, value in (("bomb", {"x": {"__ndarray__": [[2**40], "float64", [0.0]]}}),
+                        ("object", {"x": {"__ase_objtype__": "vibrationsdata"}})):
+        path = tmp_path / f"{name}.db"
+        with ase.db.connect(path) as db:
+            db.write(good, e=1.0)
+            db.write(pt_cluster(2), e=2.0)
+        with sqlite3.connect(path) as con:
+            con.execute("UPDATE systems SET calculator_parameters = ? WHERE id = 2",
+                        (json.dumps(value),))
+        con.close()
+        records, failures = _run(list(readers.db_row_tasks(path, id_prefix=name)))
+        assert records == []
+        [f] = failures
+        assert f.category == "refused", f.reason
+    path = tmp_path / "fixed.db"
+    with ase.db.connect(path) as db:
+        db.write(good, e=1.0)
+    records, failures = _run(list(readers.db_row_tasks(path, id_prefix="fixed")), ("e",))
+    assert not failures and records[0].targets == {"e": 1.0}
+    np.testing.assert_array_equal(records[0].positions, good.positions)
+
+
 # ---- CSV tables with a CIF column ---------------------------------------------------------------
 
 

@@ -79,18 +79,18 @@ def archive_tasks(path: str | Path, *, path_ids: bool) -> Iterator[Task]:
             else:
                 yield TextTask(source=source, fmt=str(fmt), id=sid, text=text)
     except _TooMuch as e:
-        yield FailTask(Failure(str(p), "too large", str(e)))
-        return
+        failure = Failure(str(p), "too large", str(e))
     except Exception as e:  # zipfile.BadZipFile, tarfile.ReadError, EOFError, zlib errors, ...
-        yield FailTask(Failure(str(p), "unreadable", f"damaged archive: {one_line(e)}"))
-        return
-    finally:
-        if ignored:
-            shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
-            log.warning("%s: ignored %d members that are not structure files (%s)", p,
-                        len(ignored), shown)
-    if not found:
-        yield FailTask(Failure(str(p), "unreadable", "no CIF, POSCAR or extxyz files inside"))
+        failure = Failure(str(p), "unreadable", f"damaged archive: {one_line(e)}")
+    else:
+        failure = (None if found else
+                   Failure(str(p), "unreadable", "no CIF, POSCAR or extxyz files inside"))
+    if ignored:  # not when the pack stopped reading it (GeneratorExit passes the handlers)
+        shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+        log.warning("%s: ignored %d members that are not structure files (%s)", p,
+                    len(ignored), shown)
+    if failure is not None:
+        yield FailTask(failure)
 
 
 def _safe_member(name: str) -> bool:

@@ -808,3 +808,28 @@ def test_hostile_members_and_blocks_are_listed_and_the_rest_packs(tmp_path: Path
         rows = [(r["source"], r["reason"].split(":")[0]) for r in csv.DictReader(fh)]
     assert rows == [(f"{path}:bomb.cif", "too large"), (f"{path}:amp.cif", "too large"),
                     (f"{path}:s.json", "not read from archives")]
+
+
+def test_a_sample_file_that_is_a_decompression_bomb_is_refused(tmp_path: Path) -> None:
+    """A ``torch.save`` file is a zip whose records torch allocates at their declared size and
+    decompresses: 128 MiB of zeros deflated into ~130 KB is refused before torch reads it."""
+    import zipfile
+
+    import torch
+
+    plain = tmp_path / "plain.pt"
+    data = _sample_file(plain)
+    data["padding"] = torch.zeros(1 << 25)  # 128 MiB
+    torch.save(data, plain)
+    bomb = tmp_path / "eval_gen.pt"
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    assert bomb.stat().st_size < 1 << 20
+    _sample_file(tmp_path / "good.pt")
+    result = pack([bomb, tmp_path / "good.pt"], tmp_path / "o.h5", workers=1, skip_bad=True)
+    assert result.skipped == {"too large": 1} and result.n_structures == 6
+    with open(tmp_path / "o.skipped.csv", newline="") as fh:
+        [row] = list(csv.DictReader(fh))
+    assert row["source"] == str(bomb) and row["reason"].startswith(
+        "too large: its records declare ")

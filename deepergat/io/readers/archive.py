@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from deepergat.contract import MAX_ARCHIVE_EXPANSION, MAX_ARCHIVE_MEMBER_BYTES
+
 from .extxyz import extxyz_tasks
 from .records import FailTask, Failure, Task, TextTask, one_line, structure_format
 
@@ -29,11 +31,9 @@ log = logging.getLogger(__name__)
 ARCHIVE_MEMBER_FORMATS = ("cif", "poscar", "extxyz")
 #: Most bytes one member may hold (declared or as read): a structure file is kilobytes; an
 #: extxyz trajectory this large is read from a file, not from an archive.
-MAX_MEMBER_BYTES = 64 << 20
-#: Most bytes an archive may expand to per byte of archive, once past `MAX_MEMBER_BYTES`:
-#: deflate cannot pass 1,032 to 1 and a tar.gz of thousands of near-identical CIFs expands
-#: about 140 to 1, so only bombs (and bzip2/xz-compressed ones) meet it.
-MAX_EXPANSION = 200
+MAX_MEMBER_BYTES = MAX_ARCHIVE_MEMBER_BYTES
+#: Most bytes an archive may expand to per byte of archive, once past `MAX_MEMBER_BYTES`.
+MAX_EXPANSION = MAX_ARCHIVE_EXPANSION
 #: Bytes read from a member at a time.
 _BLOCK = 1 << 20
 

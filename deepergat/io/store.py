@@ -707,7 +707,7 @@ class Store:
         for a in range(0, m, _INDEX_BLOCK):
             b = min(a + _INDEX_BLOCK, m)
             c = np.asarray(f["n_atoms"][a:b])
-            o = np.asarray(f["atom_offset"][a:b])
+            o = np.asarray(f["atom_offset"][a:b]).astype(np.int64)  # a wrapped one mismatches
             bad = (c < 0) | (c > n)  # compared in the file's dtype: no wraparound
             if bad.any():
                 k = int(np.flatnonzero(bad)[0])

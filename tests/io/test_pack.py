@@ -833,3 +833,47 @@ def test_a_sample_file_that_is_a_decompression_bomb_is_refused(tmp_path: Path) -
         [row] = list(csv.DictReader(fh))
     assert row["source"] == str(bomb) and row["reason"].startswith(
         "too large: its records declare ")
+
+
+def test_the_text_in_flight_to_workers_is_bounded(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks carry text (archive members, CSV cells): chunks are weighed by it, so however
+    large the members, the text submitted to workers and not yet taken back stays within
+    ``2 * workers + 2`` chunks' weight (64 KiB a unit) plus one chunk."""
+    import io
+    import tarfile
+    from concurrent.futures import Future
+
+    from deepergat.io import pack as pack_module
+
+    in_flight: list[int] = []
+    peak = [0]
+
+    class Pool:  # runs each chunk when its result is asked for, counting the text held
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def submit(self, fn: Any, tasks: list[Any], names: Any) -> Future:
+            size = sum(len(getattr(t, "text", "")) for t in tasks)
+            in_flight.append(size)
+            peak[0] = max(peak[0], sum(in_flight))
+            fut: Future = Future()
+            fut.result = lambda timeout=None: (in_flight.remove(size), fn(tasks, names))[1]
+            return fut
+
+        def shutdown(self, **kwargs: Any) -> None:
+            pass
+
+    monkeypatch.setattr(pack_module, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(pack_module, "_mp_context", lambda: None)
+    member = (_cif(nacl_structure()) + "#" * (1 << 20) + "\n").encode()  # 1 MiB each
+    path = tmp_path / "big.tar"
+    with tarfile.open(path, "w") as t:
+        for k in range(40):
+            info = tarfile.TarInfo(f"s{k}.cif")
+            info.size = len(member)
+            t.addfile(info, io.BytesIO(member))
+    result = pack([path], tmp_path / "o.h5", workers=2)
+    assert result.n_structures == 40
+    bound = (2 * 2 + 2) * 32 * (64 << 10) + 2 * len(member)
+    assert peak[0] <= bound < 20 * len(member)

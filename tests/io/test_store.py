@@ -341,10 +341,10 @@ def _hostile(path: Path, how: str) -> None:
                                          dtype=h5py.string_dtype())
         elif how == "huge units":
             f["targets/energy"].attrs["units"] = "eV" * 100_000
-        elif how == "huge chunks":  # one row read decodes a 256 MiB chunk
+        elif how == "huge chunks":  # one row read decodes a 128 MiB chunk
             data = f["n_atoms"][:]
             del f["n_atoms"]
-            f.create_dataset("n_atoms", data=data, maxshape=(None,), chunks=(1 << 26,),
+            f.create_dataset("n_atoms", data=data, maxshape=(None,), chunks=(1 << 25,),
                              compression="gzip")
         elif how == "bomb chunks":  # every chunk written, at 45,000 bytes decoded per byte
             rows = 1 << 24
@@ -403,7 +403,7 @@ HOSTILE = {
     "count attribute negative": "'n_structures' is negative",
     "format attribute array": "'format' holds an array",
     "huge units": "attribute 'units' of /targets/energy is 200000 characters",
-    "huge chunks": "'n_atoms' is stored in chunks of 256.0 MiB",
+    "huge chunks": "'n_atoms' is stored in chunks of 128.0 MiB",
     "bomb chunks": "'atomic_numbers' declares 16777216 rows",
     "external link": "'positions' is an external link",
     "soft link": "'positions' is a soft link",

@@ -38,6 +38,8 @@ __all__ = [
     "INPUT_DTYPES",
     "INPUT_NAMES",
     "INPUT_NDIM",
+    "MAX_ARCHIVE_EXPANSION",
+    "MAX_ARCHIVE_MEMBER_BYTES",
     "MAX_TRANSLATION_ATOMS",
     "MAX_Z",
     "MODEL_FORMATS",
@@ -77,6 +79,18 @@ TRANSLATION_TOLERANCE = 0.25
 #: the plain one): the test costs O(n²) per translation, and minimum-image models are for small
 #: primitive cells.
 MAX_TRANSLATION_ATOMS = 256
+
+
+# ---- files read from outside (docs/design.md §13) -------------------------------------------
+
+#: Most bytes one member of an archive (a structure file in a zip or tar, a record of a
+#: ``torch.save`` sample file) may decode to, declared or as read.
+MAX_ARCHIVE_MEMBER_BYTES = 64 << 20
+#: Most bytes an archive may decode to per byte of archive, once past
+#: `MAX_ARCHIVE_MEMBER_BYTES`: deflate cannot pass 1,032 to 1 and a tar.gz of thousands of
+#: near-identical CIFs expands about 140 to 1, so only bombs (and bzip2/xz-compressed ones)
+#: meet it.
+MAX_ARCHIVE_EXPANSION = 200
 
 
 def translation_rule(construction: str) -> dict[str, float | int]:

@@ -54,16 +54,16 @@ def file_kind(path: str | os.PathLike[str]) -> str:
         from deepergat.export.files import model_file_kind  # checkpoints and exported models
 
         return model_file_kind(p) or "unknown"
+    from deepergat.io.store import format_attribute
+
     try:
         with h5py.File(p, "r") as f:
-            fmt = f.attrs.get("format")
+            fmt = format_attribute(f, p)  # checked before it is read: a hostile file's may be huge
     except OSError as e:
         raise DeepergatError(
             f"{p}: not a readable HDF5 file (truncated or damaged): {' '.join(str(e).split())}"
         ) from None
-    if fmt is None:
-        return "hdf5"
-    return fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    return "hdf5" if fmt is None else fmt
 
 
 def _stat(values: np.ndarray) -> dict[str, Any]:

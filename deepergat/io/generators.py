@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from deepergat.contract import MAX_ARCHIVE_EXPANSION, MAX_ARCHIVE_MEMBER_BYTES
 from deepergat.errors import DeepergatError
 
 __all__ = ["GENERATOR_KEYS", "Inert", "load_sample_file", "sample_structures"]
@@ -126,6 +127,28 @@ class _RestrictedPickle:
     __name__ = "deepergat.io.generators._RestrictedPickle"
 
 
+def _check_records(p: Path) -> None:
+    """Refuse a ``torch.save`` zip whose records declare more bytes than an archive may expand
+    to (`MAX_ARCHIVE_EXPANSION` per byte of file, beyond `MAX_ARCHIVE_MEMBER_BYTES`): torch
+    allocates each tensor's storage at the size its record declares, and decompresses records
+    that a crafted file compresses."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(p):
+            return  # torch's legacy format: read as torch reads it
+        with zipfile.ZipFile(p) as z:
+            declared = sum(info.file_size for info in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch says what is wrong with it
+    size = p.stat().st_size
+    if declared > max(MAX_ARCHIVE_EXPANSION * size, MAX_ARCHIVE_MEMBER_BYTES):
+        raise DeepergatError(
+            f"{p}: too large: its records declare {declared} bytes in a file of {size} (more "
+            f"than {MAX_ARCHIVE_EXPANSION} per byte): a decompression bomb, not read"
+        )
+
+
 def load_sample_file(path: str | Path) -> dict[str, Any]:
     """The dict of a CDVAE/DiffCSP sample file, unpickled without running its code.
 
@@ -136,6 +159,7 @@ def load_sample_file(path: str | Path) -> dict[str, Any]:
     import torch
 
     p = Path(path)
+    _check_records(p)
     try:
         data = torch.load(p, map_location="cpu", weights_only=False,
                           pickle_module=_RestrictedPickle)  # type: ignore[arg-type]

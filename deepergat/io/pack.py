@@ -62,8 +62,10 @@ IdFrom = Literal["stem", "path"]
 
 #: Structures appended to the store at a time.
 BATCH_SIZE = 4096
-#: Parse cost units (about one CIF each) per chunk sent to a worker.
+#: Parse cost units (about one CIF each, or 64 KiB of text) per chunk sent to a worker.
 _CHUNK_WEIGHT = 32
+#: Bytes of text (a CSV row's or an archive member's CIF, extxyz frames) that weigh one unit.
+_TEXT_UNIT = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -256,16 +258,28 @@ def _tasks(
                       ".zip/.tar.gz archives of them)")
             sub = [readers.FailTask(Failure(str(p), "unknown format", detail))]
         for t in sub:
-            if isinstance(t, readers.FramesTask):
-                weight = len(t.texts)
-            elif isinstance(t, readers.DbRowsTask):
-                weight = max(1, t.limit // 8)
-            else:
-                weight = 1
-            yield idx, t, weight
+            yield idx, t, _weight(t)
 
 
-def _chunks(items: Iterator[tuple[int, Task, int]]) -> Iterator[tuple[list[int], list[Task]]]:
+def _weight(t: Task) -> int:
+    """A task's parse cost and size in flight, in units of about one CIF (`_CHUNK_WEIGHT`):
+    text a task carries weighs one unit per `_TEXT_UNIT` bytes, so the chunks in flight hold
+    a bounded amount of text (`_execute`)."""
+    if isinstance(t, readers.FramesTask):
+        return max(len(t.texts), sum(map(len, t.texts)) // _TEXT_UNIT)
+    if isinstance(t, readers.DbRowsTask):
+        return max(1, t.limit // 8)
+    if isinstance(t, (readers.TextTask, readers.CifTextTask)):
+        return max(1, len(t.text) // _TEXT_UNIT)
+    return 1
+
+
+_Chunk = tuple[list[int], list[Task], int]
+
+
+def _chunks(items: Iterator[tuple[int, Task, int]]) -> Iterator[_Chunk]:
+    """(input indices, tasks, weight) of consecutive tasks weighing `_CHUNK_WEIGHT` or more
+    (the last one less)."""
     idxs: list[int] = []
     tasks: list[Task] = []
     weight = 0
@@ -274,10 +288,10 @@ def _chunks(items: Iterator[tuple[int, Task, int]]) -> Iterator[tuple[list[int],
         tasks.append(task)
         weight += w
         if weight >= _CHUNK_WEIGHT:
-            yield idxs, tasks
+            yield idxs, tasks, weight
             idxs, tasks, weight = [], [], 0
     if tasks:
-        yield idxs, tasks
+        yield idxs, tasks, weight
 
 
 def _mp_context() -> mp.context.BaseContext:
@@ -292,14 +306,16 @@ def _mp_context() -> mp.context.BaseContext:
 
 
 def _execute(
-    chunks: Iterator[tuple[list[int], list[Task]]],
+    chunks: Iterator[_Chunk],
     *,
     workers: int,
     target_names: Sequence[str],
 ) -> Iterator[tuple[list[int], list[Outcome]]]:
     """Run chunks of tasks, in worker processes when there is more than one chunk.
 
-    At most ``2 * workers + 2`` chunks are in flight; results come back in input order.
+    At most ``2 * workers + 2`` chunks, and beyond the oldest at most that many chunks' weight
+    (`_CHUNK_WEIGHT`), are in flight, so the text they carry is bounded; results come back in
+    input order.
     """
     names = tuple(target_names)
     first = next(chunks, None)
@@ -308,26 +324,31 @@ def _execute(
     second = next(chunks, None)
     head = [first] if second is None else [first, second]
 
-    def rest() -> Iterator[tuple[list[int], list[Task]]]:
+    def rest() -> Iterator[_Chunk]:
         yield from head
         if second is not None:
             yield from chunks
 
     if workers <= 1 or second is None:
-        for idxs, tasks in rest():
+        for idxs, tasks, _ in rest():
             yield idxs, readers.run_chunk(tasks, names)
         return
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(),
                                initializer=watch_parent, initargs=(os.getpid(),))
-    pending: deque[tuple[list[int], Future[list[Outcome]]]] = deque()
+    pending: deque[tuple[list[int], Future[list[Outcome]], int]] = deque()
+    most = 2 * workers + 2
+    in_flight = 0
     try:
-        for idxs, tasks in rest():
-            pending.append((idxs, pool.submit(readers.run_chunk, tasks, names)))
-            while len(pending) > 2 * workers + 1:
-                i, fut = pending.popleft()
+        for idxs, tasks, weight in rest():
+            pending.append((idxs, pool.submit(readers.run_chunk, tasks, names), weight))
+            in_flight += weight
+            while len(pending) > most - 1 or (len(pending) > 1 and
+                                              in_flight > most * _CHUNK_WEIGHT):
+                i, fut, w = pending.popleft()
+                in_flight -= w
                 yield i, fut.result()
         while pending:
-            i, fut = pending.popleft()
+            i, fut, _ = pending.popleft()
             yield i, fut.result()
     except BrokenProcessPool:
         raise SettingError(

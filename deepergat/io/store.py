@@ -8,6 +8,7 @@ never holds them all in memory, and computes ``content_digest`` while it writes.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,16 +17,21 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5d
 
 from deepergat._version import __version__
 from deepergat.errors import DeepergatError
 
 __all__ = [
+    "MAX_STORE_ATTRIBUTE_BYTES",
+    "MAX_STORE_CHUNK_BYTES",
+    "MAX_STORE_EXPANSION",
     "STORE_FORMAT",
     "STORE_VERSION",
     "Store",
     "StoreWriter",
     "StructureBatch",
+    "format_attribute",
     "write_store",
 ]
 
@@ -34,6 +40,34 @@ STORE_VERSION = 1
 
 _PER_STRUCTURE = ("ids", "n_atoms", "atom_offset", "lattice", "pbc")
 _PER_ATOM = ("atomic_numbers", "positions")
+#: dataset -> (trailing shape, the dtype kinds it may hold, what the kinds are in words).
+#: ``"S"`` stands for any HDF5 string (variable or fixed length), ``"b"`` for booleans.
+_LAYOUT: dict[str, tuple[tuple[int, ...], str, str]] = {
+    "ids": ((), "S", "strings"),
+    "n_atoms": ((), "iu", "integers"),
+    "atom_offset": ((), "iu", "integers"),
+    "lattice": ((3, 3), "f", "floating-point numbers"),
+    "pbc": ((3,), "biu", "booleans"),
+    "atomic_numbers": ((), "iu", "integers"),
+    "positions": ((3,), "f", "floating-point numbers"),
+}
+_TARGET_LAYOUT = ((), "f", "floating-point numbers")
+#: A store's declared data may decode to at most this many bytes per byte the file holds for it
+#: (per dataset). gzip cannot exceed 1,032 to 1, so no store a deepergat writer made comes
+#: close; a dataset that declares more rows than it has data for (HDF5 reads the missing chunks
+#: as zeros) or that decompresses further is refused before anything is read (docs/design.md §3).
+MAX_STORE_EXPANSION = 1100
+#: Most bytes one chunk of a store's dataset may decode to: HDF5 decodes a whole chunk to read
+#: any row of it. The writer's largest chunk is positions', 1.5 MiB.
+MAX_STORE_CHUNK_BYTES = 64 << 20
+#: Most bytes of a root or ``units`` attribute (HDF5's own limit for compact attributes).
+MAX_STORE_ATTRIBUTE_BYTES = 64 << 10
+#: Structures whose counts and offsets are checked at a time when a store is opened.
+_INDEX_BLOCK = 1 << 20
+#: HDF5 filters a store may use: deflate (gzip), shuffle, fletcher32, szip, nbit, scaleoffset,
+#: lzf; any other needs a plugin library loaded at read time.
+_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit", 6: "scaleoffset",
+            32000: "lzf"}
 _STRUCTURE_CHUNK = 8192
 _ATOM_CHUNK = 65536
 #: HDF5's chunk cache per open dataset when reading: its default, 1 MiB, is smaller than one
@@ -372,11 +406,65 @@ def write_store(
     return w.close()
 
 
+def format_attribute(f: h5py.File, path: str | os.PathLike[str]) -> str | None:
+    """An HDF5 file's root ``format`` attribute as text, None when it has none; checked by its
+    shape and size before it is read (a hostile file's attribute may be an array or huge).
+
+    Raises:
+        DeepergatError: the attribute is not one text or number of at most
+            `MAX_STORE_ATTRIBUTE_BYTES`.
+    """
+    if "format" not in f.attrs:
+        return None
+    aid = f.attrs.get_id("format")
+    if aid.shape not in ((), (1,)) or aid.get_storage_size() > MAX_STORE_ATTRIBUTE_BYTES:
+        raise DeepergatError(f"{path}: its root 'format' attribute is not one text (shape "
+                             f"{aid.shape}, {aid.get_storage_size()} bytes); not a deepergat file")
+    value = f.attrs["format"]
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0]
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return " ".join(text.split())[:200]  # longer is no format deepergat knows
+
+
+def _size(nbytes: int) -> str:
+    """A byte count for people: ``3.6 TiB``."""
+    x = float(nbytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if x < 1024 or unit == "PiB":
+            return f"{int(x)} bytes" if unit == "bytes" else f"{x:.1f} {unit}"
+        x /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _show(value: Any) -> str:
+    """A value read from a file, for a message: its repr, at most 60 characters."""
+    text = repr(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _dtype_words(dt: np.dtype) -> str:
+    """An HDF5 dtype in words: ``strings``, ``int32 numbers``, ``a compound type``."""
+    if h5py.check_string_dtype(dt) is not None:
+        return "strings"
+    if dt.subdtype is not None:
+        return f"arrays of {dt.subdtype[1]} {dt.subdtype[0]}"
+    if dt.kind in "biuf":
+        return f"{dt} numbers"
+    return {"V": "a compound or opaque type", "O": "references or variable-length data"}.get(
+        dt.kind, f"dtype {dt}")
+
+
 class Store:
     """Read-only access to a structure store, validated on open.
 
     Args:
         path: the store file.
+
+    Opening reads nothing that the file only declares: attributes, datasets (their links,
+    dtypes, shapes, chunk sizes, filters and the bytes the file holds for them) and the counts
+    and offsets are checked first (docs/design.md §3), so a file that declares more than it
+    holds is one `DeepergatError`, never an allocation of what it declares.
 
     Raises:
         DeepergatError: not HDF5, truncated, wrong format or version, a missing dataset or
@@ -390,52 +478,109 @@ class Store:
         try:
             self._f = h5py.File(self.path, "r", rdcc_nbytes=_READ_CACHE_BYTES)
             self._datasets: dict[str, h5py.Dataset] = {}
+            self._declared_rows = 0
         except OSError as e:
             raise DeepergatError(
-                f"{self.path}: not a readable HDF5 file (truncated or another format): {e}"
+                f"{self.path}: not a readable HDF5 file (truncated or another format): "
+                f"{' '.join(str(e).split())[:200]}"
             ) from None
         try:
             self._validate()
         except DeepergatError:
             self._f.close()
             raise
-        except (OSError, KeyError, ValueError) as e:
+        except MemoryError:
             self._f.close()
-            raise DeepergatError(f"{self.path}: damaged structure store: {e}") from None
+            raise DeepergatError(
+                f"{self.path}: the counts and offsets of its {self._declared_rows} structures "
+                f"({_size(16 * self._declared_rows)}) do not fit in this process's memory; "
+                "split the inputs into smaller stores"
+            ) from None
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            self._f.close()
+            raise DeepergatError(f"{self.path}: damaged structure store: "
+                                 f"{' '.join(str(e).split())[:200]}") from None
 
     def _validate(self) -> None:
         """Check the file and read what addresses its atoms.
 
+        Everything the file declares is checked against what it holds before anything sized by
+        a declaration is read: attributes by their own shape and size, every dataset by its
+        link, storage, filters, dtype, shape, chunk size and the bytes the file holds for it;
+        counts and offsets are then read a block at a time.
+
         Raises:
-            DeepergatError: another format or version, a missing or mistyped dataset, rows
-                that disagree with the root attributes, or counts and offsets that disagree.
+            DeepergatError: another format or version, a missing, linked or mistyped dataset,
+                rows that disagree with the root attributes or with the data the file holds,
+                or counts and offsets that disagree.
         """
         f = self._f
         self._check_format()
         self._check_layout()
-        m = int(f.attrs.get("n_structures", -1))
-        n = int(f.attrs.get("n_atoms_total", -1))
+        m = self._count_attr("n_structures")
+        n = self._count_attr("n_atoms_total")
         self._check_lengths(m, n)
+        self._declared_rows = m
         self._targets = self._read_targets(m)
         self.n_structures = m
         self.n_atoms_total = n
-        # Per-structure counts and offsets are small (12 bytes a structure) and needed to
-        # address atoms: read them once.
-        self.n_atoms = f["n_atoms"][:].astype(np.int64)
-        self.atom_offset = f["atom_offset"][:].astype(np.int64)
-        if m:
-            self._check_offsets(n)
-        digest = f.attrs.get("content_digest", "")
-        self.content_digest = digest.decode() if isinstance(digest, bytes) else str(digest)
-        created = f.attrs.get("created_by", "")
-        self.created_by = created.decode() if isinstance(created, bytes) else str(created)
+        # Per-structure counts and offsets are small (16 bytes a structure in memory) and
+        # needed to address atoms: read them once, checking each block as it comes.
+        self.n_atoms, self.atom_offset = self._read_index(m, n)
+        self.content_digest = self._text_attr(f, "content_digest")
+        self.created_by = self._text_attr(f, "created_by")
+
+    def _damaged(self, what: str) -> DeepergatError:
+        return DeepergatError(f"{self.path}: damaged structure store: {what}")
+
+    def _attr(self, obj: h5py.HLObject, name: str) -> Any:
+        """An attribute's value, or None when missing; refused before it is read when it is
+        not a single value or is larger than `MAX_STORE_ATTRIBUTE_BYTES`."""
+        if name not in obj.attrs:
+            return None
+        where = f"attribute {name!r}" + (f" of {obj.name}" if obj.name != "/" else "")
+        aid = obj.attrs.get_id(name)
+        if aid.shape not in ((), (1,)):
+            raise self._damaged(f"{where} holds an array of shape {aid.shape}, not one value")
+        if aid.get_storage_size() > MAX_STORE_ATTRIBUTE_BYTES:
+            raise self._damaged(f"{where} is {aid.get_storage_size()} bytes (at most "
+                                f"{MAX_STORE_ATTRIBUTE_BYTES})")
+        if aid.dtype.kind not in "biufSUO" or (
+            aid.dtype.kind == "O" and h5py.check_string_dtype(aid.dtype) is None
+        ):
+            raise self._damaged(f"{where} has type {aid.dtype}, neither a number nor text")
+        value = obj.attrs[name]
+        if isinstance(value, np.ndarray):
+            value = value.reshape(-1)[0]
+        return value
+
+    def _text_attr(self, obj: h5py.HLObject, name: str) -> str:
+        """A text attribute (``""`` when missing), at most `MAX_STORE_ATTRIBUTE_BYTES`."""
+        value = self._attr(obj, name)
+        if value is None:
+            return ""
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        if len(text) > MAX_STORE_ATTRIBUTE_BYTES:
+            where = f"attribute {name!r}" + (f" of {obj.name}" if obj.name != "/" else "")
+            raise self._damaged(f"{where} is {len(text)} characters (at most "
+                                f"{MAX_STORE_ATTRIBUTE_BYTES})")
+        return text
+
+    def _count_attr(self, name: str) -> int:
+        """A root attribute that counts rows: a non-negative integer."""
+        value = self._attr(self._f, name)
+        if value is None:
+            raise self._damaged(f"root attribute {name!r} is missing")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise self._damaged(f"root attribute {name!r} is {_show(value)}, not an integer")
+        if value < 0:
+            raise self._damaged(f"root attribute {name!r} is negative ({int(value)})")
+        return int(value)
 
     def _check_format(self) -> None:
         """The root ``format`` and ``version`` attributes."""
         f, p = self._f, self.path
-        fmt = f.attrs.get("format")
-        if isinstance(fmt, bytes):
-            fmt = fmt.decode()
+        fmt = self._text_attr(f, "format") if "format" in f.attrs else None
         if fmt != STORE_FORMAT:
             hint = (
                 " (a predictions file, not a structure store)"
@@ -443,84 +588,149 @@ class Store:
                 else ""
             )
             raise DeepergatError(
-                f"{p}: not a deepergat structure store (format attribute {fmt!r}, expected "
-                f"{STORE_FORMAT!r}){hint}; make one with `deepergat pack`"
+                f"{p}: not a deepergat structure store (format attribute "
+                f"{_show(fmt)}, expected {STORE_FORMAT!r}){hint}; make one with `deepergat pack`"
             )
-        version = int(f.attrs.get("version", -1))
-        if version != STORE_VERSION:
+        version = self._attr(f, "version")
+        if not isinstance(version, (int, np.integer)) or version != STORE_VERSION:
+            shown = int(version) if isinstance(version, (int, np.integer)) else _show(version)
             raise DeepergatError(
-                f"{p}: structure store version {version} is not supported (this deepergat reads "
+                f"{p}: structure store version {shown} is not supported (this deepergat reads "
                 f"version {STORE_VERSION}); re-pack the inputs"
             )
 
     def _check_layout(self) -> None:
-        """Every dataset is there and is a dataset; ``targets`` is a group."""
-        f, p = self._f, self.path
-        for name in _PER_STRUCTURE + _PER_ATOM:
+        """Every dataset is there, is a dataset of this file with the dtype and trailing shape
+        of §3, and holds its data; ``targets`` is a group."""
+        f = self._f
+        for name, (shape, kinds, words) in _LAYOUT.items():
             if name not in f:
-                raise DeepergatError(f"{p}: damaged structure store: dataset {name!r} is missing")
-            if not isinstance(f[name], h5py.Dataset):
-                raise DeepergatError(f"{p}: damaged structure store: {name!r} is a "
-                                     f"{type(f[name]).__name__.lower()}, not a dataset")
-        if "targets" in f and not isinstance(f["targets"], h5py.Group):
-            raise DeepergatError(f"{p}: damaged structure store: 'targets' is a "
-                                 f"{type(f['targets']).__name__.lower()}, not a group")
+                raise self._damaged(f"dataset {name!r} is missing")
+            self._check_dataset(name, shape, kinds, words)
+        if "targets" in f:
+            self._check_link("targets")
+            if not isinstance(f["targets"], h5py.Group):
+                raise self._damaged(f"'targets' is a {type(f['targets']).__name__.lower()}, "
+                                    "not a group")
+
+    def _check_link(self, name: str) -> None:
+        """``name`` is an object of this file, not a link to another path or file."""
+        link = self._f.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            raise self._damaged(f"{name!r} is {kind}, not an object of this file")
+
+    def _check_dataset(self, name: str, shape: tuple[int, ...], kinds: str, words: str) -> None:
+        """One dataset: linked in this file, its dtype of ``kinds``, its shape ``[rows,
+        *shape]``, its storage in this file, its filters readable, its chunks at most
+        `MAX_STORE_CHUNK_BYTES`, and at most `MAX_STORE_EXPANSION` bytes declared per byte
+        held. Nothing of its data is read."""
+        self._check_link(name)
+        ds = self._f[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise self._damaged(f"{name!r} is a {type(ds).__name__.lower()}, not a dataset")
+        dt = ds.dtype
+        kind = "S" if h5py.check_string_dtype(dt) is not None else dt.kind
+        if kind not in kinds or dt.subdtype is not None:
+            raise self._damaged(f"{name!r} holds {_dtype_words(dt)}, not {words}")
+        if ds.ndim != 1 + len(shape) or ds.shape[1:] != shape:
+            want = ", ".join(["rows", *map(str, shape)])
+            raise self._damaged(f"{name!r} has shape {ds.shape}, expected [{want}]")
+        dcpl = ds.id.get_create_plist()
+        if dcpl.get_layout() not in (h5d.COMPACT, h5d.CONTIGUOUS, h5d.CHUNKED):
+            raise self._damaged(f"{name!r} is a virtual dataset (its data lives in other "
+                                "files)")
+        if dcpl.get_external_count():
+            raise self._damaged(f"{name!r} keeps its data in external files")
+        for k in range(dcpl.get_nfilters()):
+            code = dcpl.get_filter(k)[0]
+            if code not in _FILTERS:
+                raise self._damaged(f"{name!r} is compressed with HDF5 filter {code}, which "
+                                    "deepergat does not read (it uses "
+                                    f"{', '.join(sorted(_FILTERS.values()))})")
+        item = ds.id.get_type().get_size()
+        row = item * math.prod(shape)
+        if ds.chunks is not None and item * math.prod(ds.chunks) > MAX_STORE_CHUNK_BYTES:
+            raise self._damaged(
+                f"{name!r} is stored in chunks of {_size(item * math.prod(ds.chunks))} "
+                f"(chunk shape {ds.chunks}); every read decodes a whole chunk, so chunks of at "
+                f"most {_size(MAX_STORE_CHUNK_BYTES)} are read"
+            )
+        declared = row * ds.shape[0]
+        held = ds.id.get_storage_size()
+        if declared > MAX_STORE_EXPANSION * held:
+            raise self._damaged(
+                f"{name!r} declares {ds.shape[0]} rows ({_size(declared)}) but the file holds "
+                f"{_size(held)} of data for it (more than {MAX_STORE_EXPANSION} bytes per byte "
+                "held: rows without data, or a decompression bomb)"
+            )
 
     def _check_lengths(self, m: int, n: int) -> None:
-        """Per-structure datasets have ``m`` rows, per-atom ones ``n``, shapes as written."""
-        f, p = self._f, self.path
+        """Per-structure datasets have ``m`` rows, per-atom ones ``n``."""
+        f = self._f
         for name in _PER_STRUCTURE:
             if f[name].shape[0] != m:
-                raise DeepergatError(
-                    f"{p}: damaged structure store: {name!r} has {f[name].shape[0]} rows but "
-                    f"n_structures is {m}"
+                raise self._damaged(
+                    f"{name!r} has {f[name].shape[0]} rows but n_structures is {m}"
                 )
         for name in _PER_ATOM:
             if f[name].shape[0] != n:
-                raise DeepergatError(
-                    f"{p}: damaged structure store: {name!r} has {f[name].shape[0]} rows but "
-                    f"n_atoms_total is {n}"
+                raise self._damaged(
+                    f"{name!r} has {f[name].shape[0]} rows but n_atoms_total is {n}"
                 )
-        if f["lattice"].shape[1:] != (3, 3) or f["positions"].shape[1:] != (3,):
-            raise DeepergatError(f"{p}: damaged structure store: lattice or positions shape")
 
     def _read_targets(self, m: int) -> dict[str, str]:
-        """Target name -> units, each target checked to be an [m] dataset."""
-        f, p = self._f, self.path
+        """Target name -> units, each target checked as the datasets are, with ``m`` rows."""
+        f = self._f
         targets: dict[str, str] = {}
         if "targets" in f:
-            for name, ds in f["targets"].items():
-                if not isinstance(ds, h5py.Dataset):
-                    raise DeepergatError(f"{p}: damaged structure store: target {name!r} is "
-                                         "not a dataset")
+            for name in f["targets"]:
+                path = f"targets/{name}"
+                self._check_link(path)
+                if not isinstance(f[path], h5py.Dataset):
+                    raise self._damaged(f"target {name!r} is not a dataset")
+                self._check_dataset(path, *_TARGET_LAYOUT)
+                ds = f[path]
                 if ds.shape != (m,):
-                    raise DeepergatError(
-                        f"{p}: damaged structure store: target {name!r} has shape {ds.shape}, "
-                        f"expected ({m},)"
-                    )
-                u = ds.attrs.get("units", "")
-                targets[name] = u.decode() if isinstance(u, bytes) else str(u)
+                    raise self._damaged(f"target {name!r} has shape {ds.shape}, expected ({m},)")
+                targets[name] = self._text_attr(ds, "units")
         return targets
 
-    def _check_offsets(self, n: int) -> None:
-        """Atom counts are non-negative and sum to ``n``; offsets are their running sum."""
-        p = self.path
-        if (self.n_atoms < 0).any():
-            k = int(np.flatnonzero(self.n_atoms < 0)[0])
-            raise DeepergatError(
-                f"{p}: damaged structure store: n_atoms is negative (row {k}: "
-                f"{int(self.n_atoms[k])})"
-            )
-        if int(self.n_atoms.sum()) != n:
-            raise DeepergatError(
-                f"{p}: damaged structure store: n_atoms sums to {int(self.n_atoms.sum())} "
-                f"but n_atoms_total is {n}"
-            )
-        expected = np.concatenate([[0], np.cumsum(self.n_atoms)[:-1]])
-        if not np.array_equal(expected, self.atom_offset):
-            raise DeepergatError(
-                f"{p}: damaged structure store: atom_offset is not the running sum of n_atoms"
-            )
+    def _read_index(self, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """([m] int64 atom counts, [m] int64 offsets), read and checked `_INDEX_BLOCK`
+        structures at a time: counts lie in [0, n] and sum to ``n``; offsets are their
+        running sum (so every structure's atoms lie inside the atom arrays)."""
+        f = self._f
+        counts = np.empty(m, np.int64)
+        offsets = np.empty(m, np.int64)
+        total = 0
+        for a in range(0, m, _INDEX_BLOCK):
+            b = min(a + _INDEX_BLOCK, m)
+            c = np.asarray(f["n_atoms"][a:b])
+            o = np.asarray(f["atom_offset"][a:b]).astype(np.int64)  # a wrapped one mismatches
+            bad = (c < 0) | (c > n)  # compared in the file's dtype: no wraparound
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                sign = "negative" if c[k] < 0 else f"larger than n_atoms_total ({n})"
+                raise self._damaged(f"n_atoms is {sign} (row {a + k}: {int(c[k])})")
+            c = c.astype(np.int64)
+            ends = total + np.cumsum(c)  # each count <= n, at most 2^20 of them: no overflow
+            starts = np.concatenate([[total], ends[:-1]])
+            if ends[-1] > n:
+                raise self._damaged(f"n_atoms sums past n_atoms_total ({n}) by row "
+                                    f"{a + int(np.argmax(ends > n))}")
+            if not np.array_equal(starts, o):
+                k = int(np.flatnonzero(starts != o)[0])
+                raise self._damaged(
+                    f"atom_offset is not the running sum of n_atoms (row {a + k}: "
+                    f"{int(o[k])}, expected {int(starts[k])})"
+                )
+            counts[a:b] = c
+            offsets[a:b] = starts
+            total = int(ends[-1])
+        if total != n:
+            raise self._damaged(f"n_atoms sums to {total} but n_atoms_total is {n}")
+        return counts, offsets
 
     @property
     def targets(self) -> dict[str, str]:
@@ -618,10 +828,10 @@ class Store:
             ids=self.ids(a, b),
             n_atoms=n_atoms.copy(),
             offset=self.atom_offset[a:b] - first,
-            lattice=self._slice("lattice", a, b),
+            lattice=self._slice("lattice", a, b).astype(np.float64, copy=False),
             pbc=self._slice("pbc", a, b).astype(bool),
             atomic_numbers=self._slice("atomic_numbers", first, last).astype(np.int64),
-            positions=self._slice("positions", first, last),
+            positions=self._slice("positions", first, last).astype(np.float64, copy=False),
             targets={k: self._slice(f"targets/{k}", a, b).astype(np.float64)
                      for k in self._targets},
         )

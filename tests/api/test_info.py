@@ -214,3 +214,49 @@ def test_what_info_refuses(tmp_path: Path) -> None:
         assert r.exit_code == 2
         lines = r.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {args[0]}: {needle}"), lines
+
+
+def _hostile_store(path: Path, how: str) -> None:
+    """Copy the legacy store to ``path`` and make it declare what it does not hold."""
+    shutil.copy(LEGACY / "store.h5", path)
+    with h5py.File(path, "a") as f:
+        if how == "rows":  # 10^12 structures, no data written for them
+            for name in ("ids", "n_atoms", "atom_offset", "lattice", "pbc", "targets/heat_ref"):
+                f[name].resize(10**12, axis=0)
+            f.attrs["n_structures"] = 10**12
+        elif how == "atoms":  # 10^12 atoms, the last structure claiming them
+            n = f["positions"].shape[0]
+            for name in ("atomic_numbers", "positions"):
+                f[name].resize(10**12, axis=0)
+            counts = f["n_atoms"][:].astype(np.int64)
+            counts[-1] += 10**12 - n
+            del f["n_atoms"]
+            f["n_atoms"] = counts
+            f.attrs["n_atoms_total"] = 10**12
+        elif how == "string lattice":
+            m = f["lattice"].shape[0]
+            del f["lattice"]
+            f["lattice"] = np.full((m, 3, 3), "1.0", dtype="S8")
+        elif how == "format array":
+            f.attrs["format"] = np.array(["deepergat-structures"] * 1000,
+                                         dtype=h5py.string_dtype())
+
+
+@pytest.mark.parametrize(("how", "needle"), [
+    ("rows", "'ids' declares 1000000000000 rows"),
+    ("atoms", "'atomic_numbers' declares 1000000000000 rows"),
+    ("string lattice", "'lattice' holds strings, not floating-point numbers"),
+    ("format array", "root 'format' attribute is not one text"),
+])
+def test_info_on_a_hostile_store_is_one_line_at_once(tmp_path: Path, how: str,
+                                                     needle: str) -> None:
+    """A few-KB store that declares 10^12 rows or atoms, or a mistyped one: `deepergat info`
+    answers with one line and exit 2 (it used to allocate terabytes, or re-hash 10^12 empty
+    rows for hours) — every command opens stores the same way (`Store`)."""
+    path = tmp_path / "hostile.h5"
+    _hostile_store(path, how)
+    assert path.stat().st_size < 1 << 20
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and needle in lines[0]

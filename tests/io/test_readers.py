@@ -139,6 +139,84 @@ def test_cif_failures_name_their_reason(tmp_path: Path) -> None:
     assert failures[2].detail.startswith("cannot open: ")
 
 
+def _amplified_cif(sites: int, *, name: str = "amp", symbol: str | None = "P m -3 m",
+                   ops: list[str] | None = None) -> str:
+    """A small CIF of ``sites`` general positions and a space group (by its symbol, or by the
+    listed operations) that copies each of them many times."""
+    rng = np.random.default_rng(sites)
+    lines = [f"data_{name}", "_cell_length_a 40", "_cell_length_b 40", "_cell_length_c 40",
+             "_cell_angle_alpha 90", "_cell_angle_beta 90", "_cell_angle_gamma 90"]
+    if symbol:
+        lines.append(f"_symmetry_space_group_name_H-M '{symbol}'")
+    if ops:
+        lines += ["loop_", "_symmetry_equiv_pos_as_xyz", *(f"'{op}'" for op in ops)]
+    lines += ["loop_", "_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x",
+              "_atom_site_fract_y", "_atom_site_fract_z"]
+    lines += [f"C{k} C {x:.5f} {y:.5f} {z:.5f}" for k, (x, y, z) in
+              enumerate(rng.uniform(0.01, 0.49, (sites, 3)))]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def structures_built(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many CIF blocks pymatgen builds into structures (its costly step)."""
+    from pymatgen.io.cif import CifParser
+
+    built: list[int] = []
+    original = CifParser._get_structure
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CifParser, "_get_structure", counted)
+    return built
+
+
+def test_a_cif_that_expands_past_the_atom_limit_is_refused_before_it_is_built(
+    tmp_path: Path, structures_built: list[int]
+) -> None:
+    """Sites × symmetry operations are counted from the tokenised CIF before pymatgen builds the
+    structure (time quadratic in the atoms: 400 sites × 48 operations took a minute): over
+    `MAX_CIF_ATOMS` the block is a ``too large`` failure, whether the operations come from the
+    space-group symbol or are listed; a block within it still reads."""
+    from deepergat.io.readers.cif import MAX_CIF_ATOMS
+
+    pm3m = [f"{a}{x},{b}{y},{c}{z}" for x, y, z in (("x", "y", "z"), ("y", "z", "x"),
+                                                    ("z", "x", "y"))
+            for a in "+-" for b in "+-" for c in "+-"]  # 24 of Pm-3m's 48: listed
+    cases = {"symbol": _amplified_cif(100), "listed": _amplified_cif(200, symbol=None, ops=pm3m),
+             "many listed": _amplified_cif(1, symbol=None, ops=["x,y,z"] * (MAX_CIF_ATOMS + 1)),
+             "within": _amplified_cif(20)}
+    for name, text in cases.items():
+        (tmp_path / f"{name}.cif").write_text(text)
+    records, failures = _run([FileTask(path=str(tmp_path / f"{n}.cif"), fmt="cif", id=n)
+                              for n in cases])
+    assert [r.id for r in records] == ["within"] and len(records[0].atomic_numbers) == 20 * 48
+    assert [(f.source.removeprefix(f"{tmp_path}/"), f.category) for f in failures] == [
+        ("symbol.cif", "too large"), ("listed.cif", "too large"), ("many listed.cif",
+                                                                  "too large")]
+    assert failures[0].detail == ("data_amp: 100 sites x 48 symmetry operations make up to 4800 "
+                                  f"atoms; blocks of at most {MAX_CIF_ATOMS} are read")
+    assert "200 sites x 24 symmetry operations" in failures[1].detail
+    assert f"1 sites x {MAX_CIF_ATOMS + 1} symmetry operations" in failures[2].detail
+    assert len(structures_built) == 1  # only the block within the limit was built
+
+
+def test_every_cif_path_bounds_the_expansion(tmp_path: Path, structures_built: list[int]) -> None:
+    """The bound holds wherever CIF text comes from: a block of a multi-block file (which fails
+    alone), a CSV cell, an archive member."""
+    big, nacl = _amplified_cif(100, name="big"), _cif(nacl_structure())
+    [oc] = run_chunk([TextTask(source="a.zip:two.cif", fmt="cif", id="two",
+                               text=nacl + "\n" + big)], ())
+    assert [r.id for r in oc.records] == ["two_0"]
+    assert [(f.source, f.category) for f in oc.failures] == [
+        ("a.zip:two.cif:block 1 (data_big)", "too large")]
+    [oc] = run_chunk([CifTextTask(source="t.csv:row 1", id="r", text=big)], ())
+    assert [(f.source, f.category) for f in oc.failures] == [("t.csv:row 1", "too large")]
+    assert len(structures_built) == 1  # NaCl
+
+
 def test_a_csv_cell_must_hold_one_structure() -> None:
     tri, nacl = _cif(triclinic_structure()), _cif(nacl_structure())
     two = tri + "\n" + nacl.replace("data_NaCl", "data_second")
@@ -328,6 +406,160 @@ def test_pymatgen_json_structures_molecules_and_other_json(tmp_path: Path) -> No
                                   "sites) nor an ASE database")
 
 
+def _marker_module(tmp_path: Path) -> tuple[str, Path]:
+    """A module on ``tmp_path`` whose import writes a marker file: (its name, the marker)."""
+    name = f"deepergat_marker_{tmp_path.name.replace('-', '_')}"
+    marker = tmp_path / "imported.txt"
+    (tmp_path / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\n"
+        "class Payload:\n    def __init__(self, **kw):\n        pass\n"
+        "    @classmethod\n    def from_dict(cls, d):\n        return cls()\n")
+    return name, marker
+
+
+def _with_payload(doc: dict[str, Any], where: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A pymatgen structure dict with ``payload`` (an object naming a module) at ``where``."""
+    doc = json.loads(json.dumps(doc))
+    if where == "site property":
+        doc["sites"][0]["properties"]["x"] = payload
+    elif where == "nested property":
+        doc["sites"][1]["properties"]["x"] = {"list": [1, [2, payload]]}
+    elif where == "species":
+        doc["sites"][0]["species"][0].update(payload)
+    elif where == "lattice":
+        doc["lattice"].update(payload)
+    elif where == "structure":
+        doc.update(payload)
+    elif where == "structure property":
+        doc["properties"] = {"y": payload}
+    return doc
+
+
+@pytest.mark.parametrize("where", ["site property", "nested property", "species", "lattice",
+                                   "structure", "structure property"])
+def test_pymatgen_json_naming_a_module_is_refused_and_imports_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """monty's decoder imported any ``@module`` a site property named (``antigravity`` opened a
+    browser): wherever a document names a class outside the allow-list it is refused with one
+    line, and the module is never imported."""
+    name, marker = _marker_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = Structure(triclinic_structure().lattice, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]],
+                  site_properties={"magmom": [1.0, -1.0]})
+    doc = _with_payload(s.as_dict(), where, {"@module": name, "@class": "Payload"})
+    (tmp_path / "evil.json").write_text(json.dumps([s.as_dict(), doc]))
+    records, failures = _run([FileTask(path=str(tmp_path / "evil.json"), fmt="json",
+                                       id="evil")])
+    assert not marker.exists()
+    assert records == []
+    [f] = failures
+    assert f.category == "refused" and f"names @module {name!r} @class 'Payload'" in f.detail
+    assert "\n" not in f.reason
+
+
+def test_pymatgen_json_builds_what_from_dict_builds(tmp_path: Path) -> None:
+    """The reference path: pymatgen's own ``from_dict`` on benign documents (oxidation states,
+    dummy species, numpy-array site properties, a lattice given by its parameters, partial
+    periodicity, a charged molecule) gives the same records."""
+    from pymatgen.core import Lattice, Molecule
+    from pymatgen.core.periodic_table import DummySpecies, Species
+
+    lat = Lattice.from_parameters(3.1, 4.2, 5.3, 80, 95, 101, pbc=(True, True, False))
+    ox = Structure(lat, [Species("Fe", 2), DummySpecies("X")], [[0.1, 0.2, 0.3], [0.5, 0.6, 0.7]],
+                   site_properties={"magmom": [np.array([0.0, 0.0, 1.0]), np.zeros(3)]})
+    by_parameters = triclinic_structure().as_dict()
+    del by_parameters["lattice"]["matrix"]
+    mol = Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0.76, 0.59], [0, -0.76, 0.59]], charge=1,
+                   spin_multiplicity=2)
+    from monty.json import MontyEncoder
+
+    docs = [json.loads(json.dumps(d, cls=MontyEncoder))
+            for d in (ox.as_dict(), by_parameters, mol.as_dict())]
+    (tmp_path / "ok.json").write_text(json.dumps(docs))
+    records, failures = _run([FileTask(path=str(tmp_path / "ok.json"), fmt="json", id="ok")])
+    assert not failures and len(records) == 3
+    for r, d in zip(records, docs, strict=True):
+        want = (Structure if "lattice" in d else Molecule).from_dict(json.loads(json.dumps(d)))
+        np.testing.assert_array_equal(r.positions, want.cart_coords)
+        np.testing.assert_array_equal(r.atomic_numbers, [site.specie.Z for site in want])
+        if "lattice" in d:
+            np.testing.assert_array_equal(r.lattice, want.lattice.matrix)
+            np.testing.assert_array_equal(r.pbc, want.lattice.pbc)
+    assert records[0].pbc.tolist() == [True, True, False]
+    assert records[0].atomic_numbers[0] == 26  # a dummy species has no Z: pack refuses it
+
+
+def _ase_json_rows(tmp_path: Path) -> dict[str, Any]:
+    ase_write(tmp_path / "rows.json", [pt_cluster(2, seed=k) for k in range(2)], format="json")
+    return json.loads((tmp_path / "rows.json").read_text())
+
+
+@pytest.mark.parametrize(("edit", "detail"), [
+    ("bomb", "declares shape [1099511627776] (1099511627776 values) but holds 1"),
+    ("object array", "is not [shape, numeric dtype, values]"),
+    ("band structure", "asks ASE to build a 'bandstructure' object"),
+    ("atoms", "asks ASE to build a 'atoms' object"),
+    ("nested parameters", "asks ASE to build a 'bandpath' object"),
+])
+def test_ase_json_objects_and_array_bombs_are_refused(tmp_path: Path, edit: str,
+                                                      detail: str) -> None:
+    """ASE's JSON decoder allocates the shape an ``__ndarray__`` declares (filled from one
+    number: 8 TiB here) and builds objects a file names; such files are refused before ASE
+    reads them."""
+    doc = _ase_json_rows(tmp_path)
+    row = doc["2"]
+    if edit == "bomb":
+        row["data"] = {"big": {"__ndarray__": [[2**40], "float64", [0.0]]}}
+    elif edit == "object array":
+        row["data"] = {"o": {"__ndarray__": [[1], "object", [{"a": 1}]]}}
+    elif edit == "band structure":
+        row["data"] = {"bs": {"__ase_objtype__": "bandstructure", "energies": []}}
+    elif edit == "atoms":
+        row["data"] = {"a": {"__ase_objtype__": "atoms", "numbers": [1]}}
+    elif edit == "nested parameters":
+        row["calculator_parameters"] = json.dumps(json.dumps(
+            {"kpts": {"__ase_objtype__": "bandpath", "labelseq": "G"}}))
+    (tmp_path / "evil.json").write_text(json.dumps(doc))
+    records, failures = _run([FileTask(path=str(tmp_path / "evil.json"), fmt="json", id="e")])
+    assert records == []
+    [f] = failures
+    assert f.category == "refused" and detail in f.detail, f.reason
+
+
+def test_ase_db_json_values_are_checked_before_ase_decodes_them(tmp_path: Path) -> None:
+    """A SQLite row's key-value pairs and calculator parameters are JSON that ASE decodes when
+    it reads the row: an array bomb or an object there refuses that row range; constraints are
+    never built (a row keeps none)."""
+    import sqlite3
+
+    import ase.db
+    from ase.constraints import FixAtoms
+
+    good = pt_cluster(3)
+    good.set_constraint(FixAtoms(indices=[0]))
+    for name, value in (("bomb", {"x": {"__ndarray__": [[2**40], "float64", [0.0]]}}),
+                        ("object", {"x": {"__ase_objtype__": "vibrationsdata"}})):
+        path = tmp_path / f"{name}.db"
+        with ase.db.connect(path) as db:
+            db.write(good, e=1.0)
+            db.write(pt_cluster(2), e=2.0)
+        with sqlite3.connect(path) as con:
+            con.execute("UPDATE systems SET calculator_parameters = ? WHERE id = 2",
+                        (json.dumps(value),))
+        con.close()
+        records, failures = _run(list(readers.db_row_tasks(path, id_prefix=name)))
+        assert records == []
+        [f] = failures
+        assert f.category == "refused", f.reason
+    path = tmp_path / "fixed.db"
+    with ase.db.connect(path) as db:
+        db.write(good, e=1.0)
+    records, failures = _run(list(readers.db_row_tasks(path, id_prefix="fixed")), ("e",))
+    assert not failures and records[0].targets == {"e": 1.0}
+    np.testing.assert_array_equal(records[0].positions, good.positions)
+
+
 # ---- CSV tables with a CIF column ---------------------------------------------------------------
 
 
@@ -438,11 +670,156 @@ def test_tar_links_damaged_archives_and_archives_without_structures(tmp_path: Pa
     (tmp_path / "cut.zip").write_bytes(path.read_bytes()[:40])
     [task] = readers.archive_tasks(tmp_path / "cut.zip", path_ids=False)
     assert isinstance(task, FailTask) and task.failure.detail.startswith("damaged archive: ")
-    # the MatDeepLearn fixture holds JSON files and a targets.csv: nothing an archive reads
+    # the MatDeepLearn fixture holds JSON files and a targets.csv: formats read only as files,
+    # each named, and nothing an archive reads
     fixture = data_file("pt_clusters_100.tar.gz")
-    [task] = readers.archive_tasks(fixture, path_ids=False)
-    assert task == FailTask(Failure(str(fixture), "unreadable",
+    *members, last = readers.archive_tasks(fixture, path_ids=False)
+    assert last == FailTask(Failure(str(fixture), "unreadable",
                                     "no CIF, POSCAR or extxyz files inside"))
+    assert len(members) == 101 and {t.failure.category for t in members} == {
+        "not read from archives"}
+    assert sum(t.failure.source.endswith("/targets.csv") for t in members) == 1
+    assert members[0].failure.detail == ("JSON files are read as files, not from inside "
+                                         "archives; unpack the archive")
+
+
+def _zeros_member(archive: Path, name: str, nbytes: int, *, mode: str = "w:gz",
+                  extra: dict[str, bytes] | None = None) -> None:
+    """An archive holding ``nbytes`` zero bytes as ``name`` (compressed a thousandfold), and
+    the ``extra`` members after it."""
+    zeros = b"\0" * (1 << 20)
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            with z.open(name, "w", force_zip64=True) as fh:
+                for _ in range(nbytes >> 20):
+                    fh.write(zeros)
+            for k, v in (extra or {}).items():
+                z.writestr(k, v)
+        return
+
+    class Zeros(io.RawIOBase):
+        left = nbytes
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> int:
+            n = min(len(b), self.left)
+            b[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    with tarfile.open(archive, mode, **({"compresslevel": 1} if "gz" in mode else {})) as t:
+        info = tarfile.TarInfo(name)
+        info.size = nbytes
+        t.addfile(info, io.BufferedReader(Zeros()))
+        for k, v in (extra or {}).items():
+            info = tarfile.TarInfo(k)
+            info.size = len(v)
+            t.addfile(info, io.BytesIO(v))
+
+
+@pytest.mark.parametrize("name", ["bomb.zip", "bomb.tar.gz"])
+def test_an_archive_bomb_is_refused_in_bounded_memory(tmp_path: Path, name: str) -> None:
+    """A member of 256 MiB in a ~300 KB archive (read whole, it took gigabytes): refused by its
+    declared size before any of it is read (zip), or once the archive has expanded past its
+    budget while passing over it (a tar stream); memory stays within a few MiB, never the
+    member's size."""
+    import tracemalloc
+
+    from deepergat.io.readers.archive import MAX_MEMBER_BYTES
+
+    path = tmp_path / name
+    nacl = _cif(nacl_structure()).encode()
+    _zeros_member(path, "big.cif", 4 * MAX_MEMBER_BYTES, extra={"nacl.cif": nacl})
+    assert path.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        tasks = list(readers.archive_tasks(path, path_ids=False))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    failures = [t.failure for t in tasks if isinstance(t, FailTask)]
+    assert failures[0] == Failure(f"{path}:big.cif", "too large",
+                                  f"holds {4 * MAX_MEMBER_BYTES} bytes; members of at most "
+                                  f"{MAX_MEMBER_BYTES} bytes are read")
+    if name.endswith(".zip"):  # the rest of a zip is still read
+        assert [t.id for t in tasks if isinstance(t, TextTask)] == ["nacl"]
+    else:  # a stream is passed over by expanding it: the budget ends the archive
+        assert [(f.source, f.category) for f in failures[1:]] == [(str(path), "too large")]
+        assert "expands past 200 bytes per byte of archive" in failures[1].detail
+
+
+def test_many_members_that_expand_past_the_budget_stop_the_archive(tmp_path: Path) -> None:
+    """Members each under the member limit, in a bzip2 tar that expands 100,000-fold: the
+    archive is read until it has expanded past `MAX_EXPANSION` times its size (at least one
+    member's limit), then refused with one failure naming it."""
+    from deepergat.io.readers.archive import MAX_MEMBER_BYTES
+
+    path = tmp_path / "many.tar"  # compressed with bzip2: recognised by content
+    each = MAX_MEMBER_BYTES // 2
+    with tarfile.open(path, "w:bz2") as t:
+        for k in range(4):
+            info = tarfile.TarInfo(f"notes{k}.txt")
+            info.size = each
+            t.addfile(info, io.BytesIO(bytes(each)))
+    tasks = list(readers.archive_tasks(path, path_ids=False))
+    assert [(t.failure.source, t.failure.category) for t in tasks] == [(str(path), "too large")]
+
+
+def test_a_huge_member_name_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """tar reads a long (GNU or pax) member name whole: a 96 MiB name is refused by the
+    archive's budget before tarfile allocates it."""
+    import tracemalloc
+
+    path = tmp_path / "names.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT, compresslevel=1) as t:
+        info = tarfile.TarInfo("a" * (96 << 20) + ".cif")
+        t.addfile(info, io.BytesIO(b""))
+    tracemalloc.start()
+    try:
+        tasks = list(readers.archive_tasks(path, path_ids=False))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(t.failure.source, t.failure.category) for t in tasks] == [(str(path), "too large")]
+    assert peak < 8 << 20
+
+
+def test_every_member_is_read_refused_or_named(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing in an archive is dropped silently: nested archives and formats read only as
+    files are failures naming them, special files are refused, and members in no structure
+    format are ignored with one warning naming them (as in folders)."""
+    nacl = _cif(nacl_structure())
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("x.cif", nacl)
+    path = tmp_path / "outer.tar"
+    with tarfile.open(path, "w") as t:
+        for name, data in (("a.cif", nacl.encode()), ("inner.zip", inner.read_bytes()),
+                           ("deeper.tar.gz", b"\x1f\x8b"), ("s.json", b"{}"),
+                           ("t.csv", b"id,cif\n"), ("d.db", b""), ("g.pt", b""),
+                           ("README.md", b"hello"), ("notes.txt", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        fifo = tarfile.TarInfo("pipe.cif")
+        fifo.type = tarfile.FIFOTYPE
+        t.addfile(fifo)
+    with caplog.at_level("WARNING"):
+        tasks = list(readers.archive_tasks(path, path_ids=False))
+    assert [t.id for t in tasks if isinstance(t, TextTask)] == ["a"]
+    got = [(t.failure.source.removeprefix(f"{path}:"), t.failure.category)
+           for t in tasks if isinstance(t, FailTask)]
+    assert got == [("inner.zip", "nested archive"), ("deeper.tar.gz", "nested archive"),
+                   ("s.json", "not read from archives"), ("t.csv", "not read from archives"),
+                   ("d.db", "not read from archives"), ("g.pt", "not read from archives"),
+                   ("pipe.cif", "unsafe member")]
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == (f"{path}: ignored 2 members that are not structure files "
+                       "(README.md, notes.txt)")
 
 
 # ---- MatDeepLearn folders -----------------------------------------------------------------------

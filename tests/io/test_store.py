@@ -244,3 +244,207 @@ def test_a_damaged_data_block_is_one_line_everywhere(
     r = CliRunner().invoke(main, ["info", str(path)])
     assert r.exit_code == 2 and "damaged structure store" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+# ---- hostile stores: what a file declares is checked against what it holds ------------------
+
+#: Rows a hostile store declares: reading them whole would need terabytes.
+_HUGE = 10**12
+
+
+def _recreate(f: h5py.File, name: str, data: np.ndarray, **kw: object) -> None:
+    """Replace a dataset by ``data`` (another dtype or shape), keeping its name."""
+    del f[name]
+    f.create_dataset(name, data=data, **kw)
+
+
+def _bomb(f: h5py.File, name: str, rows: int, shape: tuple[int, ...], dtype: type) -> None:
+    """Replace a dataset by ``rows`` rows of zeros whose every chunk is written, compressed
+    (scale-offset, then gzip) to under 100 bytes: a decompression bomb that HDF5 reads."""
+    del f[name]
+    chunk = (1 << 19, *shape)
+    options = {"chunks": chunk, "dtype": dtype, "scaleoffset": 0 if dtype != np.float64 else 2,
+               "compression": "gzip", "compression_opts": 9}
+    one = f.create_dataset("one", data=np.zeros(chunk, dtype), **options)
+    mask, payload = one.id.read_direct_chunk((0,) * len(chunk))
+    del f["one"]
+    ds = f.create_dataset(name, shape=(rows, *shape), **options)
+    for k in range(0, rows, chunk[0]):
+        ds.id.write_direct_chunk((k,) + (0,) * len(shape), payload, mask)
+
+
+def _hostile(path: Path, how: str) -> None:
+    """Edit a valid store into one member of the hostile-store class."""
+    # large attributes need HDF5's newer object headers
+    libver = "latest" if how in ("huge units", "count attribute array") else None
+    with h5py.File(path, "a", libver=libver) as f:
+        m, n = f["n_atoms"].shape[0], f["positions"].shape[0]
+        if how == "rows declared":  # 10^12 structures: the datasets grow, no data is written
+            for name in ("ids", "n_atoms", "atom_offset", "lattice", "pbc", "targets/energy",
+                         "targets/gap"):
+                f[name].resize(_HUGE, axis=0)
+            f.attrs["n_structures"] = _HUGE
+        elif how == "atoms declared":  # the last structure claims 10^12 atoms
+            for name in ("atomic_numbers", "positions"):
+                f[name].resize(_HUGE, axis=0)
+            counts = f["n_atoms"][:].astype(np.int64)
+            counts[-1] += _HUGE - n
+            _recreate(f, "n_atoms", counts)
+            f.attrs["n_atoms_total"] = _HUGE
+        elif how == "string lattice":
+            _recreate(f, "lattice", np.full((m, 3, 3), "1.0", dtype="S8"))
+        elif how == "float counts":
+            _recreate(f, "n_atoms", f["n_atoms"][:].astype(np.float64))
+        elif how == "string positions":
+            _recreate(f, "positions", f["positions"][:].astype("S24"))
+        elif how == "numeric ids":
+            _recreate(f, "ids", np.arange(m))
+        elif how == "compound pbc":
+            _recreate(f, "pbc", np.zeros((m, 3), dtype=[("a", "i4"), ("b", "f8")]))
+        elif how == "array lattice":  # an HDF5 array type: [m] elements of (3, 3) each
+            del f["lattice"]
+            h5py.h5d.create(f.id, b"lattice", h5py.h5t.array_create(h5py.h5t.IEEE_F64LE, (3, 3)),
+                            h5py.h5s.create_simple((m,)))
+        elif how == "string target":
+            _recreate(f, "targets/energy", np.full(m, "x", dtype="S4"))
+        elif how == "2-D ids":
+            _recreate(f, "ids", np.full((m, 2), "a", dtype=h5py.string_dtype()))
+        elif how == "wide lattice":
+            _recreate(f, "lattice", np.zeros((m, 3, 4)))
+        elif how == "wrapping counts":  # four of 2^62: the sum wraps to 0 in int64
+            counts = np.zeros(m, np.int64)
+            counts[:4] = 2**62
+            _recreate(f, "n_atoms", counts)
+            with np.errstate(over="ignore"):
+                _recreate(f, "atom_offset", np.cumsum(np.r_[0, counts[:-1]]))
+            for name in ("atomic_numbers", "positions"):
+                f[name].resize(0, axis=0)
+            f.attrs["n_atoms_total"] = 0
+        elif how == "count past the atoms":
+            counts = f["n_atoms"][:]
+            counts[0] += n
+            f["n_atoms"][:] = counts
+        elif how == "offset past the atoms":
+            off = f["atom_offset"][:]
+            off[-1] = n + 100
+            f["atom_offset"][:] = off
+        elif how == "count attribute text":
+            f.attrs["n_structures"] = "many"
+        elif how == "count attribute array":
+            f.attrs["n_structures"] = np.arange(5000)
+        elif how == "count attribute missing":
+            del f.attrs["n_atoms_total"]
+        elif how == "count attribute negative":
+            f.attrs["n_structures"] = -1
+        elif how == "format attribute array":
+            f.attrs["format"] = np.array(["deepergat-structures"] * 1000,
+                                         dtype=h5py.string_dtype())
+        elif how == "huge units":
+            f["targets/energy"].attrs["units"] = "eV" * 100_000
+        elif how == "huge chunks":  # one row read decodes a 128 MiB chunk
+            data = f["n_atoms"][:]
+            del f["n_atoms"]
+            f.create_dataset("n_atoms", data=data, maxshape=(None,), chunks=(1 << 25,),
+                             compression="gzip")
+        elif how == "bomb chunks":  # every chunk written, at 45,000 bytes decoded per byte
+            rows = 1 << 24
+            counts = f["n_atoms"][:].astype(np.int64)
+            counts[-1] += rows - n
+            _recreate(f, "n_atoms", counts)
+            _bomb(f, "atomic_numbers", rows, (), np.uint8)
+            _bomb(f, "positions", rows, (3,), np.float64)
+            f.attrs["n_atoms_total"] = rows
+        elif how == "external link":
+            other = path.with_name("other.h5")
+            with h5py.File(other, "w") as g:
+                g["positions"] = f["positions"][:]
+            del f["positions"]
+            f["positions"] = h5py.ExternalLink(other.name, "positions")
+        elif how == "soft link":
+            f["copy"] = f["positions"][:]
+            del f["positions"]
+            f["positions"] = h5py.SoftLink("/copy")
+        elif how == "external storage":  # raw data read from another file (any file at all)
+            data = f["positions"][:]
+            del f["positions"]
+            raw = path.with_name("raw.bin")
+            raw.write_bytes(data.tobytes())
+            f.create_dataset("positions", shape=data.shape, dtype=np.float64,
+                             external=[(str(raw), 0, data.nbytes)])
+        elif how == "virtual dataset":
+            data = f["positions"][:]
+            del f["positions"]
+            f["copy"] = data
+            layout = h5py.VirtualLayout(shape=data.shape, dtype=np.float64)
+            layout[:] = h5py.VirtualSource(f["copy"])
+            f.create_virtual_dataset("positions", layout)
+        else:  # pragma: no cover
+            raise AssertionError(how)
+
+
+HOSTILE = {
+    "rows declared": "'ids' declares 1000000000000 rows",
+    "atoms declared": "declares 1000000000000 rows",
+    "string lattice": "'lattice' holds strings, not floating-point numbers",
+    "float counts": "'n_atoms' holds float64 numbers, not integers",
+    "string positions": "'positions' holds strings",
+    "numeric ids": "'ids' holds int64 numbers, not strings",
+    "compound pbc": "'pbc' holds a compound",
+    "array lattice": r"'lattice' holds arrays of \(3, 3\) float64",
+    "string target": "'targets/energy' holds strings",
+    "2-D ids": r"'ids' has shape \(9, 2\), expected \[rows\]",
+    "wide lattice": r"'lattice' has shape \(9, 3, 4\), expected \[rows, 3, 3\]",
+    "wrapping counts": "n_atoms is larger than n_atoms_total",
+    "count past the atoms": "n_atoms is larger than n_atoms_total|sums past",
+    "offset past the atoms": r"atom_offset is not the running sum of n_atoms \(row 8",
+    "count attribute text": "'n_structures' is 'many', not an integer",
+    "count attribute array": "'n_structures' holds an array",
+    "count attribute missing": "'n_atoms_total' is missing",
+    "count attribute negative": "'n_structures' is negative",
+    "format attribute array": "'format' holds an array",
+    "huge units": "attribute 'units' of /targets/energy is 200000 characters",
+    "huge chunks": "'n_atoms' is stored in chunks of 128.0 MiB",
+    "bomb chunks": "'atomic_numbers' declares 16777216 rows",
+    "external link": "'positions' is an external link",
+    "soft link": "'positions' is a soft link",
+    "external storage": "'positions' keeps its data in external files",
+    "virtual dataset": "'positions' is a virtual dataset",
+}
+
+
+@pytest.mark.parametrize("how", list(HOSTILE))
+def test_a_hostile_store_is_refused_on_open_before_reading_what_it_declares(
+    two_part_store: tuple[Path, list[dict], str], how: str
+) -> None:
+    """Each member of the class: one `DeepergatError` naming the store and the item, raised
+    before anything sized by a declaration is read (no 10^12-row array, no chunk bigger than
+    the bound, no other file)."""
+    path = two_part_store[0]
+    _hostile(path, how)
+    with pytest.raises(DeepergatError, match=HOSTILE[how]) as e:
+        Store(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 500
+
+
+def test_a_store_of_another_writer_with_other_dtypes_still_reads(tmp_path: Path) -> None:
+    """The checks refuse what cannot be a store, not what another writer may choose: float32
+    geometry, int64 counts, uint8 flags for pbc, fixed-length ids, no compression."""
+    structures = random_structures(4, seed=3)
+    b = StructureBatch.from_structures(structures)
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["ids"] = np.array([s.encode() for s in b.ids], dtype="S16")
+        f["n_atoms"] = b.n_atoms.astype(np.int64)
+        f["atom_offset"] = b.offset
+        f["lattice"] = b.lattice.astype(np.float32)
+        f["pbc"] = b.pbc.astype(np.uint8)
+        f["atomic_numbers"] = b.atomic_numbers.astype(np.int16)
+        f["positions"] = b.positions.astype(np.float32)
+        f.attrs.update({"format": STORE_FORMAT, "version": STORE_VERSION,
+                        "n_structures": len(b), "n_atoms_total": len(b.atomic_numbers)})
+    with Store(path) as store:
+        got = store.read(0, len(store))
+    assert got.ids == b.ids and got.lattice.dtype == np.float64
+    np.testing.assert_allclose(got.positions, b.positions, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(got.pbc, b.pbc)

@@ -11,14 +11,19 @@ content:
 ====================  ========================================================================
 ``records``           records, failures, tasks; format recognition; pymatgen/ASE → record
 ``cif``               CIF (``*.cif``, ``*.mcif``): every data block, as pymatgen's
-                      ``Structure.from_str(s, fmt="cif")`` parses
+                      ``Structure.from_str(s, fmt="cif")`` parses, once its sites × symmetry
+                      operations are within ``MAX_CIF_ATOMS``
 ``poscar``            POSCAR (``POSCAR*``, ``CONTCAR*``, ``*.vasp``, ``*.poscar``)
 ``extxyz``            extxyz (``*.extxyz``, ``*.xyz``): frames split by atom count, ASE parses
-``ase_db``            ASE databases: ``*.db`` (SQLite, cut into row ranges), ASE JSON
-``pymatgen_json``     ``*.json`` holding a pymatgen ``Structure``/``Molecule`` dict or a list
+``ase_db``            ASE databases: ``*.db`` (SQLite, cut into row ranges), ASE JSON; the
+                      JSON ASE decodes is checked first (no objects but cells, no array
+                      larger than its data)
+``pymatgen_json``     ``*.json`` holding a pymatgen ``Structure``/``Molecule`` dict or a list,
+                      built from its numbers and symbols (no class a file names is imported)
 ``table``             CSV (``*.csv``) with a column of CIF texts: one structure per row
 ``archive``           ``*.zip``, ``*.tar``, ``*.tar.gz``, ``*.tgz`` of CIF, POSCAR and extxyz
-                      files, read in memory member by member
+                      files, read member by member in bounded memory (member size and
+                      expansion capped; every other member named)
 ``matdeeplearn``      MatDeepLearn folders: ``targets.csv`` beside one file per row
 ``samples``           CDVAE / DiffCSP ``*.pt`` sample files (`deepergat.io.generators`)
 ``dispatch``          the worker side: `run_chunk`, each task to its format's parser

@@ -2,6 +2,13 @@
 pymatgen's ``Structure.from_str(text, fmt="cif")`` parses.
 
 The same parser reads CIF files, the CIF texts of CSV rows and CIF members of archives.
+
+A CIF lists the symmetry-distinct sites and the symmetry operations that copy them: a few kB of
+text can ask for tens of thousands of atoms, and pymatgen's expansion and merging of the copies
+costs time quadratic in them (400 general sites × 48 operations: a minute). Before a block's
+structure is built, its sites × operations (read from the tokenised block, the operations
+counted as pymatgen will apply them) are checked against `MAX_CIF_ATOMS`; a block over it is a
+``too large`` failure.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import re
 import warnings
 from typing import Any
+
+from deepergat.contract import DEFAULT_MAX_ATOMS
 
 from .records import (
     Failure,
@@ -20,9 +29,17 @@ from .records import (
     record_from_pymatgen,
 )
 
-__all__ = ["cif_blocks", "parse_cif_text"]
+__all__ = ["MAX_CIF_ATOMS", "cif_blocks", "parse_cif_text"]
+
+#: Most atoms a CIF block may expand to (its sites × its symmetry operations, before symmetry
+#: copies are merged): four times the screening default ``max_atoms``. pymatgen builds the
+#: slowest such block (4,000 general positions in P1) in about 3 s of CPU time.
+MAX_CIF_ATOMS = 4 * DEFAULT_MAX_ATOMS
 
 _CIF_BLOCK = re.compile(r"^data_", re.IGNORECASE | re.MULTILINE)
+#: Where pymatgen finds a block's symmetry operations, in the order it looks.
+_SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_symmetry_equiv_pos_as_xyz_",
+               "_space_group_symop_operation_xyz", "_space_group_symop_operation_xyz_")
 
 
 def cif_blocks(text: str) -> list[str]:
@@ -78,10 +95,11 @@ def parse_cif_text(text: str, source: str, sid: str, *, expect_one: bool,
         try:
             [structure] = _cif_structures(block)
         except (TaskError, ValueError) as e:
-            detail = e.detail if isinstance(e, TaskError) else one_line(e)
+            category, detail = ((e.category, e.detail) if isinstance(e, TaskError)
+                                else ("unreadable", one_line(e)))
             if failures is None:
-                raise TaskError("unreadable", f"block {k}: {detail}") from None
-            failures.append(Failure(where, "unreadable", one_line(detail)))
+                raise TaskError(category, f"block {k}: {detail}") from None
+            failures.append(Failure(where, category, one_line(detail)))
             continue
         records.append(record_from_pymatgen(structure, source, bid))
     return records
@@ -93,6 +111,8 @@ def _cif_structures(text: str) -> list[Any]:
     from pymatgen.io.cif import CifParser
 
     parser = CifParser.from_str(text)
+    for block in parser._cif.data.values():  # the tokenised blocks, before any is built
+        _check_expansion(parser, block)
     try:
         structures = parser.parse_structures(primitive=False, on_error="ignore")
     except ValueError as e:
@@ -102,3 +122,43 @@ def _cif_structures(text: str) -> list[Any]:
     for w in dropped:  # e.g. a data_global block of publication details, or a broken block
         warnings.warn(f"CIF {one_line(w)}; the other blocks were read", PackWarning, stacklevel=1)
     return [Structure.from_sites(s, properties=s.properties) for s in structures]
+
+
+def _rows(value: Any) -> int:
+    """The rows of a tokenised CIF item: a loop column's length, 1 for a single value."""
+    if value is None:
+        return 0
+    return len(value) if isinstance(value, list) else 1
+
+
+def _check_expansion(parser: Any, block: Any) -> None:
+    """Refuse a block whose sites × symmetry operations exceed `MAX_CIF_ATOMS`, before the
+    structure is built: first from the operations as listed (nothing parsed), then from the
+    operations pymatgen will apply (`CifParser.get_symops`, or its magnetic variant)."""
+    data = block.data
+    sites = _rows(data.get("_atom_site_label"))
+    if not sites:
+        return
+    magnetic = bool(getattr(parser, "feature_flags", {}).get("magcif"))
+    if magnetic:
+        listed = _rows(data.get("_space_group_symop_magn_operation.xyz")) * max(
+            1, _rows(data.get("_space_group_symop_magn_centering.xyz")))
+    else:
+        listed = max(_rows(data.get(k)) for k in _SYMOP_KEYS)
+    ops = max(listed, 1)
+    if sites * ops <= MAX_CIF_ATOMS:
+        kept = len(parser.warnings)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ops = len(parser.get_magsymops(block) if magnetic else parser.get_symops(block))
+        except Exception:  # pymatgen reports it when it builds the block
+            ops = max(listed, 1)
+        finally:
+            del parser.warnings[kept:]  # pymatgen warns again when it builds the block
+    if sites * ops > MAX_CIF_ATOMS:
+        raise TaskError(
+            "too large",
+            f"data_{block.header[:40]}: {sites} sites x {ops} symmetry operations make up to "
+            f"{sites * ops} atoms; blocks of at most {MAX_CIF_ATOMS} are read",
+        )

@@ -25,10 +25,12 @@ from .records import (
     record_from_ase,
 )
 
-__all__ = ["FRAMES_PER_TASK", "extxyz_tasks", "parse_xyz_file", "run_frames"]
+__all__ = ["FRAMES_PER_TASK", "TEXT_PER_TASK", "extxyz_tasks", "parse_xyz_file", "run_frames"]
 
 #: extxyz frames per task.
 FRAMES_PER_TASK = 64
+#: A task also ends once its frames hold this much text (large frames travel a few at a time).
+TEXT_PER_TASK = 4 << 20
 
 #: A frame, or what could not be read as one, with its 0-based frame index (-1: lines that are
 #: no frame at all, or a file that cannot be read).
@@ -62,7 +64,7 @@ def extxyz_tasks(path: str | Path, *, id_prefix: str, text: str | None = None,
     single = (second_item is None and first_item[0] == 0
               and not isinstance(first_item[1], Failure))
     batch: list[str] = []
-    start = 0
+    start = size = 0
     for k, item in _chain_first(first_item, second_item, items):
         if isinstance(item, Failure):
             if batch:
@@ -71,9 +73,10 @@ def extxyz_tasks(path: str | Path, *, id_prefix: str, text: str | None = None,
             yield FailTask(item)
             continue
         if not batch:
-            start = k
+            start, size = k, 0
         batch.append(item)
-        if len(batch) >= FRAMES_PER_TASK:
+        size += len(item)
+        if len(batch) >= FRAMES_PER_TASK or size >= TEXT_PER_TASK:
             yield FramesTask(str(p), start, tuple(batch), id_prefix, single)
             batch = []
     if batch:

@@ -9,7 +9,7 @@ pymatgen and ASE objects into records, positional ids, and the task-failing exce
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TextTask",
+    "json_objects",
     "numbered_ids",
     "one_line",
     "read_text",
@@ -245,6 +246,23 @@ def one_line(e: BaseException | str) -> str:
         text = type(e).__name__
     text = " ".join(text.split())
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+
+
+def json_objects(doc: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every JSON object (dict) of a parsed document, with where it is (``sites[3].species[0]``,
+    ``""`` for the document itself), depth first; iterative, so any nesting json can parse is
+    walked."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, x = stack.pop()
+        if isinstance(x, dict):
+            yield where, x
+            items = list(x.items())
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(items)
+                         if isinstance(v, (dict, list)))
+        elif isinstance(x, list):  # only containers are pushed: a long list of numbers is quick
+            stack.extend((f"{where}[{k}]", v) for k, v in reversed(list(enumerate(x)))
+                         if isinstance(v, (dict, list)))
 
 
 def numbered_ids(prefix: str, n: int, *, single: bool | None = None, first: int = 0) -> list[str]:

@@ -18,7 +18,7 @@ def parse_sample_file(path: str, source: str) -> list[Record]:
 
     Raises:
         TaskError: ``refused`` when the pickle asks for code the unpickler does not allow,
-            else ``unreadable``.
+            ``too large`` for a decompression bomb, else ``unreadable``.
     """
     from deepergat.io.generators import sample_structures
 
@@ -26,9 +26,10 @@ def parse_sample_file(path: str, source: str) -> list[Record]:
         structures = list(sample_structures(path))
     except DeepergatError as e:
         detail = str(e).removeprefix(f"{path}: ")
-        refused = detail.startswith("refused: ")
-        raise TaskError("refused" if refused else "unreadable",
-                        detail.removeprefix("refused: ")) from None
+        for category in ("refused", "too large"):
+            if detail.startswith(f"{category}: "):
+                raise TaskError(category, detail.removeprefix(f"{category}: ")) from None
+        raise TaskError("unreadable", detail) from None
     return [Record(id=d["id"], source=f"{source}:{d['id']}",
                    lattice=np.asarray(d["lattice"], np.float64),
                    pbc=np.ones(3, bool),

@@ -63,13 +63,13 @@ def _is_store(path: Path) -> bool:
         return False
     import h5py
 
+    from deepergat.io.store import STORE_FORMAT, format_attribute
+
     try:
         with h5py.File(path, "r") as f:
-            fmt = f.attrs.get("format")
+            return format_attribute(f, path) == STORE_FORMAT
     except OSError:
         return False
-    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-    return fmt == "deepergat-structures"
 
 
 def _predict_store(model: Any, path: Path, *, max_atoms: int, overlap_threshold: float,

@@ -122,7 +122,7 @@ def list_options(*, where: bool = True) -> Callable[[F], F]:
             "--known", multiple=True, type=click.Path(dir_okay=False), metavar="STORE",
             help="Structure store of known crystals (training data, a database; deepergat "
                  "pack makes one): list rows that match one are marked with its id; "
-                 "repeatable.")(fn)
+                 "repeatable [default: the stores a bundled model ships; none: none].")(fn)
         fn = click.option(
             "--match-tol", default=tol, show_default=True, metavar="LTOL,STOL,ANGLE",
             help="pymatgen StructureMatcher tolerances for grouping and --known.")(fn)

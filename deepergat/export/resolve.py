@@ -16,11 +16,14 @@ from typing import Literal
 
 from deepergat.errors import DeepergatError
 
-__all__ = ["BUNDLED_CHECKPOINT", "BUNDLED_ONNX", "bundled_checkpoint", "bundled_dir",
-           "bundled_models", "resolve_model"]
+__all__ = ["BUNDLED_CHECKPOINT", "BUNDLED_KNOWN", "BUNDLED_ONNX", "bundled_checkpoint",
+           "bundled_dir", "bundled_known", "bundled_models", "resolve_model"]
 
 BUNDLED_CHECKPOINT = "best.ckpt"
 BUNDLED_ONNX = "model.onnx"
+#: In a bundled model's folder: the structure stores of crystals its training data already
+#: holds, one path per line relative to the folder (``#`` starts a comment).
+BUNDLED_KNOWN = "known.txt"
 #: What a run folder (or a bundled model's folder) means, in order: the ensemble it trained,
 #: else its kept model.
 RUN_FOLDER_MODELS = ("ensemble.ckpt", BUNDLED_CHECKPOINT)
@@ -90,3 +93,23 @@ def resolve_model(
     raise DeepergatError(
         f"{name}: no such model file and no bundled model of that name (bundled: {listed})"
     )
+
+
+def bundled_known(model: str | os.PathLike[str] | None) -> tuple[Path, ...]:
+    """The known-structure stores a bundled model ships (`BUNDLED_KNOWN`), for a MODEL argument
+    that is a bundled name or a file inside a bundled model's folder; () for any other."""
+    if model is None:
+        return ()
+    p = Path(model)
+    folder = p.parent if p.is_file() else bundled_dir() / os.fspath(model)
+    root = bundled_dir().resolve()
+    try:
+        if folder.resolve().parent != root:
+            return ()
+    except OSError:
+        return ()
+    listing = folder / BUNDLED_KNOWN
+    if not listing.is_file():
+        return ()
+    lines = [line.split("#", 1)[0].strip() for line in listing.read_text().splitlines()]
+    return tuple((folder / line).resolve() for line in lines if line)

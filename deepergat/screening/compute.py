@@ -28,7 +28,7 @@ from .pipeline import DEFAULT_BATCH_ATOMS, DEFAULT_BATCH_EDGES, Pipeline, Pipeli
 from .plan import Plan
 from .predictions import FLAG_UNSEEN_ELEMENT, Rows
 from .result import Hooks, ScreenResult
-from .setup import Prepared, write_top
+from .setup import Prepared, list_settings, write_top
 
 __all__ = ["GPU_BATCH_ATOMS", "batch_budget", "compute"]
 
@@ -203,7 +203,7 @@ def _finish(opts: ScreenOptions, prep: Prepared, result: ScreenResult,
         result.outcome = "merge-claimed"
         return result
     try:
-        listing = opts.ranking.list_settings().describe() if opts.ranking.top else None
+        listing = list_settings(opts).describe() if opts.ranking.top else None
         result.merge = merge_parts(parts, plan, manifest, run={
             "structures": result.structures, "seconds": round(result.seconds, 3),
             "ranks": result.ranks, "skipped": result.skipped, "short_list": listing})

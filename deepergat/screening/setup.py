@@ -21,6 +21,7 @@ import numpy as np
 from deepergat._version import __version__
 from deepergat.errors import DeepergatError, SettingError
 from deepergat.export.predictor import warn_cell_dependent
+from deepergat.export.resolve import bundled_known
 from deepergat.io.store import Store
 from deepergat.system.devices import cpus_per_rank, pick_device, visible_gpus
 from deepergat.system.files import file_sha256
@@ -29,14 +30,14 @@ from deepergat.system.lock import OutputLock, run_token
 
 from .failures import Refusal, literal
 from .merge import check_space, output_bytes, screen_settings
-from .model import LoadedModel, load_model, model_path
+from .model import DEFAULT_MODEL, LoadedModel, load_model, model_path
 from .mpi import Ranks
 from .options import ScreenOptions, top_csv_path
 from .parts import MANIFEST_FORMAT, PartsDir, settings_digest, store_fingerprint
 from .plan import Plan, make_plan, parse_shard, shard_chunks
 from .predictions import read_identity, write_top_csv
 from .result import ScreenResult
-from .shortlist import ShortList, entries_table, short_list
+from .shortlist import ListSettings, ShortList, entries_table, short_list
 
 __all__ = [
     "InputStore",
@@ -232,6 +233,19 @@ def same_output(identity: dict[str, Any], manifest: dict[str, Any]) -> bool:
     )
 
 
+def list_settings(opts: ScreenOptions) -> ListSettings:
+    """The screen's short list: its ranking options, with the known stores of a bundled model
+    when none are given (``known`` ``("none",)``: none at all)."""
+    settings = opts.ranking.list_settings()
+    if settings.known == ("none",):
+        return replace(settings, known=())
+    if not settings.known:
+        shipped = bundled_known(opts.predictor.model if opts.predictor.model is not None
+                                else DEFAULT_MODEL)
+        return replace(settings, known=tuple(str(p) for p in shipped))
+    return settings
+
+
 def write_top(opts: ScreenOptions, output: Path, csv_path: Path, *,
               store_verified: bool = False) -> ShortList:
     """The short list of ``output`` (``opts.ranking``: ``top`` groups) as ``csv_path``.
@@ -240,7 +254,7 @@ def write_top(opts: ScreenOptions, output: Path, csv_path: Path, *,
         store_verified: the input store was checked to be the one screened (a merge just
             did); else its digest is recomputed before structures are matched.
     """
-    listed = short_list(output, opts.ranking.list_settings(), store=opts.files.input,
+    listed = short_list(output, list_settings(opts), store=opts.files.input,
                         store_verified=store_verified)
     table = entries_table(listed.entries)
     write_top_csv(output, csv_path, listed.rows, group_size=table["group_size"],

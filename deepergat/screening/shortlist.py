@@ -96,6 +96,9 @@ class ListSettings:
             raise SettingError(f"{{top_order}} {literal(repr(self.order))}: choose asc or desc")
         if not (np.isfinite(self.rank_k) and self.rank_k >= 0):
             raise SettingError(f"{{rank_k}} must be a finite number ≥ 0, got {self.rank_k}")
+        if self.known == ("none",):
+            raise SettingError("{known} none: leave it out (a list of a model without known "
+                               "stores has none)")
         if self.novel_only and not self.known:
             raise SettingError("{novel_only} needs known structures: give {known} STORE")
         if self.seconds is not None and not self.seconds > 0:

@@ -47,8 +47,9 @@ __all__ = ["DEFAULT_GROUP_SECONDS", "Entry", "ListSettings", "ShortList", "short
 log = logging.getLogger(__name__)
 
 _READ_ROWS = 1 << 20
-#: Rows of the ranking whose formulas are read at once during the walk.
-_WALK_BLOCK = 4096
+#: Rows of the ranking read (and built as structures) at once during the walk: a first
+#: block that a top-10 list rarely passes, growing to the last size for long walks.
+_WALK_BLOCKS = (64, 256, 1024, 4096)
 
 
 @dataclass(frozen=True)
@@ -348,8 +349,7 @@ class _Walk:
         """The raw ranking (each row its own entry), known rows marked when asked."""
         top = self.s.top
         out: list[Entry] = []
-        for a in range(0, len(self.order), _WALK_BLOCK):
-            block = self.order[a : a + _WALK_BLOCK]
+        for _, block in _blocks(self.order):
             formulas = compositions_of(self.f, block)[0] if known is not None else []
             batch = [Entry(int(r), None, [int(r)], None) for r in block]
             if known is not None and structures is not None:
@@ -370,8 +370,7 @@ class _Walk:
         deadline = None if s.seconds is None else time.monotonic() + s.seconds
         sizes_matter = self.where is not None and "group_size" in self.where.names
         passing = 0
-        for a in range(0, len(self.order), _WALK_BLOCK):
-            block = self.order[a : a + _WALK_BLOCK]
+        for a, block in _blocks(self.order):
             formulas = compositions_of(self.f, block)[0]
             structures.prefetch(block.tolist())
             for r, name in zip(block.tolist(), formulas, strict=True):
@@ -410,6 +409,15 @@ class _Walk:
         out = done + self._keep(rest)
         del start
         return out if self.s.top is None else out[: self.s.top]
+
+
+def _blocks(order: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, rows) of the ranking in growing blocks (`_WALK_BLOCKS`)."""
+    a, k = 0, 0
+    while a < len(order):
+        size = _WALK_BLOCKS[min(k, len(_WALK_BLOCKS) - 1)]
+        yield a, order[a : a + size]
+        a, k = a + size, k + 1
 
 
 def _attr(f: h5py.File, key: str) -> str:

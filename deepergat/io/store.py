@@ -836,6 +836,32 @@ class Store:
                      for k in self._targets},
         )
 
+    def read_rows(self, rows: np.ndarray, *, gap: int = 256) -> StructureBatch:
+        """The structures of some rows, in the order given (``index`` holds them).
+
+        Rows are read in spans: sorted, split where two wanted rows lie more than ``gap``
+        rows apart, each span read with `read` (two slices) and the wanted rows selected.
+
+        Raises:
+            DeepergatError: a row outside the store.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_structures):
+            raise DeepergatError(f"{self.path}: rows outside 0..{self.n_structures - 1}")
+        if not len(rows):
+            return self.read(0, 0)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        cuts = np.flatnonzero(np.diff(srt) > gap) + 1
+        parts = []
+        for span in np.split(srt, cuts):
+            batch = self.read(int(span[0]), int(span[-1]) + 1)
+            parts.append(batch.select(span - int(span[0])))
+        whole = parts[0] if len(parts) == 1 else _concat(parts)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return whole.select(back)
+
     def iter_chunks(
         self, chunk_size: int, *, start: int = 0, stop: int | None = None
     ) -> Iterator[StructureBatch]:
@@ -854,3 +880,19 @@ class Store:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _concat(parts: Sequence[StructureBatch]) -> StructureBatch:
+    """Batches one after another (offsets shifted)."""
+    n = np.concatenate([b.n_atoms for b in parts])
+    return StructureBatch(
+        index=np.concatenate([b.index for b in parts]),
+        ids=[i for b in parts for i in b.ids],
+        n_atoms=n,
+        offset=(np.concatenate([[0], np.cumsum(n)[:-1]]) if len(n) else n).astype(np.int64),
+        lattice=np.concatenate([b.lattice for b in parts]),
+        pbc=np.concatenate([b.pbc for b in parts]),
+        atomic_numbers=np.concatenate([b.atomic_numbers for b in parts]),
+        positions=np.concatenate([b.positions for b in parts]),
+        targets={k: np.concatenate([b.targets[k] for b in parts]) for k in parts[0].targets},
+    )

@@ -615,7 +615,8 @@ class Trainer:
                     [st.train_sum, st.train_count, self._nonfinite_state()], self.device,
                     info.distributed)
                 if reason == "diverged" or bad:  # never a last.ckpt that resume would continue
-                    raise self.divergence(st.epoch + 1, "the training loss")
+                    raise self.divergence(st.epoch + 1, "the training loss" if reason ==
+                                          "diverged" else "a weight of the model")
                 if self.writer:
                     atomic_save(self.checkpoint(training=True), self.out / "last.ckpt")
                 return reason

@@ -810,7 +810,8 @@ class WeightsView:
     @classmethod
     def of(cls, tensors: Mapping[str, Any], *, complete: bool = True) -> WeightsView:
         """The view of a ``state_dict``-like mapping of arrays (numpy arrays or tensors: any
-        value with ``shape`` that ``numpy.asarray`` reads once on the CPU)."""
+        value with ``shape`` that ``numpy.asarray`` reads once on the CPU; other values, such
+        as a program's script objects, are left out)."""
 
         def read(name: str) -> Any:
             import numpy as np
@@ -820,8 +821,8 @@ class WeightsView:
                 value = value.detach().cpu()
             return np.asarray(value, dtype=np.float64)
 
-        return cls({k: tuple(int(n) for n in v.shape) for k, v in tensors.items()}, read,
-                   complete)
+        return cls({k: tuple(int(n) for n in v.shape) for k, v in tensors.items()
+                    if hasattr(v, "shape")}, read, complete)
 
 
 def check_weights(meta: ModelMetadata, weights: WeightsView, *, where: str) -> None:

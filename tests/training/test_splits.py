@@ -120,7 +120,6 @@ def test_targets_beyond_what_a_float32_model_scales_are_refused_before_training(
     """A 1e308 target overflowed the target scaling: NaN metrics, exit 0 and a best.ckpt
     that was never written. Every mode refuses such a store before anything trains."""
     from deepergat.training.ensembles import train_ensemble
-    from deepergat.training.splits import MAX_TARGET_MAGNITUDE
 
     store = tmp_path / "huge.h5"
     structures = [dict(s, targets={"heat_ref": value if k == 4 else s["targets"]["heat_ref"]})
@@ -135,7 +134,6 @@ def test_targets_beyond_what_a_float32_model_scales_are_refused_before_training(
                                              r"structures \(ids \d+; largest"):
         run()
     assert not list(out.rglob("*.ckpt")) if out.exists() else True
-    assert abs(value) > MAX_TARGET_MAGNITUDE
 
 
 def test_targets_up_to_the_bound_train(tmp_path: Path) -> None:
@@ -144,5 +142,4 @@ def test_targets_up_to_the_bound_train(tmp_path: Path) -> None:
                   for s in perov_structures(30)]
     write_store(store, StructureBatch.from_structures(structures))
     result = train(run_config(store, tmp_path / "run", epochs=1))
-    assert result.checkpoint == tmp_path / "run" / "best.ckpt" and result.checkpoint.is_file()
-    assert np.isfinite(result.best_val_mae)
+    assert (tmp_path / "run" / "best.ckpt").is_file() and np.isfinite(result.best_val_mae)

@@ -308,7 +308,9 @@ def load(
         DeepergatError: no such file or bundled model, a truncated or foreign file, a suffix
             its content contradicts, mismatched graph settings, an unavailable device, a file
             that runs code without ``trust``, an ONNX file with external data or a ``.pt2``
-            holding a pickle that is not plain tensors.
+            holding a pickle that is not plain tensors, or metadata the file's own tensors
+            contradict (`deepergat.metadata.check_weights`: graph settings, target scaling,
+            sizes, members; docs/design.md §7, §8).
     """
     device, device_id = parse_device(device, device_id)
     path = resolve_model(path_or_name, prefer="onnx")

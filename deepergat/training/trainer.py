@@ -646,10 +646,11 @@ class Trainer:
         tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
         tensors += [t for state in self.optimizer.state.values() for t in state.values()
                     if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        if not tensors:
-            return 0.0
-        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
-        return 0.0 if bool(finite) else 1.0
+        checks: dict[torch.device, list[torch.Tensor]] = {}
+        for t in tensors:  # AdamW keeps its step counts on the CPU: one check per device
+            checks.setdefault(t.device, []).append(torch.isfinite(t).all())
+        finite = all(bool(torch.stack(flags).all()) for flags in checks.values())
+        return 0.0 if finite else 1.0
 
     def divergence(self, epoch: int, what: str) -> SettingError:
         """The error that stops a run whose loss, metrics or weights stopped being finite

@@ -6,7 +6,8 @@ as JSON (`deepergat.export.metadata.exported_model_metadata`), and the loader, `
 ``deepergat-screen`` and ``info`` read its attributes. `ModelMetadata.from_dict` checks a
 document's types and raises one `DeepergatError` naming the bad key; `ModelMetadata.to_dict`
 writes exactly the keys and values the files carry, so a document read and written again is
-unchanged (keys this version does not know travel in ``extra``).
+unchanged (keys this version does not know travel in ``extra``). `check_weights` refuses a
+document that the weights it travels with contradict (graph settings, target scaling, sizes).
 
 Plain Python over `deepergat.contract` and `deepergat.architectures` (no torch, no onnx): the
 screening path and ``info`` read metadata without paying for either.

@@ -655,8 +655,8 @@ class Trainer:
     def divergence(self, epoch: int, what: str) -> SettingError:
         """The error that stops a run whose loss, metrics or weights stopped being finite
         numbers in ``epoch``; nothing of that epoch is saved."""
-        where = f" (batch {self.diverged[1]})" if self.diverged and self.diverged[0] == epoch \
-            else ""
+        seen = self.diverged
+        where = f" (batch {seen[1]})" if seen is not None and seen[0] == epoch else ""
         kept = (f"last.ckpt holds epoch {self.state.epoch}" if self.state.epoch
                 else "no checkpoint was written")
         mean = float(self.model.target_mean[0])

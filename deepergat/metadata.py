@@ -6,7 +6,8 @@ as JSON (`deepergat.export.metadata.exported_model_metadata`), and the loader, `
 ``deepergat-screen`` and ``info`` read its attributes. `ModelMetadata.from_dict` checks a
 document's types and raises one `DeepergatError` naming the bad key; `ModelMetadata.to_dict`
 writes exactly the keys and values the files carry, so a document read and written again is
-unchanged (keys this version does not know travel in ``extra``).
+unchanged (keys this version does not know travel in ``extra``). `check_weights` refuses a
+document that the weights it travels with contradict (graph settings, target scaling, sizes).
 
 Plain Python over `deepergat.contract` and `deepergat.architectures` (no torch, no onnx): the
 screening path and ``info`` read metadata without paying for either.
@@ -25,6 +26,7 @@ from typing import Any, NoReturn
 from .architectures import architecture_name, embedding_width
 from .contract import (
     CHECKPOINT_KIND,
+    COMPOSITION_SIZE,
     DEFAULT_GRAPH,
     ENSEMBLE_OUTPUT_NAMES,
     GRAPH_CONSTRUCTIONS,
@@ -42,11 +44,14 @@ __all__ = [
     "EXPORT_FORMAT",
     "MAX_CUTOFF",
     "MAX_NEIGHBORS",
+    "WEIGHTS_RTOL",
     "Calibration",
     "GraphSettings",
     "ModelMetadata",
     "ParityFigures",
     "TargetInfo",
+    "WeightsView",
+    "check_weights",
 ]
 
 #: Format integer of exported files' metadata; bumped only when its layout changes
@@ -768,3 +773,283 @@ class ModelMetadata:
     def target_std(self) -> list[float]:
         """[T] training standard deviations."""
         return [t.std for t in self.targets]
+
+
+# ------------------------------------------------------------- metadata against the weights
+
+
+#: Relative tolerance when a recorded number is compared with the float32 buffer it describes
+#: (an ensemble's recorded target mean is a float32 mean of its members': ~1e-7 apart).
+WEIGHTS_RTOL = 1e-6
+#: Module lists with one entry per layer: their indices count ``model.layers`` (MEGNet's
+#: blocks are ``node_mlps``; ``norms`` follow the layers where a model has them).
+_LAYER_STACKS = ("convs", "norms", "node_mlps")
+#: The first layer, whose input is the atom features (Z one-hot ‖ degree one-hot).
+_FIRST_LAYERS = ("node_embedding.weight", "pre.weight")
+
+
+@dataclass(frozen=True)
+class WeightsView:
+    """What a model file's weights say about themselves, without torch: the shape of every
+    named tensor and, on request, the values of a small one.
+
+    Attributes:
+        shapes: tensor name (``state_dict`` names: ``degree_classes``,
+            ``members.0.target_mean``, …) → shape.
+        read: name → its values as a float64 array, or None where they cannot be read (an
+            ONNX data type this reader does not decode); only called for small tensors.
+        complete: every tensor of the model is named (checkpoints, ``.pt2`` programs and
+            TorchScript files hold the whole ``state_dict``). ONNX files are not complete: the
+            exporter folds some tensors into constants under other names and keeps one copy
+            of identical ones (a member's target scaling equal to another member's).
+    """
+
+    shapes: Mapping[str, tuple[int, ...]]
+    read: Callable[[str], Any]
+    complete: bool
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, Any], *, complete: bool = True) -> WeightsView:
+        """The view of a ``state_dict``-like mapping of arrays (numpy arrays or tensors: any
+        value with ``shape`` that ``numpy.asarray`` reads once on the CPU; other values, such
+        as a program's script objects, are left out)."""
+
+        def read(name: str) -> Any:
+            import numpy as np
+
+            value = tensors[name]
+            if hasattr(value, "detach"):  # a tensor, maybe on a GPU
+                value = value.detach().cpu()
+            return np.asarray(value, dtype=np.float64)
+
+        return cls({k: tuple(int(n) for n in v.shape) for k, v in tensors.items()
+                    if hasattr(v, "shape")}, read, complete)
+
+
+def check_weights(meta: ModelMetadata, weights: WeightsView, *, where: str) -> None:
+    """Refuse metadata that contradicts the weights it travels with (docs/design.md §7, §8).
+
+    A caller builds graphs from the metadata (cutoff, neighbor count, construction), labels and
+    counts outputs by it and rules agreement with its target scaling, while the weights compute
+    the answer: a file whose two disagree gives confident, wrong predictions. Checked, where
+    the file holds the tensor (`WeightsView.complete`): the graph settings against the model's
+    arguments; ``max_neighbors`` against the degree classes (``degree_classes``, the
+    ``max_neighbors`` buffer, the first layer's input width, which also holds the element
+    table's); the cutoff or ``distance_scale`` against the Gaussian expansion's scale, and
+    ``gaussians``/``gaussian_width`` against its centres and coefficient; the target count
+    against the head and the scaling buffers, each target's mean and std against those
+    buffers; ``dim``, ``layers`` and ``heads`` against the parameters' shapes; ``members``
+    against the members the weights hold; ``calibration.std_scale`` (and ``local_weight``)
+    against the spread's buffers; ``local_error``'s reference and feature counts against its
+    tensors.
+
+    Raises:
+        DeepergatError: one line naming the first contradicting key and both values.
+    """
+    _WeightCheck(meta, weights, where).run()
+
+
+class _WeightCheck:
+    """One `check_weights` call: the metadata, the weights and the first contradiction."""
+
+    def __init__(self, meta: ModelMetadata, weights: WeightsView, where: str) -> None:
+        self.meta, self.w, self.where = meta, weights, where
+        self.model = meta.model
+        self.t = len(meta.targets)
+
+    def fail(self, key: str, value: Any, weights: str) -> NoReturn:
+        self.refuse(f"{key} is {_show(value)} but {weights}")
+
+    def refuse(self, problem: str) -> NoReturn:
+        raise DeepergatError(f"{self.where}: the metadata contradicts the model's weights: "
+                             f"{problem}; {_FIX}")
+
+    def targets(self, weights: str) -> NoReturn:
+        self.refuse(f"targets lists {self.t} but {weights}")
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        return self.w.shapes.get(name)
+
+    def value(self, name: str) -> Any:
+        """The values of a small tensor, or None where the file does not name it."""
+        return self.w.read(name) if name in self.w.shapes else None
+
+    def run(self) -> None:
+        self.settings()
+        prefixes = self.members()
+        for prefix in prefixes:
+            self.single(prefix)
+        self.scaling(prefixes)
+        if self.meta.is_ensemble:
+            self.spread()
+
+    # -- the metadata's own parts: the graph section and the constructor arguments
+    def settings(self) -> None:
+        g, model = self.meta.graph, self.model
+        if "cutoff" in model and not math.isclose(float(model["cutoff"]), g.cutoff,
+                                                  rel_tol=1e-9):
+            self.fail("graph.cutoff", g.cutoff, f"model.cutoff is {_show(model['cutoff'])}")
+        if "max_neighbors" in model and model["max_neighbors"] != g.max_neighbors:
+            self.fail("graph.max_neighbors", g.max_neighbors,
+                      f"model.max_neighbors is {_show(model['max_neighbors'])}")
+        if model.get("graph", DEFAULT_GRAPH) != g.construction:
+            self.fail("graph.construction", g.construction,
+                      f"model.graph is {_show(model.get('graph', DEFAULT_GRAPH))}")
+
+    # -- ensembles: the member count
+    def members(self) -> list[str]:
+        """The name prefixes of the models the weights hold (``""`` for a single one)."""
+        held = sorted({int(k.split(".")[1]) for k in self.w.shapes
+                       if k.startswith("members.") and k.split(".")[1].isdigit()})
+        if not self.meta.is_ensemble:
+            if held:
+                self.refuse("it describes a single model (no model.members) but the weights "
+                            f"hold an ensemble of {held[-1] + 1} members")
+            return [""]
+        k = self.meta.members
+        if not held:
+            self.fail("model.members", k, "the weights hold a single model")
+        if held[-1] != k - 1 or (self.w.complete and held != list(range(k))):
+            self.fail("model.members", k, f"the weights hold {held[-1] + 1} members")
+        return [f"members.{i}." for i in held]
+
+    # -- one model's buffers and shapes
+    def single(self, p: str) -> None:
+        g, model = self.meta.graph, self.model
+        classes = g.max_neighbors + 2
+        shape = self.shape(p + "degree_classes")
+        if shape is not None and shape != (classes,):
+            built = f"{shape[0] - 2} ({p}degree_classes holds {shape[0]} classes)" if len(
+                shape) == 1 else f"another layout ({p}degree_classes has shape {shape})"
+            self.fail("graph.max_neighbors", g.max_neighbors, f"the weights are built for {built}")
+        stored = self.value(p + "max_neighbors")
+        if stored is not None and stored.shape == () and int(stored) != g.max_neighbors:
+            self.fail("graph.max_neighbors", g.max_neighbors,
+                      f"the weights are built for {int(stored)} ({p}max_neighbors)")
+        for name, want in ((p + "element_table", (MAX_Z, MAX_Z)),
+                           (p + "composition_index", (COMPOSITION_SIZE,))):
+            if self.shape(name) not in (None, want):
+                self.fail("the element table", f"{MAX_Z} elements",
+                          f"{name} has shape {self.shape(name)}")
+        for name in _FIRST_LAYERS:
+            shape = self.shape(p + name)
+            if shape is None or len(shape) != 2:
+                continue
+            if shape[1] != MAX_Z + classes:
+                self.fail("graph.max_neighbors", g.max_neighbors,
+                          f"the weights' atom features are {shape[1]} wide ({p}{name}: "
+                          f"{MAX_Z} elements and {shape[1] - MAX_Z} degree classes, built for "
+                          f"max_neighbors {shape[1] - MAX_Z - 2})")
+            if "dim" in model and shape[0] != model["dim"]:
+                self.fail("model.dim", model["dim"], f"{p}{name} has {shape[0]} rows")
+        self.expansion(p)
+        for name in (p + "target_mean", p + "target_std", p + "head.bias"):
+            if self.shape(name) not in (None, (self.t,)):
+                self.targets(f"{name} has shape {self.shape(name)}")
+        head = self.shape(p + "head.weight")
+        if head is not None and (len(head) != 2 or head[0] != self.t):
+            self.targets(f"{p}head.weight has shape {head}")
+        self.layers(p)
+
+    def expansion(self, p: str) -> None:
+        g, model = self.meta.graph, self.model
+        centers = self.shape(p + "expansion.centers")
+        if "gaussians" in model and centers not in (None, (model["gaussians"],)):
+            self.fail("model.gaussians", model["gaussians"],
+                      f"{p}expansion.centers has shape {centers}")
+        scale = self.value(p + "expansion.cutoff")
+        given = model.get("distance_scale")
+        want, key = (g.cutoff, "graph.cutoff") if given is None else (given, "model.distance_scale")
+        if scale is not None and scale.size == 1 and not _close(float(scale), float(want)):
+            self.fail(key, want, f"the weights scale distances by {float(scale):g} Å "
+                                 f"({p}expansion.cutoff)")
+        coeff = self.value(p + "expansion.coeff")
+        width = model.get("gaussian_width")
+        if (coeff is not None and coeff.size == 1 and _is_number(width) and width > 0
+                and not _close(float(coeff), -0.5 / float(width) ** 2)):
+            self.fail("model.gaussian_width", width,
+                      f"the weights' Gaussians have width {(-0.5 / float(coeff)) ** 0.5:g} "
+                      f"({p}expansion.coeff)" if float(coeff) < 0 else
+                      f"{p}expansion.coeff is {float(coeff):g}")
+
+    def layers(self, p: str) -> None:
+        model = self.model
+        for stack in _LAYER_STACKS:
+            start = p + stack + "."
+            held = sorted({int(k[len(start):].split(".")[0]) for k in self.w.shapes
+                           if k.startswith(start) and k[len(start):].split(".")[0].isdigit()})
+            if not held or "layers" not in model:
+                continue
+            if held[-1] >= model["layers"] or (self.w.complete and held[-1] != model["layers"] - 1):
+                self.fail("model.layers", model["layers"],
+                          f"the weights hold {held[-1] + 1} layers ({start}*)")
+            for i in held:
+                att = self.shape(f"{start}{i}.att")
+                if att is not None and "heads" in model and (len(att) != 3
+                                                             or att[1] != model["heads"]):
+                    self.fail("model.heads", model["heads"],
+                              f"{start}{i}.att has shape {att}")
+
+    # -- the target scaling: recorded numbers against the buffers
+    def scaling(self, prefixes: list[str]) -> None:
+        import numpy as np
+
+        k = self.meta.members  # 1 for a single model
+        for kind in ("mean", "std"):
+            found = [v for p in prefixes
+                     if (v := self.value(f"{p}target_{kind}")) is not None and v.shape == (self.t,)]
+            if not found:
+                continue
+            held = np.stack(found)  # [members that name it, T]
+            missing = k - len(found)
+            # an ONNX ensemble keeps one copy of identical tensors: a member whose scaling is
+            # not named holds one of the named members' values, so the mean lies between these
+            lo = (held.sum(0) + missing * held.min(0)) / k
+            hi = (held.sum(0) + missing * held.max(0)) / k
+            for i, target in enumerate(self.meta.targets):
+                got = target.mean if kind == "mean" else target.std
+                tol = WEIGHTS_RTOL * (abs(got) + target.std)
+                if not lo[i] - tol <= got <= hi[i] + tol:
+                    shown = f"{lo[i]:.7g}" if lo[i] == hi[i] else f"{lo[i]:.7g} to {hi[i]:.7g}"
+                    self.fail(f"targets[{i}].{kind}", got,
+                              f"the weights scale by {shown} (target_{kind})")
+
+    # -- an ensemble's spread: calibration and the local error term
+    def spread(self) -> None:
+        t, cal = self.t, self.meta.calibration
+        if self.shape("std_scale") not in (None, (t,)):
+            self.targets(f"std_scale has shape {self.shape('std_scale')}")
+        for key, name in (("std_scale", "std_scale"), ("local_weight", "local_weight")):
+            recorded = (None if cal is None else
+                        cal.std_scale if key == "std_scale" else cal.extra.get(key))
+            held = self.value(name)
+            if (recorded is None or held is None or not isinstance(recorded, list | tuple)
+                    or held.shape != (len(recorded),)
+                    or not all(_is_number(v) for v in recorded)):
+                continue
+            if not all(_close(float(a), float(b)) for a, b in zip(recorded, held, strict=True)):
+                self.fail(f"calibration.{key}", list(recorded),
+                          f"the weights hold {[float(f'{v:.7g}') for v in held]} ({name})")
+        local = self.model.get("local_error")
+        names = ("reference_embeddings", "reference_errors", "embedding_center",
+                 "embedding_scale", "local_weight")
+        if not isinstance(local, Mapping):
+            held_names = [n for n in names[:2] if n in self.w.shapes]
+            if held_names:
+                self.refuse("it records no model.local_error but the weights hold a local "
+                            f"error term ({held_names[0]} {self.shape(held_names[0])})")
+            return
+        r, f = local["references"], local["features"]
+        want = {"reference_embeddings": (r, f), "reference_errors": (r, t),
+                "embedding_center": (f,), "embedding_scale": (f,), "local_weight": (t,)}
+        for name, shape in want.items():
+            got = self.shape(name)
+            if (got is None and self.w.complete) or got not in (None, shape):
+                self.fail("model.local_error", {"references": r, "features": f},
+                          f"{name} has shape {got}" if got is not None
+                          else f"the weights hold no {name}")
+
+
+def _close(a: float, b: float) -> bool:
+    """Two numbers equal up to float32 rounding (`WEIGHTS_RTOL`)."""
+    return math.isclose(a, b, rel_tol=WEIGHTS_RTOL, abs_tol=0.0)

@@ -451,3 +451,49 @@ def test_hand_edited_onnx_metadata_is_one_line_in_predict_info_and_screen(
             args, lines[0])
         assert r.stdout == "", (args, r.stdout)
     assert not out.exists()
+
+
+# ------------------------------------------------------------- metadata against the weights
+
+
+def _ensemble_doc(mean: float) -> dict[str, Any]:
+    return {"format": 2, "model": {"members": 3, "max_neighbors": 12, "cutoff": 8.0},
+            "graph": {"cutoff": 8.0, "max_neighbors": 12},
+            "targets": [{"name": "e", "units": "eV", "mean": mean, "std": 1.0}],
+            "elements": [8]}
+
+
+def _onnx_like(**values: Any) -> Any:
+    """A `WeightsView` that names only some tensors, as an ONNX file does."""
+    import numpy as np
+
+    from deepergat.metadata import WeightsView
+
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in values.items()}
+    return WeightsView({k: a.shape for k, a in arrays.items()}, arrays.__getitem__,
+                       complete=False)
+
+
+def test_a_merged_members_scaling_bounds_the_ensembles_mean() -> None:
+    """An ONNX ensemble keeps one copy of identical tensors: member 2's target mean, equal to
+    one of the others', is not named. The recorded mean must lie where some such copy puts
+    it; anywhere else is refused. Read without torch."""
+    from deepergat.metadata import check_weights
+
+    weights = _onnx_like(**{"members.0.target_mean": [1.0], "members.1.target_mean": [4.0],
+                            "members.2.degree_classes": list(range(14))})
+    for mean in (2.0, 3.0, 2.5):  # (1 + 4 + 1) / 3, (1 + 4 + 4) / 3, between
+        check_weights(ModelMetadata.from_dict(_ensemble_doc(mean)), weights, where="e.onnx")
+    for mean in (1.5, 3.5):
+        with pytest.raises(DeepergatError, match=r"^e\.onnx: the metadata contradicts the "
+                                                 r"model's weights: targets\[0\]\.mean is "
+                                                 rf"{mean} but the weights scale by 2 to 3 "):
+            check_weights(ModelMetadata.from_dict(_ensemble_doc(mean)), weights,
+                          where="e.onnx")
+
+
+def test_a_file_that_names_none_of_the_checked_tensors_is_not_refused() -> None:
+    from deepergat.metadata import check_weights
+
+    meta = ModelMetadata.from_dict({**_ensemble_doc(1.0), "model": {}})  # a single model
+    check_weights(meta, _onnx_like(), where="bare.onnx")

@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from deepergat.contract import DEFAULT_RANK_K
 from deepergat.errors import DeepergatError, SettingError
+from deepergat.system.plotting import plain_text
 
 from .metrics import (
     DEFAULT_TOP_FRACTIONS,
@@ -148,6 +149,8 @@ def parity_plot(result: EvaluationResult, path: str | os.PathLike[str], *,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    result, title = replace(result, target=plain_text(result.target),  # drawn as written
+                            units=plain_text(result.units)), plain_text(title)
     u = f" ({result.units})" if result.units else ""
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.scatter(result.y_true, result.y_pred, s=6, alpha=0.5)

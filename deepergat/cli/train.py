@@ -200,8 +200,10 @@ def _show_run(result: TrainResult) -> None:
         return
     if result.stopped == "early_stop":
         click.echo(f"early stop after {result.epochs_done} epochs")
+    kept = (f"{result.checkpoint}" if result.checkpoint is not None
+            else f"no best.ckpt in {result.out}")
     click.echo(f"best val MAE {result.best_val_mae:.5g}{u} at epoch {result.best_epoch} "
-               f"({result.out}/best.ckpt)")
+               f"({kept})")
     if result.test_mae is not None:
         click.echo(f"test MAE {result.test_mae:.5g}{u} over {result.test_count} structures")
 

@@ -22,6 +22,7 @@ checkpoint's metadata imports torch.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "SUFFIX_KINDS",
     "model_file_kind",
     "onnx_external_tensors",
+    "onnx_initializers",
     "read_extra_file",
     "read_metadata",
     "read_onnx_metadata_props",
@@ -294,6 +296,97 @@ def onnx_external_tensors(data: bytes | memoryview) -> bool:
                 f == 7 and w == 2 and _external_in_node(v) for f, w, v in _fields(value)):
             return True
     return False
+
+
+#: TensorProto fields: dims (1), data_type (2), float_data (4), int32_data (5), int64_data (7),
+#: name (8), raw_data (9), double_data (10); data types FLOAT (1), INT32 (6), INT64 (7),
+#: FLOAT16 (10), DOUBLE (11), as little-endian numpy dtypes.
+_ONNX_DTYPES = {1: "<f4", 6: "<i4", 7: "<i8", 10: "<f2", 11: "<f8"}
+#: Largest initializer whose values `onnx_initializers` decodes (the buffers that metadata is
+#: checked against are scalars and [T]- or [K + 2]-vectors; weights matter by shape alone).
+ONNX_VALUE_LIMIT = 4096
+
+
+def _tensor(t: memoryview) -> tuple[str, tuple[int, ...], Any]:
+    """(name, shape, values or None) of a TensorProto; values only for a small tensor of a
+    data type in `_ONNX_DTYPES`."""
+    import numpy as np
+
+    name, dims, dtype = "", [], 0
+    raw: memoryview | None = None
+    typed: dict[int, list[Any]] = {}
+    for field, wire, value in _fields(t):
+        if field == 1 and wire == 0:
+            dims.append(value)
+        elif field == 1 and wire == 2:  # packed dims
+            pos = 0
+            while pos < len(value):
+                d, pos = _varint(value, pos)
+                dims.append(d)
+        elif field == 2 and wire == 0:
+            dtype = value
+        elif field == 8 and wire == 2:
+            name = bytes(value).decode("utf-8", "replace")
+        elif field == 9 and wire == 2:
+            raw = value
+        elif field in (4, 5, 7, 10):
+            typed.setdefault(field, []).append((wire, value))
+    shape = tuple(int(d) for d in dims)
+    count = math.prod(shape)
+    values = None
+    if dtype in _ONNX_DTYPES and count <= ONNX_VALUE_LIMIT:
+        dt = np.dtype(_ONNX_DTYPES[dtype])
+        if raw is not None and len(raw) == count * dt.itemsize:
+            values = np.frombuffer(bytes(raw), dtype=dt).reshape(shape)
+        elif raw is None:
+            values = _typed_values(typed, dtype, count, shape)
+    return name, shape, values
+
+
+def _typed_values(typed: dict[int, list[Any]], dtype: int, count: int,
+                  shape: tuple[int, ...]) -> Any:
+    """The values of a tensor stored in its typed repeated field, or None (float16 there is
+    not decoded)."""
+    import numpy as np
+
+    field = {1: 4, 6: 5, 7: 7, 11: 10}.get(dtype)
+    out: list[float] = []
+    for wire, value in typed.get(field, []) if field else ():
+        if wire == 2 and field in (4, 10):  # packed float32 / float64
+            out.extend(np.frombuffer(bytes(value), dtype="<f4" if field == 4 else "<f8"))
+        elif wire == 2:  # packed varints
+            pos = 0
+            while pos < len(value):
+                v, pos = _varint(value, pos)
+                out.append(v)
+        elif wire == 5:
+            out.append(float(np.frombuffer(value.to_bytes(4, "little"), dtype="<f4")[0]))
+        elif wire == 1:
+            out.append(float(np.frombuffer(value.to_bytes(8, "little"), dtype="<f8")[0]))
+        else:
+            out.append(value)
+    if field is None or len(out) != count:
+        return None
+    if dtype in (6, 7):  # negative integers are 64-bit two's complement varints
+        out = [v - 2**64 if v >= 2**63 else v for v in out]
+    return np.asarray(out, dtype=np.float64).reshape(shape)
+
+
+def onnx_initializers(data: bytes | memoryview) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The main graph's initializers of an ONNX model: name → (shape, values), values decoded
+    only for tensors of at most `ONNX_VALUE_LIMIT` entries (else None). Read without onnx.
+
+    Raises:
+        ValueError: not a parseable ModelProto.
+    """
+    out: dict[str, tuple[tuple[int, ...], Any]] = {}
+    for field, wire, value in _fields(memoryview(data)):
+        if field == _ONNX_GRAPH and wire == 2:
+            for f, w, v in _fields(value):
+                if f == 5 and w == 2:  # GraphProto.initializer
+                    name, shape, values = _tensor(v)
+                    out[name] = (shape, values)
+    return out
 
 
 # --------------------------------------------------------------------------- metadata

@@ -32,11 +32,17 @@ import numpy as np
 
 from deepergat.contract import INPUT_DTYPES, INPUT_NDIM
 from deepergat.errors import DeepergatError
-from deepergat.metadata import ModelMetadata
+from deepergat.metadata import ModelMetadata, WeightsView, check_weights
 from deepergat.system.devices import DeviceChoice, parse_device
 from deepergat.system.files import file_sha256
 
-from .files import CHECKPOINT_KIND, CODE_KINDS, expect_kind, onnx_external_tensors
+from .files import (
+    CHECKPOINT_KIND,
+    CODE_KINDS,
+    expect_kind,
+    onnx_external_tensors,
+    onnx_initializers,
+)
 from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_model_metadata
 from .resolve import resolve_model
 from .shapes import INPUT_NAMES
@@ -302,7 +308,9 @@ def load(
         DeepergatError: no such file or bundled model, a truncated or foreign file, a suffix
             its content contradicts, mismatched graph settings, an unavailable device, a file
             that runs code without ``trust``, an ONNX file with external data or a ``.pt2``
-            holding a pickle that is not plain tensors.
+            holding a pickle that is not plain tensors, or metadata the file's own tensors
+            contradict (`deepergat.metadata.check_weights`: graph settings, target scaling,
+            sizes, members; docs/design.md §7, §8).
     """
     device, device_id = parse_device(device, device_id)
     path = resolve_model(path_or_name, prefer="onnx")
@@ -352,9 +360,42 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
     names = [i.name for i in session.get_inputs()]
     if sorted(names) != sorted(INPUT_NAMES):
         raise DeepergatError(f"{path}: ONNX inputs {names} are not the deepergat model's")
+    _check_onnx_weights(path, data, session, meta)
     on_cuda = "CUDAExecutionProvider" in session.get_providers()
     return OnnxPredictor(path, session, meta, hashlib.sha256(data).hexdigest(),
                          f"cuda:{device_id}" if on_cuda else "cpu")
+
+
+def _check_onnx_weights(path: Path, data: bytes, session: Any, meta: ModelMetadata) -> None:
+    """Refuse metadata that the file's initializers or outputs contradict
+    (`deepergat.metadata.check_weights`; the exporter folds or merges some tensors, so only
+    those the file names are checked)."""
+    tensors = onnx_initializers(data)  # parsed before: a damaged file failed already
+    view = WeightsView({k: shape for k, (shape, _) in tensors.items()},
+                       lambda name: tensors[name][1], complete=False)
+    check_weights(meta, view, where=str(path))
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if sorted(outputs) != sorted(meta.output_names):
+        raise DeepergatError(
+            f"{path}: the metadata contradicts the model's weights: it describes outputs "
+            f"{', '.join(meta.output_names)} but the file computes {', '.join(outputs)}; use an "
+            "intact copy of the model file")
+    t = len(meta.targets)
+    for name, want in (("prediction", t), ("std", t), ("embedding", _embedding_dim(meta))):
+        shape = outputs.get(name)
+        got = shape[-1] if shape else None
+        if isinstance(got, int) and want is not None and got != want:
+            raise DeepergatError(
+                f"{path}: the metadata contradicts the model's weights: it describes {want} "
+                f"{'targets' if name != 'embedding' else 'embedding columns'} but the file's "
+                f"{name} output has {got}; use an intact copy of the model file")
+
+
+def _embedding_dim(meta: ModelMetadata) -> int | None:
+    try:
+        return meta.embedding_dim
+    except (KeyError, TypeError, ValueError):  # an architecture this version does not know
+        return None
 
 
 def _torch_device(device: Device, device_id: int, where: Path) -> str:
@@ -414,17 +455,20 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
                               dev, "eager")
     sha = file_sha256(path)
     extra = {EXTRA_FILE: ""}
+    state: dict[str, Any] = {}
     try:
         with warnings.catch_warnings(), _quiet_torch():
             warnings.simplefilter("ignore")
             if kind == KINDS["torchscript"]:
                 module = torch.jit.load(os.fspath(path), map_location=dev, _extra_files=extra)
                 module.eval()
+                state = module.state_dict()
                 backend = "torchscript"
             elif kind == KINDS["pt2"]:
                 from .pt2 import load_program
 
                 program = load_program(path, extra_files=extra)
+                state = {**program.state_dict, **program.constants}
                 module = program_on(program, dev).module()
                 backend = "torch.export"
             else:
@@ -456,6 +500,8 @@ def _load_torch(path: Path, kind: str, *, device: Device, device_id: int,
             "`deepergat export`"
         )
     meta = decode_model_metadata(extra[EXTRA_FILE], where=str(path))
+    if backend != "aoti":  # a compiled package holds its weights in native code
+        check_weights(meta, WeightsView.of(state), where=str(path))
     return TorchPredictor(path, module, meta, sha, dev, backend)
 
 

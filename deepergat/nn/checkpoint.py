@@ -27,7 +27,7 @@ from deepergat.architectures import architecture_name
 from deepergat.contract import CHECKPOINT_KIND, translation_rule
 from deepergat.errors import DeepergatError
 from deepergat.graphs import graph_settings
-from deepergat.metadata import GraphSettings, ModelMetadata
+from deepergat.metadata import GraphSettings, ModelMetadata, WeightsView, check_weights
 from deepergat.system.files import atomic_path, file_sha256
 
 from .build import build_from_config
@@ -161,8 +161,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint dict, validated.
 
     Raises:
-        DeepergatError: missing file, not a checkpoint, truncated, an unknown format, or graph
-            settings this version would build differently (`GraphSettings.from_dict`).
+        DeepergatError: missing file, not a checkpoint, truncated, an unknown format, graph
+            settings this version would build differently (`GraphSettings.from_dict`), or
+            metadata its weights contradict (`deepergat.metadata.check_weights`).
     """
     path = Path(path)
     if not path.is_file():
@@ -190,6 +191,16 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise DeepergatError(f"{path}: damaged checkpoint: missing {', '.join(missing)}")
     GraphSettings.from_dict(data["graph"], where=str(path))  # e.g. another translation rule
+    state = data["state_dict"]
+    if not isinstance(state, Mapping) or not all(hasattr(v, "shape") for v in state.values()):
+        raise DeepergatError(f"{path}: damaged checkpoint: state_dict is not a dict of tensors")
+    try:
+        meta = model_metadata(data, where=str(path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise DeepergatError(f"{path}: damaged checkpoint: {type(e).__name__} {e}") from None
+    # metadata the weights contradict (graph settings, target scaling, ...) would build other
+    # graphs or report other numbers than the model computes with
+    check_weights(meta, WeightsView.of(state), where=str(path))
     return data
 
 

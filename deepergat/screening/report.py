@@ -34,6 +34,7 @@ from deepergat.contract import FLAG_UNSEEN_ELEMENT, STATUS_CODES, RankOrder
 from deepergat.errors import DeepergatError
 from deepergat.metadata import ModelMetadata
 from deepergat.system.files import atomic_open
+from deepergat.system.plotting import plain_text
 
 from .predictions import PREDICTIONS_FORMAT, take_rows
 from .shortlist import ListSettings, ShortList, entries_table, short_list
@@ -108,7 +109,7 @@ def _plot_histogram(counts: np.ndarray, edges: np.ndarray, name: str, units: str
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="crimson", lw=1.5, label=f"top {k} threshold")
         ax.legend(loc="upper right")
-    ax.set_xlabel(f"{name}" + (f" ({units})" if units else ""))
+    ax.set_xlabel(plain_text(name) + (f" ({plain_text(units)})" if units else ""))
     ax.set_ylabel("structures")
     ax.grid(alpha=0.3)
     return _png(fig)
@@ -175,7 +176,7 @@ def _embedding_map(f: h5py.File, first: str) -> str | None:
 
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=y[ok], s=3, cmap="viridis", alpha=0.7, linewidths=0)
-    fig.colorbar(sc, ax=ax, label=first)
+    fig.colorbar(sc, ax=ax, label=plain_text(first))
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
     ax.set_title(f"embeddings of {ok.sum():,} structures" + (" (sampled)" if stride > 1 else ""))

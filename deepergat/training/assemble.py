@@ -28,7 +28,7 @@ from deepergat.metadata import GraphSettings
 from deepergat.nn.deepergatgnn import DeeperGATGNN
 from deepergat.nn.ensemble import DeeperGATGNNEnsemble
 
-from .data import GraphSet, to_tensors
+from .data import GraphSet, require_finite, to_tensors
 from .uncertainty import (
     COVERAGE,
     calibration_scale,
@@ -133,7 +133,11 @@ def member_outputs(
                      for a in range(0, len(rows), batch_size)]
             preds.append(torch.cat([p for p, _ in parts]).double().cpu().numpy())
             embs.append(torch.cat([e for _, e in parts]).float().cpu().numpy())
-    return np.stack(preds), np.stack(embs)
+    preds_k, embs_k = np.stack(preds), np.stack(embs)
+    # a spread, calibration or reference built on an overflowed output would be NaN
+    require_finite(preds_k, g, rows, what="an ensemble member", axis=1)
+    require_finite(embs_k, g, rows, what="an ensemble member's embedding", axis=1)
+    return preds_k, embs_k
 
 
 def member_predictions(

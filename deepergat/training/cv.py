@@ -21,6 +21,7 @@ from deepergat.errors import SettingError
 from deepergat.system.files import write_csv
 
 from .config import TrainConfig
+from .data import require_finite
 from .outputs import EpochRecord, write_json
 from .splits import RunSplits, make_splits, require_validation, resolve_distance_scale
 from .trainer import TrainResult, load_kept_model, predict_rows, train
@@ -161,12 +162,15 @@ def _out_of_fold(cfg: TrainConfig, plan: FoldPlan,
     predicted = np.full(len(g), np.nan)
     test_mae: list[float] = []
     for (fold_cfg, _), fold in zip(results, folds, strict=True):
-        member = load_kept_model(Path(fold_cfg.run.out) / "best.ckpt")
+        kept = Path(fold_cfg.run.out) / "best.ckpt"
+        member = load_kept_model(kept)
         pred, _ = predict_rows(member, g, fold, batch_size=batch_size)
+        require_finite(pred, g, fold, what=str(kept))  # oof.csv and the metrics hold numbers
         predicted[fold] = pred[:, 0]
         if full.test is not None:
             g_test, test_rows = full.test
             tp, _ = predict_rows(member, g_test, test_rows, batch_size=batch_size)
+            require_finite(tp, g_test, test_rows, what=str(kept))
             test_mae.append(float(np.abs(tp[:, 0] - g_test.targets[target][test_rows]).mean()))
     rows = np.sort(pool)
     err = predicted[rows] - y[rows]

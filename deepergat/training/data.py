@@ -32,6 +32,7 @@ from deepergat.contract import (
     Status,
     translation_rule,
 )
+from deepergat.errors import DeepergatError
 from deepergat.graphs import build_inputs, check_graph
 from deepergat.io.store import Store
 from deepergat.system.files import atomic_open
@@ -42,6 +43,7 @@ __all__ = [
     "cache_path",
     "default_cache_dir",
     "load_graphs",
+    "require_finite",
     "to_tensors",
 ]
 
@@ -153,6 +155,31 @@ def to_tensors(inputs: dict[str, np.ndarray], device: Any = "cpu") -> dict[str, 
     import torch
 
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
+
+
+def require_finite(values: np.ndarray, g: GraphSet, rows: np.ndarray, *, what: str,
+                   axis: int = 0) -> None:
+    """Refuse model outputs that are not finite numbers (a model whose output overflowed
+    float32 on some structure), naming the structures.
+
+    Args:
+        values: outputs for ``rows`` along ``axis`` ([n, T] predictions; [K, n, T] members').
+        g, rows: the structures (usable rows of a graph set).
+        what: the model, for the message (``fold-2/best.ckpt``).
+        axis: the axis of ``values`` that runs over ``rows``.
+
+    Raises:
+        DeepergatError: a value that is NaN or infinite.
+    """
+    v = np.moveaxis(np.asarray(values), axis, 0).reshape(len(rows), -1)
+    bad = ~np.isfinite(v).all(axis=1)
+    if bad.any():
+        ids = [g.ids[r] for r in rows[bad]]
+        more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+        raise DeepergatError(
+            f"{what}: predicts a value that is not a finite number for {len(ids)} structures "
+            f"(ids {', '.join(ids[:5])}{more}): its output overflowed float32; the targets' "
+            "scale or the learning rate is likely extreme")
 
 
 def cache_key(digest: str, cutoff: float, max_neighbors: int,

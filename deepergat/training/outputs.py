@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from deepergat.system.files import atomic_open, atomic_path
+from deepergat.system.plotting import plain_text
 
 from .config import TrainConfig
 from .splits import RunSplits
@@ -85,7 +86,10 @@ def read_metrics(path: Path) -> list[EpochRecord]:
 
 def plot_learning_curve(rows: list[EpochRecord], path: Path, *, units: str = "",
                         title: str = "") -> None:
-    """Training and validation MAE per epoch, log scale, to a PNG (matplotlib Agg)."""
+    """Training and validation MAE per epoch, log scale, to a PNG (matplotlib Agg).
+
+    ``units`` and ``title`` are drawn as written (`deepergat.system.plotting.plain_text`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,13 +101,15 @@ def plot_learning_curve(rows: list[EpochRecord], path: Path, *, units: str = "",
     ax.plot(ep, [r.val_mae for r in rows], label="validation")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"MAE ({units})" if units else "MAE")
+    ax.set_ylabel(f"MAE ({plain_text(units)})" if units else "MAE")
     scored = [r for r in rows if math.isfinite(r.val_mae)]
     if scored:
         best = min(scored, key=lambda r: r.val_mae)
-        ax.set_title(title or f"best validation MAE {best.val_mae:.4g} at epoch {best.epoch}")
+        ax.set_title(plain_text(title)
+                     or f"best validation MAE {best.val_mae:.4g} at epoch {best.epoch}")
     elif rows:
-        ax.set_title(title or f"training MAE {rows[-1].train_mae:.4g} at epoch {rows[-1].epoch}")
+        ax.set_title(plain_text(title)
+                     or f"training MAE {rows[-1].train_mae:.4g} at epoch {rows[-1].epoch}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

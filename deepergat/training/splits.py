@@ -25,6 +25,7 @@ from .config import DEFAULT_VAL_FRACTION, TrainConfig
 from .data import GraphSet, load_graphs
 
 __all__ = [
+    "MAX_TARGET_MAGNITUDE",
     "RunSplits",
     "make_splits",
     "needs_validation",
@@ -34,6 +35,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Largest |target| a run trains on. The model computes in float32 (largest value 3.4e38) and
+#: predicts raw · std + mean: a bound of 1e30 leaves eight decades for the raw output, and the
+#: squared errors of the metrics stay finite in float64. Larger values are refused before
+#: anything trains (a 1e308 target overflowed the scaling and every metric became NaN).
+MAX_TARGET_MAGNITUDE = 1e30
 
 
 @dataclass
@@ -64,7 +71,8 @@ def targets_of(g: GraphSet, name: str, rows: np.ndarray) -> np.ndarray:
     """[n] float64 values of target ``name`` for ``rows``.
 
     Raises:
-        DeepergatError: the store has no such target, or a value is NaN or infinite.
+        DeepergatError: the store has no such target, or a value is NaN, infinite or
+            beyond ±`MAX_TARGET_MAGNITUDE`.
     """
     if not g.targets:
         raise DeepergatError(
@@ -82,6 +90,16 @@ def targets_of(g: GraphSet, name: str, rows: np.ndarray) -> np.ndarray:
         raise DeepergatError(
             f"{g.source}: target {name!r} is NaN or infinite for {len(ids)} structures "
             f"(ids {', '.join(ids[:10])}{more}); drop them or fix their values"
+        )
+    huge = np.abs(y) > MAX_TARGET_MAGNITUDE
+    if huge.any():
+        ids = [g.ids[r] for r in rows[huge]]
+        more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+        raise DeepergatError(
+            f"{g.source}: target {name!r} is beyond ±{MAX_TARGET_MAGNITUDE:g} for {len(ids)} "
+            f"structures (ids {', '.join(ids[:10])}{more}; largest "
+            f"{float(y[huge][np.argmax(np.abs(y[huge]))]):g}), more than a float32 model can "
+            "scale; drop them, fix their values or train on them in other units"
         )
     return y
 

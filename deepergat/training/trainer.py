@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from deepergat.architectures import UNWRITTEN
-from deepergat.errors import DeepergatError, SettingError
+from deepergat.errors import DeepergatError, SettingError, literal
 from deepergat.nn.checkpoint import atomic_save, make_checkpoint, read_checkpoint
 from deepergat.nn.checkpoint import build_model as build_saved_model
 from deepergat.nn.graphmodel import GraphModel
@@ -79,8 +79,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Why a run stopped before its last epoch, by code (ranks agree on the largest).
-_REASONS: list[str | None] = [None, "signal", "max_time"]
+#: Why a run stopped before its last epoch, by code (ranks agree on the largest): a loss
+#: that is not a finite number on any rank stops every rank.
+_REASONS: list[str | None] = [None, "signal", "max_time", "diverged"]
+#: float32 resolves about 1.2e-7 of a number; targets whose std is below this share of their
+#: mean are predicted in visible float32 steps (a warning).
+_MIN_RELATIVE_STD = 1e-5
 #: Settings a resumed run takes from its ``last.ckpt`` (they decide what the saved state means).
 _RESUMED = ("data", "target", "arch", "deeper", "seed", "layers", "batch_size", "per_atom",
             "model")
@@ -97,6 +101,7 @@ class TrainResult:
         stopped: ``None`` (finished), ``"early_stop"``, ``"signal"`` or ``"max_time"``.
         requeued: whether a SLURM requeue was issued. units: the target's units.
         history: every completed epoch's record.
+        checkpoint: ``best.ckpt`` when the run folder holds it, else None.
     """
 
     out: Path
@@ -109,6 +114,7 @@ class TrainResult:
     requeued: bool = False
     units: str = ""
     history: list[EpochRecord] = field(default_factory=list)
+    checkpoint: Path | None = None
 
 
 @dataclass
@@ -403,7 +409,13 @@ def _target_scaling(cfg: TrainConfig, g: GraphSet, rows: np.ndarray) -> tuple[fl
     if not cfg.network.scale_targets:
         return 0.0, 1.0
     std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
-    return float(y.mean()), std
+    mean = float(y.mean())
+    if std < _MIN_RELATIVE_STD * abs(mean):
+        log.warning("%s: target %r varies by %.3g around %.6g: float32 predictions resolve "
+                    "only steps of %.2g (%.1f %% of that); train on the difference from a "
+                    "reference value for a finer model", g.source, cfg.dataset.target, std, mean,
+                    abs(mean) * 2.0**-23, 100 * abs(mean) * 2.0**-23 / std)
+    return mean, std
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
@@ -473,6 +485,8 @@ class Trainer:
         self.units = g_train.units.get(cfg.dataset.target, "")
         self.elements = g_train.elements(train_rows)
         self.state = state
+        #: (epoch, batch), 1-based, of this rank's first loss that was not a finite number
+        self.diverged: tuple[int, int] | None = None
 
     @property
     def out(self) -> Path:
@@ -569,7 +583,10 @@ class Trainer:
         return self.finish(stopped)
 
     def stop_reason(self, stopper: _Stopper, t_start: float) -> str | None:
-        """``"signal"``, ``"max_time"`` or None: whether to stop before the next batch."""
+        """``"diverged"``, ``"signal"``, ``"max_time"`` or None: whether to stop before the
+        next batch."""
+        if self.diverged is not None:
+            return "diverged"
         if stopper.signal is not None:
             return "signal"
         max_time = self.cfg.run.max_time
@@ -594,8 +611,12 @@ class Trainer:
                 code = _allreduce([float(_REASONS.index(reason))], self.device, True, op="max")
                 reason = _REASONS[int(code[0])]
             if reason is not None:
-                st.train_sum, st.train_count = _allreduce([st.train_sum, st.train_count],
-                                                          self.device, info.distributed)
+                st.train_sum, st.train_count, bad = _allreduce(
+                    [st.train_sum, st.train_count, self._nonfinite_state()], self.device,
+                    info.distributed)
+                if reason == "diverged" or bad:  # never a last.ckpt that resume would continue
+                    raise self.divergence(st.epoch + 1, "the training loss" if reason ==
+                                          "diverged" else "a weight of the model")
                 if self.writer:
                     atomic_save(self.checkpoint(training=True), self.out / "last.ckpt")
                 return reason
@@ -608,20 +629,50 @@ class Trainer:
         loss, err_sum, count = batch_loss(self.net, g_train, rows,
                                           g_train.targets[self.cfg.dataset.target], self.device,
                                           self.std, self.cfg.network.per_atom)
+        st = self.state
+        if not math.isfinite(err_sum) and self.diverged is None:
+            # the ranks stop together before the next batch (`stop_reason`); every rank still
+            # takes this step, as data-parallel training needs
+            self.diverged = (st.epoch + 1, st.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        st = self.state
         st.train_sum += err_sum
         st.train_count += count
         st.step += 1
+
+    def _nonfinite_state(self) -> float:
+        """1.0 when a weight, buffer or optimizer moment is not a finite number, else 0.0."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        tensors += [t for state in self.optimizer.state.values() for t in state.values()
+                    if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        checks: dict[torch.device, list[torch.Tensor]] = {}
+        for t in tensors:  # AdamW keeps its step counts on the CPU: one check per device
+            checks.setdefault(t.device, []).append(torch.isfinite(t).all())
+        finite = all(bool(torch.stack(flags).all()) for flags in checks.values())
+        return 0.0 if finite else 1.0
+
+    def divergence(self, epoch: int, what: str) -> SettingError:
+        """The error that stops a run whose loss, metrics or weights stopped being finite
+        numbers in ``epoch``; nothing of that epoch is saved."""
+        seen = self.diverged
+        where = f" (batch {seen[1]})" if seen is not None and seen[0] == epoch else ""
+        kept = (f"last.ckpt holds epoch {self.state.epoch}" if self.state.epoch
+                else "no checkpoint was written")
+        mean = float(self.model.target_mean[0])
+        units = f" {self.units}" if self.units else ""
+        return SettingError(
+            f"training diverged in epoch {epoch}{where}: {what} is not a finite number; "
+            f"likely causes: a learning rate too large ({{lr}} {self.cfg.trainer.lr:g}) or "
+            f"targets of an extreme scale (mean {mean:.4g}, std {self.std:.4g}{literal(units)});"
+            f" {kept}: start again with a smaller {{lr}} in another {{out}}")
 
     def end_epoch(self, seconds: float) -> EpochRecord:
         """Validate, step the scheduler, track the best epoch and save ``best.ckpt`` (the kept
         model), ``last.ckpt``, the metrics and the learning curve."""
         t, st = self.cfg.trainer, self.state
-        total, count = _allreduce([st.train_sum, st.train_count], self.device,
-                                  self.info.distributed)
+        total, count, bad = _allreduce([st.train_sum, st.train_count, self._nonfinite_state()],
+                                       self.device, self.info.distributed)
         train_mae = total / max(count, 1.0)
         val_mae = math.nan
         if self.has_val:
@@ -629,6 +680,13 @@ class Trainer:
             val_mae = _evaluate_mae(self.model, g_val, val_rows,
                                     g_val.targets[self.cfg.dataset.target], self.info,
                                     self.device, t.batch_size)
+        # every rank sees the same reduced numbers, so every rank stops alike
+        if not math.isfinite(train_mae):
+            raise self.divergence(st.epoch + 1, "the training MAE")
+        if bad:
+            raise self.divergence(st.epoch + 1, "a weight of the model")
+        if self.has_val and not math.isfinite(val_mae):
+            raise self.divergence(st.epoch + 1, "the validation MAE")
         lr = self.optimizer.param_groups[0]["lr"]
         if t.lr_schedule == "cosine":
             self.scheduler.step()
@@ -659,7 +717,16 @@ class Trainer:
         atomic_save(state, self.out / "last.ckpt")
         run = self.cfg.run
         if st.epoch % max(run.curve_every, 1) == 0 or st.epoch == self.cfg.trainer.epochs:
-            plot_learning_curve(st.history, self.out / "learning_curve.png", units=self.units)
+            self.plot_curve()
+
+    def plot_curve(self) -> None:
+        """``learning_curve.png``; a plot that fails is a warning, never the run's end."""
+        try:
+            plot_learning_curve(self.state.history, self.out / "learning_curve.png",
+                                units=self.units)
+        except Exception as e:  # matplotlib raises many types (a font, a backend, the text)
+            log.warning("%s: learning curve not drawn: %s: %s", self.out / "learning_curve.png",
+                        type(e).__name__, " ".join(str(e).split())[:200])
 
     def finish(self, stopped: str | None) -> TrainResult:
         """The result; after a signal or ``max_time`` a requeue, else the curve and the test
@@ -668,22 +735,28 @@ class Trainer:
         best_epoch, best_val = st.best_epoch, st.best_val
         if self.cfg.trainer.keep == "last" and st.history:
             best_epoch, best_val = st.history[-1].epoch, st.history[-1].val_mae
+        best = out / "best.ckpt"
         result = TrainResult(out=out, epochs_done=st.epoch, best_epoch=best_epoch,
                              best_val_mae=best_val, stopped=stopped, units=self.units,
-                             history=st.history)
+                             history=st.history, checkpoint=best if best.is_file() else None)
         if stopped in ("signal", "max_time"):
             if self.writer:
                 result.requeued = requeue_slurm_job(self.info)
             return result
         if self.writer and st.history:
-            plot_learning_curve(st.history, out / "learning_curve.png", units=self.units)
+            self.plot_curve()
         test = self.splits.test
-        if test is not None and len(test[1]) and (out / "best.ckpt").is_file():
+        if test is not None and len(test[1]) and best.is_file():
             g_test, test_rows = test
             target = self.cfg.dataset.target
             kept = load_kept_model(out / "best.ckpt", self.device)
             result.test_mae = _evaluate_mae(kept, g_test, test_rows, g_test.targets[target],
                                             self.info, self.device, self.cfg.trainer.batch_size)
+            if not math.isfinite(result.test_mae):
+                raise DeepergatError(
+                    f"{best}: the test MAE is not a finite number (a prediction on the test "
+                    f"split overflowed float32): the targets' scale (mean "
+                    f"{float(kept.target_mean[0]):.4g}, std {self.std:.4g}) is likely extreme")
             result.test_count = len(test_rows)
             if self.writer:
                 write_json(out / "test_metrics.json", {

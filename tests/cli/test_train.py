@@ -127,3 +127,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_diverging_run_exits_2_with_one_line(tiny_store: Path, tmp_path: Path) -> None:
+    """``--lr 1e8`` printed NaN metrics, exited 0 and named a best.ckpt it never wrote."""
+    out = tmp_path / "run"
+    code, output = _train("--data", str(tiny_store), "--target", "heat_ref", "--layers", "1",
+                          "--device", "cpu", "--cache-dir", str(tmp_path), "--out", str(out),
+                          "--epochs", "2", "--lr", "1e8")
+    assert code == 2
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged in epoch 1")
+    assert "(--lr 1e+08)" in last and "start again with a smaller --lr in another --out" in last
+    assert "best.ckpt" not in output and "nan" not in output.lower()
+    assert not (out / "best.ckpt").exists()
+
+
+def test_the_summary_names_only_files_that_exist(tiny_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_store), "--target", "heat_ref", "--layers", "1", "--device",
+            "cpu", "--cache-dir", str(tmp_path), "--out", str(out), "--epochs", "1"]
+    code, output = _train(*args)
+    assert code == 0 and f"({out}/best.ckpt)" in output
+    (out / "best.ckpt").unlink()  # a finished run resumed after its best.ckpt was moved away
+    code, output = _train(*args, "--resume")
+    assert code == 0, output
+    assert "best.ckpt)" not in output and f"no best.ckpt in {out}" in output

@@ -214,3 +214,106 @@ def test_inputs_of_the_wrong_rank_are_refused(ensembles: dict[str, Predictor],
         with pytest.raises(DeepergatError, match=r"model input distances has shape \(\d+,\); "
                                                  r"expected 2 axes"):
             p.predict(bad)
+
+
+# ------------------------------------------------- exported metadata against the file's weights
+
+
+def _forged(kind: str, tmp_path: Path, changes: dict[str, Any]) -> Path:
+    """A copy of the legacy ensemble's exported file whose metadata document says ``changes``
+    (``"graph.cutoff": 6.0``; ``None`` deletes the key)."""
+    from deepergat.export.files import read_metadata
+    from deepergat.export.onnx import set_onnx_metadata
+    from deepergat.export.pt2 import set_pt2_metadata
+
+    src = ENSEMBLE[kind]
+    meta = read_metadata(src)
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        doc: Any = meta
+        for part in path:
+            doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+        if value is None:
+            del doc[last]
+        else:
+            doc[int(last) if isinstance(doc, list) else last] = value
+    dst = tmp_path / src.name
+    shutil.copy(src, dst)
+    (set_onnx_metadata if kind == "onnx" else set_pt2_metadata)(dst, meta)
+    return dst
+
+
+#: Metadata documents that contradict the exported ensemble (2 members, 12 neighbors, 8 Å,
+#: dim 16, 84 local error references, std_scale 0.0007): each loaded before, and a caller
+#: built graphs, labelled outputs or ruled agreement by the lie.
+EXPORTED_LIES = {
+    "neighbors": ({"graph.max_neighbors": 40, "model.max_neighbors": 40},
+                  "graph.max_neighbors is 40 but the weights are built for 12"),
+    "cutoff": ({"graph.cutoff": 6.0, "model.cutoff": 6.0},
+               "graph.cutoff is 6.0 but the weights scale distances by 8 Å"),
+    "graph only": ({"graph.max_neighbors": 16},
+                   "graph.max_neighbors is 16 but model.max_neighbors is 12"),
+    "target mean": ({"targets.0.mean": 2.5}, "targets[0].mean is 2.5 but the weights scale by"),
+    "members": ({"model.members": 3}, "model.members is 3 but the weights hold 2 members"),
+    "single": ({"model.members": None, "model.local_error": None, "calibration": None},
+               "it describes a single model (no model.members) but the weights hold an "
+               "ensemble of 2 members"),
+    "dim": ({"model.dim": 64}, "model.dim is 64 but members.0.node_embedding.weight has 16 rows"),
+    "calibration": ({"calibration.std_scale": [1.0]},
+                    "calibration.std_scale is [1.0] but the weights hold"),
+    "references": ({"model.local_error.references": 100},
+                   "model.local_error is {'references': 100, 'features': 32} but "
+                   "reference_errors has shape (84, 1)"),
+}
+
+
+@pytest.mark.parametrize(("kind", "lie"), [
+    *(("onnx", lie) for lie in EXPORTED_LIES),
+    # loading a .pt2 takes seconds; its state_dict is checked as a checkpoint's
+    *(("pt2", lie) for lie in ("neighbors", "target mean", "members"))])
+def test_exported_metadata_its_weights_contradict_is_refused(
+        kind: str, lie: str, tmp_path: Path) -> None:
+    """ONNX initializers and ``.pt2`` constants hold the buffers the metadata describes; a
+    document that contradicts them is refused on load with one line naming the key and both
+    values (the ONNX screen reads the initializers without torch or onnx)."""
+    changes, words = EXPORTED_LIES[lie]
+    path = _forged(kind, tmp_path, changes)
+    with pytest.raises(DeepergatError) as e:
+        load(path, device="cpu")
+    line = str(e.value)
+    assert line.startswith(f"{path}: the metadata contradicts the model's weights: ")
+    assert words in line and "\n" not in line
+
+
+def test_a_torchscript_files_metadata_is_checked_against_its_weights(
+        exported_tiny: dict[str, Any], tmp_path: Path) -> None:
+    from deepergat.export.files import read_metadata
+    from deepergat.export.torchscript import set_torchscript_metadata
+
+    meta = read_metadata(exported_tiny["torchscript"])
+    meta["model"]["layers"] = 3
+    path = tmp_path / "model.pt"
+    shutil.copy(exported_tiny["torchscript"], path)
+    set_torchscript_metadata(path, meta)
+    with pytest.raises(DeepergatError, match=r"model\.layers is 3 but the weights hold 2 layers"):
+        load(path, device="cpu", trust=True)
+
+
+def test_onnx_initializers_are_read_without_onnx(exported_tiny: dict[str, Any]) -> None:
+    """The hand-written protobuf reader gives the names, shapes and small values onnx does."""
+    import onnx
+    from onnx import numpy_helper
+
+    from deepergat.export.files import ONNX_VALUE_LIMIT, onnx_initializers
+
+    path = exported_tiny["onnx"]
+    got = onnx_initializers(path.read_bytes())
+    want = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    assert sorted(got) == sorted(want)
+    for name, array in want.items():
+        shape, values = got[name]
+        assert shape == array.shape, name
+        if array.size <= ONNX_VALUE_LIMIT:
+            np.testing.assert_array_equal(values, array, err_msg=name)
+        else:
+            assert values is None

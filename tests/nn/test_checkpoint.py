@@ -153,3 +153,98 @@ def test_checkpoints_name_their_architecture_and_format(tmp_path: Path) -> None:
     plain = make_model("deepergatgnn", layers=1)
     save_checkpoint(tmp_path / "d.ckpt", plain, targets=["t"], units=[""], elements=[8])
     assert load_checkpoint(tmp_path / "d.ckpt").data["format"] == CHECKPOINT_FORMAT
+
+
+# ------------------------------------------------------------ metadata against the weights
+
+
+def _set(doc: dict, key: str, value: object) -> None:
+    """``doc[a][b] = value`` for ``key`` ``"a.b"`` (lists by index: ``"targets.0"``)."""
+    *path, last = key.split(".")
+    for part in path:
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    doc[int(last) if isinstance(doc, list) else last] = value
+
+
+#: Metadata that contradicts a checkpoint's weights (cutoff 7 Å, 10 neighbors, target mean 1,
+#: std 0.5, Gaussian width 0.2): each loaded before and was predicted with.
+LIES = {
+    "graph neighbors": ({"graph.max_neighbors": 40},
+                        "graph.max_neighbors is 40 but model.max_neighbors is 10"),
+    "graph cutoff": ({"graph.cutoff": 9.0}, "graph.cutoff is 9.0 but model.cutoff is 7.0"),
+    "graph and model cutoff": ({"graph.cutoff": 9.0, "model.cutoff": 9.0},
+                               "graph.cutoff is 9.0 but the weights scale distances by 7 Å"),
+    "construction": ({"graph.construction": "minimum-image"},
+                     "graph.construction is 'minimum-image' but model.graph is 'periodic'"),
+    "distance scale": ({"model.distance_scale": 5.0},
+                       "model.distance_scale is 5.0 but the weights scale distances by 7 Å"),
+    "gaussian width": ({"model.gaussian_width": 0.1},
+                       "model.gaussian_width is 0.1 but the weights' Gaussians have width 0.2"),
+    "target mean": ({"target_mean": [3.0]},
+                    "targets[0].mean is 3.0 but the weights scale by 1 (target_mean)"),
+    "target std": ({"target_std": [2.0]},
+                   "targets[0].std is 2.0 but the weights scale by 0.5 (target_std)"),
+}
+
+
+@pytest.mark.parametrize("lie", list(LIES))
+def test_metadata_its_weights_contradict_is_refused_naming_both_values(
+        tmp_path: Path, lie: str) -> None:
+    """Graph settings, distance expansion and target scaling recorded beside the weights must
+    be the weights' own: a checkpoint that says 40 neighbors for a model built for 10 gave
+    status-0 predictions off by up to 1.7 eV."""
+    path, _ = _saved(tmp_path)
+    data = torch.load(path, weights_only=True)
+    changes, words = LIES[lie]
+    for key, value in changes.items():
+        _set(data, key, value)
+    torch.save(data, path)
+    for read in (load_checkpoint, model_metadata):  # predict; info, export and training
+        with pytest.raises(DeepergatError) as e:
+            read(path)
+        line = str(e.value)
+        assert line.startswith(f"{path}: the metadata contradicts the model's weights: ")
+        assert words in line and "\n" not in line
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("calibration.std_scale", [2.0], "calibration.std_scale is [2.0] but the weights hold"),
+    ("calibration.local_weight", [1.0], "calibration.local_weight is [1.0] but the weights hold"),
+    ("target_mean", [5.0], "targets[0].mean is 5.0 but the weights scale by"),
+])
+def test_an_ensembles_calibration_and_scaling_must_be_its_weights(
+        tmp_path: Path, key: str, value: object, words: str) -> None:
+    legacy = Path(__file__).resolve().parents[1] / "data" / "legacy" / "ensemble.ckpt"
+    data = torch.load(legacy, weights_only=True)
+    _set(data, key, value)
+    path = tmp_path / "e.ckpt"
+    torch.save(data, path)
+    with pytest.raises(DeepergatError, match="the metadata contradicts") as e:
+        load_checkpoint(path)
+    assert words in str(e.value)
+
+
+def test_every_architectures_checkpoint_agrees_with_its_weights(tmp_path: Path) -> None:
+    """No model this package builds is refused: the 86 constructor-argument cases of
+    tests/data/model_arguments.json (every architecture, Deeper, single identity, per-atom,
+    distance scales, minimum-image graphs, ensembles with and without a local error term)."""
+    import importlib.util
+
+    from deepergat.nn.build import build_from_config
+    from deepergat.nn.ensemble import DeeperGATGNNEnsemble
+
+    source = Path(__file__).resolve().parents[1] / "data" / "make_model_arguments.py"
+    spec = importlib.util.spec_from_file_location("make_model_arguments", source)
+    assert spec is not None and spec.loader is not None
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    api = cases.Api(make_model, DeeperGATGNN, DeeperGATGNNEnsemble, build_from_config)
+    models = cases.model_cases(api)
+    assert len(models) == 86
+    path = tmp_path / "m.ckpt"
+    for name, make in models.items():
+        model = make()
+        t = model.config["targets"]
+        save_checkpoint(path, model, targets=[f"t{i}" for i in range(t)], units=[""] * t,
+                        elements=[8])
+        assert load_checkpoint(path).model.config == model.config, name

@@ -69,3 +69,12 @@ def test_json_documents_are_indented_and_whole(tmp_path: Path) -> None:
     assert (tmp_path / "m.json").read_text() == '{\n  "n": 2,\n  "mae": 0.5\n}'
     assert json.loads((tmp_path / "m.json").read_text()) == {"n": 2, "mae": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_user_text_is_drawn_as_written(tmp_path: Path) -> None:
+    """Units and titles that read as matplotlib mathtext (an unknown command, an unclosed
+    brace, a lone superscript) are drawn as written, not parsed."""
+    path = tmp_path / "learning_curve.png"
+    for units, title in (("$\\notacommand$", ""), ("$x^$", "$\\frac{1$"), ("eV$", "a $b$ c")):
+        plot_learning_curve(ROWS, path, units=units, title=title)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -111,3 +111,35 @@ def test_the_one_rule_for_a_run_without_validation(tiny_store: Path, tmp_path: P
                               "val_data": "--val-data"}).endswith(
         "and early_stop is 3; give --val-fraction > 0 (or --val-data), or set lr_monitor: "
         "train and keep: last and no --early-stop")
+
+
+@pytest.mark.parametrize(("mode", "value"), [("single", 1e308), ("cv", -1e31),
+                                           ("ensemble", 3e38), ("single", 2e30)])
+def test_targets_beyond_what_a_float32_model_scales_are_refused_before_training(
+        tmp_path: Path, value: float, mode: str) -> None:
+    """A 1e308 target overflowed the target scaling: NaN metrics, exit 0 and a best.ckpt
+    that was never written. Every mode refuses such a store before anything trains."""
+    from deepergat.training.ensembles import train_ensemble
+
+    store = tmp_path / "huge.h5"
+    structures = [dict(s, targets={"heat_ref": value if k == 4 else s["targets"]["heat_ref"]})
+                  for k, s in enumerate(perov_structures(40))]
+    write_store(store, StructureBatch.from_structures(structures))
+    out = tmp_path / "run"
+    run = {"single": lambda: train(run_config(store, out)),
+           "cv": lambda: cross_validate(run_config(store, out, cv=2)),
+           "ensemble": lambda: train_ensemble(run_config(store, out, ensemble=2,
+                                                         members="seeds"))}[mode]
+    with pytest.raises(DeepergatError, match=r"target 'heat_ref' is beyond ±1e\+30 for 1 "
+                                             r"structures \(ids \d+; largest"):
+        run()
+    assert not list(out.rglob("*.ckpt")) if out.exists() else True
+
+
+def test_targets_up_to_the_bound_train(tmp_path: Path) -> None:
+    store = tmp_path / "big.h5"
+    structures = [dict(s, targets={"heat_ref": s["targets"]["heat_ref"] * 1e29})
+                  for s in perov_structures(30)]
+    write_store(store, StructureBatch.from_structures(structures))
+    result = train(run_config(store, tmp_path / "run", epochs=1))
+    assert (tmp_path / "run" / "best.ckpt").is_file() and np.isfinite(result.best_val_mae)

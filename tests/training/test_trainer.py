@@ -268,3 +268,131 @@ def test_requeue_uses_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert requeue_slurm_job(LaunchInfo(slurm_job_id="77"))
     assert log.read_text().splitlines() == ["show job 77", "requeue 77"]
     assert not requeue_slurm_job(LaunchInfo())
+
+
+# ------------------------------------------------------------------------ runs that diverge
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(
+        tiny_store: Path, tmp_path: Path) -> None:
+    """``lr 1e8`` printed NaN metrics, exited 0 and named a best.ckpt it never wrote."""
+    out = tmp_path / "run"
+    with pytest.raises(SettingError) as e:
+        train(run_config(tiny_store, out, lr=1e8))
+    line = str(e.value)
+    assert line.startswith("training diverged in epoch 1 (batch ") and "\n" not in line
+    assert "is not a finite number" in line and "lr 1e+08" in line
+    assert "no checkpoint was written" in line
+    assert e.value.settings == ["lr", "out"]
+    assert not (out / "best.ckpt").exists() and not (out / "last.ckpt").exists()
+    assert not (out / "metrics.csv").exists()
+
+
+def _poison_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """From the first batch of ``epoch`` (1-based) on, every step leaves a NaN weight (the
+    step's own loss is finite: the divergence shows in the next batch or the metrics)."""
+    real = Trainer.take_step
+
+    def take_step(self: Trainer, rows: np.ndarray) -> None:
+        real(self, rows)
+        if self.state.epoch + 1 >= epoch:
+            import torch
+
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = math.nan
+
+    monkeypatch.setattr(Trainer, "take_step", take_step)
+
+
+def test_a_run_that_diverges_later_keeps_its_last_good_epoch(
+        tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing of the diverging epoch is saved: last.ckpt (which resume continues from),
+    best.ckpt and metrics.csv hold the last epoch whose numbers were finite."""
+    import torch
+
+    out = tmp_path / "run"
+    _poison_in_epoch(monkeypatch, 2)
+    with pytest.raises(SettingError, match=r"^training diverged in epoch 2 \(batch 2\): "
+                                           r"the training loss is not a finite number.*"
+                                           r"last\.ckpt holds epoch 1"):
+        train(run_config(tiny_store, out, epochs=3))
+    last = saved(out / "last.ckpt")
+    assert last["training"]["epoch"] == 1
+    for name in ("last.ckpt", "best.ckpt"):
+        state = saved(out / name)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header and epoch 1
+    monkeypatch.undo()
+    result = train(run_config(tiny_store, out, epochs=3, resume=True))
+    assert result.epochs_done == 3 and math.isfinite(result.best_val_mae)
+
+
+def test_non_finite_weights_after_an_epochs_last_step_are_not_saved(
+        tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step whose loss was finite can still leave non-finite weights (its gradient
+    overflowed): the epoch's end checks the weights before it saves anything."""
+    out = tmp_path / "run"
+    real = Trainer.take_step
+
+    def last_step_poisons(self: Trainer, rows: np.ndarray) -> None:
+        real(self, rows)
+        if self.state.epoch == 1 and self.state.step == 3:  # 3 batches an epoch
+            import torch
+
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = math.inf
+
+    monkeypatch.setattr(Trainer, "take_step", last_step_poisons)
+    with pytest.raises(SettingError, match=r"diverged in epoch 2: (a weight of the model|the "
+                                           r"validation MAE) is not a finite number"):
+        train(run_config(tiny_store, out, epochs=3, val_fraction=0.0, lr_monitor="train",
+                         keep="last"))
+    assert saved(out / "last.ckpt")["training"]["epoch"] == 1
+
+
+def test_a_signal_never_saves_a_non_finite_state(
+        tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    train(run_config(tiny_store, out, epochs=1))
+    before = (out / "last.ckpt").read_bytes()
+    _poison_in_epoch(monkeypatch, 2)
+    real = Trainer.stop_reason
+
+    def signal_after_one_batch(self: Trainer, stopper: object, t0: float) -> str | None:
+        if self.state.step == 1:
+            return "signal"
+        return real(self, stopper, t0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Trainer, "stop_reason", signal_after_one_batch)
+    with pytest.raises(SettingError, match="diverged in epoch 2"):
+        train(run_config(tiny_store, out, epochs=2, resume=True))
+    assert (out / "last.ckpt").read_bytes() == before
+
+
+def test_a_learning_curve_that_cannot_be_drawn_is_a_warning(
+        tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A plot never stops a run: units that matplotlib could not draw crashed every epoch."""
+    import deepergat.training.trainer as trainer_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("Unknown symbol: \\notacommand")
+
+    monkeypatch.setattr(trainer_module, "plot_learning_curve", broken)
+    out = tmp_path / "run"
+    result = train(run_config(tiny_store, out))
+    assert result.epochs_done == 2 and (out / "best.ckpt").is_file()
+    assert "learning curve not drawn: ValueError: Unknown symbol" in caplog.text
+
+
+def test_units_that_read_as_mathtext_train_and_are_drawn(tmp_path: Path) -> None:
+    """``--target 'heat_ref:$\\notacommand$'`` crashed every epoch's learning curve."""
+    from deepergat.io.store import StructureBatch, write_store
+
+    store = tmp_path / "units.h5"
+    write_store(store, StructureBatch.from_structures(perov_structures(30)),
+                units={"heat_ref": "$\\notacommand$"})
+    out = tmp_path / "run"
+    result = train(run_config(store, out))
+    assert result.units == "$\\notacommand$" and result.epochs_done == 2
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"

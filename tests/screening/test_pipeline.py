@@ -14,7 +14,7 @@ from deepergat.contract import MAX_Z
 from deepergat.graphs import build_inputs
 from deepergat.io.store import Store, StructureBatch
 from deepergat.screening.mpi import ChunkSource
-from deepergat.screening.pipeline import FeaturizeSettings, Pipeline, split_batches, unseen_flags
+from deepergat.screening.pipeline import FeaturizeSettings, Pipeline, split_batches
 from deepergat.screening.plan import make_plan
 from deepergat.screening.predictions import Rows
 
@@ -163,18 +163,6 @@ def test_split_batches_respects_the_budget() -> None:
     assert len(tight) > len(spans)
 
 
-def test_unseen_flags() -> None:
-    b = StructureBatch.from_structures([
-        {"id": "a", "lattice": np.eye(3), "atomic_numbers": [1, 8], "positions": np.zeros((2, 3))},
-        {"id": "b", "lattice": np.eye(3), "atomic_numbers": [92], "positions": np.zeros((1, 3))},
-        {"id": "c", "lattice": np.eye(3), "atomic_numbers": [], "positions": np.zeros((0, 3))},
-        {"id": "d", "lattice": np.eye(3), "atomic_numbers": [300], "positions": np.zeros((1, 3))},
-    ])
-    seen = np.zeros(256, bool)
-    seen[[1, 8]] = True
-    assert unseen_flags(b, seen).tolist() == [0, 1, 0, 1]
-
-
 def test_build_inputs_and_settings_agree_with_direct_call(store: Path) -> None:
     # The pipeline's featurize is build_inputs with the model's settings: same status codes.
     with Store(store) as s:
@@ -250,7 +238,7 @@ def test_a_killed_worker_is_one_clear_error(store: Path,
 
     from deepergat.errors import DeepergatError
 
-    def dying_pool(self: Pipeline) -> ProcessPoolExecutor:
+    def dying_pool(self: Pipeline, workers: int | None = None) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=1, initializer=_die,
                                    mp_context=multiprocessing.get_context("spawn"))
 

@@ -77,6 +77,7 @@ __all__ = [
     "featurize",
     "featurize_predict",
     "memory_failure",
+    "probe_batch",
     "split_batches",
     "start_forkserver",
 ]
@@ -347,7 +348,7 @@ def memory_failure(error: BaseException) -> bool:
     return any(phrase in text for phrase in _MEMORY_PHRASES)
 
 
-def _probe_batch(settings: FeaturizeSettings) -> StructureBatch:
+def probe_batch(settings: FeaturizeSettings) -> StructureBatch:
     """One atom of an element the model saw, alone in a cube no check refuses: what a worker
     must be able to compute for a failure to be blamed on a structure."""
     z = settings.seen_elements[0] if settings.seen_elements else 14
@@ -841,7 +842,7 @@ class _Flow:
         if self.isolated is None:
             pool = p._executor(workers=1)
             try:  # a worker that cannot compute a one-atom structure fails whatever it gets
-                pool.submit(p.task, _probe_batch(p.settings), p.settings).result()
+                pool.submit(p.task, probe_batch(p.settings), p.settings).result()
             except BaseException as e:
                 pool.shutdown(wait=False, cancel_futures=True)
                 if isinstance(e, BrokenExecutor):
@@ -859,7 +860,7 @@ class _Flow:
         """Raises when a one-atom probe structure fails for memory too: then the memory
         failure is not the structure's (the model or the worker cannot run at all)."""
         try:
-            self.pipeline._complete(self._isolated(_probe_batch(self.pipeline.settings)))
+            self.pipeline._complete(self._isolated(probe_batch(self.pipeline.settings)))
         except BaseException as e:
             if isinstance(e, DeepergatError) or not memory_failure(e):
                 raise

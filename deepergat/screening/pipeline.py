@@ -721,7 +721,9 @@ class _Flow:
             try:
                 return self.executor.submit(p.task, batch, p.settings)
             except BrokenExecutor:
-                self.executor.shutdown(wait=False, cancel_futures=True)
+                # not cancelled: the broken pool fails every batch it holds, and each is
+                # computed again (a cancelled one would stop the run)
+                self.executor.shutdown(wait=False)
                 self.executor = p._executor()
                 return self.executor.submit(p.task, batch, p.settings)
 
@@ -852,7 +854,7 @@ class _Flow:
         try:
             return self.isolated.submit(p.task, batch, p.settings).result()
         except BrokenExecutor:
-            self.isolated.shutdown(wait=False, cancel_futures=True)
+            self.isolated.shutdown(wait=False)
             self.isolated = None
             raise
 

@@ -439,3 +439,25 @@ def test_memory_failures_are_told_apart() -> None:
         assert memory_failure(e), e
     for e in [RuntimeError("predictor exploded"), ValueError("shapes"), KeyboardInterrupt()]:
         assert not memory_failure(e), e
+
+
+def test_the_screen_flags_minimum_image_supercells_above_the_translation_limit() -> None:
+    """Flag bit 1 in the screen's featurizer (and for a structure that failed for memory)
+    exactly as `deepergat predict` sets it: a minimum-image model's 320-atom supercell."""
+    from screen_helpers import _PEROV, _cell
+
+    from deepergat.contract import FLAG_TRANSLATIONS_UNTESTED
+
+    def supercell(reps: int) -> dict[str, object]:
+        shifts = np.stack(np.meshgrid(*[np.arange(reps)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        frac = (np.asarray(_PEROV)[None] + shifts[:, None]).reshape(-1, 3) / reps
+        return _cell([38, 22, 8, 8, 8] * len(shifts), frac.tolist(), a=3.9 * reps,
+                     id=f"x{reps}")
+
+    batch = StructureBatch.from_structures([supercell(1), supercell(4)])
+    for graph, want in [("minimum-image", [0, FLAG_TRANSLATIONS_UNTESTED]), ("periodic", [0, 0])]:
+        settings = replace(SETTINGS, graph=graph, max_neighbors=4, cutoff=4.0)
+        assert featurize(batch, settings).flags.tolist() == want, graph
+        pipe = Pipeline("unused.h5", make_plan(np.array([5, 320]), 2), SumPredictor(), settings,
+                        n_targets=1, embedding_dim=None)
+        assert pipe._out_of_memory(batch).flags.tolist() == want, graph

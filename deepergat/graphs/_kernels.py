@@ -76,12 +76,13 @@ def _shortlist(buf_d: np.ndarray, buf_j: np.ndarray, buf_img: np.ndarray, n: int
 
 
 @njit(cache=True, nogil=True)
-def _lex_order(buf_d: np.ndarray, buf_z: np.ndarray, buf_j: np.ndarray, buf_img: np.ndarray,
-               n: int) -> np.ndarray:
-    """The order `_less` defines of the first n candidates, by stable merge sorts from the
-    last key to the first: O(n log n) however many distances tie."""
+def _lex_order(order: np.ndarray, buf_d: np.ndarray, buf_z: np.ndarray, buf_j: np.ndarray,
+               buf_img: np.ndarray, n: int) -> None:
+    """Write into ``order`` the order `_less` defines of the first n candidates, by stable
+    merge sorts from the last key to the first: O(n log n) however many distances tie."""
     key = np.empty(n, np.int64)
-    order = np.arange(n)
+    for q in range(n):
+        order[q] = q
     for level in range(6):
         for q in range(n):
             o = order[q]
@@ -93,8 +94,7 @@ def _lex_order(buf_d: np.ndarray, buf_z: np.ndarray, buf_j: np.ndarray, buf_img:
                 key[q] = buf_z[o]
             else:
                 key[q] = math.floor(buf_d[o] * 1e9)  # periodic.ORDER_SCALE
-        order = order[np.argsort(key, kind="mergesort")]
-    return order
+        order[:] = order[np.argsort(key, kind="mergesort")]
 
 
 @njit(cache=True, nogil=True)
@@ -248,10 +248,10 @@ def search_select(
                     continue
             for q in range(n):
                 buf_z[q] = z[buf_j[q]]
+            order = np.argsort(buf_d[:n])
             if n > _SORT_SMALL:
-                order = _lex_order(buf_d, buf_z, buf_j, buf_img, n)
+                _lex_order(order, buf_d, buf_z, buf_j, buf_img, n)
             else:
-                order = np.argsort(buf_d[:n])
                 # Insertion pass: fixes the order of exact distance ties by (Z, neighbor,
                 # image).
                 for a in range(1, n):
@@ -438,10 +438,10 @@ def mic_select(
                     continue
             for q in range(n):
                 buf_z[q] = z[buf_j[q]]
+            order = np.argsort(buf_d[:n])
             if n > _SORT_SMALL:
-                order = _lex_order(buf_d, buf_z, buf_j, buf_img, n)
+                _lex_order(order, buf_d, buf_z, buf_j, buf_img, n)
             else:
-                order = np.argsort(buf_d[:n])
                 for a in range(1, n):
                     cur = order[a]
                     b = a - 1

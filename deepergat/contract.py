@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_RANK_ORDER",
     "DYNAMIC_AXES",
     "ENSEMBLE_OUTPUT_NAMES",
+    "FLAG_TRANSLATIONS_UNTESTED",
     "FLAG_UNSEEN_ELEMENT",
     "GRAPH_CONSTRUCTIONS",
     "INPUT_DTYPES",
@@ -40,6 +41,8 @@ __all__ = [
     "INPUT_NDIM",
     "MAX_ARCHIVE_EXPANSION",
     "MAX_ARCHIVE_MEMBER_BYTES",
+    "MAX_ATOM_CANDIDATES",
+    "MAX_STRUCTURE_CANDIDATES",
     "MAX_TRANSLATION_ATOMS",
     "MAX_Z",
     "MODEL_FORMATS",
@@ -47,12 +50,14 @@ __all__ = [
     "RANK_BY",
     "RANK_ORDERS",
     "STATUS_CODES",
+    "TIE_ALLOWANCE",
     "TRANSLATION_TOLERANCE",
     "GraphConstruction",
     "ModelFormat",
     "RankBy",
     "RankOrder",
     "Status",
+    "max_degree",
     "translation_rule",
 ]
 
@@ -91,6 +96,34 @@ MAX_ARCHIVE_MEMBER_BYTES = 64 << 20
 #: near-identical CIFs expands about 140 to 1, so only bombs (and bzip2/xz-compressed ones)
 #: meet it.
 MAX_ARCHIVE_EXPANSION = 200
+
+# The neighbor search's bounds, decided from the lattice and the atom count before it allocates
+# (docs/design.md §4, §13). Around each atom the search enumerates, for every atom of the
+# structure, the lattice images n with |Δf_k + n_k| ≤ cutoff·|b_k| on each periodic axis k
+# (b_k the reciprocal vector): at most ∏_k (⌊2·cutoff·|b_k|⌋ + 1) images per atom pair, the
+# lattice points of the box around the cutoff sphere. A cell vector far shorter than the
+# cutoff makes that count explode (as 1/a per short axis), so the bounds below give such a
+# structure status 8 before anything is allocated.
+
+#: Candidates (atom, image) one atom's search may enumerate: atoms × images per pair. Bounds
+#: the search's buffers (≈ 50 bytes a candidate: ≤ 100 MB for one atom); an ordinary crystal
+#: needs ≤ ~3·10⁴ even at the largest cutoff (30 Å).
+MAX_ATOM_CANDIDATES = 1 << 20
+#: Candidates (atom pair, image) of one structure: atoms² × images per pair. Bounds the
+#: search's time: at the bound the compiled searches took ≤ 0.6 s (periodic) and ≤ 1.5 s
+#: (minimum-image, 8,192 atoms) of CPU time; a crystal of 1,000 atoms needs ≤ ~3·10⁷ at
+#: the 8 Å default cutoff, and a molecule passes up to 8,192 atoms.
+MAX_STRUCTURE_CANDIDATES = 1 << 26
+#: Ties past the ``max_neighbors``-th neighbor are kept (docs/design.md §4) up to
+#: `max_degree`: 2 · max_neighbors + this many neighbors per atom; an atom keeping more gives
+#: status 9. The largest tied shells of the cubic, hexagonal and perovskite lattices add at
+#: most 64 neighbors at up to 256 (and at most 20 at 12).
+TIE_ALLOWANCE = 48
+
+
+def max_degree(max_neighbors: int) -> int:
+    """The most neighbors (ties included, self loop not) an atom may keep (`TIE_ALLOWANCE`)."""
+    return 2 * int(max_neighbors) + TIE_ALLOWANCE
 
 
 def translation_rule(construction: str) -> dict[str, float | int]:
@@ -167,7 +200,9 @@ ENSEMBLE_OUTPUT_NAMES = (*OUTPUT_NAMES, "std")
 
 
 class Status(IntEnum):
-    """Per-structure status of a prediction; the first failing check wins, in this order."""
+    """Per-structure status of a prediction (docs/design.md §9). The first failing check wins,
+    in the order 1–5, 8 (before the search), 6, 9 (from the search), 7 (the prediction); 10
+    marks a structure that failed for memory even alone, whatever it would have got."""
 
     OK = 0
     ZERO_ATOMS = 1
@@ -177,6 +212,9 @@ class Status(IntEnum):
     SINGULAR_LATTICE = 5
     OVERLAP = 6
     NONFINITE_PREDICTION = 7
+    TOO_MANY_IMAGES = 8
+    TOO_MANY_TIES = 9
+    OUT_OF_MEMORY = 10
 
     @property
     def meaning(self) -> str:
@@ -192,11 +230,19 @@ _MEANINGS = {
     Status.SINGULAR_LATTICE: "singular or non-finite lattice vectors on the periodic axes",
     Status.OVERLAP: "two atoms closer than --overlap-threshold",
     Status.NONFINITE_PREDICTION: "non-finite prediction",
+    Status.TOO_MANY_IMAGES: "too many periodic images within the cutoff",
+    Status.TOO_MANY_TIES: "an atom with more tied neighbors than the graph keeps",
+    Status.OUT_OF_MEMORY: "out of memory even alone",
 }
 #: code -> meaning, as predictions files store it (``status_codes``).
 STATUS_CODES: dict[int, str] = {int(s): s.meaning for s in Status}
 #: ``flags`` bit 0: the structure has an element the model never saw in training.
 FLAG_UNSEEN_ELEMENT = 1
+#: ``flags`` bit 1: a minimum-image model's structure with more atoms than the model's
+#: ``translation_max_atoms`` whose element counts share a divisor: it may be a supercell, but
+#: was not tested for pure translations, so it predicts as the cell it is given, not as its
+#: primitive cell (docs/design.md §4).
+FLAG_TRANSLATIONS_UNTESTED = 2
 
 # ---- exported-file formats (docs/design.md §8) ---------------------------------------------
 

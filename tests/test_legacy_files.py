@@ -232,9 +232,13 @@ def test_screening_the_legacy_store_gives_the_legacy_predictions(tmp_path: Path)
                       std, f"{name} std")
     assert new["units"] == old["units"]
     np.testing.assert_allclose(new["embeddings"], old["embeddings"], rtol=1e-4, atol=1e-5)
-    for key in ("format", "model_sha256", "input_digest", "status_codes", "screen_settings"):
+    for key in ("format", "model_sha256", "input_digest", "screen_settings"):
         assert new["attrs"][key] == old["attrs"][key], key
     assert (new["attrs"]["version"], old["attrs"]["version"]) == (2, 1)  # formulas stored
+    # status codes may be added (8–10 came with issue 25); the old ones keep their meanings
+    old_codes = json.loads(old["attrs"]["status_codes"])
+    new_codes = json.loads(new["attrs"]["status_codes"])
+    assert {k: new_codes[k] for k in old_codes} == old_codes
     assert json.loads(new["attrs"]["model_metadata"]) == json.loads(old["attrs"]["model_metadata"])
     top_new, top_old = _top(tmp_path / "predictions.top.csv"), _top(LEGACY / "predictions.top.csv")
     assert list(top_new[0]) == [*top_old[0], "group_size", "known"]

@@ -4,8 +4,11 @@ MODEL arguments follow `deepergat.export.resolve`'s one rule (a file; a run fold
 ensemble.ckpt or best.ckpt; else a bundled model, whose ``model.onnx`` predicts): every
 model runs through `deepergat.export.load`, one `Predictor` whatever the file kind.
 Structures go through the same graphs as training (the model's graph settings) and get the
-status codes of docs/design.md §9; a bad structure is a row with its status and no value,
-never a crash.
+status codes and flags of docs/design.md §9, computed by the screen's own featurizer
+(`deepergat.screening.pipeline.featurize`), so that ``deepergat predict`` and
+``deepergat-screen`` report the same statuses and flags; a bad structure is a row with its
+status and no value, never a crash, and a batch that fails for memory is predicted again in
+halves, down to the single structure (status 10).
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from deepergat.contract import DEFAULT_MAX_ATOMS, DEFAULT_OVERLAP_THRESHOLD, MAX_Z, Status
+from deepergat.contract import (
+    DEFAULT_MAX_ATOMS,
+    DEFAULT_OVERLAP_THRESHOLD,
+    MAX_TRANSLATION_ATOMS,
+    MAX_Z,
+    Status,
+)
 from deepergat.errors import DeepergatError, SettingError, literal
 
 __all__ = ["PredictionRow", "load_predictor", "predict_inputs"]
@@ -28,6 +37,9 @@ __all__ = ["PredictionRow", "load_predictor", "predict_inputs"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024
+#: `predict_inputs` predicts ``batch_size`` structures a model call, however many atoms: no
+#: atom or edge budget cuts them further.
+_NO_BUDGET = 1 << 62
 
 
 def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu",
@@ -49,13 +61,14 @@ def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu",
 
 @dataclass
 class PredictionRow:
-    """One structure's result: id, [T] values (NaN unless status is 0), status code, and for
-    an ensemble the [T] calibrated spread (else None)."""
+    """One structure's result: id, [T] values (NaN unless status is 0), status code, for an
+    ensemble the [T] calibrated spread (else None), and its flag bits (docs/design.md §9)."""
 
     id: str
     values: np.ndarray
     status: int
     std: np.ndarray | None = None
+    flags: int = 0
 
 
 def _is_store(path: Path) -> bool:
@@ -72,34 +85,105 @@ def _is_store(path: Path) -> bool:
         return False
 
 
+def _featurize_settings(model: Any, *, max_atoms: int, overlap_threshold: float) -> Any:
+    """The screen's featurizer settings for this model and these checks."""
+    from deepergat.screening.pipeline import FeaturizeSettings
+
+    graph = model.metadata.graph
+    return FeaturizeSettings(
+        cutoff=graph.cutoff, max_neighbors=graph.max_neighbors, max_atoms=int(max_atoms),
+        max_z=MAX_Z, overlap_threshold=float(overlap_threshold),
+        seen_elements=tuple(sorted(model.elements)), graph=graph.construction,
+        translation_max_atoms=int(graph.translations.get("translation_max_atoms",
+                                                         MAX_TRANSLATION_ATOMS)),
+        batch_atoms=_NO_BUDGET, batch_edges=_NO_BUDGET,
+    )
+
+
 def _predict_store(model: Any, path: Path, *, max_atoms: int, overlap_threshold: float,
                    batch_size: int) -> Iterator[PredictionRow]:
-    from deepergat.graphs import build_inputs
     from deepergat.io.store import Store
 
-    n_targets = len(model.targets)
+    settings = _featurize_settings(model, max_atoms=max_atoms,
+                                   overlap_threshold=overlap_threshold)
     with Store(path) as store:
         for chunk in store.iter_chunks(_CHUNK):
             for a in range(0, len(chunk), batch_size):
                 part = chunk.select(np.arange(a, min(a + batch_size, len(chunk))))
-                g = build_inputs(part, **model.graph_settings, max_atoms=max_atoms,
-                                 max_z=MAX_Z, overlap_threshold=overlap_threshold)
-                values = np.full((len(part), n_targets), np.nan, dtype=np.float32)
-                std = values.copy() if model.has_std else None
-                status = g.status.astype(np.int64)
-                if len(g.rows):
-                    out = model.predict(g.inputs)
-                    values[g.rows] = out.prediction
-                    bad = ~np.isfinite(out.prediction).all(1)
-                    if std is not None and out.std is not None:
-                        std[g.rows] = out.std
-                        bad |= ~np.isfinite(out.std).all(1)
-                        std[g.rows[bad]] = np.nan
-                    status[g.rows[bad]] = Status.NONFINITE_PREDICTION
-                    values[g.rows[bad]] = np.nan
+                status, flags, values, std = _predict_part(model, part, settings)
                 for k in range(len(part)):
                     yield PredictionRow(part.ids[k], values[k], int(status[k]),
-                                        None if std is None else std[k])
+                                        None if std is None else std[k], int(flags[k]))
+
+
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+def _predict_part(model: Any, part: Any, settings: Any) -> _Part:
+    """[m] status, [m] flags, [m, T] values and [m, T] spread (None for a single model) of a
+    batch; one that fails for memory is predicted again in halves, down to the single
+    structure, which gets status 10 when a one-atom probe structure then predicts."""
+    from deepergat.screening.pipeline import memory_failure
+
+    try:
+        return _predict_once(model, part, settings)
+    except Exception as e:
+        if isinstance(e, DeepergatError) or not memory_failure(e):
+            raise
+        m = len(part)
+        if m > 1:
+            halves = [_predict_part(model, part.select(np.arange(a, b)), settings)
+                      for a, b in ((0, m // 2), (m // 2, m))]
+            return tuple(None if x[0] is None else np.concatenate(x)  # type: ignore[return-value]
+                         for x in zip(*halves, strict=True))
+        _check_probe(model, settings, e)
+        log.warning("structure %r failed for memory even alone: status %d", part.ids[0],
+                    int(Status.OUT_OF_MEMORY))
+        from deepergat.graphs import structure_flags
+
+        values = np.full((1, len(model.targets)), np.nan, dtype=np.float32)
+        flags = structure_flags(part, seen_elements=settings.seen_elements, graph=settings.graph,
+                                translation_max_atoms=settings.translation_max_atoms)
+        return (np.full(1, int(Status.OUT_OF_MEMORY), np.int64), flags, values,
+                values.copy() if model.has_std else None)
+
+
+def _predict_once(model: Any, part: Any, settings: Any) -> _Part:
+    """`_predict_part` without the retries."""
+    from deepergat.screening.pipeline import featurize
+
+    feat = featurize(part, settings)
+    values = np.full((len(part), len(model.targets)), np.nan, dtype=np.float32)
+    std = values.copy() if model.has_std else None
+    status = feat.status.astype(np.int64)
+    for g in feat.graphs:
+        if not len(g.rows):
+            continue
+        out = model.predict(g.inputs)
+        values[g.rows] = out.prediction
+        bad = ~np.isfinite(out.prediction).all(1)
+        if std is not None and out.std is not None:
+            std[g.rows] = out.std
+            bad |= ~np.isfinite(out.std).all(1)
+            std[g.rows[bad]] = np.nan
+        status[g.rows[bad]] = Status.NONFINITE_PREDICTION
+        values[g.rows[bad]] = np.nan
+    return status, feat.flags, values, std
+
+
+def _check_probe(model: Any, settings: Any, error: BaseException) -> None:
+    """Raises when a one-atom probe structure fails for memory too: the failure is then not
+    the structure's."""
+    from deepergat.screening.pipeline import memory_failure, probe_batch
+
+    try:
+        _predict_once(model, probe_batch(settings), settings)
+    except Exception as e:
+        if isinstance(e, DeepergatError) or not memory_failure(e):
+            raise
+        raise DeepergatError(
+            f"the model runs out of memory even on a one-atom structure ({error}); free "
+            "memory, or predict on a machine with more") from None
 
 
 def predict_inputs(

@@ -40,10 +40,11 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
             id_from: str) -> None:
     """Predict structure files or stores with MODEL: {model}.
 
-    Rows are id,<target>...,status (status codes as in deepergat-screen; a structure with
-    status other than 0 has an empty value); an ensemble adds <target>_std after each target:
-    id,<target>,<target>_std,status. --csv writes the rows to a temporary file beside OUT that
-    replaces OUT only when every row is written: after an error OUT is as it was. Without
+    Rows are id,<target>...,status,flags (status codes and flag bits as in
+    deepergat-screen; a structure with status other than 0 has an empty value); an ensemble
+    adds <target>_std after each target: id,<target>,<target>_std,status,flags. --csv
+    writes the rows to a temporary file beside OUT that replaces OUT only when every row is
+    written: after an error OUT is as it was. Without
     --csv rows stream to standard output as they are computed, so an error (exit status 2)
     may follow rows already printed.
 
@@ -68,7 +69,7 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
                               overlap_threshold=overlap_threshold, device=device,
                               on_skipped=skipped, trust=trust, id_from=id_from)
     header = ["id", *(c for t in ck.targets for c in ((t, f"{t}_std") if ck.has_std else (t,))),
-              "status"]
+              "status", "flags"]
     counts: dict[int, int] = {}
 
     def text(v: float) -> str:
@@ -82,7 +83,7 @@ def predict(model: str, inputs: tuple[str, ...], *, csv_path: str | None, batch_
                 values = [text(x) for v, s in zip(row.values.tolist(), row.std.tolist(),
                                                    strict=True) for x in (v, s)]
             counts[row.status] = counts.get(row.status, 0) + 1
-            yield [row.id, *values, row.status]
+            yield [row.id, *values, row.status, row.flags]
 
     if csv_path is None:  # rows stream to standard output as they are computed
         body = lines()

@@ -15,15 +15,21 @@ Two constructions (the graph setting ``graph``, stored with every model like the
 
 Two entry points share one vectorized search: `neighbor_list` (one structure, the reference
 form) and `build_inputs` (a batch of structures straight to the padded model inputs, self loop
-in slot 0, with per-structure status codes for screening).
+in slot 0, with per-structure status codes for screening; `search_inputs` is its search alone,
+with each structure's padded width, for callers that cut batches by their real size). The
+search is bounded before it allocates: status 8 for a structure with too many periodic images
+within the cutoff, status 9 for an atom with more tied neighbors than
+`deepergat.contract.max_degree` (docs/design.md §4). `structure_flags` gives the flag bits
+every predicting path reports (docs/design.md §9).
 
 ====================  ========================================================================
 ``settings``          the graph settings: `check_graph`, `graph_settings`
-``structures``        structure checks (status 1–5), the effective lattice, atom indexing
+``structures``        structure checks (status 1–5, 8), the effective lattice, flags, atom
+                      indexing
 ``periodic``          the periodic search: numpy reference, kernel call, nearest-with-ties
 ``minimum_image``     minimum images and `translation_classes`
 ``search``            `neighbor_list`, `batch_neighbor_lists`: each construction to its search
-``inputs``            `build_inputs` → `GraphBatch`, the padded model inputs
+``inputs``            `search_inputs` → `BatchEdges` → `GraphBatch`, the padded model inputs
 ``_kernels``          the compiled (numba) kernels; ``DEEPERGAT_NUMBA=0`` selects the numpy
                       references in ``periodic`` and ``minimum_image``
 ====================  ========================================================================
@@ -45,12 +51,12 @@ from deepergat.contract import (
     GraphConstruction,
 )
 
-from .inputs import GraphBatch, build_inputs
+from .inputs import BatchEdges, GraphBatch, build_inputs, search_inputs
 from .minimum_image import translation_classes
 from .periodic import ORDER_SCALE, TIE_TOLERANCE, NeighborList
 from .search import batch_neighbor_lists, neighbor_list
 from .settings import check_graph, graph_settings
-from .structures import check_structures
+from .structures import check_structures, structure_flags
 
 __all__ = [
     "DEFAULT_CUTOFF",
@@ -63,6 +69,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "TIE_TOLERANCE",
     "TRANSLATION_TOLERANCE",
+    "BatchEdges",
     "GraphBatch",
     "GraphConstruction",
     "NeighborList",
@@ -72,5 +79,7 @@ __all__ = [
     "check_structures",
     "graph_settings",
     "neighbor_list",
+    "search_inputs",
+    "structure_flags",
     "translation_classes",
 ]

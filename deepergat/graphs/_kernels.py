@@ -6,6 +6,10 @@ numba imports (set ``DEEPERGAT_NUMBA=0`` to turn them off). Per center atom: enu
 atom of the structure, only the lattice images that can reach the search sphere, starting from a
 radius likely to hold ``max_neighbors`` atoms and falling back to the cutoff when it does not;
 sort by (distance, neighbor Z, neighbor, image); keep the nearest ``max_neighbors`` plus ties.
+An atom with more than `_SORT_SMALL` candidates first keeps only those that can be kept (within
+the tie tolerance of its ``max_neighbors``-th distance, found by a partition) and sorts them
+with stable merge sorts, so no step costs more than O(c log c) in its c candidates; an atom that
+would keep more than ``max_degree`` neighbors marks its structure (status 9) and adds no edges.
 
 `search_select` and `mic_select` are long on purpose: each is one compiled loop nest with every
 per-center step (collect, order, keep ties, append) inline; helper functions for the steps the
@@ -36,6 +40,61 @@ def _less(d: np.ndarray, z: np.ndarray, nb: np.ndarray, img: np.ndarray, a: int,
         if img[a, k] != img[b, k]:
             return img[a, k] < img[b, k]
     return False
+
+
+#: Up to this many candidates an atom's are ordered by argsort and an insertion pass (fast for
+#: the usual few dozen); more go through `_shortlist` and `_lex_order`.
+_SORT_SMALL = 64
+
+
+@njit(cache=True, nogil=True)
+def _shortlist(buf_d: np.ndarray, buf_j: np.ndarray, buf_img: np.ndarray, n: int, k: int,
+               tie_tol: float) -> tuple[int, int, float]:
+    """Move to the front the candidates that can be kept: within ``tie_tol`` of the k-th
+    smallest distance (with 2e-9 Å of slack for the 1e-9 Å ordering steps). Returns (how many,
+    how many are kept whatever the order of ties, the smallest distance)."""
+    kth = np.partition(buf_d[:n], k - 1)[k - 1]
+    upper = kth + tie_tol + 2e-9
+    lower = kth + tie_tol - 2e-9
+    m = 0
+    sure = 0
+    smallest = math.inf
+    for q in range(n):
+        d = buf_d[q]
+        if d < smallest:
+            smallest = d
+        if d <= upper:
+            if d <= lower:
+                sure += 1
+            buf_d[m] = d
+            buf_j[m] = buf_j[q]
+            buf_img[m, 0] = buf_img[q, 0]
+            buf_img[m, 1] = buf_img[q, 1]
+            buf_img[m, 2] = buf_img[q, 2]
+            m += 1
+    return m, sure, smallest
+
+
+@njit(cache=True, nogil=True)
+def _lex_order(order: np.ndarray, buf_d: np.ndarray, buf_z: np.ndarray, buf_j: np.ndarray,
+               buf_img: np.ndarray, n: int) -> None:
+    """Write into ``order`` the order `_less` defines of the first n candidates, by stable
+    merge sorts from the last key to the first: O(n log n) however many distances tie."""
+    key = np.empty(n, np.int64)
+    for q in range(n):
+        order[q] = q
+    for level in range(6):
+        for q in range(n):
+            o = order[q]
+            if level < 3:
+                key[q] = buf_img[o, 2 - level]
+            elif level == 3:
+                key[q] = buf_j[o]
+            elif level == 4:
+                key[q] = buf_z[o]
+            else:
+                key[q] = math.floor(buf_d[o] * 1e9)  # periodic.ORDER_SCALE
+        order[:] = order[np.argsort(key, kind="mergesort")]
 
 
 @njit(cache=True, nogil=True)
@@ -108,7 +167,8 @@ def search_select(
     cutoff: float,
     max_neighbors: int,
     tie_tol: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    max_degree: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Selected neighbor edges of S structures, atoms indexed in the gathered arrays.
 
     Args:
@@ -117,10 +177,12 @@ def search_select(
         radius0: [S] first search radius, Å (≤ cutoff).
         pos_w: [n, 3] positions wrapped into the cell, Å. frac_w: [n, 3] their fractions.
         z: [n] atomic numbers. cutoff: Å. max_neighbors: count. tie_tol: Å.
+        max_degree: the most neighbors an atom may keep (ties included).
 
     Returns:
         center [E], neighbor [E], distance [E] (float64 Å), image [E, 3] (relative to the
-        wrapped positions), min_dist [S] (shortest pair distance found; inf when none).
+        wrapped positions), min_dist [S] (shortest pair distance found; inf when none),
+        tied [S] (an atom would keep more than ``max_degree``; its edges are left out).
     """
     s_count = rows_first.shape[0]
     n_atoms = pos_w.shape[0]
@@ -130,6 +192,7 @@ def search_select(
     out_d = np.empty(cap_out, np.float64)
     out_img = np.empty((cap_out, 3), np.int64)
     min_dist = np.full(s_count, np.inf)
+    tied = np.zeros(s_count, np.bool_)
     buf_cap = 256
     buf_j = np.empty(buf_cap, np.int64)
     buf_d = np.empty(buf_cap, np.float64)
@@ -176,17 +239,28 @@ def search_select(
                 radius = cutoff
             if n == 0:
                 continue
+            if n > _SORT_SMALL and n > max_neighbors:
+                n, sure, smallest = _shortlist(buf_d, buf_j, buf_img, n, max_neighbors, tie_tol)
+                if smallest < min_dist[s]:
+                    min_dist[s] = smallest
+                if sure > max_degree:
+                    tied[s] = True
+                    continue
             for q in range(n):
                 buf_z[q] = z[buf_j[q]]
             order = np.argsort(buf_d[:n])
-            # Insertion pass: fixes the order of exact distance ties by (Z, neighbor, image).
-            for a in range(1, n):
-                cur = order[a]
-                b = a - 1
-                while b >= 0 and _less(buf_d, buf_z, buf_j, buf_img, cur, order[b]):
-                    order[b + 1] = order[b]
-                    b -= 1
-                order[b + 1] = cur
+            if n > _SORT_SMALL:
+                _lex_order(order, buf_d, buf_z, buf_j, buf_img, n)
+            else:
+                # Insertion pass: fixes the order of exact distance ties by (Z, neighbor,
+                # image).
+                for a in range(1, n):
+                    cur = order[a]
+                    b = a - 1
+                    while b >= 0 and _less(buf_d, buf_z, buf_j, buf_img, cur, order[b]):
+                        order[b + 1] = order[b]
+                        b -= 1
+                    order[b + 1] = cur
             if buf_d[order[0]] < min_dist[s]:
                 min_dist[s] = buf_d[order[0]]
             last = buf_d[order[min(n, max_neighbors) - 1]] + tie_tol
@@ -196,6 +270,9 @@ def search_select(
                     keep += 1
                 else:
                     break
+            if keep > max_degree:
+                tied[s] = True
+                continue
             if e + keep > cap_out:
                 new_cap = max(cap_out * 2, e + keep)
                 tc = np.empty(new_cap, np.int64)
@@ -217,7 +294,7 @@ def search_select(
                 out_img[e, 1] = buf_img[o, 1]
                 out_img[e, 2] = buf_img[o, 2]
                 e += 1
-    return out_c[:e], out_n[:e], out_d[:e], out_img[:e], min_dist
+    return out_c[:e], out_n[:e], out_d[:e], out_img[:e], min_dist, tied
 
 
 # Long on purpose (module docstring): helpers for its per-center steps cost speed.
@@ -234,18 +311,22 @@ def mic_select(
     cutoff: float,
     max_neighbors: int,
     tie_tol: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    max_degree: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Minimum-image edges of S structures (`deepergat.graphs.minimum_image`).
 
     For each pair (i, j ≠ i): the fractional separation wrapped to the nearest image gives an
-    upper bound d₀ of the minimum-image distance; the images that can reach d₀ are enumerated
-    (exact for any cell shape) and the shortest kept. Then each center's ``max_neighbors``
-    nearest within the cutoff, ties kept, ordered as `search_select` orders.
+    upper bound d₀ of the minimum-image distance; the images that can reach min(d₀, cutoff)
+    are enumerated (exact for any cell shape; a pair farther than the cutoff has no edge, so
+    no pair enumerates more images than the cutoff's box, docs/design.md §4) and the
+    shortest kept. Then each center's ``max_neighbors`` nearest within the cutoff, ties kept,
+    ordered as `search_select` orders.
 
     Returns:
         center [E], neighbor [E], distance [E] Å, image [E, 3] (relative to the wrapped
-        positions), min_dist [S]: the shortest pair distance, or the shortest lattice vector
-        of the ±1 images when shorter (an atom and its own image); inf when none.
+        positions), min_dist [S]: the shortest pair distance within the cutoff, or the
+        shortest lattice vector of the ±1 images when shorter (an atom and its own image);
+        inf when none; tied [S] as `search_select`'s.
     """
     s_count = rows_first.shape[0]
     n_atoms = pos_w.shape[0]
@@ -255,6 +336,7 @@ def mic_select(
     out_d = np.empty(cap_out, np.float64)
     out_img = np.empty((cap_out, 3), np.int64)
     min_dist = np.full(s_count, np.inf)
+    tied = np.zeros(s_count, np.bool_)
     buf_cap = 64
     buf_j = np.empty(buf_cap, np.int64)
     buf_d = np.empty(buf_cap, np.float64)
@@ -300,7 +382,9 @@ def mic_select(
                 bx = df[0] * lat[0, 0] + df[1] * lat[1, 0] + df[2] * lat[2, 0]
                 by = df[0] * lat[0, 1] + df[1] * lat[1, 1] + df[2] * lat[2, 1]
                 bz = df[0] * lat[0, 2] + df[1] * lat[1, 2] + df[2] * lat[2, 2]
-                best = math.sqrt(bx * bx + by * by + bz * bz) + 1e-9
+                # a pair farther than the cutoff has no edge: the images that can beat
+                # min(d₀, cutoff) are all that can give one
+                best = min(math.sqrt(bx * bx + by * by + bz * bz) + 1e-9, cutoff + 1e-6)
                 for k in range(3):
                     if pbc[s, k]:
                         reach = best * recip_len[s, k]
@@ -324,6 +408,8 @@ def mic_select(
                             d = math.sqrt(vx * vx + vy * vy + vz * vz)
                             if d < best:
                                 best, ba, bb, bc = d, a, b, c
+                if best == math.inf:  # no image within the cutoff's box
+                    continue
                 # the distance again, as the numpy search computes it (same rounding: the
                 # same order of exact ties): wrapped positions plus the image's vector
                 ia, ib, ic = ba - shift[0], bb - shift[1], bc - shift[2]
@@ -345,16 +431,24 @@ def mic_select(
                     n += 1
             if n == 0:
                 continue
+            if n > _SORT_SMALL and n > max_neighbors:
+                n, sure, _ = _shortlist(buf_d, buf_j, buf_img, n, max_neighbors, tie_tol)
+                if sure > max_degree:
+                    tied[s] = True
+                    continue
             for q in range(n):
                 buf_z[q] = z[buf_j[q]]
             order = np.argsort(buf_d[:n])
-            for a in range(1, n):
-                cur = order[a]
-                b = a - 1
-                while b >= 0 and _less(buf_d, buf_z, buf_j, buf_img, cur, order[b]):
-                    order[b + 1] = order[b]
-                    b -= 1
-                order[b + 1] = cur
+            if n > _SORT_SMALL:
+                _lex_order(order, buf_d, buf_z, buf_j, buf_img, n)
+            else:
+                for a in range(1, n):
+                    cur = order[a]
+                    b = a - 1
+                    while b >= 0 and _less(buf_d, buf_z, buf_j, buf_img, cur, order[b]):
+                        order[b + 1] = order[b]
+                        b -= 1
+                    order[b + 1] = cur
             last = buf_d[order[min(n, max_neighbors) - 1]] + tie_tol
             keep = 0
             for q in range(n):
@@ -362,6 +456,9 @@ def mic_select(
                     keep += 1
                 else:
                     break
+            if keep > max_degree:
+                tied[s] = True
+                continue
             if e + keep > cap_out:
                 new_cap = max(cap_out * 2, e + keep)
                 tc = np.empty(new_cap, np.int64)
@@ -383,4 +480,4 @@ def mic_select(
                 out_img[e, 1] = buf_img[o, 1]
                 out_img[e, 2] = buf_img[o, 2]
                 e += 1
-    return out_c[:e], out_n[:e], out_d[:e], out_img[:e], min_dist
+    return out_c[:e], out_n[:e], out_d[:e], out_img[:e], min_dist, tied

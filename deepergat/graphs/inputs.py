@@ -1,6 +1,7 @@
 """A batch of structures straight to the padded model inputs (docs/design.md §5): the batch's
 neighbor lists plus one self loop per atom in slot 0, with a status code per structure for
-screening."""
+screening. `search_inputs` searches first and tells each structure's padded width, so that a
+caller can cut the batch by its real size before `BatchEdges.pad` allocates anything."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .periodic import NeighborList
 from .search import batch_neighbor_lists
 from .structures import atom_rows
 
-__all__ = ["GraphBatch", "build_inputs"]
+__all__ = ["BatchEdges", "GraphBatch", "build_inputs", "search_inputs"]
 
 
 @dataclass
@@ -45,6 +46,64 @@ class GraphBatch:
     rows: np.ndarray
     status: np.ndarray
     n_edges: int
+
+
+@dataclass
+class BatchEdges:
+    """The neighbor search of a batch, before padding.
+
+    Attributes:
+        batch: M structures.
+        edges: the edges of the status-0 structures, sorted by center (atoms indexed in
+            ``batch``).
+        status: [M] uint8 status per structure (0 = searched).
+        width: [M] int64 padded width K each structure needs: 1 + the most neighbors one of
+            its atoms keeps (the self loop's slot included); 0 where the status is not 0.
+    """
+
+    batch: StructureBatch
+    edges: NeighborList
+    status: np.ndarray
+    width: np.ndarray
+
+    def pad(self, start: int = 0, stop: int | None = None) -> GraphBatch:
+        """Padded inputs of the status-0 structures among rows [start, stop) (all rows by
+        default): a [N, K] neighbor block with K their largest ``width``. The `GraphBatch`'s
+        ``rows`` index the whole batch and its ``status`` is the whole batch's."""
+        stop = len(self.batch) if stop is None else stop
+        rows = start + np.flatnonzero(self.status[start:stop] == Status.OK)
+        return _pad(self.batch, rows, self.edges, self.status)
+
+
+def search_inputs(
+    batch: StructureBatch,
+    *,
+    cutoff: float = DEFAULT_CUTOFF,
+    max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+    graph: GraphConstruction = DEFAULT_GRAPH,
+    max_atoms: int | None = None,
+    max_z: int | None = None,
+    overlap_threshold: float | None = DEFAULT_OVERLAP_THRESHOLD,
+) -> BatchEdges:
+    """The neighbor search of a batch with each structure's status and padded width
+    (`BatchEdges`); arguments as `build_inputs`'."""
+    edges, status = batch_neighbor_lists(
+        batch,
+        cutoff=cutoff,
+        max_neighbors=max_neighbors,
+        graph=graph,
+        max_atoms=max_atoms,
+        max_z=max_z,
+        overlap_threshold=overlap_threshold,
+    )
+    m = len(batch)
+    width = np.zeros(m, dtype=np.int64)
+    good = np.flatnonzero(status == Status.OK)
+    if len(good):
+        degree = np.bincount(edges.center, minlength=len(batch.atomic_numbers))
+        owner = np.repeat(good, batch.n_atoms[good])
+        np.maximum.at(width, owner, degree[atom_rows(batch, good)] + 1)
+    return BatchEdges(batch=batch, edges=edges, status=status, width=width)
 
 
 def build_inputs(
@@ -70,17 +129,9 @@ def build_inputs(
     Returns:
         `GraphBatch` with C ≤ M crystals (the status-0 rows, in order).
     """
-    edges, status = batch_neighbor_lists(
-        batch,
-        cutoff=cutoff,
-        max_neighbors=max_neighbors,
-        graph=graph,
-        max_atoms=max_atoms,
-        max_z=max_z,
-        overlap_threshold=overlap_threshold,
-    )
-    rows = np.flatnonzero(status == Status.OK)
-    return _pad(batch, rows, edges, status)
+    return search_inputs(batch, cutoff=cutoff, max_neighbors=max_neighbors, graph=graph,
+                         max_atoms=max_atoms, max_z=max_z,
+                         overlap_threshold=overlap_threshold).pad()
 
 
 def _pad(
@@ -95,6 +146,10 @@ def _pad(
     remap = np.full(len(batch.atomic_numbers), -1, dtype=np.int64)
     remap[atom_global] = np.arange(n)
     center = remap[edges.center]
+    if len(center) and (center < 0).any():  # edges of rows outside this model batch
+        inside = center >= 0
+        edges = NeighborList(*(a[inside] for a in edges))
+        center = center[inside]
     neighbor = remap[edges.neighbor]
     degree = np.bincount(center, minlength=n) + 1 if n else np.zeros(0, np.int64)
     k = int(degree.max()) if n else 1

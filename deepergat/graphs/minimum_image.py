@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepergat.contract import MAX_TRANSLATION_ATOMS, TRANSLATION_TOLERANCE
+from deepergat.contract import MAX_TRANSLATION_ATOMS, TRANSLATION_TOLERANCE, max_degree
 from deepergat.io.store import StructureBatch
 
 from .periodic import (
     TIE_TOLERANCE,
     NeighborList,
+    Searched,
+    Selection,
     empty_edges,
     gather,
     search_pairs,
     select_nearest,
     use_numba,
 )
-from .structures import effective_lattice
+from .structures import effective_lattice, may_translate
 
 __all__ = ["minimum_image_edges", "translation_classes"]
 
@@ -32,18 +34,19 @@ __all__ = ["minimum_image_edges", "translation_classes"]
 def minimum_image_edges(
     batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int,
     merge_translations: bool = True,
-) -> tuple[NeighborList, np.ndarray]:
-    """Selected, sorted minimum-image edges of ``rows`` and [S] their shortest pair distance:
-    primitive cells through the compiled kernel (or the numpy search), cells with pure
-    translations through the numpy search with their atoms grouped by `translation_classes`.
-    ``merge_translations=False`` builds the graphs without the translation rule."""
+) -> Searched:
+    """Selected, sorted minimum-image edges of ``rows`` (`Searched`): primitive cells through
+    the compiled kernel (or the numpy search), cells with pure translations through the numpy
+    search with their atoms grouped by `translation_classes`. ``merge_translations=False``
+    builds the graphs without the translation rule."""
     if not len(rows):
-        return empty_edges(), np.zeros(0)
+        return Searched(empty_edges(), np.zeros(0), np.zeros(0, dtype=bool))
     classes = translation_classes(batch, rows) if merge_translations else {}
     # the compiled kernel takes the cells without translations; the numpy search the rest
     numpy_rows = np.isin(rows, list(classes)) if use_numba() else np.ones(len(rows), bool)
     parts: list[NeighborList] = []
     min_dist = np.full(len(rows), np.inf)
+    tied = np.zeros(len(rows), dtype=bool)
     plain = rows[~numpy_rows]
     if len(plain):
         from . import _kernels
@@ -51,31 +54,35 @@ def minimum_image_edges(
         g = gather(batch, plain)
         # the frame the fractional coordinates are in: a non-periodic row may be any vector
         frame = effective_lattice(g.lattice, g.pbc)
-        c, nb, d, img, md = _kernels.mic_select(
+        c, nb, d, img, md, tie = _kernels.mic_select(
             g.local_start, g.n_s, np.ascontiguousarray(frame),
             np.ascontiguousarray(g.pbc), np.ascontiguousarray(g.recip_len),
             np.ascontiguousarray(g.pos_w), np.ascontiguousarray(g.frac_w),
             batch.atomic_numbers[g.atom_index].astype(np.int64), float(cutoff),
-            int(max_neighbors), TIE_TOLERANCE,
+            int(max_neighbors), TIE_TOLERANCE, max_degree(max_neighbors),
         )
         parts.append(NeighborList(g.atom_index[c], g.atom_index[nb], d,
                                   img - g.shift[nb] + g.shift[c]))
         min_dist[~numpy_rows] = md
+        tied[~numpy_rows] = tie
     if numpy_rows.any():
         sub = rows[numpy_rows]
         label = np.arange(len(batch.atomic_numbers), dtype=np.int64)  # each atom its own
         for r, local in classes.items():
             o = int(batch.offset[r])
             label[o : o + len(local)] = o + local
-        edges, md = search_pairs(batch, sub, radius=_min_image_radius(batch, sub, cutoff))
-        edges = _minimum_images(edges, cutoff, label=label)
+        select = Selection(batch, sub, max_neighbors=max_neighbors,
+                           before=lambda e: _minimum_images(e, cutoff, label=label))
+        edges, md = search_pairs(batch, sub, radius=_min_image_radius(batch, sub, cutoff),
+                                 reduce=select)
         parts.append(select_nearest(edges, batch.atomic_numbers, max_neighbors=max_neighbors))
         min_dist[numpy_rows] = md
+        tied[numpy_rows] = select.tied
     if len(parts) == 1:
-        return parts[0], min_dist
+        return Searched(parts[0], min_dist, tied)
     edges = NeighborList(*(np.concatenate(a) for a in zip(*parts, strict=True)))
     order = np.argsort(edges.center, kind="stable")
-    return NeighborList(*(a[order] for a in edges)), min_dist
+    return Searched(NeighborList(*(a[order] for a in edges)), min_dist, tied)
 
 
 def translation_classes(
@@ -98,22 +105,8 @@ def translation_classes(
         local to the structure)} for the rows with a translation; primitive rows are absent.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    n = batch.n_atoms[rows]
-    maybe = rows[n > 1]
-    if not len(maybe):
-        return {}
-    counts_n = batch.n_atoms[maybe]
-    starts = batch.offset[maybe]
-    atom = np.repeat(starts - np.cumsum(counts_n) + counts_n, counts_n) + np.arange(
-        int(counts_n.sum()))
-    owner = np.repeat(np.arange(len(maybe)), counts_n)
-    key = owner * 1024 + np.clip(batch.atomic_numbers[atom], 0, 1023)
-    uniq, per = np.unique(key, return_counts=True)
-    group = uniq // 1024
-    first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    common = np.gcd.reduceat(per, first)
     out: dict[int, np.ndarray] = {}
-    for r in maybe[common > 1].tolist():
+    for r in rows[may_translate(batch, rows)].tolist():
         classes = _orbits(batch, r, tolerance)
         if classes is not None:
             out[r] = classes

@@ -10,12 +10,13 @@ the reference the tests compare the kernel with. The numpy pieces (`search_pairs
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
+from deepergat.contract import max_degree
 from deepergat.io.store import StructureBatch
 
 from .structures import atom_rows, effective_lattice
@@ -25,6 +26,8 @@ __all__ = [
     "TIE_TOLERANCE",
     "Gathered",
     "NeighborList",
+    "Searched",
+    "Selection",
     "empty_edges",
     "gather",
     "periodic_edges",
@@ -58,6 +61,22 @@ class NeighborList(NamedTuple):
     neighbor: np.ndarray
     distance: np.ndarray
     image: np.ndarray
+
+
+class Searched(NamedTuple):
+    """What a search gives for S structures.
+
+    Attributes:
+        edges: the selected edges, sorted by center (`NeighborList`, atoms indexed in the
+            batch).
+        min_dist: [S] float64 shortest pair distance found, Å (inf when none).
+        tied: [S] bool: an atom kept more than `deepergat.contract.max_degree` neighbors
+            (status 9); such atoms' edges are left out.
+    """
+
+    edges: NeighborList
+    min_dist: np.ndarray
+    tied: np.ndarray
 
 
 def empty_edges() -> NeighborList:
@@ -131,15 +150,15 @@ def gather(batch: StructureBatch, rows: np.ndarray) -> Gathered:
 
 def periodic_edges(
     batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int
-) -> tuple[NeighborList, np.ndarray]:
-    """Selected, sorted periodic edges of ``rows`` and [S] their shortest pair distance: the
-    compiled kernel when available, else the vectorized numpy search (the reference)."""
+) -> Searched:
+    """Selected, sorted periodic edges of ``rows`` (`Searched`): the compiled kernel when
+    available, else the vectorized numpy search (the reference)."""
     if use_numba() and len(rows):
         from . import _kernels
 
         g = gather(batch, rows)
         radius = _first_radius(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
-        c, nb, d, img, min_dist = _kernels.search_select(
+        c, nb, d, img, min_dist, tied = _kernels.search_select(
             g.local_start,
             g.n_s,
             np.ascontiguousarray(g.lattice),
@@ -152,11 +171,50 @@ def periodic_edges(
             float(cutoff),
             int(max_neighbors),
             TIE_TOLERANCE,
+            max_degree(max_neighbors),
         )
         edges = NeighborList(g.atom_index[c], g.atom_index[nb], d, img - g.shift[nb] + g.shift[c])
-        return edges, min_dist
-    edges, min_dist = _search_exact(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
-    return select_nearest(edges, batch.atomic_numbers, max_neighbors=max_neighbors), min_dist
+        return Searched(edges, min_dist, tied)
+    edges, min_dist, tied = _search_exact(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
+    return Searched(select_nearest(edges, batch.atomic_numbers, max_neighbors=max_neighbors),
+                    min_dist, tied)
+
+
+class Selection:
+    """The per-group step of the numpy searches: each center's nearest with ties
+    (`select_nearest`, after ``before`` — the minimum-image step), and centers keeping more
+    than `deepergat.contract.max_degree` neighbors left out, their structures marked in
+    ``tied``. Applied to each group of whole centers, it bounds the edges held at once.
+
+    Args:
+        batch: the structures. rows: [S] the rows searched.
+        max_neighbors: neighbors kept per atom, plus ties.
+        before: applied to a group's edges first (None: nothing).
+    """
+
+    def __init__(self, batch: StructureBatch, rows: np.ndarray, *, max_neighbors: int,
+                 before: Callable[[NeighborList], NeighborList] | None = None) -> None:
+        self.atomic_numbers = batch.atomic_numbers
+        self.max_neighbors = int(max_neighbors)
+        self.limit = max_degree(max_neighbors)
+        self.before = before
+        self.owner = np.full(len(batch.atomic_numbers), -1, dtype=np.int64)
+        self.owner[atom_rows(batch, rows)] = np.repeat(np.arange(len(rows)), batch.n_atoms[rows])
+        self.tied = np.zeros(len(rows), dtype=bool)
+
+    def __call__(self, edges: NeighborList) -> NeighborList:
+        if self.before is not None:
+            edges = self.before(edges)
+        edges = select_nearest(edges, self.atomic_numbers, max_neighbors=self.max_neighbors)
+        if not len(edges.center):
+            return edges
+        centers, degree = np.unique(edges.center, return_counts=True)
+        over = centers[degree > self.limit]
+        if not len(over):
+            return edges
+        self.tied[self.owner[over]] = True
+        keep = ~np.isin(edges.center, over)
+        return NeighborList(*(a[keep] for a in edges))
 
 
 def search_pairs(
@@ -164,8 +222,10 @@ def search_pairs(
     rows: np.ndarray,
     *,
     radius: np.ndarray,
+    reduce: Callable[[NeighborList], NeighborList] | None = None,
 ) -> tuple[NeighborList, np.ndarray]:
-    """All directed pairs within each structure's radius (no selection yet).
+    """All directed pairs within each structure's radius, each group of whole centers passed
+    through ``reduce`` (a `Selection`; None: kept as found).
 
     Candidates are (center, neighbor, image) triples; for each atom pair only the images that
     can reach the sphere are enumerated: along periodic axis k the fractional separation
@@ -176,10 +236,12 @@ def search_pairs(
     Args:
         batch: the structures. rows: [S] rows of ``batch`` to search (status 0 ones).
         radius: [S] search radius per row, Å.
+        reduce: applied to the edges of each group (every center's edges lie in one group).
 
     Returns:
-        (edges with atom indices global in ``batch``, [S] float64 shortest pair distance per
-        structure, inf when it has no pair within its radius).
+        (edges with atom indices global in ``batch``, grouped by center in search order, [S]
+        float64 shortest pair distance per structure, inf when it has no pair within its
+        radius).
     """
     rows = np.asarray(rows, dtype=np.int64)
     s_count = len(rows)
@@ -191,7 +253,9 @@ def search_pairs(
     min_dist = np.full(s_count, np.inf)
     for ps, gi, gj in _pair_groups(g, reach):
         part = _pairs_within(g, reach, radius, ps, gi, gj, min_dist)
-        if part is not None:
+        if part is not None and reduce is not None:
+            part = tuple(reduce(NeighborList(*part)))
+        if part is not None and len(part[0]):
             parts.append(part)
     if not parts:
         return empty_edges(), min_dist
@@ -303,15 +367,19 @@ def _first_radius(
 
 def _search_exact(
     batch: StructureBatch, rows: np.ndarray, *, cutoff: float, max_neighbors: int
-) -> tuple[NeighborList, np.ndarray]:
-    """Edges that contain every atom's nearest ``max_neighbors`` within ``cutoff`` and their
-    ties, via a cheap first radius and a full-cutoff pass for structures it left short."""
+) -> tuple[NeighborList, np.ndarray, np.ndarray]:
+    """Each atom's nearest ``max_neighbors`` within ``cutoff`` and their ties, [S] the shortest
+    pair distances and [S] the structures with an atom past `max_degree` (`Searched`), via a
+    cheap first radius and a full-cutoff pass for structures it left short."""
     radius = _first_radius(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors)
-    edges, min_dist = search_pairs(batch, rows, radius=radius)
+    select = Selection(batch, rows, max_neighbors=max_neighbors)
+    edges, min_dist = search_pairs(batch, rows, radius=radius, reduce=select)
+    tied = select.tied
     short = radius < cutoff
     if short.any():
         # An atom is settled when its max_neighbors-th distance (ties included) lies safely
         # inside the radius searched; otherwise its structure is searched at the cutoff.
+        # (An atom left out for its ties has no edges here: its structure is searched again.)
         owner_row = np.full(len(batch.atomic_numbers), -1, dtype=np.int64)
         for_rows = np.repeat(np.arange(len(rows)), batch.n_atoms[rows])
         atom_ids = atom_rows(batch, rows)
@@ -322,13 +390,16 @@ def _search_exact(
         if redo.any():
             keep = ~redo[owner_row[edges.center]]
             edges = NeighborList(*(a[keep] for a in edges))
+            again = Selection(batch, rows[redo], max_neighbors=max_neighbors)
             edges2, min2 = search_pairs(
-                batch, rows[redo], radius=np.full(int(redo.sum()), float(cutoff))
+                batch, rows[redo], radius=np.full(int(redo.sum()), float(cutoff)), reduce=again
             )
             edges = NeighborList(*(np.concatenate(p) for p in zip(edges, edges2, strict=True)))
             min_dist = min_dist.copy()
             min_dist[redo] = min2
-    return edges, min_dist
+            tied = tied.copy()
+            tied[redo] = again.tied
+    return edges, min_dist, tied
 
 
 def _kth_distance(edges: NeighborList, n_atoms: int, k: int) -> np.ndarray:

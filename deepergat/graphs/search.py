@@ -18,7 +18,7 @@ from deepergat.errors import GeometryError
 from deepergat.io.store import StructureBatch
 
 from .minimum_image import minimum_image_edges
-from .periodic import NeighborList, periodic_edges
+from .periodic import NeighborList, Searched, periodic_edges
 from .settings import check_graph
 from .structures import check_structures
 
@@ -33,10 +33,11 @@ def search_select(
     max_neighbors: int,
     graph: GraphConstruction = DEFAULT_GRAPH,
     merge_translations: bool = True,
-) -> tuple[NeighborList, np.ndarray]:
-    """Selected, sorted edges of the given rows and [S] their shortest pair distance: the
-    compiled kernel when available, else the vectorized numpy search (the reference).
-    ``merge_translations=False`` builds minimum-image graphs without the translation rule."""
+) -> Searched:
+    """Selected, sorted edges of the given rows, [S] their shortest pair distance and [S]
+    whether an atom kept too many tied neighbors (`Searched`): the compiled kernel when
+    available, else the vectorized numpy search (the reference). ``merge_translations=False``
+    builds minimum-image graphs without the translation rule."""
     rows = np.asarray(rows, dtype=np.int64)
     if check_graph(graph) == "minimum-image":
         return minimum_image_edges(batch, rows, cutoff=cutoff, max_neighbors=max_neighbors,
@@ -75,7 +76,9 @@ def neighbor_list(
 
     Raises:
         GeometryError: status 4 (non-finite coordinates), 5 (singular or non-finite lattice
-            on a periodic axis) or 6 (overlapping atoms).
+            on a periodic axis), 8 (too many periodic images within the cutoff), 6
+            (overlapping atoms) or 9 (an atom with more tied neighbors than
+            `deepergat.contract.max_degree`).
     """
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     n = len(positions)
@@ -94,17 +97,20 @@ def neighbor_list(
         atomic_numbers=np.maximum(z, 1) if atomic_numbers is None else z,
         positions=positions,
     )
-    status = check_structures(batch)
-    if status[0] in (Status.NONFINITE_COORDINATES, Status.SINGULAR_LATTICE):
+    status = check_structures(batch, cutoff=cutoff)
+    if status[0] in (Status.NONFINITE_COORDINATES, Status.SINGULAR_LATTICE,
+                     Status.TOO_MANY_IMAGES):
         code = Status(int(status[0]))
         raise GeometryError(code, code.meaning)
-    edges, min_dist = search_select(
+    edges, min_dist, tied = search_select(
         batch, np.zeros(1, np.int64), cutoff=cutoff, max_neighbors=max_neighbors, graph=graph,
         merge_translations=atomic_numbers is not None,
     )
     if overlap_threshold is not None and min_dist[0] < overlap_threshold:
         raise GeometryError(Status.OVERLAP,
                             f"two atoms closer than {overlap_threshold} Å ({min_dist[0]:.4g} Å)")
+    if tied[0]:
+        raise GeometryError(Status.TOO_MANY_TIES, Status.TOO_MANY_TIES.meaning)
     return edges
 
 
@@ -120,19 +126,25 @@ def batch_neighbor_lists(
 ) -> tuple[NeighborList, np.ndarray]:
     """Neighbor lists of a whole batch in one vectorized search.
 
+    Structures get their status before the search (1–5, and 8 from the lattice and the atom
+    count, so no search is ever larger than the bounds of docs/design.md §4), then from it:
+    6 (overlap), then 9 (an atom with more tied neighbors than
+    `deepergat.contract.max_degree`).
+
     Returns:
         (edges with atom indices into ``batch.atomic_numbers`` for structures whose status is 0,
         [M] uint8 `Status` per structure, docs/design.md §9; `Status.OK` where every
         check passed).
     """
-    status = check_structures(batch, max_atoms=max_atoms, max_z=max_z)
+    status = check_structures(batch, max_atoms=max_atoms, max_z=max_z, cutoff=cutoff)
     good = np.flatnonzero(status == Status.OK)
-    edges, min_dist = search_select(batch, good, cutoff=cutoff, max_neighbors=max_neighbors,
-                                    graph=graph)
-    if overlap_threshold is not None and len(good):
-        overlap = good[min_dist < overlap_threshold]
-        if len(overlap):
-            status[overlap] = Status.OVERLAP
+    edges, min_dist, tied = search_select(batch, good, cutoff=cutoff,
+                                          max_neighbors=max_neighbors, graph=graph)
+    if len(good):
+        if overlap_threshold is not None:
+            status[good[min_dist < overlap_threshold]] = Status.OVERLAP
+        status[good[tied & (status[good] == Status.OK)]] = Status.TOO_MANY_TIES
+        if (status[good] != Status.OK).any():
             owner = np.repeat(np.arange(len(batch)), batch.n_atoms)
             keep = status[owner[edges.center]] == Status.OK
             edges = NeighborList(*(a[keep] for a in edges))

@@ -3,14 +3,16 @@
 * The **reader** thread takes the rank's next chunk (from the MPI counter or a local list) only
   when a prefetch slot is free, reads it with two slices, cuts it into model batches by an
   atom/edge budget and hands each batch to the workers.
-* The **workers** run `deepergat.graphs.build_inputs` (the periodic neighbor search) and the
-  unseen-element flags: a thread (``workers=0``; the numba kernel releases the GIL) or a process
-  pool started with forkserver — never forked from a process that has initialized MPI. On CPUs
-  the worker processes also run the model (``worker_model``), one single-threaded session each:
-  the model is memory-bound with small kernels, and processes scale where threads sharing one
-  process do not.
-* The **predictor** is called on one batch at a time by the calling thread (unless the workers
-  predicted it); rows are assembled in chunk order and non-finite predictions become status 7.
+* The **workers** run `featurize`: the neighbor search (`deepergat.graphs.search_inputs`), a
+  second cut of the batch by each structure's real padded width (`split_batches`) before
+  anything is padded, and the flags (`deepergat.graphs.structure_flags`) — in a thread
+  (``workers=0``; the numba kernel releases the GIL) or a process pool started with forkserver,
+  never forked from a process that has initialized MPI. On CPUs the worker processes also run
+  the model (``worker_model``), one single-threaded session each: the model is memory-bound
+  with small kernels, and processes scale where threads sharing one process do not.
+* The **predictor** is called on one model batch at a time by the calling thread (unless the
+  workers predicted it); rows are assembled in chunk order and non-finite predictions become
+  status 7.
 * The **writer** thread commits each finished chunk as its part file and reports progress.
 
 At most ``max_batches`` model batches (each within the atom/edge budget) are handed to the
@@ -19,13 +21,22 @@ workers and not yet consumed by the predictor, at most ``prefetch`` chunks are r
 not by the input. The batch cap defaults to twice the workers: with a GPU, where one chunk is
 one large batch, every worker then has a chunk to featurize (docs/design.md §11).
 
+**A batch that fails for memory** — a `MemoryError` or an allocation error of the model's
+runtime, or a worker process killed (the kernel's out-of-memory killer under a cluster memory
+cap) — is computed again, alone, in halves, down to the single structure, which then gets
+status 10 (`memory_failure`, `Pipeline` ``_alone``): one structure never stops a run. Again
+means in one isolated worker process (or this thread, without workers), so that a batch is
+judged only by what it does itself; a structure gets status 10 only when a one-atom probe
+structure then runs, else the failure is not the structure's and the run stops with one line.
+
 `Pipeline` holds the settings; each `Pipeline.run` is a `_Flow`, whose methods are the stages
 and whose attributes are what they share: the queues, the read-ahead slots, the count of
-batches in flight, the stop event and the error slot.
+batches in flight, the worker pools, the stop event and the error slot.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -42,13 +53,13 @@ from concurrent.futures import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from deepergat.contract import Status
-from deepergat.errors import SettingError
-from deepergat.graphs import GraphBatch, build_inputs
+from deepergat.contract import MAX_TRANSLATION_ATOMS, Status
+from deepergat.errors import DeepergatError, SettingError, literal
+from deepergat.graphs import GraphBatch, build_inputs, search_inputs, structure_flags
 from deepergat.io.store import Store, StructureBatch
 from deepergat.system.lifeline import watch_parent
 
@@ -65,6 +76,8 @@ __all__ = [
     "Predictor",
     "featurize",
     "featurize_predict",
+    "memory_failure",
+    "probe_batch",
     "split_batches",
     "start_forkserver",
 ]
@@ -74,8 +87,10 @@ log = logging.getLogger(__name__)
 #: Atoms per model batch on the CPU (≈ 120 perovskite-family crystals: CPU inference is
 #: memory-bound, so mid-sized batches run fastest; docs/design.md §11).
 DEFAULT_BATCH_ATOMS = 1024
-#: Padded edge slots (atoms × (max_neighbors + 1)) per model batch.
-DEFAULT_BATCH_EDGES = DEFAULT_BATCH_ATOMS * 16
+#: Padded edge slots (atoms × the batch's padded width K) per model batch. 20 per atom: a
+#: batch of 1,024 atoms whose ties take K to 19 (simple-cubic shells at 12 neighbors) stays
+#: one batch, as it was before the width was counted; wider batches are cut (`split_batches`).
+DEFAULT_BATCH_EDGES = DEFAULT_BATCH_ATOMS * 20
 #: Modules the forkserver imports once, so each worker starts warm.
 _PRELOAD = ["deepergat.graphs", "deepergat.screening.pipeline"]
 
@@ -97,6 +112,10 @@ class FeaturizeSettings:
         overlap_threshold: status 6 below this pair distance, Å.
         seen_elements: atomic numbers seen in training (others set flag bit 0).
         graph: graph construction of the model (``periodic`` or ``minimum-image``).
+        translation_max_atoms: the model's translation limit (minimum-image graphs: flag
+            bit 1 above it).
+        batch_atoms, batch_edges: the model-batch budget a featurized batch is cut to
+            (`split_batches` with the structures' real padded widths).
     """
 
     cutoff: float
@@ -106,29 +125,41 @@ class FeaturizeSettings:
     overlap_threshold: float
     seen_elements: tuple[int, ...]
     graph: str = "periodic"
+    translation_max_atoms: int = MAX_TRANSLATION_ATOMS
+    batch_atoms: int = DEFAULT_BATCH_ATOMS
+    batch_edges: int = DEFAULT_BATCH_EDGES
 
 
 @dataclass
 class Featurized:
-    """One model batch, ready for the predictor — or already predicted by a worker.
+    """One batch of m structures, ready for the predictor — or already predicted by a worker.
 
     Attributes:
-        graph: padded inputs of its status-0 structures, ``graph.status`` for all (the inputs
-            are dropped once a worker has predicted them).
-        flags: [m] uint8 flag bits of every structure of the batch.
-        seconds: time spent in the neighbor search and flags.
-        prediction, embedding, std: [C, T], [C, D] and [C, T] (an ensemble's spread) for
-            ``graph.rows`` when a worker predicted the batch, else None.
-        predict_seconds: time the worker's predictor took.
+        status: [m] uint8 status codes 1–6, 8, 9 (0: searched).
+        flags: [m] uint8 flag bits.
+        graphs: the model batches of its status-0 structures (at least one, maybe empty),
+            each within the batch budget; their ``rows`` index the m structures. Emptied of
+            inputs once a worker has predicted them.
+        seconds: time spent in the neighbor search, padding and flags.
+        prediction, embedding, std: [m, T], [m, D] and [m, T] (an ensemble's spread; NaN
+            where not predicted) when a worker predicted the batch, else None.
+        predict_seconds: time the worker's predictor took. batches: model calls it made.
     """
 
-    graph: GraphBatch
+    status: np.ndarray
     flags: np.ndarray
+    graphs: list[GraphBatch]
     seconds: float
     prediction: np.ndarray | None = None
     embedding: np.ndarray | None = None
     std: np.ndarray | None = None
     predict_seconds: float = 0.0
+    batches: int = 0
+
+    @property
+    def graph(self) -> GraphBatch:
+        """The first model batch: the whole batch's inputs unless it was cut."""
+        return self.graphs[0]
 
 
 def split_batches(
@@ -136,83 +167,81 @@ def split_batches(
     *,
     max_atoms: int,
     max_neighbors: int,
+    width: np.ndarray | None = None,
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
     batch_edges: int = DEFAULT_BATCH_EDGES,
 ) -> list[tuple[int, int]]:
     """Cut a chunk into consecutive model batches under an atom and edge budget.
 
     A batch closes before the structure that would take it over ``batch_atoms`` atoms, over
-    ``batch_edges`` padded edge slots (atoms × (max_neighbors + 1)), or over 8 · ``batch_atoms``
-    crystal slots (crystals × largest crystal, the [C, A] padding; the model's [C, A, 108]
-    composition one-hot stays well below its [N, K, heads · dim] edge tensors). Structures that
-    will be screened out (0 atoms, more than ``max_atoms``) cost nothing. A single structure over
-    budget is a batch of its own.
+    ``batch_edges`` padded edge slots (its atoms × its padded width K, the largest of its
+    structures' widths: the [N, K] inputs and the model's [N, K, heads · dim] edge tensors),
+    or over 8 · ``batch_atoms`` crystal slots (crystals × largest crystal, the [C, A] padding;
+    the model's [C, A, 108] composition one-hot stays well below its edge tensors).
+    Structures that will not be predicted cost nothing. A single structure over budget is a
+    batch of its own.
 
     Args:
         n_atoms: [m] atoms per structure.
+        max_atoms: before the search, structures with more atoms (or none) cost nothing.
+        max_neighbors: before the search, every structure's width is max_neighbors + 1.
+        width: [m] the real padded widths from the search (`deepergat.graphs.BatchEdges`;
+            0: not predicted), used instead of the two estimates above.
 
     Returns:
         [(start, stop)] covering 0..m in order.
     """
-    cost = np.where((n_atoms > 0) & (n_atoms <= max_atoms), n_atoms, 0).tolist()
-    per_edge = max_neighbors + 1
+    n_atoms = np.asarray(n_atoms)
+    if width is None:
+        counted = (n_atoms > 0) & (n_atoms <= max_atoms)
+        widths = np.where(counted, max_neighbors + 1, 0).tolist()
+    else:
+        counted = np.asarray(width) > 0
+        widths = np.asarray(width).tolist()
+    cost = np.where(counted, n_atoms, 0).tolist()
     out: list[tuple[int, int]] = []
-    start = atoms = largest = 0
-    for i, n in enumerate(cost):
+    start = atoms = largest = wide = 0
+    for i, (n, w) in enumerate(zip(cost, widths, strict=True)):
         big = max(largest, n)
+        k = max(wide, w)
         if i > start and (
             atoms + n > batch_atoms
-            or (atoms + n) * per_edge > batch_edges
+            or (atoms + n) * k > batch_edges
             or (i - start + 1) * big > 8 * batch_atoms
         ):
             out.append((start, i))
-            start, atoms, big = i, 0, n
+            start, atoms, big, k = i, 0, n, w
         atoms += n
-        largest = big
+        largest, wide = big, k
     if start < len(cost):
         out.append((start, len(cost)))
     return out
 
 
-def unseen_flags(batch: StructureBatch, seen: np.ndarray) -> np.ndarray:
-    """[m] uint8: `FLAG_UNSEEN_ELEMENT` where a structure has an atom whose Z is not ``seen``.
-
-    Args:
-        batch: m structures. seen: [256] bool, True for atomic numbers seen in training.
-    """
-    m = len(batch)
-    z = batch.atomic_numbers
-    unseen = (z < 0) | (z >= len(seen))
-    unseen[~unseen] = ~seen[z[~unseen]]
-    owner = np.repeat(np.arange(m), batch.n_atoms)
-    hit = np.bincount(owner[unseen], minlength=m) > 0
-    return np.where(hit, FLAG_UNSEEN_ELEMENT, 0).astype(np.uint8)
-
-
-_SEEN_CACHE: dict[tuple[int, ...], np.ndarray] = {}
-
-
 def featurize(batch: StructureBatch, settings: FeaturizeSettings) -> Featurized:
-    """Model inputs, status codes 1-6 and flags of one model batch (runs in a worker).
+    """Model inputs, status codes 1–6, 8, 9 and flags of one batch (runs in a worker): the
+    search first, then the batch cut by its structures' real padded widths
+    (`split_batches`) before anything is padded.
 
     Args:
         batch: m structures.
         settings: see `FeaturizeSettings`.
     """
     t0 = time.perf_counter()
-    seen = _SEEN_CACHE.get(settings.seen_elements)
-    if seen is None:
-        seen = np.zeros(256, dtype=bool)
-        z = np.array([v for v in settings.seen_elements if 0 <= v < 256], dtype=np.int64)
-        seen[z] = True
-        _SEEN_CACHE[settings.seen_elements] = seen
-    graph = build_inputs(
+    searched = search_inputs(
         batch, cutoff=settings.cutoff, max_neighbors=settings.max_neighbors,
         graph=settings.graph, max_atoms=settings.max_atoms, max_z=settings.max_z,
         overlap_threshold=settings.overlap_threshold,
     )
-    flags = unseen_flags(batch, seen)
-    return Featurized(graph=graph, flags=flags, seconds=time.perf_counter() - t0)
+    spans = split_batches(batch.n_atoms, max_atoms=settings.max_atoms,
+                          max_neighbors=settings.max_neighbors, width=searched.width,
+                          batch_atoms=settings.batch_atoms, batch_edges=settings.batch_edges)
+    graphs = [searched.pad(a, b) for a, b in spans if searched.width[a:b].any()]
+    flags = structure_flags(batch, seen_elements=settings.seen_elements, graph=settings.graph,
+                            translation_max_atoms=settings.translation_max_atoms)
+    return Featurized(status=searched.status, flags=flags,
+                      graphs=graphs or [searched.pad(0, 0)],
+                      seconds=time.perf_counter() - t0)
 
 
 def start_forkserver() -> None:
@@ -258,16 +287,75 @@ def featurize_predict(batch: StructureBatch, settings: FeaturizeSettings) -> Fea
     padded inputs stay in the worker, only the predictions travel back."""
     feat = featurize(batch, settings)
     predictor, keep_embeddings = _WORKER_PREDICTOR
-    g = feat.graph
-    if len(g.rows):
-        t0 = time.perf_counter()
-        p, em, sd = predictor.predict(g.inputs)
-        feat.predict_seconds = time.perf_counter() - t0
-        feat.prediction = np.asarray(p, dtype=np.float32)
-        feat.embedding = np.asarray(em, dtype=np.float32) if keep_embeddings else None
-        feat.std = None if sd is None else np.asarray(sd, dtype=np.float32)
-    feat.graph = GraphBatch(inputs={}, rows=g.rows, status=g.status, n_edges=g.n_edges)
+    out = _Outputs(len(batch))
+    for g in feat.graphs:
+        if len(g.rows):
+            t0 = time.perf_counter()
+            out.put(g.rows, *predictor.predict(g.inputs), embeddings=keep_embeddings)
+            feat.predict_seconds += time.perf_counter() - t0
+            feat.batches += 1
+    feat.prediction, feat.embedding, feat.std = out.prediction, out.embedding, out.std
+    feat.graphs = [GraphBatch(inputs={}, rows=g.rows, status=g.status, n_edges=g.n_edges)
+                   for g in feat.graphs]
     return feat
+
+
+@dataclass
+class _Outputs:
+    """A batch's model outputs gathered over its model batches: [m, T] predictions, [m, D]
+    embeddings and [m, T] spread, NaN where not predicted (None until a model batch gives
+    them)."""
+
+    m: int
+    prediction: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    def put(self, rows: np.ndarray, prediction: Any, embedding: Any, std: Any, *,
+            embeddings: bool = True) -> None:
+        """Store one model batch's outputs for ``rows``."""
+        self.prediction = _put(self.prediction, self.m, rows, prediction)
+        if embeddings:
+            self.embedding = _put(self.embedding, self.m, rows, embedding)
+        if std is not None:
+            self.std = _put(self.std, self.m, rows, std)
+
+
+def _put(into: np.ndarray | None, m: int, rows: np.ndarray, values: Any) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float32).reshape(len(rows), -1)
+    if into is None:
+        into = np.full((m, values.shape[1]), np.nan, dtype=np.float32)
+    into[rows] = values
+    return into
+
+
+#: Phrases of the allocation errors of numpy, onnxruntime, PyTorch (CPU and CUDA) and the C
+#: library, in lower case (`memory_failure`).
+_MEMORY_PHRASES = ("out of memory", "unable to allocate", "failed to allocate",
+                   "cannot allocate memory", "can't allocate memory", "bad_alloc",
+                   "bad allocation")
+
+
+def memory_failure(error: BaseException) -> bool:
+    """Whether ``error`` says a batch ran out of memory: a `MemoryError`, an allocation error
+    of the model's runtime (by its message), or a worker process that died (a
+    `concurrent.futures.BrokenExecutor`: the kernel's out-of-memory killer, most likely)."""
+    if isinstance(error, MemoryError | BrokenExecutor):
+        return True
+    if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: never retried
+        return False
+    text = str(error).lower()
+    return any(phrase in text for phrase in _MEMORY_PHRASES)
+
+
+def probe_batch(settings: FeaturizeSettings) -> StructureBatch:
+    """One atom of an element the model saw, alone in a cube no check refuses: what a worker
+    must be able to compute for a failure to be blamed on a structure."""
+    z = settings.seen_elements[0] if settings.seen_elements else 14
+    side = max(3.0, 2.0 * float(settings.overlap_threshold) + 1.0)
+    return StructureBatch.from_structures([{
+        "id": "probe", "lattice": np.eye(3) * side, "pbc": (True, True, True),
+        "atomic_numbers": [z], "positions": [[0.0, 0.0, 0.0]]}])
 
 
 @dataclass
@@ -281,6 +369,7 @@ class PipelineStats:
             in each stage (featurize summed over workers).
         batches: model batches predicted.
         max_in_flight: most model batches handed to the workers and not yet predicted at once.
+        retried: batches computed again, alone and in halves, after a memory failure.
     """
 
     chunks: int = 0
@@ -294,6 +383,7 @@ class PipelineStats:
     write: float = 0.0
     batches: int = 0
     max_in_flight: int = 0
+    retried: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -301,21 +391,42 @@ class PipelineStats:
             "status": [int(x) for x in self.status], "flagged": self.flagged,
             "seconds": self.seconds, "read": self.read, "featurize": self.featurize,
             "predict": self.predict, "write": self.write, "batches": self.batches,
-            "max_in_flight": self.max_in_flight,
+            "max_in_flight": self.max_in_flight, "retried": self.retried,
         }
 
 
 _STOP = object()
 
 
-class _Predicted(NamedTuple):
-    """A model batch and its outputs (None when it had no status-0 structure)."""
+@dataclass
+class _Done:
+    """A batch's results, one row per structure: status, flags, [m, T] predictions, [m, D]
+    embeddings (None unless kept), [m, T] spread (None unless an ensemble), NaN where not
+    predicted; and what they cost."""
 
-    feat: Featurized
-    prediction: np.ndarray | None = None
-    embedding: np.ndarray | None = None
-    std: np.ndarray | None = None
-    seconds: float = 0.0
+    status: np.ndarray
+    flags: np.ndarray
+    prediction: np.ndarray
+    embedding: np.ndarray | None
+    std: np.ndarray | None
+    featurize: float = 0.0
+    predict: float = 0.0
+    batches: int = 0
+
+    @staticmethod
+    def join(parts: list[_Done]) -> _Done:
+        """The results of consecutive batches, as one."""
+        def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+            return None if arrays[0] is None else np.concatenate(arrays)  # type: ignore[arg-type]
+
+        return _Done(
+            status=np.concatenate([d.status for d in parts]),
+            flags=np.concatenate([d.flags for d in parts]),
+            prediction=np.concatenate([d.prediction for d in parts]),
+            embedding=cat([d.embedding for d in parts]), std=cat([d.std for d in parts]),
+            featurize=sum(d.featurize for d in parts), predict=sum(d.predict for d in parts),
+            batches=sum(d.batches for d in parts),
+        )
 
 
 @dataclass
@@ -324,6 +435,7 @@ class _Chunk:
     start: int
     ids: list[str]
     spans: list[tuple[int, int]]
+    batches: list[StructureBatch]
     futures: list[Future[Featurized]]
 
 
@@ -370,7 +482,8 @@ class Pipeline:
         self.store_path = Path(store_path)
         self.plan = plan
         self.predictor = predictor
-        self.settings = settings
+        self.settings = dataclasses.replace(settings, batch_atoms=batch_atoms,
+                                            batch_edges=batch_edges)
         self.n_targets = n_targets
         self.embedding_dim = embedding_dim
         self.spread = bool(spread)
@@ -382,8 +495,11 @@ class Pipeline:
                                else max_batches)
         self.prefetch = max(1, self.max_batches if prefetch is None else prefetch)
         self.write_queue = max(1, write_queue)
+        self.task: Callable[[StructureBatch, FeaturizeSettings], Featurized] = (
+            featurize_predict if self.worker_model else featurize)
 
-    def _executor(self) -> Executor:
+    def _executor(self, workers: int | None = None) -> Executor:
+        """The workers: ``workers`` processes [default: the pipeline's], or one thread."""
         if self.workers == 0:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="featurize")
         ctx = multiprocessing.get_context("forkserver")
@@ -391,7 +507,7 @@ class Pipeline:
         model = ((*self.worker_model, self.embedding_dim is not None)
                  if self.worker_model is not None else None)
         return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
+            max_workers=workers or self.workers, mp_context=ctx, initializer=_worker_init,
             initargs=(model, os.getpid()),
         )
 
@@ -436,62 +552,76 @@ class Pipeline:
             stopped = flow.stop.is_set()
             for t in threads:
                 t.join()
-            flow.executor.shutdown(wait=True, cancel_futures=stopped)
+            flow.close(cancel=stopped)
         flow.stats.seconds = time.perf_counter() - t_start
         if flow.errors:
             if isinstance(flow.errors[0], BrokenExecutor):
-                raise SettingError(
-                    "a worker process of this rank died (killed — by the out-of-memory killer? — "
-                    "or crashed); the chunks committed so far are kept: run the same command "
-                    "again to compute the rest (with fewer {workers} if memory is short)"
-                ) from None
+                raise _worker_died() from None
             raise flow.errors[0]
         return flow.stats
 
-    def _predict_batch(self, fut: Future[Featurized]) -> _Predicted:
-        """Wait for a batch's inputs and predict its status-0 structures."""
-        feat = fut.result()
-        if not len(feat.graph.rows):
-            return _Predicted(feat)
+    def _blank(self, m: int) -> _Done:
+        """Results of m structures with nothing predicted yet."""
+        def nan(width: int) -> np.ndarray:
+            return np.full((m, width), np.nan, dtype=np.float32)
+
+        return _Done(status=np.zeros(m, np.uint8), flags=np.zeros(m, np.uint8),
+                     prediction=nan(self.n_targets),
+                     embedding=nan(self.embedding_dim) if self.embedding_dim is not None else None,
+                     std=nan(self.n_targets) if self.spread else None)
+
+    def _complete(self, feat: Featurized) -> _Done:
+        """A featurized batch's results: the worker's predictions, or this process predicts
+        each of its model batches."""
+        done = self._blank(len(feat.status))
+        done.status[:] = feat.status
+        done.flags[:] = feat.flags
+        done.featurize = feat.seconds
         if feat.prediction is not None:  # a worker predicted it
-            return _Predicted(feat, feat.prediction, feat.embedding, feat.std,
-                              feat.predict_seconds)
-        t0 = time.perf_counter()
-        p, em, sd = self.predictor.predict(feat.graph.inputs)
-        return _Predicted(feat, np.asarray(p), np.asarray(em),
-                          None if sd is None else np.asarray(sd), time.perf_counter() - t0)
+            done.prediction[:] = feat.prediction
+            if done.embedding is not None and feat.embedding is not None:
+                done.embedding[:] = feat.embedding
+            if done.std is not None and feat.std is not None:
+                done.std[:] = feat.std
+            done.predict, done.batches = feat.predict_seconds, feat.batches
+            return done
+        for g in feat.graphs:
+            if not len(g.rows):
+                continue
+            t0 = time.perf_counter()
+            p, em, sd = self.predictor.predict(g.inputs)
+            done.predict += time.perf_counter() - t0
+            done.batches += 1
+            c = len(g.rows)
+            done.prediction[g.rows] = np.asarray(p, np.float32).reshape(c, self.n_targets)
+            if done.embedding is not None:
+                done.embedding[g.rows] = np.asarray(em, np.float32).reshape(c, -1)
+            if done.std is not None and sd is not None:
+                done.std[g.rows] = np.asarray(sd, np.float32).reshape(c, self.n_targets)
+        return done
+
+    def _out_of_memory(self, batch: StructureBatch) -> _Done:
+        """Results of structures that failed for memory even alone: status 10, their flags."""
+        done = self._blank(len(batch))
+        done.status[:] = Status.OUT_OF_MEMORY
+        s = self.settings
+        done.flags[:] = structure_flags(batch, seen_elements=s.seen_elements, graph=s.graph,
+                                        translation_max_atoms=s.translation_max_atoms)
+        return done
 
     def _finish_chunk(
         self,
         item: _Chunk,
-        jobs: list[_Predicted],
+        results: list[_Done],
         stats: PipelineStats,
     ) -> tuple[int, int, Rows]:
         """Assemble a chunk's rows from its batches; non-finite predictions become status 7."""
-        m = len(item.ids)
-        t = self.n_targets
-        status = np.zeros(m, dtype=np.uint8)
-        flags = np.zeros(m, dtype=np.uint8)
-        preds = np.full((m, t), np.nan, dtype=np.float32)
-        emb = (np.full((m, self.embedding_dim), np.nan, dtype=np.float32)
-               if self.embedding_dim is not None else None)
-        spread = np.full((m, t), np.nan, dtype=np.float32) if self.spread else None
-        for (s, e), job in zip(item.spans, jobs, strict=True):
-            feat, p, em, sd, seconds = job
-            stats.featurize += feat.seconds
-            g = feat.graph
-            status[s:e] = g.status
-            flags[s:e] = feat.flags
-            if p is None:
-                continue
-            stats.predict += seconds
-            stats.batches += 1
-            rows = s + g.rows
-            preds[rows] = p.astype(np.float32, copy=False).reshape(len(rows), t)
-            if emb is not None and em is not None:
-                emb[rows] = em.astype(np.float32, copy=False).reshape(len(rows), -1)
-            if spread is not None and sd is not None:
-                spread[rows] = sd.astype(np.float32, copy=False).reshape(len(rows), t)
+        for done in results:
+            stats.featurize += done.featurize
+            stats.predict += done.predict
+            stats.batches += done.batches
+        whole = _Done.join(results)
+        status, preds, emb, spread = whole.status, whole.prediction, whole.embedding, whole.std
         ok = status == Status.OK
         bad = ok & ~np.isfinite(preds).all(axis=1)
         if spread is not None:
@@ -503,12 +633,30 @@ class Pipeline:
             emb[failed] = np.nan
         if spread is not None:
             spread[failed] = np.nan
+        m = len(item.ids)
         rows_out = Rows(
             index=np.arange(item.start, item.start + m, dtype=np.int64),
-            ids=item.ids, status=status, flags=flags, predictions=preds, embeddings=emb,
+            ids=item.ids, status=status, flags=whole.flags, predictions=preds, embeddings=emb,
             std=spread,
         )
         return item.k, item.start, rows_out
+
+
+def _worker_died() -> SettingError:
+    """The one line for worker processes that die whatever they compute."""
+    return SettingError(
+        "a worker process of this rank died (killed — by the out-of-memory killer? — or "
+        "crashed); the chunks committed so far are kept: run the same command again to "
+        "compute the rest (with fewer {workers} if memory is short)"
+    )
+
+
+def _describe(error: BaseException) -> str:
+    """A memory failure in a few words, for the log."""
+    if isinstance(error, BrokenExecutor):
+        return "its worker process was killed"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:120]}" if text else type(error).__name__
 
 
 class _Flow:
@@ -519,7 +667,11 @@ class _Flow:
     goes into ``errors`` and sets ``stop``; every stage then winds down.
 
     Attributes:
-        pipeline: the settings. executor: the workers (threads or processes).
+        pipeline: the settings.
+        executor: the workers (threads or processes); a process pool that broke is replaced
+            (``pool_lock`` guards it).
+        isolated: one worker process of its own for batches computed again after a memory
+            failure (`_alone`), started when first needed; None without worker processes.
         chunks: read chunks whose batches are with the workers, then `_STOP` (unbounded: the
             ``slots`` bound it).
         finished: assembled chunks for the writer, then `_STOP` (``write_queue`` deep).
@@ -536,6 +688,8 @@ class _Flow:
     def __init__(self, pipeline: Pipeline, executor: Executor) -> None:
         self.pipeline = pipeline
         self.executor = executor
+        self.pool_lock = threading.Lock()
+        self.isolated: Executor | None = None
         self.chunks: queue.Queue[Any] = queue.Queue()  # `_Chunk`s, then `_STOP`
         # (k, start, rows) of finished chunks, then `_STOP`
         self.finished: queue.Queue[Any] = queue.Queue(maxsize=pipeline.write_queue)
@@ -552,6 +706,27 @@ class _Flow:
         self.errors.append(e)
         self.stop.set()
 
+    def close(self, *, cancel: bool) -> None:
+        """Shut the worker pools down (cancelling what waits after an error)."""
+        with self.pool_lock:
+            self.executor.shutdown(wait=True, cancel_futures=cancel)
+        if self.isolated is not None:
+            self.isolated.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, batch: StructureBatch) -> Future[Featurized]:
+        """Hand a batch to the workers; a pool that broke (a worker died) is replaced first —
+        its batches are computed again by the predictor stage (`_alone`)."""
+        p = self.pipeline
+        with self.pool_lock:
+            try:
+                return self.executor.submit(p.task, batch, p.settings)
+            except BrokenExecutor:
+                # not cancelled: the broken pool fails every batch it holds, and each is
+                # computed again (a cancelled one would stop the run)
+                self.executor.shutdown(wait=False)
+                self.executor = p._executor()
+                return self.executor.submit(p.task, batch, p.settings)
+
     # ------------------------------------------------------------------ reader thread
 
     def read(self, next_chunk: Callable[[], int | None]) -> None:
@@ -563,13 +738,10 @@ class _Flow:
                     k = next_chunk()
                     if k is None:
                         return
-                    chunk, subs = self._read_chunk(store, k)
-                    if not self._hand_out(len(subs)):
+                    chunk = self._read_chunk(store, k)
+                    if not self._hand_out(len(chunk.batches)):
                         return
-                    task = featurize_predict if self.pipeline.worker_model else featurize
-                    settings = self.pipeline.settings
-                    chunk.futures.extend(self.executor.submit(task, sub, settings)
-                                         for sub in subs)
+                    chunk.futures.extend(self.submit(sub) for sub in chunk.batches)
                     self.chunks.put(chunk)
         except BaseException as e:  # handed to the main thread
             self.fail(e)
@@ -583,8 +755,8 @@ class _Flow:
                 return False
         return not self.stop.is_set()
 
-    def _read_chunk(self, store: Store, k: int) -> tuple[_Chunk, list[StructureBatch]]:
-        """Chunk k (no batch handed out yet) and its model batches."""
+    def _read_chunk(self, store: Store, k: int) -> _Chunk:
+        """Chunk k with its model batches (none handed out yet)."""
         p = self.pipeline
         t0 = time.perf_counter()
         a, b = p.plan.bounds(k)
@@ -597,7 +769,7 @@ class _Flow:
         subs = [batch.select(np.arange(s, e)) for s, e in spans]
         with self.lock:
             self.stats.read += time.perf_counter() - t0
-        return _Chunk(k, a, batch.ids, spans, []), subs
+        return _Chunk(k, a, batch.ids, spans, subs, [])
 
     def _hand_out(self, n: int) -> bool:
         """Count ``n`` batches in flight once fewer than ``max_batches`` are (a chunk goes to
@@ -624,13 +796,81 @@ class _Flow:
             self.slots.release()
             if self.stop.is_set():
                 continue
-            jobs = []
-            for f in item.futures:
-                jobs.append(p._predict_batch(f))
+            results = []
+            for f, batch in zip(item.futures, item.batches, strict=True):
+                results.append(self._result(f, batch))
                 with self.handed:
                     self.in_flight -= 1
                     self.handed.notify()
-            self.finished.put(p._finish_chunk(item, jobs, self.stats))
+            self.finished.put(p._finish_chunk(item, results, self.stats))
+
+    def _result(self, fut: Future[Featurized], batch: StructureBatch) -> _Done:
+        """A batch's results; a batch that failed for memory is computed again (`_alone`)."""
+        try:
+            return self.pipeline._complete(fut.result())
+        except BaseException as e:
+            if isinstance(e, DeepergatError) or not memory_failure(e):
+                raise
+            log.warning("a batch of %d structures (%s, ...) failed for memory (%s): computing "
+                        "it again, alone and in halves", len(batch), batch.ids[0], _describe(e))
+            with self.lock:
+                self.stats.retried += 1
+            return self._alone(batch)
+
+    def _alone(self, batch: StructureBatch) -> _Done:
+        """A batch's results computed by a worker of its own (or this thread): on a memory
+        failure each half again, down to the single structure, which gets status 10 when a
+        one-atom probe then runs (else the failure is not the structure's: the run stops)."""
+        try:
+            return self.pipeline._complete(self._isolated(batch))
+        except BaseException as e:
+            if isinstance(e, DeepergatError) or not memory_failure(e):
+                raise
+            m = len(batch)
+            if m > 1:
+                return _Done.join([self._alone(batch.select(np.arange(m // 2))),
+                                   self._alone(batch.select(np.arange(m // 2, m)))])
+            self._check_probe()
+            log.warning("structure %r failed for memory even alone (%s): status %d",
+                        batch.ids[0], _describe(e), int(Status.OUT_OF_MEMORY))
+            return self.pipeline._out_of_memory(batch)
+
+    def _isolated(self, batch: StructureBatch) -> Featurized:
+        """`featurize` (or `featurize_predict`) of a batch in the isolated worker, or in this
+        thread without worker processes."""
+        p = self.pipeline
+        if p.workers == 0:
+            return p.task(batch, p.settings)
+        if self.isolated is None:
+            pool = p._executor(workers=1)
+            try:  # a worker that cannot compute a one-atom structure fails whatever it gets
+                pool.submit(p.task, probe_batch(p.settings), p.settings).result()
+            except BaseException as e:
+                pool.shutdown(wait=False, cancel_futures=True)
+                if isinstance(e, BrokenExecutor):
+                    raise _worker_died() from None
+                raise
+            self.isolated = pool
+        try:
+            return self.isolated.submit(p.task, batch, p.settings).result()
+        except BrokenExecutor:
+            self.isolated.shutdown(wait=False)
+            self.isolated = None
+            raise
+
+    def _check_probe(self) -> None:
+        """Raises when a one-atom probe structure fails for memory too: then the memory
+        failure is not the structure's (the model or the worker cannot run at all)."""
+        try:
+            self.pipeline._complete(self._isolated(probe_batch(self.pipeline.settings)))
+        except BaseException as e:
+            if isinstance(e, DeepergatError) or not memory_failure(e):
+                raise
+            raise SettingError(
+                "this rank runs out of memory even on a one-atom structure ("
+                + literal(_describe(e)) + "); the chunks committed so far are kept: run the "
+                "same command again with more memory (or fewer {workers})"
+            ) from None
 
     # ------------------------------------------------------------------ writer thread
 

@@ -71,9 +71,9 @@ def test_predict_files_and_stores_with_status_rows(trained: tuple[Path, Path],
                                   "--csv", str(out)])
     assert r.exit_code == 0, r.output
     rows = list(csv.reader(io.StringIO(out.read_text())))
-    assert rows[0] == ["id", "heat_ref", "status"]
-    assert rows[1][0] == "a" and rows[1][2] == "0" and float(rows[1][1])
-    assert rows[2] == ["overlap", "", "6"]
+    assert rows[0] == ["id", "heat_ref", "status", "flags"]
+    assert rows[1][0] == "a" and rows[1][2:] == ["0", "0"] and float(rows[1][1])
+    assert rows[2] == ["overlap", "", "6", "1"]  # Na and Cl: elements the model never saw
     assert len(rows) == 3 + 30
     # the file and the same structure from the store agree
     from_store = {row[0]: row for row in rows[3:]}
@@ -111,7 +111,7 @@ def test_bundled_models_by_name(trained: tuple[Path, Path], tmp_path: Path,
     r = CliRunner().invoke(main, ["models"])
     assert r.exit_code == 0 and "== tiny-heat" in r.output and "A test model." in r.output
     r = CliRunner().invoke(main, ["predict", "tiny-heat", str(store)])
-    assert r.exit_code == 0 and r.output.splitlines()[0] == "id,heat_ref,status"
+    assert r.exit_code == 0 and r.output.splitlines()[0] == "id,heat_ref,status,flags"
     assert torch.load(folder / "best.ckpt", weights_only=True)["targets"] == ["heat_ref"]
 
 
@@ -197,7 +197,7 @@ def test_predict_csv_replaces_out_only_when_complete(small_model: dict[str, Any]
                                   str(out)])
     assert r.exit_code == 0, r.output
     rows = list(csv.reader(io.StringIO(out.read_text())))
-    assert rows[0] == ["id", "heat_ref", "status"] and len(rows) == 21
+    assert rows[0] == ["id", "heat_ref", "status", "flags"] and len(rows) == 21
     assert [p.name for p in folder.iterdir()] == ["p.csv"]
 
 
@@ -273,3 +273,114 @@ def test_predict_messages_name_the_users_files(small_model: dict[str, Any],
     assert r.exit_code == 0, r.output
     ids = [row.split(",")[0] for row in r.stdout.splitlines()[1:]]
     assert ids == [str(tmp_path / "runs" / run / "POSCAR") for run in ("a", "b")]
+
+
+# --------------------------------------------------- flags and statuses as the screen's (issue 25)
+
+
+def test_predict_reports_the_flags_a_screen_writes(screen_store: Path,
+                                                   small_model: dict[str, Any],
+                                                   reference_predictions: Path) -> None:
+    """Every path that predicts reports the same flags: ``predict_inputs`` on the screen's
+    store gives the flags (and statuses) the screen wrote, unseen elements included."""
+    from screen_helpers import read_predictions
+
+    _, rows = predict_inputs_rows(small_model["onnx"], [screen_store])
+    p = read_predictions(reference_predictions)
+    assert [r.id for r in rows] == p["ids"]
+    assert [r.flags for r in rows] == p["flags"].tolist()
+    assert [r.status for r in rows] == p["status"].tolist()
+    assert sum(r.flags == 1 for r in rows) >= 3  # U-bearing and out-of-table candidates
+
+
+def predict_inputs_rows(model: Any, inputs: list[Path], **kw: Any) -> tuple[Any, list[Any]]:
+    predictor, rows = predict_mod.predict_inputs(model, inputs, **kw)
+    return predictor, list(rows)
+
+
+def _supercell(reps: int, z: tuple[int, ...] = (38, 22, 8, 8, 8), a: float = 3.9
+               ) -> dict[str, Any]:
+    frac = np.array([[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
+    shifts = np.stack(np.meshgrid(*[np.arange(reps)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    return {"id": f"x{reps}", "lattice": np.eye(3) * a * reps, "pbc": (True, True, True),
+            "atomic_numbers": list(z) * len(shifts),
+            "positions": (frac[None] + shifts[:, None]).reshape(-1, 3) * a}
+
+
+def test_minimum_image_supercells_above_the_translation_limit_are_flagged(
+        tmp_path: Path) -> None:
+    """A minimum-image model's supercells above its ``translation_max_atoms`` (256) are not
+    tested for translations, so they need not predict as their cell: flag bit 1 says so in
+    the CSV (a periodic model, whose graphs do not depend on the cell, never sets it)."""
+    from deepergat.nn.checkpoint import save_checkpoint
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
+
+    store = tmp_path / "supercells.h5"
+    cells = [_supercell(1), _supercell(3), _supercell(4)]  # 5, 135 and 320 atoms
+    nacl = {"id": "nacl", "lattice": np.eye(3) * 5.64, "pbc": (True, True, True),
+            "atomic_numbers": [11, 17], "positions": [[0, 0, 0], [2.82, 2.82, 2.82]]}
+    write_store(store, StructureBatch.from_structures([*cells, nacl]))
+    want = {"minimum-image": ["0", "0", "2", "1"], "periodic": ["0", "0", "0", "1"]}
+    for graph, flags in want.items():
+        torch.manual_seed(0)
+        ckpt = tmp_path / f"{graph}.ckpt"
+        save_checkpoint(ckpt, DeeperGATGNN(dim=8, layers=1, graph=graph), targets=["heat_ref"],
+                        units=["eV"], elements=[8, 22, 38])
+        r = CliRunner().invoke(main, ["predict", str(ckpt), str(store)])
+        assert r.exit_code == 0, r.output
+        rows = list(csv.reader(io.StringIO(r.stdout)))
+        assert rows[0] == ["id", "heat_ref", "status", "flags"]
+        assert [row[-1] for row in rows[1:]] == flags, graph
+        assert [row[-2] for row in rows[1:]] == ["0"] * 4
+
+
+def test_predict_splits_a_batch_that_fails_for_memory(trained: tuple[Path, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch the model cannot allocate is predicted again in halves: the same numbers; the
+    structures that fail alone get status 10; a model that fails on anything is one error."""
+    from deepergat.errors import DeepergatError
+    from deepergat.io.store import Store
+
+    store, ckpt = trained
+    _, ref = predict_inputs_rows(ckpt, [store], batch_size=30)
+    with Store(store) as s:
+        b = s.read(0, len(s))
+    zsum = np.array([b.atomic_numbers[o:o + n].sum() for o, n in zip(b.offset, b.n_atoms,
+                                                                      strict=True)])
+    marked = zsum[7]
+    real = predict_mod.load_predictor
+
+    class Tight:
+        """The model, but its runtime fails to allocate some batches (PyTorch's message)."""
+
+        def __init__(self, inner: Any, fail: Any) -> None:
+            self.inner, self.fail = inner, fail
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def predict(self, inputs: dict[str, np.ndarray]) -> Any:
+            if self.fail(inputs):
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                                   "allocate 7834000000 bytes")
+            return self.inner.predict(inputs)
+
+    def crystal_zsum(x: dict[str, np.ndarray]) -> np.ndarray:
+        return (x["atomic_numbers"][x["crystal_atoms"]] * x["crystal_mask"]).sum(1)
+
+    cases = [(lambda x: len(x["crystal_mask"]) > 4, np.zeros(len(zsum), bool)),
+             (lambda x: (crystal_zsum(x) == marked).any(), zsum == marked)]
+    for fail, lost in cases:
+        monkeypatch.setattr(predict_mod, "load_predictor",
+                            lambda *a, fail=fail, **k: Tight(real(*a, **k), fail))
+        _, got = predict_inputs_rows(ckpt, [store], batch_size=30)
+        assert [r.id for r in got] == [r.id for r in ref]
+        want = np.where(lost, 10, [r.status for r in ref])
+        assert [r.status for r in got] == want.tolist()
+        np.testing.assert_allclose([r.values for r in np.array(got)[~lost]],
+                                   [r.values for r in np.array(ref)[~lost]], rtol=1e-5, atol=1e-6)
+        assert all(np.isnan(r.values).all() for r in np.array(got)[lost])
+    monkeypatch.setattr(predict_mod, "load_predictor",
+                        lambda *a, **k: Tight(real(*a, **k), lambda x: True))
+    with pytest.raises(DeepergatError, match="out of memory even on a one-atom structure"):
+        predict_inputs_rows(ckpt, [store], batch_size=30)

@@ -119,7 +119,7 @@ def _cli_rows(model, store):
     result = CliRunner().invoke(main, ["predict", str(model), str(store), "--trust"])
     assert result.exit_code == 0, result.output
     rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert rows[0] == ["id", "heat_ref", "status"]
+    assert rows[0] == ["id", "heat_ref", "status", "flags"]
     return {r[0]: (float(r[1]) if r[1] else np.nan, int(r[2])) for r in rows[1:]}
 
 

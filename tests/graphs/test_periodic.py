@@ -139,3 +139,47 @@ def test_cluster_without_periodicity_and_an_isolated_atom() -> None:
     for ours, want in zip(per_atom_distances(nl, 21), ref, strict=True):
         np.testing.assert_allclose(ours, want, atol=1e-9)
 
+
+
+def test_the_search_never_enumerates_more_than_the_status_8_bound(
+        monkeypatch: pytest.MonkeyPatch, search_path: str) -> None:
+    """Counting, not timing: each pass of the numpy search (a first radius, then the cutoff
+    where that left an atom short) enumerates at most atoms² × `images_per_pair` at the cutoff
+    candidates (atom pair, image) in a structure — the count status 8 bounds — on skewed,
+    flat, long and partly periodic cells."""
+    if search_path != "numpy":
+        pytest.skip("counts the numpy search's candidates")
+    from deepergat.graphs import periodic
+    from deepergat.graphs.structures import images_per_pair
+    from deepergat.io.store import StructureBatch
+
+    rng = np.random.default_rng(5)
+    cells = [
+        (np.array([[3.1, 0, 0], [2.9, 1.1, 0], [2.7, 0.8, 0.9]]), (True, True, True)),
+        (np.diag([0.7, 0.7, 30.0]), (True, True, True)),
+        (np.diag([2.5, 2.5, 2.5 * 40]), (True, True, True)),
+        (np.diag([1.3, 1.6, 0.0]), (True, True, False)),
+        (np.diag([0.4, 0.0, 0.0]), (True, False, False)),
+    ]
+    structures = [{"id": f"c{k}", "lattice": lat, "pbc": pbc, "atomic_numbers": [6] * 6,
+                   "positions": rng.random((6, 3)) @ np.where(np.array(pbc)[:, None], lat, 3.0)}
+                  for k, (lat, pbc) in enumerate(cells)]
+    batch = StructureBatch.from_structures(structures)
+    counted = np.zeros(len(cells))
+    real = periodic._pairs_within
+
+    def counting(g: periodic.Gathered, reach: np.ndarray, radius: np.ndarray, ps: np.ndarray,
+                 gi: np.ndarray, gj: np.ndarray, min_dist: np.ndarray) -> object:
+        df = g.frac_w[gj] - g.frac_w[gi]
+        r = reach[ps]
+        side = np.where(g.pbc[ps], np.floor(r - df) - np.ceil(-r - df) + 1, 1).clip(0)
+        np.add.at(counted, ps, side.prod(1))
+        return real(g, reach, radius, ps, gi, gj, min_dist)
+
+    monkeypatch.setattr(periodic, "_pairs_within", counting)
+    for cutoff in (4.0, 8.0):
+        counted[:] = 0
+        nl, status = graphs.batch_neighbor_lists(batch, cutoff=cutoff, overlap_threshold=None)
+        assert (status == 0).all() and len(nl.center)
+        bound = batch.n_atoms**2 * images_per_pair(batch.lattice, batch.pbc, cutoff)
+        assert (counted > 0).all() and (counted <= 2 * bound).all(), (counted, bound)

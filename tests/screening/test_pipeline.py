@@ -1,20 +1,23 @@
 """The within-rank pipeline with a numpy stand-in predictor: order, statuses 1-7, flags, batch
-budget, chunk-size and worker-mode invariance, errors from any stage."""
+budget (by each structure's real width), chunk-size and worker-mode invariance, errors from any
+stage, and memory failures (an allocation error, a killed worker) that cost one structure
+status 10, never the run."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from screen_helpers import SPECIAL, write_screen_store
 
-from deepergat.contract import MAX_Z
+from deepergat.contract import MAX_Z, Status
 from deepergat.graphs import build_inputs
 from deepergat.io.store import Store, StructureBatch
 from deepergat.screening.mpi import ChunkSource
-from deepergat.screening.pipeline import FeaturizeSettings, Pipeline, split_batches, unseen_flags
+from deepergat.screening.pipeline import FeaturizeSettings, Pipeline, featurize, split_batches
 from deepergat.screening.plan import make_plan
 from deepergat.screening.predictions import Rows
 
@@ -163,18 +166,6 @@ def test_split_batches_respects_the_budget() -> None:
     assert len(tight) > len(spans)
 
 
-def test_unseen_flags() -> None:
-    b = StructureBatch.from_structures([
-        {"id": "a", "lattice": np.eye(3), "atomic_numbers": [1, 8], "positions": np.zeros((2, 3))},
-        {"id": "b", "lattice": np.eye(3), "atomic_numbers": [92], "positions": np.zeros((1, 3))},
-        {"id": "c", "lattice": np.eye(3), "atomic_numbers": [], "positions": np.zeros((0, 3))},
-        {"id": "d", "lattice": np.eye(3), "atomic_numbers": [300], "positions": np.zeros((1, 3))},
-    ])
-    seen = np.zeros(256, bool)
-    seen[[1, 8]] = True
-    assert unseen_flags(b, seen).tolist() == [0, 1, 0, 1]
-
-
 def test_build_inputs_and_settings_agree_with_direct_call(store: Path) -> None:
     # The pipeline's featurize is build_inputs with the model's settings: same status codes.
     with Store(store) as s:
@@ -250,7 +241,7 @@ def test_a_killed_worker_is_one_clear_error(store: Path,
 
     from deepergat.errors import DeepergatError
 
-    def dying_pool(self: Pipeline) -> ProcessPoolExecutor:
+    def dying_pool(self: Pipeline, workers: int | None = None) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=1, initializer=_die,
                                    mp_context=multiprocessing.get_context("spawn"))
 
@@ -262,3 +253,211 @@ def test_a_killed_worker_is_one_clear_error(store: Path,
                     workers=1)
     with pytest.raises(DeepergatError, match="a worker process of this rank died"):
         pipe.run(ChunkSource(range(plan.n_chunks)), lambda k, a, rows: committed.append(k))
+
+
+# ---- one structure never stops a run: real widths, memory failures, killed workers -------
+
+
+def _sphere(n: int, radius: float = 3.0, box: float = 40.0) -> dict[str, object]:
+    """A centre atom and n - 1 atoms at exactly one distance from it (on a Fibonacci sphere)
+    in a large cell: the centre's n - 1 neighbors all tie."""
+    k = n - 1
+    i = np.arange(k) + 0.5
+    phi, theta = np.arccos(1 - 2 * i / k), np.pi * (1 + 5**0.5) * i
+    shell = radius * np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi),
+                               np.cos(phi)], 1)
+    centre = np.full(3, box / 2)
+    return {"lattice": np.eye(3) * box, "pbc": (True, True, True), "atomic_numbers": [6] * n,
+            "positions": np.vstack([centre, centre + shell])}
+
+
+def test_split_batches_counts_each_structures_real_width() -> None:
+    n = np.full(6, 10)
+    width = np.array([13, 13, 61, 13, 0, 13])
+    spans = split_batches(n, max_atoms=1000, max_neighbors=12, width=width, batch_atoms=1000,
+                          batch_edges=40 * 61)
+    for a, b in spans:  # atoms × the batch's largest width within the budget, or one structure
+        counted = width[a:b] > 0
+        assert n[a:b][counted].sum() * width[a:b].max() <= 40 * 61 or b - a == 1
+    assert spans == [(0, 5), (5, 6)]  # the unpredicted structure 4 costs nothing
+    # without widths (before the search) every structure counts max_neighbors + 1
+    assert split_batches(n, max_atoms=1000, max_neighbors=12, batch_atoms=1000,
+                         batch_edges=40 * 61) == [(0, 6)]
+
+
+def test_a_wide_structure_is_batched_by_its_real_width() -> None:
+    """A structure whose ties take its padded width to 60 is cut from the batch before the
+    inputs are padded: no model batch holds more padded edge slots than the budget unless it
+    is that one structure (the old code padded all 120 structures' atoms to its width)."""
+    from screen_helpers import _PEROV, _cell
+
+    cells = [_cell([38, 22, 8, 8, 8], _PEROV, a=3.9 + 0.01 * k, id=f"p{k}") for k in range(120)]
+    cells.insert(60, {**_sphere(60), "id": "wide"})
+    batch = StructureBatch.from_structures(cells)
+    settings = replace(SETTINGS, batch_atoms=1024, batch_edges=1024 * 16)
+    feat = featurize(batch, settings)
+    assert (feat.status == 0).all()
+    assert len(feat.graphs) > 1
+    rows = np.concatenate([g.rows for g in feat.graphs])
+    np.testing.assert_array_equal(rows, np.arange(len(cells)))
+    for g in feat.graphs:
+        slots = g.inputs["neighbors"].size
+        assert slots <= settings.batch_edges or len(g.rows) == 1
+    wide = next(g for g in feat.graphs if 60 in g.rows)
+    assert wide.inputs["neighbors"].shape[1] == 60  # 59 tied neighbors and the self loop
+
+
+def _marked(store: Path, k: int = 3) -> str:
+    """The id of the k-th structure of status 0 (one the predictor would predict)."""
+    rows = joined(run(store, 100))
+    return rows.ids[int(np.flatnonzero(rows.status == 0)[k])]
+
+
+def _only_marked_failed(got: Rows, ref: Rows, marked: str) -> None:
+    """``got`` is ``ref`` but for the marked structure, which got status 10 and no values."""
+    k = got.ids.index(marked)
+    assert got.ids == ref.ids
+    assert got.status[k] == Status.OUT_OF_MEMORY and np.isnan(got.predictions[k]).all()
+    others = np.arange(len(got.ids)) != k
+    np.testing.assert_array_equal(got.status[others], ref.status[others])
+    np.testing.assert_array_equal(got.flags, ref.flags)
+    np.testing.assert_array_equal(got.predictions[others], ref.predictions[others])
+
+
+def test_a_structure_that_runs_out_of_memory_alone_gets_status_10(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MemoryError on one structure (in the search: any batch holding it fails) costs its
+    batch a retry in halves, and the structure status 10; every other row is unchanged."""
+    from deepergat.screening import pipeline
+
+    ref = joined(run(store, 25))
+    marked = _marked(store)
+    search = pipeline.search_inputs
+
+    def hungry(batch: StructureBatch, **kw: object) -> object:
+        if marked in batch.ids:
+            raise MemoryError("Unable to allocate 3.64 TiB for an array")
+        return search(batch, **kw)
+
+    monkeypatch.setattr(pipeline, "search_inputs", hungry)
+    got = joined(run(store, 25, batch_atoms=100))
+    _only_marked_failed(got, ref, marked)
+
+
+class TightPredictor(SumPredictor):
+    """`SumPredictor` whose runtime cannot allocate a batch of more than 3 crystals (the
+    message is onnxruntime's)."""
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> Outputs:
+        if len(inputs["crystal_mask"]) > 3:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate "
+                               "memory for requested buffer of size 1073741824")
+        return super().predict(inputs)
+
+
+def test_batches_too_large_for_the_model_are_split_until_they_fit(store: Path) -> None:
+    ref = joined(run(store, 25))
+    got = joined(run(store, 25, predictor=TightPredictor()))
+    assert got.ids == ref.ids
+    np.testing.assert_array_equal(got.status, ref.status)
+    np.testing.assert_array_equal(got.predictions, ref.predictions)
+
+
+class NoMemory(SumPredictor):
+    def predict(self, inputs: dict[str, np.ndarray]) -> Outputs:
+        raise MemoryError()
+
+
+def test_a_rank_without_memory_for_anything_stops_with_one_line(store: Path) -> None:
+    """When even a one-atom structure fails, the failure is not the structures': the run
+    stops (no status 10 for everything) with one line, and commits nothing wrong."""
+    from deepergat.errors import DeepergatError
+
+    with Store(store) as s:
+        plan = make_plan(s.n_atoms, 25)
+    committed: list[int] = []
+    pipe = Pipeline(store, plan, NoMemory(), SETTINGS, n_targets=1, embedding_dim=None)
+    with pytest.raises(DeepergatError, match="out of memory even on a one-atom structure"):
+        pipe.run(ChunkSource(range(plan.n_chunks)), lambda k, a, rows: committed.append(k))
+    assert committed == []
+
+
+def _killer_init(marked: str, how: str, parent: int) -> None:
+    """A worker that dies as the out-of-memory killer would kill it (SIGKILL) or exits
+    (``os._exit``) on any batch holding the marked structure."""
+    import os
+    import signal
+
+    from deepergat.screening import pipeline
+
+    pipeline._worker_init(None, parent)
+    search = pipeline.search_inputs
+
+    def deadly(batch: StructureBatch, **kw: object) -> object:
+        if marked in batch.ids:
+            if how == "exit":
+                os._exit(3)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return search(batch, **kw)
+
+    pipeline.search_inputs = deadly  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit"])
+def test_a_worker_killed_on_one_structure_costs_that_structure_only(
+        store: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Worker processes die on every batch that holds one marked structure: the batches are
+    computed again in a worker of their own, in halves, and the marked structure alone gets
+    status 10; the run finishes and every other row is what it was."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    ref = joined(run(store, 25))
+    marked = _marked(store)
+
+    def pool(self: Pipeline, workers: int | None = None) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers or self.workers,
+                                   mp_context=multiprocessing.get_context("forkserver"),
+                                   initializer=_killer_init, initargs=(marked, how, os.getpid()))
+
+    monkeypatch.setattr(Pipeline, "_executor", pool)
+    got = joined(run(store, 25, workers=2, batch_atoms=12))
+    _only_marked_failed(got, ref, marked)
+
+
+def test_memory_failures_are_told_apart() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from deepergat.screening.pipeline import memory_failure
+
+    for e in [MemoryError(), BrokenProcessPool("A child process terminated abruptly"),
+              RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+              RuntimeError("[ONNXRuntimeError] : 6 : Failed to allocate memory for buffer"),
+              RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"),
+              OSError(12, "Cannot allocate memory"), RuntimeError("std::bad_alloc")]:
+        assert memory_failure(e), e
+    for e in [RuntimeError("predictor exploded"), ValueError("shapes"), KeyboardInterrupt()]:
+        assert not memory_failure(e), e
+
+
+def test_the_screen_flags_minimum_image_supercells_above_the_translation_limit() -> None:
+    """Flag bit 1 in the screen's featurizer (and for a structure that failed for memory)
+    exactly as `deepergat predict` sets it: a minimum-image model's 320-atom supercell."""
+    from screen_helpers import _PEROV, _cell
+
+    from deepergat.contract import FLAG_TRANSLATIONS_UNTESTED
+
+    def supercell(reps: int) -> dict[str, object]:
+        shifts = np.stack(np.meshgrid(*[np.arange(reps)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        frac = (np.asarray(_PEROV)[None] + shifts[:, None]).reshape(-1, 3) / reps
+        return _cell([38, 22, 8, 8, 8] * len(shifts), frac.tolist(), a=3.9 * reps,
+                     id=f"x{reps}")
+
+    batch = StructureBatch.from_structures([supercell(1), supercell(4)])
+    for graph, want in [("minimum-image", [0, FLAG_TRANSLATIONS_UNTESTED]), ("periodic", [0, 0])]:
+        settings = replace(SETTINGS, graph=graph, max_neighbors=4, cutoff=4.0)
+        assert featurize(batch, settings).flags.tolist() == want, graph
+        pipe = Pipeline("unused.h5", make_plan(np.array([5, 320]), 2), SumPredictor(), settings,
+                        n_targets=1, embedding_dim=None)
+        assert pipe._out_of_memory(batch).flags.tolist() == want, graph

@@ -79,7 +79,7 @@ def test_ensemble_predict_evaluate_export(fold_ensemble: dict, tmp_path: Path) -
     assert r.exit_code == 0, r.output
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["id", "heat_ref", "heat_ref_std", "status"] and len(rows) == 121
+    assert rows[0] == ["id", "heat_ref", "heat_ref_std", "status", "flags"] and len(rows) == 121
     assert all(float(row[2]) > 0 for row in rows[1:])
     r = runner.invoke(main, ["evaluate", ckpt, "--data", str(store), "--target", "heat_ref",
                              "--json", str(tmp_path / "e.json")])

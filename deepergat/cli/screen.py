@@ -43,6 +43,8 @@ Examples:
   srun -n 8 --mpi=pmi2 deepergat-screen --input candidates.h5 --device cuda
   deepergat-screen --input candidates.h5 --shard 3/16          # one array task's share
   deepergat-screen --input candidates.h5 --merge-only           # after an array job
+  deepergat-screen --input candidates.h5 --from candidates.predictions.h5 --from-top 10000 \\
+      --model perovskite-heat --top 100 --rank-by upper        # the ensemble re-scores the best
 \b
 A rerun skips chunks already committed in <output>.parts/ (--no-resume starts clean); the final
 file is written in input order when every chunk is committed. Exit status 2 with one line on
@@ -111,6 +113,14 @@ def _summary(result: Any) -> list[str]:
                    "the SLURM array task, if any].")
 @check_options
 @click.option("--embeddings", is_flag=True, help="Also store the [M, dim] crystal embeddings.")
+@click.option("--from", "from_predictions", type=click.Path(dir_okay=False), metavar="PRED.h5",
+              help="Screen only rows chosen from this earlier screen of the same input (a "
+                   "funnel: a fast model feeds a slower one); rows keep their store index "
+                   "[default --output: <PRED stem>.rescored.h5].")
+@click.option("--from-top", type=int, metavar="N",
+              help="With --from: its N best rows (ranked by its first target, --top-order).")
+@click.option("--from-where", metavar="EXPR",
+              help="With --from: its rows where EXPR holds (as --where).")
 @click.option("--top", default=None, type=int, metavar="K",
               help="Write the K best distinct structures to <output stem>.top.csv "
                    "(rank,index,id,formula,<target>...,flags,group_size,known).")
@@ -135,6 +145,9 @@ def screen(
     max_atoms: int,
     overlap_threshold: float,
     embeddings: bool,
+    from_predictions: str | None,
+    from_top: int | None,
+    from_where: str | None,
     top: int | None,
     top_order: RankOrder,
     rank_by: RankBy,
@@ -164,6 +177,7 @@ def screen(
 
     opts = ScreenOptions.create(
         Path(input_), output=Path(output) if output else None, embeddings=embeddings,
+        from_predictions=from_predictions, from_top=from_top, from_where=from_where,
         model=model, device=device, trust=trust,
         max_atoms=max_atoms, overlap_threshold=overlap_threshold,
         top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k, where=where,
@@ -214,6 +228,7 @@ def screen(
 # Settings whose flag is not --<name> (`deepergat.cli.base.flag_names`).
 screen.setting_flags = {  # type: ignore[attr-defined]
     "input": "--input", "resume": "--no-resume", "no_group": "--no-group",
+    "from_predictions": "--from",
     "group": "--group", "store": "--input"}
 
 

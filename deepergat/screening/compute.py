@@ -115,7 +115,7 @@ def _uncommitted(parts: PartsDir, plan: Plan) -> int:
         missing = parts.missing(range(plan.n_chunks))
     except (OSError, DeepergatError):
         return plan.n_structures
-    return plan.rows(missing)
+    return plan.count(missing)
 
 
 def compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, prep: Prepared) -> ScreenResult:
@@ -141,7 +141,7 @@ def compute(opts: ScreenOptions, ranks: Ranks, hooks: Hooks, prep: Prepared) -> 
     monitor: _ProgressMonitor | None = None
     if ranks.is_root:
         if hooks.on_start:
-            hooks.on_start(plan.rows(run.todo), run.skipped, ranks.size)
+            hooks.on_start(plan.count(run.todo), run.skipped, ranks.size)
         monitor = _ProgressMonitor(progress, hooks)
         monitor.thread.start()
     t0 = time.perf_counter()

@@ -186,9 +186,15 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
             for k in range(plan.n_chunks):
                 a, b = plan.bounds(k)
                 rows = parts.read(k, start=a, stop=b, targets=len(targets),
-                                  embedding_dim=emb_dim, spread=spread, run=run_id)
-                rows.formula, rows.n_elements = compositions(store.atomic_numbers(a, b),
-                                                             store.n_atoms[a:b])
+                                  embedding_dim=emb_dim, spread=spread, run=run_id,
+                                  index=plan.store_rows(a, b))
+                if plan.rows is None:
+                    rows.formula, rows.n_elements = compositions(store.atomic_numbers(a, b),
+                                                                 store.n_atoms[a:b])
+                else:
+                    chosen = store.read_rows(plan.store_rows(a, b))
+                    rows.formula, rows.n_elements = compositions(chosen.atomic_numbers,
+                                                                 chosen.n_atoms)
                 w.write(a, rows)
                 result.status += np.bincount(rows.status, minlength=len(Status))[: len(Status)]
                 result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
@@ -235,8 +241,11 @@ def check_input_unchanged(parts: PartsDir, manifest: dict[str, Any]) -> None:
 
 def screen_settings(manifest: dict[str, Any]) -> dict[str, Any]:
     """The settings a predictions file records so a rerun can recognise its own output."""
-    return {
+    settings = {
         "max_atoms": manifest["max_atoms"],
         "overlap_threshold": manifest["overlap_threshold"],
         "embeddings": bool(manifest["embeddings"]),
     }
+    if manifest.get("subset"):  # a funnel's rows (a full screen's record stays as it was)
+        settings["subset"] = manifest["subset"]
+    return settings

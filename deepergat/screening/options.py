@@ -63,18 +63,44 @@ class Files:
 
     Attributes:
         input: the structure store (``deepergat pack``).
-        output: the predictions file [default: `default_output` of the input].
+        output: the predictions file [default: `default_output` of the input; with
+            ``from_predictions``, ``<its stem>.rescored.h5``].
         embeddings: also store the [M, D] crystal embeddings.
+        from_predictions: screen only rows chosen from this earlier predictions file of the
+            same store (a funnel: a fast model's screen feeds a slower model).
+        from_top: with ``from_predictions``: its K best rows (the raw ranking, this run's
+            ``top_order``).
+        from_where: with ``from_predictions``: its rows where this ``where`` holds.
     """
 
     input: Path
     output: Path | None = None
     embeddings: bool = False
+    from_predictions: Path | None = None
+    from_top: int | None = None
+    from_where: str | None = None
 
     @property
     def output_path(self) -> Path:
         """The predictions file this run writes."""
-        return Path(self.output) if self.output else default_output(self.input)
+        if self.output:
+            return Path(self.output)
+        if self.from_predictions is not None:
+            src = Path(self.from_predictions)
+            return src.with_name(src.stem + ".rescored.h5")
+        return default_output(self.input)
+
+    def check(self) -> None:
+        """Raises `SettingError` for a subset that cannot be chosen."""
+        chosen = self.from_top is not None or self.from_where is not None
+        if self.from_predictions is None and chosen:
+            raise SettingError("{from_top} and {from_where} choose rows of an earlier screen: "
+                               "give {from_predictions} PRED.h5")
+        if self.from_predictions is not None and not chosen:
+            raise SettingError("{from_predictions} screens rows chosen from an earlier screen: "
+                               "give {from_top} N and/or {from_where} EXPR")
+        if self.from_top is not None and (isinstance(self.from_top, bool) or self.from_top < 1):
+            raise SettingError(f"{{from_top}} must be at least 1, got {self.from_top}")
 
 
 @dataclass(frozen=True)
@@ -224,6 +250,9 @@ class ScreenOptions:
         *,
         output: str | os.PathLike[str] | None = None,
         embeddings: bool = False,
+        from_predictions: str | os.PathLike[str] | None = None,
+        from_top: int | None = None,
+        from_where: str | None = None,
         model: str | None = None,
         device: str = DEFAULT_DEVICE,
         trust: bool = False,
@@ -251,7 +280,10 @@ class ScreenOptions:
         means); values are checked when the screen starts (`check`)."""
         return cls(
             files=Files(input=Path(input), output=Path(output) if output is not None else None,
-                        embeddings=embeddings),
+                        embeddings=embeddings,
+                        from_predictions=(Path(from_predictions) if from_predictions is not None
+                                          else None),
+                        from_top=from_top, from_where=from_where),
             predictor=PredictorSettings(model=model, device=device, trust=trust),
             checks=StructureChecks(max_atoms=max_atoms, overlap_threshold=overlap_threshold),
             ranking=Ranking(top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k,
@@ -270,6 +302,7 @@ class ScreenOptions:
 
     def check(self) -> None:
         """Raises `SettingError` (naming the setting) for a value no screen can use."""
+        self.files.check()
         self.checks.check()
         self.ranking.check()
         self.control.check()

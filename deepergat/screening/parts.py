@@ -50,6 +50,7 @@ MANIFEST_FORMAT = "deepergat-screen-run"
 #: Manifest keys that define a run: parts written under different values never mix.
 RUN_KEYS = (
     "input_digest", "model_sha256", "chunk_size", "max_atoms", "overlap_threshold", "embeddings",
+    "subset",
 )
 #: Keys every manifest holds (the run keys, what the merge reads, and the run's id).
 _MANIFEST_KEYS = (*RUN_KEYS, "input", "n_structures", "n_chunks", "model", "model_metadata",
@@ -133,8 +134,10 @@ def describe_stamps(found: list[tuple[int, str]], limit: int = 5) -> str:
 
 
 def settings_digest(manifest: Mapping[str, Any]) -> str:
-    """sha256 over the `RUN_KEYS` values of a manifest: what makes two runs' parts the same."""
-    text = json.dumps({k: manifest.get(k) for k in RUN_KEYS}, sort_keys=True)
+    """sha256 over the `RUN_KEYS` values of a manifest: what makes two runs' parts the same
+    (``subset`` only when there is one, so a full screen's digest is what it always was)."""
+    text = json.dumps({k: manifest.get(k) for k in RUN_KEYS
+                       if k != "subset" or manifest.get(k) is not None}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -462,11 +465,14 @@ class PartsDir:
         return final
 
     def read(self, k: int, *, start: int, stop: int, targets: int,
-             embedding_dim: int | None, spread: bool = False, run: str | None = None) -> Rows:
+             embedding_dim: int | None, spread: bool = False, run: str | None = None,
+             index: np.ndarray | None = None) -> Rows:
         """Chunk k's rows, checked against the run and the plan.
 
         Args:
             run: the run id the part must be stamped with (default: the manifest's).
+            index: the store rows the part must hold (default: ``start … stop − 1``; a
+                subset screen's come from its plan).
 
         Raises:
             DeepergatError: a part stamped by another run (removed, named), or one that does not
@@ -511,8 +517,9 @@ class PartsDir:
               and (not spread or (std is not None and std.shape == (m, targets))))
         if not ok:
             self._discard(path, "unexpected shapes")
-        if not np.array_equal(rows.index, np.arange(start, stop)):
-            self._discard(path, f"its index column does not run over [{start}, {stop})")
+        want = np.arange(start, stop) if index is None else np.asarray(index)
+        if not np.array_equal(rows.index, want):
+            self._discard(path, f"its index column is not the plan's rows of [{start}, {stop})")
         if checksum is None or _attr_text(checksum) != rows_checksum(rows):
             self._discard(path, "its arrays do not match their checksum")
         return rows

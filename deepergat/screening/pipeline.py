@@ -434,6 +434,7 @@ class _Chunk:
     k: int
     start: int
     ids: list[str]
+    index: np.ndarray  # [m] the structures' store rows
     spans: list[tuple[int, int]]
     batches: list[StructureBatch]
     futures: list[Future[Featurized]]
@@ -633,9 +634,8 @@ class Pipeline:
             emb[failed] = np.nan
         if spread is not None:
             spread[failed] = np.nan
-        m = len(item.ids)
         rows_out = Rows(
-            index=np.arange(item.start, item.start + m, dtype=np.int64),
+            index=np.asarray(item.index, dtype=np.int64),
             ids=item.ids, status=status, flags=whole.flags, predictions=preds, embeddings=emb,
             std=spread,
         )
@@ -760,7 +760,7 @@ class _Flow:
         p = self.pipeline
         t0 = time.perf_counter()
         a, b = p.plan.bounds(k)
-        batch = store.read(a, b)
+        batch = store.read(a, b) if p.plan.rows is None else store.read_rows(p.plan.rows[a:b])
         spans = split_batches(
             batch.n_atoms, max_atoms=p.settings.max_atoms,
             max_neighbors=p.settings.max_neighbors,
@@ -769,7 +769,7 @@ class _Flow:
         subs = [batch.select(np.arange(s, e)) for s, e in spans]
         with self.lock:
             self.stats.read += time.perf_counter() - t0
-        return _Chunk(k, a, batch.ids, spans, subs, [])
+        return _Chunk(k, a, batch.ids, batch.index, spans, subs, [])
 
     def _hand_out(self, n: int) -> bool:
         """Count ``n`` batches in flight once fewer than ``max_batches`` are (a chunk goes to

@@ -27,40 +27,48 @@ __all__ = ["Plan", "make_plan", "parse_shard", "shard_chunks"]
 
 @dataclass(frozen=True)
 class Plan:
-    """The chunks of a store.
+    """The chunks of a screen.
 
     Attributes:
-        n_structures: M, structures in the input.
+        n_structures: M, structures screened.
         chunk_size: structures per chunk (the last one may be shorter).
         atoms: [n_chunks] int64 atoms per chunk.
+        rows: [M] int64 store rows screened, ascending (a subset chosen from an earlier
+            screen, `deepergat.screening.subset`), or None: every row, position = row.
     """
 
     n_structures: int
     chunk_size: int
     atoms: np.ndarray
+    rows: np.ndarray | None = None
 
     @property
     def n_chunks(self) -> int:
         return len(self.atoms)
 
     def bounds(self, k: int) -> tuple[int, int]:
-        """Structures [a, b) of chunk k."""
+        """Positions [a, b) of chunk k among the structures screened."""
         if not 0 <= k < self.n_chunks:
             raise IndexError(f"chunk {k} outside 0..{self.n_chunks - 1}")
         a = k * self.chunk_size
         return a, min(a + self.chunk_size, self.n_structures)
 
-    def rows(self, chunks: Iterable[int]) -> int:
+    def store_rows(self, a: int, b: int) -> np.ndarray:
+        """[b - a] int64 store rows of positions [a, b)."""
+        return np.arange(a, b, dtype=np.int64) if self.rows is None else self.rows[a:b]
+
+    def count(self, chunks: Iterable[int]) -> int:
         """Structures in the given chunks (each counted once per mention)."""
         return sum(b - a for a, b in map(self.bounds, chunks))
 
 
-def make_plan(n_atoms: np.ndarray, chunk_size: int) -> Plan:
+def make_plan(n_atoms: np.ndarray, chunk_size: int, *, rows: np.ndarray | None = None) -> Plan:
     """Cut M structures into chunks of ``chunk_size``.
 
     Args:
-        n_atoms: [M] atoms per structure.
+        n_atoms: [M] atoms per structure screened.
         chunk_size: structures per chunk, ≥ 1.
+        rows: [M] their store rows, ascending (None: every row of the store).
 
     Returns:
         The `Plan`.
@@ -74,7 +82,8 @@ def make_plan(n_atoms: np.ndarray, chunk_size: int) -> Plan:
     m = len(n_atoms)
     starts = np.arange(0, m, chunk_size)
     atoms = np.add.reduceat(n_atoms, starts) if m else np.zeros(0, np.int64)
-    return Plan(n_structures=m, chunk_size=int(chunk_size), atoms=atoms.astype(np.int64))
+    return Plan(n_structures=m, chunk_size=int(chunk_size), atoms=atoms.astype(np.int64),
+                rows=None if rows is None else np.asarray(rows, dtype=np.int64))
 
 
 def shard_chunks(atoms: np.ndarray, index: int, count: int) -> np.ndarray:

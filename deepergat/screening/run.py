@@ -41,6 +41,7 @@ from .setup import (
     verified_input,
     write_top,
 )
+from .subset import load_rows
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -210,7 +211,7 @@ def _merge_manifest(parts: PartsDir, manifest: dict[str, Any], top: Path | None
                     ) -> ScreenResult:
     """Merge the parts of the run ``manifest`` describes."""
     plan = Plan(int(manifest["n_structures"]), int(manifest["chunk_size"]),
-                np.zeros(int(manifest["n_chunks"]), np.int64))
+                np.zeros(int(manifest["n_chunks"]), np.int64), rows=load_rows(parts, manifest))
     try:
         merged = merge_parts(parts, plan, manifest)
     except BaseException as e:

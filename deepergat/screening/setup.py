@@ -38,6 +38,7 @@ from .plan import Plan, make_plan, parse_shard, shard_chunks
 from .predictions import read_identity, write_top_csv
 from .result import ScreenResult
 from .shortlist import ListSettings, ShortList, entries_table, short_list
+from .subset import choose_rows, describe_subset, save_rows
 
 __all__ = [
     "InputStore",
@@ -213,6 +214,8 @@ def run_manifest(opts: ScreenOptions, inp: InputStore, model: LoadedModel, plan:
         # what the merge compares the store with, so that the formulas it reads back are
         # those of the structures screened (not part of what defines the run: `RUN_KEYS`)
         "input_fingerprint": _fingerprint(inp.path),
+        # a funnel's rows (`deepergat.screening.subset`), None for every row of the store
+        "subset": (describe_subset(opts.files, plan.rows) if plan.rows is not None else None),
     }
 
 
@@ -288,7 +291,10 @@ def _root_plan(opts: ScreenOptions, inp: InputStore, parts: PartsDir,
     if output.resolve() == inp.path:
         raise SettingError(f"{{output}} {literal(output)} is the input store; choose another "
                            "file")
-    plan = make_plan(inp.n_atoms, opts.control.chunk_size)
+    rows = (choose_rows(opts.files, inp.digest, order=opts.ranking.top_order)
+            if opts.files.from_predictions is not None else None)
+    plan = make_plan(inp.n_atoms if rows is None else inp.n_atoms[rows],
+                     opts.control.chunk_size, rows=rows)
     manifest = run_manifest(opts, inp, model, plan)
     lock = OutputLock(output, run_token(shard_count=shard[1] if shard else None,
                                         settings_digest=settings_digest(manifest)),
@@ -348,11 +354,13 @@ def _plan_parts(opts: ScreenOptions, parts: PartsDir, shard: tuple[int, int] | N
     owned = (shard_chunks(plan.atoms, *shard).tolist() if shard
              else list(range(plan.n_chunks)))
     parts.prepare(manifest, resume=opts.control.resume, owned=owned if shard else None)
+    if plan.rows is not None:
+        save_rows(parts, plan.rows)
     if shard is None:  # no other process writes here now: drop a killed run's temporaries
         parts.clear_temporaries()
     done = parts.committed()
     return RunPlan(plan=plan, todo=tuple(k for k in owned if k not in done),
-                   skipped=plan.rows(k for k in owned if k in done), token=token)
+                   skipped=plan.count(k for k in owned if k in done), token=token)
 
 
 # ------------------------------------------------------------------------------ every rank

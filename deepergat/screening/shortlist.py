@@ -322,8 +322,9 @@ class _Walk:
             try:
                 if known is not None:
                     self.known_structures = known.n_structures
-                entries = self._grouped(StructureRows(store), known) if s.group \
-                    else self._plain(StructureRows(store), known)
+                structures = _ByFileRow(StructureRows(store), self.f["index"])
+                entries = self._grouped(structures, known) if s.group \
+                    else self._plain(structures, known)
             finally:
                 if known is not None:
                     self.fits += known.matcher.fits
@@ -344,7 +345,7 @@ class _Walk:
             out = [e for e, k in zip(out, mask.tolist(), strict=True) if k]
         return out
 
-    def _plain(self, structures: StructureRows | None = None,
+    def _plain(self, structures: _ByFileRow | None = None,
                known: KnownStructures | None = None) -> list[Entry]:
         """The raw ranking (each row its own entry), known rows marked when asked."""
         top = self.s.top
@@ -361,7 +362,7 @@ class _Walk:
                 return out[:top]
         return out
 
-    def _grouped(self, structures: StructureRows, known: KnownStructures | None) -> list[Entry]:
+    def _grouped(self, structures: _ByFileRow, known: KnownStructures | None) -> list[Entry]:
         """Rows grouped in ranking order until ``top`` groups pass, or the budget ends."""
         s = self.s
         matcher = Matcher(s.tolerance)
@@ -409,6 +410,28 @@ class _Walk:
         out = done + self._keep(rest)
         del start
         return out if self.s.top is None else out[: self.s.top]
+
+
+class _ByFileRow:
+    """Structures by row of the predictions file: its ``index`` says which store row (a funnel's
+    file holds a subset of the store)."""
+
+    def __init__(self, rows: StructureRows, index: h5py.Dataset) -> None:
+        self.rows = rows
+        self.index = index
+        self._store_row: dict[int, int] = {}
+
+    def prefetch(self, file_rows: Sequence[int]) -> None:
+        want = [r for r in file_rows if r not in self._store_row]
+        if want:
+            srt = np.unique(np.asarray(want, dtype=np.int64))
+            self._store_row.update(zip(srt.tolist(), self.index[srt].tolist(), strict=True))
+        self.rows.prefetch(self._store_row[r] for r in file_rows)
+
+    def get(self, file_row: int) -> Any:
+        if file_row not in self._store_row:
+            self.prefetch([file_row])
+        return self.rows.get(self._store_row[file_row])
 
 
 def _blocks(order: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:

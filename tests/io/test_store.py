@@ -11,7 +11,14 @@ import pytest
 from structure_helpers import random_structures
 
 from deepergat.errors import DeepergatError
-from deepergat.io.store import STORE_FORMAT, STORE_VERSION, Store, StoreWriter, StructureBatch
+from deepergat.io.store import (
+    STORE_FORMAT,
+    STORE_VERSION,
+    Store,
+    StoreWriter,
+    StructureBatch,
+    write_store,
+)
 
 
 def _append(w: StoreWriter, b: StructureBatch) -> None:
@@ -448,3 +455,30 @@ def test_a_store_of_another_writer_with_other_dtypes_still_reads(tmp_path: Path)
     assert got.ids == b.ids and got.lattice.dtype == np.float64
     np.testing.assert_allclose(got.positions, b.positions, rtol=1e-6, atol=1e-5)
     np.testing.assert_array_equal(got.pbc, b.pbc)
+
+
+def test_read_rows_gives_scattered_rows_in_the_order_asked(tmp_path: Path) -> None:
+    """A funnel reads the rows an earlier screen chose: any order, any spacing, each structure
+    exactly as `read` gives it."""
+    rng = np.random.default_rng(5)
+    cells = [{"id": f"s{k}", "lattice": np.eye(3) * (3 + k / 100),
+              "atomic_numbers": rng.integers(1, 90, int(rng.integers(1, 7))),
+              "positions": None} for k in range(700)]
+    for c in cells:
+        c["positions"] = rng.random((len(c["atomic_numbers"]), 3)) * 3
+    path = tmp_path / "s.h5"
+    write_store(path, StructureBatch.from_structures(cells))
+    rows = np.array([699, 3, 4, 5, 300, 0, 698, 301, 5])
+    with Store(path) as s:
+        got = s.read_rows(rows, gap=2)
+        assert got.index.tolist() == rows.tolist()
+        for k, r in enumerate(rows.tolist()):
+            one = s.read(r, r + 1)
+            a, n = int(got.offset[k]), int(got.n_atoms[k])
+            assert got.ids[k] == one.ids[0]
+            np.testing.assert_array_equal(got.atomic_numbers[a : a + n], one.atomic_numbers)
+            np.testing.assert_array_equal(got.positions[a : a + n], one.positions)
+            np.testing.assert_array_equal(got.lattice[k], one.lattice[0])
+        assert len(s.read_rows(np.zeros(0, np.int64))) == 0
+        with pytest.raises(DeepergatError, match="rows outside"):
+            s.read_rows(np.array([700]))

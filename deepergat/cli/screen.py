@@ -81,8 +81,7 @@ def _summary(result: Any) -> list[str]:
         lines.append(f"{len(result.missing)} chunks of other shards are still missing; the task "
                      "that completes the set merges (or run with --merge-only)")
     elif result.outcome == "merge-claimed":
-        lines.append(f"every chunk is committed; another task claimed the merge (if it failed, "
-                     f"run with --merge-only) — parts in {result.parts}")
+        lines.append(f"every chunk is committed; another task merged them into {result.output}")
     if result.top_csv is not None:
         lines.append(f"wrote {result.top_csv}: {result.short_list}" if result.short_list
                      else f"wrote {result.top_csv}")

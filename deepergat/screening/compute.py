@@ -26,9 +26,9 @@ from .options import RunControl, ScreenOptions, top_csv_path
 from .parts import PartsDir
 from .pipeline import DEFAULT_BATCH_ATOMS, DEFAULT_BATCH_EDGES, Pipeline, PipelineStats
 from .plan import Plan
-from .predictions import FLAG_UNSEEN_ELEMENT, Rows
+from .predictions import FLAG_UNSEEN_ELEMENT, Rows, read_identity
 from .result import Hooks, ScreenResult
-from .setup import Prepared, list_settings, write_top
+from .setup import Prepared, list_settings, same_output, write_top
 
 __all__ = ["GPU_BATCH_ATOMS", "batch_budget", "compute"]
 
@@ -181,6 +181,27 @@ def _rank_result(ranks: Ranks, prep: Prepared, stats: PipelineStats, seconds: fl
     )
 
 
+#: Seconds between looks at a merge another task claimed.
+_CLAIM_POLL = 2.0
+
+
+def _claim_or_wait(parts: PartsDir, manifest: dict[str, Any]) -> bool:
+    """An array task that finds every chunk committed: True when it claims the merge (or takes
+    over the claim of a dead task); False once another task's merge has written the output. It
+    waits while a live task merges, so a task never ends without the output being there."""
+    token = claim_token()
+    said = False
+    while not parts.claim_merge(token):
+        identity = read_identity(parts.output)
+        if identity is not None and same_output(identity, manifest):
+            return False
+        if not said:
+            log.info("another task merges %s; waiting for it", parts.output)
+            said = True
+        time.sleep(_CLAIM_POLL)
+    return True
+
+
 def _finish(opts: ScreenOptions, prep: Prepared, result: ScreenResult,
             manifest: dict[str, Any], all_stats: list[dict[str, Any]]) -> ScreenResult:
     """Rank 0: the ranks' counts summed; the merge when every chunk is committed (an array
@@ -199,8 +220,8 @@ def _finish(opts: ScreenOptions, prep: Prepared, result: ScreenResult,
             )
         log.info("shard %d/%d done; %d chunks still missing", *shard, len(missing))
         return result
-    if shard is not None and not parts.claim_merge(claim_token()):
-        result.outcome = "merge-claimed"
+    if shard is not None and not _claim_or_wait(parts, manifest):
+        result.outcome = "merge-claimed"  # another task merged: the output is there
         return result
     try:
         listing = list_settings(opts).describe() if opts.ranking.top else None

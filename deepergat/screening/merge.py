@@ -196,6 +196,7 @@ def merge_parts(parts: PartsDir, plan: Plan, manifest: dict[str, Any], *,
                     rows.formula, rows.n_elements = compositions(chosen.atomic_numbers,
                                                                  chosen.n_atoms)
                 w.write(a, rows)
+                parts.refresh_claim()  # a claimant on another node shows it merges still
                 result.status += np.bincount(rows.status, minlength=len(Status))[: len(Status)]
                 result.flagged += int(np.count_nonzero(rows.flags & FLAG_UNSEEN_ELEMENT))
     except NoSpaceError as e:

@@ -37,6 +37,7 @@ import numpy as np
 
 from deepergat.errors import DeepergatError, SettingError
 from deepergat.system.files import atomic_open, atomic_path
+from deepergat.system.lock import process_record, record_alive
 
 from .failures import literal
 from .predictions import Rows
@@ -53,8 +54,8 @@ RUN_KEYS = (
     "subset",
 )
 #: Keys every manifest holds (the run keys, what the merge reads, and the run's id).
-_MANIFEST_KEYS = (*RUN_KEYS, "input", "n_structures", "n_chunks", "model", "model_metadata",
-                  "targets", "embedding_dim", "run")
+_MANIFEST_KEYS = (*(k for k in RUN_KEYS if k != "subset"), "input", "n_structures", "n_chunks",
+                  "model", "model_metadata", "targets", "embedding_dim", "run")  # subset: optional
 _PART = re.compile(r"^chunk-(\d+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
 #: The input store's last verified digest and fingerprint, in the parts directory.
@@ -537,25 +538,47 @@ class PartsDir:
     def claim_merge(self, token: str) -> bool:
         """Try to become the one process that merges (``O_CREAT | O_EXCL``).
 
+        The claim records its process (`deepergat.system.lock.process_record`). A claim whose
+        process is dead by the output lock's rule (its pid gone on this node; elsewhere, no
+        refresh for `STALE_AFTER`) is taken over by creating the next one in its chain
+        (``merge-claim-<token>.1``, ``.2``, …): exactly one caller wins each, and nothing is
+        ever removed, so two takeovers never both merge.
+
         Args:
-            token: the job the claim belongs to (e.g. the SLURM array job id): a rerun under a new
-                job id gets a fresh claim, so a merge killed mid-way does not block it forever.
+            token: the job the claim belongs to (e.g. the SLURM array job id); a rerun under a
+                new job id gets a fresh chain.
 
         Returns:
-            True for exactly one caller per token.
+            True for exactly one live caller per token; False while a live process holds it.
         """
-        path = self.path / f"merge-claim-{re.sub(r'[^A-Za-z0-9_.-]', '_', token)}"
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = ""
+        base = f"merge-claim-{re.sub(r'[^A-Za-z0-9_.-]', '_', token)}"
+        generation = 0
+        while True:
+            path = self.path / (base if generation == 0 else f"{base}.{generation}")
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                record: Any = None
+                with contextlib.suppress(OSError, ValueError):
+                    record = json.loads(path.read_text())
+                if record_alive(record, path):
+                    log.info("merge already claimed (%s): %s", path.name, record)
+                    return False
+                log.warning("%s: the process that claimed the merge is gone (%s); taking over",
+                            path, record)
+                generation += 1
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps({**process_record(), "at": time.ctime()}))
+            self._claim = path
+            return True
+
+    def refresh_claim(self) -> None:
+        """Show that this process's merge claim is alive (for claimants on other nodes)."""
+        claim = getattr(self, "_claim", None)
+        if claim is not None:
             with contextlib.suppress(OSError):
-                holder = path.read_text().strip()
-            log.info("merge already claimed (%s): %s", path.name, holder)
-            return False
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{socket.gethostname()} pid {os.getpid()} at {time.ctime()}\n")
-        return True
+                os.utime(claim)
 
     def clear_temporaries(self) -> None:
         """Remove half-written parts and manifests of killed processes (only when no other

@@ -40,8 +40,8 @@ class ScreenResult:
     Attributes:
         outcome: ``merged`` (this run wrote the final file), ``already-merged`` (the complete
             output of this run was already there), ``shard-done`` (this shard is committed,
-            others are not yet), ``merge-claimed`` (every chunk is committed and another task
-            claimed the merge).
+            others are not yet), ``merge-claimed`` (every chunk is committed and another task merged
+            them: the output is there).
         output, parts, top_csv: paths (``top_csv`` None without a top-K list).
         short_list: how the top-K list was made (`ShortList.summary`), "" without one.
         ranks: processes in this run. shard: (I, N) or None.

@@ -57,7 +57,8 @@ from typing import Any
 
 from deepergat.errors import DeepergatError
 
-__all__ = ["HEARTBEAT", "STALE_AFTER", "OutputLock", "node_key", "run_token"]
+__all__ = ["HEARTBEAT", "STALE_AFTER", "OutputLock", "node_key", "process_record",
+           "record_alive", "run_token"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,36 @@ def _pid_alive(pid: int, start: str = "") -> bool:
         if now and now != start:
             return False
     return True
+
+
+def process_record() -> dict[str, Any]:
+    """This process as the lock's records name one: host, node key, pid and start time."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "node": node_key(), "pid": pid,
+            "start": _start_ticks(pid)}
+
+
+def record_alive(record: Any, path: Path) -> bool:
+    """Whether the process a `process_record` in the file ``path`` names still runs, by the
+    lock's rule: on this node by its pid (and start time); elsewhere while the file was written
+    (refreshed) less than `STALE_AFTER` ago, judged against a file written now in the same
+    folder (never against this host's clock)."""
+    if isinstance(record, dict) and record.get("host") == socket.gethostname() \
+            and record.get("node") == node_key() and isinstance(record.get("pid"), int):
+        return _pid_alive(record["pid"], str(record.get("start", "")))
+    written = _mtime(path)
+    if written is None:
+        return False
+    probe = path.with_name(f".{path.name}.now-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        probe.write_text("")
+        now = _mtime(probe)
+    except OSError:
+        return True  # cannot tell: alive
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return now is None or now - written < STALE_AFTER * 1e9
 
 
 def _mtime(path: Path) -> int | None:

@@ -131,8 +131,33 @@ def test_merge_claim_is_exclusive_per_token(tmp_path: Path) -> None:
     parts = PartsDir(tmp_path / "out.h5")
     parts.prepare(manifest(), resume=True)
     assert parts.claim_merge("77")
-    assert not parts.claim_merge("77")
+    assert not parts.claim_merge("77")  # this very process holds it: alive
     assert parts.claim_merge("78")  # a rerun under a new job id
+
+
+def test_a_dead_claimants_merge_claim_is_taken_over_once(tmp_path: Path) -> None:
+    """A task killed while merging leaves its claim; the next task takes it over (the lock's
+    liveness rule: its pid is gone), and only one of two takers wins each takeover."""
+    import subprocess
+    import sys
+
+    parts = PartsDir(tmp_path / "out.h5")
+    parts.prepare(manifest(), resume=True)
+    code = ("from deepergat.screening.parts import PartsDir; "
+            f"assert PartsDir({str(parts.output)!r}).claim_merge('local')")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert parts.claim_merge("local")  # the dead claimant's claim is taken over
+    assert (parts.path / "merge-claim-local.1").is_file()
+    assert not PartsDir(tmp_path / "out.h5").claim_merge("local")  # and now held, alive
+    # a claim written on another node counts as alive while it was refreshed lately
+    other = parts.path / "merge-claim-remote"
+    other.write_text(json.dumps({"host": "elsewhere", "node": "x", "pid": 1, "start": ""}))
+    assert not parts.claim_merge("remote")
+    old = 1_000_000_000.0
+    import os
+
+    os.utime(other, (old, old))
+    assert parts.claim_merge("remote")
 
 
 def test_remove_keeps_logs(tmp_path: Path) -> None:

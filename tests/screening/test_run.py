@@ -206,6 +206,16 @@ def test_shards_and_last_task_merge(tmp_path: Path, screen_store: Path,
     assert no_parts_left(out)
 
 
+def claim_in_a_process_that_dies(parts: PartsDir, token: str) -> None:
+    """The merge claim of a process that is gone (killed while merging)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from deepergat.screening.parts import PartsDir; "
+            f"assert PartsDir({str(parts.output)!r}).claim_merge({token!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_merge_only(tmp_path: Path, screen_store: Path, small_model: dict[str, Any],
                     reference_predictions: Path) -> None:
     out = tmp_path / "p.h5"
@@ -219,13 +229,12 @@ def test_merge_only(tmp_path: Path, screen_store: Path, small_model: dict[str, A
     missing = err.value.missing
     assert missing and "chunks" in str(err.value) and "[" in str(err.value)
     assert not out.exists()
-    # The other task finds every chunk committed but the merge claimed (its merge "died").
-    parts = PartsDir(out)
-    assert parts.claim_merge("local")
-    second = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=40, shard="1/2")
-    assert second.outcome == "merge-claimed" and not out.exists()
-    merged = merge_only(opts)
-    assert merged.outcome == "merged" and merged.merge.n_structures == 300
+    # The other task finds every chunk committed and the merge claimed by a task that was
+    # killed while merging: it takes the claim over and merges (never exits without output).
+    claim_in_a_process_that_dies(PartsDir(out), "local")
+    second = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=40, shard="1/2",
+                           top=3)
+    assert second.outcome == "merged" and second.merge.n_structures == 300
     assert top_csv_path(out).exists()
     assert_same_predictions(reference_predictions, out, small_model["std"])
     assert merge_only(opts).outcome == "already-merged"

@@ -110,29 +110,31 @@ def _predict_store(model: Any, path: Path, *, max_atoms: int, overlap_threshold:
         for chunk in store.iter_chunks(_CHUNK):
             for a in range(0, len(chunk), batch_size):
                 part = chunk.select(np.arange(a, min(a + batch_size, len(chunk))))
-                status, flags, values, std = _predict_part(model, part, settings)
+                status, flags, values, std, _ = _predict_part(model, part, settings)
                 for k in range(len(part)):
                     yield PredictionRow(part.ids[k], values[k], int(status[k]),
                                         None if std is None else std[k], int(flags[k]))
 
 
-_Part = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"]
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 
 
-def _predict_part(model: Any, part: Any, settings: Any) -> _Part:
-    """[m] status, [m] flags, [m, T] values and [m, T] spread (None for a single model) of a
-    batch; one that fails for memory is predicted again in halves, down to the single
+def _predict_part(model: Any, part: Any, settings: Any, *, embeddings: bool = False) -> _Part:
+    """[m] status, [m] flags, [m, T] values, [m, T] spread (None for a single model) and
+    with ``embeddings`` [m, D] pooled vectors (else None) of a batch; NaN where the status is
+    not 0. A batch that fails for memory is predicted again in halves, down to the single
     structure, which gets status 10 when a one-atom probe structure then predicts."""
     from deepergat.screening.pipeline import memory_failure
 
     try:
-        return _predict_once(model, part, settings)
+        return _predict_once(model, part, settings, embeddings=embeddings)
     except Exception as e:
         if isinstance(e, DeepergatError) or not memory_failure(e):
             raise
         m = len(part)
         if m > 1:
-            halves = [_predict_part(model, part.select(np.arange(a, b)), settings)
+            halves = [_predict_part(model, part.select(np.arange(a, b)), settings,
+                                    embeddings=embeddings)
                       for a, b in ((0, m // 2), (m // 2, m))]
             return tuple(None if x[0] is None else np.concatenate(x)  # type: ignore[return-value]
                          for x in zip(*halves, strict=True))
@@ -145,22 +147,28 @@ def _predict_part(model: Any, part: Any, settings: Any) -> _Part:
         flags = structure_flags(part, seen_elements=settings.seen_elements, graph=settings.graph,
                                 translation_max_atoms=settings.translation_max_atoms)
         return (np.full(1, int(Status.OUT_OF_MEMORY), np.int64), flags, values,
-                values.copy() if model.has_std else None)
+                values.copy() if model.has_std else None,
+                np.full((1, model.metadata.embedding_dim), np.nan, np.float32) if embeddings
+                else None)
 
 
-def _predict_once(model: Any, part: Any, settings: Any) -> _Part:
+def _predict_once(model: Any, part: Any, settings: Any, *, embeddings: bool = False) -> _Part:
     """`_predict_part` without the retries."""
     from deepergat.screening.pipeline import featurize
 
     feat = featurize(part, settings)
     values = np.full((len(part), len(model.targets)), np.nan, dtype=np.float32)
     std = values.copy() if model.has_std else None
+    emb = (np.full((len(part), model.metadata.embedding_dim), np.nan, dtype=np.float32)
+           if embeddings else None)
     status = feat.status.astype(np.int64)
     for g in feat.graphs:
         if not len(g.rows):
             continue
         out = model.predict(g.inputs)
         values[g.rows] = out.prediction
+        if emb is not None:
+            emb[g.rows] = out.embedding
         bad = ~np.isfinite(out.prediction).all(1)
         if std is not None and out.std is not None:
             std[g.rows] = out.std
@@ -168,7 +176,9 @@ def _predict_once(model: Any, part: Any, settings: Any) -> _Part:
             std[g.rows[bad]] = np.nan
         status[g.rows[bad]] = Status.NONFINITE_PREDICTION
         values[g.rows[bad]] = np.nan
-    return status, feat.flags, values, std
+        if emb is not None:
+            emb[g.rows[bad]] = np.nan
+    return status, feat.flags, values, std, emb
 
 
 def _check_probe(model: Any, settings: Any, error: BaseException) -> None:

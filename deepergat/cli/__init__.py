@@ -5,8 +5,8 @@
 ``app``             the ``deepergat`` group and its subcommands
 ``base``            one-line errors with exit code 2, logging to stderr
 ``options``         options several commands share (devices, checks, ranking, trust)
-``<command>``       one module per subcommand: pack, info, train, evaluate, predict, models,
-                    export, screen, report, extract
+``<command>``       one module per subcommand: pack, info, subset, train, evaluate, predict,
+                    models, export, screen, report, extract
 ==================  ==========================================================================
 """
 

@@ -11,7 +11,19 @@ import click
 
 from deepergat._version import __version__
 
-from . import evaluate, export, extract, info, models, pack, predict, report, screen, train
+from . import (
+    evaluate,
+    export,
+    extract,
+    info,
+    models,
+    pack,
+    predict,
+    report,
+    screen,
+    subset,
+    train,
+)
 from .base import DeepergatGroup, setup_logging
 
 __all__ = ["main"]
@@ -40,6 +52,16 @@ def main(verbose: int) -> None:
 
 
 
+def _verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:  # after the subcommand as before it: `deepergat evaluate … -v`
+        setup_logging(value)
+
+
 for _command in (pack.pack, info.info, train.train, screen.screen, evaluate.evaluate,
-                 predict.predict, models.models, report.report, extract.extract, export.export):
+                 predict.predict, models.models, report.report, extract.extract, export.export,
+                 subset.subset):
+    if not any("--verbose" in getattr(p, "opts", ()) for p in _command.params):
+        _command.params.append(click.Option(
+            ["-v", "--verbose"], count=True, expose_value=False, callback=_verbose,
+            is_eager=True, help="More log output (-v info, -vv debug)."))
     main.add_command(_command)

@@ -23,6 +23,7 @@ __all__ = [
     "DeepergatGroup",
     "fail",
     "flag_names",
+    "missing_extra",
     "report_error",
     "report_errors",
     "setup_logging",
@@ -71,19 +72,41 @@ def report_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DeepergatError, OSError, RuntimeError) as e:
+        except (DeepergatError, OSError, RuntimeError, ImportError) as e:
             ctx = click.get_current_context(silent=True)
             report_error(e, flag_names(ctx.command if ctx is not None else None))
 
     return wrapper  # type: ignore[return-value]
 
 
-def report_error(e: DeepergatError | OSError | RuntimeError,
-                 flags: dict[str, str] | None = None) -> NoReturn:
+#: Packages an install may lack, and the extra that brings each (pyproject.toml).
+EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "cpu",
+          "torch_geometric": "test", "mpi4py": "mpi", "pandas": "cpu"}
+
+
+def missing_extra(e: BaseException) -> DeepergatError | None:
+    """The one line for an import of a package this install lacks (`EXTRAS`), else None."""
+    if not isinstance(e, ImportError):
+        return None
+    name = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return None
+    how = (f"pip install 'deepergat[{extra}]'" if extra != "cpu" else
+           "pip install 'deepergat[cpu]' (or 'deepergat[gpu]' on a GPU node)")
+    what = {"train": "training, exporting and reading checkpoints need PyTorch and ONNX",
+            "cpu": "predicting with exported models needs ONNX Runtime",
+            "mpi": "MPI ranks need mpi4py (or use --shard without MPI)",
+            "test": "the reference forms need torch-geometric"}[extra]
+    return DeepergatError(f"{what}, which this install lacks ({name}): {how}")
+
+
+def report_error(e: BaseException, flags: dict[str, str] | None = None) -> NoReturn:
     """`fail` with the one line for ``e`` (`deepergat.errors.user_error`: a `DeepergatError`,
     or a full disk, a quota, a read-only folder, missing permissions — also h5py's
-    RuntimeError for a write that failed on a full disk); re-raise anything else."""
-    err = user_error(e)
+    RuntimeError for a write that failed on a full disk; `missing_extra`: a package this
+    install lacks); re-raise anything else."""
+    err = missing_extra(e) or user_error(e)
     if err is None:
         raise e
     log.debug("the error in full", exc_info=e)
@@ -96,7 +119,7 @@ class DeepergatGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (DeepergatError, OSError, RuntimeError) as e:  # the user's to fix, or raised
+        except (DeepergatError, OSError, RuntimeError, ImportError) as e:  # the user's to fix
             name = ctx.invoked_subcommand
             report_error(e, flag_names(self.get_command(ctx, name) if name else None))
 

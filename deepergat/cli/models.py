@@ -9,7 +9,14 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def models(as_json: bool) -> None:
     """List the bundled models with their cards (a bundled name predicts with its model.onnx;
-    `deepergat export` starts from its checkpoint, ensemble.ckpt or best.ckpt)."""
+    `deepergat export` starts from its checkpoint, ensemble.ckpt or best.ckpt).
+
+    \b
+    Examples:
+      deepergat models
+      deepergat models --json | jq 'keys'
+      deepergat predict perovskite-heat some.cif      # a name listed here
+    """
     import json
 
     from deepergat.export.resolve import bundled_checkpoint, bundled_dir, bundled_models

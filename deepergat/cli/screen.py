@@ -169,7 +169,7 @@ def screen(
     """
     from deepergat.errors import DeepergatError, SettingError, user_error
 
-    from .base import fail, flag_names, setup_logging
+    from .base import fail, flag_names, missing_extra, setup_logging
 
     setup_logging(verbose)
     from deepergat.screening.run import AllRanksError, ScreenOptions
@@ -187,11 +187,11 @@ def screen(
     flags = flag_names(screen)
     ranks = None
     try:
-        ranks = _connect(opts)
         try:
+            ranks = _connect(opts)
             result = _run(opts, ranks)
-        except (OSError, RuntimeError) as e:  # a full disk (h5py: RuntimeError), a read-only
-            err = user_error(e)               # folder: the user's to fix
+        except (OSError, RuntimeError, ImportError) as e:  # a full disk (h5py: RuntimeError),
+            err = missing_extra(e) or user_error(e)        # a read-only folder, no onnxruntime
             if err is None:
                 raise
             logging.getLogger("deepergat").debug("the error in full", exc_info=e)

@@ -111,9 +111,12 @@ def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
     rank0 = launch_info().rank == 0
     epochs = cfg.trainer.epochs
 
+    # fold ensembles and CVs train folds, seed ensembles members (their folders' names)
+    part = "member" if cfg.ensembles.ensemble and cfg.ensembles.members == "seeds" else "fold"
+
     def show(record: EpochRecord, fold: int | None = None) -> None:
         if rank0:
-            _show_epoch(record, epochs, fold)
+            _show_epoch(record, epochs, fold, part)
 
     if cfg.ensembles.ensemble:
         summary = train_ensemble(cfg, progress=lambda i, r: show(r, i))
@@ -150,8 +153,8 @@ def _config(ctx: click.Context, config_file: str | None,
     return cfg
 
 
-def _show_epoch(record: EpochRecord, epochs: int, fold: int | None) -> None:
-    prefix = f"fold {fold} " if fold is not None else ""
+def _show_epoch(record: EpochRecord, epochs: int, fold: int | None, part: str = "fold") -> None:
+    prefix = f"{part} {fold} " if fold is not None else ""
     click.echo(
         f"{prefix}epoch {record.epoch:>4}/{epochs}  lr {record.lr:.3g}  "
         f"train_mae {record.train_mae:.5g}  val_mae {record.val_mae:.5g}  "
@@ -185,7 +188,8 @@ def _show_ensemble(summary: dict[str, Any], out: str) -> None:
                 f"ensemble on the {part} split ({m['n']}): MAE {m['mae']:.5g}, "
                 f"|error| ≤ 2σ for {m['coverage_2sigma']:.3f}, ≤ σ for "
                 f"{m['coverage_1sigma']:.3f}, Spearman(σ, |error|) "
-                f"{m['spearman_std_abs_error']}"
+                + ("-" if m["spearman_std_abs_error"] is None
+                   else f"{m['spearman_std_abs_error']:.3f}")
             )
     click.echo(f"{summary['members']}-member ensemble: {summary['checkpoint']}")
 

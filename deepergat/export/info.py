@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from deepergat.elements import symbol
 from deepergat.metadata import ModelMetadata
 from deepergat.system.files import file_sha256
 
@@ -38,11 +39,6 @@ def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     kind = sniff(p)
     meta = read_metadata(p, kind=kind)
     return {"format": kind, "size": p.stat().st_size, "sha256": file_sha256(p), "metadata": meta}
-
-
-def _short(values: list[Any], n: int = 30) -> str:
-    text = " ".join(str(v) for v in values[:n])
-    return text + (f" … ({len(values)} in all)" if len(values) > n else "")
 
 
 def _g(value: float | None, spec: str) -> str:
@@ -90,7 +86,8 @@ def format_model(info: dict[str, Any], path: str) -> list[str]:
                          f"{m.get('coverage_1sigma', float('nan')):.3f}, Spearman(σ, |error|) "
                          f"{m.get('spearman_std_abs_error') or float('nan'):.3f}")
     lines.append("  model            " + ", ".join(f"{k} {v}" for k, v in model.items()))
-    lines.append(f"  elements ({len(meta.elements)})    Z = {_short(list(meta.elements))}")
+    lines.append(f"  elements ({len(meta.elements)})    "
+                 + " ".join(symbol(int(z)) for z in meta.elements))
     if meta.source_sha256:
         label = "source checkpoint" if kind != CHECKPOINT_KIND else "sha256          "
         lines.append(f"  {label} {meta.source_sha256}")

@@ -110,7 +110,8 @@ def _ort() -> Any:
         import onnxruntime
     except ImportError as e:  # pragma: no cover - a dependency
         raise DeepergatError(
-            f"onnxruntime is not installed ({e}); pip install onnxruntime (or onnxruntime-gpu)"
+            f"onnxruntime is not installed ({e}); pip install 'deepergat[cpu]' (or "
+            "'deepergat[gpu]' on a GPU node)"
         ) from None
     return onnxruntime
 

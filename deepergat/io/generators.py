@@ -156,9 +156,13 @@ def load_sample_file(path: str | Path) -> dict[str, Any]:
         DeepergatError: unreadable, a pickle asking for other code (refused before any of it
             runs), not a dict, or a key of `GENERATOR_KEYS` missing.
     """
-    import torch
-
     p = Path(path)
+    try:
+        import torch
+    except ImportError:
+        raise DeepergatError(
+            f"{p}: generator sample files (.pt) are read with PyTorch, which this install "
+            "lacks: pip install 'deepergat[train]'") from None
     _check_records(p)
     try:
         data = torch.load(p, map_location="cpu", weights_only=False,

@@ -166,16 +166,33 @@ def _expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[_Input]:
 
 
 def _expand_dir(d: Path) -> list[_Input]:
+    """The structure files of a folder and of its sub-folders (a VASP tree of ``run-*/POSCAR``),
+    in sorted order, depth first: every file in a structure format (`structure_format`: CIF,
+    POSCAR/CONTCAR/*.vasp, extxyz, ASE db/JSON, pymatgen JSON, archives, generator samples);
+    hidden entries (``.name``) are skipped; a folder with a ``targets.csv`` is a MatDeepLearn
+    folder, read as one input. Anything else is named in one warning."""
     if (d / "targets.csv").is_file():
         return [_Input(d, "matdeeplearn")]
     found: list[_Input] = []
     ignored: list[str] = []
-    for p in sorted(d.iterdir()):
-        fmt = readers.structure_format(p) if p.is_file() else None
-        if fmt in readers.STRUCTURE_FORMATS or fmt in ("archive", "generator"):
-            found.append(_Input(p, str(fmt)))
-        else:
-            ignored.append(p.name + ("/" if p.is_dir() else ""))
+
+    def walk(folder: Path, depth: int) -> None:
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_dir() and not p.is_symlink() and depth < _MAX_DEPTH:
+                if (p / "targets.csv").is_file():
+                    found.append(_Input(p, "matdeeplearn"))
+                else:
+                    walk(p, depth + 1)
+                continue
+            fmt = readers.structure_format(p) if p.is_file() else None
+            if fmt in readers.STRUCTURE_FORMATS or fmt in ("archive", "generator"):
+                found.append(_Input(p, str(fmt)))
+            else:
+                ignored.append(str(p.relative_to(d)) + ("/" if p.is_dir() else ""))
+
+    walk(d, 0)
     if ignored:
         shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
         log.warning(
@@ -184,9 +201,13 @@ def _expand_dir(d: Path) -> list[_Input]:
     if not found:
         raise DeepergatError(
             f"{d}: no structure files (CIF, POSCAR, extxyz, ASE db, JSON, archives, generator "
-            "sample .pt files) and no targets.csv"
+            "sample .pt files) and no targets.csv, in it or its sub-folders"
         )
     return found
+
+
+#: Sub-folder levels a folder input is searched to (a symlinked folder is never followed).
+_MAX_DEPTH = 32
 
 
 def _store_targets(

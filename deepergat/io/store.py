@@ -7,6 +7,7 @@ never holds them all in memory, and computes ``content_digest`` while it writes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "StructureBatch",
     "format_attribute",
     "write_store",
+    "write_subset",
 ]
 
 STORE_FORMAT = "deepergat-structures"
@@ -406,6 +408,36 @@ def write_store(
     return w.close()
 
 
+def write_subset(source: str | os.PathLike[str], out: str | os.PathLike[str],
+                 ids: Sequence[str]) -> tuple[int, str]:
+    """A store of the structures of ``source`` with the given ids (in the source's order),
+    targets and units included: a run's held-out split as a store of its own.
+
+    Returns:
+        (structures written, the new store's content digest).
+
+    Raises:
+        DeepergatError: an id the source lacks (the first few named), an id given twice, an
+            output that is the source.
+    """
+    wanted = list(ids)
+    if len(set(wanted)) != len(wanted):
+        raise DeepergatError("subset: an id is given more than once")
+    if Path(out).resolve() == Path(source).resolve():
+        raise DeepergatError(f"{out}: is the source store; choose another output")
+    with Store(source) as s:
+        where = {sid: k for k, sid in enumerate(s.ids(0, s.n_structures))}
+        missing = [sid for sid in wanted if sid not in where]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DeepergatError(f"{source}: no structure with id "
+                                 f"{', '.join(missing[:5])}{more}")
+        rows = np.sort(np.array([where[sid] for sid in wanted], dtype=np.int64))
+        batch = s.read_rows(rows)
+        units = s.targets
+    return len(rows), write_store(out, batch, units=units)
+
+
 def format_attribute(f: h5py.File, path: str | os.PathLike[str]) -> str | None:
     """An HDF5 file's root ``format`` attribute as text, None when it has none; checked by its
     shape and size before it is read (a hostile file's attribute may be an array or huge).
@@ -480,10 +512,7 @@ class Store:
             self._datasets: dict[str, h5py.Dataset] = {}
             self._declared_rows = 0
         except OSError as e:
-            raise DeepergatError(
-                f"{self.path}: not a readable HDF5 file (truncated or another format): "
-                f"{' '.join(str(e).split())[:200]}"
-            ) from None
+            raise DeepergatError(_not_hdf5(self.path, e)) from None
         try:
             self._validate()
         except DeepergatError:
@@ -896,3 +925,16 @@ def _concat(parts: Sequence[StructureBatch]) -> StructureBatch:
         positions=np.concatenate([b.positions for b in parts]),
         targets={k: np.concatenate([b.targets[k] for b in parts]) for k in parts[0].targets},
     )
+
+
+def _not_hdf5(path: Path, e: OSError) -> str:
+    """The message for a file that is not HDF5: structure files are packed into a store first."""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head and not head.startswith(b"\x89HDF"):
+            return (f"{path}: not a structure store but another kind of file; structure files "
+                    f"(CIF, POSCAR, extxyz, CSV, …) are packed into one first: deepergat pack "
+                    f"{path} -o {path.with_suffix('.h5').name}")
+    return (f"{path}: not a readable HDF5 file (truncated or damaged): "
+            f"{' '.join(str(e).split())[:200]}")

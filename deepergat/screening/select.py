@@ -410,7 +410,7 @@ def _write_selection(path: Path, got: dict[str, Any], files: list[Path | None],
 
 
 def read_predictions(path: str | os.PathLike[str], *, embeddings: bool = False) -> Any:
-    """A predictions file as a pandas DataFrame (``pip install "deepergat[pandas]"``).
+    """A predictions file as a pandas DataFrame.
 
     Columns: ``index``, ``id``, each target, ``<target>_std`` (an ensemble's spread),
     ``status``, ``flags``, ``formula`` (reduced), ``n_elements``; with ``embeddings`` also

@@ -379,3 +379,36 @@ def test_screen_on_a_full_disk_names_the_parts_free_and_needed_space(
                                   "--output")
     assert "chunks committed so far are kept" in line
     assert not out.exists()
+
+
+def test_subset_writes_a_runs_split_as_a_store(tmp_path: Path) -> None:
+    """``deepergat subset --split RUN:PART`` gives the structures a run held out, as a store
+    to evaluate on; ``--ids`` takes a file of ids; bad choices are one line each."""
+    cells = random_structures(12, seed=3, targets=("energy",))
+    store = tmp_path / "all.h5"
+    write_store(store, StructureBatch.from_structures(cells), units={"energy": "eV/atom"})
+    run = tmp_path / "run"
+    run.mkdir()
+    test_ids = [cells[9]["id"], cells[2]["id"]]
+    (run / "splits.json").write_text(json.dumps(
+        {"seed": 0, "train": [c["id"] for c in cells[3:9]], "val": [cells[0]["id"]],
+         "test": test_ids}))
+    r = _run("subset", store, "--split", run, "-o", tmp_path / "test.h5")
+    assert r.exit_code == 0, r.output
+    assert "wrote 2 structures" in r.output
+    from deepergat.io.store import Store
+
+    with Store(tmp_path / "test.h5") as s:
+        assert s.ids(0, s.n_structures) == [cells[2]["id"], cells[9]["id"]]
+        assert s.targets == {"energy": "eV/atom"}
+    r = _run("subset", store, "--split", f"{run}:val", "-o", tmp_path / "val.h5")
+    assert r.exit_code == 0 and "wrote 1 structures" in r.output
+    (tmp_path / "ids.txt").write_text(f"{cells[5]['id']}\n\n{cells[1]['id']}\n")
+    r = _run("subset", store, "--ids", tmp_path / "ids.txt", "-o", tmp_path / "ids.h5")
+    assert r.exit_code == 0 and "wrote 2 structures" in r.output
+    _assert_one_line_error(_run("subset", store, "--split", f"{run}:seed", "-o",
+                                tmp_path / "x.h5"), "no 'seed' split", "train, val, test")
+    _assert_one_line_error(_run("subset", store, "-o", tmp_path / "x.h5"), "exactly one")
+    _assert_one_line_error(_run("subset", store, "--split", tmp_path, "-o", tmp_path / "x.h5"),
+                           "cannot read")
+    assert not (tmp_path / "x.h5").exists()

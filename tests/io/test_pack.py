@@ -877,3 +877,30 @@ def test_the_text_in_flight_to_workers_is_bounded(tmp_path: Path,
     assert result.n_structures == 40
     bound = (2 * 2 + 2) * 32 * (64 << 10) + 2 * len(member)
     assert peak[0] <= bound < 20 * len(member)
+
+
+def test_folder_tree_is_walked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A VASP tree (``run-*/POSCAR``) packs whole: sub-folders depth first in sorted order,
+    hidden entries skipped, ids made distinct from the paths, other files named in a warning."""
+    d = tmp_path / "tree"
+    tri, nacl = triclinic_structure(), nacl_structure()
+    for name, s in (("run-2", tri), ("run-1", nacl), ("run-1/relax", tri)):
+        (d / name).mkdir(parents=True, exist_ok=True)
+        (d / name / "POSCAR").write_text(s.to(fmt="poscar"))
+    (d / "run-1" / "OUTCAR").write_text("not read")
+    (d / ".cache").mkdir()
+    (d / ".cache" / "POSCAR").write_text(nacl.to(fmt="poscar"))
+    with caplog.at_level(logging.WARNING, logger="deepergat"):
+        result = pack([d], tmp_path / "out.h5", workers=1, id_from="path")
+    assert "run-1/OUTCAR" in caplog.text and ".cache" not in caplog.text
+    b, _ = _load(tmp_path / "out.h5")
+    assert result.n_structures == 3
+    assert [Path(i).relative_to(d).as_posix() for i in b.ids] == [
+        "run-1/POSCAR", "run-1/relax/POSCAR", "run-2/POSCAR"]
+    _assert_pymatgen(b.structure(0), _pmg((d / "run-1" / "POSCAR").read_text(), "poscar"))
+    _assert_pymatgen(b.structure(1), _pmg((d / "run-1/relax/POSCAR").read_text(), "poscar"))
+    empty = tmp_path / "empty"
+    (empty / "a" / "b").mkdir(parents=True)
+    (empty / "a" / "notes.txt").write_text("x")
+    with pytest.raises(DeepergatError, match="its sub-folders"):
+        pack([empty], tmp_path / "e.h5", workers=1)

@@ -18,6 +18,7 @@ from deepergat.io.store import (
     StoreWriter,
     StructureBatch,
     write_store,
+    write_subset,
 )
 
 
@@ -482,3 +483,35 @@ def test_read_rows_gives_scattered_rows_in_the_order_asked(tmp_path: Path) -> No
         assert len(s.read_rows(np.zeros(0, np.int64))) == 0
         with pytest.raises(DeepergatError, match="rows outside"):
             s.read_rows(np.array([700]))
+
+
+def test_write_subset_keeps_structures_targets_and_units(
+    two_part_store: tuple[Path, list[dict], str],
+) -> None:
+    """A run's held-out split as a store: the chosen structures, each exactly as the source
+    holds it, in the source's order whatever order the ids come in, units kept."""
+    path, structures, _ = two_part_store
+    out = path.with_name("sub.h5")
+    ids = [structures[7]["id"], structures[1]["id"], structures[4]["id"]]
+    n, digest = write_subset(path, out, ids)
+    assert n == 3
+    want = StructureBatch.from_structures([structures[1], structures[4], structures[7]])
+    with Store(out) as s:
+        assert s.content_digest == digest
+        assert s.targets == {"energy": "eV/atom", "gap": "eV"}
+        _assert_batch_equal(s.read(0, s.n_structures), want)
+    with pytest.raises(DeepergatError, match="no structure with id nope"):
+        write_subset(path, out, ["nope", structures[0]["id"]])
+    with pytest.raises(DeepergatError, match="more than once"):
+        write_subset(path, out, [structures[0]["id"]] * 2)
+    with pytest.raises(DeepergatError, match="is the source store"):
+        write_subset(path, path, [structures[0]["id"]])
+    with Store(path) as s:  # the source is untouched by the refusals
+        assert s.n_structures == len(structures)
+
+
+def test_a_structure_file_given_as_a_store_says_to_pack_it(tmp_path: Path) -> None:
+    cif = tmp_path / "x.cif"
+    cif.write_text("data_x\n_cell_length_a 3\n")
+    with pytest.raises(DeepergatError, match=r"deepergat pack .*x\.cif -o x\.h5"):
+        Store(cif)

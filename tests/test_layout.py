@@ -48,3 +48,19 @@ def test_top_level_import_stays_light() -> None:
             "if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_helper_modules_import_by_name_under_importlib() -> None:
+    """Test modules import with ``--import-mode=importlib`` (mirrored folders share basenames
+    such as ``test_model.py``), so a helper module imports only from a folder that
+    pyproject.toml's ``pythonpath`` lists, and two helpers never share a name."""
+    import tomllib
+
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "--import-mode=importlib" in options["addopts"]
+    listed = {(ROOT / p).resolve() for p in options["pythonpath"]}
+    helpers = sorted((ROOT / "tests").rglob("*_helpers.py"))
+    assert len({h.name for h in helpers}) == len(helpers)
+    for helper in helpers:
+        where = helper.relative_to(ROOT)
+        assert helper.parent.resolve() in listed, f"{where}: add its folder to pythonpath"

@@ -67,3 +67,11 @@ def agree(y1: Any, y2: Any, std: float) -> bool:
     b = np.asarray(y2, dtype=np.float64)
     ulp = np.spacing(np.abs(a).astype(np.float32)).astype(np.float64)
     return bool(np.all(np.abs(a - b) <= 1e-5 * std + 4 * ulp))
+
+
+def cpu_onnx_backend() -> str:
+    """The backend an ``.onnx`` file loads on for the CPU here: ``openvino`` where the
+    package is installed (the ``[cpu]`` extra), else ``onnxruntime``."""
+    from deepergat.export.openvino_runtime import pick_runtime
+
+    return pick_runtime("auto", on_cuda=False)

@@ -7,22 +7,24 @@ inside the torch-backed code paths only (exporting, ``.pt``/``.pt2``/``.ckpt`` f
 
 Modules, one job each:
 
-==================  ==========================================================================
-``metadata``        the metadata document every exported file carries; graph-settings check
-``files``           file kinds by suffix, confirmed by content; metadata read without torch
-``resolve``         MODEL arguments: a path, else a bundled model name
-``runtime``         ONNX Runtime: supported IR version, provider choice, quiet sessions
-``predictor``       `load` and the `Predictor` classes (ONNX Runtime, TorchScript, .pt2, eager)
-``shapes``          dynamic sizes: the example batch and the dynamic-shape spec
-``onnx``            the ONNX writer (dynamo exporter, softplus translation, op allow-list)
-``torchscript``     the TorchScript writer (tracing)
-``pt2``             the ``torch.export`` writer
-``aoti``            the AOTInductor writer (``--format aoti``: compiled, CPU, fastest there)
-``samples``         deterministic check structures and edge cases (numpy)
-``parity``          docs/design.md's agreement rule, the parity cases and their figures (numpy)
-``exporter``        `export_model`: write, check, and only then move files into place
-``info``            ``deepergat info`` for checkpoints and exported files
-==================  ==========================================================================
+====================  ============================================================================
+``metadata``          the metadata document every exported file carries; graph-settings check
+``files``             file kinds by suffix, confirmed by content; metadata read without torch
+``resolve``           MODEL arguments: a path, else a bundled model name
+``runtime``           ONNX Runtime: supported IR version, provider choice, quiet sessions
+``openvino_runtime``  OpenVINO: the CPU runtime of ``.onnx`` files when installed (fused kernels)
+``predictor``         `load` and the `Predictor` classes (ONNX Runtime, OpenVINO, TorchScript, .pt2,
+                      eager)
+``shapes``            dynamic sizes: the example batch and the dynamic-shape spec
+``onnx``              the ONNX writer (dynamo exporter, softplus translation, op allow-list)
+``torchscript``       the TorchScript writer (tracing)
+``pt2``               the ``torch.export`` writer
+``aoti``              the AOTInductor writer (``--format aoti``: compiled, CPU, fastest there)
+``samples``           deterministic check structures and edge cases (numpy)
+``parity``            docs/design.md's agreement rule, the parity cases and their figures (numpy)
+``exporter``          `export_model`: write, check, and only then move files into place
+``info``              ``deepergat info`` for checkpoints and exported files
+====================  ============================================================================
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .exporter import FILE_NAMES, FORMATS, ExportedFile, ExportResult, export_mo
 from .files import read_metadata, sniff
 from .metadata import EXPORT_FORMAT, check_settings
 from .parity import agree, tolerance
-from .predictor import OnnxPredictor, Predictor, TorchPredictor, load
+from .predictor import OnnxPredictor, OpenVinoPredictor, Predictor, TorchPredictor, load
 from .resolve import bundled_models, resolve_model
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "ExportResult",
     "ExportedFile",
     "OnnxPredictor",
+    "OpenVinoPredictor",
     "Predictor",
     "TorchPredictor",
     "agree",

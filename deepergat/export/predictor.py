@@ -3,13 +3,18 @@
 =========================  ===================================  ==============================
 file                       backend                              imports
 =========================  ===================================  ==============================
-``.onnx``                  ONNX Runtime (CUDA or CPU provider)  onnxruntime, numpy (no torch)
+``.onnx``                  OpenVINO (CPU) or ONNX Runtime       onnxruntime [+ openvino] (no torch)
 ``.pt`` (TorchScript)      ``torch.jit.load``                   torch
 ``.pt2`` (torch.export)    ``torch.export.load(...).module()``  torch
 ``.pt2`` (AOTInductor)     ``torch._inductor.aoti_load_package`` torch (CPU-compiled package)
 ``.ckpt`` (checkpoint)     eager `DeeperGATGNN`                 torch
 bundled model name         its shipped ``.onnx`` (else .ckpt)   as above
 =========================  ===================================  ==============================
+
+A single model's ``.onnx`` file on the CPU runs on OpenVINO when it is installed
+(`openvino_runtime`: fused kernels, the same numbers to float32 rounding), else — and an
+ensemble's — on ONNX Runtime's CPU provider; on CUDA on ONNX Runtime's CUDA provider. ONNX
+Runtime reads and checks the file either way.
 
 Every predictor takes the model inputs (docs/design.md) as numpy arrays and returns a
 `Prediction` of numpy arrays — with the calibrated spread ``std`` when the model is an ensemble —
@@ -44,11 +49,12 @@ from .files import (
     onnx_initializers,
 )
 from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_model_metadata
+from .openvino_runtime import CompiledOpenVino, OnnxRuntimeChoice, compile_openvino, pick_runtime
 from .resolve import resolve_model
 from .shapes import INPUT_NAMES
 
-__all__ = ["OnnxPredictor", "Prediction", "Predictor", "TorchPredictor", "load", "parse_device",
-           "warn_cell_dependent"]
+__all__ = ["OnnxPredictor", "OpenVinoPredictor", "Prediction", "Predictor", "TorchPredictor",
+           "load", "parse_device", "warn_cell_dependent"]
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +240,26 @@ class OnnxPredictor(Predictor):
         return tuple(outputs)
 
 
+class OpenVinoPredictor(OnnxPredictor):
+    """An ONNX file compiled by OpenVINO for the CPU; ``session`` (ONNX Runtime) read and
+    checked it and stays for its metadata."""
+
+    backend = "openvino"
+
+    def __init__(self, path: Path, session: Any, compiled: CompiledOpenVino,
+                 metadata: ModelMetadata, sha256: str) -> None:
+        super().__init__(path, session, metadata, sha256, "cpu")
+        self.compiled = compiled
+
+    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        try:
+            return self.compiled.run(dict(zip(INPUT_NAMES, arrays, strict=True)))
+        except Exception as e:
+            raise DeepergatError(
+                f"{self.path}: openvino failed on the batch: {' '.join(str(e).split())[:300]}"
+            ) from e
+
+
 class TorchPredictor(Predictor):
     """A TorchScript file, a ``torch.export`` program or a checkpoint on PyTorch.
 
@@ -276,6 +302,7 @@ def load(
     max_neighbors: int | None = None,
     graph: str | None = None,
     optimization: str = "all",
+    runtime: OnnxRuntimeChoice = "auto",
     trust: bool = False,
 ) -> Predictor:
     """Load a model file or a bundled model for prediction.
@@ -296,6 +323,10 @@ def load(
             checked against the model's.
         optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
             ``extended``, ``all``).
+        runtime: what runs an ``.onnx`` file on the CPU: ``"auto"`` (OpenVINO when installed
+            and the model has no spread output, else ONNX Runtime; ``DEEPERGAT_ONNX_RUNTIME``
+            overrides), ``"onnxruntime"`` or
+            ``"openvino"`` (`deepergat.export.openvino_runtime`). Other files ignore it.
         trust: load a file whose loading runs code from it — an AOTInductor package (native
             code) or a TorchScript program. Only for files whose source you trust; ONNX files,
             ``.pt2`` programs and checkpoints never need it (nothing in them runs).
@@ -324,7 +355,7 @@ def load(
     if kind == KINDS["onnx"]:
         predictor: Predictor = _load_onnx(path, device=device, device_id=device_id,
                                           threads=threads, inter_op_threads=inter_op_threads,
-                                          optimization=optimization)
+                                          optimization=optimization, runtime=runtime)
     else:
         predictor = _load_torch(path, kind, device=device, device_id=device_id, threads=threads)
     predictor.check_settings(cutoff=cutoff, max_neighbors=max_neighbors, graph=graph)
@@ -333,7 +364,8 @@ def load(
 
 
 def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | None,
-               inter_op_threads: int | None, optimization: str) -> OnnxPredictor:
+               inter_op_threads: int | None, optimization: str,
+               runtime: OnnxRuntimeChoice) -> OnnxPredictor:
     from .runtime import make_session
 
     data = path.read_bytes()
@@ -362,8 +394,12 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
         raise DeepergatError(f"{path}: ONNX inputs {names} are not the deepergat model's")
     _check_onnx_weights(path, data, session, meta)
     on_cuda = "CUDAExecutionProvider" in session.get_providers()
-    return OnnxPredictor(path, session, meta, hashlib.sha256(data).hexdigest(),
-                         f"cuda:{device_id}" if on_cuda else "cpu")
+    sha256 = hashlib.sha256(data).hexdigest()
+    if pick_runtime(runtime, on_cuda=on_cuda, has_std="std" in meta.output_names) == "openvino":
+        compiled = compile_openvino(data, outputs=meta.output_names, threads=threads,
+                                    where=str(path))
+        return OpenVinoPredictor(path, session, compiled, meta, sha256)
+    return OnnxPredictor(path, session, meta, sha256, f"cuda:{device_id}" if on_cuda else "cpu")
 
 
 def _check_onnx_weights(path: Path, data: bytes, session: Any, meta: ModelMetadata) -> None:

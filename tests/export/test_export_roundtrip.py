@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_helpers import cpu_onnx_backend
 
 from deepergat.contract import MAX_Z
 from deepergat.errors import DeepergatError
@@ -32,7 +33,7 @@ def test_file_names_and_backends(exported_tiny, fmt):
     path = exported_tiny[fmt]
     assert path.name == {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}[fmt]
     p = load(path, device="cpu", trust=True)
-    assert p.backend == {"onnx": "onnxruntime", "torchscript": "torchscript",
+    assert p.backend == {"onnx": cpu_onnx_backend(), "torchscript": "torchscript",
                          "pt2": "torch.export"}[fmt]
     assert p.device == "cpu"
     assert p.path == path

@@ -30,6 +30,7 @@ LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
 SINGLE = LEGACY / "deepergatgnn.ckpt"
 ENSEMBLE = {"checkpoint": LEGACY / "ensemble.ckpt", "onnx": LEGACY / "exported" / "model.onnx",
             "pt2": LEGACY / "exported" / "model.pt2"}
+# an ensemble's .onnx file stays on ONNX Runtime (deepergat.export.openvino_runtime)
 BACKENDS = {"checkpoint": (TorchPredictor, "eager"), "onnx": (OnnxPredictor, "onnxruntime"),
             "pt2": (TorchPredictor, "torch.export")}
 #: The fixture models' training standard deviation of heat_ref, eV (read from the ensemble).

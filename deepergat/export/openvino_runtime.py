@@ -1,0 +1,143 @@
+"""OpenVINO plumbing: the second CPU runtime for ``.onnx`` files.
+
+OpenVINO's CPU plugin compiles the ONNX graph into kernels that fuse the elementwise chains
+(the softplus of the [N, K, H·D] edge tensors, which is most of this model's time on ONNX
+Runtime) into the matrix products around them. Same file, same weights, no code read from the
+file: OpenVINO parses the ONNX protobuf like ONNX Runtime does. Numbers agree with ONNX
+Runtime's to float32 rounding (the export's parity tolerance; `tests/export/test_openvino.py`).
+
+Which runtime runs an ``.onnx`` file on the CPU (``runtime`` of `deepergat.export.load`):
+
+* ``"auto"``: OpenVINO for a model without a spread output (a single model, the screen's
+  default) when the ``openvino`` package is installed (the ``[cpu]`` extra brings it), else ONNX
+  Runtime; ``DEEPERGAT_ONNX_RUNTIME=onnxruntime|openvino`` overrides it. An ensemble's spread
+  stays on ONNX Runtime: its local error term weighs reference structures by their embedding
+  distances, which magnify the runtimes' different float32 rounding of the embeddings (≤ 4e-7)
+  about twentyfold — past the agreement rule's 1e-5·σ on the test ensemble (7.4e-6 against
+  6.2e-6 allowed), while its predictions agree within 2.4e-7.
+* ``"onnxruntime"`` or ``"openvino"``: that one (``"openvino"`` without the package is an
+  error naming it).
+
+On CUDA the file always runs on ONNX Runtime's CUDA provider. No torch here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from deepergat.errors import DeepergatError, SettingError
+
+__all__ = ["ENV_RUNTIME", "OnnxRuntimeChoice", "check_runtime", "compile_openvino",
+           "openvino_available", "pick_runtime"]
+
+OnnxRuntimeChoice = Literal["auto", "onnxruntime", "openvino"]
+#: Environment variable that overrides ``runtime="auto"`` (e.g. in a SLURM script).
+ENV_RUNTIME = "DEEPERGAT_ONNX_RUNTIME"
+
+
+def check_runtime(runtime: str) -> OnnxRuntimeChoice:
+    """``runtime`` validated against `OnnxRuntimeChoice`."""
+    if runtime not in get_args(OnnxRuntimeChoice):
+        raise SettingError(f"unknown ONNX runtime {runtime!r}: choose one of "
+                           f"{', '.join(get_args(OnnxRuntimeChoice))}")
+    return runtime  # type: ignore[return-value]
+
+
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package imports."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
+                 ) -> Literal["onnxruntime", "openvino"]:
+    """The runtime that runs an ``.onnx`` file (see the module docstring).
+
+    Args:
+        runtime: the caller's choice (`OnnxRuntimeChoice`).
+        on_cuda: whether the file runs on ONNX Runtime's CUDA provider.
+        has_std: whether the model computes a spread (an ensemble): ``"auto"`` keeps it on ONNX
+            Runtime.
+
+    Raises:
+        SettingError: an unknown choice (argument or environment), or ``"openvino"`` asked for
+            where it cannot run (package missing, or a CUDA device).
+    """
+    runtime = check_runtime(runtime)
+    if runtime == "auto":
+        runtime = check_runtime(os.environ.get(ENV_RUNTIME, "").strip().lower() or "auto")
+    if runtime == "onnxruntime" or (
+        runtime == "auto" and (on_cuda or has_std or not openvino_available())
+    ):
+        return "onnxruntime"
+    if on_cuda:
+        raise SettingError("the openvino runtime runs on the CPU only; use device 'cpu' or the "
+                           "onnxruntime runtime")
+    if not openvino_available():
+        raise SettingError("the openvino runtime needs the openvino package: "
+                           "pip install 'deepergat[cpu]' (or pip install openvino)")
+    return "openvino"
+
+
+class CompiledOpenVino:
+    """An ONNX model compiled by OpenVINO's CPU plugin.
+
+    Attributes:
+        outputs: output names, in the order `run` returns them.
+    """
+
+    def __init__(self, compiled: Any, outputs: Sequence[str]) -> None:
+        self._compiled = compiled
+        self.outputs = list(outputs)
+        self._ports = [compiled.output(name) for name in self.outputs]
+        self._local = threading.local()  # one infer request per calling thread
+
+    def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """The outputs for one batch of named inputs (copies: the request's buffers are reused)."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        result = request.infer(feed)
+        return tuple(np.array(result[port], copy=True) for port in self._ports)
+
+
+def compile_openvino(data: bytes, *, outputs: Sequence[str], threads: int | None,
+                     where: str) -> CompiledOpenVino:
+    """Compile a serialized ONNX model for OpenVINO's CPU plugin.
+
+    Args:
+        data: the ONNX file's bytes (already checked: no external data, deepergat metadata).
+        outputs: the output names to return, in order.
+        threads: inference threads (None: OpenVINO's default, every core).
+        where: the model's path, for messages.
+
+    Raises:
+        DeepergatError: OpenVINO cannot read or compile the model.
+    """
+    import openvino as ov
+
+    core = ov.Core()
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "LATENCY",  # one stream: one batch at a time, all threads on it
+        "INFERENCE_PRECISION_HINT": "f32",  # never bf16/f16 on CPUs that offer them
+        # no pinning: MPI ranks and predicting workers share a node's cores
+        "ENABLE_CPU_PINNING": False,
+    }
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        model = core.read_model(model=data, weights=b"")
+        compiled = core.compile_model(model, "CPU", config)
+    except Exception as e:  # OpenVINO raises plain RuntimeErrors
+        raise DeepergatError(
+            f"{where}: OpenVINO cannot compile the model ({' '.join(str(e).split())[:300]}); "
+            f"set {ENV_RUNTIME}=onnxruntime to run it on ONNX Runtime") from None
+    return CompiledOpenVino(compiled, outputs)

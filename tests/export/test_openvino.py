@@ -1,0 +1,106 @@
+"""OpenVINO, the CPU runtime of a single model's ``.onnx`` file when installed: which runtime
+runs a file, and that it predicts what ONNX Runtime predicts by the agreement rule on every
+parity batch (varied sizes, the big batch, the size-1 edge cases), threads included."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepergat.errors import SettingError
+from deepergat.export import OnnxPredictor, OpenVinoPredictor, agree, load, openvino_runtime
+from deepergat.export.openvino_runtime import ENV_RUNTIME, pick_runtime
+from deepergat.export.parity import parity_cases
+from deepergat.export.samples import edge_case_structures, parity_structures
+
+LEGACY_ENSEMBLE = (Path(__file__).resolve().parents[1] / "data" / "legacy" / "exported"
+                   / "model.onnx")
+
+
+def test_unknown_runtimes_are_refused_with_the_choices(monkeypatch):
+    with pytest.raises(SettingError, match="auto, onnxruntime, openvino"):
+        pick_runtime("tensorrt", on_cuda=False)
+    monkeypatch.setenv(ENV_RUNTIME, "tvm")
+    with pytest.raises(SettingError, match="unknown ONNX runtime 'tvm'"):
+        pick_runtime("auto", on_cuda=False)
+
+
+def test_auto_picks_openvino_on_the_cpu_only_where_installed(monkeypatch):
+    monkeypatch.delenv(ENV_RUNTIME, raising=False)
+    monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: True)
+    assert pick_runtime("auto", on_cuda=False) == "openvino"
+    assert pick_runtime("auto", on_cuda=True) == "onnxruntime"
+    assert pick_runtime("auto", on_cuda=False, has_std=True) == "onnxruntime"  # an ensemble
+    assert pick_runtime("openvino", on_cuda=False, has_std=True) == "openvino"
+    assert pick_runtime("onnxruntime", on_cuda=False) == "onnxruntime"
+    monkeypatch.setenv(ENV_RUNTIME, "onnxruntime")  # a job script's override
+    assert pick_runtime("auto", on_cuda=False) == "onnxruntime"
+    assert pick_runtime("openvino", on_cuda=False) == "openvino"  # the argument wins
+    monkeypatch.delenv(ENV_RUNTIME)
+    with pytest.raises(SettingError, match="CPU only"):
+        pick_runtime("openvino", on_cuda=True)
+    monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: False)
+    assert pick_runtime("auto", on_cuda=False) == "onnxruntime"
+    with pytest.raises(SettingError, match=r"deepergat\[cpu\]"):
+        pick_runtime("openvino", on_cuda=False)
+
+
+@pytest.fixture(scope="module", params=["tiny", "perovskite-heat-single"])
+def runtimes(request, exported_tiny) -> tuple[OnnxPredictor, OnnxPredictor]:
+    """The same file on both runtimes: the 2-layer test model, and the bundled 10-layer model
+    the screen runs by default."""
+    pytest.importorskip("openvino")
+    model = exported_tiny["onnx"] if request.param == "tiny" else request.param
+    ort = load(model, device="cpu", runtime="onnxruntime", threads=1)
+    ov = load(model, device="cpu", runtime="openvino", threads=1)
+    return ort, ov
+
+
+def test_openvino_predictor_carries_the_files_identity(runtimes):
+    ort, ov = runtimes
+    assert type(ort) is OnnxPredictor and ort.backend == "onnxruntime"
+    assert isinstance(ov, OpenVinoPredictor) and ov.backend == "openvino" and ov.device == "cpu"
+    assert ov.sha256 == ort.sha256 and ov.metadata.to_dict() == ort.metadata.to_dict()
+    assert not ov.has_std
+
+
+def test_auto_runs_an_ensembles_spread_on_onnxruntime(monkeypatch):
+    monkeypatch.delenv(ENV_RUNTIME, raising=False)
+    p = load(LEGACY_ENSEMBLE, device="cpu", threads=1)
+    assert p.has_std and p.backend == "onnxruntime"
+
+
+def test_openvino_agrees_with_onnxruntime_on_every_parity_batch(runtimes):
+    ort, ov = runtimes
+    settings = ort.graph_settings
+    cases = parity_cases(parity_structures(300), **settings, big_batch=600,
+                         edge_cases=edge_case_structures(settings["cutoff"]))
+    assert len(cases) > 5
+    std = ort.metadata.target_std
+    for case in cases:
+        a, b = ort.predict(case.inputs), ov.predict(case.inputs)
+        assert a.prediction.shape == b.prediction.shape, case.label
+        assert agree(a.prediction, b.prediction, std).all(), case.label
+        np.testing.assert_allclose(b.embedding, a.embedding, rtol=1e-4, atol=1e-5,
+                                   err_msg=case.label)
+
+
+def test_openvino_predicts_the_same_from_several_threads(runtimes):
+    _, ov = runtimes
+    settings = ov.graph_settings
+    case = parity_cases(parity_structures(64), **settings, big_batch=0)[0]
+    want = ov.predict(case.inputs).prediction
+    got: list[np.ndarray] = []
+
+    def work() -> None:
+        got.extend(ov.predict(case.inputs).prediction for _ in range(3))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 9 and all(np.array_equal(g, want) for g in got)

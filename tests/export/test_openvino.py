@@ -5,6 +5,7 @@ parity batch (varied sizes, the big batch, the size-1 edge cases), threads inclu
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,21 @@ def test_openvino_predicts_the_same_from_several_threads(runtimes):
     for t in threads:
         t.join()
     assert len(got) == 9 and all(np.array_equal(g, want) for g in got)
+
+
+def test_the_exports_softplus_becomes_one_softplus_operation():
+    """Every softplus the exporter wrote (Max/Log/Add/Exp/Min, for ONNX Runtime) is handed to
+    OpenVINO as its SoftPlus operation, and nothing else changes."""
+    ov = pytest.importorskip("openvino")
+    from deepergat.export.openvino_runtime import native_softplus
+    from deepergat.export.resolve import resolve_model
+
+    path = resolve_model("perovskite-heat-single", prefer="onnx")
+    model = ov.Core().read_model(path.read_bytes())
+    before = Counter(op.get_type_name() for op in model.get_ordered_ops())
+    replaced = native_softplus(model)
+    after = Counter(op.get_type_name() for op in model.get_ordered_ops())
+    assert replaced == before["Log"] > 0 and after["SoftPlus"] == replaced
+    assert after["Log"] == 0 and after["Exp"] == before["Exp"] - replaced  # others stay
+    assert after["MatMul"] == before["MatMul"] and after["Softmax"] == before["Softmax"]
+    assert native_softplus(model) == 0  # nothing left to replace

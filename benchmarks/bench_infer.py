@@ -167,6 +167,8 @@ def main() -> None:
                         help="every architecture (plain and Deeper) instead of every backend")
     parser.add_argument("--arch-batch", type=int, default=1024,
                         help="--architectures: structures per batch (1024)")
+    parser.add_argument("--archs", nargs="+", default=None,
+                        help="--architectures: only these (e.g. deepergatgnn cgcnn) [default: all]")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -174,6 +176,7 @@ def main() -> None:
     import torch
 
     from deepergat.export import export_model, load
+    from deepergat.export.openvino_runtime import openvino_available
     from deepergat.export.predictor import TorchPredictor
     from deepergat.nn.checkpoint import load_checkpoint
 
@@ -225,8 +228,11 @@ def main() -> None:
                 "pt2": load(work / "exported" / "model.pt2", device=device,
                             threads=args.threads),
                 "onnxruntime": load(work / "exported" / "model.onnx", device=device,
-                                    threads=args.threads),
+                                    threads=args.threads, runtime="onnxruntime"),
             }
+            if device == "cpu" and openvino_available():
+                backends["openvino"] = load(work / "exported" / "model.onnx", device="cpu",
+                                            threads=args.threads, runtime="openvino")
             if aoti and device == "cpu":
                 backends["aoti"] = load(work / "exported" / "model.aoti.pt2", device="cpu",
                                         threads=args.threads, trust=True)
@@ -291,6 +297,12 @@ def architectures_table(args: argparse.Namespace) -> None:
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     variants = [("deepergatgnn", False), ("gatgnn", False)] + [
         (a, d) for a in ARCH_DEFAULTS if a not in ("deepergatgnn", "gatgnn") for d in (False, True)]
+    if args.archs:
+        unknown = set(args.archs) - set(ARCH_DEFAULTS)
+        if unknown:
+            raise SystemExit(f"--archs: unknown {', '.join(sorted(unknown))}; "
+                             f"choose from {', '.join(ARCH_DEFAULTS)}")
+        variants = [(a, d) for a, d in variants if a in args.archs]
     with tempfile.TemporaryDirectory(prefix="bench-infer-arch-") as tmp:
         work = Path(tmp)
         structures, source = perovskites(args.arch_batch, work)
@@ -319,7 +331,8 @@ def architectures_table(args: argparse.Namespace) -> None:
             for device in devices:
                 sync = torch.cuda.synchronize if device == "cuda" else None
                 eager = load(ckpt, device=device, threads=args.threads)
-                onnx = load(work / name / "model.onnx", device=device, threads=args.threads)
+                onnx = load(work / name / "model.onnx", device=device, threads=args.threads,
+                            runtime="onnxruntime")
                 rates = [best_rate(lambda p=p: p.predict(inputs), args.arch_batch,
                                    min_time=args.min_time, sync=sync) for p in (eager, onnx)]
                 rows.append((device, name, layers, count_parameters(model), *rates))

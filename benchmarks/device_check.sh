@@ -2,9 +2,14 @@
 # The prepared GPU check: one script, about 8 minutes on one GPU node, one table at the end.
 #
 #   bash benchmarks/device_check.sh            # on the GPU machine, from the repository root
+#   DRY_RUN=1 bash benchmarks/device_check.sh  # here, on the CPU: every step, small sizes
 #
-# 1. install this checkout without touching the node's torch (and, when WHEELS=<folder> holds
-#    them, onnxruntime-gpu and the other wheels a node without network lacks);
+# The device machine reaches no registry: first, here, `bash benchmarks/device_wheels.sh` puts
+# the wheels it lacks (pymatgen and its needs, ASE) in .whl/, and the device call carries .whl:
+#   run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=540)
+#
+# 1. install the carried wheels (.whl/, or WHEELS=<folder>) into /tmp/site, and this checkout
+#    without touching the node's torch;
 # 2. the GPU tests (pytest -m gpu: CUDA provider placement, CPU/GPU agreement of every format,
 #    screening on cuda equals the CPU file);
 # 3. model-alone throughput of every backend on cuda (bench_infer.py);
@@ -16,6 +21,9 @@
 # 6. inference rate of every architecture on cuda (bench_infer.py --architectures), if time is
 #    left (ARCH_CHECK=0 skips it).
 #
+# DRY_RUN=1 runs the same steps on the CPU with small sizes (GPU_CANDIDATES 2,000, 1 epoch,
+# small batches), so the script stays green between GPU windows (tests/test_device_check.py).
+#
 # Everything it writes goes to OUT (default $OUT on the device tool, else /tmp/device-check);
 # the closing table is also in $OUT/table.md. Each step has its own time limit so one slow
 # step cannot eat the window; a failed step is reported in the table, the rest still runs.
@@ -23,8 +31,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-check}
 mkdir -p "$OUT"
-N=${GPU_CANDIDATES:-1000000}
-EPOCHS=${TRAIN_EPOCHS:-20}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+DRY=${DRY_RUN:-0}
+if [ "$DRY" = 1 ]; then
+  DEV=cpu; N=${GPU_CANDIDATES:-2000}; EPOCHS=${TRAIN_EPOCHS:-1}; SMALL_N=1000
+  INFER_SIZES="64"; INFER_TIME=0.05; ARCH_BATCH=64; THREADS=1; ARCHS=(--archs deepergatgnn cgcnn)
+else
+  DEV=cuda; N=${GPU_CANDIDATES:-1000000}; EPOCHS=${TRAIN_EPOCHS:-20}; SMALL_N=20000
+  INFER_SIZES="64 1024 4096 16384"; INFER_TIME=0.3; ARCH_BATCH=4096; THREADS=8; ARCHS=()
+fi
+DG=("$PY" -m deepergat.cli)  # the deepergat command, whatever PATH holds
 LOG="$OUT/device_check.log"
 : >"$LOG"
 declare -a ROWS=()
@@ -40,57 +56,66 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log everything, reco
 }
 
 # ---- 1. install
-if [ -n "${WHEELS:-}" ] && [ -d "$WHEELS" ]; then
-  step "wheels" 240 python -m pip install -q --no-index --find-links "$WHEELS" \
-    onnxruntime-gpu numba h5py click pyyaml tqdm mpi4py || true
+WHEELS=${WHEELS:-.whl}
+if [ "$DRY" != 1 ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
+  step "wheels" 240 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site "$WHEELS"/*.whl || true
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-step "install" 180 python -m pip install -q --no-deps --no-build-isolation -e . \
-  || { echo "cannot install; stopping"; exit 1; }
-python - >>"$LOG" 2>&1 <<'EOF'
+if [ "$DRY" = 1 ]; then
+  row "mode" "DRY RUN on the CPU" "small sizes; no figure here is a GPU figure"
+else
+  step "install" 180 "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
+    || { echo "cannot install; stopping"; exit 1; }
+fi
+"$PY" - >>"$LOG" 2>&1 <<'EOF'
 import torch, onnxruntime as ort
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
 print("onnxruntime", ort.__version__, ort.get_available_providers())
 EOF
-GPU=$(python -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')" 2>/dev/null)
-row "device" "$GPU" "$(python -c 'import onnxruntime as o; print(o.__version__, *o.get_available_providers())' 2>/dev/null)"
+GPU=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')" 2>/dev/null)
+row "device" "$GPU" "$("$PY" -c 'import onnxruntime as o; print(o.__version__, *o.get_available_providers())' 2>/dev/null)"
 
 # ---- 2. GPU tests
-if step "gpu tests" 240 python -m pytest -q -m gpu -p no:cacheprovider; then
+if step "gpu tests" 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider; then
   row "GPU tests" "passed" "$(grep -E '[0-9]+ passed' "$LOG" | tail -1)"
 else
   row "GPU tests" "FAILED" "$(grep -E 'passed|failed' "$LOG" | tail -1)"
 fi
 
 # ---- 3. model alone
-if step "bench_infer" 200 python benchmarks/bench_infer.py --devices cuda --threads 8 \
-    --sizes 64 1024 4096 16384 --min-time 0.3 --no-options; then
-  row "model alone (cuda)" "see log" "$(grep -A8 '^cuda:' "$LOG" | tail -5 | tr '\n' ' ')"
+# shellcheck disable=SC2086  # INFER_SIZES is a list
+if step "bench_infer" 200 "$PY" benchmarks/bench_infer.py --devices "$DEV" --threads "$THREADS" \
+    --sizes $INFER_SIZES --min-time "$INFER_TIME" --no-options; then
+  row "model alone ($DEV)" "see log" "$(grep -A8 "^$DEV:" "$LOG" | tail -5 | tr '\n' ' ')"
 fi
 
 # ---- 4. end-to-end screening
 CAND="$OUT/candidates-$N.h5"
-step "candidates" 120 python benchmarks/make_candidates.py -n "$N" -o "$CAND" || true
+step "candidates" 120 "$PY" benchmarks/make_candidates.py -n "$N" -o "$CAND" || true
 for model in perovskite-heat-single perovskite-heat; do
   out="$OUT/$model.predictions.h5"
-  if step "screen $model" 150 deepergat-screen --input "$CAND" --model "$model" --device cuda \
+  if step "screen $model" 150 "${DG[@]}" screen --input "$CAND" --model "$model" --device "$DEV" \
       --output "$out" --no-resume; then
     rate=$(grep -E "screened [0-9]+ structures" "$LOG" | tail -1)
-    row "screen $model ($N, cuda)" "ok" "$rate"
+    row "screen $model ($N, $DEV)" "ok" "$rate"
   else
-    row "screen $model ($N, cuda)" "FAILED" "-"
+    row "screen $model ($N, $DEV)" "FAILED" "-"
   fi
 done
-SMALL="$OUT/candidates-20000.h5"
-step "small candidates" 60 python benchmarks/make_candidates.py -n 20000 -o "$SMALL" || true
-for dev in cpu cuda; do
-  step "screen 20k $dev" 120 deepergat-screen --input "$SMALL" --model perovskite-heat-single \
-    --device "$dev" --output "$OUT/small-$dev.h5" --no-resume || true
+SMALL="$OUT/candidates-$SMALL_N.h5"
+step "small candidates" 60 "$PY" benchmarks/make_candidates.py -n "$SMALL_N" -o "$SMALL" || true
+# the CPU file on ONNX Runtime, the reference every other path is held to
+for dev in cpu "$DEV"; do
+  DEEPERGAT_ONNX_RUNTIME=onnxruntime step "screen small $dev" 120 "${DG[@]}" screen \
+    --input "$SMALL" --model perovskite-heat-single --device "$dev" \
+    --output "$OUT/small-$dev.h5" --no-resume || true
 done
-python - "$OUT" >>"$LOG" 2>&1 <<'EOF' && row "cuda file = cpu file (agreement rule)" "yes" "20,000 candidates" || row "cuda file = cpu file" "NO" "see log"
+"$PY" - "$OUT" "$DEV" >>"$LOG" 2>&1 <<'EOF' && row "$DEV file = cpu file (agreement rule)" "yes" "$SMALL_N candidates" || row "$DEV file = cpu file" "NO" "see log"
 import sys, h5py, numpy as np
-out = sys.argv[1]
-with h5py.File(f"{out}/small-cpu.h5") as a, h5py.File(f"{out}/small-cuda.h5") as b:
+out, dev = sys.argv[1], sys.argv[2]
+with h5py.File(f"{out}/small-cpu.h5") as a, h5py.File(f"{out}/small-{dev}.h5") as b:
     for key in ("index", "status", "flags"):
         assert np.array_equal(a[key][:], b[key][:]), key
     std = 0.7  # heat_ref's training std, eV
@@ -99,19 +124,19 @@ with h5py.File(f"{out}/small-cpu.h5") as a, h5py.File(f"{out}/small-cuda.h5") as
         ok = np.isfinite(y1)
         ulp = np.spacing(np.abs(y1[ok]).astype(np.float32)).astype(np.float64)
         assert (np.abs(y1[ok] - y2[ok]) <= 1e-5 * std * 10 + 4 * ulp).all(), name
-print("cuda and cpu files agree")
+print(f"{dev} and cpu files agree")
 EOF
 
 # ---- 5. training on the GPU
 STORE=${PEROV:-}
 if [ -z "$STORE" ]; then
   STORE="$OUT/perov-sample.h5"
-  deepergat pack tests/data/perov5_sample.csv --cif-column cif --id-column material_id \
+  "${DG[@]}" pack tests/data/perov5_sample.csv --cif-column cif --id-column material_id \
     --target heat_ref:eV -o "$STORE" >>"$LOG" 2>&1
 fi
-if step "train cuda" 150 deepergat train --data "$STORE" --target heat_ref --epochs "$EPOCHS" \
-    --graph minimum-image --distance-scale data --device cuda --out "$OUT/train-cuda"; then
-  per=$(python - "$OUT/train-cuda/metrics.csv" "$STORE" <<'EOF'
+if step "train $DEV" 150 "${DG[@]}" train --data "$STORE" --target heat_ref --epochs "$EPOCHS" \
+    --graph minimum-image --distance-scale data --device "$DEV" --out "$OUT/train-$DEV"; then
+  per=$("$PY" - "$OUT/train-$DEV/metrics.csv" "$STORE" <<'EOF'
 import csv, sys, statistics, h5py
 rows = list(csv.DictReader(open(sys.argv[1])))
 sec = statistics.median(float(r["seconds"]) for r in rows[1:] or rows)
@@ -119,14 +144,14 @@ n = int(h5py.File(sys.argv[2])["n_atoms"].shape[0] * 0.9)
 print(f"{sec:.2f} s/epoch, {n / sec:.0f} training structures/s")
 EOF
 )
-  row "training (cuda, $EPOCHS epochs)" "ok" "$per"
+  row "training ($DEV, $EPOCHS epochs)" "ok" "$per"
 fi
 
 # ---- 6. every architecture's inference rate
-if [ "${ARCH_CHECK:-1}" != 0 ] && step "architectures" 150 python benchmarks/bench_infer.py \
-    --architectures --devices cuda --threads 8 --min-time 0.5 --arch-batch 4096 \
-    >"$OUT/architectures.txt" 2>&1; then
-  row "architectures (cuda, batch 4096)" "ok" "see architectures.txt"
+if [ "${ARCH_CHECK:-1}" != 0 ] && step "architectures" 150 "$PY" benchmarks/bench_infer.py \
+    --architectures --devices "$DEV" --threads "$THREADS" --min-time "$INFER_TIME" \
+    --arch-batch "$ARCH_BATCH" "${ARCHS[@]}" >"$OUT/architectures.txt" 2>&1; then
+  row "architectures ($DEV, batch $ARCH_BATCH)" "ok" "see architectures.txt"
 fi
 
 # ---- the table

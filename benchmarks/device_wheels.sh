@@ -10,14 +10,17 @@
 # .onnx files run on that machine's CPU onnxruntime and the GPU checks use the torch backends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+EXCLUDE=$(git rev-parse --git-path info/exclude)  # a worktree's too
+mkdir -p "$(dirname "$EXCLUDE")"
+grep -qx '/.whl/' "$EXCLUDE" 2>/dev/null || echo '/.whl/' >>"$EXCLUDE"
 mkdir -p .whl
+PYVER=${PYVER:-3.12}  # the GPU image's python3 (KINDS.md of the device tool)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
            --platform manylinux1_x86_64 --platform any)
 for req in "pymatgen" "pymatgen-core" "monty" "spglib" "ruamel.yaml" "ruamel.yaml.clib" \
            "uncertainties" "palettable" "orjson" "bibtexparser<2" "ase"; do
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" \
     --implementation cp "${PLATFORMS[@]}" -d .whl "$req"
 done
 du -sh .whl

@@ -23,6 +23,7 @@ __all__ = [
     "SettingError",
     "environment_error",
     "is_full_disk",
+    "is_memory_message",
     "is_write_failure",
     "literal",
     "user_error",
@@ -148,6 +149,18 @@ def _final_name(path: str) -> str:
     folder, name = os.path.split(path)
     m = _TEMPORARY.match(name)
     return os.path.join(folder, m.group("name")) if m else path
+
+
+#: How model runtimes (ONNX Runtime, OpenVINO, PyTorch, numpy) word an allocation failure.
+MEMORY_PHRASES = ("out of memory", "unable to allocate", "failed to allocate",
+                  "cannot allocate memory", "can't allocate memory", "bad_alloc",
+                  "bad allocation")
+
+
+def is_memory_message(text: str) -> bool:
+    """Whether an error's message says an allocation failed (`MEMORY_PHRASES`)."""
+    text = text.lower()
+    return any(phrase in text for phrase in MEMORY_PHRASES)
 
 
 def is_full_disk(e: BaseException) -> bool:

@@ -13,8 +13,9 @@ Which runtime runs an ``.onnx`` file on the CPU (``runtime`` of `deepergat.expor
 
 * ``"auto"``: OpenVINO for a model without a spread output (a single model, the screen's
   default) when the ``openvino`` package is installed (the ``[cpu]`` extra brings it), else ONNX
-  Runtime; ``DEEPERGAT_ONNX_RUNTIME=onnxruntime|openvino`` overrides it. An ensemble's spread
-  stays on ONNX Runtime: its local error term weighs reference structures by their embedding
+  Runtime. ``DEEPERGAT_ONNX_RUNTIME=onnxruntime|openvino`` (a job script's choice) overrides it
+  for single models; an ensemble stays on ONNX Runtime unless the ``runtime`` argument asks:
+  its local error term weighs reference structures by their embedding
   distances, which magnify the runtimes' different float32 rounding of the embeddings (≤ 4e-7)
   about twentyfold — past the agreement rule's 1e-5·σ on the test ensemble (7.4e-6 against
   6.2e-6 allowed), while its predictions agree within 2.4e-7.
@@ -41,6 +42,8 @@ __all__ = ["ENV_RUNTIME", "OnnxRuntimeChoice", "check_runtime", "compile_openvin
 OnnxRuntimeChoice = Literal["auto", "onnxruntime", "openvino"]
 #: Environment variable that overrides ``runtime="auto"`` (e.g. in a SLURM script).
 ENV_RUNTIME = "DEEPERGAT_ONNX_RUNTIME"
+#: OpenVINO's per-shape kernel cache, in entries (`compile_openvino`).
+RUNTIME_CACHE_CAPACITY = 200
 
 
 def check_runtime(runtime: str) -> OnnxRuntimeChoice:
@@ -75,18 +78,27 @@ def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
             where it cannot run (package missing, or a CUDA device).
     """
     runtime = check_runtime(runtime)
+    source = "runtime"
     if runtime == "auto":
-        runtime = check_runtime(os.environ.get(ENV_RUNTIME, "").strip().lower() or "auto")
+        env = os.environ.get(ENV_RUNTIME, "").strip().lower()
+        if env:
+            source = f"{ENV_RUNTIME}={env}"
+            if env not in get_args(OnnxRuntimeChoice):
+                raise SettingError(f"{source}: unknown ONNX runtime: choose one of "
+                                   f"{', '.join(get_args(OnnxRuntimeChoice))}")
+            runtime = env  # type: ignore[assignment]
+            if has_std:  # a job script's choice never moves an ensemble's spread
+                return "onnxruntime"
     if runtime == "onnxruntime" or (
         runtime == "auto" and (on_cuda or has_std or not openvino_available())
     ):
         return "onnxruntime"
     if on_cuda:
-        raise SettingError("the openvino runtime runs on the CPU only; use device 'cpu' or the "
+        raise SettingError(f"{source} 'openvino' runs on the CPU only; use device 'cpu' or the "
                            "onnxruntime runtime")
     if not openvino_available():
-        raise SettingError("the openvino runtime needs the openvino package: "
-                           "pip install 'deepergat[cpu]' (or pip install openvino)")
+        raise SettingError(f"{source} 'openvino' needs the openvino package: "
+                           "pip install 'deepergat[cpu]' (or pip install 'openvino>=2025.0')")
     return "openvino"
 
 
@@ -108,8 +120,11 @@ class CompiledOpenVino:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
-        result = request.infer(feed)
-        return tuple(np.array(result[port], copy=True) for port in self._ports)
+        # start_async + wait, not infer(): infer() returned the previous batch's outputs
+        # instead of raising when an allocation failed (seen under RLIMIT_AS, OpenVINO 2026.4)
+        request.start_async(feed)
+        request.wait()
+        return tuple(np.array(request.get_tensor(port).data, copy=True) for port in self._ports)
 
 
 def _constant(output: Any) -> float | None:
@@ -124,7 +139,10 @@ def _constant(output: Any) -> float | None:
 def native_softplus(model: Any) -> int:
     """Replace each ``Max(x, Log(Add(Exp(Min(x, 20)), 1)))`` (the export's softplus) in an
     OpenVINO model with ``SoftPlus(x)``, in place. Returns how many were replaced."""
-    from openvino import opset13
+    try:
+        from openvino import opset13
+    except ImportError:  # OpenVINO before 2025.0
+        from openvino.runtime import opset13  # type: ignore[no-redef]
 
     replaced = 0
     for op in model.get_ordered_ops():
@@ -144,6 +162,10 @@ def native_softplus(model: Any) -> int:
         low = exp.get_node().input_value(0).get_node()
         if (low.get_type_name() != "Minimum" or low.input_value(0) != x
                 or _constant(low.input_value(1)) != 20.0):
+            continue
+        # the same shape and type as x (a constant of more dimensions would broadcast)
+        if (op.get_output_partial_shape(0) != x.get_partial_shape()
+                or op.get_output_element_type(0) != x.get_element_type()):
             continue
         op.output(0).replace(opset13.softplus(x).output(0))
         replaced += 1
@@ -171,6 +193,9 @@ def compile_openvino(data: bytes, *, outputs: Sequence[str], threads: int | None
         "INFERENCE_PRECISION_HINT": "f32",  # never bf16/f16 on CPUs that offer them
         # no pinning: MPI ranks and predicting workers share a node's cores
         "ENABLE_CPU_PINNING": False,
+        # kernels kept per input shape: every screening batch has another shape, and the
+        # default (5,000) let a process grow ~1.3 MB per new shape without levelling off
+        "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
     }
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)

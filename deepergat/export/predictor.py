@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from deepergat.contract import INPUT_DTYPES, INPUT_NDIM
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, is_memory_message
 from deepergat.metadata import ModelMetadata, WeightsView, check_weights
 from deepergat.system.devices import DeviceChoice, parse_device
 from deepergat.system.files import file_sha256
@@ -234,9 +234,7 @@ class OnnxPredictor(Predictor):
         try:
             outputs = self.session.run(self._outputs, feed)
         except Exception as e:
-            raise DeepergatError(
-                f"{self.path}: onnxruntime failed on the batch: {' '.join(str(e).split())[:300]}"
-            ) from e
+            raise runtime_failure(self.path, "onnxruntime", e) from e
         return tuple(outputs)
 
 
@@ -250,14 +248,29 @@ class OpenVinoPredictor(OnnxPredictor):
                  metadata: ModelMetadata, sha256: str) -> None:
         super().__init__(path, session, metadata, sha256, "cpu")
         self.compiled = compiled
+        self.providers = ["OpenVINO CPU"]
 
     def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         try:
-            return self.compiled.run(dict(zip(INPUT_NAMES, arrays, strict=True)))
+            outputs = self.compiled.run(dict(zip(INPUT_NAMES, arrays, strict=True)))
         except Exception as e:
-            raise DeepergatError(
-                f"{self.path}: openvino failed on the batch: {' '.join(str(e).split())[:300]}"
-            ) from e
+            raise runtime_failure(self.path, "openvino", e) from e
+        crystals = arrays[INPUT_NAMES.index("crystal_atoms")].shape[0]
+        for name, out in zip(self.compiled.outputs, outputs, strict=True):
+            if out.shape[:1] != (crystals,):  # never another batch's rows
+                raise DeepergatError(f"{self.path}: openvino returned {out.shape[0]} rows of "
+                                     f"{name} for {crystals} structures")
+        return outputs
+
+
+def runtime_failure(path: Path, runtime: str, e: Exception) -> Exception:
+    """The error to raise for a runtime's failure on a batch: a `MemoryError` when its message
+    says an allocation failed (screening then computes the batch again in halves), else a
+    `DeepergatError` naming the file."""
+    text = " ".join(str(e).split())
+    if is_memory_message(text):
+        return MemoryError(f"{path}: {runtime} ran out of memory on the batch: {text[-300:]}")
+    return DeepergatError(f"{path}: {runtime} failed on the batch: {text[:300]}")
 
 
 class TorchPredictor(Predictor):

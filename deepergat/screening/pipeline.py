@@ -58,7 +58,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from deepergat.contract import MAX_TRANSLATION_ATOMS, Status
-from deepergat.errors import DeepergatError, SettingError, literal
+from deepergat.errors import DeepergatError, SettingError, is_memory_message, literal
 from deepergat.graphs import GraphBatch, build_inputs, search_inputs, structure_flags
 from deepergat.io.store import Store, StructureBatch
 from deepergat.system.lifeline import watch_parent
@@ -331,11 +331,6 @@ def _put(into: np.ndarray | None, m: int, rows: np.ndarray, values: Any) -> np.n
 
 #: Phrases of the allocation errors of numpy, onnxruntime, PyTorch (CPU and CUDA) and the C
 #: library, in lower case (`memory_failure`).
-_MEMORY_PHRASES = ("out of memory", "unable to allocate", "failed to allocate",
-                   "cannot allocate memory", "can't allocate memory", "bad_alloc",
-                   "bad allocation")
-
-
 def memory_failure(error: BaseException) -> bool:
     """Whether ``error`` says a batch ran out of memory: a `MemoryError`, an allocation error
     of the model's runtime (by its message), or a worker process that died (a
@@ -344,8 +339,7 @@ def memory_failure(error: BaseException) -> bool:
         return True
     if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: never retried
         return False
-    text = str(error).lower()
-    return any(phrase in text for phrase in _MEMORY_PHRASES)
+    return is_memory_message(str(error))
 
 
 def probe_batch(settings: FeaturizeSettings) -> StructureBatch:

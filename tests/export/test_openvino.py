@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepergat.errors import SettingError
+from deepergat.errors import DeepergatError, SettingError
 from deepergat.export import OnnxPredictor, OpenVinoPredictor, agree, load, openvino_runtime
 from deepergat.export.openvino_runtime import ENV_RUNTIME, pick_runtime
 from deepergat.export.parity import parity_cases
 from deepergat.export.samples import edge_case_structures, parity_structures
+from deepergat.export.shapes import INPUT_NAMES
 
 LEGACY_ENSEMBLE = (Path(__file__).resolve().parents[1] / "data" / "legacy" / "exported"
                    / "model.onnx")
@@ -25,7 +26,7 @@ def test_unknown_runtimes_are_refused_with_the_choices(monkeypatch):
     with pytest.raises(SettingError, match="auto, onnxruntime, openvino"):
         pick_runtime("tensorrt", on_cuda=False)
     monkeypatch.setenv(ENV_RUNTIME, "tvm")
-    with pytest.raises(SettingError, match="unknown ONNX runtime 'tvm'"):
+    with pytest.raises(SettingError, match="DEEPERGAT_ONNX_RUNTIME=tvm: unknown ONNX runtime"):
         pick_runtime("auto", on_cuda=False)
 
 
@@ -40,6 +41,10 @@ def test_auto_picks_openvino_on_the_cpu_only_where_installed(monkeypatch):
     monkeypatch.setenv(ENV_RUNTIME, "onnxruntime")  # a job script's override
     assert pick_runtime("auto", on_cuda=False) == "onnxruntime"
     assert pick_runtime("openvino", on_cuda=False) == "openvino"  # the argument wins
+    monkeypatch.setenv(ENV_RUNTIME, "openvino")
+    assert pick_runtime("auto", on_cuda=False, has_std=True) == "onnxruntime"  # never a spread
+    with pytest.raises(SettingError, match="DEEPERGAT_ONNX_RUNTIME=openvino 'openvino' runs on"):
+        pick_runtime("auto", on_cuda=True)
     monkeypatch.delenv(ENV_RUNTIME)
     with pytest.raises(SettingError, match="CPU only"):
         pick_runtime("openvino", on_cuda=True)
@@ -123,3 +128,29 @@ def test_the_exports_softplus_becomes_one_softplus_operation():
     assert after["Log"] == 0 and after["Exp"] == before["Exp"] - replaced  # others stay
     assert after["MatMul"] == before["MatMul"] and after["Softmax"] == before["Softmax"]
     assert native_softplus(model) == 0  # nothing left to replace
+
+
+def test_a_runtimes_allocation_failure_is_a_memory_error_the_screen_retries():
+    """Allocation failures become MemoryError (the screen computes the batch again in halves),
+    whatever precedes the phrase in the runtime's message; other failures name the file."""
+    from deepergat.export.predictor import runtime_failure
+
+    long = "Exception from src/inference/src/cpp/infer_request.cpp:223: " * 6
+    oom = RuntimeError(long + "cpu_memory.cpp:257: Failed to allocate 316047360 bytes")
+    e = runtime_failure(Path("m.onnx"), "openvino", oom)
+    assert isinstance(e, MemoryError) and "openvino ran out of memory" in str(e)
+    e = runtime_failure(Path("m.onnx"), "onnxruntime", RuntimeError("bad_alloc"))
+    assert isinstance(e, MemoryError)
+    e = runtime_failure(Path("m.onnx"), "onnxruntime", RuntimeError("Invalid rank for input"))
+    assert isinstance(e, DeepergatError) and str(e).startswith("m.onnx: onnxruntime failed")
+
+
+def test_openvino_never_returns_another_batchs_rows(runtimes, monkeypatch):
+    _, ov = runtimes
+    settings = ov.graph_settings
+    small = parity_cases(parity_structures(8), **settings, big_batch=0)[0]
+    big = parity_cases(parity_structures(64), **settings, big_batch=0)[0]
+    stale = ov.compiled.run(dict(zip(INPUT_NAMES, ov._prepare(small.inputs), strict=True)))
+    monkeypatch.setattr(ov.compiled, "run", lambda feed: stale)  # what infer() did on OOM
+    with pytest.raises(DeepergatError, match="openvino returned 8 rows of prediction for 64"):
+        ov.predict(big.inputs)

@@ -11,10 +11,12 @@ Numbers agree with ONNX Runtime's to float32 rounding (the agreement rule,
 
 Which runtime runs an ``.onnx`` file on the CPU (``runtime`` of `deepergat.export.load`):
 
-* ``"auto"``: OpenVINO for a model without a spread output (a single model, the screen's
-  default) when the ``openvino`` package is installed (the ``[cpu]`` extra brings it), else ONNX
-  Runtime. ``DEEPERGAT_ONNX_RUNTIME=onnxruntime|openvino`` (a job script's choice) overrides it
-  for single models; an ensemble stays on ONNX Runtime unless the ``runtime`` argument asks:
+* ``"auto"``: ONNX Runtime, unless ``DEEPERGAT_ONNX_RUNTIME=openvino`` (a job script's choice)
+  asks for OpenVINO for single models (the ``[cpu]`` extra installs it). OpenVINO is opt-in, not
+  the default: in the test suite a process that had run OpenVINO models (tests/export's round
+  trips) and then trained and received SIGUSR1 (SLURM's warning) died of a segmentation fault,
+  not yet explained (blocking the signals in OpenVINO's threads did not help); a screen on ONNX
+  Runtime never did. An ensemble stays on ONNX Runtime unless the ``runtime`` argument asks:
   its local error term weighs reference structures by their embedding
   distances, which magnify the runtimes' different float32 rounding of the embeddings (≤ 4e-7)
   about twentyfold — past the agreement rule's 1e-5·σ on the test ensemble (7.4e-6 against
@@ -27,9 +29,11 @@ On CUDA the file always runs on ONNX Runtime's CUDA provider. No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -89,9 +93,7 @@ def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
             runtime = env  # type: ignore[assignment]
             if has_std:  # a job script's choice never moves an ensemble's spread
                 return "onnxruntime"
-    if runtime == "onnxruntime" or (
-        runtime == "auto" and (on_cuda or has_std or not openvino_available())
-    ):
+    if runtime in ("onnxruntime", "auto"):  # OpenVINO is opt-in: see the module docstring
         return "onnxruntime"
     if on_cuda:
         raise SettingError(f"{source} 'openvino' runs on the CPU only; use device 'cpu' or the "
@@ -100,6 +102,27 @@ def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
         raise SettingError(f"{source} 'openvino' needs the openvino package: "
                            "pip install 'deepergat[cpu]' (or pip install 'openvino>=2025.0')")
     return "openvino"
+
+
+#: Signals OpenVINO's worker threads must never receive (`_signals_blocked`).
+_BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Block job-control signals in the calling thread while OpenVINO may start threads.
+
+    Threads inherit their creator's signal mask, so OpenVINO's worker pool never receives
+    SIGTERM/SIGUSR1 (SLURM's warnings) or SIGINT: the kernel hands them to a thread that
+    takes them. Delivered to an OpenVINO worker, a process-directed signal crashed the process
+    (a segfault in the test suite: a training run's SIGUSR1 after OpenVINO had predicted in the
+    same process). Signals that arrive meanwhile are delivered when the block ends.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class CompiledOpenVino:
@@ -119,11 +142,13 @@ class CompiledOpenVino:
         """The outputs for one batch of named inputs (copies: the request's buffers are reused)."""
         request = getattr(self._local, "request", None)
         if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
+            with _signals_blocked():
+                request = self._local.request = self._compiled.create_infer_request()
         # start_async + wait, not infer(): infer() returned the previous batch's outputs
         # instead of raising when an allocation failed (seen under RLIMIT_AS, OpenVINO 2026.4)
-        request.start_async(feed)
-        request.wait()
+        with _signals_blocked():
+            request.start_async(feed)
+            request.wait()
         return tuple(np.array(request.get_tensor(port).data, copy=True) for port in self._ports)
 
 
@@ -185,6 +210,12 @@ def compile_openvino(data: bytes, *, outputs: Sequence[str], threads: int | None
     Raises:
         DeepergatError: OpenVINO cannot read or compile the model.
     """
+    with _signals_blocked():  # the Core, the reader and the compiler may start threads
+        return _compile(data, outputs=outputs, threads=threads, where=where)
+
+
+def _compile(data: bytes, *, outputs: Sequence[str], threads: int | None,
+             where: str) -> CompiledOpenVino:
     import openvino as ov
 
     core = ov.Core()

@@ -73,8 +73,9 @@ def test_cuda_request_without_cuda_is_a_clear_error(exported_tiny, capfd):
         pytest.skip("a GPU is present")
     with pytest.raises(DeepergatError, match="device 'cuda' requested"):
         load(exported_tiny["onnx"], device="cuda")
-    p = load(exported_tiny["onnx"], device="auto")
+    p = load(exported_tiny["onnx"], device="auto", runtime="onnxruntime")
     assert p.device == "cpu" and p.providers == ["CPUExecutionProvider"]
+    assert load(exported_tiny["onnx"], device="auto").device == "cpu"  # OpenVINO where installed
     captured = capfd.readouterr()
     assert "CUDA" not in captured.err
 

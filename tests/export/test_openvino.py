@@ -30,10 +30,13 @@ def test_unknown_runtimes_are_refused_with_the_choices(monkeypatch):
         pick_runtime("auto", on_cuda=False)
 
 
-def test_auto_picks_openvino_on_the_cpu_only_where_installed(monkeypatch):
+def test_openvino_is_opt_in_for_single_models_on_the_cpu(monkeypatch):
     monkeypatch.delenv(ENV_RUNTIME, raising=False)
     monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: True)
+    assert pick_runtime("auto", on_cuda=False) == "onnxruntime"  # opt-in (module docstring)
+    monkeypatch.setenv(ENV_RUNTIME, "openvino")
     assert pick_runtime("auto", on_cuda=False) == "openvino"
+    monkeypatch.delenv(ENV_RUNTIME)
     assert pick_runtime("auto", on_cuda=True) == "onnxruntime"
     assert pick_runtime("auto", on_cuda=False, has_std=True) == "onnxruntime"  # an ensemble
     assert pick_runtime("openvino", on_cuda=False, has_std=True) == "openvino"
@@ -49,7 +52,6 @@ def test_auto_picks_openvino_on_the_cpu_only_where_installed(monkeypatch):
     with pytest.raises(SettingError, match="CPU only"):
         pick_runtime("openvino", on_cuda=True)
     monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: False)
-    assert pick_runtime("auto", on_cuda=False) == "onnxruntime"
     with pytest.raises(SettingError, match=r"deepergat\[cpu\]"):
         pick_runtime("openvino", on_cuda=False)
 

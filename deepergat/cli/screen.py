@@ -97,8 +97,8 @@ def _summary(result: Any) -> list[str]:
               help="Structure store to screen (deepergat pack).")
 @click.option("--model", default=None,
               help=f"Exported file ({MODEL_FILES}), checkpoint (.ckpt) or bundled model name "
-                   "[default: the bundled perovskite-heat-single; .onnx runs on OpenVINO on CPUs "
-                   "where installed, else ONNX Runtime].")
+                   "[default: the bundled perovskite-heat-single, on ONNX Runtime; "
+                   "DEEPERGAT_ONNX_RUNTIME=openvino runs single models on OpenVINO on CPUs].")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="Predictions file [default: <input stem>.predictions.h5 beside the input].")
 @click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=int,

@@ -11,10 +11,9 @@ file                       backend                              imports
 bundled model name         its shipped ``.onnx`` (else .ckpt)   as above
 =========================  ===================================  ==============================
 
-A single model's ``.onnx`` file on the CPU runs on OpenVINO when it is installed
-(`openvino_runtime`: fused kernels, the same numbers to float32 rounding), else — and an
-ensemble's — on ONNX Runtime's CPU provider; on CUDA on ONNX Runtime's CUDA provider. ONNX
-Runtime reads and checks the file either way.
+An ``.onnx`` file runs on ONNX Runtime (CUDA or CPU provider); on the CPU a single model runs on
+OpenVINO when asked (`openvino_runtime`: fused kernels, the same numbers to float32 rounding;
+opt-in). ONNX Runtime reads and checks the file either way.
 
 Every predictor takes the model inputs (docs/design.md) as numpy arrays and returns a
 `Prediction` of numpy arrays — with the calibrated spread ``std`` when the model is an ensemble —
@@ -336,10 +335,10 @@ def load(
             checked against the model's.
         optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
             ``extended``, ``all``).
-        runtime: what runs an ``.onnx`` file on the CPU: ``"auto"`` (OpenVINO when installed
-            and the model has no spread output, else ONNX Runtime; ``DEEPERGAT_ONNX_RUNTIME``
-            overrides), ``"onnxruntime"`` or
-            ``"openvino"`` (`deepergat.export.openvino_runtime`). Other files ignore it.
+        runtime: what runs an ``.onnx`` file on the CPU: ``"auto"`` (ONNX Runtime, unless
+            ``DEEPERGAT_ONNX_RUNTIME=openvino`` asks for OpenVINO for a single model),
+            ``"onnxruntime"`` or ``"openvino"`` (`deepergat.export.openvino_runtime`). Other
+            files ignore it.
         trust: load a file whose loading runs code from it — an AOTInductor package (native
             code) or a TorchScript program. Only for files whose source you trust; ONNX files,
             ``.pt2`` programs and checkpoints never need it (nothing in them runs).

@@ -114,9 +114,9 @@ def _signals_blocked() -> Iterator[None]:
 
     Threads inherit their creator's signal mask, so OpenVINO's worker pool never receives
     SIGTERM/SIGUSR1 (SLURM's warnings) or SIGINT: the kernel hands them to a thread that
-    takes them. Delivered to an OpenVINO worker, a process-directed signal crashed the process
-    (a segfault in the test suite: a training run's SIGUSR1 after OpenVINO had predicted in the
-    same process). Signals that arrive meanwhile are delivered when the block ends.
+    handles them. A precaution: the crash that keeps OpenVINO opt-in (module docstring)
+    happened with it too, and with the signal sent to the main thread. Signals that arrive
+    meanwhile are delivered when the block ends.
     """
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
     try:

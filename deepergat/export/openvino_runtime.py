@@ -30,6 +30,7 @@ On CUDA the file always runs on ONNX Runtime's CUDA provider. No torch here.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import threading
@@ -119,10 +120,35 @@ def _signals_blocked() -> Iterator[None]:
     meanwhile are delivered when the block ends.
     """
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+    stack = _altstack()
     try:
         yield
     finally:
+        _altstack(stack)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                ("ss_size", ctypes.c_size_t)]
+
+
+def _altstack(restore: _StackT | None = None) -> _StackT | None:
+    """The calling thread's alternate signal stack (``sigaltstack``), or put ``restore`` back.
+
+    OpenVINO left the main thread's alternate signal stack pointing at memory it had freed:
+    the next signal handled with ``SA_ONSTACK`` — every Python handler — crashed the process
+    (SIGSEGV at delivery, seen in gdb at ``kill``). Keeping the stack as it was avoids it.
+    None where libc cannot be reached."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if restore is not None:
+        libc.sigaltstack(ctypes.byref(restore), None)
+        return None
+    current = _StackT()
+    return current if libc.sigaltstack(None, ctypes.byref(current)) == 0 else None
 
 
 class CompiledOpenVino:

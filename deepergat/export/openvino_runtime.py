@@ -13,10 +13,12 @@ Which runtime runs an ``.onnx`` file on the CPU (``runtime`` of `deepergat.expor
 
 * ``"auto"``: ONNX Runtime, unless ``DEEPERGAT_ONNX_RUNTIME=openvino`` (a job script's choice)
   asks for OpenVINO for single models (the ``[cpu]`` extra installs it). OpenVINO is opt-in, not
-  the default: in the test suite a process that had run OpenVINO models (tests/export's round
-  trips) and then trained and received SIGUSR1 (SLURM's warning) died of a segmentation fault,
-  not yet explained (blocking the signals in OpenVINO's threads did not help); a screen on ONNX
-  Runtime never did. An ensemble stays on ONNX Runtime unless the ``runtime`` argument asks:
+  the default, for now: in the test suite a process that had run OpenVINO models (tests/export's
+  round trips) and then trained and received SIGUSR1 (SLURM's warning) died of a segmentation
+  fault. Found: OpenVINO left the thread's alternate signal stack pointing at freed memory;
+  every OpenVINO call now keeps the stack (`_altstack`), and that repro passes. It becomes the
+  default once a whole suite has run with it. An ensemble stays on ONNX Runtime unless the
+  ``runtime`` argument asks:
   its local error term weighs reference structures by their embedding
   distances, which magnify the runtimes' different float32 rounding of the embeddings (≤ 4e-7)
   about twentyfold — past the agreement rule's 1e-5·σ on the test ensemble (7.4e-6 against

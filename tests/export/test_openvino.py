@@ -156,3 +156,22 @@ def test_openvino_never_returns_another_batchs_rows(runtimes, monkeypatch):
     monkeypatch.setattr(ov.compiled, "run", lambda feed: stale)  # what infer() did on OOM
     with pytest.raises(DeepergatError, match="openvino returned 8 rows of prediction for 64"):
         ov.predict(big.inputs)
+
+
+def test_openvino_calls_leave_the_threads_alternate_signal_stack_as_it_was():
+    """OpenVINO left the main thread's alternate signal stack pointing at memory it freed, and
+    the next Python signal handler crashed the process; its calls now keep the stack."""
+    import ctypes
+
+    from deepergat.export.openvino_runtime import _altstack, _signals_blocked, _StackT
+
+    libc = ctypes.CDLL(None)
+    before = _altstack()
+    assert before is not None
+    buffer = ctypes.create_string_buffer(1 << 16)
+    with _signals_blocked():  # what OpenVINO did inside: install a stack of its own
+        other = _StackT(ctypes.cast(buffer, ctypes.c_void_p).value, 0, len(buffer))
+        assert libc.sigaltstack(ctypes.byref(other), None) == 0
+    after = _altstack()
+    assert (after.ss_sp, after.ss_size, after.ss_flags) == (
+        before.ss_sp, before.ss_size, before.ss_flags)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import threading
@@ -135,6 +136,15 @@ class _StackT(ctypes.Structure):
                 ("ss_size", ctypes.c_size_t)]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once (every OpenVINO batch saves and restores the stack)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
 def _altstack(restore: _StackT | None = None) -> _StackT | None:
     """The calling thread's alternate signal stack (``sigaltstack``), or put ``restore`` back.
 
@@ -142,9 +152,8 @@ def _altstack(restore: _StackT | None = None) -> _StackT | None:
     the next signal handled with ``SA_ONSTACK`` — every Python handler — crashed the process
     (SIGSEGV at delivery, seen in gdb at ``kill``). Keeping the stack as it was avoids it.
     None where libc cannot be reached."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return None
     if restore is not None:
         libc.sigaltstack(ctypes.byref(restore), None)

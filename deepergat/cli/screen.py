@@ -97,8 +97,9 @@ def _summary(result: Any) -> list[str]:
               help="Structure store to screen (deepergat pack).")
 @click.option("--model", default=None,
               help=f"Exported file ({MODEL_FILES}), checkpoint (.ckpt) or bundled model name "
-                   "[default: the bundled perovskite-heat-single, on ONNX Runtime; "
-                   "DEEPERGAT_ONNX_RUNTIME=openvino runs single models on OpenVINO on CPUs].")
+                   "[default: the bundled perovskite-heat-single; on CPUs a single model runs on "
+                   "OpenVINO when installed, else ONNX Runtime; DEEPERGAT_ONNX_RUNTIME="
+                   "onnxruntime|openvino chooses].")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="Predictions file [default: <input stem>.predictions.h5 beside the input].")
 @click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=int,

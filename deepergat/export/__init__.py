@@ -12,7 +12,7 @@ Modules, one job each:
 ``files``             file kinds by suffix, confirmed by content; metadata read without torch
 ``resolve``           MODEL arguments: a path, else a bundled model name
 ``runtime``           ONNX Runtime: supported IR version, provider choice, quiet sessions
-``openvino_runtime``  OpenVINO: the opt-in CPU runtime of single models' ``.onnx`` files
+``openvino_runtime``  OpenVINO: the default CPU runtime of single models' ``.onnx`` files
 ``predictor``         `load` and the `Predictor` classes (ONNX Runtime, OpenVINO, TorchScript, .pt2,
                       eager)
 ``shapes``            dynamic sizes: the example batch and the dynamic-shape spec

@@ -11,18 +11,18 @@ Numbers agree with ONNX Runtime's to float32 rounding (the agreement rule,
 
 Which runtime runs an ``.onnx`` file on the CPU (``runtime`` of `deepergat.export.load`):
 
-* ``"auto"``: ONNX Runtime, unless ``DEEPERGAT_ONNX_RUNTIME=openvino`` (a job script's choice)
-  asks for OpenVINO for single models (the ``[cpu]`` extra installs it). OpenVINO is opt-in, not
-  the default, for now: in the test suite a process that had run OpenVINO models (tests/export's
-  round trips) and then trained and received SIGUSR1 (SLURM's warning) died of a segmentation
-  fault. Found: OpenVINO left the thread's alternate signal stack pointing at freed memory;
-  every OpenVINO call now keeps the stack (`_altstack`), and that repro passes. It becomes the
-  default once a whole suite has run with it. An ensemble stays on ONNX Runtime unless the
-  ``runtime`` argument asks:
+* ``"auto"``: OpenVINO for a single model when the package imports (the ``[cpu]`` extra installs
+  it; ~1.8× ONNX Runtime's rate on this model, `benchmarks/bench_runtime.py`), else ONNX Runtime;
+  ``DEEPERGAT_ONNX_RUNTIME=onnxruntime|openvino`` (a job script's choice) overrides it. If
+  OpenVINO cannot compile a file that nobody asked it for, the file runs on ONNX Runtime with a
+  warning. An ensemble stays on ONNX Runtime unless the ``runtime`` argument asks:
   its local error term weighs reference structures by their embedding
   distances, which magnify the runtimes' different float32 rounding of the embeddings (≤ 4e-7)
   about twentyfold — past the agreement rule's 1e-5·σ on the test ensemble (7.4e-6 against
   6.2e-6 allowed), while its predictions agree within 2.4e-7.
+  OpenVINO leaves the calling thread's alternate signal stack pointing at freed memory (a
+  process then crashed on its next Python signal, e.g. SLURM's SIGUSR1); every call here keeps
+  the stack (`_altstack`) and blocks job signals in the threads it starts.
 * ``"onnxruntime"`` or ``"openvino"``: that one (``"openvino"`` without the package is an
   error naming it).
 
@@ -45,7 +45,8 @@ import numpy as np
 from deepergat.errors import DeepergatError, SettingError
 
 __all__ = ["ENV_RUNTIME", "OnnxRuntimeChoice", "check_runtime", "compile_openvino",
-           "openvino_available", "pick_runtime"]
+           "openvino_available", "openvino_was_asked",
+           "pick_runtime"]
 
 OnnxRuntimeChoice = Literal["auto", "onnxruntime", "openvino"]
 #: Environment variable that overrides ``runtime="auto"`` (e.g. in a SLURM script).
@@ -97,7 +98,10 @@ def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
             runtime = env  # type: ignore[assignment]
             if has_std:  # a job script's choice never moves an ensemble's spread
                 return "onnxruntime"
-    if runtime in ("onnxruntime", "auto"):  # OpenVINO is opt-in: see the module docstring
+    if runtime == "auto":
+        use = not on_cuda and not has_std and openvino_available()
+        return "openvino" if use else "onnxruntime"
+    if runtime == "onnxruntime":
         return "onnxruntime"
     if on_cuda:
         raise SettingError(f"{source} 'openvino' runs on the CPU only; use device 'cpu' or the "
@@ -106,6 +110,14 @@ def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
         raise SettingError(f"{source} 'openvino' needs the openvino package: "
                            "pip install 'deepergat[cpu]' (or pip install 'openvino>=2025.0')")
     return "openvino"
+
+
+def openvino_was_asked(runtime: str) -> bool:
+    """Whether OpenVINO was named (the argument, or `ENV_RUNTIME` under ``"auto"``) rather
+    than chosen by ``"auto"``: only a chosen one may fall back to ONNX Runtime."""
+    if runtime == "auto":
+        return os.environ.get(ENV_RUNTIME, "").strip().lower() == "openvino"
+    return runtime == "openvino"
 
 
 #: Signals OpenVINO's worker threads must never receive (`_signals_blocked`).
@@ -118,8 +130,8 @@ def _signals_blocked() -> Iterator[None]:
 
     Threads inherit their creator's signal mask, so OpenVINO's worker pool never receives
     SIGTERM/SIGUSR1 (SLURM's warnings) or SIGINT: the kernel hands them to a thread that
-    handles them. A precaution: the crash that keeps OpenVINO opt-in (module docstring)
-    happened with it too, and with the signal sent to the main thread. Signals that arrive
+    handles them. A precaution: the crash of the module docstring (a freed alternate signal
+    stack) happened with it too, and with the signal sent to the main thread. Signals that arrive
     meanwhile are delivered when the block ends.
     """
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)

@@ -12,8 +12,8 @@ bundled model name         its shipped ``.onnx`` (else .ckpt)   as above
 =========================  ===================================  ==============================
 
 An ``.onnx`` file runs on ONNX Runtime (CUDA or CPU provider); on the CPU a single model runs on
-OpenVINO when asked (`openvino_runtime`: fused kernels, the same numbers to float32 rounding;
-opt-in). ONNX Runtime reads and checks the file either way.
+OpenVINO when it is installed (`openvino_runtime`: fused kernels, the same numbers to float32
+rounding). ONNX Runtime reads and checks the file either way.
 
 Every predictor takes the model inputs (docs/design.md) as numpy arrays and returns a
 `Prediction` of numpy arrays — with the calibrated spread ``std`` when the model is an ensemble —
@@ -48,7 +48,13 @@ from .files import (
     onnx_initializers,
 )
 from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_model_metadata
-from .openvino_runtime import CompiledOpenVino, OnnxRuntimeChoice, compile_openvino, pick_runtime
+from .openvino_runtime import (
+    CompiledOpenVino,
+    OnnxRuntimeChoice,
+    compile_openvino,
+    openvino_was_asked,
+    pick_runtime,
+)
 from .resolve import resolve_model
 from .shapes import INPUT_NAMES
 
@@ -335,8 +341,8 @@ def load(
             checked against the model's.
         optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
             ``extended``, ``all``).
-        runtime: what runs an ``.onnx`` file on the CPU: ``"auto"`` (ONNX Runtime, unless
-            ``DEEPERGAT_ONNX_RUNTIME=openvino`` asks for OpenVINO for a single model),
+        runtime: what runs an ``.onnx`` file on the CPU: ``"auto"`` (OpenVINO for a single
+            model when installed, else ONNX Runtime; ``DEEPERGAT_ONNX_RUNTIME`` overrides),
             ``"onnxruntime"`` or ``"openvino"`` (`deepergat.export.openvino_runtime`). Other
             files ignore it.
         trust: load a file whose loading runs code from it — an AOTInductor package (native
@@ -408,9 +414,15 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
     on_cuda = "CUDAExecutionProvider" in session.get_providers()
     sha256 = hashlib.sha256(data).hexdigest()
     if pick_runtime(runtime, on_cuda=on_cuda, has_std="std" in meta.output_names) == "openvino":
-        compiled = compile_openvino(data, outputs=meta.output_names, threads=threads,
-                                    where=str(path))
-        return OpenVinoPredictor(path, session, compiled, meta, sha256)
+        try:
+            compiled = compile_openvino(data, outputs=meta.output_names, threads=threads,
+                                        where=str(path))
+        except DeepergatError as e:
+            if openvino_was_asked(runtime):
+                raise
+            log.warning("%s; running it on ONNX Runtime", e)
+        else:
+            return OpenVinoPredictor(path, session, compiled, meta, sha256)
     return OnnxPredictor(path, session, meta, sha256, f"cuda:{device_id}" if on_cuda else "cpu")
 
 

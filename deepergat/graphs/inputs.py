@@ -74,6 +74,12 @@ class BatchEdges:
         rows = start + np.flatnonzero(self.status[start:stop] == Status.OK)
         return _pad(self.batch, rows, self.edges, self.status)
 
+    def pad_rows(self, rows: np.ndarray) -> GraphBatch:
+        """Padded inputs of the status-0 structures among ``rows`` (any subset of the batch,
+        kept in ascending order), as `pad`."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        return _pad(self.batch, rows[self.status[rows] == Status.OK], self.edges, self.status)
+
 
 def search_inputs(
     batch: StructureBatch,

@@ -30,10 +30,10 @@ def test_unknown_runtimes_are_refused_with_the_choices(monkeypatch):
         pick_runtime("auto", on_cuda=False)
 
 
-def test_openvino_is_opt_in_for_single_models_on_the_cpu(monkeypatch):
+def test_openvino_is_the_default_for_single_models_on_the_cpu(monkeypatch):
     monkeypatch.delenv(ENV_RUNTIME, raising=False)
     monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: True)
-    assert pick_runtime("auto", on_cuda=False) == "onnxruntime"  # opt-in (module docstring)
+    assert pick_runtime("auto", on_cuda=False) == "openvino"
     monkeypatch.setenv(ENV_RUNTIME, "openvino")
     assert pick_runtime("auto", on_cuda=False) == "openvino"
     monkeypatch.delenv(ENV_RUNTIME)
@@ -52,8 +52,30 @@ def test_openvino_is_opt_in_for_single_models_on_the_cpu(monkeypatch):
     with pytest.raises(SettingError, match="CPU only"):
         pick_runtime("openvino", on_cuda=True)
     monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: False)
+    assert pick_runtime("auto", on_cuda=False) == "onnxruntime"  # a core install
     with pytest.raises(SettingError, match=r"deepergat\[cpu\]"):
         pick_runtime("openvino", on_cuda=False)
+
+
+def test_a_chosen_openvino_that_cannot_compile_falls_back_and_an_asked_one_fails(
+        monkeypatch, exported_tiny, caplog):
+    pytest.importorskip("openvino")
+    from deepergat.export import predictor
+
+    def refuse(data, *, outputs, threads, where):
+        raise DeepergatError(f"{where}: OpenVINO cannot compile the model (test)")
+
+    monkeypatch.setattr(predictor, "compile_openvino", refuse)
+    monkeypatch.delenv(ENV_RUNTIME, raising=False)
+    with caplog.at_level("WARNING", logger="deepergat"):
+        p = load(exported_tiny["onnx"], device="cpu", threads=1)
+    assert type(p) is OnnxPredictor and p.backend == "onnxruntime"
+    assert "cannot compile the model (test); running it on ONNX Runtime" in caplog.text
+    with pytest.raises(DeepergatError, match="cannot compile"):
+        load(exported_tiny["onnx"], device="cpu", runtime="openvino", threads=1)
+    monkeypatch.setenv(ENV_RUNTIME, "openvino")
+    with pytest.raises(DeepergatError, match="cannot compile"):
+        load(exported_tiny["onnx"], device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module", params=["tiny", "perovskite-heat-single"])

@@ -299,12 +299,42 @@ def test_a_wide_structure_is_batched_by_its_real_width() -> None:
     assert (feat.status == 0).all()
     assert len(feat.graphs) > 1
     rows = np.concatenate([g.rows for g in feat.graphs])
-    np.testing.assert_array_equal(rows, np.arange(len(cells)))
+    np.testing.assert_array_equal(np.sort(rows), np.arange(len(cells)))  # each exactly once
     for g in feat.graphs:
         slots = g.inputs["neighbors"].size
         assert slots <= settings.batch_edges or len(g.rows) == 1
     wide = next(g for g in feat.graphs if 60 in g.rows)
     assert wide.inputs["neighbors"].shape[1] == 60  # 59 tied neighbors and the self loop
+    assert wide.rows.tolist() == [60]  # narrow cells are not padded to its width
+
+
+def test_model_batches_hold_structures_of_like_width() -> None:
+    """Cells of widths 13 and 17 alternating in the file: the model batches take them
+    narrowest first, so only one batch may mix widths, each batch's rows ascend, and the
+    padded slots drop to what sorted widths need."""
+    from screen_helpers import _PEROV, _cell
+
+    cubic = _cell([38, 22, 8, 8, 8], _PEROV, a=3.9, id="c")
+    lattice = np.array([[3.85, 0.05, 0.02], [0, 3.9, 0.07], [0, 0, 3.97]])  # no ties
+    strained = {**cubic, "lattice": lattice, "positions": np.asarray(_PEROV) @ lattice}
+    settings = replace(SETTINGS, batch_atoms=100, batch_edges=100 * 20)
+    w_narrow, w_wide = (featurize(StructureBatch.from_structures([c]), settings)
+                        .graph.inputs["neighbors"].shape[1] for c in (strained, cubic))
+    assert w_narrow < w_wide
+    cells = [{**(strained if k % 2 else cubic), "id": f"x{k}"} for k in range(80)]
+    feat = featurize(StructureBatch.from_structures(cells), settings)
+    widths = [g.inputs["neighbors"].shape[1] for g in feat.graphs]
+    assert widths == sorted(widths) and set(widths) == {w_narrow, w_wide}
+    mixed = [g for g in feat.graphs if len({k % 2 for k in g.rows.tolist()}) > 1]
+    assert len(mixed) <= 1
+    for g in feat.graphs:
+        assert (np.diff(g.rows) > 0).all()
+    np.testing.assert_array_equal(np.sort(np.concatenate([g.rows for g in feat.graphs])),
+                                  np.arange(80))
+    slots = sum(g.inputs["neighbors"].size for g in feat.graphs)
+    # 200 atoms of each width, one batch (≤ 100 atoms) may pad narrow cells to the wide width;
+    # in file order every batch would: 400 × w_wide
+    assert slots <= 200 * w_narrow + 200 * w_wide + 100 * (w_wide - w_narrow) < 400 * w_wide
 
 
 def _marked(store: Path, k: int = 3) -> str:

@@ -24,7 +24,7 @@ _TRAIN_OPTIONS = (
     "layers",
     "epochs", "batch_size", "lr", "seed", "per_atom", "init_from", "early_stop", "max_time",
     "device", "cache_dir", "out", "resume", "cv", "graph", "distance_scale", "ensemble",
-    "members", "member", "oof", "local_neighbors",
+    "members", "member", "oof", "local_neighbors", "compile",
 )
 
 
@@ -99,6 +99,9 @@ Examples:
 @click.option("--distance-scale", default=DEFAULTS.network.distance_scale, show_default=True,
               metavar="cutoff|data|Å",
               help="Length mapped onto the last distance Gaussian.")
+@click.option("--compile", "compile", is_flag=True,
+              help="Compile the training step with torch.compile (needs a C++ compiler on "
+                   "CPUs, triton on GPUs; a first compilation of minutes, cached per user).")
 @click.pass_context
 def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
     """Train a model (DeeperGATGNN by default) on a structure store."""

@@ -272,6 +272,10 @@ class RunSettings(_Section):
         max_time: seconds of wall time after which the run stops as on a signal (``HH:MM``
             or ``HH:MM:SS`` text is converted).
         curve_every: redraw the learning curve every this many epochs (and at the end).
+        compile: run the training step (forward and backward) through ``torch.compile``
+            (Inductor: fused C++ kernels on the CPU, which needs a C++ compiler; Triton on
+            CUDA). Compiled once per run for any batch shape (``dynamic=True``), cached per
+            user by PyTorch; validation and prediction stay eager.
     """
 
     out: str = ""
@@ -280,6 +284,7 @@ class RunSettings(_Section):
     resume: bool = False
     max_time: float | None = None
     curve_every: int = 10
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_time, str):
@@ -305,7 +310,7 @@ _FLAT_ORDER = (
     "early_stop", "max_time", "device", "cache_dir", "resume", "cv", "ensemble", "members",
     "member", "oof", "local_neighbors", "model", "cutoff", "max_neighbors", "graph",
     "distance_scale", "scale_targets", "lr_monitor", "keep", "lr_schedule", "weight_decay",
-    "lr_factor", "lr_patience", "min_lr", "lr_threshold", "curve_every",
+    "lr_factor", "lr_patience", "min_lr", "lr_threshold", "curve_every", "compile",
 )
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -234,6 +236,28 @@ def new_model(cfg: TrainConfig, mean: float, std: float,
                  if k not in ("target_mean", "target_std")}
         model.load_state_dict(state, strict=False)
     return model
+
+
+def compiled(net: nn.Module, device: torch.device) -> nn.Module:
+    """``net`` through ``torch.compile`` (dynamic shapes: one compilation serves every batch);
+    the module's own parameters and state dict are unchanged (checkpoints save the model).
+
+    Raises:
+        SettingError: the compiler Inductor needs is missing (a C++ compiler on the CPU,
+            Triton on CUDA).
+    """
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if shutil.which(cxx) is None and shutil.which("c++") is None:
+            raise SettingError(f"{{compile}} on the CPU needs a C++ compiler ({cxx} not found: "
+                               "install g++, or set CXX); or train without it")
+    elif device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise SettingError("{compile} on CUDA needs triton (pip install triton); or train "
+                               "without it") from None
+    return torch.compile(net, dynamic=True)  # type: ignore[return-value]
 
 
 def batch_loss(model: nn.Module, g: GraphSet, rows: np.ndarray, y_all: np.ndarray,
@@ -478,6 +502,8 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        if cfg.run.compile:
+            self.net = compiled(self.net, device)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.std = std

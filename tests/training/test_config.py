@@ -81,14 +81,15 @@ def test_a_config_yaml_written_before_loads_and_writes_back_the_same() -> None:
     assert cfg.network.arch == "cgcnn" and cfg.network.model == {"dim": 32, "identity": "single"}
     assert cfg.trainer.lr == 0.002 and cfg.ensembles.member == 1 and cfg.run.max_time == 5400.0
     assert cfg.dataset.graph == "minimum-image" and cfg.network.distance_scale == 6.5
-    assert yaml.safe_dump(cfg.to_dict(), sort_keys=False) == WRITTEN_BEFORE
+    # written back the same, with the one setting added since (--compile) at the end
+    assert yaml.safe_dump(cfg.to_dict(), sort_keys=False) == WRITTEN_BEFORE + "compile: false\n"
 
 
 def test_the_flat_form_has_every_setting_once_in_the_order_runs_wrote() -> None:
     flat = DEFAULTS.to_dict()
-    assert list(flat) == list(yaml.safe_load(WRITTEN_BEFORE))
+    assert list(flat) == [*yaml.safe_load(WRITTEN_BEFORE), "compile"]
     names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
-    assert sorted(names) == sorted(flat) and len(names) == 42
+    assert sorted(names) == sorted(flat) and len(names) == 43
     # the defaults as the starting commit had them (layers and lr from the architecture)
     assert (flat["layers"], flat["lr"], flat["epochs"], flat["batch_size"]) == (10, 0.005, 500,
                                                                                 100)

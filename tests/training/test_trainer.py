@@ -396,3 +396,59 @@ def test_units_that_read_as_mathtext_train_and_are_drawn(tmp_path: Path) -> None
     result = train(run_config(store, out))
     assert result.units == "$\\notacommand$" and result.epochs_done == 2
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_compiled_training_step_trains_the_same_model(tiny_store: Path, tmp_path: Path
+                                                         ) -> None:
+    """``--compile``: the same epochs to float32 rounding, checkpoints of the plain model (no
+    compiler wrapper in their keys), the setting recorded; a resumed run may drop it."""
+    pytest.importorskip("torch._inductor")
+    import shutil
+
+    if shutil.which(os.environ.get("CXX") or "g++") is None and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler for Inductor")
+    import torch
+
+    from deepergat.training.trainer import batch_loss, compiled
+
+    g = load_graphs(tiny_store, cache_dir=tmp_path / "cache")
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
+
+    torch.manual_seed(0)
+    net = DeeperGATGNN(layers=2, dim=16)
+    net.train()
+    rows = g.usable[:16]
+    y = g.targets["heat_ref"]
+    grads = []
+    for model in (net, compiled(net, torch.device("cpu"))):
+        net.zero_grad()
+        loss, _, _ = batch_loss(model, g, rows, y, torch.device("cpu"), 1.0, False)
+        loss.backward()
+        grads.append((float(loss.detach()), [p.grad.clone() for p in net.parameters()]))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-5)
+    for ga, gb in zip(grads[0][1], grads[1][1], strict=True):
+        np.testing.assert_allclose(gb.numpy(), ga.numpy(), rtol=1e-3, atol=1e-6)
+    eager, fast = tmp_path / "eager", tmp_path / "compiled"
+    train(run_config(tiny_store, eager, epochs=1))
+    train(run_config(tiny_store, fast, epochs=1, compile=True))
+    a, b = saved(eager / "last.ckpt"), saved(fast / "last.ckpt")
+    assert list(a["state_dict"]) == list(b["state_dict"])  # the plain model's keys
+    mae = [np.loadtxt(d / "metrics.csv", delimiter=",", skiprows=1)[2:4] for d in (eager, fast)]
+    np.testing.assert_allclose(mae[1], mae[0], rtol=0.02)
+    assert yaml.safe_load((fast / "config.yaml").read_text())["compile"] is True
+    train(run_config(tiny_store, fast, epochs=2, resume=True))  # resumed without compiling
+    with open(fast / "metrics.csv") as f:
+        assert len(list(csv.reader(f))) == 3
+
+
+def test_compile_without_a_compiler_is_one_setting_error(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import torch
+
+    from deepergat.training import trainer
+
+    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(SettingError, match=r"needs a C\+\+ compiler") as err:
+        trainer.compiled(torch.nn.Linear(2, 2), torch.device("cpu"))
+    assert err.value.settings == ["compile"]

@@ -44,15 +44,23 @@ import numpy as np
 
 from deepergat.errors import DeepergatError, SettingError
 
-__all__ = ["ENV_RUNTIME", "OnnxRuntimeChoice", "check_runtime", "compile_openvino",
-           "openvino_available", "openvino_was_asked",
-           "pick_runtime"]
+__all__ = ["ENV_RUNTIME", "OnnxRuntimeChoice", "OpenVinoCompileError", "check_runtime",
+           "compile_openvino", "openvino_available", "openvino_was_asked", "pick_runtime"]
 
 OnnxRuntimeChoice = Literal["auto", "onnxruntime", "openvino"]
 #: Environment variable that overrides ``runtime="auto"`` (e.g. in a SLURM script).
 ENV_RUNTIME = "DEEPERGAT_ONNX_RUNTIME"
 #: OpenVINO's per-shape kernel cache, in entries (`compile_openvino`).
 RUNTIME_CACHE_CAPACITY = 200
+
+
+class OpenVinoCompileError(DeepergatError):
+    """OpenVINO cannot read or compile a model; ``detail`` is its own reason (one line)."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"{where}: OpenVINO cannot compile the model ({detail}); set "
+                         f"{ENV_RUNTIME}=onnxruntime to run it on ONNX Runtime")
+        self.where, self.detail = where, detail
 
 
 def check_runtime(runtime: str) -> OnnxRuntimeChoice:
@@ -257,7 +265,7 @@ def compile_openvino(data: bytes, *, outputs: Sequence[str], threads: int | None
         where: the model's path, for messages.
 
     Raises:
-        DeepergatError: OpenVINO cannot read or compile the model.
+        OpenVinoCompileError: OpenVINO cannot read or compile the model.
     """
     with _signals_blocked():  # the Core, the reader and the compiler may start threads
         return _compile(data, outputs=outputs, threads=threads, where=where)
@@ -284,7 +292,5 @@ def _compile(data: bytes, *, outputs: Sequence[str], threads: int | None,
         native_softplus(model)
         compiled = core.compile_model(model, "CPU", config)
     except Exception as e:  # OpenVINO raises plain RuntimeErrors
-        raise DeepergatError(
-            f"{where}: OpenVINO cannot compile the model ({' '.join(str(e).split())[:300]}); "
-            f"set {ENV_RUNTIME}=onnxruntime to run it on ONNX Runtime") from None
+        raise OpenVinoCompileError(where, " ".join(str(e).split())[:300]) from None
     return CompiledOpenVino(compiled, outputs)

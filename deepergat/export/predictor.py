@@ -51,6 +51,7 @@ from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_mo
 from .openvino_runtime import (
     CompiledOpenVino,
     OnnxRuntimeChoice,
+    OpenVinoCompileError,
     compile_openvino,
     openvino_was_asked,
     pick_runtime,
@@ -417,10 +418,11 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
         try:
             compiled = compile_openvino(data, outputs=meta.output_names, threads=threads,
                                         where=str(path))
-        except DeepergatError as e:
+        except OpenVinoCompileError as e:
             if openvino_was_asked(runtime):
                 raise
-            log.warning("%s; running it on ONNX Runtime", e)
+            log.warning("%s: OpenVINO cannot compile the model (%s); running it on ONNX Runtime",
+                        e.where, e.detail)
         else:
             return OpenVinoPredictor(path, session, compiled, meta, sha256)
     return OnnxPredictor(path, session, meta, sha256, f"cuda:{device_id}" if on_cuda else "cpu")

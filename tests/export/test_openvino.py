@@ -63,7 +63,7 @@ def test_a_chosen_openvino_that_cannot_compile_falls_back_and_an_asked_one_fails
     from deepergat.export import predictor
 
     def refuse(data, *, outputs, threads, where):
-        raise DeepergatError(f"{where}: OpenVINO cannot compile the model (test)")
+        raise openvino_runtime.OpenVinoCompileError(where, "test")
 
     monkeypatch.setattr(predictor, "compile_openvino", refuse)
     monkeypatch.delenv(ENV_RUNTIME, raising=False)

@@ -8,7 +8,8 @@ one ``find_in_coord_list_pbc`` call at a time, sorting sites by comparing pymatg
 `read_cif` does the same work with gemmi's C++ tokenizer (``gemmi.cif.read_string``) and numpy,
 and follows pymatgen step by step, so that the record is the same to the last bit:
 
-* the lattice: ``Lattice.from_parameters(a, b, c, alpha, beta, gamma)``, its formulas copied;
+* the lattice: the usual setting of ``Lattice.from_parameters`` (c along z, a in the xz plane),
+  each product formed in pymatgen's order;
 * the symmetry operations: the first listed ``*_as_xyz`` / ``*_operation_xyz`` key whose
   operations all parse, each parsed by pymatgen's own ``SymmOp.from_xyz_str`` (cached);
 * the sites: type symbols read as ``CifParser._parse_symbol`` reads them (``O2-`` is O),
@@ -58,14 +59,13 @@ _OXI_KEYS = ("_atom_type_symbol", "_atom_type_oxidation_number")
 _MAGNETIC = ("_space_group_magn", "_atom_site_moment", "_space_group_symop_magn")
 #: pymatgen's block split (`CifFile.from_str`).
 _PYMATGEN_BLOCK = re.compile(r"^\s*data_", re.MULTILINE | re.DOTALL)
-#: Words that gemmi and pymatgen read differently: frames, global blocks, ``_eof``, and
-#: ``loop_`` in any case but lower (pymatgen starts loops only at ``loop_``).
-_RESERVED = re.compile(r"(?<!\S)(?:save_|global_|stop_|_eof(?!\S)|loop_\S)", re.IGNORECASE)
-_LOOP_ANY_CASE = re.compile(r"(?<!\S)loop_", re.IGNORECASE)
+#: Words that gemmi and pymatgen read differently: frames, global blocks, ``_eof``; and
+#: ``loop_`` in any case but lower or glued to more text (pymatgen starts a loop at any token
+#: that begins with ``loop_``, in lower case only).
+_RESERVED = re.compile(r"(?<!\S)(?:save_|global_|stop_|_eof(?!\S))", re.IGNORECASE)
+_LOOP_GLUED = re.compile(r"loop_\S")
 #: Line breaks that Python's ``splitlines`` (pymatgen) knows and gemmi may not.
 _ODD_BREAKS = re.compile(r"[\x0b\x0c\x1c\x1d\x1e]")
-#: A ``#`` after other text on its line: pymatgen strips it as a comment even inside quotes.
-_INLINE_HASH = re.compile(r"^[ \t]*[^#\s][^\n]*#", re.MULTILINE)
 #: pymatgen's special type symbols (``_parse_symbol``): water, hydroxide, nitrate.
 _SPECIAL_SYMBOL = re.compile("Hw|Ow|Wat|wat|OH|OH2|NO3")
 #: Type symbols read here: an element symbol, digits, a charge (``Fe``, ``O2-``, ``Fe2.5+``).
@@ -76,8 +76,10 @@ _SITE_TOL = 1e-4
 _FRAC_TOL = 1e-4
 #: pymatgen refuses cells thinner than 0.01 Å; this close to the bound, pymatgen decides.
 _MIN_THICKNESS = 0.02
-#: Candidate copies compared against the kept ones per numpy step (bounds memory).
+#: Candidate copies compared against the others per numpy step (bounds memory).
 _CHUNK = 256
+#: Up to this many pairs, coordinates are compared on all axes at once; beyond, on x first.
+_DENSE = 1 << 16
 
 
 class _Decline(Exception):
@@ -148,16 +150,20 @@ def _items(text: str) -> dict[str, Any]:
             raise _Decline("odd line breaks")
     if _ODD_BREAKS.search(text):
         raise _Decline("odd line breaks")
-    if "#" in text and _INLINE_HASH.search(text):
+    if "#" in text and _inline_hash(text):
         raise _Decline("'#' after text on a line")
     if "'''" in text or '"""' in text:
         raise _Decline("CIF 2 quotes")
-    if _RESERVED.search(text) or any(m.group() != "loop_" for m in _LOOP_ANY_CASE.finditer(text)):
+    low = text.lower()
+    if ((any(w in low for w in ("save_", "global_", "stop_", "_eof")) and _RESERVED.search(text))
+            or low.count("loop_") != text.count("loop_") or _LOOP_GLUED.search(text)):
         raise _Decline("reserved words pymatgen reads differently")
-    if len(_PYMATGEN_BLOCK.findall(text)) != 1:
+    if text.count("data_") != 1 and len(_PYMATGEN_BLOCK.findall(text)) != 1:
         raise _Decline("not one data block")
-    first = text[_PYMATGEN_BLOCK.search(text).end():].split("\n", 1)[0]  # type: ignore[union-attr]
-    if "powder_pattern" in first:
+    start = _PYMATGEN_BLOCK.search(text)
+    if start is None:
+        raise _Decline("not one data block")
+    if "powder_pattern" in text[start.end():].split("\n", 1)[0]:
         raise _Decline("a powder-pattern block")
     try:
         doc = gemmi.cif.read_string(text)
@@ -183,6 +189,17 @@ def _items(text: str) -> dict[str, Any]:
     return data
 
 
+def _inline_hash(text: str) -> bool:
+    """Whether a ``#`` follows other text on its line (pymatgen strips from it to the end of the
+    line as a comment, even inside quotes; gemmi does not)."""
+    i = text.find("#")
+    while i >= 0:
+        if text[text.rfind("\n", 0, i) + 1:i].strip():
+            return True
+        i = text.find("#", i + 1)
+    return False
+
+
 def _text(raw: str) -> str:
     """A raw gemmi value as pymatgen's token: quotes removed; text fields declined."""
     if raw[:1] in ("'", '"'):
@@ -197,7 +214,9 @@ def _column(data: dict[str, Any], key: str) -> tuple[list[str], int]:
     raw, loop = data[key]
     if loop < 0:
         raise _Decline(f"{key} is not a loop")
-    return [_text(v).strip() for v in raw], loop
+    if any(v[0] == ";" for v in raw):
+        raise _Decline("a text field where a value is read")
+    return [(v[1:-1] if v[0] in "'\"" else v).strip() for v in raw], loop
 
 
 def _num(text: str) -> float:
@@ -285,7 +304,8 @@ def _oxidation_states(data: dict[str, Any]) -> dict[str, float] | None:
 
 
 def _lattice(data: dict[str, Any]) -> np.ndarray:
-    """``Lattice.from_parameters(a, b, c, alpha, beta, gamma).matrix`` (its code, copied)."""
+    """The lattice matrix of the block's cell parameters (Å, degrees), rows a, b, c, as
+    pymatgen's ``Lattice.from_parameters`` sets it up (checked bit for bit by the tests)."""
     values = []
     for key in _CELL_KEYS:
         if key not in data:
@@ -297,28 +317,29 @@ def _lattice(data: dict[str, Any]) -> np.ndarray:
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise _Decline("cell parameters not positive")
     a, b, c, alpha, beta, gamma = values
-    angles_r = np.radians([alpha, beta, gamma])
-    cos_alpha, cos_beta, cos_gamma = np.cos(angles_r)
-    sin_alpha, sin_beta, _sin_gamma = np.sin(angles_r)
-    val = (cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta)
-    val = np.clip(val, -1, 1)
-    gamma_star = np.arccos(val)
-    vector_a = [a * sin_beta, 0.0, a * cos_beta]
-    vector_b = [
-        -b * sin_alpha * np.cos(gamma_star),
-        b * sin_alpha * np.sin(gamma_star),
-        b * cos_alpha,
+    # The usual setting: c along z, a in the xz plane, b from the reciprocal angle γ*. Each
+    # product is formed in the order pymatgen forms it, so the matrix is the same to the bit.
+    cos_abg = np.cos(np.radians([alpha, beta, gamma]))
+    sin_abg = np.sin(np.radians([alpha, beta, gamma]))
+    cos_star = (cos_abg[0] * cos_abg[1] - cos_abg[2]) / (sin_abg[0] * sin_abg[1])
+    gamma_reciprocal = np.arccos(min(max(cos_star, -1.0), 1.0))
+    rows = [
+        [a * sin_abg[1], 0.0, a * cos_abg[1]],
+        [-b * sin_abg[0] * np.cos(gamma_reciprocal), b * sin_abg[0] * np.sin(gamma_reciprocal),
+         b * cos_abg[0]],
+        [0.0, 0.0, float(c)],
     ]
-    vector_c = [0.0, 0.0, float(c)]
-    matrix = np.array([vector_a, vector_b, vector_c], dtype=np.float64).reshape((3, 3))
-    if not np.isfinite(matrix).all():
-        raise _Decline("a degenerate cell")
-    # pymatgen refuses a cell thinner than 0.01 Å between lattice planes (d_hkl); near it, decline
-    try:
-        spacing = 1.0 / np.linalg.norm(np.linalg.inv(matrix), axis=0)
-    except np.linalg.LinAlgError:
-        raise _Decline("a degenerate cell") from None
-    if not (np.isfinite(spacing).all() and spacing.min() >= _MIN_THICKNESS):
+    matrix = np.array(rows, dtype=np.float64)
+    # pymatgen refuses a cell thinner than 0.01 Å between lattice planes (d_hkl): decline one
+    # near that (the spacing of planes (100) is the volume over the area of b × c, and so on)
+    (ax, ay, az), (bx, by, bz), (cx, cy, cz) = matrix.tolist()
+    cross = ((by * cz - bz * cy, bz * cx - bx * cz, bx * cy - by * cx),
+             (cy * az - cz * ay, cz * ax - cx * az, cx * ay - cy * ax),
+             (ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx))
+    volume = abs(ax * cross[0][0] + ay * cross[0][1] + az * cross[0][2])
+    spacing = [volume / math.sqrt(x * x + y * y + z * z) if any((x, y, z)) else 0.0
+               for x, y, z in cross]
+    if not all(math.isfinite(d) and d >= _MIN_THICKNESS for d in spacing):
         raise _Decline("a degenerate cell")
     return matrix
 
@@ -362,28 +383,53 @@ def _apply(ops: tuple[tuple[np.ndarray, bool], ...],
 
 def _matches(queries: np.ndarray, refs: np.ndarray) -> np.ndarray:
     """[len(queries), len(refs)] bool: ``find_in_coord_list_pbc(refs, query, atol=1e-4)`` for
-    every query (the same element-wise arithmetic: refs − query, less its rounding)."""
-    out = np.empty((len(queries), len(refs)), dtype=bool)
-    for lo in range(0, len(queries), _CHUNK):
-        d = refs[None, :, :] - queries[lo:lo + _CHUNK, None, :]
+    every query — the same element-wise arithmetic (refs − query, less its rounding, within the
+    tolerance on every axis), the y and z axes worked out only where x already matches."""
+    if len(queries) * len(refs) <= _DENSE:  # small: all three axes at once
+        d = refs[None, :, :] - queries[:, None, :]
         d -= np.round(d)
-        out[lo:lo + _CHUNK] = (np.abs(d) < _SITE_TOL).all(axis=2)
+        return (np.abs(d) < _SITE_TOL).all(axis=2)
+    out = np.zeros((len(queries), len(refs)), dtype=bool)
+    for lo in range(0, len(queries), _CHUNK):
+        q = queries[lo:lo + _CHUNK]
+        d = refs[None, :, 0] - q[:, 0, None]
+        d -= np.round(d)
+        i, j = np.nonzero(np.abs(d) < _SITE_TOL)
+        if len(i):
+            ok = np.ones(len(i), dtype=bool)
+            for axis in (1, 2):
+                e = refs[j, axis] - q[i, axis]
+                e -= np.round(e)
+                ok &= np.abs(e) < _SITE_TOL
+            out[lo + i[ok], j[ok]] = True
     return out
 
 
-def _unique(candidates: np.ndarray) -> np.ndarray:
-    """Indices of the candidates ``_unique_coords`` keeps: each, in order, unless it lies within
-    the tolerance of one kept before it."""
-    n = len(candidates)
-    kept = np.ones(n, dtype=bool)
-    for lo in range(0, n, _CHUNK):
-        hits = _matches(candidates[lo:lo + _CHUNK], candidates[:lo + _CHUNK])
-        rows, cols = np.nonzero(hits)
-        earlier = cols < rows + lo
-        for i in np.unique(rows[earlier]):
-            js = cols[earlier & (rows == i)]
-            kept[lo + i] = not kept[js].any()
-    return np.flatnonzero(kept)
+def _kept(candidates: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """Which candidates ``_unique_coords`` keeps, the candidates of each species in order: a
+    candidate is dropped where it lies within the tolerance of one of its species kept before
+    it. [len(candidates)] bool."""
+    kept = np.ones(len(candidates), dtype=bool)
+    if len(candidates) <= _CHUNK:  # small: one block, species told apart by a mask
+        order = np.arange(len(candidates))
+        hits = _matches(candidates, candidates)
+        hits &= (kind[:, None] == kind[None, :]) & (order[None, :] < order[:, None])
+        for r in np.flatnonzero(hits.any(axis=1)):
+            kept[r] = not kept[hits[r]].any()
+        return kept
+    for k in np.unique(kind):
+        index = np.flatnonzero(kind == k)
+        own = candidates[index]
+        mine = np.ones(len(index), dtype=bool)
+        order = np.arange(len(index))
+        for lo in range(0, len(index), _CHUNK):
+            hi = min(lo + _CHUNK, len(index))
+            hits = _matches(own[lo:hi], own[:hi])
+            hits &= order[None, :hi] < order[lo:hi, None]
+            for r in np.flatnonzero(hits.any(axis=1)):
+                mine[lo + r] = not mine[:hi][hits[r]].any()
+        kept[index] = mine
+    return kept
 
 
 class _SiteOrder:
@@ -405,10 +451,19 @@ class _SiteOrder:
 
 def _read(text: str, max_atoms: int) -> FastCif:
     data = _items(text)
-    if any(p in key for key in data for p in _MAGNETIC):
+    keys = "\n".join(data)
+    if any(p in keys for p in _MAGNETIC):
         raise _Decline("a magnetic CIF")
-    if "_atom_site_attached_hydrogens" in data:
-        raise _Decline("implicit hydrogens")
+    if "_atom_site_attached_hydrogens" in data:  # pymatgen only warns where all are 0
+        raw, loop = data["_atom_site_attached_hydrogens"]
+        # (a single value is read character by character, as pymatgen iterates it)
+        values = (_column(data, "_atom_site_attached_hydrogens")[0] if loop >= 0
+                  else list(_text(raw)))
+        try:
+            if any(_num(v) != 0 for v in values):
+                raise _Decline("implicit hydrogens")
+        except ValueError:
+            raise _Decline("implicit hydrogens") from None
     if "_atom_site_label" not in data:
         raise _Decline("no atom sites")
     if "_atom_site_type_symbol" not in data:
@@ -435,25 +490,20 @@ def _read(text: str, max_atoms: int) -> FastCif:
         raise _Decline("over the atom limit")
     matrix = _lattice(data)
 
-    # _sanitize_data: coordinates within the tolerance of 1/3 or 2/3 become them
-    fract = []
-    for key in ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z"):
-        col = []
-        for v in columns[key]:
-            try:
-                f = _num(v)
-            except ValueError:
-                raise _Decline("a coordinate that is not a number") from None
-            for ideal in (1 / 3, 2 / 3):
-                if math.isclose(f / ideal, 1, abs_tol=_FRAC_TOL, rel_tol=0):
-                    f = ideal
-            col.append(f)
-        fract.append(col)
-    coords = list(zip(*fract, strict=True))
+    # _sanitize_data: coordinates within the tolerance of 1/3 or 2/3 become them (math.isclose
+    # with rel_tol 0 is |f / ideal - 1| <= tol, element-wise the same)
+    try:
+        fract = np.array([[_num(v) for v in columns[k]] for k in _SITE_KEYS[2:]],
+                         dtype=np.float64).T
+    except ValueError:
+        raise _Decline("a coordinate that is not a number") from None
+    if not np.isfinite(fract).all():
+        raise _Decline("a coordinate that is not finite")
+    for ideal in (1 / 3, 2 / 3):
+        fract[np.abs(fract / ideal - 1) <= _FRAC_TOL] = ideal
+    coords: list[tuple[float, float, float]] = list(map(tuple, fract.tolist()))
     if len(set(coords)) != n:
         raise _Decline("two sites at the same coordinates")
-    if not all(math.isfinite(f) for c in coords for f in c):
-        raise _Decline("a coordinate that is not finite")
     occupancy = columns.get("_atom_site_occupancy")
     if occupancy is not None:
         for v in occupancy:
@@ -466,50 +516,56 @@ def _read(text: str, max_atoms: int) -> FastCif:
 
     oxi_states = _oxidation_states(data)
     types = columns["_atom_site_type_symbol"]
-    species = []
+    kinds: list[tuple[str, float | None]] = []
     for t in types:
         symbol = _element_of(t)
         if symbol is None:
             raise _Decline(f"type symbol {t[:12]!r}")
-        if oxi_states is None:
-            species.append(_species(symbol, None))
-            continue
-        o_s = oxi_states.get(t, oxi_states.get(symbol, 0))
-        if not math.isfinite(o_s):
+        o_s = None if oxi_states is None else oxi_states.get(t, oxi_states.get(symbol, 0))
+        if o_s is not None and not math.isfinite(o_s):
             raise _Decline("an oxidation state that is not finite")
         try:
-            species.append(_species(symbol, o_s))
+            _species(symbol, o_s)
         except Exception:
             raise _Decline("an oxidation state pymatgen cannot hold") from None
+        kinds.append((symbol, o_s))
 
     # every operation on every site; a site that an operation maps onto an earlier one would be
     # merged into it (get_matching_coord): decline
     moved = _apply(ops, coords)
-    raw = np.array(coords, dtype=np.float64)
-    hits = _matches(moved.reshape(-1, 3), raw).reshape(n, len(ops), n)
+    hits = _matches(moved.reshape(-1, 3), fract).reshape(n, len(ops), n)
     earlier = np.arange(n)[None, :] < np.arange(n)[:, None]  # [k, j]: site j before site k
     if (hits & earlier[:, None, :]).any():
         raise _Decline("sites that symmetry merges")
-    wrapped = moved - np.floor(moved)
+    # _unique_coords wraps with x - math.floor(x): a zero keeps its sign
+    wrapped = np.where(moved == 0, moved, moved - np.floor(moved))
 
     # groups of equal species, ordered as pymatgen sorts Compositions (the reverse of the species
-    # order), each expanded and merged on its own (_unique_coords)
-    distinct = list(dict.fromkeys(sp[0] for sp in species))
+    # order), each expanded and merged on its own (_unique_coords): a group holds its sites in
+    # their order (the sort is stable) and each site's copies in the order of the operations
+    distinct = list(dict.fromkeys(kinds))  # (symbol, oxidation state): one per species
+    species_of = [_species(*kind) for kind in distinct]
+    objects = [sp[0] for sp in species_of]
+    if len(set(objects)) != len(objects):
+        raise _Decline("oxidation states pymatgen holds as one")
     if oxi_states is not None:
         by_element: dict[str, set[float]] = {}
-        for sp in distinct:
-            by_element.setdefault(sp.symbol, set()).add(sp.oxi_state)
+        for sym, oxi in distinct:
+            by_element.setdefault(sym, set()).add(oxi)
         if any(len(v) > 1 and 0 in v for v in by_element.values()):
             raise _Decline("oxidation state 0 beside others of the same element")
-    rank = {sp: r for r, sp in enumerate(sorted(distinct))}
-    order = sorted(range(n), key=lambda i: rank[species[i][0]], reverse=True)
-    frac_parts, site_species = [], []
-    for group in _groups(order, species):
-        candidates = wrapped[group].reshape(-1, 3)
-        keep = _unique(candidates)
-        frac_parts.append(candidates[keep])
-        site_species += [species[group[0]]] * len(keep)
-    frac = np.concatenate(frac_parts)
+    ranked = sorted(range(len(objects)), key=objects.__getitem__)  # pymatgen's species order
+    rank = np.empty(len(distinct), dtype=np.int64)
+    rank[ranked] = np.arange(len(distinct))
+    position = {kind: k for k, kind in enumerate(distinct)}
+    site_kind = np.array([position[kind] for kind in kinds], dtype=np.int64)
+    candidate_kind = np.repeat(site_kind, len(ops))
+    candidates = wrapped.reshape(-1, 3)
+    kept = _kept(candidates, candidate_kind)
+    chosen = np.flatnonzero(kept)
+    chosen = chosen[np.argsort(-rank[candidate_kind[chosen]], kind="stable")]
+    frac = candidates[chosen]
+    site_species = [species_of[k] for k in candidate_kind[chosen].tolist()]
 
     # Structure.get_sorted_structure: Site.__lt__, a stable sort
     xs = [sp[2] for sp in site_species]
@@ -521,16 +577,6 @@ def _read(text: str, max_atoms: int) -> FastCif:
         final = sorted(range(len(xs)), key=keys.__getitem__)
     frac = frac[final]
     numbers = np.array([site_species[i][1] for i in final], dtype=np.int64)
-    positions = np.array([np.dot(f, matrix) for f in frac], dtype=np.float64).reshape(-1, 3)
-    return FastCif(matrix, numbers, positions)
-
-
-def _groups(order: list[int], species: list[tuple[Any, int, float, str]]) -> list[list[int]]:
-    """Runs of equal species in ``order`` (``itertools.groupby`` on the sorted compositions)."""
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and species[groups[-1][0]][0] == species[i][0]:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
+    # PeriodicSite.coords: np.dot of the site's own copy of its coordinates and the matrix
+    positions = np.array([np.dot(f.copy(), matrix) for f in frac], dtype=np.float64)
+    return FastCif(matrix, numbers, positions.reshape(-1, 3))

@@ -45,8 +45,9 @@ _NO_BUDGET = 1 << 62
 def load_predictor(model: str | os.PathLike[str], *, device: str = "cpu",
                    trust: bool = False) -> Any:
     """The `deepergat.export.Predictor` of a MODEL argument: a checkpoint (eager PyTorch), an
-    exported file (``.onnx`` on ONNX Runtime, ``.pt``, ``.pt2``) or a bundled name (its
-    ONNX file). ``trust`` allows files whose loading runs code (`deepergat.export.load`).
+    exported file (``.onnx``: OpenVINO or ONNX Runtime on a CPU, see `deepergat.export.load`;
+    ``.pt``, ``.pt2``) or a bundled name (its ONNX file). ``trust`` allows files whose loading
+    runs code (`deepergat.export.load`).
 
     Raises:
         DeepergatError: see `deepergat.export.load`.

@@ -72,9 +72,11 @@ def check_runtime(runtime: str) -> OnnxRuntimeChoice:
 
 
 def openvino_available() -> bool:
-    """Whether the ``openvino`` package imports."""
+    """Whether the ``openvino`` package imports (imported with job signals blocked and the
+    thread's alternate signal stack kept, like every OpenVINO call: `_signals_blocked`)."""
     try:
-        import openvino  # noqa: F401
+        with _signals_blocked():
+            import openvino  # noqa: F401
     except ImportError:
         return False
     return True
@@ -275,7 +277,6 @@ def _compile(data: bytes, *, outputs: Sequence[str], threads: int | None,
              where: str) -> CompiledOpenVino:
     import openvino as ov
 
-    core = ov.Core()
     config: dict[str, Any] = {
         "PERFORMANCE_HINT": "LATENCY",  # one stream: one batch at a time, all threads on it
         "INFERENCE_PRECISION_HINT": "f32",  # never bf16/f16 on CPUs that offer them
@@ -288,9 +289,9 @@ def _compile(data: bytes, *, outputs: Sequence[str], threads: int | None,
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
+        core = ov.Core()
         model = core.read_model(model=data, weights=b"")
         native_softplus(model)
-        compiled = core.compile_model(model, "CPU", config)
+        return CompiledOpenVino(core.compile_model(model, "CPU", config), outputs)
     except Exception as e:  # OpenVINO raises plain RuntimeErrors
         raise OpenVinoCompileError(where, " ".join(str(e).split())[:300]) from None
-    return CompiledOpenVino(compiled, outputs)

@@ -20,7 +20,7 @@ The modules, in the order a screen meets them:
 The command line is `deepergat.cli.screen`.
 
 Nothing here imports torch: with an ONNX model the whole screening path runs on numpy, numba,
-h5py and ONNX Runtime.
+h5py and ONNX Runtime or OpenVINO.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -238,6 +237,20 @@ def new_model(cfg: TrainConfig, mean: float, std: float,
     return model
 
 
+def inductor_compiler() -> str | None:
+    """The C++ compiler Inductor will use on the CPU (``$CXX``, else ``g++``), None when it
+    finds none. Asked of Inductor itself, which searches its own way (not PATH's ``c++``)."""
+    try:
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another PyTorch layout: let torch.compile report it
+        return "unknown"
+    try:
+        return get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return None
+
+
 def compiled(net: nn.Module, device: torch.device) -> nn.Module:
     """``net`` through ``torch.compile`` (dynamic shapes: one compilation serves every batch);
     the module's own parameters and state dict are unchanged (checkpoints save the model).
@@ -247,10 +260,10 @@ def compiled(net: nn.Module, device: torch.device) -> nn.Module:
             Triton on CUDA).
     """
     if device.type == "cpu":
-        cxx = os.environ.get("CXX") or "g++"
-        if shutil.which(cxx) is None and shutil.which("c++") is None:
+        if not inductor_compiler():
+            cxx = os.environ.get("CXX") or "g++"
             raise SettingError(f"{{compile}} on the CPU needs a C++ compiler ({cxx} not found: "
-                               "install g++, or set CXX); or train without it")
+                               "install g++, or set CXX to one); or train without it")
     elif device.type == "cuda":
         try:
             import triton  # noqa: F401

@@ -403,9 +403,9 @@ def test_a_compiled_training_step_trains_the_same_model(tiny_store: Path, tmp_pa
     """``--compile``: the same epochs to float32 rounding, checkpoints of the plain model (no
     compiler wrapper in their keys), the setting recorded; a resumed run may drop it."""
     pytest.importorskip("torch._inductor")
-    import shutil
+    from deepergat.training.trainer import inductor_compiler
 
-    if shutil.which(os.environ.get("CXX") or "g++") is None and shutil.which("c++") is None:
+    if inductor_compiler() is None:
         pytest.skip("no C++ compiler for Inductor")
     import torch
 
@@ -444,11 +444,13 @@ def test_a_compiled_training_step_trains_the_same_model(tiny_store: Path, tmp_pa
 def test_compile_without_a_compiler_is_one_setting_error(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
     import torch
+    from torch._inductor import config
 
     from deepergat.training import trainer
 
-    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
-    monkeypatch.delenv("CXX", raising=False)
-    with pytest.raises(SettingError, match=r"needs a C\+\+ compiler") as err:
+    # Inductor's own search: $CXX (here one that does not exist), else g++ — not PATH's c++
+    monkeypatch.setattr(config.cpp, "cxx", ("deepergat-no-such-cxx",))
+    monkeypatch.setenv("CXX", "deepergat-no-such-cxx")
+    with pytest.raises(SettingError, match=r"C\+\+ compiler \(deepergat-no-such-cxx") as err:
         trainer.compiled(torch.nn.Linear(2, 2), torch.device("cpu"))
     assert err.value.settings == ["compile"]

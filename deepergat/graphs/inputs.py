@@ -71,8 +71,7 @@ class BatchEdges:
         default): a [N, K] neighbor block with K their largest ``width``. The `GraphBatch`'s
         ``rows`` index the whole batch and its ``status`` is the whole batch's."""
         stop = len(self.batch) if stop is None else stop
-        rows = start + np.flatnonzero(self.status[start:stop] == Status.OK)
-        return _pad(self.batch, rows, self.edges, self.status)
+        return self.pad_rows(np.arange(start, stop))
 
     def pad_rows(self, rows: np.ndarray) -> GraphBatch:
         """Padded inputs of the status-0 structures among ``rows`` (any subset of the batch,

@@ -27,7 +27,7 @@ import numpy as np
 
 from deepergat.contract import DEFAULT_MAX_ATOMS
 
-from .cif_gemmi import read_cif
+from .cif_gemmi import SYMOP_KEYS, read_cif
 from .records import (
     Failure,
     PackWarning,
@@ -46,9 +46,6 @@ __all__ = ["MAX_CIF_ATOMS", "cif_blocks", "parse_cif_text"]
 MAX_CIF_ATOMS = 4 * DEFAULT_MAX_ATOMS
 
 _CIF_BLOCK = re.compile(r"^data_", re.IGNORECASE | re.MULTILINE)
-#: Where pymatgen finds a block's symmetry operations, in the order it looks.
-_SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_symmetry_equiv_pos_as_xyz_",
-               "_space_group_symop_operation_xyz", "_space_group_symop_operation_xyz_")
 
 
 def cif_blocks(text: str) -> list[str]:
@@ -173,7 +170,7 @@ def _check_expansion(parser: Any, block: Any) -> None:
         listed = _rows(data.get("_space_group_symop_magn_operation.xyz")) * max(
             1, _rows(data.get("_space_group_symop_magn_centering.xyz")))
     else:
-        listed = max(_rows(data.get(k)) for k in _SYMOP_KEYS)
+        listed = max(_rows(data.get(k)) for k in SYMOP_KEYS)
     ops = max(listed, 1)
     if sites * ops <= MAX_CIF_ATOMS:
         kept = len(parser.warnings)

@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FastCif", "gemmi_available", "read_cif"]
+__all__ = ["SYMOP_KEYS", "FastCif", "gemmi_available", "read_cif"]
 
 #: Where pymatgen finds a block's symmetry operations, in the order it looks.
-_SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_symmetry_equiv_pos_as_xyz_",
+SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_symmetry_equiv_pos_as_xyz_",
                "_space_group_symop_operation_xyz", "_space_group_symop_operation_xyz_")
 _CELL_KEYS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
               "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
@@ -346,7 +346,7 @@ def _lattice(data: dict[str, Any]) -> np.ndarray:
 
 def _symops(data: dict[str, Any]) -> tuple[tuple[np.ndarray, bool], ...]:
     """pymatgen's ``get_symops`` where the block lists its operations."""
-    for key in _SYMOP_KEYS:
+    for key in SYMOP_KEYS:
         if key not in data:
             continue
         raw, loop = data[key]
@@ -481,8 +481,8 @@ def _read(text: str, max_atoms: int) -> FastCif:
     labels = columns["_atom_site_label"]
     n = len(labels)
     # the expansion bound of `cif._check_expansion`: over it, pymatgen's path refuses the block
-    listed = max((len(data[k][0]) if data[k][1] >= 0 else 1) for k in _SYMOP_KEYS if k in data) \
-        if any(k in data for k in _SYMOP_KEYS) else 0
+    listed = max((len(data[k][0]) if data[k][1] >= 0 else 1) for k in SYMOP_KEYS if k in data) \
+        if any(k in data for k in SYMOP_KEYS) else 0
     if n * max(listed, 1) > max_atoms:
         raise _Decline("over the atom limit")
     ops = _symops(data)

@@ -185,21 +185,40 @@ def _rank_result(ranks: Ranks, prep: Prepared, stats: PipelineStats, seconds: fl
 _CLAIM_POLL = 2.0
 
 
+def _merged_by_another(parts: PartsDir, manifest: dict[str, Any]) -> bool:
+    """Whether ``parts.output`` is this run's complete output (another task merged it)."""
+    identity = read_identity(parts.output)
+    return identity is not None and same_output(identity, manifest)
+
+
 def _claim_or_wait(parts: PartsDir, manifest: dict[str, Any]) -> bool:
     """An array task that finds every chunk committed: True when it claims the merge (or takes
     over the claim of a dead task); False once another task's merge has written the output. It
-    waits while a live task merges, so a task never ends without the output being there."""
+    waits while a live task merges, so a task never ends without the output being there.
+
+    Another task may have merged, removed the parts and its claim between this task's look at
+    the parts and its claim: the output is looked at again after a won claim (a merging task
+    writes the output before it removes its claim), and that claim is then released."""
     token = claim_token()
     said = False
-    while not parts.claim_merge(token):
-        identity = read_identity(parts.output)
-        if identity is not None and same_output(identity, manifest):
+    while True:
+        if _merged_by_another(parts, manifest):
             return False
+        try:
+            won = parts.claim_merge(token)
+        except FileNotFoundError:  # the parts directory went with another task's merge
+            if _merged_by_another(parts, manifest):
+                return False
+            raise
+        if won:
+            if _merged_by_another(parts, manifest):
+                parts.release_claim()
+                return False
+            return True
         if not said:
             log.info("another task merges %s; waiting for it", parts.output)
             said = True
         time.sleep(_CLAIM_POLL)
-    return True
 
 
 def _finish(opts: ScreenOptions, prep: Prepared, result: ScreenResult,
@@ -212,6 +231,10 @@ def _finish(opts: ScreenOptions, prep: Prepared, result: ScreenResult,
     result.status = np.sum([s["status"] for s in all_stats], axis=0).astype(np.int64)
     result.flagged = sum(s["flagged"] for s in all_stats)
     result.missing = missing = parts.missing(range(plan.n_chunks))
+    if missing and shard is not None and _merged_by_another(parts, manifest):
+        result.outcome = "merge-claimed"  # a task that finished later merged and cleaned up
+        result.missing = []
+        return result
     if missing:
         if shard is None:
             raise MissingChunksError(

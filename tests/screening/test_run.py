@@ -206,6 +206,53 @@ def test_shards_and_last_task_merge(tmp_path: Path, screen_store: Path,
     assert no_parts_left(out)
 
 
+@pytest.mark.parametrize("when", ["before its look at the parts", "before its claim"])
+def test_a_task_that_finishes_as_another_merges_ends_without_error(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, screen_store: Path,
+        small_model: dict[str, Any], reference_predictions: Path, when: str) -> None:
+    """Two array tasks finish together: the other one merges (output written, parts and its
+    claim removed) between this task's last commit and its look at the parts, or between that
+    look and its claim. This task must report the merge as the other's, not fail on missing
+    parts (a CI failure under SLURM)."""
+    from deepergat.screening import compute
+    from deepergat.screening.run import _merge_manifest
+    from deepergat.system.launch import claim_token
+
+    out = tmp_path / "p.h5"
+    first = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=40, shard="0/2")
+    assert first.outcome == "shard-done"
+    merged: list[str] = []
+
+    def other_task_merges() -> None:  # what the other task's `_finish` does
+        if not merged:
+            merged.append("claiming")
+            other = PartsDir(out)
+            assert other.claim_merge(claim_token())
+            merged[0] = _merge_manifest(other, other.read_manifest(), None).outcome
+
+    if when == "before its claim":
+        real_claim = PartsDir.claim_merge
+
+        def claim(self: PartsDir, token: str) -> bool:
+            other_task_merges()
+            return real_claim(self, token)
+
+        monkeypatch.setattr(PartsDir, "claim_merge", claim)
+    else:
+        real_result = compute._rank_result
+
+        def rank_result(*args: Any) -> Any:
+            other_task_merges()
+            return real_result(*args)
+
+        monkeypatch.setattr(compute, "_rank_result", rank_result)
+    late = run_inprocess(screen_store, small_model["onnx"], out, chunk_size=40, shard="1/2")
+    assert merged == ["merged"]
+    assert late.outcome == "merge-claimed" and not late.missing
+    assert_same_predictions(reference_predictions, out, small_model["std"])
+    assert no_parts_left(out) and not list(PartsDir(out).path.glob("merge-claim-*"))
+
+
 def claim_in_a_process_that_dies(parts: PartsDir, token: str) -> None:
     """The merge claim of a process that is gone (killed while merging)."""
     import subprocess

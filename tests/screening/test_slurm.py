@@ -125,7 +125,7 @@ def test_array_then_afterany_merge(slurm: None, tmp_path: Path, screen_store: Pa
     wait([array_job, merge_job])
     text = logs(tmp_path)
     assert job_field(merge_job, "JobState") == "COMPLETED", text
-    assert text.count("(shard ") == 3 and "already merged" in text
+    assert text.count("(shard ") == 3 and "already merged" in text, text
     assert_same_predictions(reference_predictions, out, small_model["std"])
 
 

@@ -12,6 +12,7 @@ import click
 from deepergat._version import __version__
 
 from . import (
+    compile,
     evaluate,
     export,
     extract,
@@ -59,7 +60,7 @@ def _verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
 
 for _command in (pack.pack, info.info, train.train, screen.screen, evaluate.evaluate,
                  predict.predict, models.models, report.report, extract.extract, export.export,
-                 subset.subset):
+                 subset.subset, compile.compile_command):
     if not any("--verbose" in getattr(p, "opts", ()) for p in _command.params):
         _command.params.append(click.Option(
             ["-v", "--verbose"], count=True, expose_value=False, callback=_verbose,

@@ -31,28 +31,107 @@ from deepergat.system.files import atomic_path
 from .metadata import EXTRA_FILE, encode_metadata, meta_tmp_path, save_named, with_exporter
 from .pt2 import export_program
 
-__all__ = ["load_aoti", "set_aoti_metadata", "write_aoti"]
+__all__ = ["AotiModule", "cpu_flags", "load_aoti", "missing_cpu_flags", "set_aoti_metadata",
+           "write_aoti"]
 
 log = logging.getLogger(__name__)
+
+
+#: CPU flags (``/proc/cpuinfo``) each word of a package's ``AOTI_CPU_ISA`` needs: the compiler
+#: flags Inductor builds that ISA with (`torch._inductor.cpu_vec_isa`).
+ISA_FLAGS: dict[str, tuple[str, ...]] = {
+    "AVX2": ("avx2", "fma", "f16c"),
+    "AVX512": ("avx512f", "avx512dq", "avx512vl", "avx512bw", "fma"),
+    "AVX512_VNNI": ("avx512_vnni",),
+    "AMX_TILE": ("amx_tile", "amx_bf16", "amx_int8"),
+}
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``, first processor); None elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def missing_cpu_flags(cpu_isa: str, flags: frozenset[str] | None = None) -> list[str]:
+    """The flags this CPU lacks for a package compiled for ``cpu_isa`` (e.g. ``"AVX512
+    AVX512_VNNI"``); [] when it has them all or when they cannot be known."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return []
+    need = [f for word in cpu_isa.split() for f in ISA_FLAGS.get(word.upper(), ())]
+    return sorted({f for f in need if f not in flags})
+
+
+class AotiModule:
+    """A loaded AOTInductor package: called on the 7 input tensors, returns its outputs.
+
+    Loads through torch's package loader directly: `torch._inductor.aoti_load_package` first
+    probes every vector ISA by compiling test programs (~1.8 s a process, and every screening
+    worker loads the model); `missing_cpu_flags` checks the one thing that probe is for.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __call__(self, *tensors: Any) -> list[Any]:
+        return list(self._loader.boxed_run(list(tensors)))
+
+    def get_metadata(self) -> dict[str, str]:
+        return dict(self._loader.get_metadata())
 
 
 def load_aoti(path: str | os.PathLike[str]) -> Any:
     """The compiled model of a package (callable on 7 tensors → (prediction, embedding)).
 
     Raises:
-        DeepergatError: not loadable here (damaged, or compiled for another platform or CPU).
+        DeepergatError: not loadable here (damaged, or compiled for another platform or for
+            CPU features this one lacks).
     """
     import torch
 
+    path = os.fspath(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch._inductor.aoti_load_package(os.fspath(path))
+            loader_cls = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+            if loader_cls is None:  # another torch: its public loader (and its ISA probe)
+                return torch._inductor.aoti_load_package(path)
+            info = loader_cls.load_metadata_from_package(path, "model")
+            _check_compiled_for(path, info)
+            return AotiModule(loader_cls(path, "model", False, 1, -1))
+    except DeepergatError:
+        raise
     except Exception as e:  # the loader raises RuntimeError, OSError, ...
         raise DeepergatError(
             f"{path}: cannot load the AOTInductor package (damaged, or compiled for another "
             f"platform or CPU): {' '.join(str(e).split())[:300]}"
         ) from None
+
+
+def _check_compiled_for(path: str, info: dict[str, str]) -> None:
+    """Refuse a CPU package compiled for another machine kind or CPU features this one lacks
+    (its native code would die on an illegal instruction)."""
+    import platform
+
+    if info.get("AOTI_DEVICE_KEY", "cpu") != "cpu":
+        return
+    machine = info.get("AOTI_MACHINE", "")
+    if machine and machine != platform.machine():
+        raise DeepergatError(f"{path}: compiled for {machine}, this machine is "
+                             f"{platform.machine()}; export it again on this node type")
+    missing = missing_cpu_flags(info.get("AOTI_CPU_ISA", ""))
+    if missing:
+        raise DeepergatError(
+            f"{path}: compiled for {info.get('AOTI_CPU_ISA')} CPUs; this CPU lacks "
+            f"{', '.join(missing)}: export it again on this node type (or use the .onnx file)")
 
 
 def write_aoti(

@@ -11,9 +11,11 @@ Numbers agree with ONNX Runtime's to float32 rounding (the agreement rule,
 
 Which runtime runs an ``.onnx`` file on the CPU (``runtime`` of `deepergat.export.load`):
 
-* ``"auto"``: OpenVINO for a single model when the package imports (the ``[cpu]`` extra installs
+* ``"auto"``: the model compiled on this machine when ``deepergat compile`` put one in this
+  user's cache (`deepergat.export.compiled`; single models and ensembles), else OpenVINO for a
+  single model when the package imports (the ``[cpu]`` extra installs
   it; ~1.8× ONNX Runtime's rate on this model, `benchmarks/bench_runtime.py`), else ONNX Runtime;
-  ``DEEPERGAT_ONNX_RUNTIME=onnxruntime|openvino`` (a job script's choice) overrides it. If
+  ``DEEPERGAT_ONNX_RUNTIME=onnxruntime|openvino|compiled`` (a job script's choice) overrides it. If
   OpenVINO cannot compile a file that nobody asked it for, the file runs on ONNX Runtime with a
   warning. An ensemble stays on ONNX Runtime unless the ``runtime`` argument asks:
   its local error term weighs reference structures by their embedding
@@ -23,8 +25,9 @@ Which runtime runs an ``.onnx`` file on the CPU (``runtime`` of `deepergat.expor
   OpenVINO leaves the calling thread's alternate signal stack pointing at freed memory (a
   process then crashed on its next Python signal, e.g. SLURM's SIGUSR1); every call here keeps
   the stack (`_altstack`) and blocks job signals in the threads it starts.
-* ``"onnxruntime"`` or ``"openvino"``: that one (``"openvino"`` without the package is an
-  error naming it).
+* ``"onnxruntime"``, ``"openvino"`` or ``"compiled"``: that one (``"openvino"`` without the
+  package, or ``"compiled"`` without a compiled model for the file's checkpoint, is an error
+  naming it).
 
 On CUDA the file always runs on ONNX Runtime's CUDA provider. No torch here.
 """
@@ -45,9 +48,10 @@ import numpy as np
 from deepergat.errors import DeepergatError, SettingError
 
 __all__ = ["ENV_RUNTIME", "OnnxRuntimeChoice", "OpenVinoCompileError", "check_runtime",
-           "compile_openvino", "openvino_available", "openvino_was_asked", "pick_runtime"]
+           "chosen_runtime", "compile_openvino", "openvino_available", "openvino_was_asked",
+           "pick_runtime"]
 
-OnnxRuntimeChoice = Literal["auto", "onnxruntime", "openvino"]
+OnnxRuntimeChoice = Literal["auto", "onnxruntime", "openvino", "compiled"]
 #: Environment variable that overrides ``runtime="auto"`` (e.g. in a SLURM script).
 ENV_RUNTIME = "DEEPERGAT_ONNX_RUNTIME"
 #: OpenVINO's per-shape kernel cache, in entries (`compile_openvino`).
@@ -108,6 +112,8 @@ def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
             runtime = env  # type: ignore[assignment]
             if has_std:  # a job script's choice never moves an ensemble's spread
                 return "onnxruntime"
+    if runtime == "compiled":  # `chosen_runtime` found no compiled model: what auto picks
+        runtime = "auto"
     if runtime == "auto":
         use = not on_cuda and not has_std and openvino_available()
         return "openvino" if use else "onnxruntime"
@@ -120,6 +126,19 @@ def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
         raise SettingError(f"{source} 'openvino' needs the openvino package: "
                            "pip install 'deepergat[cpu]' (or pip install 'openvino>=2025.0')")
     return "openvino"
+
+
+def chosen_runtime(runtime: str) -> OnnxRuntimeChoice:
+    """The caller's choice with `ENV_RUNTIME` applied under ``"auto"`` (validated)."""
+    runtime = check_runtime(runtime)
+    if runtime == "auto":
+        env = os.environ.get(ENV_RUNTIME, "").strip().lower()
+        if env:
+            if env not in get_args(OnnxRuntimeChoice):
+                raise SettingError(f"{ENV_RUNTIME}={env}: unknown ONNX runtime: choose one of "
+                                   f"{', '.join(get_args(OnnxRuntimeChoice))}")
+            return env  # type: ignore[return-value]
+    return runtime
 
 
 def openvino_was_asked(runtime: str) -> bool:

@@ -3,7 +3,8 @@
 =========================  ===================================  ==============================
 file                       backend                              imports
 =========================  ===================================  ==============================
-``.onnx``                  OpenVINO (CPU) or ONNX Runtime       onnxruntime [+ openvino] (no torch)
+``.onnx``                  compiled here, OpenVINO (CPU) or     onnxruntime [+ openvino] (no torch;
+                           ONNX Runtime                         torch when compiled here)
 ``.pt`` (TorchScript)      ``torch.jit.load``                   torch
 ``.pt2`` (torch.export)    ``torch.export.load(...).module()``  torch
 ``.pt2`` (AOTInductor)     ``torch._inductor.aoti_load_package`` torch (CPU-compiled package)
@@ -11,9 +12,11 @@ file                       backend                              imports
 bundled model name         its shipped ``.onnx`` (else .ckpt)   as above
 =========================  ===================================  ==============================
 
-An ``.onnx`` file runs on ONNX Runtime (CUDA or CPU provider); on the CPU a single model runs on
-OpenVINO when it is installed (`openvino_runtime`: fused kernels, the same numbers to float32
-rounding). ONNX Runtime reads and checks the file either way.
+An ``.onnx`` file runs on ONNX Runtime (CUDA or CPU provider); on the CPU it runs compiled for
+this machine when ``deepergat compile`` compiled its checkpoint here (`compiled`: AOTInductor,
+this user's private cache), else a single model runs on OpenVINO when it is installed
+(`openvino_runtime`: fused kernels); the same numbers to float32 rounding either way. ONNX
+Runtime reads and checks the file in every case.
 
 Every predictor takes the model inputs (docs/design.md) as numpy arrays and returns a
 `Prediction` of numpy arrays — with the calibrated spread ``std`` when the model is an ensemble —
@@ -35,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from deepergat.contract import INPUT_DTYPES, INPUT_NDIM
-from deepergat.errors import DeepergatError, is_memory_message
+from deepergat.errors import DeepergatError, SettingError, is_memory_message
 from deepergat.metadata import ModelMetadata, WeightsView, check_weights
 from deepergat.system.devices import DeviceChoice, parse_device
 from deepergat.system.files import file_sha256
@@ -52,6 +55,7 @@ from .openvino_runtime import (
     CompiledOpenVino,
     OnnxRuntimeChoice,
     OpenVinoCompileError,
+    chosen_runtime,
     compile_openvino,
     openvino_was_asked,
     pick_runtime,
@@ -342,10 +346,12 @@ def load(
             checked against the model's.
         optimization: ONNX Runtime graph optimization level (``disable``, ``basic``,
             ``extended``, ``all``).
-        runtime: what runs an ``.onnx`` file on the CPU: ``"auto"`` (OpenVINO for a single
+        runtime: what runs an ``.onnx`` file on the CPU: ``"auto"`` (the model compiled on
+            this machine by ``deepergat compile`` when there is one, else OpenVINO for a single
             model when installed, else ONNX Runtime; ``DEEPERGAT_ONNX_RUNTIME`` overrides),
-            ``"onnxruntime"`` or ``"openvino"`` (`deepergat.export.openvino_runtime`). Other
-            files ignore it.
+            ``"onnxruntime"``, ``"openvino"`` or ``"compiled"``
+            (`deepergat.export.openvino_runtime`, `deepergat.export.compiled`). Other files
+            ignore it.
         trust: load a file whose loading runs code from it — an AOTInductor package (native
             code) or a TorchScript program. Only for files whose source you trust; ONNX files,
             ``.pt2`` programs and checkpoints never need it (nothing in them runs).
@@ -414,6 +420,10 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
     _check_onnx_weights(path, data, session, meta)
     on_cuda = "CUDAExecutionProvider" in session.get_providers()
     sha256 = hashlib.sha256(data).hexdigest()
+    if not on_cuda:
+        compiled_model = _compiled_predictor(path, runtime, meta, sha256, threads)
+        if compiled_model is not None:
+            return compiled_model
     if pick_runtime(runtime, on_cuda=on_cuda, has_std="std" in meta.output_names) == "openvino":
         try:
             compiled = compile_openvino(data, outputs=meta.output_names, threads=threads,
@@ -426,6 +436,42 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
         else:
             return OpenVinoPredictor(path, session, compiled, meta, sha256)
     return OnnxPredictor(path, session, meta, sha256, f"cuda:{device_id}" if on_cuda else "cpu")
+
+
+def _compiled_predictor(path: Path, runtime: OnnxRuntimeChoice, meta: ModelMetadata,
+                        sha256: str, threads: int | None) -> TorchPredictor | None:
+    """The ``.onnx`` file's model as compiled on this machine (`deepergat.export.compiled`)
+    when the runtime choice allows it and the cache holds it for the file's checkpoint; the
+    predictor keeps the file's path, metadata and sha256 (the model's identity)."""
+    choice = chosen_runtime(runtime)
+    if choice not in ("auto", "compiled"):
+        return None
+    from .compiled import find_compiled
+
+    entry = find_compiled(meta.source_sha256 or "")
+    if entry is None:
+        if choice == "compiled":
+            raise SettingError(
+                f"{path}: no model compiled on this machine for its checkpoint (sha256 "
+                f"{(meta.source_sha256 or '?')[:12]}); run `deepergat compile CHECKPOINT` first, "
+                "or choose the onnxruntime or openvino runtime")
+        return None
+    import torch
+
+    from .aoti import load_aoti
+    from .runtime import tune_malloc
+
+    tune_malloc()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        module = load_aoti(entry.package)
+    except DeepergatError as e:
+        if choice == "compiled":
+            raise
+        log.warning("%s; running %s without it", e, path)
+        return None
+    return TorchPredictor(path, module, meta, sha256, "cpu", "compiled")
 
 
 def _check_onnx_weights(path: Path, data: bytes, session: Any, meta: ModelMetadata) -> None:

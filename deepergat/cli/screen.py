@@ -97,9 +97,10 @@ def _summary(result: Any) -> list[str]:
               help="Structure store to screen (deepergat pack).")
 @click.option("--model", default=None,
               help=f"Exported file ({MODEL_FILES}), checkpoint (.ckpt) or bundled model name "
-                   "[default: the bundled perovskite-heat-single; on CPUs a single model runs on "
-                   "OpenVINO when installed, else ONNX Runtime; DEEPERGAT_ONNX_RUNTIME="
-                   "onnxruntime|openvino chooses].")
+                   "[default: the bundled perovskite-heat-single; on CPUs an .onnx model runs "
+                   "compiled for this machine once deepergat compile (or --compile) made it, "
+                   "else a single model on OpenVINO when installed, else ONNX Runtime; "
+                   "DEEPERGAT_ONNX_RUNTIME=onnxruntime|openvino|compiled chooses].")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="Predictions file [default: <input stem>.predictions.h5 beside the input].")
 @click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=int,
@@ -131,6 +132,12 @@ def _summary(result: Any) -> list[str]:
 @rank_k_option("k of the --rank-by bound, in calibrated standard deviations.")
 @list_options()
 @click.option("--trust", is_flag=True, help=TRUST_HELP)
+@click.option("--compile", "compile_", type=click.Choice(["auto", "yes", "no"]), default="auto",
+              show_default=True,
+              help="On the CPU, first compile the .onnx model's checkpoint for this machine "
+                   "(deepergat compile; once per user and CPU kind, ~1 min; the checkpoint must "
+                   "be beside the file, as in a bundled model): auto when the run computes "
+                   "≥ 200,000 structures and a C++ compiler is present.")
 @click.option("--no-resume", is_flag=True, help="Discard committed parts and start clean.")
 @click.option("--merge-only", is_flag=True,
               help="Only merge committed parts (names missing chunks and fails when any are).")
@@ -160,6 +167,7 @@ def screen(
     novel_only: bool,
     group_seconds: float,
     trust: bool,
+    compile_: str,
     no_resume: bool,
     merge_only: bool,
     verbose: int,
@@ -179,7 +187,7 @@ def screen(
     opts = ScreenOptions.create(
         Path(input_), output=Path(output) if output else None, embeddings=embeddings,
         from_predictions=from_predictions, from_top=from_top, from_where=from_where,
-        model=model, device=device, trust=trust,
+        model=model, device=device, trust=trust, compile=compile_,  # type: ignore[arg-type]
         max_atoms=max_atoms, overlap_threshold=overlap_threshold,
         top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k, where=where,
         group=group, match_tol=match_tol, known=known, novel_only=novel_only,
@@ -229,7 +237,7 @@ def screen(
 # Settings whose flag is not --<name> (`deepergat.cli.base.flag_names`).
 screen.setting_flags = {  # type: ignore[attr-defined]
     "input": "--input", "resume": "--no-resume", "no_group": "--no-group",
-    "from_predictions": "--from",
+    "from_predictions": "--from", "compile": "--compile",
     "group": "--group", "store": "--input"}
 
 

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from deepergat.contract import (
     DEFAULT_CHUNK_SIZE,
@@ -103,6 +103,10 @@ class Files:
             raise SettingError(f"{{from_top}} must be at least 1, got {self.from_top}")
 
 
+#: Whether a CPU screen first compiles its model for this machine (`deepergat.screening.compiling`).
+CompileChoice = Literal["auto", "yes", "no"]
+
+
 @dataclass(frozen=True)
 class PredictorSettings:
     """The model and where it runs.
@@ -111,11 +115,20 @@ class PredictorSettings:
         model: a model file, run folder or bundled name (None: the default bundled model).
         device: ``auto``, ``cpu`` or ``cuda`` (`deepergat.system.devices.pick_device`).
         trust: load a model file whose loading runs code (`deepergat.export.load`).
+        compile: on the CPU, compile the ``.onnx`` model's checkpoint for this machine first
+            when it is not compiled yet (`deepergat.screening.compiling`): ``auto`` when the run
+            computes enough structures to pay for it, ``yes`` always, ``no`` never.
     """
 
     model: str | None = None
     device: str = DEFAULT_DEVICE
     trust: bool = False
+    compile: CompileChoice = "auto"
+
+    def check(self) -> None:
+        if self.compile not in get_args(CompileChoice):
+            raise SettingError(f"{{compile}} must be one of {', '.join(get_args(CompileChoice))},"
+                               f" got {literal(repr(self.compile))}")
 
 
 @dataclass(frozen=True)
@@ -231,7 +244,7 @@ class ScreenOptions:
 
     Attributes:
         files: input, output, embeddings.
-        predictor: model, device, trust.
+        predictor: model, device, trust, compile.
         checks: the structures' status checks.
         ranking: the top-K list.
         control: chunks, workers, shards, resume, merge-only, batch budget.
@@ -256,6 +269,7 @@ class ScreenOptions:
         model: str | None = None,
         device: str = DEFAULT_DEVICE,
         trust: bool = False,
+        compile: CompileChoice = "auto",
         max_atoms: int = DEFAULT_MAX_ATOMS,
         overlap_threshold: float = DEFAULT_OVERLAP_THRESHOLD,
         top: int | None = None,
@@ -284,7 +298,8 @@ class ScreenOptions:
                         from_predictions=(Path(from_predictions) if from_predictions is not None
                                           else None),
                         from_top=from_top, from_where=from_where),
-            predictor=PredictorSettings(model=model, device=device, trust=trust),
+            predictor=PredictorSettings(model=model, device=device, trust=trust,
+                                        compile=compile),
             checks=StructureChecks(max_atoms=max_atoms, overlap_threshold=overlap_threshold),
             ranking=Ranking(top=top, top_order=top_order, rank_by=rank_by, rank_k=rank_k,
                             where=where, group=group, match_tol=match_tol,
@@ -303,6 +318,7 @@ class ScreenOptions:
     def check(self) -> None:
         """Raises `SettingError` (naming the setting) for a value no screen can use."""
         self.files.check()
+        self.predictor.check()
         self.checks.check()
         self.ranking.check()
         self.control.check()

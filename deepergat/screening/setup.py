@@ -28,6 +28,7 @@ from deepergat.system.files import file_sha256
 from deepergat.system.launch import shard_from_env
 from deepergat.system.lock import OutputLock, run_token
 
+from .compiling import compile_first
 from .failures import Refusal, literal
 from .merge import check_space, output_bytes, screen_settings
 from .model import DEFAULT_MODEL, LoadedModel, load_model, model_path
@@ -393,6 +394,10 @@ def prepare(opts: ScreenOptions, ranks: Ranks, locks: list[OutputLock]
             model = _load(opts, resources)
             warn_cell_dependent(model.settings.graph, model.name)
             found = _root_plan(opts, inp, parts, shard, model, locks)
+            if isinstance(found, RunPlan) and compile_first(
+                    opts.predictor.compile, model, structures=found.plan.count(found.todo),
+                    device=resources.device[0]):
+                model = _load(opts, resources)  # now compiled for this machine
         except DeepergatError as e:
             found = Refusal.of(e)
     if ranks.size > 1:

@@ -15,7 +15,7 @@ keeps it in a cache only you can write ($DEEPERGAT_COMPILED_CACHE, else
 ~/.cache/deepergat/compiled), keyed by the checkpoint's sha256, the torch and deepergat versions
 and the CPU. From then on, on this kind of CPU, every .onnx file exported from that checkpoint
 (a bundled model's included) runs compiled: deepergat-screen, predict and evaluate pick it up
-without a flag (about 1.3x OpenVINO's rate; DEEPERGAT_ONNX_RUNTIME=openvino|onnxruntime chooses
+without a flag (about 1.25x OpenVINO's rate; DEEPERGAT_ONNX_RUNTIME=openvino|onnxruntime chooses
 another runtime, =compiled insists). Nothing is compiled from a file someone else wrote: the
 native code is what your own compiler built from the weights. Compile once per node type
 (a shared home directory holds one entry per CPU).

@@ -1,11 +1,12 @@
 """A CPU screen's model compiled for this machine before the screen starts (``--compile``).
 
-`deepergat.export.compile` compiles a checkpoint with AOTInductor into this user's private cache,
-and every ``.onnx`` file of that checkpoint then runs compiled on this kind of CPU (~1.3× the
-rate of OpenVINO per core on the bundled model, `benchmarks/bench_runtime.py`). Compiling costs
-about 40 s on the development machine, once per user, CPU kind and torch version. So ``auto``
-compiles when the run computes at least `AUTO_COMPILE_MIN` structures on the CPU (a screen of
-several minutes, which the faster runtime pays back within the run) and a C++ compiler is there;
+`deepergat.export.compile` compiles a checkpoint with AOTInductor into this user's private
+cache, and every ``.onnx`` file of that checkpoint then runs compiled on this kind of CPU (a
+whole screen ~1.25× OpenVINO's rate on the bundled model, `benchmarks/bench_runtime.py`).
+Compiling costs about 40 s on the development machine, once per user, CPU kind and torch
+version. So ``auto`` compiles when the run computes at least `AUTO_COMPILE_MIN` structures on
+the CPU (~4 minutes on OpenVINO on 2 cores, which the faster runtime pays back within the run)
+and a C++ compiler is there;
 ``yes`` compiles whenever the model is not compiled yet; ``no`` never does. Rank 0 compiles
 before the other ranks load their model, so they find it too (on the same kind of CPU).
 

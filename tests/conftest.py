@@ -11,6 +11,16 @@ from typing import Any
 
 import pytest
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite never sees the user's compiled models (`deepergat compile`): runtimes are
+    chosen as on a machine without them, and tests that compile use folders of their own."""
+    import os
+    import tempfile
+
+    os.environ["DEEPERGAT_COMPILED_CACHE"] = os.path.join(
+        tempfile.mkdtemp(prefix="deepergat-test-compiled-"), "cache")
+
+
 # ---- model and training helpers (perovskite rows, tiny stores) ------------------------------
 # The helpers live in tests/model_helpers.py (a unique module name: `from conftest import`
 # is ambiguous once a subfolder has its own conftest.py).

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """The suite never sees the user's compiled models (`deepergat compile`): runtimes are
     chosen as on a machine without them, and tests that compile use folders of their own."""

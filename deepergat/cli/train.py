@@ -24,7 +24,7 @@ _TRAIN_OPTIONS = (
     "layers",
     "epochs", "batch_size", "lr", "seed", "per_atom", "init_from", "early_stop", "max_time",
     "device", "cache_dir", "out", "resume", "cv", "graph", "distance_scale", "ensemble",
-    "members", "member", "oof", "local_neighbors", "compile",
+    "members", "member", "oof", "local_neighbors", "compile", "precision",
 )
 
 
@@ -102,6 +102,11 @@ Examples:
 @click.option("--compile", "compile", is_flag=True,
               help="Compile the training step with torch.compile (needs a C++ compiler on "
                    "CPUs, triton on GPUs; a first compilation of minutes, cached per user).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "tf32"]), default="fp32",
+              show_default=True,
+              help="The training step's arithmetic: bf16 autocast (CUDA; CPUs with AMX or "
+                   "AVX512-BF16), tf32 matrix products (CUDA). Weights, validation and the "
+                   "reported errors stay float32.")
 @click.pass_context
 def train(ctx: click.Context, config_file: str | None, **options: Any) -> None:
     """Train a model (DeeperGATGNN by default) on a structure store."""

@@ -18,6 +18,7 @@ as in the other zip-based files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -76,10 +77,12 @@ class AotiModule:
     Loads through torch's package loader directly: `torch._inductor.aoti_load_package` first
     probes every vector ISA by compiling test programs (~1.8 s a process, and every screening
     worker loads the model); `missing_cpu_flags` checks the one thing that probe is for.
+    ``fd``: a descriptor the package was read through, closed with the module.
     """
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, fd: int | None = None) -> None:
         self._loader = loader
+        self._fd = fd
 
     def __call__(self, *tensors: Any) -> list[Any]:
         return list(self._loader.boxed_run(list(tensors)))
@@ -87,9 +90,20 @@ class AotiModule:
     def get_metadata(self) -> dict[str, str]:
         return dict(self._loader.get_metadata())
 
+    def __del__(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
-def load_aoti(path: str | os.PathLike[str]) -> Any:
+
+def load_aoti(path: str | os.PathLike[str], *, fd: int | None = None) -> Any:
     """The compiled model of a package (callable on 7 tensors → (prediction, embedding)).
+
+    Args:
+        path: the package (named in messages).
+        fd: an open descriptor on it to read it through instead (Linux ``/proc/self/fd``), so
+            that the file a caller checked is the file loaded; the module owns it after.
 
     Raises:
         DeepergatError: not loadable here (damaged, or compiled for another platform or for
@@ -98,15 +112,17 @@ def load_aoti(path: str | os.PathLike[str]) -> Any:
     import torch
 
     path = os.fspath(path)
+    source = f"/proc/self/fd/{fd}" if fd is not None and os.path.exists("/proc/self/fd") else path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loader_cls = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
-            if loader_cls is None:  # another torch: its public loader (and its ISA probe)
-                return torch._inductor.aoti_load_package(path)
-            info = loader_cls.load_metadata_from_package(path, "model")
-            _check_compiled_for(path, info)
-            return AotiModule(loader_cls(path, "model", False, 1, -1))
+            try:
+                info = loader_cls.load_metadata_from_package(source, "model")  # type: ignore[union-attr]
+                _check_compiled_for(path, info)
+                return AotiModule(loader_cls(source, "model", False, 1, -1), fd)  # type: ignore[misc]
+            except (AttributeError, TypeError):  # another torch: its public loader and ISA probe
+                return torch._inductor.aoti_load_package(source)
     except DeepergatError:
         raise
     except Exception as e:  # the loader raises RuntimeError, OSError, ...

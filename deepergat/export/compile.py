@@ -4,14 +4,17 @@ what an entry is and when it is used)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from deepergat.errors import DeepergatError
+from deepergat.errors import DeepergatError, literal
 from deepergat.system.files import atomic_path, file_sha256
 
 from .compiled import (
@@ -20,6 +23,7 @@ from .compiled import (
     RECORD,
     RECORD_FORMAT,
     CompiledEntry,
+    ancestors_problem,
     cache_key,
     cache_root,
     entry_dir,
@@ -33,13 +37,68 @@ __all__ = ["compile_model"]
 log = logging.getLogger(__name__)
 
 
-def _make_private(path: Path) -> None:
-    """Create ``path`` (and parents) for this user only, or refuse one that is not private."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    problem = private_problem(path)
+#: Seconds a compile waits for another process compiling the same entry.
+WAIT_SECONDS = 1800.0
+
+
+def _make_private(path: Path) -> Path:
+    """Create ``path`` for this user only (each missing level mode 0700) and return its real
+    path, or refuse one that is not private or that someone else could replace."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(mode=0o700, exist_ok=True)
+    real = Path(os.path.realpath(path))
+    problem = private_problem(real)
+    problem = f"{real} is {problem}" if problem else ancestors_problem(real)
     if problem is not None:
-        raise DeepergatError(f"{path}: the compiled-model cache must be this user's own "
-                             f"folder, and it is {problem}; set {ENV_CACHE} to another folder")
+        raise DeepergatError(f"{literal(path)}: the compiled-model cache must be this user's own "
+                             f"folder ({problem}); set {ENV_CACHE} to another folder")
+    return real
+
+
+@contextlib.contextmanager
+def _entry_lock(folder: Path, sha: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold the entry's lock, waiting while another process compiles it (`WAIT_SECONDS`)."""
+    from deepergat.system.lock import LockHeldError, OutputLock
+
+    lock = OutputLock(folder / ".compile", f"compile-{os.getpid()}-{uuid.uuid4().hex}",
+                      label=str(folder), way_out="wait for it to finish")
+    deadline = time.monotonic() + WAIT_SECONDS
+    said = False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockHeldError:
+            if time.monotonic() > deadline:
+                raise
+            if not said:
+                say(f"another process is compiling this model into {folder}; waiting for it")
+                said = True
+            time.sleep(2.0)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _private_build(folder: Path) -> Iterator[None]:
+    """Inductor's build folder inside the entry (not the shared ``/tmp/torchinductor_<user>``,
+    where another user could have placed files), no graph cache read or written, and kernels
+    that take their thread count at run time (not this process's count, fixed into them)."""
+    import tempfile
+
+    from torch._inductor import config
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    build = tempfile.mkdtemp(prefix="build-", dir=folder)
+    try:
+        with temporary_cache_dir(build), config.patch({"fx_graph_cache": False,
+                                                       "cpp.dynamic_threads": True}):
+            yield
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
 
 
 def compile_model(
@@ -83,33 +142,37 @@ def compile_model(
         found = find_compiled(sha)
         if found is not None:
             return found, False
-    root = cache_root()
-    _make_private(root)
-    folder = entry_dir(sha, torch=version)
-    _make_private(folder)
-    (folder / RECORD).unlink(missing_ok=True)  # the entry is unusable until compiled again
-    say(f"compiling {source} for this CPU into {folder} (a minute or two; once per machine "
-        "type and torch version)")
-    t0 = time.perf_counter()
-    sizes = {} if n_check is None else {"n_check": n_check}
-    result = export_model(source, folder, formats=["aoti"], check_data=check_data,
-                          progress=say, **sizes)
-    seconds = time.perf_counter() - t0
-    package = folder / PACKAGE
-    os.chmod(package, 0o600)
-    written = next((f for f in result.files if Path(f.path).name == PACKAGE), None)
-    record = {
-        **cache_key(sha, version),
-        "format": RECORD_FORMAT,
-        "source": str(source),
-        "package_sha256": file_sha256(package),
-        "parity": written.parity.summary() if written is not None else "",
-        "seconds": round(seconds, 1),
-        "compiled_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    with atomic_path(folder / RECORD) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.chmod(folder / RECORD, 0o600)
+    root = _make_private(cache_root())
+    folder = _make_private(root / entry_dir(sha, torch=version).name)
+    with _entry_lock(folder, sha, say):
+        if not force:  # another process may have compiled it while this one waited
+            found = find_compiled(sha)
+            if found is not None:
+                return found, False
+        (folder / RECORD).unlink(missing_ok=True)  # unusable until compiled again
+        say(f"compiling {source} for this CPU into {folder} (a minute or two; once per machine "
+            "type and torch version)")
+        t0 = time.perf_counter()
+        sizes = {} if n_check is None else {"n_check": n_check}
+        with _private_build(folder):
+            result = export_model(source, folder, formats=["aoti"], check_data=check_data,
+                                  progress=say, **sizes)
+        seconds = time.perf_counter() - t0
+        package = folder / PACKAGE
+        os.chmod(package, 0o600)
+        written = next((f for f in result.files if Path(f.path).name == PACKAGE), None)
+        record = {
+            **cache_key(sha, version),
+            "format": RECORD_FORMAT,
+            "source": str(source),
+            "package_sha256": file_sha256(package),
+            "parity": written.parity.summary() if written is not None else "",
+            "seconds": round(seconds, 1),
+            "compiled_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        with atomic_path(folder / RECORD) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.chmod(folder / RECORD, 0o600)
     entry = find_compiled(sha)
     if entry is None:
         raise DeepergatError(f"{folder}: the compiled model was written but cannot be used "

@@ -13,8 +13,12 @@ compiler built, not code read from someone else's file.
 An entry is keyed by everything its code depends on: the checkpoint's sha256, the torch and
 deepergat versions, and the CPU (machine, model name and feature flags: a shared home directory
 seen from another node type never loads code built for other instructions). An entry is used
-only when its folder and package belong to this user and nobody else can write them, and the
-package's sha256 is the one its record names (a half-written or altered file is never loaded).
+only when the cache folder, its entry folder, the record and the package are this user's own
+(no symbolic links, not writable by group or others), no folder above the cache can be changed
+by anyone but this user or root (or is sticky, as ``/tmp``), the package's sha256 is the one its
+record names (a half-written or altered file is never loaded) and is read and run through one
+file descriptor, and its metadata describes the same model as the ``.onnx`` file's
+(`deepergat.export.predictor`).
 
 Cache folder: ``$DEEPERGAT_COMPILED_CACHE``, else ``$XDG_CACHE_HOME/deepergat/compiled``, else
 ``~/.cache/deepergat/compiled``.
@@ -22,6 +26,7 @@ Cache folder: ``$DEEPERGAT_COMPILED_CACHE``, else ``$XDG_CACHE_HOME/deepergat/co
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -33,7 +38,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from deepergat.system.files import file_sha256
+from deepergat.errors import DeepergatError
 
 __all__ = [
     "ENV_CACHE",
@@ -136,6 +141,10 @@ def private_problem(path: Path) -> str | None:
         st = os.lstat(path)
     except OSError as e:
         return f"cannot stat it ({e.strerror})"
+    return _stat_problem(st)
+
+
+def _stat_problem(st: os.stat_result) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return "a symbolic link"
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
@@ -145,35 +154,104 @@ def private_problem(path: Path) -> str | None:
     return None
 
 
+def ancestors_problem(folder: Path) -> str | None:
+    """Why someone else could replace ``folder`` (a real path) or what it holds (None: nobody
+    but this user and root can): each folder above it must belong to this user or root and be
+    writable by no one else unless it is sticky (``/tmp``: nobody renames another's entry)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for parent in folder.parents:
+        try:
+            st = os.stat(parent)
+        except OSError as e:
+            return f"{parent}: cannot stat it ({e.strerror})"
+        if uid is not None and st.st_uid not in (uid, 0):
+            return f"{parent} is owned by uid {st.st_uid}"
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
+            return f"{parent} is writable by group or others"
+    return None
+
+
+def _read_private(path: Path) -> bytes:
+    """The bytes of a file that is this user's own, read through one descriptor that follows
+    no symbolic link (what was checked is what is read).
+
+    Raises:
+        OSError: unreadable. ValueError: not this user's own regular file (the reason).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        problem = _stat_problem(st) or (None if stat.S_ISREG(st.st_mode) else "not a file")
+        if problem is not None:
+            raise ValueError(f"{path} is {problem}")
+        return fh.read()
+
+
 def find_compiled(source_sha256: str) -> CompiledEntry | None:
     """The usable entry for a checkpoint's sha256 on this machine, or None (no torch, no entry,
-    or an entry that fails a check: said once in a warning)."""
+    or an entry that fails a check: said in a warning). The package is not read here:
+    `open_package` reads and checks it when it is loaded."""
     if not source_sha256:
         return None
     version = torch_version()
     if version is None:
         return None
-    folder = entry_dir(source_sha256, torch=version)
-    record_path, package = folder / RECORD, folder / PACKAGE
-    if not record_path.exists():
-        return None
-    for p in (cache_root(), folder, record_path, package):
-        problem = private_problem(p)
-        if problem is not None:
-            log.warning("not using the compiled model in %s: %s is %s", folder, p, problem)
-            return None
     try:
-        record = json.loads(record_path.read_text())
+        root = Path(os.path.realpath(cache_root()))
+        folder = root / entry_dir(source_sha256, torch=version).name
+        record_path = folder / RECORD
+        if not record_path.exists():
+            return None
+    except (OSError, RuntimeError):  # no home folder, an unreadable cache: nothing to use
+        return None
+    problem = ancestors_problem(root)
+    for p in (root, folder):
+        problem = problem or (None if private_problem(p) is None
+                              else f"{p} is {private_problem(p)}")
+    if problem is not None:
+        log.warning("not using the compiled model in %s: %s", folder, problem)
+        return None
+    try:
+        record = json.loads(_read_private(record_path))
     except (OSError, ValueError) as e:
-        log.warning("not using the compiled model in %s: unreadable record (%s)", folder, e)
+        log.warning("not using the compiled model in %s: its record: %s", folder, e)
         return None
     want = cache_key(source_sha256, version)
     if not isinstance(record, dict) or any(record.get(k) != v for k, v in want.items()):
         log.warning("not using the compiled model in %s: its record is for another checkpoint, "
                     "version or CPU", folder)
         return None
-    if file_sha256(package) != record.get("package_sha256"):
-        log.warning("not using the compiled model in %s: the package is not the one compiled "
-                    "(sha256 differs); run `deepergat compile` again", folder)
-        return None
-    return CompiledEntry(package, record)
+    return CompiledEntry(folder / PACKAGE, record)
+
+
+def open_package(entry: CompiledEntry) -> tuple[int, bytes]:
+    """An open descriptor on the entry's package and its bytes, checked: this user's own
+    regular file (no symbolic link), with the sha256 its record names. Load the package
+    through the descriptor (``/proc/self/fd/N``), so the bytes checked are the bytes run.
+
+    Raises:
+        DeepergatError: the package fails a check (the reason; run ``deepergat compile`` again).
+    """
+    where = entry.package
+    try:
+        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        why = f"{e.strerror}: a symbolic link is refused" if e.errno == errno.ELOOP else e.strerror
+        raise DeepergatError(f"{where}: not using the compiled model: cannot open it ({why})"
+                             ) from None
+    try:
+        st = os.fstat(fd)
+        problem = _stat_problem(st) or (None if stat.S_ISREG(st.st_mode) else "not a file")
+        if problem is not None:
+            raise DeepergatError(f"{where}: not using the compiled model: it is {problem}")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read()
+        if hashlib.sha256(data).hexdigest() != entry.record.get("package_sha256"):
+            raise DeepergatError(f"{where}: not using the compiled model: the package is not "
+                                 "the one compiled (sha256 differs); run `deepergat compile` "
+                                 "again")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, data

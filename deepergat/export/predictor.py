@@ -7,7 +7,7 @@ file                       backend                              imports
                            ONNX Runtime                         torch when compiled here)
 ``.pt`` (TorchScript)      ``torch.jit.load``                   torch
 ``.pt2`` (torch.export)    ``torch.export.load(...).module()``  torch
-``.pt2`` (AOTInductor)     ``torch._inductor.aoti_load_package`` torch (CPU-compiled package)
+``.pt2`` (AOTInductor)     torch's AOTI package loader          torch (CPU-compiled package)
 ``.ckpt`` (checkpoint)     eager `DeeperGATGNN`                 torch
 bundled model name         its shipped ``.onnx`` (else .ckpt)   as above
 =========================  ===================================  ==============================
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from deepergat.contract import INPUT_DTYPES, INPUT_NDIM
-from deepergat.errors import DeepergatError, SettingError, is_memory_message
+from deepergat.errors import DeepergatError, SettingError, is_memory_message, literal
 from deepergat.metadata import ModelMetadata, WeightsView, check_weights
 from deepergat.system.devices import DeviceChoice, parse_device
 from deepergat.system.files import file_sha256
@@ -96,8 +96,9 @@ class Predictor:
             units, mean, std), ``elements``, ...; exported files add ``kind``, ``exporter``,
             ``parity``. ``metadata.to_dict()`` is the document the file carries.
         sha256: hex digest of the file.
-        backend: ``"onnxruntime"``, ``"torchscript"``, ``"torch.export"``, ``"aoti"`` or
-            ``"eager"``.
+        backend: ``"onnxruntime"``, ``"openvino"``, ``"compiled"`` (an ``.onnx`` file run by
+            its package compiled on this machine), ``"torchscript"``, ``"torch.export"``,
+            ``"aoti"`` or ``"eager"``.
         device: where it runs: ``"cpu"`` or ``"cuda:<id>"``.
     """
 
@@ -438,6 +439,14 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
     return OnnxPredictor(path, session, meta, sha256, f"cuda:{device_id}" if on_cuda else "cpu")
 
 
+#: What must be equal in an ``.onnx`` file's metadata and its compiled package's for the package
+#: to run under the file's identity (the same weights, graph, targets and calibration), compared
+#: as typed values (an older file's graph without ``construction`` reads as periodic, one
+#: without a translation rule as this version's).
+_SAME_MODEL = ("model", "graph", "targets", "elements", "store_digest", "source_sha256",
+               "calibration", "output_names")
+
+
 def _compiled_predictor(path: Path, runtime: OnnxRuntimeChoice, meta: ModelMetadata,
                         sha256: str, threads: int | None) -> TorchPredictor | None:
     """The ``.onnx`` file's model as compiled on this machine (`deepergat.export.compiled`)
@@ -446,16 +455,65 @@ def _compiled_predictor(path: Path, runtime: OnnxRuntimeChoice, meta: ModelMetad
     choice = chosen_runtime(runtime)
     if choice not in ("auto", "compiled"):
         return None
-    from .compiled import find_compiled
+    from .compiled import find_compiled, open_package, torch_version
 
+    if torch_version() is None:
+        if choice == "compiled":
+            raise SettingError("the compiled runtime needs torch: pip install "
+                               "'deepergat[train]', or choose the onnxruntime or openvino "
+                               "runtime")
+        return None
     entry = find_compiled(meta.source_sha256 or "")
     if entry is None:
         if choice == "compiled":
             raise SettingError(
-                f"{path}: no model compiled on this machine for its checkpoint (sha256 "
+                f"{literal(path)}: no model compiled on this machine for its checkpoint (sha256 "
                 f"{(meta.source_sha256 or '?')[:12]}); run `deepergat compile CHECKPOINT` first, "
                 "or choose the onnxruntime or openvino runtime")
         return None
+    try:
+        fd, data = open_package(entry)
+        try:
+            _check_same_model(path, meta, data, entry.package)
+            predictor = _load_compiled(path, entry.package, fd, meta, sha256, threads)
+        except BaseException:
+            os.close(fd)
+            raise
+    except DeepergatError as e:
+        if choice == "compiled":
+            raise
+        log.warning("%s; running %s without it", e, path)
+        return None
+    return predictor
+
+
+def _check_same_model(path: Path, meta: ModelMetadata, package: bytes, where: Path) -> None:
+    """Refuse a compiled package whose metadata describes another model than the ``.onnx``
+    file's (a file claiming a checkpoint it was not exported from, or edited since)."""
+    import io
+    import zipfile
+
+    doc: ModelMetadata | None = None
+    with (contextlib.suppress(zipfile.BadZipFile, OSError, ValueError, KeyError, StopIteration,
+                              DeepergatError),
+          zipfile.ZipFile(io.BytesIO(package)) as zf):
+        name = next(n for n in zf.namelist() if n.endswith(f"/extra/{EXTRA_FILE}"))
+        doc = decode_model_metadata(zf.read(name).decode(), where=str(where))
+    if doc is None:
+        raise DeepergatError(f"{where}: not using the compiled model: its metadata is "
+                             "unreadable; run `deepergat compile` again")
+    differ = [k for k in _SAME_MODEL if k != "graph" and getattr(meta, k) != getattr(doc, k)]
+    a, b = meta.graph, doc.graph
+    if ((a.cutoff, a.max_neighbors, a.construction) != (b.cutoff, b.max_neighbors, b.construction)
+            or (a.translations and b.translations and a.translations != b.translations)):
+        differ.append("graph")
+    if differ:
+        raise DeepergatError(f"{where}: not using the compiled model for {path}: the two files "
+                             f"describe different models ({', '.join(differ)} differ)")
+
+
+def _load_compiled(path: Path, package: Path, fd: int, meta: ModelMetadata, sha256: str,
+                   threads: int | None) -> TorchPredictor:
     import torch
 
     from .aoti import load_aoti
@@ -464,13 +522,7 @@ def _compiled_predictor(path: Path, runtime: OnnxRuntimeChoice, meta: ModelMetad
     tune_malloc()
     if threads is not None:
         torch.set_num_threads(int(threads))
-    try:
-        module = load_aoti(entry.package)
-    except DeepergatError as e:
-        if choice == "compiled":
-            raise
-        log.warning("%s; running %s without it", e, path)
-        return None
+    module = load_aoti(package, fd=fd)
     return TorchPredictor(path, module, meta, sha256, "cpu", "compiled")
 
 

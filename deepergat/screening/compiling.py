@@ -21,7 +21,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from deepergat.errors import DeepergatError, SettingError
+from deepergat.errors import DeepergatError, SettingError, literal
+from deepergat.export.compiled import torch_version
 from deepergat.export.openvino_runtime import chosen_runtime
 from deepergat.export.resolve import bundled_checkpoint
 from deepergat.system.files import file_sha256
@@ -93,9 +94,10 @@ def compile_first(choice: CompileChoice, model: LoadedModel, *, structures: int,
                    "`deepergat compile CHECKPOINT`)")
     if why_not is not None:
         if choice == "yes":
-            raise SettingError(f"{{compile}} yes: cannot compile the model: {why_not}")
+            raise SettingError(f"{{compile}} yes: cannot compile the model: {literal(why_not)}")
         return False
-    if choice == "auto" and (structures < AUTO_COMPILE_MIN or _compiler() is None):
+    if choice == "auto" and (structures < AUTO_COMPILE_MIN or _compiler() is None
+                             or torch_version() is None):
         return False
     from deepergat.export.compile import compile_model
 

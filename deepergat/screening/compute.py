@@ -198,7 +198,7 @@ def _claim_or_wait(parts: PartsDir, manifest: dict[str, Any]) -> bool:
 
     Another task may have merged, removed the parts and its claim between this task's look at
     the parts and its claim: the output is looked at again after a won claim (a merging task
-    writes the output before it removes its claim), and that claim is then released."""
+    writes the output before it removes its claim), and what is left is then removed."""
     token = claim_token()
     said = False
     while True:
@@ -212,7 +212,9 @@ def _claim_or_wait(parts: PartsDir, manifest: dict[str, Any]) -> bool:
             raise
         if won:
             if _merged_by_another(parts, manifest):
-                parts.release_claim()
+                # the merging task is gone (done, or died before its cleanup): holding the
+                # claim, this task removes what is left
+                parts.remove()
                 return False
             return True
         if not said:

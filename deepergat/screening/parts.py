@@ -573,19 +573,6 @@ class PartsDir:
             self._claim = path
             return True
 
-    def release_claim(self) -> None:
-        """Give up this process's merge claim (the output turned out merged by another task):
-        its file is removed, and the directory too when nothing else is left in it."""
-        claim = getattr(self, "_claim", None)
-        if claim is None:
-            return
-        claim.unlink(missing_ok=True)
-        self._claim = None
-        with contextlib.suppress(OSError):
-            if self.logs.is_dir() and not any(self.logs.iterdir()):
-                self.logs.rmdir()
-            self.path.rmdir()
-
     def refresh_claim(self) -> None:
         """Show that this process's merge claim is alive (for claimants on other nodes)."""
         claim = getattr(self, "_claim", None)

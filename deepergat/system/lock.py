@@ -57,8 +57,8 @@ from typing import Any
 
 from deepergat.errors import DeepergatError
 
-__all__ = ["HEARTBEAT", "STALE_AFTER", "OutputLock", "node_key", "process_record",
-           "record_alive", "run_token"]
+__all__ = ["HEARTBEAT", "STALE_AFTER", "LockHeldError", "OutputLock", "node_key",
+           "process_record", "record_alive", "run_token"]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,10 @@ def _mtime(path: Path) -> int | None:
         return os.fstat(fd).st_mtime_ns
     finally:
         os.close(fd)
+
+
+class LockHeldError(DeepergatError):
+    """Another live run owns the lock (the one refusal a caller may wait out)."""
 
 
 @dataclass(frozen=True)
@@ -514,9 +518,9 @@ class OutputLock:
             if not self._here(h) or not _pid_alive(h.pid, h.start):
                 h.path.unlink(missing_ok=True)
 
-    def _refusal(self, end: _Record) -> DeepergatError:
+    def _refusal(self, end: _Record) -> LockHeldError:
         d = end.data
-        return DeepergatError(
+        return LockHeldError(
             f"{self.label}: another run is writing it (started {d.get('since', '?')} on "
             f"{d.get('host', '?')}, pid {d.get('pid', '?')}); wait until it ends, or "
             f"{self.way_out}"

@@ -65,6 +65,8 @@ Keep = Literal["best", "last"]
 LrSchedule = Literal["plateau", "cosine"]
 #: How ensemble members differ (``members``).
 MemberKind = Literal["folds", "seeds"]
+#: Arithmetic of the training step (`RunSettings.precision`).
+Precision = Literal["fp32", "bf16", "tf32"]
 MEMBER_KINDS: tuple[str, ...] = get_args(MemberKind)
 
 
@@ -276,7 +278,13 @@ class RunSettings(_Section):
             (Inductor: fused C++ kernels on the CPU, which needs a C++ compiler; Triton on
             CUDA). Compiled once per run for any batch shape (``dynamic=True``), cached per
             user by PyTorch; validation and prediction stay eager.
+        precision: the training step's arithmetic: ``fp32``; ``bf16`` (forward and loss under
+            ``torch.autocast`` in bfloat16: CUDA, and CPUs with AMX/AVX512-BF16); ``tf32``
+            (CUDA matrix products in TensorFloat-32). Weights, optimizer, validation and every
+            reported error stay float32.
     """
+
+    CHOICES: ClassVar[dict[str, Any]] = {"precision": Precision}
 
     out: str = ""
     seed: int = 0
@@ -285,10 +293,12 @@ class RunSettings(_Section):
     max_time: float | None = None
     curve_every: int = 10
     compile: bool = False
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.max_time, str):
             self.max_time = parse_max_time(self.max_time)
+        self._check_choices()
 
 
 #: Section name → its settings class, in the order `TrainConfig` holds them.
@@ -311,6 +321,7 @@ _FLAT_ORDER = (
     "member", "oof", "local_neighbors", "model", "cutoff", "max_neighbors", "graph",
     "distance_scale", "scale_targets", "lr_monitor", "keep", "lr_schedule", "weight_decay",
     "lr_factor", "lr_patience", "min_lr", "lr_threshold", "curve_every", "compile",
+    "precision",
 )
 
 

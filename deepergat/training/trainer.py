@@ -54,7 +54,7 @@ from deepergat.system.launch import (
     teardown_distributed,
 )
 
-from .config import TrainConfig
+from .config import Precision, TrainConfig
 from .data import GraphSet, to_tensors
 from .outputs import (
     EpochRecord,
@@ -273,19 +273,47 @@ def compiled(net: nn.Module, device: torch.device) -> nn.Module:
     return torch.compile(net, dynamic=True)  # type: ignore[return-value]
 
 
+def set_precision(precision: Precision, device: torch.device) -> None:
+    """Check the training step's arithmetic against the device and set it up: ``tf32`` turns
+    on TensorFloat-32 matrix products (CUDA only, process-wide); ``bf16`` warns on a CPU
+    without native bfloat16 (it runs, emulated and slower).
+
+    Raises:
+        SettingError: ``tf32`` on a CPU.
+    """
+    if precision == "tf32":
+        if device.type != "cuda":
+            raise SettingError("{precision} tf32 is an NVIDIA GPU mode (TensorFloat-32 matrix "
+                               "products); on a CPU use bf16 or fp32")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif precision == "bf16" and device.type == "cpu":
+        try:
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = True  # cannot tell: say nothing
+        if not native:
+            log.warning("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or "
+                        "AMX); the step is emulated and likely slower than fp32")
+
+
 def batch_loss(model: nn.Module, g: GraphSet, rows: np.ndarray, y_all: np.ndarray,
-               device: torch.device, std: float, per_atom: bool
-               ) -> tuple[torch.Tensor, float, int]:
+               device: torch.device, std: float, per_atom: bool, *,
+               precision: Precision = "fp32") -> tuple[torch.Tensor, float, int]:
     """The L1 loss of one batch in scaled units, its |error| sum (target units) and its size.
 
     Args:
         model: the model (or its DDP wrapper), in training mode.
         g, rows: the batch's usable rows of a graph set. y_all: [M] targets of ``g``.
         std: the target scale. per_atom: the loss compares per-atom values.
+        precision: ``bf16`` runs the forward pass under ``torch.autocast`` in bfloat16 (the
+            loss is taken in float32); ``fp32`` and ``tf32`` as they are.
     """
     inputs = to_tensors(g.batch(rows), device)
     y = torch.as_tensor(y_all[rows], dtype=torch.float32, device=device)
-    pred = model(*inputs.values())[0][:, 0]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        pred = model(*inputs.values())[0][:, 0]
+    pred = pred.float()
     err = pred - y
     if per_atom:
         err = err / torch.as_tensor(g.n_atoms[rows], dtype=torch.float32, device=device)
@@ -515,6 +543,7 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        set_precision(cfg.run.precision, device)
         if cfg.run.compile:
             self.net = compiled(self.net, device)
         self.optimizer = optimizer
@@ -667,7 +696,8 @@ class Trainer:
         g_train = self.splits.train[0]
         loss, err_sum, count = batch_loss(self.net, g_train, rows,
                                           g_train.targets[self.cfg.dataset.target], self.device,
-                                          self.std, self.cfg.network.per_atom)
+                                          self.std, self.cfg.network.per_atom,
+                                          precision=self.cfg.run.precision)
         st = self.state
         if not math.isfinite(err_sum) and self.diverged is None:
             # the ranks stop together before the next batch (`stop_reason`); every rank still

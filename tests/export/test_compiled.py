@@ -131,6 +131,11 @@ def _damaged_record(entry: Path) -> None:
     (entry / "compiled.json").write_text("{not json")
 
 
+def _group_writable_folder_above(entry: Path) -> None:
+    above = entry.parent.parent  # the folder holding the cache: its owner could swap the cache
+    above.chmod(0o777)
+
+
 def _another_owner(entry: Path) -> None:
     if not hasattr(os, "getuid") or os.getuid() != 0:
         pytest.skip("changing a file's owner needs root")
@@ -139,7 +144,8 @@ def _another_owner(entry: Path) -> None:
 
 @pytest.mark.parametrize("spoil", [_group_writable_folder, _group_writable_package,
                                    _altered_package, _symlinked_package, _record_of_another_cpu,
-                                   _damaged_record, _another_owner])
+                                   _damaged_record, _another_owner,
+                                   _group_writable_folder_above])
 def test_an_entry_that_is_not_this_users_own_or_not_what_was_compiled_is_never_loaded(
         cache: Path, use: Any, spoil: Any, small_model: dict[str, Any],
         caplog: pytest.LogCaptureFixture) -> None:
@@ -150,8 +156,26 @@ def test_an_entry_that_is_not_this_users_own_or_not_what_was_compiled_is_never_l
     p = load(small_model["onnx"], device="cpu")
     assert p.backend in ("openvino", "onnxruntime")
     assert "not using the compiled model" in caplog.text
-    with pytest.raises(SettingError, match="deepergat compile"):
+    with pytest.raises(DeepergatError, match="deepergat compile|not using the compiled model"):
         load(small_model["onnx"], device="cpu", runtime="compiled")
+
+
+def test_a_file_claiming_the_checkpoint_of_another_model_never_runs_it(
+        cache: Path, use: Any, tmp_path: Path, small_model: dict[str, Any],
+        exported_tiny: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """An .onnx file whose metadata names the compiled checkpoint's sha256 but describes
+    another model (here a dim-16 model) runs as itself, never as the compiled model."""
+    from deepergat.export import read_metadata
+    from deepergat.export.onnx import set_onnx_metadata
+
+    use(cache)
+    claimed = load(small_model["onnx"], device="cpu").metadata.source_sha256
+    liar = tmp_path / "liar.onnx"
+    shutil.copy(exported_tiny["onnx"], liar)
+    set_onnx_metadata(liar, {**read_metadata(liar), "source_sha256": claimed})
+    caplog.clear()
+    assert load(liar, device="cpu").backend in ("openvino", "onnxruntime")
+    assert "describe different models (model" in caplog.text
 
 
 def test_another_cpu_or_torch_has_its_own_entry(cache: Path, use: Any,

@@ -81,15 +81,16 @@ def test_a_config_yaml_written_before_loads_and_writes_back_the_same() -> None:
     assert cfg.network.arch == "cgcnn" and cfg.network.model == {"dim": 32, "identity": "single"}
     assert cfg.trainer.lr == 0.002 and cfg.ensembles.member == 1 and cfg.run.max_time == 5400.0
     assert cfg.dataset.graph == "minimum-image" and cfg.network.distance_scale == 6.5
-    # written back the same, with the one setting added since (--compile) at the end
-    assert yaml.safe_dump(cfg.to_dict(), sort_keys=False) == WRITTEN_BEFORE + "compile: false\n"
+    # written back the same, with the settings added since (--compile, --precision) at the end
+    assert yaml.safe_dump(cfg.to_dict(), sort_keys=False) == (
+        WRITTEN_BEFORE + "compile: false\nprecision: fp32\n")
 
 
 def test_the_flat_form_has_every_setting_once_in_the_order_runs_wrote() -> None:
     flat = DEFAULTS.to_dict()
-    assert list(flat) == [*yaml.safe_load(WRITTEN_BEFORE), "compile"]
+    assert list(flat) == [*yaml.safe_load(WRITTEN_BEFORE), "compile", "precision"]
     names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
-    assert sorted(names) == sorted(flat) and len(names) == 43
+    assert sorted(names) == sorted(flat) and len(names) == 44
     # the defaults as the starting commit had them (layers and lr from the architecture)
     assert (flat["layers"], flat["lr"], flat["epochs"], flat["batch_size"]) == (10, 0.005, 500,
                                                                                 100)

@@ -454,3 +454,53 @@ def test_compile_without_a_compiler_is_one_setting_error(monkeypatch: pytest.Mon
     with pytest.raises(SettingError, match=r"C\+\+ compiler \(deepergat-no-such-cxx") as err:
         trainer.compiled(torch.nn.Linear(2, 2), torch.device("cpu"))
     assert err.value.settings == ["compile"]
+
+
+def test_a_bf16_step_is_autocast_and_what_is_kept_stays_float32(tiny_store: Path,
+                                                                tmp_path: Path) -> None:
+    """``--precision bf16``: the forward pass runs in bfloat16 (the loss differs from fp32's by
+    bfloat16 rounding, not more), the loss and every kept tensor are float32, validation errors
+    are float32 and close to an fp32 run's; the setting is recorded."""
+    import torch
+
+    from deepergat.nn.deepergatgnn import DeeperGATGNN
+    from deepergat.training.trainer import batch_loss
+
+    g = load_graphs(tiny_store, cache_dir=tmp_path / "cache")
+    torch.manual_seed(0)
+    net = DeeperGATGNN(layers=2, dim=16).train()
+    rows, y = g.usable[:16], g.targets["heat_ref"]
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        loss, err_sum, _ = batch_loss(net, g, rows, y, torch.device("cpu"), 1.0, False,
+                                      precision=precision)  # type: ignore[arg-type]
+        assert loss.dtype == torch.float32 and np.isfinite(err_sum)
+        losses[precision] = float(loss.detach())
+    assert losses["bf16"] != losses["fp32"]  # really autocast
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+    plain, half = tmp_path / "fp32", tmp_path / "bf16"
+    train(run_config(tiny_store, plain, epochs=2))
+    train(run_config(tiny_store, half, epochs=2, precision="bf16"))
+    kept = saved(half / "last.ckpt")["state_dict"]
+    assert all(t.dtype == torch.float32 for t in kept.values() if t.is_floating_point())
+    mae = [np.loadtxt(d / "metrics.csv", delimiter=",", skiprows=1)[-1, 2:4] for d in (plain, half)]
+    np.testing.assert_allclose(mae[1], mae[0], rtol=0.25)
+    assert yaml.safe_load((half / "config.yaml").read_text())["precision"] == "bf16"
+
+
+def test_tf32_on_a_cpu_and_an_unknown_precision_are_one_setting_error(tiny_store: Path,
+                                                                       tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from deepergat.cli import main
+
+    with pytest.raises(SettingError, match="tf32 is an NVIDIA GPU mode") as err:
+        train(run_config(tiny_store, tmp_path / "run", epochs=1, precision="tf32",
+                         device="cpu"))
+    assert err.value.settings == ["precision"]
+    with pytest.raises(SettingError, match="precision: 'fp16' is not one of fp32, bf16, tf32"):
+        run_config(tiny_store, tmp_path / "run2", epochs=1, precision="fp16")
+    r = CliRunner().invoke(main, ["train", "--data", str(tiny_store), "--target", "heat_ref",
+                                  "--out", str(tmp_path / "run3"), "--epochs", "1",
+                                  "--device", "cpu", "--precision", "tf32"])
+    assert r.exit_code == 2 and "--precision tf32 is an NVIDIA GPU mode" in r.output

@@ -16,7 +16,8 @@
 # 4. end-to-end screening of GPU_CANDIDATES generated candidates (default 1 M) on cuda with the
 #    bundled single model and with the bundled ensemble, and the same files compared with a CPU
 #    screen of their first 20,000 (the agreement rule);
-# 5. training speed on cuda: TRAIN_EPOCHS epochs of the bundled recipe on a perovskite store
+# 5. training speed on cuda: TRAIN_EPOCHS epochs of the bundled recipe on a perovskite store,
+#    in fp32, bf16 autocast and tf32
 #    (PEROV=<store.h5>, else the test fixture's 300 structures), structures/s per epoch;
 # 6. inference rate of every architecture on cuda (bench_infer.py --architectures), if time is
 #    left (ARCH_CHECK=0 skips it).
@@ -145,18 +146,24 @@ if [ -z "$STORE" ]; then
   "${DG[@]}" pack tests/data/perov5_sample.csv --cif-column cif --id-column material_id \
     --target heat_ref:eV -o "$STORE" >>"$LOG" 2>&1
 fi
-if step "train $DEV" 150 "${DG[@]}" train --data "$STORE" --target heat_ref --epochs "$EPOCHS" \
-    --graph minimum-image --distance-scale data --device "$DEV" --out "$OUT/train-$DEV"; then
-  per=$("$PY" - "$OUT/train-$DEV/metrics.csv" "$STORE" <<'EOF'
+PRECISIONS=(fp32 bf16)
+if [ "$DEV" = cuda ]; then PRECISIONS+=(tf32); fi
+for PREC in "${PRECISIONS[@]}"; do
+  if step "train $DEV $PREC" 150 "${DG[@]}" train --data "$STORE" --target heat_ref \
+      --epochs "$EPOCHS" --graph minimum-image --distance-scale data --device "$DEV" \
+      --precision "$PREC" --out "$OUT/train-$DEV-$PREC"; then
+    per=$("$PY" - "$OUT/train-$DEV-$PREC/metrics.csv" "$STORE" <<'EOF'
 import csv, sys, statistics, h5py
 rows = list(csv.DictReader(open(sys.argv[1])))
 sec = statistics.median(float(r["seconds"]) for r in rows[1:] or rows)
 n = int(h5py.File(sys.argv[2])["n_atoms"].shape[0] * 0.9)
-print(f"{sec:.2f} s/epoch, {n / sec:.0f} training structures/s")
+mae = float(rows[-1]["val_mae"])
+print(f"{sec:.2f} s/epoch, {n / sec:.0f} training structures/s, last val MAE {mae:.4f}")
 EOF
 )
-  row "training ($DEV, $EPOCHS epochs)" "ok" "$per"
-fi
+    row "training ($DEV, $PREC, $EPOCHS epochs)" "ok" "$per"
+  fi
+done
 
 # ---- 6. every architecture's inference rate
 if [ "${ARCH_CHECK:-1}" != 0 ] && step "architectures" 150 "$PY" benchmarks/bench_infer.py \

@@ -122,7 +122,10 @@ def load_aoti(path: str | os.PathLike[str], *, fd: int | None = None) -> Any:
                 _check_compiled_for(path, info)
                 return AotiModule(loader_cls(source, "model", False, 1, -1), fd)  # type: ignore[misc]
             except (AttributeError, TypeError):  # another torch: its public loader and ISA probe
-                return torch._inductor.aoti_load_package(source)
+                module = torch._inductor.aoti_load_package(source)
+                if fd is not None:
+                    os.close(fd)
+                return module
     except DeepergatError:
         raise
     except Exception as e:  # the loader raises RuntimeError, OSError, ...

@@ -57,7 +57,7 @@ def _make_private(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _entry_lock(folder: Path, sha: str, say: Callable[[str], None]) -> Iterator[None]:
+def _entry_lock(folder: Path, say: Callable[[str], None]) -> Iterator[None]:
     """Hold the entry's lock, waiting while another process compiles it (`WAIT_SECONDS`)."""
     from deepergat.system.lock import LockHeldError, OutputLock
 
@@ -144,7 +144,7 @@ def compile_model(
             return found, False
     root = _make_private(cache_root())
     folder = _make_private(root / entry_dir(sha, torch=version).name)
-    with _entry_lock(folder, sha, say):
+    with _entry_lock(folder, say):
         if not force:  # another process may have compiled it while this one waited
             found = find_compiled(sha)
             if found is not None:

@@ -207,8 +207,8 @@ def find_compiled(source_sha256: str) -> CompiledEntry | None:
         return None
     problem = ancestors_problem(root)
     for p in (root, folder):
-        problem = problem or (None if private_problem(p) is None
-                              else f"{p} is {private_problem(p)}")
+        if problem is None and (why := private_problem(p)) is not None:
+            problem = f"{p} is {why}"
     if problem is not None:
         log.warning("not using the compiled model in %s: %s", folder, problem)
         return None

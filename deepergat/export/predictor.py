@@ -479,7 +479,7 @@ def _compiled_predictor(path: Path, runtime: OnnxRuntimeChoice, meta: ModelMetad
         except BaseException:
             os.close(fd)
             raise
-    except DeepergatError as e:
+    except (DeepergatError, ImportError) as e:  # ImportError: a torch that does not import
         if choice == "compiled":
             raise
         log.warning("%s; running %s without it", e, path)

@@ -6,7 +6,7 @@ AOTInductor on the user's own machine, checks the package against the checkpoint
 parity rule, and keeps it in a cache only this user can write. From then on every ``.onnx`` file
 exported from that checkpoint (a bundled model's included) runs on the CPU through the compiled
 package (`load`'s ``runtime="auto"``): 1.4× OpenVINO's rate per core on the bundled model
-(``benchmarks/bench_runtime.py``: 588 against 426 structures/s, whole screens 1.26×), the same
+(``benchmarks/bench_runtime.py``: 583 against 427 structures/s, whole screens 1.24×), the same
 numbers within the agreement rule, and no trust flag — the native code is what this user's
 compiler built, not code read from someone else's file.
 

@@ -3,7 +3,7 @@
 `deepergat.export.compile` compiles a checkpoint with AOTInductor into this user's private
 cache, and every ``.onnx`` file of that checkpoint then runs compiled on this kind of CPU (a
 whole screen ~1.25× OpenVINO's rate on the bundled model, `benchmarks/bench_runtime.py`).
-Compiling costs about 40 s on the development machine, once per user, CPU kind and torch
+Compiling costs about 50 s on the development machine, once per user, CPU kind and torch
 version. So ``auto`` compiles when the run computes at least `AUTO_COMPILE_MIN` structures on
 the CPU (~4 minutes on OpenVINO on 2 cores, which the faster runtime pays back within the run)
 and a C++ compiler is there;
@@ -35,7 +35,7 @@ __all__ = ["AUTO_COMPILE_MIN", "checkpoint_beside", "compile_first"]
 log = logging.getLogger(__name__)
 
 #: Structures a run must compute on the CPU before ``auto`` compiles its model (~4 min at
-#: OpenVINO's rate on 2 cores, against ~40 s of compiling).
+#: OpenVINO's rate on 2 cores, against ~50 s of compiling).
 AUTO_COMPILE_MIN = 200_000
 
 

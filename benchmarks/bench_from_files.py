@@ -71,10 +71,10 @@ def _deepergat_model() -> dict:
     out = subprocess.run([sys.executable, "-m", "deepergat.cli", "info", str(path), "--json"],
                          check=True, capture_output=True, text=True).stdout
     meta = json.loads(out).get("metadata", {})
-    try:  # the runtime an .onnx single model gets on the CPU (DEEPERGAT_ONNX_RUNTIME chooses)
-        from deepergat.export.openvino_runtime import pick_runtime
+    try:  # what the screen's loader picks on the CPU (a compiled model, OpenVINO, ONNX Runtime)
+        from deepergat.export import load
 
-        runtime = pick_runtime("auto", on_cuda=False) if path.suffix == ".onnx" else "torch"
+        runtime = load(path, device="cpu").backend
     except Exception as exc:  # an older checkout or a bad setting: say so, measure anyway
         runtime = f"unknown ({exc})"
     return {"path": str(path), "layers": meta.get("model", {}).get("layers"),

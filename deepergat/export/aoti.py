@@ -19,6 +19,7 @@ as in the other zip-based files.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import warnings
@@ -32,8 +33,8 @@ from deepergat.system.files import atomic_path
 from .metadata import EXTRA_FILE, encode_metadata, meta_tmp_path, save_named, with_exporter
 from .pt2 import export_program
 
-__all__ = ["AotiModule", "cpu_flags", "load_aoti", "missing_cpu_flags", "set_aoti_metadata",
-           "write_aoti"]
+__all__ = ["AotiModule", "cpu_flags", "cpu_info", "load_aoti", "missing_cpu_flags",
+           "set_aoti_metadata", "write_aoti"]
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,29 @@ ISA_FLAGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``, first processor); None elsewhere."""
+@functools.cache
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of Linux ``/proc/cpuinfo`` (read once; {} elsewhere)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
+                key, sep, value = line.partition(":")
+                if not sep:
+                    if fields:  # a blank line ends the first processor
+                        break
+                    continue
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return None
+    return fields
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``, first processor); None elsewhere."""
+    info = cpu_info()
+    value = info.get("flags", info.get("Features"))
+    return frozenset(value.split()) if value is not None else None
 
 
 def missing_cpu_flags(cpu_isa: str, flags: frozenset[str] | None = None) -> list[str]:

@@ -92,20 +92,10 @@ def cache_root() -> Path:
 def cpu_identity() -> dict[str, str]:
     """The CPU an entry's code was built for: machine, model name and a digest of its feature
     flags (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``)."""
-    from .aoti import cpu_flags
+    from .aoti import cpu_flags, cpu_info
 
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                    break
-    except OSError:
-        name = platform.processor()
-    flags = cpu_flags()
-    digest = hashlib.sha256(" ".join(sorted(flags or ())).encode()).hexdigest()[:16]
+    name = cpu_info().get("model name") or platform.processor()
+    digest = hashlib.sha256(" ".join(sorted(cpu_flags() or ())).encode()).hexdigest()[:16]
     return {"machine": platform.machine(), "model": name, "flags": digest}
 
 

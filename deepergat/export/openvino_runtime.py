@@ -100,24 +100,15 @@ def pick_runtime(runtime: str, *, on_cuda: bool, has_std: bool = False
         SettingError: an unknown choice (argument or environment), or ``"openvino"`` asked for
             where it cannot run (package missing, or a CUDA device).
     """
-    runtime = check_runtime(runtime)
-    source = "runtime"
-    if runtime == "auto":
-        env = os.environ.get(ENV_RUNTIME, "").strip().lower()
-        if env:
-            source = f"{ENV_RUNTIME}={env}"
-            if env not in get_args(OnnxRuntimeChoice):
-                raise SettingError(f"{source}: unknown ONNX runtime: choose one of "
-                                   f"{', '.join(get_args(OnnxRuntimeChoice))}")
-            runtime = env  # type: ignore[assignment]
-            if has_std:  # a job script's choice never moves an ensemble's spread
-                return "onnxruntime"
-    if runtime == "compiled":  # `chosen_runtime` found no compiled model: what auto picks
-        runtime = "auto"
-    if runtime == "auto":
+    choice = chosen_runtime(runtime)
+    from_env = runtime == "auto" and choice != "auto"
+    source = f"{ENV_RUNTIME}={choice}" if from_env else "runtime"
+    if from_env and has_std:  # a job script's choice never moves an ensemble's spread
+        return "onnxruntime"
+    if choice in ("auto", "compiled"):  # compiled: `load` found no compiled model to run
         use = not on_cuda and not has_std and openvino_available()
         return "openvino" if use else "onnxruntime"
-    if runtime == "onnxruntime":
+    if choice == "onnxruntime":
         return "onnxruntime"
     if on_cuda:
         raise SettingError(f"{source} 'openvino' runs on the CPU only; use device 'cpu' or the "
@@ -144,9 +135,7 @@ def chosen_runtime(runtime: str) -> OnnxRuntimeChoice:
 def openvino_was_asked(runtime: str) -> bool:
     """Whether OpenVINO was named (the argument, or `ENV_RUNTIME` under ``"auto"``) rather
     than chosen by ``"auto"``: only a chosen one may fall back to ONNX Runtime."""
-    if runtime == "auto":
-        return os.environ.get(ENV_RUNTIME, "").strip().lower() == "openvino"
-    return runtime == "openvino"
+    return chosen_runtime(runtime) == "openvino"
 
 
 #: Signals OpenVINO's worker threads must never receive (`_signals_blocked`).

@@ -18,7 +18,6 @@ exported into itself) with the sha256 the file's metadata names; a job script's
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from deepergat.errors import DeepergatError, SettingError, literal
@@ -52,7 +51,10 @@ def checkpoint_beside(model: LoadedModel) -> Path | None:
 
 
 def _compiler() -> str | None:
-    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    """The C++ compiler Inductor itself would use (its own search, not PATH's ``c++``)."""
+    from deepergat.training.trainer import inductor_compiler
+
+    return inductor_compiler()
 
 
 def _progress(message: str) -> None:
@@ -88,6 +90,10 @@ def compile_first(choice: CompileChoice, model: LoadedModel, *, structures: int,
         why_not = "DEEPERGAT_ONNX_RUNTIME chooses the runtime"
     elif Path(model.predictor.path).suffix != ".onnx":
         why_not = "only an .onnx model runs compiled"
+    if why_not is None and choice == "auto" and (structures < AUTO_COMPILE_MIN
+                                                 or torch_version() is None
+                                                 or _compiler() is None):
+        return False  # cheap reasons first: the checkpoint is hashed only when it may compile
     ckpt = checkpoint_beside(model) if why_not is None else None
     if why_not is None and ckpt is None:
         why_not = (f"its checkpoint is not beside {model.predictor.path} (compile it with "
@@ -95,9 +101,6 @@ def compile_first(choice: CompileChoice, model: LoadedModel, *, structures: int,
     if why_not is not None:
         if choice == "yes":
             raise SettingError(f"{{compile}} yes: cannot compile the model: {literal(why_not)}")
-        return False
-    if choice == "auto" and (structures < AUTO_COMPILE_MIN or _compiler() is None
-                             or torch_version() is None):
         return False
     from deepergat.export.compile import compile_model
 

@@ -156,7 +156,7 @@ def test_an_entry_that_is_not_this_users_own_or_not_what_was_compiled_is_never_l
     p = load(small_model["onnx"], device="cpu")
     assert p.backend in ("openvino", "onnxruntime")
     assert "not using the compiled model" in caplog.text
-    with pytest.raises(DeepergatError, match="deepergat compile|not using the compiled model"):
+    with pytest.raises(DeepergatError, match=r"deepergat compile|not using the compiled model"):
         load(small_model["onnx"], device="cpu", runtime="compiled")
 
 

@@ -99,7 +99,7 @@ def _pipeline(opts: ScreenOptions, prep: Prepared, batch: tuple[int, int]) -> Pi
         spread=model.spread, workers=res.workers,
         worker_model=((str(model.predictor.path), model.sha256, opts.predictor.trust)
                       if res.workers_predict else None),
-        batch_atoms=batch[0], batch_edges=batch[1],
+        batch_atoms=batch[0], batch_edges=batch[1], started=prep.started,
     )
 
 

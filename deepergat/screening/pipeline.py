@@ -74,12 +74,14 @@ __all__ = [
     "Pipeline",
     "PipelineStats",
     "Predictor",
+    "StartedWorkers",
     "featurize",
     "featurize_predict",
     "memory_failure",
     "probe_batch",
     "split_batches",
     "start_forkserver",
+    "start_workers",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,8 +93,9 @@ DEFAULT_BATCH_ATOMS = 1024
 #: batch of 1,024 atoms whose ties take K to 19 (simple-cubic shells at 12 neighbors) stays
 #: one batch, as it was before the width was counted; wider batches are cut (`split_batches`).
 DEFAULT_BATCH_EDGES = DEFAULT_BATCH_ATOMS * 20
-#: Modules the forkserver imports once, so each worker starts warm.
-_PRELOAD = ["deepergat.graphs", "deepergat.screening.pipeline"]
+#: Modules the forkserver imports once, so each worker starts warm (`deepergat.screening.warm`
+#: also loads the compiled neighbor-search kernel there, once for every worker).
+_PRELOAD = ["deepergat.graphs", "deepergat.screening.pipeline", "deepergat.screening.warm"]
 
 
 class Predictor(Protocol):
@@ -259,6 +262,66 @@ def start_forkserver() -> None:
     forkserver.ensure_running()
 
 
+def _pool(workers: int, model: tuple[str, str, bool, bool] | None) -> ProcessPoolExecutor:
+    """``workers`` forkserver processes, each set up by `_worker_init` with ``model``."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(model, os.getpid()))
+
+
+def _nothing() -> None:
+    """A task that only makes the pool start one more process."""
+
+
+@dataclass
+class StartedWorkers:
+    """Worker processes started ahead of the pipeline (`start_workers`), so that their start —
+    each one's imports and model — overlaps the rank's own checks, model and probe.
+
+    Attributes:
+        workers: how many.
+        model: the ``(model file, sha256, trust, keep_embeddings)`` they loaded, None when
+            they only search neighbors; a `Pipeline` takes them only for the same one.
+        executor: their pool.
+        starter: the thread that starts them (the forkserver answers only once its preload
+            is imported; the rank does not wait for that).
+    """
+
+    workers: int
+    model: tuple[str, str, bool, bool] | None
+    executor: ProcessPoolExecutor
+    starter: threading.Thread
+
+    def close(self) -> None:
+        """Stop them (a run that ends before its pipeline took them, or did not take them)."""
+        self.starter.join()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def start_workers(workers: int, model: tuple[str, str, bool, bool] | None) -> StartedWorkers:
+    """Start ``workers`` worker processes now, in the background (`StartedWorkers`).
+
+    Args:
+        workers: how many, ≥ 1.
+        model: ``(model file, sha256, trust, keep_embeddings)`` for predicting workers (the
+            sha256 of the file, as `Predictor.sha256`), None for neighbor search only.
+    """
+    executor = _pool(workers, model)
+
+    def start() -> None:
+        # ProcessPoolExecutor starts one more process per task while none is idle
+        for _ in range(workers):
+            try:
+                executor.submit(_nothing)
+            except Exception:  # closed (a refused run) or broken: the pipeline sees it
+                return
+
+    starter = threading.Thread(target=start, name="screen-worker-start", daemon=True)
+    starter.start()
+    return StartedWorkers(workers=workers, model=model, executor=executor, starter=starter)
+
+
 #: The predictor of a worker process that also predicts (`Pipeline` ``worker_model``).
 _WORKER_PREDICTOR: Any = None
 
@@ -278,18 +341,29 @@ def _worker_init(model: tuple[str, str, bool, bool] | None = None,
     )
     build_inputs(s, max_neighbors=2, cutoff=4.0)
     if model is not None:
-        from deepergat import export
-
+        # a failure is kept and raised by the worker's first task: the rank reports it in one
+        # line (and workers started early for a run then refused never print a traceback)
         path, sha256, trust, keep_embeddings = model
-        predictor = export.load(path, device="cpu", threads=1, trust=trust)
+        try:
+            from deepergat import export
+
+            predictor = export.load(path, device="cpu", threads=1, trust=trust)
+        except Exception as e:
+            _WORKER_PREDICTOR = DeepergatError(
+                f"a worker process could not load the model {path}: {e}")
+            return
         if predictor.sha256 != sha256:
-            raise RuntimeError(f"{path} changed while screening (sha256 {predictor.sha256})")
+            _WORKER_PREDICTOR = DeepergatError(
+                f"{path} changed while screening (sha256 {predictor.sha256})")
+            return
         _WORKER_PREDICTOR = (predictor, keep_embeddings)
 
 
 def featurize_predict(batch: StructureBatch, settings: FeaturizeSettings) -> Featurized:
     """`featurize`, then predict with this worker's model (runs in a predicting worker); the
     padded inputs stay in the worker, only the predictions travel back."""
+    if isinstance(_WORKER_PREDICTOR, DeepergatError):
+        raise _WORKER_PREDICTOR
     feat = featurize(batch, settings)
     predictor, keep_embeddings = _WORKER_PREDICTOR
     out = _Outputs(len(batch))
@@ -459,6 +533,8 @@ class Pipeline:
         max_batches: model batches in the workers or waiting for the predictor; a chunk is
             handed over whole once fewer are out [default: 2 × workers, at least 2].
         write_queue: finished chunks waiting for the writer.
+        started: worker processes started ahead (`start_workers`): the first `run` uses them
+            when they are as many and load the same model, else stops them and starts its own.
     """
 
     def __init__(
@@ -478,8 +554,10 @@ class Pipeline:
         prefetch: int | None = None,
         max_batches: int | None = None,
         write_queue: int = 2,
+        started: StartedWorkers | None = None,
     ) -> None:
         self.store_path = Path(store_path)
+        self.started = started
         self.plan = plan
         self.predictor = predictor
         self.settings = dataclasses.replace(settings, batch_atoms=batch_atoms,
@@ -498,18 +576,24 @@ class Pipeline:
         self.task: Callable[[StructureBatch, FeaturizeSettings], Featurized] = (
             featurize_predict if self.worker_model else featurize)
 
+    @property
+    def worker_setup(self) -> tuple[str, str, bool, bool] | None:
+        """What each worker process loads (`StartedWorkers.model`)."""
+        if self.worker_model is None:
+            return None
+        return (*self.worker_model, self.embedding_dim is not None)
+
     def _executor(self, workers: int | None = None) -> Executor:
-        """The workers: ``workers`` processes [default: the pipeline's], or one thread."""
+        """The workers: ``workers`` processes [default: the pipeline's, the started ones first
+        when they match], or one thread."""
         if self.workers == 0:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="featurize")
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
-        model = ((*self.worker_model, self.embedding_dim is not None)
-                 if self.worker_model is not None else None)
-        return ProcessPoolExecutor(
-            max_workers=workers or self.workers, mp_context=ctx, initializer=_worker_init,
-            initargs=(model, os.getpid()),
-        )
+        started, self.started = self.started, None
+        if workers is None and started is not None:
+            if started.workers == self.workers and started.model == self.worker_setup:
+                return started.executor
+            started.close()
+        return _pool(workers or self.workers, self.worker_setup)
 
     def run(
         self,

@@ -94,8 +94,12 @@ def screen(opts: ScreenOptions, ranks: Ranks, hooks: Hooks | None = None) -> Scr
         shard = prepared.shard
         log_name = (f"shard-{shard[0]:04d}-of-{shard[1]:04d}-rank-{ranks.rank:04d}" if shard
                     else f"rank-{ranks.rank:04d}")
-        with _rank_log(prepared.parts, log_name):
-            return compute(opts, ranks, hooks, prepared)
+        try:
+            with _rank_log(prepared.parts, log_name):
+                return compute(opts, ranks, hooks, prepared)
+        finally:
+            if prepared.started is not None:  # a pipeline that took them has stopped them
+                prepared.started.close()
     finally:
         for lock in locks:
             lock.release()

@@ -28,13 +28,14 @@ from deepergat.system.files import file_sha256
 from deepergat.system.launch import shard_from_env
 from deepergat.system.lock import OutputLock, run_token
 
-from .compiling import compile_first
+from .compiling import AUTO_COMPILE_MIN, compile_first
 from .failures import Refusal, literal
 from .merge import check_space, output_bytes, screen_settings
 from .model import DEFAULT_MODEL, LoadedModel, load_model, model_path
 from .mpi import Ranks
 from .options import ScreenOptions, top_csv_path
 from .parts import MANIFEST_FORMAT, PartsDir, settings_digest, store_fingerprint
+from .pipeline import StartedWorkers, start_workers
 from .plan import Plan, make_plan, parse_shard, shard_chunks
 from .predictions import read_identity, write_top_csv
 from .result import ScreenResult
@@ -47,6 +48,7 @@ __all__ = [
     "Resources",
     "RunPlan",
     "discard_unused_parts",
+    "early_workers",
     "open_input",
     "prepare",
     "rank_resources",
@@ -182,6 +184,7 @@ class Prepared:
         model: this rank's model.
         resources: this rank's device and workers.
         shard: (I, N) of an array task, else None.
+        started: this rank's worker processes, started while it prepared (`early_workers`).
     """
 
     parts: PartsDir
@@ -189,6 +192,7 @@ class Prepared:
     model: LoadedModel
     resources: Resources
     shard: tuple[int, int] | None
+    started: StartedWorkers | None = None
 
 
 def run_manifest(opts: ScreenOptions, inp: InputStore, model: LoadedModel, plan: Plan
@@ -385,6 +389,47 @@ def prepare(opts: ScreenOptions, ranks: Ranks, locks: list[OutputLock]
     model_path(opts.predictor.model)  # an unknown model is refused alike on every rank
     resources = rank_resources(opts.control.workers, device, cpus_per_rank(ranks.local_size))
 
+    started = early_workers(opts, resources)
+    try:
+        prepared = _prepare(opts, ranks, locks, parts=parts, shard=shard, resources=resources)
+    except BaseException:
+        if started is not None:
+            started.close()
+        raise
+    if isinstance(prepared, ScreenResult):
+        if started is not None:
+            started.close()
+        return prepared
+    return replace(prepared, started=started)
+
+
+def early_workers(opts: ScreenOptions, resources: Resources) -> StartedWorkers | None:
+    """Start this rank's worker processes now, so that their start (imports, the model in each)
+    overlaps the checks, the rank's own model and its probe; the pipeline takes them if they
+    loaded the model the rank then loads (`Pipeline` ``started``).
+
+    Not when rank 0 may compile the model first (``--compile yes``, or ``auto`` on an input
+    of at least `AUTO_COMPILE_MIN` structures: the workers must load the compiled model) or the
+    model is not found (the rank's own load says why).
+    """
+    if resources.workers == 0 or opts.predictor.compile == "yes":
+        return None
+    try:
+        path = model_path(opts.predictor.model)
+        if opts.predictor.compile == "auto" and resources.workers_predict:
+            with Store(opts.files.input) as store:
+                if len(store) >= AUTO_COMPILE_MIN:
+                    return None
+        sha256 = file_sha256(path)
+    except Exception:  # the checks that follow report it, once, on every rank
+        return None
+    setup = ((str(path), sha256, bool(opts.predictor.trust), bool(opts.files.embeddings))
+             if resources.workers_predict else None)
+    return start_workers(resources.workers, setup)
+
+
+def _prepare(opts: ScreenOptions, ranks: Ranks, locks: list[OutputLock], *, parts: PartsDir,
+             shard: tuple[int, int] | None, resources: Resources) -> ScreenResult | Prepared:
     model: LoadedModel | None = None
     found: RunPlan | ScreenResult | Refusal | None = None  # rank 0's finding, for every rank
     if ranks.is_root:

@@ -491,3 +491,62 @@ def test_the_screen_flags_minimum_image_supercells_above_the_translation_limit()
         pipe = Pipeline("unused.h5", make_plan(np.array([5, 320]), 2), SumPredictor(), settings,
                         n_targets=1, embedding_dim=None)
         assert pipe._out_of_memory(batch).flags.tolist() == want, graph
+
+
+# ---- workers started ahead of the pipeline ------------------------------------------------
+
+
+def test_workers_started_ahead_are_taken_only_for_the_same_setup(store: Path) -> None:
+    from deepergat.screening.pipeline import start_workers
+
+    with Store(store) as s:
+        plan = make_plan(s.n_atoms, 40)
+
+    def pipe(started: object, workers: int = 2) -> Pipeline:
+        return Pipeline(store, plan, SumPredictor(), SETTINGS, n_targets=1, embedding_dim=2,
+                        workers=workers, started=started)  # type: ignore[arg-type]
+
+    same = start_workers(2, None)
+    p = pipe(same)
+    assert p._executor() is same.executor  # taken once ...
+    assert p._executor() is not same.executor  # ... then the pipeline makes its own
+    same.close()
+    for other in (start_workers(1, None), start_workers(2, ("m.onnx", "0" * 64, False, True))):
+        got = pipe(other)._executor()
+        assert got is not other.executor
+        assert other.executor._shutdown_thread  # the unmatched ones are stopped
+        got.shutdown()
+    # a run on workers started ahead gives what a run on its own workers gives
+    ref = joined(run(store, 40, workers=2))
+    got = joined(run(store, 40, workers=2, started=start_workers(2, None)))
+    assert got.ids == ref.ids
+    np.testing.assert_array_equal(got.status, ref.status)
+    np.testing.assert_array_equal(got.predictions, ref.predictions)
+
+
+def test_a_worker_that_cannot_load_the_model_is_one_line(store: Path, tmp_path: Path) -> None:
+    from deepergat.errors import DeepergatError
+
+    bad = tmp_path / "gone.onnx"
+    bad.write_bytes(b"not a model")
+    with Store(store) as s:
+        plan = make_plan(s.n_atoms, 40)
+    pipe = Pipeline(store, plan, SumPredictor(), SETTINGS, n_targets=1, embedding_dim=None,
+                    workers=1, worker_model=(str(bad), "0" * 64, False))
+    with pytest.raises(DeepergatError, match=r"a worker process could not load the model "
+                                             r".*gone\.onnx") as err:
+        pipe.run(ChunkSource(range(plan.n_chunks)), lambda k, a, rows: None)
+    assert "\n" not in str(err.value)
+
+
+def test_the_forkserver_warm_up_never_fails_its_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import deepergat.graphs
+    import deepergat.screening.warm as warm
+
+    def broken(*a: object, **k: object) -> None:
+        raise ValueError("no kernel")
+
+    monkeypatch.setattr(deepergat.graphs, "build_inputs", broken)
+    importlib.reload(warm)  # the forkserver would stop on this exception: it is kept inside

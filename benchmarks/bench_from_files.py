@@ -2,7 +2,7 @@
 ``Predict`` against ``deepergat pack`` + ``deepergat-screen`` on the same folder, same cores.
 
 ``python benchmarks/bench_from_files.py --reference /work/ref/deeperGATGNN [-n 3787] [--pairs 3]
-[--layers 10] [--workdir DIR] [--threads N] [--cores 0,1]``
+[--layers 10] [--model M ...] [--workdir DIR] [--threads N] [--cores 0,1]``
 
 Get the reference first (kept outside this repository, run unmodified with run-time fixes, see
 ``benchmarks/reference_harness.py``)::
@@ -23,14 +23,19 @@ whole subprocess timed by wall clock:
 * the reference: ``main.py --run_mode Predict`` with its ``processed/`` cache removed first
   (cold: it reads the CIFs and builds its graphs), batch 128, writing its CSV;
 * deepergat: ``python -m deepergat.cli pack <folder> -o X.h5`` then ``deepergat-screen --input
-  X.h5 --output P.h5`` (the bundled default model, ``perovskite-heat-single``, 10 layers).
+  X.h5 --output P.h5 --model M`` for each ``--model`` (bundled names or files; default: the
+  bundled default model, ``perovskite-heat-single``, 10 layers, periodic graphs).
+  ``--model perovskite-heat-single --model perovskite-heat-mic`` adds the bundled model on the
+  reference's own graph (minimum-image, 10 layers): the same work as the reference's model.
 
 Prints a markdown table: median seconds of the pairs, structures/s (``-n`` / median) for the
-reference, ``pack``, ``deepergat-screen`` and the two together, and the ratio of the medians
-(the goal: ≥ 4×). Both sides get the same cores: by default every core visible and each
-program's own thread defaults (torch's intra-op threads for the reference; ``pack``'s parser
-processes and ``deepergat-screen``'s worker processes for deepergat); ``--threads N`` sets
-``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for both, ``--cores`` pins both with ``taskset -c``.
+reference, ``pack``, ``deepergat-screen`` and the two together (per model), and the ratio of the
+medians per model (the goal: ≥ 4×). In each pair the reference and every model's commands run
+once, in an order that alternates. Both sides get the same cores: by default every core
+visible and each program's own thread defaults (torch's intra-op threads for the reference;
+``pack``'s parser processes and ``deepergat-screen``'s worker processes for deepergat);
+``--threads N`` sets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for both, ``--cores`` pins both
+with ``taskset -c``.
 The table names the runtime the bundled model ran on (``DEEPERGAT_ONNX_RUNTIME`` in the
 environment chooses, as for any screen).
 Run it with the machine otherwise quiet; compare only numbers from one sitting.
@@ -63,11 +68,12 @@ def _screen_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "deepergat.cli.screen"]
 
 
-def _deepergat_model() -> dict:
-    """Path and layers of the bundled model deepergat-screen uses without --model."""
+def _deepergat_model(model: str | None) -> dict:
+    """Path, layers, graph and runtime of the model ``deepergat-screen --model`` uses (None:
+    the bundled default)."""
     from deepergat.screening.model import model_path
 
-    path = model_path(None)
+    path = model_path(model)
     out = subprocess.run([sys.executable, "-m", "deepergat.cli", "info", str(path), "--json"],
                          check=True, capture_output=True, text=True).stdout
     meta = json.loads(out).get("metadata", {})
@@ -77,8 +83,9 @@ def _deepergat_model() -> dict:
         runtime = load(path, device="cpu").backend
     except Exception as exc:  # an older checkout or a bad setting: say so, measure anyway
         runtime = f"unknown ({exc})"
-    return {"path": str(path), "layers": meta.get("model", {}).get("layers"),
-            "runtime": runtime}
+    name = model or Path(path).parent.name
+    return {"name": name, "path": str(path), "layers": meta.get("model", {}).get("layers"),
+            "graph": meta.get("graph", {}).get("construction", "?"), "runtime": runtime}
 
 
 class Sides:
@@ -103,7 +110,7 @@ class Sides:
         self.ref_rows = rh.predicted_rows(run)
         return seconds
 
-    def deepergat(self) -> tuple[float, float]:
+    def deepergat(self, model: str | None) -> tuple[float, float]:
         self.store.unlink(missing_ok=True)
         self.predictions.unlink(missing_ok=True)
         shutil.rmtree(self.predictions.with_name(self.predictions.name + ".parts"),
@@ -111,7 +118,7 @@ class Sides:
         pack = [*self.pin, sys.executable, "-m", "deepergat.cli", "pack", str(self.folder),
                 "-o", str(self.store)]
         screen = [*self.pin, *_screen_command(), "--input", str(self.store), "--output",
-                  str(self.predictions)]
+                  str(self.predictions), *(["--model", model] if model else [])]
         t_pack = rh.run_timed(pack, self.work, self.env, self.work / "pack.log")
         t_screen = rh.run_timed(screen, self.work, self.env, self.work / "screen.log")
         found = re.search(r"wrote .*\((\d+) structures", (self.work / "screen.log").read_text())
@@ -132,6 +139,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP/MKL threads for both sides [default: each program's own]")
     ap.add_argument("--cores", default=None, help="taskset -c list for both sides")
+    ap.add_argument("--model", action="append", default=None,
+                    help="deepergat-screen's --model, repeatable [default: the bundled default]")
     ap.add_argument("--no-warmup", action="store_true")
     opts = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -150,27 +159,33 @@ def main() -> None:
             rh.train_reference(ref, folder, model, work / "reference-train",
                                layers=opts.layers, epochs=opts.ref_epochs)
         ref_info = rh.reference_model_info(ref, model)
-        ours = _deepergat_model()
+        models: list[str | None] = list(opts.model) if opts.model else [None]
+        ours = [_deepergat_model(m) for m in models]
         sides = Sides(opts, ref, folder, model, work)
         if not opts.no_warmup:
             log.info("warm-up (untimed): one run of each side")
             sides.reference()
-            sides.deepergat()
+            for m in models:
+                sides.deepergat(m)
         ref_s: list[float] = []
-        pack_s: list[float] = []
-        screen_s: list[float] = []
+        pack_s: list[list[float]] = [[] for _ in models]
+        screen_s: list[list[float]] = [[] for _ in models]
+        screened: list[int] = [-1 for _ in models]
         for pair in range(opts.pairs):
-            order = ("reference", "deepergat") if pair % 2 == 0 else ("deepergat", "reference")
+            order: list[int | None] = [None, *range(len(models))]  # None: the reference
+            if pair % 2:
+                order.reverse()
             for side in order:
-                if side == "reference":
+                if side is None:
                     ref_s.append(sides.reference())
                     log.info("pair %d: reference cold Predict %.2f s", pair + 1, ref_s[-1])
                 else:
-                    p, s = sides.deepergat()
-                    pack_s.append(p)
-                    screen_s.append(s)
-                    log.info("pair %d: deepergat pack %.2f s + screen %.2f s", pair + 1, p, s)
-    total_s = [p + s for p, s in zip(pack_s, screen_s, strict=True)]
+                    p, s = sides.deepergat(models[side])
+                    pack_s[side].append(p)
+                    screen_s[side].append(s)
+                    screened[side] = sides.screened
+                    log.info("pair %d: deepergat pack %.2f s + screen %.2f s (%s)", pair + 1,
+                             p, s, ours[side]["name"])
 
     def row(name: str, times: list[float]) -> str:
         med = statistics.median(times)
@@ -185,16 +200,22 @@ def main() -> None:
     print("|---|---:|---:|---|")
     print(row(f"reference cold `Predict` (DEEP_GATGNN, {ref_info['layers']} AGAT layers, "
               f"{ref_info['parameters']:,} parameters)", ref_s))
-    print(row("`deepergat pack`", pack_s))
-    print(row(f"`deepergat-screen` (bundled {Path(ours['path']).parent.name}, {ours['layers']} "
-              f"layers, on {ours['runtime']})", screen_s))
-    print(row("`deepergat pack` + `deepergat-screen`", total_s))
-    ratio = statistics.median(ref_s) / statistics.median(total_s)
-    pairs = ", ".join(f"{r / t:.2f}" for r, t in zip(ref_s, total_s, strict=True))
-    print(f"\nratio of medians, reference / (pack + screen): **{ratio:.2f}×** (goal ≥ 4×); "
-          f"per pair: {pairs}")
+    totals = [[p + s for p, s in zip(ps, ss, strict=True)]
+              for ps, ss in zip(pack_s, screen_s, strict=True)]
+    for info, ps, ss, total in zip(ours, pack_s, screen_s, totals, strict=True):
+        print(row(f"`deepergat pack` (before {info['name']})", ps))
+        print(row(f"`deepergat-screen --model {info['name']}` ({info['layers']} layers, "
+                  f"{info['graph']} graphs, on {info['runtime']})", ss))
+        print(row(f"`deepergat pack` + `deepergat-screen` ({info['name']})", total))
+    print()
+    for info, total in zip(ours, totals, strict=True):
+        ratio = statistics.median(ref_s) / statistics.median(total)
+        pairs = ", ".join(f"{r / t:.2f}" for r, t in zip(ref_s, total, strict=True))
+        print(f"ratio of medians, reference / (pack + screen) with {info['name']} "
+              f"({info['graph']} graphs): **{ratio:.2f}×** (goal ≥ 4×); per pair: {pairs}")
     print(f"rows out: reference CSV {sides.ref_rows} of {n} (it drops the last structure); "
-          f"deepergat predictions {sides.screened} of {n}")
+          "deepergat predictions " + ", ".join(f"{k} of {n} ({i['name']})"
+                                              for k, i in zip(screened, ours, strict=True)))
 
 
 if __name__ == "__main__":

@@ -77,15 +77,17 @@ def _deepergat_model(model: str | None) -> dict:
     out = subprocess.run([sys.executable, "-m", "deepergat.cli", "info", str(path), "--json"],
                          check=True, capture_output=True, text=True).stdout
     meta = json.loads(out).get("metadata", {})
+    graph = "?"
     try:  # what the screen's loader picks on the CPU (a compiled model, OpenVINO, ONNX Runtime)
         from deepergat.export import load
 
-        runtime = load(path, device="cpu").backend
+        predictor = load(path, device="cpu")
+        runtime, graph = predictor.backend, predictor.graph
     except Exception as exc:  # an older checkout or a bad setting: say so, measure anyway
         runtime = f"unknown ({exc})"
     name = model or Path(path).parent.name
     return {"name": name, "path": str(path), "layers": meta.get("model", {}).get("layers"),
-            "graph": meta.get("graph", {}).get("construction", "?"), "runtime": runtime}
+            "graph": graph, "runtime": runtime}
 
 
 class Sides:

@@ -384,3 +384,29 @@ def test_predict_splits_a_batch_that_fails_for_memory(trained: tuple[Path, Path]
                         lambda *a, **k: Tight(real(*a, **k), lambda x: True))
     with pytest.raises(DeepergatError, match="out of memory even on a one-atom structure"):
         predict_inputs_rows(ckpt, [store], batch_size=30)
+
+
+def test_the_bundled_mic_model_is_the_ensembles_member_0() -> None:
+    """perovskite-heat-mic is member 0 of perovskite-heat run alone: the same weights and
+    target scaling, so the same predictions, and its shipped ONNX file agrees with them."""
+    from deepergat import export
+    from deepergat.export.resolve import bundled_dir
+    from deepergat.graphs import build_inputs
+    from deepergat.nn.checkpoint import load_checkpoint
+
+    mic = load_checkpoint(bundled_dir() / "perovskite-heat-mic" / "best.ckpt").model
+    member = load_checkpoint(bundled_dir() / "perovskite-heat" / "ensemble.ckpt").model.members[0]
+    assert mic.config == member.config
+    mine, theirs = mic.state_dict(), member.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    batch = StructureBatch.from_structures(perov_structures(20))
+    g = build_inputs(batch, cutoff=mic.config["cutoff"], max_neighbors=mic.config["max_neighbors"],
+                     graph=mic.config["graph"])
+    inputs = [torch.from_numpy(v) for v in g.inputs.values()]
+    with torch.no_grad():
+        want = member(*inputs)[0].numpy()[:, 0]
+        assert np.array_equal(mic(*inputs)[0].numpy()[:, 0], want)
+    shipped = export.load("perovskite-heat-mic", device="cpu", runtime="onnxruntime")
+    got = np.asarray(shipped.predict(g.inputs)[0])[:, 0]
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -244,11 +244,12 @@ screen.setting_flags = {  # type: ignore[attr-defined]
 def _connect(opts: ScreenOptions) -> Any:
     """Start the forkserver (when worker processes may be used), then connect the ranks: no
     process is ever forked from one that has initialized MPI."""
+    from deepergat.screening.model import runs_compiled
     from deepergat.screening.mpi import connect
     from deepergat.screening.pipeline import start_forkserver
 
     if opts.control.workers != 0 and not opts.control.merge_only:
-        start_forkserver()
+        start_forkserver(compiled=runs_compiled(opts.predictor.model, opts.predictor.device))
     return connect()
 
 

@@ -33,7 +33,14 @@ from .exporter import FILE_NAMES, FORMATS, ExportedFile, ExportResult, export_mo
 from .files import read_metadata, sniff
 from .metadata import EXPORT_FORMAT, check_settings
 from .parity import agree, tolerance
-from .predictor import OnnxPredictor, OpenVinoPredictor, Predictor, TorchPredictor, load
+from .predictor import (
+    OnnxPredictor,
+    OpenVinoPredictor,
+    Predictor,
+    TorchPredictor,
+    load,
+    would_run_compiled,
+)
 from .resolve import bundled_models, resolve_model
 
 __all__ = [
@@ -55,4 +62,5 @@ __all__ = [
     "resolve_model",
     "sniff",
     "tolerance",
+    "would_run_compiled",
 ]

@@ -49,6 +49,7 @@ from .files import (
     expect_kind,
     onnx_external_tensors,
     onnx_initializers,
+    read_onnx_metadata_props,
 )
 from .metadata import EXTRA_FILE, KINDS, METADATA_KEY, check_settings, decode_model_metadata
 from .openvino_runtime import (
@@ -64,7 +65,7 @@ from .resolve import resolve_model
 from .shapes import INPUT_NAMES
 
 __all__ = ["OnnxPredictor", "OpenVinoPredictor", "Prediction", "Predictor", "TorchPredictor",
-           "load", "parse_device", "warn_cell_dependent"]
+           "load", "parse_device", "warn_cell_dependent", "would_run_compiled"]
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +438,28 @@ def _load_onnx(path: Path, *, device: Device, device_id: int, threads: int | Non
         else:
             return OpenVinoPredictor(path, session, compiled, meta, sha256)
     return OnnxPredictor(path, session, meta, sha256, f"cuda:{device_id}" if on_cuda else "cpu")
+
+
+def would_run_compiled(path: str | os.PathLike[str], runtime: OnnxRuntimeChoice = "auto"
+                       ) -> bool:
+    """Whether `load` on the CPU would run this ``.onnx`` file compiled on this machine: the
+    runtime choice allows it and the cache holds a usable entry for the file's checkpoint (the
+    package itself is checked when it is loaded). Reads the file's metadata only (no session,
+    no torch import).
+
+    Raises:
+        DeepergatError: not a deepergat ONNX file. SettingError: an unknown runtime choice.
+    """
+    p = Path(path)
+    if p.suffix != ".onnx" or chosen_runtime(runtime) not in ("auto", "compiled"):
+        return False
+    from .compiled import find_compiled
+
+    props = read_onnx_metadata_props(p)
+    if METADATA_KEY not in props:
+        raise DeepergatError(f"{p}: an ONNX model without deepergat metadata")
+    meta = decode_model_metadata(props[METADATA_KEY], where=str(p))
+    return find_compiled(meta.source_sha256 or "") is not None
 
 
 #: What must be equal in an ``.onnx`` file's metadata and its compiled package's for the package

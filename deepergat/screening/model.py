@@ -19,12 +19,20 @@ from deepergat.export.resolve import bundled_models, resolve_model
 from deepergat.graphs import BatchEdges, NeighborList
 from deepergat.io.store import StructureBatch
 from deepergat.metadata import ModelMetadata, TargetInfo
+from deepergat.system.devices import visible_gpus
 from deepergat.system.files import file_sha256
 
 from .options import StructureChecks
 from .pipeline import FeaturizeSettings
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "model_identity", "model_path"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LoadedModel",
+    "load_model",
+    "model_identity",
+    "model_path",
+    "runs_compiled",
+]
 
 #: The bundled model screened with when no model is given (else the first bundled one).
 DEFAULT_MODEL = "perovskite-heat-single"
@@ -78,6 +86,18 @@ def model_identity(model: str | None) -> tuple[str, str]:
     file that `deepergat.export.load` would load, as `Predictor.sha256` is."""
     name = model if model is not None else _default_model()
     return _model_name(name), file_sha256(model_path(name))
+
+
+def runs_compiled(model: str | None, device: str) -> bool:
+    """Whether a screen on ``device`` (``auto``, ``cpu``, ``cuda``) would run ``model`` compiled
+    on this machine (`deepergat.export.would_run_compiled`): a cheap look that never fails, for
+    preparing the worker processes (a model that does not load is reported by the load)."""
+    if device == "cuda" or (device == "auto" and visible_gpus()):
+        return False
+    try:
+        return export.would_run_compiled(model_path(model))
+    except Exception:
+        return False
 
 
 def load_model(model: str | None, *, device: tuple[str, int], threads: int | None,

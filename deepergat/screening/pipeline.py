@@ -252,11 +252,17 @@ def featurize(batch: StructureBatch, settings: FeaturizeSettings) -> Featurized:
                       seconds=time.perf_counter() - t0)
 
 
-def start_forkserver() -> None:
-    """Start the forkserver (preloading the graph code) now — before MPI is initialized, so no
-    process is ever forked from an MPI rank."""
+#: What the forkserver also imports when the workers will run a model compiled on this
+#: machine: torch (~1 s a process) is then imported once, not once per worker.
+_PRELOAD_COMPILED = ["torch", "deepergat.export.aoti"]
+
+
+def start_forkserver(*, compiled: bool = False) -> None:
+    """Start the forkserver (preloading the graph code, and torch when ``compiled``: the
+    workers will run a compiled model) now — before MPI is initialized, so no process is ever
+    forked from an MPI rank."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
+    ctx.set_forkserver_preload(_PRELOAD + (_PRELOAD_COMPILED if compiled else []))
     from multiprocessing import forkserver
 
     forkserver.ensure_running()

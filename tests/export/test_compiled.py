@@ -86,15 +86,32 @@ def test_the_onnx_file_runs_compiled_and_agrees(cache: Path, use: Any,
 def test_the_runtime_choice(cache: Path, use: Any, tmp_path: Path,
                             monkeypatch: pytest.MonkeyPatch,
                             small_model: dict[str, Any]) -> None:
+    from deepergat.export import would_run_compiled
+    from deepergat.screening.model import runs_compiled
+
+    onnx = small_model["onnx"]
+
+    def compiled(runtime: str = "auto") -> bool:
+        """`load`'s choice, and the cheap look a screen takes before it starts its workers."""
+        got = load(onnx, device="cpu", runtime=runtime).backend == "compiled"  # type: ignore[arg-type]
+        assert would_run_compiled(onnx, runtime) is got  # type: ignore[arg-type]
+        return got
+
     use(cache)
+    assert compiled()
+    assert runs_compiled(str(onnx), "cpu") and not runs_compiled(str(onnx), "cuda")
+    assert not would_run_compiled(small_model["checkpoint"])
     monkeypatch.setenv("DEEPERGAT_ONNX_RUNTIME", "onnxruntime")
-    assert load(small_model["onnx"], device="cpu").backend == "onnxruntime"
+    assert not compiled()
+    assert load(onnx, device="cpu").backend == "onnxruntime"
     monkeypatch.setenv("DEEPERGAT_ONNX_RUNTIME", "compiled")
-    assert load(small_model["onnx"], device="cpu").backend == "compiled"
+    assert compiled()
     monkeypatch.delenv("DEEPERGAT_ONNX_RUNTIME")
-    assert load(small_model["onnx"], device="cpu", runtime="onnxruntime").backend == "onnxruntime"
+    assert not compiled("onnxruntime")
+    assert load(onnx, device="cpu", runtime="onnxruntime").backend == "onnxruntime"
     use(tmp_path / "empty")  # no entry: auto runs what it ran before; "compiled" is an error
-    assert load(small_model["onnx"], device="cpu").backend in ("openvino", "onnxruntime")
+    assert not compiled()
+    assert load(onnx, device="cpu").backend in ("openvino", "onnxruntime")
     with pytest.raises(SettingError, match="deepergat compile"):
         load(small_model["onnx"], device="cpu", runtime="compiled")
 

@@ -300,9 +300,11 @@ class StartedWorkers:
     starter: threading.Thread
 
     def close(self) -> None:
-        """Stop them (a run that ends before its pipeline took them, or did not take them)."""
+        """Stop them (a run that ends before its pipeline took them, or did not take them),
+        waiting until each has started and stopped: a worker still starting when this process
+        ends would fail to read what it was sent, and print why."""
         self.starter.join()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def start_workers(workers: int, model: tuple[str, str, bool, bool] | None) -> StartedWorkers:

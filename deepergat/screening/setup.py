@@ -409,12 +409,15 @@ def early_workers(opts: ScreenOptions, resources: Resources) -> StartedWorkers |
     loaded the model the rank then loads (`Pipeline` ``started``).
 
     Not when rank 0 may compile the model first (``--compile yes``, or ``auto`` on an input
-    of at least `AUTO_COMPILE_MIN` structures: the workers must load the compiled model) or the
-    model is not found (the rank's own load says why).
+    of at least `AUTO_COMPILE_MIN` structures: the workers must load the compiled model), when
+    the output file exists (a rerun of a finished screen computes nothing), or when the model is
+    not found (the rank's own load says why).
     """
     if resources.workers == 0 or opts.predictor.compile == "yes":
         return None
     try:
+        if opts.files.output_path.exists():  # most likely complete: nothing to compute
+            return None
         path = model_path(opts.predictor.model)
         if opts.predictor.compile == "auto" and resources.workers_predict:
             with Store(opts.files.input) as store:

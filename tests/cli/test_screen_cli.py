@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,24 @@ def test_onnx_screen_never_imports_torch(tmp_path: Path, screen_store: Path,
     assert r.returncode == 0, r.stderr[-3000:]
     assert not marker.exists(), marker.read_text()
     assert_same_predictions(reference_predictions, out, small_model["std"])
+
+
+@pytest.mark.parametrize(("code", "status"), [(0, 0), (2, 2), (None, 0), ("a message", 1)])
+def test_the_quick_exit_keeps_the_status_the_exit_handlers_and_the_output(
+        tmp_path: Path, code: object, status: int) -> None:
+    """`deepergat-screen` ends without the interpreter's module teardown, but the exit
+    handlers run, buffered output arrives through a pipe, and the status is the command's."""
+    mark = tmp_path / "handler-ran"
+    program = (
+        "import atexit, pathlib, sys\n"
+        f"atexit.register(pathlib.Path({str(mark)!r}).touch)\n"
+        "from deepergat.cli.screen import _exit_now\n"
+        "print('summary line', end='')\n"
+        f"_exit_now(SystemExit({code!r}))\n"
+        "raise AssertionError('not reached')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == status, r.stderr
+    assert r.stdout == "summary line" and mark.exists()
+    assert ("a message" in r.stderr) == (code == "a message")

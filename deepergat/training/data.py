@@ -39,9 +39,12 @@ from deepergat.system.files import atomic_open
 
 __all__ = [
     "CACHE_VERSION",
+    "DeviceGraphs",
     "GraphSet",
+    "batch_tensors",
     "cache_path",
     "default_cache_dir",
+    "host_graphs",
     "load_graphs",
     "require_finite",
     "to_tensors",
@@ -148,6 +151,96 @@ class GraphSet:
             "crystal_mask": crystal_mask,
             "batch": owner.astype(np.int64),
         }
+
+
+class DeviceGraphs:
+    """A `GraphSet`'s arrays as tensors on one device, and its batches cut there: training
+    prepares its graphs once, so a step on a GPU copies only its rows (a few hundred integers)
+    to the device, not its padded inputs.
+
+    `batch` gives what ``to_tensors(graphs.batch(rows), device)`` gives, equal element for
+    element. The batch's sizes (atoms, padded width K, largest crystal A) come from host
+    arrays, so cutting a batch never waits for the device.
+
+    Args:
+        graphs: the graph set (kept: ``graphs`` for its ids, targets and host arrays).
+        device: a torch device.
+    """
+
+    def __init__(self, graphs: GraphSet, device: Any) -> None:
+        import torch
+
+        self.graphs = graphs
+        self.device = torch.device(device)
+
+        def put(a: np.ndarray) -> Any:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+        self.n_atoms = put(graphs.n_atoms.astype(np.int64))
+        self.atom_offset = put(graphs.atom_offset.astype(np.int64))
+        self.atomic_numbers = put(graphs.atomic_numbers)
+        self.neighbors = put(graphs.neighbors)
+        self.distances = put(graphs.distances)
+        self.degree = put(graphs.degree)
+        # each structure's widest atom (self loop included), for the batch's K on the host
+        self._width = np.zeros(len(graphs), dtype=np.int64)
+        used = np.flatnonzero(graphs.n_atoms > 0)
+        if len(used):
+            order = used[np.argsort(graphs.atom_offset[used], kind="stable")]
+            self._width[order] = np.maximum.reduceat(
+                graphs.degree.astype(np.int64), graphs.atom_offset[order])
+
+    @staticmethod
+    def nbytes(graphs: GraphSet) -> int:
+        """Device bytes the arrays of ``graphs`` take."""
+        return int(sum(a.nbytes for a in (graphs.n_atoms, graphs.atom_offset,
+                                          graphs.atomic_numbers, graphs.neighbors,
+                                          graphs.distances, graphs.degree)))
+
+    def batch(self, rows: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """Padded model inputs of the given usable rows, in the given order, as tensors on the
+        device (names, shapes and dtypes as `GraphSet.batch`)."""
+        import torch
+
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        n = self.graphs.n_atoms[rows]
+        if len(rows) == 0 or (n == 0).any():
+            raise ValueError("batch() takes a non-empty list of usable rows")
+        total, k, a = int(n.sum()), int(self._width[rows].max()), int(n.max())
+        dev = self.device
+        r = torch.from_numpy(rows).to(dev)
+        counts = self.n_atoms[r]
+        first = torch.cumsum(counts, 0) - counts  # first atom of each crystal in the batch
+        owner = torch.repeat_interleave(torch.arange(len(rows), device=dev), counts,
+                                        output_size=total)
+        start = self.atom_offset[r] - first
+        atoms = start[owner] + torch.arange(total, device=dev)
+        degree = self.degree[atoms]
+        pos = torch.arange(a, device=dev)[None, :]
+        crystal_mask = pos < counts[:, None]
+        return {
+            "atomic_numbers": self.atomic_numbers[atoms],
+            "neighbors": self.neighbors[atoms, :k].to(torch.int64) + first[owner][:, None],
+            "distances": self.distances[atoms, :k],
+            "neighbor_mask": torch.arange(k, device=dev)[None, :] < degree[:, None],
+            "crystal_atoms": torch.where(crystal_mask, first[:, None] + pos, first[:, None]),
+            "crystal_mask": crystal_mask,
+            "batch": owner,
+        }
+
+
+def batch_tensors(g: GraphSet | DeviceGraphs, rows: Sequence[int] | np.ndarray,
+                  device: Any = "cpu") -> dict[str, Any]:
+    """Padded model inputs of ``rows`` as tensors on ``device``: cut on the device for
+    `DeviceGraphs`, else cut by numpy and copied."""
+    if isinstance(g, DeviceGraphs):
+        return g.batch(rows)
+    return to_tensors(g.batch(rows), device)
+
+
+def host_graphs(g: GraphSet | DeviceGraphs) -> GraphSet:
+    """The `GraphSet` itself, or the one a `DeviceGraphs` holds."""
+    return g.graphs if isinstance(g, DeviceGraphs) else g
 
 
 def to_tensors(inputs: dict[str, np.ndarray], device: Any = "cpu") -> dict[str, Any]:

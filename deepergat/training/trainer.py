@@ -55,7 +55,7 @@ from deepergat.system.launch import (
 )
 
 from .config import Precision, TrainConfig
-from .data import GraphSet, to_tensors
+from .data import DeviceGraphs, GraphSet, batch_tensors, host_graphs
 from .outputs import (
     EpochRecord,
     plot_learning_curve,
@@ -72,6 +72,7 @@ __all__ = [
     "Trainer",
     "batch_loss",
     "epoch_batches",
+    "graphs_on",
     "load_kept_model",
     "new_model",
     "predict_rows",
@@ -297,32 +298,35 @@ def set_precision(precision: Precision, device: torch.device) -> None:
                         "AMX); the step is emulated and likely slower than fp32")
 
 
-def batch_loss(model: nn.Module, g: GraphSet, rows: np.ndarray, y_all: np.ndarray,
-               device: torch.device, std: float, per_atom: bool, *,
+def batch_loss(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray,
+               y_all: np.ndarray, device: torch.device, std: float, per_atom: bool, *,
                precision: Precision = "fp32") -> tuple[torch.Tensor, float, int]:
     """The L1 loss of one batch in scaled units, its |error| sum (target units) and its size.
 
     Args:
         model: the model (or its DDP wrapper), in training mode.
-        g, rows: the batch's usable rows of a graph set. y_all: [M] targets of ``g``.
+        g, rows: the batch's usable rows of a graph set (on the host, or on the device).
+            y_all: [M] targets of ``g``.
         std: the target scale. per_atom: the loss compares per-atom values.
         precision: ``bf16`` runs the forward pass under ``torch.autocast`` in bfloat16 (the
             loss is taken in float32); ``fp32`` and ``tf32`` as they are.
     """
-    inputs = to_tensors(g.batch(rows), device)
+    inputs = batch_tensors(g, rows, device)
     y = torch.as_tensor(y_all[rows], dtype=torch.float32, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         pred = model(*inputs.values())[0][:, 0]
     pred = pred.float()
     err = pred - y
     if per_atom:
-        err = err / torch.as_tensor(g.n_atoms[rows], dtype=torch.float32, device=device)
+        err = err / torch.as_tensor(host_graphs(g).n_atoms[rows], dtype=torch.float32,
+                                    device=device)
     loss = err.abs().mean() / std
     return loss, float((pred - y).detach().abs().sum()), len(rows)
 
 
-def predict_rows(model: nn.Module, g: GraphSet, rows: np.ndarray, *, batch_size: int = 100,
-                 device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def predict_rows(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray, *,
+                 batch_size: int = 100, device: torch.device | str = "cpu"
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and embeddings of usable rows (eval mode, no grad).
 
     Returns:
@@ -332,7 +336,7 @@ def predict_rows(model: nn.Module, g: GraphSet, rows: np.ndarray, *, batch_size:
     preds, embs = [], []
     with torch.no_grad():
         for a in range(0, len(rows), batch_size):
-            inputs = to_tensors(g.batch(rows[a : a + batch_size]), device)
+            inputs = batch_tensors(g, rows[a : a + batch_size], device)
             p, e = model(*inputs.values())
             preds.append(p.float().cpu().numpy())
             embs.append(e.float().cpu().numpy())
@@ -358,7 +362,7 @@ def _allreduce(values: list[float], device: torch.device, distributed: bool, *,
     return t.tolist()
 
 
-def _evaluate_mae(model: nn.Module, g: GraphSet, rows: np.ndarray, y: np.ndarray,
+def _evaluate_mae(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray, y: np.ndarray,
                   info: LaunchInfo, device: torch.device, batch_size: int) -> float:
     """MAE of ``model`` over ``rows``, each rank predicting its share."""
     share = rows[info.rank :: info.world_size]
@@ -368,6 +372,27 @@ def _evaluate_mae(model: nn.Module, g: GraphSet, rows: np.ndarray, y: np.ndarray
         total = float(np.abs(pred[:, 0].astype(np.float64) - y[share]).sum())
     total, count = _allreduce([total, count], device, info.distributed)
     return total / max(count, 1.0)
+
+
+#: The share of a GPU's free memory the training and validation graphs may take on it.
+DEVICE_GRAPHS_SHARE = 0.25
+
+
+def graphs_on(g: GraphSet, device: torch.device) -> GraphSet | DeviceGraphs:
+    """Where a run's batches are cut: on a CUDA device, once, when the graphs take at most
+    `DEVICE_GRAPHS_SHARE` of its free memory (`DeviceGraphs`: a step then copies its rows, not
+    its padded inputs); else on the host (the CPU cuts them as fast with numpy)."""
+    if device.type != "cuda":
+        return g
+    need = DeviceGraphs.nbytes(g)
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > DEVICE_GRAPHS_SHARE * free:
+        log.info("graphs of %d structures (%.0f MB) cut on the host: over %.0f %% of %s's "
+                 "free memory", len(g), need / 1e6, 100 * DEVICE_GRAPHS_SHARE, device)
+        return g
+    log.info("graphs of %d structures (%.0f MB) prepared once on %s", len(g), need / 1e6,
+             device)
+    return DeviceGraphs(g, device)
 
 
 class _Stopper:
@@ -555,6 +580,13 @@ class Trainer:
         self.state = state
         #: (epoch, batch), 1-based, of this rank's first loss that was not a finite number
         self.diverged: tuple[int, int] | None = None
+        #: the training and validation graphs, on the device where they fit (`graphs_on`)
+        on_device: dict[int, GraphSet | DeviceGraphs] = {}
+        for g, _ in (splits.train, splits.val):
+            if id(g) not in on_device:
+                on_device[id(g)] = graphs_on(g, device)
+        self.train_graphs = on_device[id(splits.train[0])]
+        self.val_graphs = on_device[id(splits.val[0])]
 
     @property
     def out(self) -> Path:
@@ -694,7 +726,7 @@ class Trainer:
     def take_step(self, rows: np.ndarray) -> None:
         """One optimizer step on one batch (usable rows of the training graph set)."""
         g_train = self.splits.train[0]
-        loss, err_sum, count = batch_loss(self.net, g_train, rows,
+        loss, err_sum, count = batch_loss(self.net, self.train_graphs, rows,
                                           g_train.targets[self.cfg.dataset.target], self.device,
                                           self.std, self.cfg.network.per_atom,
                                           precision=self.cfg.run.precision)
@@ -746,7 +778,7 @@ class Trainer:
         val_mae = math.nan
         if self.has_val:
             g_val, val_rows = self.splits.val
-            val_mae = _evaluate_mae(self.model, g_val, val_rows,
+            val_mae = _evaluate_mae(self.model, self.val_graphs, val_rows,
                                     g_val.targets[self.cfg.dataset.target], self.info,
                                     self.device, t.batch_size)
         # every rank sees the same reduced numbers, so every rank stops alike

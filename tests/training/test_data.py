@@ -146,3 +146,38 @@ def test_the_default_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(data.os, "access", lambda *a: False)  # a folder this user cannot write
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir(store) == tmp_path / "xdg" / "deepergat"
+
+
+def test_graphs_on_the_device_cut_the_batches_the_host_cuts(tiny_store: Path,
+                                                            tmp_path: Path) -> None:
+    """`DeviceGraphs.batch` gives `GraphSet.batch`'s inputs, element for element and dtype for
+    dtype, for any rows in any order (one crystal, all of them, rows around an unusable
+    structure); here on the CPU device, as the tests have no GPU."""
+    import torch
+
+    from deepergat.training.data import DeviceGraphs, batch_tensors, host_graphs, to_tensors
+
+    structures = perov_structures(12)
+    bad = dict(structures[1], id="overlap",
+               positions=np.vstack([structures[1]["positions"][:1]] * 5))
+    mixed = tmp_path / "mixed.h5"
+    write_store(mixed, StructureBatch.from_structures([structures[0], bad, *structures[2:]]))
+    rng = np.random.default_rng(0)
+    for g in (load_graphs(tiny_store, cache_dir=tmp_path), load_graphs(mixed, cache_dir=tmp_path)):
+        on = DeviceGraphs(g, "cpu")
+        assert host_graphs(on) is g and host_graphs(g) is g
+        use = g.usable
+        cases = [use[:1], use[::-1], use, *(rng.permutation(use)[: rng.integers(1, len(use))]
+                                            for _ in range(20))]
+        for rows in cases:
+            want = to_tensors(g.batch(rows))
+            got = on.batch(rows)
+            assert list(got) == list(want)
+            for k in want:
+                assert got[k].dtype == want[k].dtype, k
+                assert torch.equal(got[k], want[k]), k
+            assert all(torch.equal(batch_tensors(on, rows)[k], want[k]) for k in want)
+        with pytest.raises(ValueError):
+            on.batch([])
+    with pytest.raises(ValueError):
+        on.batch([1])  # the unusable structure of the mixed store

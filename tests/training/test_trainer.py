@@ -504,3 +504,30 @@ def test_tf32_on_a_cpu_and_an_unknown_precision_are_one_setting_error(tiny_store
                                   "--out", str(tmp_path / "run3"), "--epochs", "1",
                                   "--device", "cpu", "--precision", "tf32"])
     assert r.exit_code == 2 and "--precision tf32 is an NVIDIA GPU mode" in r.output
+
+
+def test_graphs_prepared_on_the_device_train_as_the_host_batches_do(
+        tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose graphs are prepared once on its device (`DeviceGraphs`, chosen on a GPU
+    where they fit) trains bitwise as one whose batches are cut on the host; forced here on
+    the CPU, which keeps them on the host by itself."""
+    import torch
+
+    from deepergat.training import trainer as trainer_module
+    from deepergat.training.data import DeviceGraphs, GraphSet
+
+    assert isinstance(trainer_module.graphs_on(load_graphs(tiny_store, cache_dir=tmp_path),
+                                               torch.device("cpu")), GraphSet)
+    host = train(run_config(tiny_store, tmp_path / "host", epochs=2))
+    made: list[DeviceGraphs] = []
+
+    def on_device(g: GraphSet, device: torch.device) -> DeviceGraphs:
+        made.append(DeviceGraphs(g, device))
+        return made[-1]
+
+    monkeypatch.setattr(trainer_module, "graphs_on", on_device)
+    device = train(run_config(tiny_store, tmp_path / "device", epochs=2))
+    assert made  # the run cut its batches from them
+    assert [r.train_mae for r in device.history] == [r.train_mae for r in host.history]
+    assert [r.val_mae for r in device.history] == [r.val_mae for r in host.history]
+    assert_same_weights(tmp_path / "host" / "last.ckpt", tmp_path / "device" / "last.ckpt")

@@ -300,8 +300,9 @@ def set_precision(precision: Precision, device: torch.device) -> None:
 
 def batch_loss(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray,
                y_all: np.ndarray, device: torch.device, std: float, per_atom: bool, *,
-               precision: Precision = "fp32") -> tuple[torch.Tensor, float, int]:
-    """The L1 loss of one batch in scaled units, its |error| sum (target units) and its size.
+               precision: Precision = "fp32") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The L1 loss of one batch in scaled units, its |error| sum (target units; a 0-d tensor
+    on the device, read by the caller when it needs it) and its size.
 
     Args:
         model: the model (or its DDP wrapper), in training mode.
@@ -321,7 +322,7 @@ def batch_loss(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray,
         err = err / torch.as_tensor(host_graphs(g).n_atoms[rows], dtype=torch.float32,
                                     device=device)
     loss = err.abs().mean() / std
-    return loss, float((pred - y).detach().abs().sum()), len(rows)
+    return loss, (pred - y).detach().abs().sum(), len(rows)
 
 
 def predict_rows(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray, *,
@@ -372,6 +373,17 @@ def _evaluate_mae(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray
         total = float(np.abs(pred[:, 0].astype(np.float64) - y[share]).sum())
     total, count = _allreduce([total, count], device, info.distributed)
     return total / max(count, 1.0)
+
+
+#: Steps between reads of the batches' |error| sums on a GPU: each read waits for the device,
+#: so a step that read its own would leave the GPU idle while the host queues the next.
+SETTLE_EVERY_GPU = 32
+
+
+def settle_every(device: torch.device) -> int:
+    """Steps between reads of the batches' |error| sums (`Trainer.settle`): every step on the
+    CPU (a read costs nothing there), `SETTLE_EVERY_GPU` on a GPU."""
+    return 1 if device.type == "cpu" else SETTLE_EVERY_GPU
 
 
 #: The share of a GPU's free memory the training and validation graphs may take on it.
@@ -587,6 +599,9 @@ class Trainer:
                 on_device[id(g)] = graphs_on(g, device)
         self.train_graphs = on_device[id(splits.train[0])]
         self.val_graphs = on_device[id(splits.val[0])]
+        #: (step, |error| sum on the device) of the steps not read yet (`settle`)
+        self.unread: list[tuple[int, torch.Tensor]] = []
+        self.settle_every = settle_every(device)
 
     @property
     def out(self) -> Path:
@@ -711,12 +726,15 @@ class Trainer:
                 code = _allreduce([float(_REASONS.index(reason))], self.device, True, op="max")
                 reason = _REASONS[int(code[0])]
             if reason is not None:
-                st.train_sum, st.train_count, bad = _allreduce(
-                    [st.train_sum, st.train_count, self._nonfinite_state()], self.device,
-                    info.distributed)
-                if reason == "diverged" or bad:  # never a last.ckpt that resume would continue
-                    raise self.divergence(st.epoch + 1, "the training loss" if reason ==
-                                          "diverged" else "a weight of the model")
+                self.settle()  # a divergence among the unread steps, on any rank, stops all
+                st.train_sum, st.train_count, bad, diverged = _allreduce(
+                    [st.train_sum, st.train_count, self._nonfinite_state(),
+                     float(self.diverged is not None)], self.device, info.distributed)
+                if reason == "diverged" or diverged or bad:  # never a last.ckpt that resume
+                    # would continue
+                    raise self.divergence(st.epoch + 1, "a weight of the model" if bad and not
+                                          (reason == "diverged" or diverged)
+                                          else "the training loss")
                 if self.writer:
                     atomic_save(self.checkpoint(training=True), self.out / "last.ckpt")
                 return reason
@@ -731,16 +749,28 @@ class Trainer:
                                           self.std, self.cfg.network.per_atom,
                                           precision=self.cfg.run.precision)
         st = self.state
-        if not math.isfinite(err_sum) and self.diverged is None:
-            # the ranks stop together before the next batch (`stop_reason`); every rank still
-            # takes this step, as data-parallel training needs
-            self.diverged = (st.epoch + 1, st.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        st.train_sum += err_sum
         st.train_count += count
         st.step += 1
+        self.unread.append((st.step, err_sum))
+        if len(self.unread) >= self.settle_every:
+            self.settle()
+
+    def settle(self) -> None:
+        """Read the unread steps' |error| sums (one wait for the device) into the epoch's sum,
+        and note the first step whose sum was not a finite number: the ranks then stop together
+        before their next batch (`stop_reason`); every rank still took its steps, as
+        data-parallel training needs. Nothing of that epoch is saved."""
+        if not self.unread:
+            return
+        sums = torch.stack([t.double() for _, t in self.unread]).cpu().tolist()
+        for (step, _), value in zip(self.unread, sums, strict=True):
+            if not math.isfinite(value) and self.diverged is None:
+                self.diverged = (self.state.epoch + 1, step)
+        self.state.train_sum += math.fsum(sums)
+        self.unread.clear()
 
     def _nonfinite_state(self) -> float:
         """1.0 when a weight, buffer or optimizer moment is not a finite number, else 0.0."""
@@ -772,6 +802,7 @@ class Trainer:
         """Validate, step the scheduler, track the best epoch and save ``best.ckpt`` (the kept
         model), ``last.ckpt``, the metrics and the learning curve."""
         t, st = self.cfg.trainer, self.state
+        self.settle()  # a non-finite sum makes the reduced training MAE one on every rank
         total, count, bad = _allreduce([st.train_sum, st.train_count, self._nonfinite_state()],
                                        self.device, self.info.distributed)
         train_mae = total / max(count, 1.0)

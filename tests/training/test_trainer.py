@@ -474,7 +474,7 @@ def test_a_bf16_step_is_autocast_and_what_is_kept_stays_float32(tiny_store: Path
     for precision in ("fp32", "bf16"):
         loss, err_sum, _ = batch_loss(net, g, rows, y, torch.device("cpu"), 1.0, False,
                                       precision=precision)  # type: ignore[arg-type]
-        assert loss.dtype == torch.float32 and np.isfinite(err_sum)
+        assert loss.dtype == torch.float32 and math.isfinite(float(err_sum))
         losses[precision] = float(loss.detach())
     assert losses["bf16"] != losses["fp32"]  # really autocast
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
@@ -531,3 +531,26 @@ def test_graphs_prepared_on_the_device_train_as_the_host_batches_do(
     assert [r.train_mae for r in device.history] == [r.train_mae for r in host.history]
     assert [r.val_mae for r in device.history] == [r.val_mae for r in host.history]
     assert_same_weights(tmp_path / "host" / "last.ckpt", tmp_path / "device" / "last.ckpt")
+
+
+@pytest.mark.parametrize("every", [2, 32])
+def test_error_sums_read_every_few_steps_keep_the_numbers_and_the_divergence_rules(
+        tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int) -> None:
+    """On a GPU the steps' |error| sums are read every `SETTLE_EVERY_GPU` steps (a read waits
+    for the device): the metrics are bitwise those of reading every step, a divergence names
+    the same epoch and batch, and nothing of its epoch is saved (forced here on the CPU)."""
+    from deepergat.training import trainer as trainer_module
+
+    host = train(run_config(tiny_store, tmp_path / "each", epochs=2))
+    monkeypatch.setattr(trainer_module, "settle_every", lambda device: every)
+    lazy = train(run_config(tiny_store, tmp_path / "lazy", epochs=2))
+    assert [r.train_mae for r in lazy.history] == [r.train_mae for r in host.history]
+    assert_same_weights(tmp_path / "each" / "last.ckpt", tmp_path / "lazy" / "last.ckpt")
+    out = tmp_path / "diverged"
+    _poison_in_epoch(monkeypatch, 2)
+    with pytest.raises(SettingError, match=r"^training diverged in epoch 2 \(batch 2\): "
+                                           r"the training (loss|MAE) is not a finite number.*"
+                                           r"last\.ckpt holds epoch 1"):
+        train(run_config(tiny_store, out, epochs=3))
+    assert saved(out / "last.ckpt")["training"]["epoch"] == 1
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2

@@ -149,6 +149,7 @@ fi
 PRECISIONS=(fp32 bf16)
 if [ "$DEV" = cuda ]; then PRECISIONS+=(tf32); fi
 for PREC in "${PRECISIONS[@]}"; do
+  rm -rf "$OUT/train-$DEV-$PREC"  # a rerun in the same folder trains again, not --resume
   if step "train $DEV $PREC" 150 "${DG[@]}" train --data "$STORE" --target heat_ref \
       --epochs "$EPOCHS" --graph minimum-image --distance-scale data --device "$DEV" \
       --precision "$PREC" --out "$OUT/train-$DEV-$PREC"; then
@@ -162,6 +163,8 @@ print(f"{sec:.2f} s/epoch, {n / sec:.0f} training structures/s, last val MAE {ma
 EOF
 )
     row "training ($DEV, $PREC, $EPOCHS epochs)" "ok" "$per"
+  else
+    row "training ($DEV, $PREC, $EPOCHS epochs)" "FAILED" "see $LOG"
   fi
 done
 

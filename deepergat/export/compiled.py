@@ -178,10 +178,11 @@ def _read_private(path: Path) -> bytes:
         return fh.read()
 
 
-def find_compiled(source_sha256: str) -> CompiledEntry | None:
+def find_compiled(source_sha256: str, *, warn: bool = True) -> CompiledEntry | None:
     """The usable entry for a checkpoint's sha256 on this machine, or None (no torch, no entry,
-    or an entry that fails a check: said in a warning). The package is not read here:
-    `open_package` reads and checks it when it is loaded."""
+    or an entry that fails a check: said in a warning unless ``warn`` is false). The package is
+    not read here: `open_package` reads and checks it when it is loaded."""
+    say = log.warning if warn else log.debug
     if not source_sha256:
         return None
     version = torch_version()
@@ -200,16 +201,16 @@ def find_compiled(source_sha256: str) -> CompiledEntry | None:
         if problem is None and (why := private_problem(p)) is not None:
             problem = f"{p} is {why}"
     if problem is not None:
-        log.warning("not using the compiled model in %s: %s", folder, problem)
+        say("not using the compiled model in %s: %s", folder, problem)
         return None
     try:
         record = json.loads(_read_private(record_path))
     except (OSError, ValueError) as e:
-        log.warning("not using the compiled model in %s: its record: %s", folder, e)
+        say("not using the compiled model in %s: its record: %s", folder, e)
         return None
     want = cache_key(source_sha256, version)
     if not isinstance(record, dict) or any(record.get(k) != v for k, v in want.items()):
-        log.warning("not using the compiled model in %s: its record is for another checkpoint, "
+        say("not using the compiled model in %s: its record is for another checkpoint, "
                     "version or CPU", folder)
         return None
     return CompiledEntry(folder / PACKAGE, record)

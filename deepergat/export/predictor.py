@@ -459,7 +459,7 @@ def would_run_compiled(path: str | os.PathLike[str], runtime: OnnxRuntimeChoice 
     if METADATA_KEY not in props:
         raise DeepergatError(f"{p}: an ONNX model without deepergat metadata")
     meta = decode_model_metadata(props[METADATA_KEY], where=str(p))
-    return find_compiled(meta.source_sha256 or "") is not None
+    return find_compiled(meta.source_sha256 or "", warn=False) is not None  # the load warns
 
 
 #: What must be equal in an ``.onnx`` file's metadata and its compiled package's for the package

@@ -169,7 +169,11 @@ def test_an_entry_that_is_not_this_users_own_or_not_what_was_compiled_is_never_l
     root = use(cache, copy=True)
     assert load(small_model["onnx"], device="cpu").backend == "compiled"  # the copy is usable
     spoil(entry_of(root))
+    from deepergat.export import would_run_compiled
+
     caplog.clear()
+    would_run_compiled(small_model["onnx"])  # the screen's early look: the load warns, once
+    assert "not using the compiled model" not in caplog.text
     p = load(small_model["onnx"], device="cpu")
     assert p.backend in ("openvino", "onnxruntime")
     assert "not using the compiled model" in caplog.text

@@ -249,7 +249,8 @@ def _connect(opts: ScreenOptions) -> Any:
     from deepergat.screening.pipeline import start_forkserver
 
     if opts.control.workers != 0 and not opts.control.merge_only:
-        start_forkserver(compiled=runs_compiled(opts.predictor.model, opts.predictor.device))
+        start_forkserver(compiled=runs_compiled(opts.predictor.model, opts.predictor.device,
+                                                compile_first=opts.predictor.compile == "yes"))
     return connect()
 
 
@@ -296,13 +297,15 @@ def main(argv: list[str] | None = None) -> Any:
 
 def _exit_now(end: SystemExit) -> None:
     """End the process without the interpreter's teardown of every module (0.2–0.5 s after a
-    screen, most of it torch's when a compiled model ran): the exit handlers still run first
-    (logging, the worker pools, multiprocessing's), then the standard streams are flushed and
+    screen, most of it torch's when a compiled model ran): what a normal exit does first still
+    runs — other threads are joined and the process pools stopped (`threading._shutdown`), then
+    the exit handlers (logging, multiprocessing's) — then the standard streams are flushed and
     the process exits with the command's status. Every file the screen wrote is closed before
     the command returns. Not under MPI: mpi4py finalizes MPI in the teardown itself."""
     import atexit
     import contextlib
     import os
+    import threading
 
     if "mpi4py" in sys.modules:
         return
@@ -310,6 +313,7 @@ def _exit_now(end: SystemExit) -> None:
     status = code if isinstance(code, int) else 0 if code is None else 1
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):

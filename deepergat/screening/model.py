@@ -88,14 +88,16 @@ def model_identity(model: str | None) -> tuple[str, str]:
     return _model_name(name), file_sha256(model_path(name))
 
 
-def runs_compiled(model: str | None, device: str) -> bool:
+def runs_compiled(model: str | None, device: str, *, compile_first: bool = False) -> bool:
     """Whether a screen on ``device`` (``auto``, ``cpu``, ``cuda``) would run ``model`` compiled
-    on this machine (`deepergat.export.would_run_compiled`): a cheap look that never fails, for
-    preparing the worker processes (a model that does not load is reported by the load)."""
+    on this machine (`deepergat.export.would_run_compiled`, or ``compile_first``: the screen
+    compiles it before its workers start): a cheap look that never fails, for preparing the
+    worker processes (a model that does not load is reported by the load)."""
     if device == "cuda" or (device == "auto" and visible_gpus()):
         return False
     try:
-        return export.would_run_compiled(model_path(model))
+        path = model_path(model)
+        return (compile_first and path.suffix == ".onnx") or export.would_run_compiled(path)
     except Exception:
         return False
 

@@ -347,7 +347,8 @@ def _worker_init(model: tuple[str, str, bool, bool] | None = None,
         [{"id": "warm", "lattice": np.eye(3) * 3.0, "pbc": (True, True, True),
           "atomic_numbers": [14], "positions": [[0.0, 0.0, 0.0]]}]
     )
-    build_inputs(s, max_neighbors=2, cutoff=4.0)
+    for graph in ("periodic", "minimum-image"):  # no-ops when forked from a warm forkserver
+        build_inputs(s, max_neighbors=2, cutoff=4.0, graph=graph)
     if model is not None:
         # a failure is kept and raised by the worker's first task: the rank reports it in one
         # line (and workers started early for a run then refused never print a traceback)

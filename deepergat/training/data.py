@@ -42,6 +42,7 @@ __all__ = [
     "DeviceGraphs",
     "GraphSet",
     "batch_tensors",
+    "batch_values",
     "cache_path",
     "default_cache_dir",
     "host_graphs",
@@ -182,6 +183,7 @@ class DeviceGraphs:
         self.neighbors = put(graphs.neighbors)
         self.distances = put(graphs.distances)
         self.degree = put(graphs.degree)
+        self._values: dict[int, tuple[np.ndarray, Any]] = {}  # id → (host array, device copy)
         # each structure's widest atom (self loop included), for the batch's K on the host
         self._width = np.zeros(len(graphs), dtype=np.int64)
         used = np.flatnonzero(graphs.n_atoms > 0)
@@ -197,6 +199,29 @@ class DeviceGraphs:
                                           graphs.atomic_numbers, graphs.neighbors,
                                           graphs.distances, graphs.degree)))
 
+    def index(self, rows: Sequence[int] | np.ndarray) -> Any:
+        """``rows`` as an int64 tensor on the device. On a GPU the copy goes through pinned
+        memory without waiting: a copy from ordinary host memory would first wait for every
+        step already queued on the device."""
+        import torch
+
+        r = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        if self.device.type == "cuda":
+            return r.pin_memory().to(self.device, non_blocking=True)
+        return r.to(self.device)
+
+    def values(self, values: np.ndarray, rows: Sequence[int] | np.ndarray) -> Any:
+        """``values[rows]`` (a per-structure array: targets, atom counts) as float32 on the
+        device, from a copy of ``values`` put there once."""
+        import torch
+
+        held = self._values.get(id(values))
+        if held is None or held[0] is not values:
+            held = (values, torch.as_tensor(np.asarray(values, dtype=np.float32),
+                                            device=self.device))
+            self._values[id(values)] = held
+        return held[1][self.index(rows)]
+
     def batch(self, rows: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Padded model inputs of the given usable rows, in the given order, as tensors on the
         device (names, shapes and dtypes as `GraphSet.batch`)."""
@@ -208,7 +233,7 @@ class DeviceGraphs:
             raise ValueError("batch() takes a non-empty list of usable rows")
         total, k, a = int(n.sum()), int(self._width[rows].max()), int(n.max())
         dev = self.device
-        r = torch.from_numpy(rows).to(dev)
+        r = self.index(rows)
         counts = self.n_atoms[r]
         first = torch.cumsum(counts, 0) - counts  # first atom of each crystal in the batch
         owner = torch.repeat_interleave(torch.arange(len(rows), device=dev), counts,
@@ -236,6 +261,17 @@ def batch_tensors(g: GraphSet | DeviceGraphs, rows: Sequence[int] | np.ndarray,
     if isinstance(g, DeviceGraphs):
         return g.batch(rows)
     return to_tensors(g.batch(rows), device)
+
+
+def batch_values(g: GraphSet | DeviceGraphs, values: np.ndarray,
+                 rows: Sequence[int] | np.ndarray, device: Any = "cpu") -> Any:
+    """``values[rows]`` of a per-structure array as a float32 tensor on ``device`` (indexed on
+    the device for `DeviceGraphs`)."""
+    import torch
+
+    if isinstance(g, DeviceGraphs):
+        return g.values(values, rows)
+    return torch.as_tensor(values[np.asarray(rows)], dtype=torch.float32, device=device)
 
 
 def host_graphs(g: GraphSet | DeviceGraphs) -> GraphSet:

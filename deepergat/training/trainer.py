@@ -55,7 +55,7 @@ from deepergat.system.launch import (
 )
 
 from .config import Precision, TrainConfig
-from .data import DeviceGraphs, GraphSet, batch_tensors, host_graphs
+from .data import DeviceGraphs, GraphSet, batch_tensors, batch_values, host_graphs
 from .outputs import (
     EpochRecord,
     plot_learning_curve,
@@ -313,14 +313,13 @@ def batch_loss(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray,
             loss is taken in float32); ``fp32`` and ``tf32`` as they are.
     """
     inputs = batch_tensors(g, rows, device)
-    y = torch.as_tensor(y_all[rows], dtype=torch.float32, device=device)
+    y = batch_values(g, y_all, rows, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         pred = model(*inputs.values())[0][:, 0]
     pred = pred.float()
     err = pred - y
     if per_atom:
-        err = err / torch.as_tensor(host_graphs(g).n_atoms[rows], dtype=torch.float32,
-                                    device=device)
+        err = err / batch_values(g, host_graphs(g).n_atoms, rows, device)
     loss = err.abs().mean() / std
     return loss, (pred - y).detach().abs().sum(), len(rows)
 
@@ -390,21 +389,24 @@ def settle_every(device: torch.device) -> int:
 DEVICE_GRAPHS_SHARE = 0.25
 
 
-def graphs_on(g: GraphSet, device: torch.device) -> GraphSet | DeviceGraphs:
-    """Where a run's batches are cut: on a CUDA device, once, when the graphs take at most
-    `DEVICE_GRAPHS_SHARE` of its free memory (`DeviceGraphs`: a step then copies its rows, not
-    its padded inputs); else on the host (the CPU cuts them as fast with numpy)."""
+def graphs_on(sets: list[GraphSet], device: torch.device) -> list[GraphSet | DeviceGraphs]:
+    """Where a run's batches are cut, for its distinct graph sets together: on a CUDA device,
+    once, when they take at most `DEVICE_GRAPHS_SHARE` of its free memory (`DeviceGraphs`: a
+    step then copies its rows, not its padded inputs); else on the host (the CPU cuts them as
+    fast with numpy)."""
     if device.type != "cuda":
-        return g
-    need = DeviceGraphs.nbytes(g)
+        return list(sets)
+    need = sum(DeviceGraphs.nbytes(g) for g in sets)
     free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    structures = sum(len(g) for g in sets)
     if need > DEVICE_GRAPHS_SHARE * free:
         log.info("graphs of %d structures (%.0f MB) cut on the host: over %.0f %% of %s's "
-                 "free memory", len(g), need / 1e6, 100 * DEVICE_GRAPHS_SHARE, device)
-        return g
-    log.info("graphs of %d structures (%.0f MB) prepared once on %s", len(g), need / 1e6,
+                 "free memory", structures, need / 1e6, 100 * DEVICE_GRAPHS_SHARE, device)
+        return list(sets)
+    log.info("graphs of %d structures (%.0f MB) prepared once on %s", structures, need / 1e6,
              device)
-    return DeviceGraphs(g, device)
+    return [DeviceGraphs(g, device) for g in sets]
 
 
 class _Stopper:
@@ -593,12 +595,10 @@ class Trainer:
         #: (epoch, batch), 1-based, of this rank's first loss that was not a finite number
         self.diverged: tuple[int, int] | None = None
         #: the training and validation graphs, on the device where they fit (`graphs_on`)
-        on_device: dict[int, GraphSet | DeviceGraphs] = {}
-        for g, _ in (splits.train, splits.val):
-            if id(g) not in on_device:
-                on_device[id(g)] = graphs_on(g, device)
-        self.train_graphs = on_device[id(splits.train[0])]
-        self.val_graphs = on_device[id(splits.val[0])]
+        distinct = list({id(g): g for g, _ in (splits.train, splits.val)}.values())
+        placed = dict(zip((id(g) for g in distinct), graphs_on(distinct, device), strict=True))
+        self.train_graphs = placed[id(splits.train[0])]
+        self.val_graphs = placed[id(splits.val[0])]
         #: (step, |error| sum on the device) of the steps not read yet (`settle`)
         self.unread: list[tuple[int, torch.Tensor]] = []
         self.settle_every = settle_every(device)

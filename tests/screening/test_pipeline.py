@@ -509,7 +509,9 @@ def test_workers_started_ahead_are_taken_only_for_the_same_setup(store: Path) ->
     same = start_workers(2, None)
     p = pipe(same)
     assert p._executor() is same.executor  # taken once ...
-    assert p._executor() is not same.executor  # ... then the pipeline makes its own
+    own = p._executor()
+    assert own is not same.executor  # ... then the pipeline makes its own
+    own.shutdown()
     same.close()
     for other in (start_workers(1, None), start_workers(2, ("m.onnx", "0" * 64, False, True))):
         got = pipe(other)._executor()

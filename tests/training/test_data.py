@@ -155,7 +155,13 @@ def test_graphs_on_the_device_cut_the_batches_the_host_cuts(tiny_store: Path,
     structure); here on the CPU device, as the tests have no GPU."""
     import torch
 
-    from deepergat.training.data import DeviceGraphs, batch_tensors, host_graphs, to_tensors
+    from deepergat.training.data import (
+        DeviceGraphs,
+        batch_tensors,
+        batch_values,
+        host_graphs,
+        to_tensors,
+    )
 
     structures = perov_structures(12)
     bad = dict(structures[1], id="overlap",
@@ -177,6 +183,9 @@ def test_graphs_on_the_device_cut_the_batches_the_host_cuts(tiny_store: Path,
                 assert got[k].dtype == want[k].dtype, k
                 assert torch.equal(got[k], want[k]), k
             assert all(torch.equal(batch_tensors(on, rows)[k], want[k]) for k in want)
+            for values in (g.n_atoms, *g.targets.values()):  # per-structure values too
+                assert torch.equal(on.values(values, rows),
+                                   batch_values(g, values, rows))
         with pytest.raises(ValueError):
             on.batch([])
     with pytest.raises(ValueError):

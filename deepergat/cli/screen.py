@@ -286,12 +286,14 @@ def _run(opts: ScreenOptions, ranks: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point of ``deepergat-screen``: the command, then a quick exit
-    (`_exit_now`)."""
+    """Console-script entry point of ``deepergat-screen``: the command, then, as the process's
+    own entry (no ``argv``), a quick exit (`_exit_now`); a Python caller that passes ``argv``
+    gets click's `SystemExit` and keeps its process."""
     try:
         return screen.main(args=argv, prog_name="deepergat-screen")
     except SystemExit as e:
-        _exit_now(e)
+        if argv is None:
+            _exit_now(e)
         raise
 
 

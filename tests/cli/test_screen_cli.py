@@ -269,3 +269,13 @@ def test_the_quick_exit_keeps_the_status_the_exit_handlers_and_the_output(
     assert r.returncode == status, r.stderr
     assert r.stdout == "summary line" and mark.exists()
     assert ("a message" in r.stderr) == (code == "a message")
+
+
+def test_a_python_caller_of_main_keeps_its_process(tmp_path: Path) -> None:
+    """Only the console script's own process ends early: ``main(argv)`` called from Python (a
+    notebook, a wrapper) raises click's SystemExit as before, and the caller goes on."""
+    from deepergat.cli.screen import main
+
+    with pytest.raises(SystemExit) as end:
+        main(["--input", str(tmp_path / "missing.h5")])
+    assert end.value.code == 2

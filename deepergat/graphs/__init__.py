@@ -51,7 +51,7 @@ from deepergat.contract import (
     GraphConstruction,
 )
 
-from .inputs import BatchEdges, GraphBatch, build_inputs, search_inputs
+from .inputs import BatchEdges, GraphBatch, build_inputs, search_inputs, warm_kernels
 from .minimum_image import translation_classes
 from .periodic import ORDER_SCALE, TIE_TOLERANCE, NeighborList
 from .search import batch_neighbor_lists, neighbor_list
@@ -82,4 +82,5 @@ __all__ = [
     "search_inputs",
     "structure_flags",
     "translation_classes",
+    "warm_kernels",
 ]

@@ -14,6 +14,7 @@ from deepergat.contract import (
     DEFAULT_GRAPH,
     DEFAULT_MAX_NEIGHBORS,
     DEFAULT_OVERLAP_THRESHOLD,
+    GRAPH_CONSTRUCTIONS,
     INPUT_DTYPES,
     INPUT_NAMES,
     GraphConstruction,
@@ -25,7 +26,7 @@ from .periodic import NeighborList
 from .search import batch_neighbor_lists
 from .structures import atom_rows
 
-__all__ = ["BatchEdges", "GraphBatch", "build_inputs", "search_inputs"]
+__all__ = ["BatchEdges", "GraphBatch", "build_inputs", "search_inputs", "warm_kernels"]
 
 
 @dataclass
@@ -137,6 +138,18 @@ def build_inputs(
     return search_inputs(batch, cutoff=cutoff, max_neighbors=max_neighbors, graph=graph,
                          max_atoms=max_atoms, max_z=max_z,
                          overlap_threshold=overlap_threshold).pad()
+
+
+def warm_kernels() -> None:
+    """Load the compiled neighbor-search kernels (one per graph construction) now, by searching
+    one atom with each: a process about to search many batches (a screening worker, the
+    forkserver it forks from) pays numba's cache load here, not in its first batch."""
+    one = StructureBatch.from_structures(
+        [{"id": "warm", "lattice": np.eye(3) * 3.0, "pbc": (True, True, True),
+          "atomic_numbers": [14], "positions": [[0.0, 0.0, 0.0]]}]
+    )
+    for graph in GRAPH_CONSTRUCTIONS:
+        build_inputs(one, max_neighbors=2, cutoff=4.0, graph=graph)  # type: ignore[arg-type]
 
 
 def _pad(

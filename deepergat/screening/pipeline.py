@@ -59,7 +59,7 @@ import numpy as np
 
 from deepergat.contract import MAX_TRANSLATION_ATOMS, Status
 from deepergat.errors import DeepergatError, SettingError, is_memory_message, literal
-from deepergat.graphs import GraphBatch, build_inputs, search_inputs, structure_flags
+from deepergat.graphs import GraphBatch, search_inputs, structure_flags, warm_kernels
 from deepergat.io.store import Store, StructureBatch
 from deepergat.system.lifeline import watch_parent
 
@@ -343,12 +343,7 @@ def _worker_init(model: tuple[str, str, bool, bool] | None = None,
     global _WORKER_PREDICTOR
     if parent is not None:
         watch_parent(parent)
-    s = StructureBatch.from_structures(
-        [{"id": "warm", "lattice": np.eye(3) * 3.0, "pbc": (True, True, True),
-          "atomic_numbers": [14], "positions": [[0.0, 0.0, 0.0]]}]
-    )
-    for graph in ("periodic", "minimum-image"):  # no-ops when forked from a warm forkserver
-        build_inputs(s, max_neighbors=2, cutoff=4.0, graph=graph)
+    warm_kernels()  # a no-op when forked from a warm forkserver (`deepergat.screening.warm`)
     if model is not None:
         # a failure is kept and raised by the worker's first task: the rank reports it in one
         # line (and workers started early for a run then refused never print a traceback)

@@ -14,21 +14,9 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def _warm() -> None:
-    import numpy as np
-
-    from deepergat.graphs import build_inputs
-    from deepergat.io.store import StructureBatch
-
-    one = StructureBatch.from_structures(
-        [{"id": "warm", "lattice": np.eye(3) * 3.0, "pbc": (True, True, True),
-          "atomic_numbers": [14], "positions": [[0.0, 0.0, 0.0]]}]
-    )
-    for graph in ("periodic", "minimum-image"):  # each construction has its own kernel
-        build_inputs(one, max_neighbors=2, cutoff=4.0, graph=graph)
-
-
 try:
-    _warm()
+    from deepergat.graphs import warm_kernels
+
+    warm_kernels()
 except Exception as e:  # the workers warm themselves (`pipeline._worker_init`)
     log.debug("neighbor-search kernel not preloaded: %s", e)

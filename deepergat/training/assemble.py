@@ -28,7 +28,7 @@ from deepergat.metadata import GraphSettings
 from deepergat.nn.deepergatgnn import DeeperGATGNN
 from deepergat.nn.ensemble import DeeperGATGNNEnsemble
 
-from .data import GraphSet, require_finite, to_tensors
+from .data import GraphSet, require_finite
 from .uncertainty import (
     COVERAGE,
     calibration_scale,
@@ -129,7 +129,7 @@ def member_outputs(
     with torch.no_grad():
         for member in members:
             member.eval()
-            parts = [member(*to_tensors(g.batch(rows[a : a + batch_size]), device).values())
+            parts = [member(*g.tensors(rows[a : a + batch_size], device).values())
                      for a in range(0, len(rows), batch_size)]
             preds.append(torch.cat([p for p, _ in parts]).double().cpu().numpy())
             embs.append(torch.cat([e for _, e in parts]).float().cpu().numpy())

@@ -41,11 +41,8 @@ __all__ = [
     "CACHE_VERSION",
     "DeviceGraphs",
     "GraphSet",
-    "batch_tensors",
-    "batch_values",
     "cache_path",
     "default_cache_dir",
-    "host_graphs",
     "load_graphs",
     "require_finite",
     "to_tensors",
@@ -154,13 +151,32 @@ class GraphSet:
         }
 
 
+    @property
+    def host(self) -> GraphSet:
+        """This graph set (a `DeviceGraphs` gives the one it holds): the host arrays."""
+        return self
+
+    def tensors(self, rows: Sequence[int] | np.ndarray, device: Any = "cpu") -> dict[str, Any]:
+        """`batch` as tensors on ``device`` (cut by numpy, then copied)."""
+        return to_tensors(self.batch(rows), device)
+
+    def values(self, values: np.ndarray, rows: Sequence[int] | np.ndarray,
+               device: Any = "cpu") -> Any:
+        """``values[rows]`` of a per-structure array (targets, atom counts) as a float32 tensor
+        on ``device``."""
+        import torch
+
+        return torch.as_tensor(values[np.asarray(rows)], dtype=torch.float32, device=device)
+
+
 class DeviceGraphs:
     """A `GraphSet`'s arrays as tensors on one device, and its batches cut there: training
     prepares its graphs once, so a step on a GPU copies only its rows (a few hundred integers)
     to the device, not its padded inputs.
 
     `batch` gives what ``to_tensors(graphs.batch(rows), device)`` gives, equal element for
-    element. The batch's sizes (atoms, padded width K, largest crystal A) come from host
+    element; `tensors`, `values` and `host` answer as `GraphSet`'s do, so a training loop takes
+    either. The batch's sizes (atoms, padded width K, largest crystal A) come from host
     arrays, so cutting a batch never waits for the device.
 
     Args:
@@ -210,9 +226,19 @@ class DeviceGraphs:
             return r.pin_memory().to(self.device, non_blocking=True)
         return r.to(self.device)
 
-    def values(self, values: np.ndarray, rows: Sequence[int] | np.ndarray) -> Any:
+    @property
+    def host(self) -> GraphSet:
+        """The `GraphSet` on the host these arrays came from."""
+        return self.graphs
+
+    def tensors(self, rows: Sequence[int] | np.ndarray, device: Any = None) -> dict[str, Any]:
+        """`batch` (``device`` is this object's own; accepted as `GraphSet.tensors` takes it)."""
+        return self.batch(rows)
+
+    def values(self, values: np.ndarray, rows: Sequence[int] | np.ndarray,
+               device: Any = None) -> Any:
         """``values[rows]`` (a per-structure array: targets, atom counts) as float32 on the
-        device, from a copy of ``values`` put there once."""
+        device, from a copy of ``values`` put there once (``device`` as in `tensors`)."""
         import torch
 
         held = self._values.get(id(values))
@@ -252,31 +278,6 @@ class DeviceGraphs:
             "crystal_mask": crystal_mask,
             "batch": owner,
         }
-
-
-def batch_tensors(g: GraphSet | DeviceGraphs, rows: Sequence[int] | np.ndarray,
-                  device: Any = "cpu") -> dict[str, Any]:
-    """Padded model inputs of ``rows`` as tensors on ``device``: cut on the device for
-    `DeviceGraphs`, else cut by numpy and copied."""
-    if isinstance(g, DeviceGraphs):
-        return g.batch(rows)
-    return to_tensors(g.batch(rows), device)
-
-
-def batch_values(g: GraphSet | DeviceGraphs, values: np.ndarray,
-                 rows: Sequence[int] | np.ndarray, device: Any = "cpu") -> Any:
-    """``values[rows]`` of a per-structure array as a float32 tensor on ``device`` (indexed on
-    the device for `DeviceGraphs`)."""
-    import torch
-
-    if isinstance(g, DeviceGraphs):
-        return g.values(values, rows)
-    return torch.as_tensor(values[np.asarray(rows)], dtype=torch.float32, device=device)
-
-
-def host_graphs(g: GraphSet | DeviceGraphs) -> GraphSet:
-    """The `GraphSet` itself, or the one a `DeviceGraphs` holds."""
-    return g.graphs if isinstance(g, DeviceGraphs) else g
 
 
 def to_tensors(inputs: dict[str, np.ndarray], device: Any = "cpu") -> dict[str, Any]:

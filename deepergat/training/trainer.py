@@ -55,7 +55,7 @@ from deepergat.system.launch import (
 )
 
 from .config import Precision, TrainConfig
-from .data import DeviceGraphs, GraphSet, batch_tensors, batch_values, host_graphs
+from .data import DeviceGraphs, GraphSet
 from .outputs import (
     EpochRecord,
     plot_learning_curve,
@@ -312,14 +312,14 @@ def batch_loss(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray,
         precision: ``bf16`` runs the forward pass under ``torch.autocast`` in bfloat16 (the
             loss is taken in float32); ``fp32`` and ``tf32`` as they are.
     """
-    inputs = batch_tensors(g, rows, device)
-    y = batch_values(g, y_all, rows, device)
+    inputs = g.tensors(rows, device)
+    y = g.values(y_all, rows, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         pred = model(*inputs.values())[0][:, 0]
     pred = pred.float()
     err = pred - y
     if per_atom:
-        err = err / batch_values(g, host_graphs(g).n_atoms, rows, device)
+        err = err / g.values(g.host.n_atoms, rows, device)
     loss = err.abs().mean() / std
     return loss, (pred - y).detach().abs().sum(), len(rows)
 
@@ -336,7 +336,7 @@ def predict_rows(model: nn.Module, g: GraphSet | DeviceGraphs, rows: np.ndarray,
     preds, embs = [], []
     with torch.no_grad():
         for a in range(0, len(rows), batch_size):
-            inputs = batch_tensors(g, rows[a : a + batch_size], device)
+            inputs = g.tensors(rows[a : a + batch_size], device)
             p, e = model(*inputs.values())
             preds.append(p.float().cpu().numpy())
             embs.append(e.float().cpu().numpy())

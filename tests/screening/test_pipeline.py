@@ -541,8 +541,10 @@ def test_a_worker_that_cannot_load_the_model_is_one_line(store: Path, tmp_path: 
     assert "\n" not in str(err.value)
 
 
-def test_the_forkserver_warm_up_never_fails_its_import(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_forkserver_warm_up_never_fails_its_import(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     import importlib
+    import logging
 
     import deepergat.graphs
     import deepergat.screening.warm as warm
@@ -550,5 +552,7 @@ def test_the_forkserver_warm_up_never_fails_its_import(monkeypatch: pytest.Monke
     def broken(*a: object, **k: object) -> None:
         raise ValueError("no kernel")
 
-    monkeypatch.setattr(deepergat.graphs, "build_inputs", broken)
-    importlib.reload(warm)  # the forkserver would stop on this exception: it is kept inside
+    monkeypatch.setattr(deepergat.graphs, "warm_kernels", broken)
+    with caplog.at_level(logging.DEBUG, logger="deepergat.screening.warm"):
+        importlib.reload(warm)  # the forkserver would stop on this exception: kept inside
+    assert "not preloaded: no kernel" in caplog.text

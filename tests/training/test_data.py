@@ -155,13 +155,7 @@ def test_graphs_on_the_device_cut_the_batches_the_host_cuts(tiny_store: Path,
     structure); here on the CPU device, as the tests have no GPU."""
     import torch
 
-    from deepergat.training.data import (
-        DeviceGraphs,
-        batch_tensors,
-        batch_values,
-        host_graphs,
-        to_tensors,
-    )
+    from deepergat.training.data import DeviceGraphs, to_tensors
 
     structures = perov_structures(12)
     bad = dict(structures[1], id="overlap",
@@ -171,7 +165,7 @@ def test_graphs_on_the_device_cut_the_batches_the_host_cuts(tiny_store: Path,
     rng = np.random.default_rng(0)
     for g in (load_graphs(tiny_store, cache_dir=tmp_path), load_graphs(mixed, cache_dir=tmp_path)):
         on = DeviceGraphs(g, "cpu")
-        assert host_graphs(on) is g and host_graphs(g) is g
+        assert on.host is g and g.host is g
         use = g.usable
         cases = [use[:1], use[::-1], use, *(rng.permutation(use)[: rng.integers(1, len(use))]
                                             for _ in range(20))]
@@ -182,10 +176,10 @@ def test_graphs_on_the_device_cut_the_batches_the_host_cuts(tiny_store: Path,
             for k in want:
                 assert got[k].dtype == want[k].dtype, k
                 assert torch.equal(got[k], want[k]), k
-            assert all(torch.equal(batch_tensors(on, rows)[k], want[k]) for k in want)
+            assert all(torch.equal(on.tensors(rows)[k], want[k]) for k in want)
+            assert all(torch.equal(g.tensors(rows)[k], want[k]) for k in want)
             for values in (g.n_atoms, *g.targets.values()):  # per-structure values too
-                assert torch.equal(on.values(values, rows),
-                                   batch_values(g, values, rows))
+                assert torch.equal(on.values(values, rows), g.values(values, rows))
         with pytest.raises(ValueError):
             on.batch([])
     with pytest.raises(ValueError):
